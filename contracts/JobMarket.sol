@@ -1,0 +1,325 @@
+// SPDX-License-Identifier: MIT
+pragma solidity ^0.8.24;
+
+import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
+import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
+import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
+import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
+import {IJobMarket} from "./interfaces/IJobMarket.sol";
+import {IModelRegistry} from "./interfaces/IModelRegistry.sol";
+import {INodeRegistry} from "./interfaces/INodeRegistry.sol";
+
+/// @title JobMarket
+/// @notice Clients post inference jobs with escrow; a coordinator routes each job through a
+/// chain of staked nodes that covers every block of the model; the result is accepted with
+/// one EIP-712 receipt per stage, and every payee withdraws its credit (pull payments).
+/// @dev Escrow invariant: address(this).balance == sum(job.escrow) + sum(account.credit).
+/// A job settles exactly once (Completed, Expired or Cancelled), so it is never both paid
+/// and refunded. Routes are not stored: `routeHash` commits to the stages, which callers
+/// pass back in calldata and which the `JobRouted`/`JobRerouted` events publish.
+contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP712 {
+    // ---------------------------------------------------------------- constants
+    bytes32 public constant COORDINATOR_ROLE = keccak256("COORDINATOR_ROLE");
+    bytes32 public constant RECEIPT_TYPEHASH = keccak256(
+        "Receipt(uint256 jobId,uint256 stage,uint32 start,uint32 end,bytes32 inputHash,bytes32 outputHash)"
+    );
+    uint16 public constant MAX_COORDINATOR_FEE_BPS = 2_000;
+
+    // ---------------------------------------------------------------- immutables
+    INodeRegistry public immutable nodeRegistry;
+    IModelRegistry public immutable modelRegistry;
+
+    // ---------------------------------------------------------------- storage
+    uint16 public coordinatorFeeBps; // coordinator's cut, on top of the stage fees
+    uint40 public maxJobDuration; // seconds a deadline may lie in the future
+    uint256 public jobCount;
+    mapping(uint256 => Job) private _jobs;
+    mapping(address => Account) public accounts;
+
+    // ---------------------------------------------------------------- constructor
+    constructor(
+        address admin,
+        INodeRegistry nodeRegistry_,
+        IModelRegistry modelRegistry_,
+        uint16 coordinatorFeeBps_,
+        uint40 maxJobDuration_
+    ) EIP712("shardnet", "1") {
+        _grantRole(DEFAULT_ADMIN_ROLE, admin);
+        nodeRegistry = nodeRegistry_;
+        modelRegistry = modelRegistry_;
+        _setParameters(coordinatorFeeBps_, maxJobDuration_);
+    }
+
+    // ---------------------------------------------------------------- admin
+    function setParameters(uint16 coordinatorFeeBps_, uint40 maxJobDuration_) external onlyRole(DEFAULT_ADMIN_ROLE) {
+        _setParameters(coordinatorFeeBps_, maxJobDuration_);
+    }
+
+    // ---------------------------------------------------------------- clients
+    /// @notice Post a job on `modelId` with `msg.value == maxFee` held in escrow until it settles.
+    /// @param params job parameters for the nodes (UTF-8 JSON: kind, max_new_tokens, ...).
+    function postJob(
+        uint256 modelId,
+        string calldata inputCid,
+        bytes calldata params,
+        uint256 maxFee,
+        uint40 deadline
+    ) external payable returns (uint256 jobId) {
+        if (msg.value != maxFee) revert EscrowMismatch(msg.value, maxFee);
+        if (maxFee == 0) revert ZeroFee();
+        if (maxFee > type(uint96).max) revert FeeTooLarge(maxFee);
+        if (bytes(inputCid).length == 0) revert EmptyInputCid();
+        uint256 latest = block.timestamp + maxJobDuration;
+        if (deadline <= block.timestamp || deadline > latest) revert BadDeadline(deadline, block.timestamp + 1, latest);
+        modelRegistry.blockCountOf(modelId); // reverts for unknown or deprecated models
+        jobId = ++jobCount;
+        _jobs[jobId] = Job({
+            client: msg.sender,
+            deadline: deadline,
+            modelId: uint32(modelId),
+            status: Status.Posted,
+            escrow: uint96(maxFee),
+            coordinator: address(0),
+            routeHash: bytes32(0)
+        });
+        emit JobPosted(jobId, msg.sender, modelId, inputCid, params, maxFee, deadline);
+    }
+
+    /// @notice Withdraw a job that no coordinator has routed yet; the escrow is credited back.
+    function cancelJob(uint256 jobId) external {
+        Job storage job = _jobWithStatus(jobId, Status.Posted);
+        if (job.client != msg.sender) revert NotClient(jobId, msg.sender);
+        job.status = Status.Cancelled;
+        _refund(jobId, job);
+        emit JobCancelled(jobId);
+    }
+
+    // ---------------------------------------------------------------- coordinators
+    /// @notice Record the chain of nodes that will run the job. The stages must cover
+    /// [0, blockCount) contiguously, each within a confirmed span of an active node, each fee at
+    /// least the model's price for its blocks, and fees plus the coordinator's cut within escrow.
+    function routeJob(uint256 jobId, Stage[] calldata stages) external onlyRole(COORDINATOR_ROLE) {
+        Job storage job = _jobWithStatus(jobId, Status.Posted);
+        if (block.timestamp > job.deadline) revert DeadlinePassed(jobId, job.deadline);
+        _checkRoute(jobId, job, stages);
+        for (uint256 i; i < stages.length; ++i) {
+            ++accounts[stages[i].node].openJobs;
+        }
+        job.status = Status.Routed;
+        job.coordinator = msg.sender;
+        job.routeHash = keccak256(abi.encode(stages));
+        emit JobRouted(jobId, msg.sender, stages);
+    }
+
+    /// @notice Failover: replace the route of a routed job. Nodes of the old route that are not
+    /// on the new one are recorded as failed. Any coordinator may reroute; it takes the fee.
+    function rerouteJob(uint256 jobId, Stage[] calldata oldStages, Stage[] calldata newStages)
+        external
+        onlyRole(COORDINATOR_ROLE)
+    {
+        Job storage job = _jobWithStatus(jobId, Status.Routed);
+        if (block.timestamp > job.deadline) revert DeadlinePassed(jobId, job.deadline);
+        if (keccak256(abi.encode(oldStages)) != job.routeHash) revert RouteMismatch(jobId);
+        _checkRoute(jobId, job, newStages);
+        address[] memory failed = new address[](oldStages.length);
+        uint256 nFailed;
+        for (uint256 i; i < oldStages.length; ++i) {
+            address node = oldStages[i].node;
+            Account storage acc = accounts[node];
+            --acc.openJobs;
+            if (!_onRoute(node, newStages)) {
+                ++acc.jobsFailed;
+                failed[nFailed++] = node;
+                emit StageFailed(jobId, node);
+            }
+        }
+        for (uint256 i; i < newStages.length; ++i) {
+            ++accounts[newStages[i].node].openJobs;
+        }
+        assembly {
+            mstore(failed, nFailed)
+        }
+        job.coordinator = msg.sender;
+        job.routeHash = keccak256(abi.encode(newStages));
+        emit JobRerouted(jobId, msg.sender, newStages, failed);
+    }
+
+    // ---------------------------------------------------------------- nodes
+    /// @notice Accept the result of a routed job with one signed receipt per stage; credit each
+    /// stage its fee, the coordinator its cut, and the client the rest of the escrow.
+    function submitResult(
+        uint256 jobId,
+        Stage[] calldata stages,
+        string calldata outputCid,
+        Receipt[] calldata receipts
+    ) external {
+        Job storage job = _jobWithStatus(jobId, Status.Routed);
+        if (block.timestamp > job.deadline) revert DeadlinePassed(jobId, job.deadline);
+        if (keccak256(abi.encode(stages)) != job.routeHash) revert RouteMismatch(jobId);
+        if (receipts.length != stages.length) revert ReceiptCountMismatch(jobId, receipts.length, stages.length);
+        _verifyReceipts(jobId, stages, receipts);
+        if (receipts[receipts.length - 1].outputHash != keccak256(bytes(outputCid))) revert OutputHashMismatch(jobId);
+
+        job.status = Status.Completed;
+        job.routeHash = bytes32(0);
+        emit ResultSubmitted(jobId, msg.sender, outputCid, receipts);
+        uint256 paid;
+        for (uint256 i; i < stages.length; ++i) {
+            Stage calldata s = stages[i];
+            Account storage acc = accounts[s.node];
+            --acc.openJobs;
+            ++acc.jobsDone;
+            acc.credit += s.fee;
+            paid += s.fee;
+            emit StagePaid(jobId, s.node, i, s.fee);
+        }
+        uint256 cut = paid * coordinatorFeeBps / 10_000;
+        if (cut != 0) {
+            accounts[job.coordinator].credit += uint128(cut);
+            emit CoordinatorPaid(jobId, job.coordinator, cut);
+        }
+        job.escrow -= uint96(paid + cut);
+        _refund(jobId, job);
+    }
+
+    // ---------------------------------------------------------------- anyone
+    /// @notice After the deadline, settle an unfinished job: the whole escrow goes back to the
+    /// client. For a routed job, pass its stages and the receipts of the stages that did deliver
+    /// (a prefix, possibly empty); every other stage is recorded as failed.
+    function expireJob(uint256 jobId, Stage[] calldata stages, Receipt[] calldata delivered) external {
+        Job storage job = _job(jobId);
+        Status status = job.status;
+        if (status != Status.Posted && status != Status.Routed) revert WrongStatus(jobId, status, Status.Routed);
+        if (block.timestamp <= job.deadline) revert DeadlineNotPassed(jobId, job.deadline);
+        address[] memory failed = new address[](stages.length);
+        uint256 nFailed;
+        if (status == Status.Routed) {
+            if (keccak256(abi.encode(stages)) != job.routeHash) revert RouteMismatch(jobId);
+            if (delivered.length > stages.length) {
+                revert ReceiptCountMismatch(jobId, delivered.length, stages.length);
+            }
+            _verifyReceipts(jobId, stages, delivered);
+            for (uint256 i; i < stages.length; ++i) {
+                Account storage acc = accounts[stages[i].node];
+                --acc.openJobs;
+                if (i >= delivered.length) {
+                    ++acc.jobsFailed;
+                    failed[nFailed++] = stages[i].node;
+                    emit StageFailed(jobId, stages[i].node);
+                }
+            }
+            job.routeHash = bytes32(0);
+        } else if (stages.length != 0) {
+            revert RouteMismatch(jobId);
+        }
+        assembly {
+            mstore(failed, nFailed)
+        }
+        job.status = Status.Expired;
+        _refund(jobId, job);
+        emit JobExpired(jobId, failed);
+    }
+
+    /// @notice Send the caller everything credited to it (stage fees, coordinator cuts, refunds).
+    function withdraw() external nonReentrant {
+        Account storage acc = accounts[msg.sender];
+        uint256 amount = acc.credit;
+        if (amount == 0) revert NothingToWithdraw(msg.sender);
+        acc.credit = 0;
+        emit Withdrawn(msg.sender, amount);
+        (bool ok,) = msg.sender.call{value: amount}("");
+        if (!ok) revert TransferFailed(msg.sender, amount);
+    }
+
+    // ---------------------------------------------------------------- views
+    function getJob(uint256 jobId) external view returns (Job memory) {
+        return _job(jobId);
+    }
+
+    function openJobs(address node) external view returns (uint256) {
+        return accounts[node].openJobs;
+    }
+
+    /// @notice The EIP-712 digest a stage node signs for its receipt.
+    function receiptDigest(
+        uint256 jobId,
+        uint256 stage,
+        uint32 start,
+        uint32 end,
+        bytes32 inputHash,
+        bytes32 outputHash
+    ) public view returns (bytes32) {
+        return _hashTypedDataV4(keccak256(abi.encode(RECEIPT_TYPEHASH, jobId, stage, start, end, inputHash, outputHash)));
+    }
+
+    // ---------------------------------------------------------------- internal
+    function _setParameters(uint16 coordinatorFeeBps_, uint40 maxJobDuration_) private {
+        if (coordinatorFeeBps_ > MAX_COORDINATOR_FEE_BPS) revert InvalidParameter("coordinatorFeeBps");
+        if (maxJobDuration_ == 0) revert InvalidParameter("maxJobDuration");
+        coordinatorFeeBps = coordinatorFeeBps_;
+        maxJobDuration = maxJobDuration_;
+        emit ParametersSet(coordinatorFeeBps_, maxJobDuration_);
+    }
+
+    function _job(uint256 jobId) private view returns (Job storage job) {
+        job = _jobs[jobId];
+        if (job.status == Status.None) revert UnknownJob(jobId);
+    }
+
+    function _jobWithStatus(uint256 jobId, Status need) private view returns (Job storage job) {
+        job = _job(jobId);
+        if (job.status != need) revert WrongStatus(jobId, job.status, need);
+    }
+
+    function _checkRoute(uint256 jobId, Job storage job, Stage[] calldata stages) private view {
+        if (stages.length == 0) revert EmptyRoute(jobId);
+        uint256 modelId = job.modelId;
+        (uint32 blockCount, uint128 price) = modelRegistry.blockCountOf(modelId);
+        uint32 next;
+        uint256 total;
+        for (uint256 i; i < stages.length; ++i) {
+            Stage calldata s = stages[i];
+            if (s.start != next || s.end <= s.start) revert IncompleteCover(jobId, i, next, s.start);
+            IModelRegistry.Assignment memory a = modelRegistry.assignmentOf(modelId, s.node);
+            if (!a.confirmed || s.start < a.start || s.end > a.end) {
+                revert SpanNotConfirmed(jobId, s.node, s.start, s.end);
+            }
+            if (!nodeRegistry.isActive(s.node)) revert NodeNotActive(s.node);
+            uint256 minFee = uint256(price) * (s.end - s.start);
+            if (s.fee < minFee) revert StageFeeBelowPrice(i, s.fee, minFee);
+            total += s.fee;
+            next = s.end;
+        }
+        if (next != blockCount) revert IncompleteCover(jobId, stages.length, blockCount, next);
+        total += total * coordinatorFeeBps / 10_000;
+        if (total > job.escrow) revert FeeExceedsEscrow(jobId, total, job.escrow);
+    }
+
+    /// @dev Checks receipts[i] for stages[i], i < receipts.length: signer and input/output chain.
+    function _verifyReceipts(uint256 jobId, Stage[] calldata stages, Receipt[] calldata receipts) private view {
+        for (uint256 i; i < receipts.length; ++i) {
+            Receipt calldata r = receipts[i];
+            if (i != 0 && r.inputHash != receipts[i - 1].outputHash) revert BrokenReceiptChain(jobId, i);
+            Stage calldata s = stages[i];
+            bytes32 digest = receiptDigest(jobId, i, s.start, s.end, r.inputHash, r.outputHash);
+            (address signer,,) = ECDSA.tryRecover(digest, r.signature);
+            if (signer != s.node) revert InvalidReceiptSigner(jobId, i, s.node, signer);
+        }
+    }
+
+    /// @dev Credits the job's remaining escrow to its client.
+    function _refund(uint256 jobId, Job storage job) private {
+        uint256 amount = job.escrow;
+        if (amount == 0) return;
+        job.escrow = 0;
+        accounts[job.client].credit += uint128(amount);
+        emit JobRefunded(jobId, job.client, amount);
+    }
+
+    function _onRoute(address node, Stage[] calldata stages) private pure returns (bool) {
+        for (uint256 i; i < stages.length; ++i) {
+            if (stages[i].node == node) return true;
+        }
+        return false;
+    }
+}

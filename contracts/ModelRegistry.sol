@@ -1,0 +1,140 @@
+// SPDX-License-Identifier: MIT
+pragma solidity ^0.8.24;
+
+import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
+import {IModelRegistry} from "./interfaces/IModelRegistry.sol";
+import {INodeRegistry} from "./interfaces/INodeRegistry.sol";
+
+/// @title ModelRegistry
+/// @notice Models (their IPFS manifests) and shard assignments: which node serves which
+/// consecutive blocks. Coordinators assign, nodes confirm once they fetched and verified.
+/// @dev Model ids start at 1. A node holds at most one span per model.
+contract ModelRegistry is IModelRegistry, AccessControl {
+    // ---------------------------------------------------------------- constants
+    bytes32 public constant COORDINATOR_ROLE = keccak256("COORDINATOR_ROLE");
+
+    // ---------------------------------------------------------------- immutables
+    INodeRegistry public immutable nodeRegistry;
+
+    // ---------------------------------------------------------------- storage
+    uint256 public modelCount;
+    mapping(uint256 => Model) private _models;
+    mapping(uint256 => mapping(address => Assignment)) private _assignments;
+    mapping(uint256 => address[]) private _assignedNodes; // every node ever assigned, per model
+
+    // ---------------------------------------------------------------- constructor
+    constructor(address admin, INodeRegistry nodeRegistry_) {
+        _grantRole(DEFAULT_ADMIN_ROLE, admin);
+        nodeRegistry = nodeRegistry_;
+    }
+
+    // ---------------------------------------------------------------- model owners
+    /// @notice Record a model whose shards are on IPFS. Returns its id.
+    function registerModel(
+        string calldata name,
+        string calldata manifestCid,
+        uint32 blockCount,
+        bytes32 blocksRoot,
+        uint128 pricePerBlock
+    ) external returns (uint256 modelId) {
+        if (blockCount == 0) revert InvalidBlockCount(blockCount);
+        if (bytes(manifestCid).length == 0) revert EmptyManifestCid();
+        modelId = ++modelCount;
+        _models[modelId] = Model({
+            owner: msg.sender,
+            blockCount: blockCount,
+            deprecated: false,
+            pricePerBlock: pricePerBlock,
+            blocksRoot: blocksRoot,
+            name: name,
+            manifestCid: manifestCid
+        });
+        emit ModelRegistered(modelId, msg.sender, name, manifestCid, blockCount, blocksRoot, pricePerBlock);
+    }
+
+    /// @notice Stop new jobs for a model. Jobs already posted settle as usual.
+    function deprecateModel(uint256 modelId) external {
+        Model storage m = _model(modelId);
+        if (m.owner != msg.sender) revert NotModelOwner(modelId, msg.sender, m.owner);
+        if (m.deprecated) revert ModelIsDeprecated(modelId);
+        m.deprecated = true;
+        emit ModelDeprecated(modelId);
+    }
+
+    // ---------------------------------------------------------------- shard assignments
+    /// @notice Assign blocks [start, end) of a model to an active node (replaces its old span).
+    function assignShard(uint256 modelId, address node, uint32 start, uint32 end)
+        external
+        onlyRole(COORDINATOR_ROLE)
+    {
+        Model storage m = _model(modelId);
+        if (m.deprecated) revert ModelIsDeprecated(modelId);
+        if (start >= end || end > m.blockCount) revert InvalidSpan(start, end, m.blockCount);
+        if (!nodeRegistry.isActive(node)) revert NodeNotActive(node);
+        Assignment storage a = _assignments[modelId][node];
+        if (a.end == 0 && a.assignedBy == address(0)) _assignedNodes[modelId].push(node);
+        _assignments[modelId][node] = Assignment({start: start, end: end, confirmed: false, assignedBy: msg.sender});
+        emit ShardAssigned(modelId, node, msg.sender, start, end);
+    }
+
+    /// @notice Called by the node once it fetched, verified and loaded its span.
+    function confirmShard(uint256 modelId) external {
+        _model(modelId);
+        Assignment storage a = _assignments[modelId][msg.sender];
+        if (a.end == 0) revert NoAssignment(modelId, msg.sender);
+        if (a.confirmed) revert AlreadyConfirmed(modelId, msg.sender);
+        a.confirmed = true;
+        emit ShardConfirmed(modelId, msg.sender, a.start, a.end);
+    }
+
+    /// @notice Drop a node's span, by the node itself or any coordinator.
+    function releaseShard(uint256 modelId, address node) external {
+        if (msg.sender != node && !hasRole(COORDINATOR_ROLE, msg.sender)) revert NotNodeOrCoordinator(msg.sender);
+        Assignment storage a = _assignments[modelId][node];
+        if (a.end == 0) revert NoAssignment(modelId, node);
+        a.start = 0;
+        a.end = 0;
+        a.confirmed = false;
+        emit ShardReleased(modelId, node, msg.sender);
+    }
+
+    // ---------------------------------------------------------------- views
+    function getModel(uint256 modelId) external view returns (Model memory) {
+        return _model(modelId);
+    }
+
+    /// @notice Block count and price, reverting for unknown or deprecated models (used by the market).
+    function blockCountOf(uint256 modelId) external view returns (uint32, uint128) {
+        Model storage m = _model(modelId);
+        if (m.deprecated) revert ModelIsDeprecated(modelId);
+        return (m.blockCount, m.pricePerBlock);
+    }
+
+    function assignmentOf(uint256 modelId, address node) external view returns (Assignment memory) {
+        return _assignments[modelId][node];
+    }
+
+    /// @notice Nodes with a confirmed span covering `blockIndex`.
+    function nodesForBlock(uint256 modelId, uint32 blockIndex) external view returns (address[] memory nodes) {
+        address[] storage all = _assignedNodes[modelId];
+        nodes = new address[](all.length);
+        uint256 k;
+        for (uint256 i; i < all.length; ++i) {
+            Assignment storage a = _assignments[modelId][all[i]];
+            if (a.confirmed && a.start <= blockIndex && blockIndex < a.end) nodes[k++] = all[i];
+        }
+        assembly {
+            mstore(nodes, k)
+        }
+    }
+
+    function assignedNodes(uint256 modelId) external view returns (address[] memory) {
+        return _assignedNodes[modelId];
+    }
+
+    // ---------------------------------------------------------------- internal
+    function _model(uint256 modelId) private view returns (Model storage m) {
+        m = _models[modelId];
+        if (m.blockCount == 0) revert UnknownModel(modelId);
+    }
+}

@@ -1,0 +1,105 @@
+// SPDX-License-Identifier: MIT
+pragma solidity ^0.8.24;
+
+/// @title IJobMarket
+/// @notice Inference jobs with escrow: post, route through staked nodes, pay per signed receipt.
+interface IJobMarket {
+    // ---------------------------------------------------------------- types
+    enum Status {
+        None,
+        Posted,
+        Routed,
+        Completed,
+        Expired,
+        Cancelled
+    }
+
+    /// @notice One hop of a route: `node` runs blocks [start, end) for `fee` wei.
+    struct Stage {
+        address node;
+        uint32 start;
+        uint32 end;
+        uint128 fee;
+    }
+
+    /// @notice What a stage node signs (EIP-712 type `Receipt`), minus the fields the contract
+    /// already knows (jobId, stage index, span). `inputHash`/`outputHash` are keccak256 of the
+    /// activations that entered and left the stage; the last stage's `outputHash` is
+    /// keccak256(bytes(outputCid)) and each stage's `inputHash` equals the previous `outputHash`.
+    struct Receipt {
+        bytes32 inputHash;
+        bytes32 outputHash;
+        bytes signature; // 65-byte secp256k1 signature over the EIP-712 digest
+    }
+
+    /// @dev Two slots; the route itself lives in calldata and events, committed by `routeHash`.
+    struct Job {
+        address client;
+        uint40 deadline;
+        uint32 modelId;
+        Status status;
+        uint96 escrow; // wei held for this job until it settles
+        address coordinator;
+        bytes32 routeHash; // keccak256(abi.encode(stages)) of the current route
+    }
+
+    /// @dev One slot per account: money owed plus the node counters the market maintains.
+    struct Account {
+        uint128 credit; // wei withdrawable by this account
+        uint32 openJobs; // routed jobs not yet settled that name this node
+        uint32 jobsDone; // stages delivered with a valid receipt on a completed job
+        uint32 jobsFailed; // stages that did not deliver (expired or rerouted away)
+    }
+
+    // ---------------------------------------------------------------- events
+    event JobPosted(
+        uint256 indexed jobId,
+        address indexed client,
+        uint256 indexed modelId,
+        string inputCid,
+        bytes params,
+        uint256 maxFee,
+        uint40 deadline
+    );
+    event JobRouted(uint256 indexed jobId, address indexed coordinator, Stage[] stages);
+    event JobRerouted(uint256 indexed jobId, address indexed coordinator, Stage[] stages, address[] failedNodes);
+    event ResultSubmitted(uint256 indexed jobId, address indexed submitter, string outputCid, Receipt[] receipts);
+    event StagePaid(uint256 indexed jobId, address indexed node, uint256 stage, uint256 amount);
+    event CoordinatorPaid(uint256 indexed jobId, address indexed coordinator, uint256 amount);
+    event JobRefunded(uint256 indexed jobId, address indexed client, uint256 amount);
+    event JobExpired(uint256 indexed jobId, address[] failedNodes);
+    event JobCancelled(uint256 indexed jobId);
+    event StageFailed(uint256 indexed jobId, address indexed node);
+    event Withdrawn(address indexed account, uint256 amount);
+    event ParametersSet(uint16 coordinatorFeeBps, uint40 maxJobDuration);
+
+    // ---------------------------------------------------------------- errors
+    error UnknownJob(uint256 jobId);
+    error WrongStatus(uint256 jobId, Status have, Status need);
+    error EscrowMismatch(uint256 sent, uint256 maxFee);
+    error ZeroFee();
+    error FeeTooLarge(uint256 maxFee);
+    error BadDeadline(uint256 deadline, uint256 earliest, uint256 latest);
+    error EmptyInputCid();
+    error NotClient(uint256 jobId, address caller);
+    error NotJobCoordinator(uint256 jobId, address caller, address coordinator);
+    error EmptyRoute(uint256 jobId);
+    error IncompleteCover(uint256 jobId, uint256 stage, uint32 expectedStart, uint32 start);
+    error SpanNotConfirmed(uint256 jobId, address node, uint32 start, uint32 end);
+    error NodeNotActive(address node);
+    error StageFeeBelowPrice(uint256 stage, uint256 fee, uint256 minFee);
+    error FeeExceedsEscrow(uint256 jobId, uint256 total, uint256 escrow);
+    error RouteMismatch(uint256 jobId);
+    error ReceiptCountMismatch(uint256 jobId, uint256 receipts, uint256 stages);
+    error InvalidReceiptSigner(uint256 jobId, uint256 stage, address expected, address recovered);
+    error BrokenReceiptChain(uint256 jobId, uint256 stage);
+    error OutputHashMismatch(uint256 jobId);
+    error DeadlinePassed(uint256 jobId, uint40 deadline);
+    error DeadlineNotPassed(uint256 jobId, uint40 deadline);
+    error NothingToWithdraw(address account);
+    error TransferFailed(address to, uint256 amount);
+    error InvalidParameter(string name);
+
+    // ---------------------------------------------------------------- views
+    function openJobs(address node) external view returns (uint256);
+}

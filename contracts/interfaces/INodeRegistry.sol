@@ -1,0 +1,57 @@
+// SPDX-License-Identifier: MIT
+pragma solidity ^0.8.24;
+
+/// @title INodeRegistry
+/// @notice Staked node operators: registration, hardware profile, two-step unstake, slashing.
+interface INodeRegistry {
+    // ---------------------------------------------------------------- types
+    /// @notice What an operator declares about its machine. Measured figures live off-chain.
+    struct Hardware {
+        uint32 memoryMb; // usable accelerator/CPU memory for blocks, MiB
+        uint32 computeScore; // relative compute throughput, higher is faster
+        uint32 bandwidthMbps; // network bandwidth, Mbit/s
+    }
+
+    struct Node {
+        uint128 stake; // wei backing the node
+        uint128 pendingUnstake; // wei requested out, still slashable until withdrawn
+        uint64 unlockAt; // unix time when pendingUnstake may be withdrawn
+        uint64 registeredAt; // unix time of registration, 0 = not registered
+        Hardware hardware;
+        string endpoint; // data-plane base URL, e.g. http://10.0.0.5:7001
+        bytes dataKey; // data-plane public key (the address or pubkey that signs requests)
+    }
+
+    // ---------------------------------------------------------------- events
+    event NodeRegistered(
+        address indexed node, uint256 stake, string endpoint, Hardware hardware, bytes dataKey
+    );
+    event StakeAdded(address indexed node, uint256 amount, uint256 stake);
+    event ProfileUpdated(address indexed node, string endpoint, Hardware hardware, bytes dataKey);
+    event UnstakeRequested(address indexed node, uint256 amount, uint256 stake, uint64 unlockAt);
+    event UnstakeWithdrawn(address indexed node, uint256 amount);
+    event NodeSlashed(address indexed node, address indexed by, uint256 amount, string reason);
+    event SlashedFundsWithdrawn(address indexed treasury, uint256 amount);
+    event MarketSet(address indexed market);
+    event ParametersSet(uint256 minStake, uint64 unstakeCooldown, address treasury);
+
+    // ---------------------------------------------------------------- errors
+    error AlreadyRegistered(address node);
+    error NotRegistered(address node);
+    error InsufficientStake(address node, uint256 have, uint256 need);
+    error InvalidHardware(string field);
+    error EmptyEndpoint();
+    error ZeroAmount();
+    error UnstakeExceedsStake(address node, uint256 requested, uint256 stake);
+    error UnstakeWhileOnOpenRoute(address node, uint256 openJobs);
+    error UnstakeLeavesDust(address node, uint256 remaining, uint256 minStake);
+    error NothingToWithdraw(address account);
+    error CooldownNotOver(address node, uint64 unlockAt, uint64 nowTs);
+    error SlashExceedsStake(address node, uint256 amount, uint256 available);
+    error TransferFailed(address to, uint256 amount);
+    error MarketAlreadySet(address market);
+
+    // ---------------------------------------------------------------- views
+    function isActive(address node) external view returns (bool);
+    function minStake() external view returns (uint256);
+}

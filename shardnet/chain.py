@@ -1,0 +1,161 @@
+"""Chain access: HTTP and websocket connections, deployment loading, locally signed
+transactions (simulated first, so a revert is a named exception before any gas is spent),
+and contract custom errors decoded into named Python exceptions."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+import requests
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from web3 import AsyncWeb3, Web3
+from web3.contract import Contract
+from web3.contract.contract import ContractFunction
+from web3.exceptions import ContractLogicError, TimeExhausted
+from web3.providers import WebSocketProvider
+
+from shardnet import compiler
+from shardnet.contract_errors import ContractRevert, decode_revert
+from shardnet.deployment import Deployment
+from shardnet.errors import ChainUnavailable, DeploymentNotFound, TransactionFailed
+
+# Anvil's and Hardhat's default mnemonic accounts ("test test ... junk"): devnet only.
+DEV_MNEMONIC = "test test test test test test test test test test test junk"
+Account.enable_unaudited_hdwallet_features()
+
+
+def dev_account(index: int) -> LocalAccount:
+    """Funded account #index of the devnet mnemonic (0 = admin, 1 = coordinator, ...)."""
+    return Account.from_mnemonic(DEV_MNEMONIC, account_path=f"m/44'/60'/0'/0/{index}")
+
+
+def _unreachable(url: str, reason: object) -> ChainUnavailable:
+    return ChainUnavailable(
+        f"cannot reach the JSON-RPC endpoint at {url} ({reason}); "
+        "start the devnet with 'shardnet devnet up' or pass the right --rpc-url"
+    )
+
+
+class Chain:
+    """A synchronous HTTP connection plus the project contracts and a signing account."""
+
+    def __init__(self, rpc_url: str, account: LocalAccount | None = None,
+                 deployment: Deployment | None = None, timeout: float = 10.0):
+        self.rpc_url = rpc_url
+        self.w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": timeout}))
+        self.account = account
+        self.deployment = deployment
+        self._abi_cache: list[dict] | None = None
+        self._nonce_lock = threading.Lock()
+        try:
+            self.chain_id = self.w3.eth.chain_id
+        except (requests.exceptions.RequestException, OSError) as exc:
+            raise _unreachable(rpc_url, type(exc).__name__) from None
+
+    @classmethod
+    def from_deployment(cls, deployment: Deployment | None = None, account: LocalAccount | None = None,
+                        rpc_url: str | None = None) -> Chain:
+        deployment = deployment or Deployment.load()
+        chain = cls(rpc_url or deployment.rpc_url, account, deployment)
+        if chain.chain_id != deployment.chain_id:
+            raise DeploymentNotFound(
+                f"the deployment file is for chain {deployment.chain_id} but {chain.rpc_url} is chain "
+                f"{chain.chain_id}; point --rpc-url at the right chain or redeploy with 'shardnet devnet up'"
+            )
+        return chain
+
+    # ------------------------------------------------------------------ contracts
+    @property
+    def abis(self) -> list[dict]:
+        if self._abi_cache is None:
+            self._abi_cache = compiler.all_abis()
+        return self._abi_cache
+
+    def contract(self, name: str, address: str | None = None) -> Contract:
+        if address is None:
+            if self.deployment is None:
+                raise DeploymentNotFound("no deployment loaded; pass --deployment or run 'shardnet devnet up'")
+            address = self.deployment.address(name)
+        return self.w3.eth.contract(address=Web3.to_checksum_address(address), abi=compiler.load_artifact(name).abi)
+
+    def has_code(self, address: str) -> bool:
+        return len(self.w3.eth.get_code(Web3.to_checksum_address(address))) > 0
+
+    # ------------------------------------------------------------------ calls and transactions
+    def decode_error(self, exc: ContractLogicError) -> ContractRevert:
+        data = exc.data if isinstance(exc.data, str) else ""
+        if data and data != "0x":
+            return decode_revert(data, self.abis)
+        return ContractRevert({"message": str(exc)})
+
+    def call(self, fn: ContractFunction, block: int | str = "latest") -> Any:
+        try:
+            return fn.call(block_identifier=block)
+        except ContractLogicError as exc:
+            raise self.decode_error(exc) from None
+
+    def transact(self, fn: ContractFunction, value: int = 0, account: LocalAccount | None = None,
+                 gas: int | None = None) -> dict:
+        """Simulate, sign, send and wait for `fn`. Reverts raise the contract's named error."""
+        account = account or self.account
+        if account is None:
+            raise TransactionFailed("no signing account configured; pass --key or set it in the config")
+        with self._nonce_lock:
+            params: dict[str, Any] = {"from": account.address, "value": value,
+                                      "nonce": self.w3.eth.get_transaction_count(account.address, "pending"),
+                                      "chainId": self.chain_id}
+            if gas:
+                params["gas"] = gas
+            try:
+                tx = fn.build_transaction(params)  # estimates gas: a revert surfaces here
+            except ContractLogicError as exc:
+                raise self.decode_error(exc) from None
+            return self._send(tx, account)
+
+    def deploy(self, artifact: compiler.Artifact, *args: Any, account: LocalAccount | None = None) -> tuple[str, int]:
+        """Deploy `artifact`; returns (address, block number)."""
+        account = account or self.account
+        factory = self.w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
+        with self._nonce_lock:
+            tx = factory.constructor(*args).build_transaction({
+                "from": account.address, "chainId": self.chain_id,
+                "nonce": self.w3.eth.get_transaction_count(account.address, "pending")})
+            receipt = self._send(tx, account)
+        return receipt["contractAddress"], receipt["blockNumber"]
+
+    def send_value(self, to: str, value: int, account: LocalAccount | None = None) -> dict:
+        account = account or self.account
+        with self._nonce_lock:
+            tx = {"to": Web3.to_checksum_address(to), "value": value, "from": account.address,
+                  "chainId": self.chain_id, "gas": 21_000,
+                  "nonce": self.w3.eth.get_transaction_count(account.address, "pending"),
+                  "maxFeePerGas": 2 * self.w3.eth.gas_price + 1, "maxPriorityFeePerGas": 1}
+            return self._send(tx, account)
+
+    def _send(self, tx: dict, account: LocalAccount) -> dict:
+        signed = account.sign_transaction(tx)
+        tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
+        try:
+            receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=60, poll_latency=0.05)
+        except TimeExhausted:
+            raise TransactionFailed(f"transaction {tx_hash.hex()} was not mined within 60 s; is the chain mining?") from None
+        if receipt["status"] != 1:
+            raise TransactionFailed(f"transaction {tx_hash.hex()} reverted on-chain (gas used {receipt['gasUsed']})")
+        return receipt
+
+
+@contextlib.asynccontextmanager
+async def connect_ws(ws_url: str) -> AsyncIterator[AsyncWeb3]:
+    """An AsyncWeb3 over a websocket (for event subscriptions). One subscription style per connection."""
+    try:
+        w3 = await AsyncWeb3(WebSocketProvider(ws_url))
+    except OSError as exc:
+        raise _unreachable(ws_url, type(exc).__name__) from None
+    try:
+        yield w3
+    finally:
+        await w3.provider.disconnect()

@@ -1,0 +1,89 @@
+"""Contract custom errors as named Python exceptions.
+
+Every error declared in the project ABIs becomes a subclass of `ContractRevert` with the
+same name, importable from here: `from shardnet.contract_errors import InsufficientStake`.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+from eth_abi import decode as abi_decode
+from eth_utils import keccak, to_checksum_address
+
+from shardnet.errors import ShardnetError
+
+_HINTS = {
+    "InsufficientStake": "send at least the minimum stake (NodeRegistry.minStake) with the call",
+    "UnknownModel": "check the model id with 'shardnet model list' or the ModelRegistered events",
+    "UnknownJob": "check the job id with 'shardnet job status' or the JobPosted events",
+    "NothingToWithdraw": "nothing is credited to this account yet",
+    "EscrowMismatch": "send exactly maxFee as the transaction value",
+    "BadDeadline": "pick a deadline between now and now + JobMarket.maxJobDuration",
+    "CooldownNotOver": "wait until unlockAt, then withdraw again",
+    "UnstakeWhileOnOpenRoute": "wait until the node's open jobs settle, then request again",
+}
+
+
+class ContractRevert(ShardnetError):
+    """A contract call reverted with a custom error."""
+
+    error_name = "ContractRevert"
+
+    def __init__(self, args: dict | None = None, raw: str = ""):
+        self.error_args = args or {}
+        self.raw = raw
+        shown = ", ".join(f"{k}={v}" for k, v in self.error_args.items())
+        hint = _HINTS.get(self.error_name)
+        super().__init__(f"{self.error_name}({shown})" + (f": {hint}" if hint else ""))
+
+
+@cache
+def error_class(name: str) -> type[ContractRevert]:
+    """The exception class for custom error `name` (one class per name, so except-clauses match)."""
+    return type(name, (ContractRevert,), {"error_name": name, "__module__": __name__})
+
+
+def __getattr__(name: str) -> type[ContractRevert]:
+    if name[:1].isupper():
+        return error_class(name)
+    raise AttributeError(name)
+
+
+def _signature_types(inputs: list[dict]) -> list[str]:
+    out = []
+    for item in inputs:
+        if item["type"].startswith("tuple"):
+            out.append(f"({','.join(_signature_types(item['components']))})" + item["type"][5:])
+        else:
+            out.append(item["type"])
+    return out
+
+
+def selectors(abi: list[dict]) -> dict[bytes, dict]:
+    """4-byte selector -> error ABI entry, for every error in `abi`."""
+    table = {}
+    for entry in abi:
+        if entry.get("type") == "error":
+            sig = f"{entry['name']}({','.join(_signature_types(entry['inputs']))})"
+            table[keccak(text=sig)[:4]] = entry
+    return table
+
+
+def decode_revert(data: str | bytes, abi: list[dict]) -> ContractRevert:
+    """Turn raw revert data into the named exception (or a generic one if unknown)."""
+    raw = bytes.fromhex(data[2:] if data.startswith("0x") else data) if isinstance(data, str) else bytes(data)
+    entry = selectors(abi).get(raw[:4])
+    if entry is None:
+        exc = ContractRevert({"data": "0x" + raw.hex()}, raw.hex())
+        return exc
+    types = _signature_types(entry["inputs"])
+    values = abi_decode(types, raw[4:]) if types else ()
+    args = {}
+    for item, value in zip(entry["inputs"], values, strict=True):
+        if item["type"] == "address":
+            value = to_checksum_address(value)
+        elif isinstance(value, bytes):
+            value = "0x" + value.hex()
+        args[item["name"] or f"arg{len(args)}"] = value
+    return error_class(entry["name"])(args, raw.hex())

@@ -1,0 +1,62 @@
+"""The deployment file: the one place every process learns where the network lives."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from shardnet.errors import DeploymentNotFound
+
+
+def default_path() -> Path:
+    env = os.environ.get("SHARDNET_DEPLOYMENT")
+    if env:
+        return Path(env)
+    from shardnet.devnet import DevnetPaths
+
+    return DevnetPaths.default().deployment
+
+
+@dataclass(frozen=True)
+class ContractRecord:
+    address: str
+    artifact_hash: str
+
+
+@dataclass(frozen=True)
+class Deployment:
+    chain_id: int
+    rpc_url: str
+    ws_url: str
+    ipfs_api: str
+    deploy_block: int  # first block any agent needs to read events from
+    compiler: str
+    contracts: dict[str, ContractRecord] = field(default_factory=dict)
+
+    def address(self, name: str) -> str:
+        try:
+            return self.contracts[name].address
+        except KeyError:
+            raise DeploymentNotFound(f"the deployment file has no {name}; redeploy with 'shardnet devnet up'") from None
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> Deployment:
+        path = Path(path) if path else default_path()
+        if not path.exists():
+            raise DeploymentNotFound(
+                f"no deployment file at {path}; run 'shardnet devnet up' or pass --deployment / SHARDNET_DEPLOYMENT"
+            )
+        try:
+            data = json.loads(path.read_text())
+            data["contracts"] = {k: ContractRecord(**v) for k, v in data["contracts"].items()}
+            return cls(**data)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DeploymentNotFound(f"deployment file {path} is unreadable ({exc}); run 'shardnet devnet up' again") from None

@@ -1,0 +1,316 @@
+"""The embedded devnet: Anvil + a loopback IPFS daemon + the deployed contracts.
+
+`up` starts what is not running yet (recording PIDs), deploys the contracts unless the
+deployment file already matches what is on the chain, and writes the deployment file that
+every other process reads. `down` stops only the processes `up` recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shardnet import compiler, tools
+from shardnet.chain import Chain, dev_account
+from shardnet.deployment import ContractRecord, Deployment
+from shardnet.errors import DevnetError, PortInUse, ShardnetError
+from shardnet.storage import IpfsClient
+
+ETHER = 10**18
+
+
+class DevnetSettings(BaseSettings):
+    """Devnet knobs; each may be set as SHARDNET_<NAME> in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="SHARDNET_")
+
+    home: Path | None = None  # where state, logs, PIDs and the deployment file live (default <repo>/.devnet)
+    host: str = "127.0.0.1"  # loopback only
+    chain_port: int = 8545  # Anvil HTTP + websocket
+    ipfs_port: int = 5001  # Kubo RPC API
+    chain_id: int = 31337
+    accounts: int = 20  # funded dev accounts (mnemonic 'test test ... junk')
+    min_stake_wei: int = ETHER  # NodeRegistry minimum stake
+    unstake_cooldown_s: int = 600  # NodeRegistry unstake cooldown, seconds
+    coordinator_fee_bps: int = 500  # JobMarket coordinator cut, basis points of stage fees
+    max_job_duration_s: int = 86_400  # JobMarket: how far a deadline may lie ahead, seconds
+    start_timeout_s: float = Field(30.0)  # how long to wait for each service to answer
+
+
+@dataclass(frozen=True)
+class DevnetPaths:
+    home: Path
+
+    @classmethod
+    def default(cls, settings: DevnetSettings | None = None) -> DevnetPaths:
+        settings = settings or DevnetSettings()
+        return cls(Path(settings.home) if settings.home else tools.repo_root() / ".devnet")
+
+    @property
+    def deployment(self) -> Path:
+        return self.home / "deployment.json"
+
+    @property
+    def pids(self) -> Path:
+        return self.home / "pids.json"
+
+    @property
+    def anvil_state(self) -> Path:
+        return self.home / "anvil-state.json"
+
+    @property
+    def ipfs_repo(self) -> Path:
+        return self.home / "ipfs"
+
+    @property
+    def logs(self) -> Path:
+        return self.home / "logs"
+
+
+# ---------------------------------------------------------------------- processes
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is not alive
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return True
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _ours(record: dict) -> bool:
+    """The recorded process is still running and is still the program we started."""
+    return _alive(record["pid"]) and record["marker"] in _cmdline(record["pid"])
+
+
+def _read_pids(paths: DevnetPaths) -> dict:
+    return json.loads(paths.pids.read_text()) if paths.pids.exists() else {}
+
+
+def _write_pids(paths: DevnetPaths, pids: dict) -> None:
+    paths.home.mkdir(parents=True, exist_ok=True)
+    paths.pids.write_text(json.dumps(pids, indent=2))
+
+
+def _check_port(host: str, port: int, what: str, flag: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            raise PortInUse(
+                f"port {port} on {host} ({what}) is already in use by another program; stop it or pick "
+                f"another port with {flag}"
+            ) from None
+
+
+def _spawn(cmd: list[str], log: Path, marker: str, port: int) -> dict:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, cwd=tools.repo_root())
+    return {"pid": proc.pid, "marker": marker, "port": port, "log": str(log)}
+
+
+def _wait(ready, record: dict, what: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(record["pid"]):
+            tail = Path(record["log"]).read_text(errors="replace")[-800:]
+            raise DevnetError(f"{what} exited while starting; see {record['log']}:\n{tail}")
+        try:
+            if ready():
+                return
+        except (httpx.HTTPError, ShardnetError, OSError):
+            pass
+        time.sleep(0.1)
+    raise DevnetError(f"{what} did not answer within {timeout:.0f} s; see {record['log']}")
+
+
+def _start_anvil(settings: DevnetSettings, paths: DevnetPaths) -> dict:
+    cmd = [tools.anvil_binary(), "--host", settings.host, "--port", str(settings.chain_port),
+           "--chain-id", str(settings.chain_id), "--accounts", str(settings.accounts),
+           "--state", str(paths.anvil_state), "--state-interval", "1"]
+    return _spawn(cmd, paths.logs / "anvil.log", str(paths.anvil_state), settings.chain_port)
+
+
+def _start_ipfs(settings: DevnetSettings, paths: DevnetPaths) -> dict:
+    cmd = [tools.node_binary(), str(tools.ipfs_daemon_script()), str(paths.ipfs_repo), str(settings.ipfs_port)]
+    return _spawn(cmd, paths.logs / "ipfs.log", str(paths.ipfs_repo), settings.ipfs_port)
+
+
+# ---------------------------------------------------------------------- contracts
+def _deployment_current(path: Path, chain: Chain, artifacts: dict[str, compiler.Artifact]) -> Deployment | None:
+    try:
+        deployment = Deployment.load(path)
+    except ShardnetError:
+        return None
+    if deployment.chain_id != chain.chain_id:
+        return None
+    for name, artifact in artifacts.items():
+        record = deployment.contracts.get(name)
+        if record is None or record.artifact_hash != artifact.artifact_hash or not chain.has_code(record.address):
+            return None
+    return deployment
+
+
+def deploy_contracts(chain: Chain, settings: DevnetSettings, ipfs_api: str, ws_url: str) -> Deployment:
+    """Deploy and wire the three contracts with dev account 0 as admin and 1 as coordinator."""
+    artifacts = compiler.compile_contracts()
+    admin, coordinator = dev_account(0), dev_account(1)
+    chain.account = admin
+    first_block = chain.w3.eth.block_number + 1
+    nodes_addr, _ = chain.deploy(artifacts["NodeRegistry"], admin.address, settings.min_stake_wei,
+                                 settings.unstake_cooldown_s, admin.address)
+    models_addr, _ = chain.deploy(artifacts["ModelRegistry"], admin.address, nodes_addr)
+    market_addr, _ = chain.deploy(artifacts["JobMarket"], admin.address, nodes_addr, models_addr,
+                                  settings.coordinator_fee_bps, settings.max_job_duration_s)
+    nodes = chain.contract("NodeRegistry", nodes_addr)
+    models = chain.contract("ModelRegistry", models_addr)
+    market = chain.contract("JobMarket", market_addr)
+    chain.transact(nodes.functions.setMarket(market_addr))
+    role = chain.call(models.functions.COORDINATOR_ROLE())
+    chain.transact(models.functions.grantRole(role, coordinator.address))
+    chain.transact(market.functions.grantRole(role, coordinator.address))
+    version = next(iter(artifacts.values())).compiler
+    return Deployment(
+        chain_id=chain.chain_id, rpc_url=chain.rpc_url, ws_url=ws_url, ipfs_api=ipfs_api,
+        deploy_block=first_block, compiler=version,
+        contracts={
+            "NodeRegistry": ContractRecord(nodes_addr, artifacts["NodeRegistry"].artifact_hash),
+            "ModelRegistry": ContractRecord(models_addr, artifacts["ModelRegistry"].artifact_hash),
+            "JobMarket": ContractRecord(market_addr, artifacts["JobMarket"].artifact_hash),
+        },
+    )
+
+
+def ensure_deployed(rpc_url: str, ws_url: str, ipfs_api: str, deployment_path: Path,
+                    settings: DevnetSettings | None = None) -> tuple[Deployment, bool]:
+    """Reuse the deployment file when it matches the chain and the sources, else deploy. Returns
+    (deployment, deployed_now)."""
+    settings = settings or DevnetSettings()
+    chain = Chain(rpc_url)
+    artifacts = compiler.compile_contracts()
+    current = _deployment_current(deployment_path, chain, artifacts)
+    if current is not None:
+        return current, False
+    deployment = deploy_contracts(chain, settings, ipfs_api, ws_url)
+    deployment.save(deployment_path)
+    return deployment, True
+
+
+# ---------------------------------------------------------------------- commands
+def up(settings: DevnetSettings | None = None) -> dict:
+    """Start (or reuse) the devnet and return its status."""
+    settings = settings or DevnetSettings()
+    paths = DevnetPaths.default(settings)
+    paths.home.mkdir(parents=True, exist_ok=True)
+    pids = _read_pids(paths)
+    rpc_url = f"http://{settings.host}:{settings.chain_port}"
+    ipfs_api = f"http://{settings.host}:{settings.ipfs_port}"
+
+    started = {}
+    for name, port, flag, start in (("anvil", settings.chain_port, "--chain-port", _start_anvil),
+                                    ("ipfs", settings.ipfs_port, "--ipfs-port", _start_ipfs)):
+        record = pids.get(name)
+        if record and _ours(record) and record["port"] == port:
+            continue
+        _check_port(settings.host, port, "chain" if name == "anvil" else "IPFS API", flag)
+        started[name] = pids[name] = start(settings, paths)
+    _write_pids(paths, pids)
+
+    try:
+        if "anvil" in started:
+            _wait(lambda: Chain(rpc_url, timeout=1).chain_id == settings.chain_id, started["anvil"], "anvil",
+                  settings.start_timeout_s)
+        if "ipfs" in started:
+            _wait(lambda: IpfsClient(ipfs_api, timeout=1).peer_id(), started["ipfs"], "the IPFS daemon",
+                  settings.start_timeout_s)
+        deploy_started = time.time()
+        _, deployed = ensure_deployed(rpc_url, rpc_url.replace("http://", "ws://"), ipfs_api,
+                                      paths.deployment, settings)
+    except ShardnetError:
+        for record in started.values():
+            _stop(record)
+        raise
+    if deployed:  # Anvil writes its state every second: wait until the deployment is on disk
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if paths.anvil_state.exists() and paths.anvil_state.stat().st_mtime > deploy_started + 0.05:
+                break
+            time.sleep(0.1)
+    info = status(settings)
+    info["started"] = sorted(started)
+    info["deployed"] = deployed
+    return info
+
+
+def status(settings: DevnetSettings | None = None) -> dict:
+    settings = settings or DevnetSettings()
+    paths = DevnetPaths.default(settings)
+    deployment = Deployment.load(paths.deployment)
+    chain = Chain(deployment.rpc_url, timeout=3)
+    with IpfsClient(deployment.ipfs_api, timeout=3) as ipfs:
+        peer_id = ipfs.peer_id()
+    pids = _read_pids(paths)
+    return {
+        "chain_id": chain.chain_id,
+        "block_number": chain.w3.eth.block_number,
+        "rpc_url": deployment.rpc_url,
+        "ws_url": deployment.ws_url,
+        "ipfs_api": deployment.ipfs_api,
+        "ipfs_peer_id": peer_id,
+        "contracts": {name: record.address for name, record in deployment.contracts.items()},
+        "deploy_block": deployment.deploy_block,
+        "deployment_file": str(paths.deployment),
+        "processes": {name: rec["pid"] for name, rec in pids.items() if _ours(rec)},
+    }
+
+
+def _stop(record: dict, grace: float = 5.0) -> bool:
+    if not _ours(record):
+        return False
+    pid = record["pid"]
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.05)
+    if _alive(pid):
+        os.killpg(pid, signal.SIGKILL)
+        while _alive(pid):
+            time.sleep(0.05)
+    return True
+
+
+def down(settings: DevnetSettings | None = None) -> list[str]:
+    """Stop what `up` started (by recorded PID); returns the names stopped."""
+    paths = DevnetPaths.default(settings)
+    pids = _read_pids(paths)
+    stopped = [name for name, record in pids.items() if _stop(record)]
+    if paths.pids.exists():
+        paths.pids.unlink()
+    return stopped
+

@@ -1,0 +1,59 @@
+// shardnet's local IPFS daemon: js-ipfs serving the Kubo RPC API on loopback, offline.
+// Usage: node ipfs-daemon.mjs <repoDir> <apiPort>
+// The stock `jsipfs daemon` command is broken on current Node; this starts the same Daemon
+// class with preload off, no bootstrap / MDNS / delegates, and non-fatal transport errors.
+
+if (!Promise.withResolvers) {
+  // Node 20 lacks it; some libp2p dependencies call it.
+  Promise.withResolvers = function () {
+    let resolve, reject
+    const promise = new Promise((res, rej) => { resolve = res; reject = rej })
+    return { promise, resolve, reject }
+  }
+}
+
+const [repoDir, apiPort] = process.argv.slice(2)
+if (!repoDir || !apiPort) {
+  console.error('usage: ipfs-daemon.mjs <repoDir> <apiPort>')
+  process.exit(2)
+}
+
+// Bare imports resolve from the repository's node_modules (this file lives inside it).
+const { Daemon } = await import('ipfs-daemon')
+const { createLibp2p } = await import('libp2p')
+const { FaultTolerance } = await import('@libp2p/interface-transport')
+
+const daemon = new Daemon({
+  repo: repoDir,
+  repoAutoMigrate: true,
+  preload: { enabled: false },
+  offline: false,
+  silent: true,
+  start: true,
+  config: {
+    Addresses: {
+      Swarm: ['/ip4/127.0.0.1/tcp/0'],
+      API: `/ip4/127.0.0.1/tcp/${apiPort}`,
+      Gateway: '',
+      RPC: '',
+      Delegates: [],
+    },
+    Bootstrap: [],
+    Discovery: { MDNS: { Enabled: false }, webRTCStar: { Enabled: false } },
+  },
+  libp2p: async ({ libp2pOptions }) => createLibp2p({
+    ...libp2pOptions,
+    peerDiscovery: [],
+    transportManager: { faultTolerance: FaultTolerance.NO_FATAL },
+  }),
+})
+
+await daemon.start()
+const id = await daemon._ipfs.id()
+console.log(JSON.stringify({ ready: true, api: `http://127.0.0.1:${apiPort}`, peerId: id.id.toString() }))
+
+const stop = async () => {
+  try { await daemon.stop() } finally { process.exit(0) }
+}
+process.on('SIGTERM', stop)
+process.on('SIGINT', stop)
