@@ -1,0 +1,26 @@
+# The two commands a newcomer needs: `make demo` and `make test`.
+PY := .venv/bin/python
+export HARDHAT_DISABLE_TELEMETRY_PROMPT := true
+
+.PHONY: bootstrap demo test devnet-up devnet-down bench clean
+
+bootstrap:
+	@scripts/bootstrap.sh
+
+demo: bootstrap
+	@$(PY) -m shardnet.demo
+
+test: bootstrap
+	@$(PY) -m pytest -q $(PYTEST_ARGS)
+
+devnet-up: bootstrap
+	@.venv/bin/shardnet devnet up
+
+devnet-down:
+	@.venv/bin/shardnet devnet down
+
+bench: bootstrap
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf build .devnet .pytest_cache

@@ -1,0 +1,68 @@
+"""Shared fixtures. `devnet` is a real Anvil + IPFS daemon + deployed contracts, started once per
+test session in a temporary folder on free ports (a developer's own devnet is left alone)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from shardnet import devnet as dn
+from shardnet.chain import Chain, dev_account
+from shardnet.deployment import Deployment
+from shardnet.storage import IpfsClient
+
+REPO = Path(__file__).resolve().parents[1]
+SHARDNET = [sys.executable, "-m", "shardnet.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def devnet_settings(home: Path) -> dn.DevnetSettings:
+    return dn.DevnetSettings(home=home, chain_port=free_port(), ipfs_port=free_port())
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([*SHARDNET, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, cwd=REPO)
+
+
+@pytest.fixture(scope="session")
+def devnet(tmp_path_factory):
+    settings = devnet_settings(tmp_path_factory.mktemp("devnet"))
+    info = dn.up(settings)
+    yield {"settings": settings, "info": info,
+           "deployment": Deployment.load(dn.DevnetPaths.default(settings).deployment)}
+    dn.down(settings)
+
+
+@pytest.fixture(scope="session")
+def deployment(devnet) -> Deployment:
+    return devnet["deployment"]
+
+
+@pytest.fixture(scope="session")
+def chain(deployment) -> Chain:
+    return Chain.from_deployment(deployment, account=dev_account(0))
+
+
+@pytest.fixture(scope="session")
+def ipfs(deployment):
+    with IpfsClient(deployment.ipfs_api) as client:
+        yield client
+
+
+@pytest.fixture
+def fresh_chain(chain):
+    """The session chain, rolled back after the test (evm_snapshot / evm_revert)."""
+    snapshot = chain.w3.provider.make_request("evm_snapshot", [])["result"]
+    yield chain
+    chain.w3.provider.make_request("evm_revert", [snapshot])

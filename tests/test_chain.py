@@ -1,0 +1,75 @@
+"""Chain module on the real Anvil: named custom errors, event follower, websocket."""
+
+import asyncio
+
+import pytest
+
+from shardnet import contract_errors
+from shardnet.chain import Chain, connect_ws, dev_account
+from shardnet.errors import ChainUnavailable, DeploymentNotFound
+from shardnet.events import EventFollower
+from tests.conftest import free_port
+
+PROFILE = (2048, 10, 100)
+
+
+def test_custom_error_becomes_named_exception(fresh_chain):
+    nodes = fresh_chain.contract("NodeRegistry")
+    with pytest.raises(contract_errors.InsufficientStake) as info:
+        fresh_chain.transact(nodes.functions.register("http://n", PROFILE, b""), value=5,
+                             account=dev_account(6))
+    assert info.value.error_args == {"node": dev_account(6).address, "have": 5, "need": 10**18}
+    assert "minimum stake" in str(info.value)
+    assert isinstance(info.value, contract_errors.ContractRevert)
+
+
+def test_unreachable_rpc_is_one_clear_error():
+    with pytest.raises(ChainUnavailable, match="shardnet devnet up"):
+        Chain(f"http://127.0.0.1:{free_port()}", timeout=1)
+
+
+def test_deployment_for_another_chain_is_refused(deployment):
+    from dataclasses import replace
+
+    with pytest.raises(DeploymentNotFound, match="chain 1"):
+        Chain.from_deployment(replace(deployment, chain_id=1))
+
+
+def test_follower_resumes_from_saved_height(fresh_chain, tmp_path):
+    nodes = fresh_chain.contract("NodeRegistry")
+    state = tmp_path / "height.json"
+    start = fresh_chain.w3.eth.block_number + 1
+
+    def register(i):
+        fresh_chain.transact(nodes.functions.register(f"http://n{i}", PROFILE, b""), value=10**18,
+                             account=dev_account(10 + i))
+
+    register(0)
+    register(1)
+    follower = EventFollower(fresh_chain, [nodes.address], state, start_block=start)
+    first = [e for e in follower.poll() if e.name == "NodeRegistered"]
+    assert [e.args["endpoint"] for e in first] == ["http://n0", "http://n1"]
+
+    register(2)
+    # a new process, same state file: only what it has not seen
+    restarted = EventFollower(fresh_chain, [nodes.address], state, start_block=start)
+    second = [e for e in restarted.poll() if e.name == "NodeRegistered"]
+    assert [e.args["endpoint"] for e in second] == ["http://n2"]
+    assert list(restarted.poll()) == []
+
+
+def test_websocket_subscription_delivers_logs(fresh_chain, deployment):
+    nodes = fresh_chain.contract("NodeRegistry")
+
+    async def scenario():
+        async with connect_ws(deployment.ws_url) as w3:
+            assert await w3.eth.chain_id == 31337
+            await w3.eth.subscribe("logs", {"address": nodes.address})
+            loop = asyncio.get_running_loop()
+            loop.run_in_executor(None, lambda: fresh_chain.transact(
+                nodes.functions.register("http://ws", PROFILE, b""), value=10**18, account=dev_account(15)))
+            async for message in w3.socket.process_subscriptions():
+                return message["result"]
+
+    log = asyncio.run(asyncio.wait_for(scenario(), 20))
+    assert log["address"].lower() == nodes.address.lower()
