@@ -28,7 +28,9 @@ fi
 npm_stamp=$(hash_of package.json package-lock.json)
 if [ ! -d node_modules ] || [ "$(cat node_modules/.shardnet-stamp 2>/dev/null)" != "$npm_stamp" ]; then
   say "installing npm packages (a few minutes the first time)"
-  npm ci --no-audit --no-fund --loglevel=error
+  # `npm install` (not `npm ci`): js-ipfs lists optional WebRTC packages that fetch from outside
+  # the registry; install skips them as optional failures while keeping the locked versions.
+  npm install --no-audit --no-fund --loglevel=error
   echo "$npm_stamp" > node_modules/.shardnet-stamp
 fi
 

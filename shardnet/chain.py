@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from functools import cache
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,6 +29,7 @@ DEV_MNEMONIC = "test test test test test test test test test test test junk"
 Account.enable_unaudited_hdwallet_features()
 
 
+@cache
 def dev_account(index: int) -> LocalAccount:
     """Funded account #index of the devnet mnemonic (0 = admin, 1 = coordinator, ...)."""
     return Account.from_mnemonic(DEV_MNEMONIC, account_path=f"m/44'/60'/0'/0/{index}")

@@ -66,3 +66,10 @@ def fresh_chain(chain):
     snapshot = chain.w3.provider.make_request("evm_snapshot", [])["result"]
     yield chain
     chain.w3.provider.make_request("evm_revert", [snapshot])
+
+
+@pytest.fixture
+def world(fresh_chain):
+    from shardnet.scenario import World
+
+    return World.of(fresh_chain)

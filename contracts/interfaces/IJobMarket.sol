@@ -82,7 +82,6 @@ interface IJobMarket {
     error BadDeadline(uint256 deadline, uint256 earliest, uint256 latest);
     error EmptyInputCid();
     error NotClient(uint256 jobId, address caller);
-    error NotJobCoordinator(uint256 jobId, address caller, address coordinator);
     error EmptyRoute(uint256 jobId);
     error IncompleteCover(uint256 jobId, uint256 stage, uint32 expectedStart, uint32 start);
     error SpanNotConfirmed(uint256 jobId, address node, uint32 start, uint32 end);

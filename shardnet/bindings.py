@@ -1,0 +1,248 @@
+"""Typed Python bindings for the three contracts. Every write simulates first (a revert raises
+the contract's named error from `shardnet.contract_errors`), then signs and sends."""
+
+from __future__ import annotations
+
+from eth_account.signers.local import LocalAccount
+from eth_utils import keccak
+from web3 import Web3
+
+from shardnet.chain import Chain
+from shardnet.events import EventDecoder
+from shardnet.protocol import (Account, Assignment, Hardware, Job, JobStatus, Model, NodeInfo, Receipt,
+                               Stage)
+
+RECEIPT_TYPES = {
+    "Receipt": [
+        {"name": "jobId", "type": "uint256"},
+        {"name": "stage", "type": "uint256"},
+        {"name": "start", "type": "uint32"},
+        {"name": "end", "type": "uint32"},
+        {"name": "inputHash", "type": "bytes32"},
+        {"name": "outputHash", "type": "bytes32"},
+    ]
+}
+
+
+def receipt_domain(chain_id: int, market: str) -> dict:
+    return {"name": "shardnet", "version": "1", "chainId": chain_id,
+            "verifyingContract": Web3.to_checksum_address(market)}
+
+
+def sign_receipt(account: LocalAccount, chain_id: int, market: str, job_id: int, stage: int, start: int,
+                 end: int, input_hash: bytes, output_hash: bytes) -> Receipt:
+    """The EIP-712 receipt a stage node signs for its part of a job."""
+    message = {"jobId": job_id, "stage": stage, "start": start, "end": end,
+               "inputHash": input_hash, "outputHash": output_hash}
+    signed = account.sign_typed_data(receipt_domain(chain_id, market), RECEIPT_TYPES, message)
+    return Receipt(input_hash, output_hash, bytes(signed.signature))
+
+
+def output_hash_of(output_cid: str) -> bytes:
+    """What the last stage signs as its output hash: keccak256 of the output CID's UTF-8 bytes."""
+    return keccak(text=output_cid)
+
+
+class _Binding:
+    name = ""
+
+    def __init__(self, chain: Chain, address: str | None = None):
+        self.chain = chain
+        self.contract = chain.contract(self.name, address)
+        self.address = self.contract.address
+        self._decoder = EventDecoder(chain.abis)
+
+    def _tx(self, fn, value: int = 0, account: LocalAccount | None = None) -> dict:
+        return self.chain.transact(fn, value=value, account=account)
+
+    def _call(self, fn):
+        return self.chain.call(fn)
+
+    def events_in(self, receipt: dict) -> list:
+        """Decoded events of this contract in a transaction receipt."""
+        return [e for e in map(self._decoder.decode, receipt["logs"])
+                if e is not None and e.contract == self.address]
+
+
+class NodeRegistry(_Binding):
+    name = "NodeRegistry"
+
+    def register(self, endpoint: str, hardware: Hardware, data_key: bytes, stake: int,
+                 account: LocalAccount | None = None) -> dict:
+        return self._tx(self.contract.functions.register(endpoint, hardware.as_tuple(), data_key), stake, account)
+
+    def add_stake(self, amount: int, account: LocalAccount | None = None) -> dict:
+        return self._tx(self.contract.functions.addStake(), amount, account)
+
+    def update_profile(self, endpoint: str, hardware: Hardware, data_key: bytes,
+                       account: LocalAccount | None = None) -> dict:
+        return self._tx(self.contract.functions.updateProfile(endpoint, hardware.as_tuple(), data_key), 0, account)
+
+    def request_unstake(self, amount: int, account: LocalAccount | None = None) -> dict:
+        return self._tx(self.contract.functions.requestUnstake(amount), 0, account)
+
+    def withdraw_unstaked(self, account: LocalAccount | None = None) -> dict:
+        return self._tx(self.contract.functions.withdrawUnstaked(), 0, account)
+
+    def slash(self, node: str, amount: int, reason: str, account: LocalAccount | None = None) -> dict:
+        return self._tx(self.contract.functions.slash(node, amount, reason), 0, account)
+
+    def withdraw_slashed(self, account: LocalAccount | None = None) -> dict:
+        return self._tx(self.contract.functions.withdrawSlashed(), 0, account)
+
+    def grant_slasher(self, who: str, account: LocalAccount | None = None) -> dict:
+        role = self._call(self.contract.functions.SLASHER_ROLE())
+        return self._tx(self.contract.functions.grantRole(role, who), 0, account)
+
+    def set_parameters(self, min_stake: int, cooldown_s: int, treasury: str,
+                       account: LocalAccount | None = None) -> dict:
+        return self._tx(self.contract.functions.setParameters(min_stake, cooldown_s, treasury), 0, account)
+
+    # views
+    def is_active(self, node: str) -> bool:
+        return self._call(self.contract.functions.isActive(node))
+
+    def min_stake(self) -> int:
+        return self._call(self.contract.functions.minStake())
+
+    def slashed_balance(self) -> int:
+        return self._call(self.contract.functions.slashedBalance())
+
+    def node(self, node: str) -> NodeInfo:
+        s = self._call(self.contract.functions.getNode(node))
+        return NodeInfo(node, s[0], s[1], s[2], s[3], Hardware(*s[4]), s[5], bytes(s[6]))
+
+    def nodes(self) -> list[str]:
+        count = self._call(self.contract.functions.nodeCount())
+        return [self._call(self.contract.functions.nodeList(i)) for i in range(count)]
+
+    def reputation(self, node: str) -> tuple[int, int, int]:
+        """(jobs done, jobs failed, open jobs)."""
+        return tuple(self._call(self.contract.functions.reputationOf(node)))
+
+
+class ModelRegistry(_Binding):
+    name = "ModelRegistry"
+
+    def register_model(self, name: str, manifest_cid: str, block_count: int, blocks_root: bytes,
+                       price_per_block: int, account: LocalAccount | None = None) -> int:
+        receipt = self._tx(self.contract.functions.registerModel(
+            name, manifest_cid, block_count, blocks_root, price_per_block), 0, account)
+        return next(e.args["modelId"] for e in self.events_in(receipt) if e.name == "ModelRegistered")
+
+    def deprecate_model(self, model_id: int, account: LocalAccount | None = None) -> dict:
+        return self._tx(self.contract.functions.deprecateModel(model_id), 0, account)
+
+    def assign_shard(self, model_id: int, node: str, start: int, end: int,
+                     account: LocalAccount | None = None) -> dict:
+        return self._tx(self.contract.functions.assignShard(model_id, node, start, end), 0, account)
+
+    def confirm_shard(self, model_id: int, account: LocalAccount | None = None) -> dict:
+        return self._tx(self.contract.functions.confirmShard(model_id), 0, account)
+
+    def release_shard(self, model_id: int, node: str, account: LocalAccount | None = None) -> dict:
+        return self._tx(self.contract.functions.releaseShard(model_id, node), 0, account)
+
+    def grant_coordinator(self, who: str, account: LocalAccount | None = None) -> dict:
+        role = self._call(self.contract.functions.COORDINATOR_ROLE())
+        return self._tx(self.contract.functions.grantRole(role, who), 0, account)
+
+    # views
+    def model(self, model_id: int) -> Model:
+        m = self._call(self.contract.functions.getModel(model_id))
+        return Model(model_id, m[0], m[1], m[2], m[3], bytes(m[4]), m[5], m[6])
+
+    def model_count(self) -> int:
+        return self._call(self.contract.functions.modelCount())
+
+    def assignment(self, model_id: int, node: str) -> Assignment:
+        return Assignment(*self._call(self.contract.functions.assignmentOf(model_id, node)))
+
+    def nodes_for_block(self, model_id: int, block: int) -> list[str]:
+        return list(self._call(self.contract.functions.nodesForBlock(model_id, block)))
+
+    def assigned_nodes(self, model_id: int) -> list[str]:
+        return list(self._call(self.contract.functions.assignedNodes(model_id)))
+
+
+def _stages(stages: list[Stage]) -> list[tuple]:
+    return [s.as_tuple() for s in stages]
+
+
+def _receipts(receipts: list[Receipt]) -> list[tuple]:
+    return [r.as_tuple() for r in receipts]
+
+
+class JobMarket(_Binding):
+    name = "JobMarket"
+
+    def post_job(self, model_id: int, input_cid: str, params: bytes, max_fee: int, deadline: int,
+                 account: LocalAccount | None = None) -> int:
+        receipt = self._tx(self.contract.functions.postJob(model_id, input_cid, params, max_fee, deadline),
+                           max_fee, account)
+        return next(e.args["jobId"] for e in self.events_in(receipt) if e.name == "JobPosted")
+
+    def cancel_job(self, job_id: int, account: LocalAccount | None = None) -> dict:
+        return self._tx(self.contract.functions.cancelJob(job_id), 0, account)
+
+    def route_job(self, job_id: int, stages: list[Stage], account: LocalAccount | None = None) -> dict:
+        return self._tx(self.contract.functions.routeJob(job_id, _stages(stages)), 0, account)
+
+    def reroute_job(self, job_id: int, old: list[Stage], new: list[Stage],
+                    account: LocalAccount | None = None) -> dict:
+        return self._tx(self.contract.functions.rerouteJob(job_id, _stages(old), _stages(new)), 0, account)
+
+    def submit_result(self, job_id: int, stages: list[Stage], output_cid: str, receipts: list[Receipt],
+                      account: LocalAccount | None = None) -> dict:
+        return self._tx(self.contract.functions.submitResult(job_id, _stages(stages), output_cid,
+                                                             _receipts(receipts)), 0, account)
+
+    def expire_job(self, job_id: int, stages: list[Stage] = (), delivered: list[Receipt] = (),
+                   account: LocalAccount | None = None) -> dict:
+        return self._tx(self.contract.functions.expireJob(job_id, _stages(list(stages)),
+                                                          _receipts(list(delivered))), 0, account)
+
+    def withdraw(self, account: LocalAccount | None = None) -> dict:
+        return self._tx(self.contract.functions.withdraw(), 0, account)
+
+    def set_parameters(self, coordinator_fee_bps: int, max_job_duration_s: int,
+                       account: LocalAccount | None = None) -> dict:
+        return self._tx(self.contract.functions.setParameters(coordinator_fee_bps, max_job_duration_s), 0, account)
+
+    def grant_coordinator(self, who: str, account: LocalAccount | None = None) -> dict:
+        role = self._call(self.contract.functions.COORDINATOR_ROLE())
+        return self._tx(self.contract.functions.grantRole(role, who), 0, account)
+
+    # views
+    def job(self, job_id: int) -> Job:
+        j = self._call(self.contract.functions.getJob(job_id))
+        return Job(job_id, j[0], j[1], j[2], JobStatus(j[3]), j[4], j[5], bytes(j[6]))
+
+    def job_count(self) -> int:
+        return self._call(self.contract.functions.jobCount())
+
+    def account(self, who: str) -> Account:
+        return Account(*self._call(self.contract.functions.accounts(who)))
+
+    def coordinator_fee_bps(self) -> int:
+        return self._call(self.contract.functions.coordinatorFeeBps())
+
+    def receipt_digest(self, job_id: int, stage: int, start: int, end: int, input_hash: bytes,
+                       output_hash: bytes) -> bytes:
+        return bytes(self._call(self.contract.functions.receiptDigest(job_id, stage, start, end,
+                                                                      input_hash, output_hash)))
+
+    def sign_receipt(self, account: LocalAccount, job_id: int, stage: int, span_start: int, span_end: int,
+                     input_hash: bytes, output_hash: bytes) -> Receipt:
+        return sign_receipt(account, self.chain.chain_id, self.address, job_id, stage, span_start, span_end,
+                            input_hash, output_hash)
+
+
+class Contracts:
+    """The three bindings of one deployment."""
+
+    def __init__(self, chain: Chain):
+        self.chain = chain
+        self.nodes = NodeRegistry(chain)
+        self.models = ModelRegistry(chain)
+        self.market = JobMarket(chain)

@@ -1,0 +1,174 @@
+"""Rebuild every job's history and every balance from contract events alone.
+
+`Ledger.apply(event)` is a pure reducer over decoded events (shardnet.events.Event), in
+chain order. Auditors use it to check contract state; nothing here reads the chain.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from shardnet.protocol import JobStatus
+
+
+@dataclass
+class JobRecord:
+    job_id: int
+    client: str
+    model_id: int
+    input_cid: str
+    params: bytes
+    max_fee: int
+    deadline: int
+    status: JobStatus = JobStatus.POSTED
+    escrow: int = 0
+    coordinator: str | None = None
+    route: list[tuple] = field(default_factory=list)  # (node, start, end, fee)
+    reroutes: int = 0
+    output_cid: str | None = None
+    receipts: list[tuple] = field(default_factory=list)  # (inputHash, outputHash, signature)
+    payouts: dict[str, int] = field(default_factory=dict)  # payee -> wei
+    refunded: int = 0
+    failed_nodes: list[str] = field(default_factory=list)
+    history: list[tuple[int, str]] = field(default_factory=list)  # (block, event name)
+
+
+@dataclass
+class NodeRecord:
+    stake: int = 0
+    pending_unstake: int = 0
+    slashed: int = 0
+
+
+@dataclass
+class AccountRecord:
+    credit: int = 0
+    open_jobs: int = 0
+    jobs_done: int = 0
+    jobs_failed: int = 0
+    withdrawn: int = 0
+
+
+def _fields(struct, *names: str) -> tuple:
+    """A decoded struct (mapping or tuple) as a plain tuple in declaration order."""
+    return tuple(struct[n] for n in names) if hasattr(struct, "keys") else tuple(struct)
+
+
+class Ledger:
+    def __init__(self):
+        self.jobs: dict[int, JobRecord] = {}
+        self.nodes: dict[str, NodeRecord] = defaultdict(NodeRecord)
+        self.accounts: dict[str, AccountRecord] = defaultdict(AccountRecord)
+        self.slashed_balance = 0
+        self.models: dict[int, dict] = {}
+
+    def apply(self, event) -> None:
+        handler = getattr(self, f"_on_{event.name}", None)
+        if handler is not None:
+            handler(event.args, event.block_number)
+        job_id = event.args.get("jobId")
+        if job_id in self.jobs:
+            self.jobs[job_id].history.append((event.block_number, event.name))
+
+    # ------------------------------------------------------------------ NodeRegistry
+    def _on_NodeRegistered(self, a, _):
+        self.nodes[a["node"]].stake = a["stake"]
+
+    def _on_StakeAdded(self, a, _):
+        self.nodes[a["node"]].stake = a["stake"]
+
+    def _on_UnstakeRequested(self, a, _):
+        node = self.nodes[a["node"]]
+        node.stake = a["stake"]
+        node.pending_unstake += a["amount"]
+
+    def _on_UnstakeWithdrawn(self, a, _):
+        self.nodes[a["node"]].pending_unstake -= a["amount"]
+
+    def _on_NodeSlashed(self, a, _):
+        node, amount = self.nodes[a["node"]], a["amount"]
+        from_stake = min(amount, node.stake)
+        node.stake -= from_stake
+        node.pending_unstake -= amount - from_stake
+        node.slashed += amount
+        self.slashed_balance += amount
+
+    def _on_SlashedFundsWithdrawn(self, a, _):
+        self.slashed_balance -= a["amount"]
+
+    # ------------------------------------------------------------------ ModelRegistry
+    def _on_ModelRegistered(self, a, _):
+        self.models[a["modelId"]] = dict(a)
+
+    def _on_ModelDeprecated(self, a, _):
+        self.models[a["modelId"]]["deprecated"] = True
+
+    # ------------------------------------------------------------------ JobMarket
+    def _on_JobPosted(self, a, _):
+        self.jobs[a["jobId"]] = JobRecord(a["jobId"], a["client"], a["modelId"], a["inputCid"], bytes(a["params"]),
+                                          a["maxFee"], a["deadline"], escrow=a["maxFee"])
+
+    def _set_route(self, job: JobRecord, coordinator: str, stages) -> None:
+        for node, *_ in job.route:
+            self.accounts[node].open_jobs -= 1
+        job.route = [_fields(s, "node", "start", "end", "fee") for s in stages]
+        job.coordinator = coordinator
+        for node, *_ in job.route:
+            self.accounts[node].open_jobs += 1
+
+    def _on_JobRouted(self, a, _):
+        job = self.jobs[a["jobId"]]
+        job.status = JobStatus.ROUTED
+        self._set_route(job, a["coordinator"], a["stages"])
+
+    def _on_JobRerouted(self, a, _):
+        job = self.jobs[a["jobId"]]
+        job.reroutes += 1
+        self._set_route(job, a["coordinator"], a["stages"])
+
+    def _on_StageFailed(self, a, _):
+        self.accounts[a["node"]].jobs_failed += 1
+        self.jobs[a["jobId"]].failed_nodes.append(a["node"])
+
+    def _on_ResultSubmitted(self, a, _):
+        job = self.jobs[a["jobId"]]
+        job.status = JobStatus.COMPLETED
+        job.output_cid = a["outputCid"]
+        job.receipts = [_fields(r, "inputHash", "outputHash", "signature") for r in a["receipts"]]
+        for node, *_ in job.route:
+            self.accounts[node].open_jobs -= 1
+            self.accounts[node].jobs_done += 1
+
+    def _pay(self, job_id: int, payee: str, amount: int) -> None:
+        job = self.jobs[job_id]
+        job.escrow -= amount
+        job.payouts[payee] = job.payouts.get(payee, 0) + amount
+        self.accounts[payee].credit += amount
+
+    def _on_StagePaid(self, a, _):
+        self._pay(a["jobId"], a["node"], a["amount"])
+
+    def _on_CoordinatorPaid(self, a, _):
+        self._pay(a["jobId"], a["coordinator"], a["amount"])
+
+    def _on_JobRefunded(self, a, _):
+        job = self.jobs[a["jobId"]]
+        job.escrow -= a["amount"]
+        job.refunded += a["amount"]
+        self.accounts[a["client"]].credit += a["amount"]
+
+    def _on_JobExpired(self, a, _):
+        job = self.jobs[a["jobId"]]
+        if job.status == JobStatus.ROUTED:
+            for node, *_ in job.route:
+                self.accounts[node].open_jobs -= 1
+        job.status = JobStatus.EXPIRED
+
+    def _on_JobCancelled(self, a, _):
+        self.jobs[a["jobId"]].status = JobStatus.CANCELLED
+
+    def _on_Withdrawn(self, a, _):
+        account = self.accounts[a["account"]]
+        account.credit -= a["amount"]
+        account.withdrawn += a["amount"]

@@ -1,0 +1,283 @@
+"""JobMarket on the real Anvil: post, route, reroute, submit, expire, cancel, withdraw, and every
+custom error (forged and replayed receipts, incomplete covers, double submits, reentrancy)."""
+
+from dataclasses import dataclass, replace
+
+import pytest
+from eth_utils import keccak
+
+from shardnet.bindings import output_hash_of
+from shardnet.chain import dev_account
+from shardnet.protocol import JobStatus, Receipt, Stage
+from shardnet.scenario import ETHER, World
+from tests.helpers import deploy_attacker, reverts
+
+FEE_PER_BLOCK = 10**12
+MAX_FEE = 10**15
+CLIENT = 12
+
+
+@dataclass
+class Setup:
+    world: World
+    nodes: list
+    model: int
+    spans: list
+    client: object
+
+    @property
+    def market(self):
+        return self.world.contracts.market
+
+    def stages(self, fee=FEE_PER_BLOCK):
+        return self.world.stages(self.nodes, self.spans, fee)
+
+    def post(self, max_fee=MAX_FEE, ttl=3600):
+        return self.world.post(self.model, self.client, max_fee, ttl)
+
+    def routed(self, max_fee=MAX_FEE, ttl=3600):
+        job = self.post(max_fee, ttl)
+        stages = self.stages()
+        self.market.route_job(job, stages, account=self.world.coordinator)
+        return job, stages
+
+
+@pytest.fixture
+def s(world):
+    nodes = world.register_nodes(3)
+    model = world.register_model(6)
+    spans = world.assign_even(model, nodes, 6)
+    return Setup(world, nodes, model, spans, dev_account(CLIENT))
+
+
+def test_full_job_pays_each_stage_and_refunds_rest(s):
+    job, stages = s.routed()
+    assert s.market.job(job).status == JobStatus.ROUTED
+    receipts = s.world.receipts(job, stages, "QmOutput")
+    receipt = s.market.submit_result(job, stages, "QmOutput", receipts, account=s.nodes[-1])
+    names = [e.name for e in s.market.events_in(receipt)]
+    assert names == ["ResultSubmitted", "StagePaid", "StagePaid", "StagePaid", "CoordinatorPaid", "JobRefunded"]
+    paid = sum(st.fee for st in stages)
+    cut = paid * s.market.coordinator_fee_bps() // 10_000
+    for st in stages:
+        acct = s.market.account(st.node)
+        assert (acct.credit, acct.open_jobs, acct.jobs_done) == (st.fee, 0, 1)
+    assert s.market.account(s.world.coordinator.address).credit == cut
+    assert s.market.account(s.client.address).credit == MAX_FEE - paid - cut
+    j = s.market.job(job)
+    assert (j.status, j.escrow) == (JobStatus.COMPLETED, 0)
+    # every payee withdraws exactly its credit
+    w3 = s.world.chain.w3
+    for acct in s.nodes:
+        before = w3.eth.get_balance(acct.address)
+        r = s.market.withdraw(account=acct)
+        fee = next(st.fee for st in stages if st.node == acct.address)
+        assert w3.eth.get_balance(acct.address) == before + fee - r["gasUsed"] * r["effectiveGasPrice"]
+    assert w3.eth.get_balance(s.market.address) == cut + MAX_FEE - paid - cut
+
+
+def test_digest_matches_local_eip712(s):
+    from eth_account.messages import encode_typed_data
+
+    from shardnet.bindings import RECEIPT_TYPES, receipt_domain
+
+    msg = {"jobId": 7, "stage": 1, "start": 2, "end": 4, "inputHash": b"\1" * 32, "outputHash": b"\2" * 32}
+    local = encode_typed_data(receipt_domain(s.world.chain.chain_id, s.market.address), RECEIPT_TYPES, msg)
+    digest = keccak(b"\x19" + local.version + local.header + local.body)
+    assert s.market.receipt_digest(7, 1, 2, 4, b"\1" * 32, b"\2" * 32) == digest
+
+
+def test_cancel_before_routing(s):
+    job = s.post()
+    s.market.cancel_job(job, account=s.client)
+    assert s.market.job(job).status == JobStatus.CANCELLED
+    assert s.market.account(s.client.address).credit == MAX_FEE
+    other = s.post()
+    with reverts("NotClient", jobId=other, caller=dev_account(13).address):
+        s.market.cancel_job(other, account=dev_account(13))
+    with reverts("WrongStatus", jobId=job, have=JobStatus.CANCELLED, need=JobStatus.POSTED):
+        s.market.cancel_job(job, account=s.client)
+
+
+def test_expire_routed_job_records_failures_of_silent_stages(s):
+    job, stages = s.routed(ttl=100)
+    with reverts("DeadlineNotPassed", jobId=job):
+        s.market.expire_job(job, stages, [], account=dev_account(13))
+    s.world.advance(200)
+    delivered = s.world.receipts(job, stages, "QmOut")[:1]  # only stage 0 delivered
+    receipt = s.market.expire_job(job, stages, delivered, account=dev_account(13))
+    expired = [e for e in s.market.events_in(receipt) if e.name == "JobExpired"][0]
+    assert expired.args["failedNodes"] == [stages[1].node, stages[2].node]
+    assert s.market.account(s.client.address).credit == MAX_FEE
+    assert [s.market.account(st.node).jobs_failed for st in stages] == [0, 1, 1]
+    assert [s.market.account(st.node).open_jobs for st in stages] == [0, 0, 0]
+    with reverts("WrongStatus", have=JobStatus.EXPIRED):
+        s.market.expire_job(job, stages, [], account=dev_account(13))
+
+
+def test_expire_posted_job(s):
+    job = s.post(ttl=50)
+    s.world.advance(100)
+    s.market.expire_job(job, account=dev_account(13))
+    assert s.market.job(job).status == JobStatus.EXPIRED
+    assert s.market.account(s.client.address).credit == MAX_FEE
+
+
+def test_reroute_replaces_failed_stage(s):
+    job, stages = s.routed()
+    spare = s.world.register_nodes(4)[3]
+    s.world.contracts.models.assign_shard(s.model, spare.address, 2, 4, account=s.world.coordinator)
+    s.world.contracts.models.confirm_shard(s.model, account=spare)
+    new = [stages[0], replace(stages[1], node=spare.address), stages[2]]
+    receipt = s.market.reroute_job(job, stages, new, account=s.world.coordinator)
+    [event] = [e for e in s.market.events_in(receipt) if e.name == "JobRerouted"]
+    assert event.args["failedNodes"] == [stages[1].node]
+    assert s.market.account(stages[1].node).jobs_failed == 1
+    assert s.market.account(stages[1].node).open_jobs == 0
+    with reverts("RouteMismatch", jobId=job):  # the old route is no longer valid
+        s.market.submit_result(job, stages, "QmO", s.world.receipts(job, stages, "QmO"), account=spare)
+    s.market.submit_result(job, new, "QmO", s.world.receipts(job, new, "QmO"), account=spare)
+    assert s.market.account(spare.address).credit == new[1].fee
+
+
+def test_forged_receipt_wrong_signer(s):
+    job, stages = s.routed()
+    signers = [s.nodes[0], dev_account(13), s.nodes[2]]
+    receipts = s.world.receipts(job, stages, "QmO", signers=signers)
+    with reverts("InvalidReceiptSigner", jobId=job, stage=1, expected=stages[1].node,
+                 recovered=dev_account(13).address):
+        s.market.submit_result(job, stages, "QmO", receipts, account=s.nodes[2])
+
+
+def test_receipt_replayed_on_another_job(s):
+    job_a, stages = s.routed()
+    job_b = s.post()
+    s.market.route_job(job_b, stages, account=s.world.coordinator)
+    receipts_a = s.world.receipts(job_a, stages, "QmO")
+    with reverts("InvalidReceiptSigner", jobId=job_b, stage=0):
+        s.market.submit_result(job_b, stages, "QmO", receipts_a, account=s.nodes[2])
+
+
+def test_incomplete_cover_and_route_errors(s):
+    job = s.post()
+    st = s.stages()
+    coord = s.world.coordinator
+    with reverts("IncompleteCover", jobId=job, stage=2, expectedStart=6, start=4):
+        s.market.route_job(job, st[:2], account=coord)  # covers [0, 4) of 6 blocks
+    with reverts("IncompleteCover", jobId=job, stage=1, expectedStart=2, start=4):
+        s.market.route_job(job, [st[0], st[2]], account=coord)  # gap
+    with reverts("EmptyRoute", jobId=job):
+        s.market.route_job(job, [], account=coord)
+    with reverts("SpanNotConfirmed", node=st[1].node, start=2, end=6):
+        s.market.route_job(job, [st[0], replace(st[1], end=6)], account=coord)
+    with reverts("StageFeeBelowPrice", stage=0, fee=1, minFee=2 * 10**9):
+        s.market.route_job(job, [replace(st[0], fee=1), *st[1:]], account=coord)
+    with reverts("FeeExceedsEscrow", jobId=job):
+        s.market.route_job(job, [replace(st[0], fee=MAX_FEE), *st[1:]], account=coord)
+    with reverts("AccessControlUnauthorizedAccount", account=s.nodes[0].address):
+        s.market.route_job(job, st, account=s.nodes[0])
+    with reverts("UnknownJob", jobId=999):
+        s.market.route_job(999, st, account=coord)
+
+
+def test_inactive_node_cannot_be_routed(s):
+    job = s.post()
+    s.world.contracts.nodes.request_unstake(ETHER, account=s.nodes[1])
+    with reverts("NodeNotActive", node=s.nodes[1].address):
+        s.market.route_job(job, s.stages(), account=s.world.coordinator)
+
+
+def test_double_submit(s):
+    job, stages = s.routed()
+    receipts = s.world.receipts(job, stages, "QmO")
+    s.market.submit_result(job, stages, "QmO", receipts, account=s.nodes[2])
+    with reverts("WrongStatus", jobId=job, have=JobStatus.COMPLETED, need=JobStatus.ROUTED):
+        s.market.submit_result(job, stages, "QmO", receipts, account=s.nodes[2])
+
+
+def test_submit_errors(s):
+    job, stages = s.routed(ttl=500)
+    good = s.world.receipts(job, stages, "QmO")
+    with reverts("ReceiptCountMismatch", receipts=2, stages=3):
+        s.market.submit_result(job, stages, "QmO", good[:2], account=s.nodes[2])
+    with reverts("RouteMismatch", jobId=job):
+        s.market.submit_result(job, [replace(stages[0], fee=stages[0].fee + 1), *stages[1:]], "QmO", good,
+                               account=s.nodes[2])
+    with reverts("OutputHashMismatch", jobId=job):
+        s.market.submit_result(job, stages, "QmOther", good, account=s.nodes[2])
+    broken = list(good)
+    broken[1] = s.market.sign_receipt(s.nodes[1], job, 1, 2, 4, keccak(text="not what stage 0 sent"),
+                                      good[1].output_hash)
+    with reverts("BrokenReceiptChain", jobId=job, stage=1):
+        s.market.submit_result(job, stages, "QmO", broken, account=s.nodes[2])
+    garbage = [Receipt(r.input_hash, r.output_hash, b"\x00" * 65) for r in good]
+    with reverts("InvalidReceiptSigner", stage=0):
+        s.market.submit_result(job, stages, "QmO", garbage, account=s.nodes[2])
+    s.world.advance(600)
+    with reverts("DeadlinePassed", jobId=job):
+        s.market.submit_result(job, stages, "QmO", good, account=s.nodes[2])
+    with reverts("DeadlinePassed", jobId=job):
+        s.market.reroute_job(job, stages, stages, account=s.world.coordinator)
+
+
+def test_post_errors(s):
+    m, w3 = s.market, s.world.chain.w3
+    deadline = w3.eth.get_block("latest")["timestamp"] + 100
+    call = m.contract.functions.postJob
+    tx = s.world.chain.transact
+    with reverts("EscrowMismatch", sent=5, maxFee=6):
+        tx(call(s.model, "Qm", b"", 6, deadline), value=5, account=s.client)
+    with reverts("ZeroFee"):
+        tx(call(s.model, "Qm", b"", 0, deadline), value=0, account=s.client)
+    with reverts("EmptyInputCid"):
+        tx(call(s.model, "", b"", 5, deadline), value=5, account=s.client)
+    with reverts("BadDeadline", deadline=deadline - 200):
+        tx(call(s.model, "Qm", b"", 5, deadline - 200), value=5, account=s.client)
+    with reverts("BadDeadline", deadline=deadline + 10**7):
+        tx(call(s.model, "Qm", b"", 5, deadline + 10**7), value=5, account=s.client)
+    with reverts("UnknownModel", modelId=77):
+        tx(call(77, "Qm", b"", 5, deadline), value=5, account=s.client)
+    huge = 2**96
+    w3.provider.make_request("anvil_setBalance", [s.client.address, hex(2 * huge)])
+    with reverts("FeeTooLarge", maxFee=huge):
+        tx(call(s.model, "Qm", b"", huge, deadline), value=huge, account=s.client)
+
+
+def test_parameters_and_withdraw_errors(s):
+    admin = s.world.admin
+    with reverts("InvalidParameter", name="coordinatorFeeBps"):
+        s.market.set_parameters(5000, 100, account=admin)
+    with reverts("InvalidParameter", name="maxJobDuration"):
+        s.market.set_parameters(100, 0, account=admin)
+    s.market.set_parameters(100, 1000, account=admin)
+    assert s.market.coordinator_fee_bps() == 100
+    with reverts("NothingToWithdraw", account=dev_account(13).address):
+        s.market.withdraw(account=dev_account(13))
+
+
+def _as_attacker(s, attacker, fn, value=0):
+    data = fn._encode_transaction_data()
+    return s.world.chain.transact(attacker.functions.exec(s.market.address, data), value=value)
+
+
+@pytest.mark.parametrize("mode", [0, 1], ids=["reentrant", "rejecting"])
+def test_reentrant_or_rejecting_withdraw_loses_nothing(s, mode):
+    attacker = deploy_attacker(s.world.chain)
+    s.world.chain.transact(attacker.functions.setMode(mode))
+    deadline = s.world.chain.w3.eth.get_block("latest")["timestamp"] + 100
+    fns = s.market.contract.functions
+    _as_attacker(s, attacker, fns.postJob(s.model, "Qm", b"", MAX_FEE, deadline), value=MAX_FEE)
+    job = s.market.job_count()
+    _as_attacker(s, attacker, fns.cancelJob(job))
+    assert s.market.account(attacker.address).credit == MAX_FEE
+    balance = s.world.chain.w3.eth.get_balance(s.market.address)
+    with reverts("TransferFailed", to=attacker.address, amount=MAX_FEE):
+        _as_attacker(s, attacker, fns.withdraw())
+    assert s.market.account(attacker.address).credit == MAX_FEE
+    assert s.world.chain.w3.eth.get_balance(s.market.address) == balance
+
+
+def test_stage_dataclass_roundtrip():
+    st = Stage("0x" + "11" * 20, 0, 2, 5)
+    assert st.as_tuple() == ("0x" + "11" * 20, 0, 2, 5)
+    assert output_hash_of("QmX") == keccak(text="QmX")
