@@ -16,7 +16,8 @@ import {INodeRegistry} from "./interfaces/INodeRegistry.sol";
 /// @dev Escrow invariant: address(this).balance == sum(job.escrow) + sum(account.credit).
 /// A job settles exactly once (Completed, Expired or Cancelled), so it is never both paid
 /// and refunded. Routes are not stored: `routeHash` commits to the stages, which callers
-/// pass back in calldata and which the `JobRouted`/`JobRerouted` events publish.
+/// pass back in calldata (with the coordinator that routed) and which the `JobRouted` /
+/// `JobRerouted` events publish.
 contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP712 {
     // ---------------------------------------------------------------- constants
     bytes32 public constant COORDINATOR_ROLE = keccak256("COORDINATOR_ROLE");
@@ -75,12 +76,11 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
         jobId = ++jobCount;
         _jobs[jobId] = Job({
             client: msg.sender,
+            escrow: uint96(maxFee),
             deadline: deadline,
             modelId: uint32(modelId),
             status: Status.Posted,
-            escrow: uint96(maxFee),
-            coordinator: address(0),
-            routeHash: bytes32(0)
+            routeHash: bytes20(0)
         });
         emit JobPosted(jobId, msg.sender, modelId, inputCid, params, maxFee, deadline);
     }
@@ -106,20 +106,21 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
             ++accounts[stages[i].node].openJobs;
         }
         job.status = Status.Routed;
-        job.coordinator = msg.sender;
-        job.routeHash = keccak256(abi.encode(stages));
+        job.routeHash = _routeHash(msg.sender, stages);
         emit JobRouted(jobId, msg.sender, stages);
     }
 
     /// @notice Failover: replace the route of a routed job. Nodes of the old route that are not
     /// on the new one are recorded as failed. Any coordinator may reroute; it takes the fee.
-    function rerouteJob(uint256 jobId, Stage[] calldata oldStages, Stage[] calldata newStages)
-        external
-        onlyRole(COORDINATOR_ROLE)
-    {
+    function rerouteJob(
+        uint256 jobId,
+        address oldCoordinator,
+        Stage[] calldata oldStages,
+        Stage[] calldata newStages
+    ) external onlyRole(COORDINATOR_ROLE) {
         Job storage job = _jobWithStatus(jobId, Status.Routed);
         if (block.timestamp > job.deadline) revert DeadlinePassed(jobId, job.deadline);
-        if (keccak256(abi.encode(oldStages)) != job.routeHash) revert RouteMismatch(jobId);
+        if (_routeHash(oldCoordinator, oldStages) != job.routeHash) revert RouteMismatch(jobId);
         _checkRoute(jobId, job, newStages);
         address[] memory failed = new address[](oldStages.length);
         uint256 nFailed;
@@ -139,8 +140,7 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
         assembly {
             mstore(failed, nFailed)
         }
-        job.coordinator = msg.sender;
-        job.routeHash = keccak256(abi.encode(newStages));
+        job.routeHash = _routeHash(msg.sender, newStages);
         emit JobRerouted(jobId, msg.sender, newStages, failed);
     }
 
@@ -149,19 +149,19 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
     /// stage its fee, the coordinator its cut, and the client the rest of the escrow.
     function submitResult(
         uint256 jobId,
+        address coordinator,
         Stage[] calldata stages,
         string calldata outputCid,
         Receipt[] calldata receipts
     ) external {
         Job storage job = _jobWithStatus(jobId, Status.Routed);
         if (block.timestamp > job.deadline) revert DeadlinePassed(jobId, job.deadline);
-        if (keccak256(abi.encode(stages)) != job.routeHash) revert RouteMismatch(jobId);
+        if (_routeHash(coordinator, stages) != job.routeHash) revert RouteMismatch(jobId);
         if (receipts.length != stages.length) revert ReceiptCountMismatch(jobId, receipts.length, stages.length);
         _verifyReceipts(jobId, stages, receipts);
         if (receipts[receipts.length - 1].outputHash != keccak256(bytes(outputCid))) revert OutputHashMismatch(jobId);
 
         job.status = Status.Completed;
-        job.routeHash = bytes32(0);
         emit ResultSubmitted(jobId, msg.sender, outputCid, receipts);
         uint256 paid;
         for (uint256 i; i < stages.length; ++i) {
@@ -175,8 +175,8 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
         }
         uint256 cut = paid * coordinatorFeeBps / 10_000;
         if (cut != 0) {
-            accounts[job.coordinator].credit += uint128(cut);
-            emit CoordinatorPaid(jobId, job.coordinator, cut);
+            accounts[coordinator].credit += uint128(cut);
+            emit CoordinatorPaid(jobId, coordinator, cut);
         }
         job.escrow -= uint96(paid + cut);
         _refund(jobId, job);
@@ -186,7 +186,9 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
     /// @notice After the deadline, settle an unfinished job: the whole escrow goes back to the
     /// client. For a routed job, pass its stages and the receipts of the stages that did deliver
     /// (a prefix, possibly empty); every other stage is recorded as failed.
-    function expireJob(uint256 jobId, Stage[] calldata stages, Receipt[] calldata delivered) external {
+    function expireJob(uint256 jobId, address coordinator, Stage[] calldata stages, Receipt[] calldata delivered)
+        external
+    {
         Job storage job = _job(jobId);
         Status status = job.status;
         if (status != Status.Posted && status != Status.Routed) revert WrongStatus(jobId, status, Status.Routed);
@@ -194,7 +196,7 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
         address[] memory failed = new address[](stages.length);
         uint256 nFailed;
         if (status == Status.Routed) {
-            if (keccak256(abi.encode(stages)) != job.routeHash) revert RouteMismatch(jobId);
+            if (_routeHash(coordinator, stages) != job.routeHash) revert RouteMismatch(jobId);
             if (delivered.length > stages.length) {
                 revert ReceiptCountMismatch(jobId, delivered.length, stages.length);
             }
@@ -208,7 +210,6 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
                     emit StageFailed(jobId, stages[i].node);
                 }
             }
-            job.routeHash = bytes32(0);
         } else if (stages.length != 0) {
             revert RouteMismatch(jobId);
         }
@@ -314,6 +315,10 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
         job.escrow = 0;
         accounts[job.client].credit += uint128(amount);
         emit JobRefunded(jobId, job.client, amount);
+    }
+
+    function _routeHash(address coordinator, Stage[] calldata stages) private pure returns (bytes20) {
+        return bytes20(keccak256(abi.encode(coordinator, stages)));
     }
 
     function _onRoute(address node, Stage[] calldata stages) private pure returns (bool) {

@@ -12,6 +12,7 @@ from shardnet.events import EventDecoder
 from shardnet.protocol import (Account, Assignment, Hardware, Job, JobStatus, Model, NodeInfo, Receipt,
                                Stage)
 
+ZERO_ADDRESS = "0x" + "00" * 20
 RECEIPT_TYPES = {
     "Receipt": [
         {"name": "jobId", "type": "uint256"},
@@ -110,7 +111,8 @@ class NodeRegistry(_Binding):
 
     def node(self, node: str) -> NodeInfo:
         s = self._call(self.contract.functions.getNode(node))
-        return NodeInfo(node, s[0], s[1], s[2], s[3], Hardware(*s[4]), s[5], bytes(s[6]))
+        return NodeInfo(node, stake=s[0], unlock_at=s[1], registered_at=s[2], pending_unstake=s[3],
+                        hardware=Hardware(*s[4]), endpoint=s[5], data_key=bytes(s[6]))
 
     def nodes(self) -> list[str]:
         count = self._call(self.contract.functions.nodeCount())
@@ -188,18 +190,21 @@ class JobMarket(_Binding):
     def route_job(self, job_id: int, stages: list[Stage], account: LocalAccount | None = None) -> dict:
         return self._tx(self.contract.functions.routeJob(job_id, _stages(stages)), 0, account)
 
-    def reroute_job(self, job_id: int, old: list[Stage], new: list[Stage],
+    def reroute_job(self, job_id: int, old_coordinator: str, old: list[Stage], new: list[Stage],
                     account: LocalAccount | None = None) -> dict:
-        return self._tx(self.contract.functions.rerouteJob(job_id, _stages(old), _stages(new)), 0, account)
+        """`old_coordinator` and `old` are the route being replaced, as its JobRouted event published it."""
+        return self._tx(self.contract.functions.rerouteJob(job_id, old_coordinator, _stages(old), _stages(new)),
+                        0, account)
 
-    def submit_result(self, job_id: int, stages: list[Stage], output_cid: str, receipts: list[Receipt],
-                      account: LocalAccount | None = None) -> dict:
-        return self._tx(self.contract.functions.submitResult(job_id, _stages(stages), output_cid,
+    def submit_result(self, job_id: int, coordinator: str, stages: list[Stage], output_cid: str,
+                      receipts: list[Receipt], account: LocalAccount | None = None) -> dict:
+        """`coordinator` and `stages` are the job's current route (JobRouted / JobRerouted)."""
+        return self._tx(self.contract.functions.submitResult(job_id, coordinator, _stages(stages), output_cid,
                                                              _receipts(receipts)), 0, account)
 
-    def expire_job(self, job_id: int, stages: list[Stage] = (), delivered: list[Receipt] = (),
-                   account: LocalAccount | None = None) -> dict:
-        return self._tx(self.contract.functions.expireJob(job_id, _stages(list(stages)),
+    def expire_job(self, job_id: int, coordinator: str = ZERO_ADDRESS, stages: list[Stage] = (),
+                   delivered: list[Receipt] = (), account: LocalAccount | None = None) -> dict:
+        return self._tx(self.contract.functions.expireJob(job_id, coordinator, _stages(list(stages)),
                                                           _receipts(list(delivered))), 0, account)
 
     def withdraw(self, account: LocalAccount | None = None) -> dict:
@@ -216,7 +221,8 @@ class JobMarket(_Binding):
     # views
     def job(self, job_id: int) -> Job:
         j = self._call(self.contract.functions.getJob(job_id))
-        return Job(job_id, j[0], j[1], j[2], JobStatus(j[3]), j[4], j[5], bytes(j[6]))
+        return Job(job_id, client=j[0], escrow=j[1], deadline=j[2], model_id=j[3], status=JobStatus(j[4]),
+                   route_hash=bytes(j[5]))
 
     def job_count(self) -> int:
         return self._call(self.contract.functions.jobCount())

@@ -99,12 +99,11 @@ class JobStatus(IntEnum):
 class Job:
     job_id: int
     client: str
+    escrow: int  # wei still held
     deadline: int  # unix seconds
     model_id: int
     status: JobStatus
-    escrow: int  # wei still held
-    coordinator: str
-    route_hash: bytes
+    route_hash: bytes  # first 20 bytes of keccak256(abi.encode(coordinator, stages))
 
 
 @dataclass(frozen=True)

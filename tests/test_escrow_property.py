@@ -100,7 +100,7 @@ def make_machine(chain: Chain):
             job = data.draw(st.sampled_from(sorted(j for j, v in self.jobs.items() if v["stages"])))
             stages = self.jobs[job]["stages"]
             receipts = self.world.receipts(job, stages, "QmOut")
-            self._record(self._try(self.c.market.submit_result, job, stages, "QmOut", receipts,
+            self._record(self._try(self.c.market.submit_result, job, self.world.coordinator.address, stages, "QmOut", receipts,
                                    account=dev_account(CLIENT_IDS[0])), job)
 
         @precondition(lambda self: self.jobs)
@@ -110,7 +110,7 @@ def make_machine(chain: Chain):
             if wait:
                 self.world.advance(wait)
             stages = self.jobs[job]["stages"] or []
-            self._record(self._try(self.c.market.expire_job, job, stages, [], account=self.world.admin), job)
+            self._record(self._try(self.c.market.expire_job, job, self.world.coordinator.address, stages, [], account=self.world.admin), job)
 
         @precondition(lambda self: self.jobs)
         @rule(data=st.data(), c=st.sampled_from(CLIENT_IDS))

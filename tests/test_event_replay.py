@@ -9,6 +9,8 @@ from shardnet.ledger import Ledger
 from shardnet.protocol import JobStatus
 from shardnet.scenario import ETHER
 
+COORD = dev_account(1).address  # the devnet coordinator
+
 
 def test_replayed_events_equal_contract_state(world):
     c, w = world.contracts, world
@@ -23,13 +25,13 @@ def test_replayed_events_equal_contract_state(world):
 
     done = w.post(model, client, 10**15)
     c.market.route_job(done, stages, account=w.coordinator)
-    c.market.submit_result(done, stages, "QmA", w.receipts(done, stages, "QmA"), account=nodes[2])
+    c.market.submit_result(done, COORD, stages, "QmA", w.receipts(done, stages, "QmA"), account=nodes[2])
 
     rerouted = w.post(model, client, 10**15)
     c.market.route_job(rerouted, stages, account=w.coordinator)
     new = [stages[0], replace(stages[1], node=nodes[3].address), stages[2]]
-    c.market.reroute_job(rerouted, stages, new, account=w.coordinator)
-    c.market.submit_result(rerouted, new, "QmB", w.receipts(rerouted, new, "QmB"), account=nodes[2])
+    c.market.reroute_job(rerouted, COORD, stages, new, account=w.coordinator)
+    c.market.submit_result(rerouted, COORD, new, "QmB", w.receipts(rerouted, new, "QmB"), account=nodes[2])
 
     cancelled = w.post(model, client, 10**14)
     c.market.cancel_job(cancelled, account=client)
@@ -39,7 +41,7 @@ def test_replayed_events_equal_contract_state(world):
     open_job = w.post(model, dev_account(13), 10**15)
     c.market.route_job(open_job, stages, account=w.coordinator)
     w.advance(200)
-    c.market.expire_job(expired, stages, w.receipts(expired, stages, "QmC")[:2], account=client)
+    c.market.expire_job(expired, COORD, stages, w.receipts(expired, stages, "QmC")[:2], account=client)
 
     c.nodes.grant_slasher(w.admin.address, account=w.admin)
     c.nodes.slash(nodes[3].address, ETHER // 3, "mismatch", account=w.admin)

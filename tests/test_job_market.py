@@ -12,6 +12,7 @@ from shardnet.protocol import JobStatus, Receipt, Stage
 from shardnet.scenario import ETHER, World
 from tests.helpers import deploy_attacker, reverts
 
+COORD = dev_account(1).address  # the devnet coordinator, who routes every job here
 FEE_PER_BLOCK = 10**12
 MAX_FEE = 10**15
 CLIENT = 12
@@ -54,7 +55,7 @@ def test_full_job_pays_each_stage_and_refunds_rest(s):
     job, stages = s.routed()
     assert s.market.job(job).status == JobStatus.ROUTED
     receipts = s.world.receipts(job, stages, "QmOutput")
-    receipt = s.market.submit_result(job, stages, "QmOutput", receipts, account=s.nodes[-1])
+    receipt = s.market.submit_result(job, COORD, stages, "QmOutput", receipts, account=s.nodes[-1])
     names = [e.name for e in s.market.events_in(receipt)]
     assert names == ["ResultSubmitted", "StagePaid", "StagePaid", "StagePaid", "CoordinatorPaid", "JobRefunded"]
     paid = sum(st.fee for st in stages)
@@ -102,17 +103,17 @@ def test_cancel_before_routing(s):
 def test_expire_routed_job_records_failures_of_silent_stages(s):
     job, stages = s.routed(ttl=100)
     with reverts("DeadlineNotPassed", jobId=job):
-        s.market.expire_job(job, stages, [], account=dev_account(13))
+        s.market.expire_job(job, COORD, stages, [], account=dev_account(13))
     s.world.advance(200)
     delivered = s.world.receipts(job, stages, "QmOut")[:1]  # only stage 0 delivered
-    receipt = s.market.expire_job(job, stages, delivered, account=dev_account(13))
+    receipt = s.market.expire_job(job, COORD, stages, delivered, account=dev_account(13))
     expired = [e for e in s.market.events_in(receipt) if e.name == "JobExpired"][0]
     assert expired.args["failedNodes"] == [stages[1].node, stages[2].node]
     assert s.market.account(s.client.address).credit == MAX_FEE
     assert [s.market.account(st.node).jobs_failed for st in stages] == [0, 1, 1]
     assert [s.market.account(st.node).open_jobs for st in stages] == [0, 0, 0]
     with reverts("WrongStatus", have=JobStatus.EXPIRED):
-        s.market.expire_job(job, stages, [], account=dev_account(13))
+        s.market.expire_job(job, COORD, stages, [], account=dev_account(13))
 
 
 def test_expire_posted_job(s):
@@ -129,14 +130,14 @@ def test_reroute_replaces_failed_stage(s):
     s.world.contracts.models.assign_shard(s.model, spare.address, 2, 4, account=s.world.coordinator)
     s.world.contracts.models.confirm_shard(s.model, account=spare)
     new = [stages[0], replace(stages[1], node=spare.address), stages[2]]
-    receipt = s.market.reroute_job(job, stages, new, account=s.world.coordinator)
+    receipt = s.market.reroute_job(job, COORD, stages, new, account=s.world.coordinator)
     [event] = [e for e in s.market.events_in(receipt) if e.name == "JobRerouted"]
     assert event.args["failedNodes"] == [stages[1].node]
     assert s.market.account(stages[1].node).jobs_failed == 1
     assert s.market.account(stages[1].node).open_jobs == 0
     with reverts("RouteMismatch", jobId=job):  # the old route is no longer valid
-        s.market.submit_result(job, stages, "QmO", s.world.receipts(job, stages, "QmO"), account=spare)
-    s.market.submit_result(job, new, "QmO", s.world.receipts(job, new, "QmO"), account=spare)
+        s.market.submit_result(job, COORD, stages, "QmO", s.world.receipts(job, stages, "QmO"), account=spare)
+    s.market.submit_result(job, COORD, new, "QmO", s.world.receipts(job, new, "QmO"), account=spare)
     assert s.market.account(spare.address).credit == new[1].fee
 
 
@@ -146,7 +147,7 @@ def test_forged_receipt_wrong_signer(s):
     receipts = s.world.receipts(job, stages, "QmO", signers=signers)
     with reverts("InvalidReceiptSigner", jobId=job, stage=1, expected=stages[1].node,
                  recovered=dev_account(13).address):
-        s.market.submit_result(job, stages, "QmO", receipts, account=s.nodes[2])
+        s.market.submit_result(job, COORD, stages, "QmO", receipts, account=s.nodes[2])
 
 
 def test_receipt_replayed_on_another_job(s):
@@ -155,7 +156,7 @@ def test_receipt_replayed_on_another_job(s):
     s.market.route_job(job_b, stages, account=s.world.coordinator)
     receipts_a = s.world.receipts(job_a, stages, "QmO")
     with reverts("InvalidReceiptSigner", jobId=job_b, stage=0):
-        s.market.submit_result(job_b, stages, "QmO", receipts_a, account=s.nodes[2])
+        s.market.submit_result(job_b, COORD, stages, "QmO", receipts_a, account=s.nodes[2])
 
 
 def test_incomplete_cover_and_route_errors(s):
@@ -190,34 +191,34 @@ def test_inactive_node_cannot_be_routed(s):
 def test_double_submit(s):
     job, stages = s.routed()
     receipts = s.world.receipts(job, stages, "QmO")
-    s.market.submit_result(job, stages, "QmO", receipts, account=s.nodes[2])
+    s.market.submit_result(job, COORD, stages, "QmO", receipts, account=s.nodes[2])
     with reverts("WrongStatus", jobId=job, have=JobStatus.COMPLETED, need=JobStatus.ROUTED):
-        s.market.submit_result(job, stages, "QmO", receipts, account=s.nodes[2])
+        s.market.submit_result(job, COORD, stages, "QmO", receipts, account=s.nodes[2])
 
 
 def test_submit_errors(s):
     job, stages = s.routed(ttl=500)
     good = s.world.receipts(job, stages, "QmO")
     with reverts("ReceiptCountMismatch", receipts=2, stages=3):
-        s.market.submit_result(job, stages, "QmO", good[:2], account=s.nodes[2])
+        s.market.submit_result(job, COORD, stages, "QmO", good[:2], account=s.nodes[2])
     with reverts("RouteMismatch", jobId=job):
-        s.market.submit_result(job, [replace(stages[0], fee=stages[0].fee + 1), *stages[1:]], "QmO", good,
+        s.market.submit_result(job, COORD, [replace(stages[0], fee=stages[0].fee + 1), *stages[1:]], "QmO", good,
                                account=s.nodes[2])
     with reverts("OutputHashMismatch", jobId=job):
-        s.market.submit_result(job, stages, "QmOther", good, account=s.nodes[2])
+        s.market.submit_result(job, COORD, stages, "QmOther", good, account=s.nodes[2])
     broken = list(good)
     broken[1] = s.market.sign_receipt(s.nodes[1], job, 1, 2, 4, keccak(text="not what stage 0 sent"),
                                       good[1].output_hash)
     with reverts("BrokenReceiptChain", jobId=job, stage=1):
-        s.market.submit_result(job, stages, "QmO", broken, account=s.nodes[2])
+        s.market.submit_result(job, COORD, stages, "QmO", broken, account=s.nodes[2])
     garbage = [Receipt(r.input_hash, r.output_hash, b"\x00" * 65) for r in good]
     with reverts("InvalidReceiptSigner", stage=0):
-        s.market.submit_result(job, stages, "QmO", garbage, account=s.nodes[2])
+        s.market.submit_result(job, COORD, stages, "QmO", garbage, account=s.nodes[2])
     s.world.advance(600)
     with reverts("DeadlinePassed", jobId=job):
-        s.market.submit_result(job, stages, "QmO", good, account=s.nodes[2])
+        s.market.submit_result(job, COORD, stages, "QmO", good, account=s.nodes[2])
     with reverts("DeadlinePassed", jobId=job):
-        s.market.reroute_job(job, stages, stages, account=s.world.coordinator)
+        s.market.reroute_job(job, COORD, stages, stages, account=s.world.coordinator)
 
 
 def test_post_errors(s):

@@ -32,15 +32,16 @@ interface IJobMarket {
         bytes signature; // 65-byte secp256k1 signature over the EIP-712 digest
     }
 
-    /// @dev Two slots; the route itself lives in calldata and events, committed by `routeHash`.
+    /// @dev Two slots. The route lives in calldata and events only: `routeHash` is the first 20
+    /// bytes of keccak256(abi.encode(coordinator, stages)) of the current route, so the
+    /// coordinator that routed the job and its stages are passed back by whoever settles it.
     struct Job {
         address client;
+        uint96 escrow; // wei held for this job until it settles
         uint40 deadline;
         uint32 modelId;
         Status status;
-        uint96 escrow; // wei held for this job until it settles
-        address coordinator;
-        bytes32 routeHash; // keccak256(abi.encode(stages)) of the current route
+        bytes20 routeHash;
     }
 
     /// @dev One slot per account: money owed plus the node counters the market maintains.

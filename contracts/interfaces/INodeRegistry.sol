@@ -12,11 +12,12 @@ interface INodeRegistry {
         uint32 bandwidthMbps; // network bandwidth, Mbit/s
     }
 
+    /// @dev Slot 0 (stake, unlockAt, registeredAt) is all `isActive` reads.
     struct Node {
         uint128 stake; // wei backing the node
-        uint128 pendingUnstake; // wei requested out, still slashable until withdrawn
         uint64 unlockAt; // unix time when pendingUnstake may be withdrawn
         uint64 registeredAt; // unix time of registration, 0 = not registered
+        uint128 pendingUnstake; // wei requested out, still slashable until withdrawn
         Hardware hardware;
         string endpoint; // data-plane base URL, e.g. http://10.0.0.5:7001
         bytes dataKey; // data-plane public key (the address or pubkey that signs requests)

@@ -1,0 +1,89 @@
+"""Gas per contract operation, measured on a private devnet (real Anvil, real contracts).
+
+Prints one `name: value` line per figure. `gas_job_3_stages_total` is one whole job on a
+running network: post + route + submit with 3 receipts + the 3 stage withdrawals, for a job
+whose nodes and client have served or posted before (their account slots are warm, as on any
+network past its first job). `gas_job_3_stages_total_first_job` is the same for the very
+first job of fresh accounts (one-time storage initialisation included).
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from shardnet import devnet as dn  # noqa: E402
+from shardnet.chain import Chain, dev_account  # noqa: E402
+from shardnet.deployment import Deployment  # noqa: E402
+from shardnet.protocol import Hardware  # noqa: E402
+from shardnet.scenario import ETHER, World  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
+
+TARGET_TOTAL = 400_000
+COORD = dev_account(1).address  # the devnet coordinator
+
+
+def one_job(world: World, model: int, nodes, spans, client) -> dict[str, int]:
+    market = world.contracts.market
+    stages = world.stages(nodes, spans, 10**12)
+    deadline = world.chain.w3.eth.get_block("latest")["timestamp"] + 3600
+    post = world.chain.transact(market.contract.functions.postJob(model, "QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG",
+                                                                  b'{"kind":"generate","max_new_tokens":32}', 10**15,
+                                                                  deadline), value=10**15, account=client)
+    job = market.job_count()
+    route = market.route_job(job, stages, account=world.coordinator)
+    receipts = world.receipts(job, stages, "QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn")
+    submit = market.submit_result(job, COORD, stages, "QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn", receipts,
+                                  account=nodes[-1])
+    withdrawals = [market.withdraw(account=n)["gasUsed"] for n in nodes]
+    return {"post": post["gasUsed"], "route": route["gasUsed"], "submit": submit["gasUsed"],
+            "withdraw": max(withdrawals), "total": post["gasUsed"] + route["gasUsed"] + submit["gasUsed"]
+            + sum(withdrawals)}
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as home:
+        settings = dn.DevnetSettings(home=Path(home), chain_port=free_port(), ipfs_port=free_port())
+        dn.up(settings)
+        try:
+            deployment = Deployment.load(dn.DevnetPaths.default(settings).deployment)
+            chain = Chain.from_deployment(deployment, account=dev_account(0))
+            world = World.of(chain)
+            register = world.contracts.nodes.register("http://127.0.0.1:7001", Hardware(8192, 10, 100), b"\x01" * 33,
+                                                      ETHER, account=dev_account(15))
+            nodes = world.register_nodes(3)
+            model_receipt_block = chain.w3.eth.block_number
+            model = world.register_model(12)
+            register_model_gas = chain.w3.eth.get_transaction_receipt(
+                chain.w3.eth.get_block(model_receipt_block + 1)["transactions"][0])["gasUsed"]
+            assign = world.contracts.models.assign_shard(model, nodes[0].address, 0, 4, account=world.coordinator)
+            confirm = world.contracts.models.confirm_shard(model, account=nodes[0])
+            world.contracts.models.assign_shard(model, nodes[1].address, 4, 8, account=world.coordinator)
+            world.contracts.models.confirm_shard(model, account=nodes[1])
+            world.contracts.models.assign_shard(model, nodes[2].address, 8, 12, account=world.coordinator)
+            world.contracts.models.confirm_shard(model, account=nodes[2])
+            spans = [(0, 4), (4, 8), (8, 12)]
+            client = dev_account(12)
+            first = one_job(world, model, nodes, spans, client)
+            steady = one_job(world, model, nodes, spans, client)
+        finally:
+            dn.down(settings)
+
+    print(f"gas_register_node: {register['gasUsed']}")
+    print(f"gas_register_model: {register_model_gas}")
+    print(f"gas_assign_shard: {assign['gasUsed']}")
+    print(f"gas_confirm_shard: {confirm['gasUsed']}")
+    print(f"gas_post_job: {steady['post']}")
+    print(f"gas_route_job_3_stages: {steady['route']}")
+    print(f"gas_submit_result_3_receipts: {steady['submit']}")
+    print(f"gas_withdraw: {steady['withdraw']}")
+    print(f"gas_job_3_stages_total: {steady['total']}")
+    print(f"gas_job_3_stages_total_first_job: {first['total']}")
+    print(f"gas_job_3_stages_total_vs_target: {steady['total'] / TARGET_TOTAL:.3f}")
+
+
+if __name__ == "__main__":
+    main()
