@@ -1,0 +1,1 @@
+"""Model side: block decomposition of transformers models, span execution, compression, shards."""
