@@ -13,7 +13,7 @@ import struct
 
 import torch
 
-QUANT_MODES = ("none", "int8", "int8-mixed")
+QUANT_MODES = ("none", "fp16", "int8", "int8-mixed")
 DEFAULT_BLOCK_SIZE = 64
 DEFAULT_OUTLIER_THRESHOLD = 6.0  # a column is an outlier when its absmax exceeds this many medians
 
@@ -58,7 +58,11 @@ def compress_state(tensors: dict[str, torch.Tensor], mode: str, block_size: int 
     out: dict[str, torch.Tensor] = {}
     meta: dict[str, dict] = {}
     for name, t in tensors.items():
-        if mode == "none" or not _is_matrix(name, t):
+        if mode == "fp16" and t.dtype.is_floating_point:
+            out[name] = t.half().contiguous()
+            meta[name] = {"enc": "fp16"}
+            continue
+        if mode in ("none", "fp16") or not _is_matrix(name, t):
             out[name] = t.contiguous()
             meta[name] = {"enc": "raw"}
             continue
@@ -83,8 +87,8 @@ def decompress_state(stored: dict[str, torch.Tensor], meta: dict[str, dict]) -> 
     """Inverse of compress_state: fp32 tensors keyed by their original names."""
     out = {}
     for name, entry in meta.items():
-        if entry["enc"] == "raw":
-            out[name] = stored[name]
+        if entry["enc"] in ("raw", "fp16"):
+            out[name] = stored[name].float() if entry["enc"] == "fp16" else stored[name]
             continue
         weight = dequantize_blockwise(stored[f"{name}::q"], stored[f"{name}::scale"], tuple(entry["shape"]))
         if entry["enc"] == "int8-mixed":
