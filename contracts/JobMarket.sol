@@ -273,25 +273,31 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
     }
 
     function _checkRoute(uint256 jobId, Job storage job, Stage[] calldata stages) private view {
-        if (stages.length == 0) revert EmptyRoute(jobId);
-        uint256 modelId = job.modelId;
-        (uint32 blockCount, uint128 price) = modelRegistry.blockCountOf(modelId);
+        uint256 n = stages.length;
+        if (n == 0) revert EmptyRoute(jobId);
+        address[] memory nodes = new address[](n);
+        uint32[] memory starts = new uint32[](n);
+        uint32[] memory ends = new uint32[](n);
         uint32 next;
-        uint256 total;
-        for (uint256 i; i < stages.length; ++i) {
+        for (uint256 i; i < n; ++i) {
             Stage calldata s = stages[i];
             if (s.start != next || s.end <= s.start) revert IncompleteCover(jobId, i, next, s.start);
-            IModelRegistry.Assignment memory a = modelRegistry.assignmentOf(modelId, s.node);
-            if (!a.confirmed || s.start < a.start || s.end > a.end) {
-                revert SpanNotConfirmed(jobId, s.node, s.start, s.end);
-            }
-            if (!nodeRegistry.isActive(s.node)) revert NodeNotActive(s.node);
+            (nodes[i], starts[i], ends[i]) = (s.node, s.start, s.end);
+            next = s.end;
+        }
+        (uint32 blockCount, uint56 price, uint256 unconfirmed) =
+            modelRegistry.routeInfo(job.modelId, nodes, starts, ends);
+        if (next != blockCount) revert IncompleteCover(jobId, n, blockCount, next);
+        uint256 inactive = nodeRegistry.inactiveMask(nodes);
+        uint256 total;
+        for (uint256 i; i < n; ++i) {
+            Stage calldata s = stages[i];
+            if (unconfirmed & (1 << i) != 0) revert SpanNotConfirmed(jobId, s.node, s.start, s.end);
+            if (inactive & (1 << i) != 0) revert NodeNotActive(s.node);
             uint256 minFee = uint256(price) * (s.end - s.start);
             if (s.fee < minFee) revert StageFeeBelowPrice(i, s.fee, minFee);
             total += s.fee;
-            next = s.end;
         }
-        if (next != blockCount) revert IncompleteCover(jobId, stages.length, blockCount, next);
         total += total * coordinatorFeeBps / 10_000;
         if (total > job.escrow) revert FeeExceedsEscrow(jobId, total, job.escrow);
     }

@@ -35,7 +35,7 @@ contract ModelRegistry is IModelRegistry, AccessControl {
         string calldata manifestCid,
         uint32 blockCount,
         bytes32 blocksRoot,
-        uint128 pricePerBlock
+        uint56 pricePerBlock
     ) external returns (uint256 modelId) {
         if (blockCount == 0) revert InvalidBlockCount(blockCount);
         if (bytes(manifestCid).length == 0) revert EmptyManifestCid();
@@ -104,10 +104,26 @@ contract ModelRegistry is IModelRegistry, AccessControl {
     }
 
     /// @notice Block count and price, reverting for unknown or deprecated models (used by the market).
-    function blockCountOf(uint256 modelId) external view returns (uint32, uint128) {
+    function blockCountOf(uint256 modelId) external view returns (uint32, uint56) {
         Model storage m = _model(modelId);
         if (m.deprecated) revert ModelIsDeprecated(modelId);
         return (m.blockCount, m.pricePerBlock);
+    }
+
+    /// @notice For the market, in one call: block count and price of an active model, and a bit
+    /// per stage (bit i set) when [starts[i], ends[i]) is not inside a confirmed span of nodes[i].
+    function routeInfo(uint256 modelId, address[] calldata nodes, uint32[] calldata starts, uint32[] calldata ends)
+        external
+        view
+        returns (uint32 blockCount, uint56 pricePerBlock, uint256 unconfirmedMask)
+    {
+        Model storage m = _model(modelId);
+        if (m.deprecated) revert ModelIsDeprecated(modelId);
+        for (uint256 i; i < nodes.length; ++i) {
+            Assignment storage a = _assignments[modelId][nodes[i]];
+            if (!a.confirmed || starts[i] < a.start || ends[i] > a.end) unconfirmedMask |= 1 << i;
+        }
+        return (m.blockCount, m.pricePerBlock, unconfirmedMask);
     }
 
     function assignmentOf(uint256 modelId, address node) external view returns (Assignment memory) {

@@ -150,6 +150,15 @@ contract NodeRegistry is INodeRegistry, AccessControl, ReentrancyGuardTransient 
         return n.registeredAt != 0 && n.stake >= minStake && n.stake != 0;
     }
 
+    /// @notice Bit i set when nodes[i] is not active (one call for a whole route).
+    function inactiveMask(address[] calldata nodes) external view returns (uint256 mask) {
+        uint256 need = minStake;
+        for (uint256 i; i < nodes.length; ++i) {
+            Node storage n = _nodes[nodes[i]];
+            if (n.registeredAt == 0 || n.stake < need || n.stake == 0) mask |= 1 << i;
+        }
+    }
+
     function getNode(address node) external view returns (Node memory) {
         return _nodes[node];
     }

@@ -5,11 +5,12 @@ pragma solidity ^0.8.24;
 /// @notice Models published to IPFS and the shard assignments that say which node serves which blocks.
 interface IModelRegistry {
     // ---------------------------------------------------------------- types
+    /// @dev Slot 0 (owner, blockCount, deprecated, pricePerBlock) is all the market reads.
     struct Model {
         address owner;
         uint32 blockCount; // blocks are numbered [0, blockCount)
         bool deprecated;
-        uint128 pricePerBlock; // wei a stage earns at least per block it runs for one job
+        uint56 pricePerBlock; // wei a stage earns at least per block it runs for one job
         bytes32 blocksRoot; // keccak256(abi.encode(blockCids)) : commitment to every block CID
         string name;
         string manifestCid; // IPFS CID of the manifest (config, tokenizer, block CIDs, sha256s)
@@ -31,7 +32,7 @@ interface IModelRegistry {
         string manifestCid,
         uint32 blockCount,
         bytes32 blocksRoot,
-        uint128 pricePerBlock
+        uint56 pricePerBlock
     );
     event ModelDeprecated(uint256 indexed modelId);
     event ShardAssigned(
@@ -53,6 +54,10 @@ interface IModelRegistry {
     error NotNodeOrCoordinator(address caller);
 
     // ---------------------------------------------------------------- views
-    function blockCountOf(uint256 modelId) external view returns (uint32 blockCount, uint128 pricePerBlock);
+    function blockCountOf(uint256 modelId) external view returns (uint32 blockCount, uint56 pricePerBlock);
+    function routeInfo(uint256 modelId, address[] calldata nodes, uint32[] calldata starts, uint32[] calldata ends)
+        external
+        view
+        returns (uint32 blockCount, uint56 pricePerBlock, uint256 unconfirmedMask);
     function assignmentOf(uint256 modelId, address node) external view returns (Assignment memory);
 }

@@ -54,5 +54,6 @@ interface INodeRegistry {
 
     // ---------------------------------------------------------------- views
     function isActive(address node) external view returns (bool);
+    function inactiveMask(address[] calldata nodes) external view returns (uint256);
     function minStake() external view returns (uint256);
 }
