@@ -221,6 +221,29 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
         emit JobExpired(jobId, failed);
     }
 
+    /// @notice Give up on a job that cannot be served as posted (its input is missing or
+    /// malformed, its parameters out of range): the whole escrow goes back to the client and
+    /// nobody's record is marked failed. Callable by a node on the current route or by the
+    /// coordinator that routed it; a job not yet routed, by any coordinator.
+    function abortJob(uint256 jobId, address coordinator, Stage[] calldata stages, string calldata reason) external {
+        Job storage job = _job(jobId);
+        Status status = job.status;
+        if (status == Status.Posted) {
+            if (!hasRole(COORDINATOR_ROLE, msg.sender)) revert NotOnRoute(jobId, msg.sender);
+        } else if (status == Status.Routed) {
+            if (_routeHash(coordinator, stages) != job.routeHash) revert RouteMismatch(jobId);
+            if (msg.sender != coordinator && !_onRoute(msg.sender, stages)) revert NotOnRoute(jobId, msg.sender);
+            for (uint256 i; i < stages.length; ++i) {
+                --accounts[stages[i].node].openJobs;
+            }
+        } else {
+            revert WrongStatus(jobId, status, Status.Routed);
+        }
+        job.status = Status.Aborted;
+        _refund(jobId, job);
+        emit JobAborted(jobId, msg.sender, reason);
+    }
+
     /// @notice Send the caller everything credited to it (stage fees, coordinator cuts, refunds).
     function withdraw() external nonReentrant {
         Account storage acc = accounts[msg.sender];

@@ -207,6 +207,10 @@ class JobMarket(_Binding):
         return self._tx(self.contract.functions.expireJob(job_id, coordinator, _stages(list(stages)),
                                                           _receipts(list(delivered))), 0, account)
 
+    def abort_job(self, job_id: int, coordinator: str, stages: list[Stage], reason: str,
+                  account: LocalAccount | None = None) -> dict:
+        return self._tx(self.contract.functions.abortJob(job_id, coordinator, _stages(stages), reason), 0, account)
+
     def withdraw(self, account: LocalAccount | None = None) -> dict:
         return self._tx(self.contract.functions.withdraw(), 0, account)
 

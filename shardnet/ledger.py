@@ -31,6 +31,7 @@ class JobRecord:
     payouts: dict[str, int] = field(default_factory=dict)  # payee -> wei
     refunded: int = 0
     failed_nodes: list[str] = field(default_factory=list)
+    abort_reason: str | None = None
     history: list[tuple[int, str]] = field(default_factory=list)  # (block, event name)
 
 
@@ -164,6 +165,14 @@ class Ledger:
             for node, *_ in job.route:
                 self.accounts[node].open_jobs -= 1
         job.status = JobStatus.EXPIRED
+
+    def _on_JobAborted(self, a, _):
+        job = self.jobs[a["jobId"]]
+        if job.status == JobStatus.ROUTED:
+            for node, *_ in job.route:
+                self.accounts[node].open_jobs -= 1
+        job.status = JobStatus.ABORTED
+        job.abort_reason = a["reason"]
 
     def _on_JobCancelled(self, a, _):
         self.jobs[a["jobId"]].status = JobStatus.CANCELLED

@@ -93,6 +93,7 @@ class JobStatus(IntEnum):
     COMPLETED = 3
     EXPIRED = 4
     CANCELLED = 5
+    ABORTED = 6
 
 
 @dataclass(frozen=True)

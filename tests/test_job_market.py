@@ -282,3 +282,23 @@ def test_stage_dataclass_roundtrip():
     st = Stage("0x" + "11" * 20, 0, 2, 5)
     assert st.as_tuple() == ("0x" + "11" * 20, 0, 2, 5)
     assert output_hash_of("QmX") == keccak(text="QmX")
+
+
+def test_abort_refunds_client_without_blaming_nodes(s):
+    job, stages = s.routed()
+    with reverts("NotOnRoute", jobId=job, caller=dev_account(13).address):
+        s.market.abort_job(job, COORD, stages, "nope", account=dev_account(13))
+    receipt = s.market.abort_job(job, COORD, stages, "input is not valid JSON", account=s.nodes[0])
+    [event] = [e for e in s.market.events_in(receipt) if e.name == "JobAborted"]
+    assert event.args["reason"] == "input is not valid JSON" and event.args["by"] == s.nodes[0].address
+    assert s.market.job(job).status == JobStatus.ABORTED
+    assert s.market.account(s.client.address).credit == MAX_FEE
+    assert [s.market.account(st.node).open_jobs for st in stages] == [0, 0, 0]
+    assert [s.market.account(st.node).jobs_failed for st in stages] == [0, 0, 0]
+    with reverts("WrongStatus", have=JobStatus.ABORTED):
+        s.market.abort_job(job, COORD, stages, "again", account=s.nodes[0])
+    posted = s.post()
+    with reverts("NotOnRoute", jobId=posted):
+        s.market.abort_job(posted, COORD, [], "x", account=s.nodes[0])
+    s.market.abort_job(posted, COORD, [], "unknown input CID", account=s.world.coordinator)
+    assert s.market.job(posted).status == JobStatus.ABORTED

@@ -11,7 +11,8 @@ interface IJobMarket {
         Routed,
         Completed,
         Expired,
-        Cancelled
+        Cancelled,
+        Aborted
     }
 
     /// @notice One hop of a route: `node` runs blocks [start, end) for `fee` wei.
@@ -70,6 +71,7 @@ interface IJobMarket {
     event JobRefunded(uint256 indexed jobId, address indexed client, uint256 amount);
     event JobExpired(uint256 indexed jobId, address[] failedNodes);
     event JobCancelled(uint256 indexed jobId);
+    event JobAborted(uint256 indexed jobId, address indexed by, string reason);
     event StageFailed(uint256 indexed jobId, address indexed node);
     event Withdrawn(address indexed account, uint256 amount);
     event ParametersSet(uint16 coordinatorFeeBps, uint40 maxJobDuration);
@@ -99,6 +101,7 @@ interface IJobMarket {
     error NothingToWithdraw(address account);
     error TransferFailed(address to, uint256 amount);
     error InvalidParameter(string name);
+    error NotOnRoute(uint256 jobId, address caller);
 
     // ---------------------------------------------------------------- views
     function openJobs(address node) external view returns (uint256);
