@@ -63,8 +63,13 @@ class Ledger:
         self.accounts: dict[str, AccountRecord] = defaultdict(AccountRecord)
         self.slashed_balance = 0
         self.models: dict[int, dict] = {}
+        self.endpoints: dict[str, str] = {}  # node -> data-plane URL
+        self.hardware: dict[str, tuple] = {}  # node -> (memory MB, compute score, bandwidth Mbps)
+        self.assignments: dict[int, dict[str, list]] = defaultdict(dict)  # model -> node -> [start, end, confirmed]
+        self.last_key: tuple[int, int] = (-1, -1)  # (block, log index) of the last event applied
 
     def apply(self, event) -> None:
+        self.last_key = (event.block_number, event.log_index)
         handler = getattr(self, f"_on_{event.name}", None)
         if handler is not None:
             handler(event.args, event.block_number)
@@ -75,6 +80,13 @@ class Ledger:
     # ------------------------------------------------------------------ NodeRegistry
     def _on_NodeRegistered(self, a, _):
         self.nodes[a["node"]].stake = a["stake"]
+        self._on_ProfileUpdated(a, _)
+
+    def _on_ProfileUpdated(self, a, _):
+        self.endpoints[a["node"]] = a["endpoint"]
+        hw = a["hardware"]
+        self.hardware[a["node"]] = tuple(hw[k] for k in ("memoryMb", "computeScore", "bandwidthMbps")) if hasattr(
+            hw, "keys") else tuple(hw)
 
     def _on_StakeAdded(self, a, _):
         self.nodes[a["node"]].stake = a["stake"]
@@ -104,6 +116,18 @@ class Ledger:
 
     def _on_ModelDeprecated(self, a, _):
         self.models[a["modelId"]]["deprecated"] = True
+
+    def _on_ShardAssigned(self, a, _):
+        self.assignments[a["modelId"]][a["node"]] = [a["start"], a["end"], False]
+
+    def _on_ShardConfirmed(self, a, _):
+        self.assignments[a["modelId"]][a["node"]] = [a["start"], a["end"], True]
+
+    def _on_ShardReleased(self, a, _):
+        self.assignments[a["modelId"]].pop(a["node"], None)
+
+    def active_nodes(self, min_stake: int) -> list[str]:
+        return sorted(n for n, rec in self.nodes.items() if rec.stake >= min_stake and rec.stake > 0)
 
     # ------------------------------------------------------------------ JobMarket
     def _on_JobPosted(self, a, _):

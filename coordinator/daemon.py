@@ -1,0 +1,101 @@
+"""The coordinator daemon: follows chain events, assigns spans for new models, routes posted jobs.
+
+It keeps nothing that chain events cannot rebuild: on start it replays the history from
+the deployment block and reconciles (assign what is unassigned, route what is posted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from eth_account.signers.local import LocalAccount
+
+from coordinator.planner import plan_even
+from coordinator.router import route_any, route_cost
+from shardnet.bindings import Contracts
+from shardnet.chain import Chain
+from shardnet.contract_errors import ContractRevert
+from shardnet.deployment import Deployment
+from shardnet.ledger import Ledger
+from shardnet.listener import Listener
+from shardnet.protocol import JobStatus
+
+log = logging.getLogger("shardnet.coordinator")
+TRIGGERS = {"NodeRegistered", "StakeAdded", "UnstakeRequested", "ModelRegistered", "ShardConfirmed",
+            "ShardReleased", "JobPosted", "NodeSlashed"}
+
+
+class Coordinator:
+    def __init__(self, deployment: Deployment, account: LocalAccount, poll_interval_s: float = 0.2):
+        self.deployment = deployment
+        self.account = account
+        self.chain = Chain.from_deployment(deployment, account=account)
+        self.c = Contracts(self.chain)
+        self.ledger = Ledger()
+        self.listener = Listener(self.chain, [deployment.contracts[n].address for n in
+                                              ("NodeRegistry", "ModelRegistry", "JobMarket")],
+                                 deployment.ws_url, poll_interval_s)
+        self.min_stake = self.c.nodes.min_stake()
+        self.fee_bps = self.c.market.coordinator_fee_bps()
+        self.unroutable_logged: set[int] = set()
+
+    async def run(self) -> None:
+        async for event in self.listener._catch_up(self.deployment.deploy_block):
+            self.ledger.apply(event)
+        await self.reconcile()
+        log.info("coordinator %s caught up at block %d", self.account.address, self.listener.last_key[0])
+        async for event in self.listener.stream(self.listener.last_key[0] + 1):
+            self.ledger.apply(event)
+            if event.name in TRIGGERS:
+                await self.reconcile()
+
+    async def reconcile(self) -> None:
+        await self._assign_models()
+        await self._route_jobs()
+
+    async def _tx(self, what: str, fn, *args) -> bool:
+        try:
+            await asyncio.to_thread(fn, *args, account=self.account)
+            return True
+        except ContractRevert as exc:
+            log.warning("%s refused: %s", what, exc)
+            return False
+
+    async def _assign_models(self) -> None:
+        active = self.ledger.active_nodes(self.min_stake)
+        for model_id, model in self.ledger.models.items():
+            if model.get("deprecated") or self.ledger.assignments.get(model_id):
+                continue
+            plan = plan_even(active, model["blockCount"])
+            for node, span in plan.items():
+                await self._tx(f"assignShard({model_id}, {node})", self.c.models.assign_shard, model_id, node,
+                               span.start, span.end)
+            if plan:
+                log.info("model %d: assigned %d spans", model_id, len(plan))
+
+    async def _route_jobs(self) -> None:
+        now = time.time()
+        active = set(self.ledger.active_nodes(self.min_stake))
+        for job_id, job in list(self.ledger.jobs.items()):
+            if job.status != JobStatus.POSTED or job.deadline <= now:
+                continue
+            model = self.ledger.models.get(job.model_id)
+            stages = route_any(self.ledger.assignments.get(job.model_id, {}), model["blockCount"],
+                               model["pricePerBlock"], active)
+            if stages is None:
+                if job_id not in self.unroutable_logged:
+                    log.info("job %d waits: no confirmed cover of model %d yet", job_id, job.model_id)
+                    self.unroutable_logged.add(job_id)
+                continue
+            cost = route_cost(stages, self.fee_bps)
+            if cost > job.max_fee:
+                await self._tx(f"abortJob({job_id})", self.c.market.abort_job, job_id, self.account.address, [],
+                               f"max fee {job.max_fee} wei is below the route's cost {cost} wei; post again with "
+                               f"--max-fee >= {cost}")
+                job.status = JobStatus.ABORTED
+                continue
+            if await self._tx(f"routeJob({job_id})", self.c.market.route_job, job_id, stages):
+                job.status = JobStatus.ROUTED  # the JobRouted event confirms it shortly
+                log.info("job %d routed through %d stages", job_id, len(stages))

@@ -1,0 +1,165 @@
+"""Executor: the spans this node serves, and the per-job state of every job it is running.
+
+Loading a span fetches exactly its blocks from IPFS and verifies them (shardnet.model.shards).
+A job's state at a stage holds its KV-cache session and the running hashes of everything
+that entered and left the stage, which the stage signs as its receipt.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from eth_utils import keccak
+
+from shardnet.jobs import JobInputError, JobParams, parse_input, sample_next
+from shardnet.model.shards import Manifest, fetch_manifest, fetch_span
+from shardnet.model.span import Session, SpanModel
+from shardnet.protocol import Span, Stage
+from shardnet.storage import IpfsClient
+
+ZERO = b"\x00" * 32
+
+
+def fold(running: bytes, payload: bytes) -> bytes:
+    """Running hash over every message a stage received or sent, in order."""
+    return keccak(running + keccak(payload))
+
+
+@dataclass
+class LoadedSpan:
+    model_id: int
+    manifest: Manifest
+    span: Span
+    model: SpanModel
+    tokenizer: object | None = None
+
+
+@dataclass
+class JobRun:
+    job_id: int
+    model_id: int
+    stage: int
+    stages: list[Stage]
+    coordinator: str
+    params: JobParams
+    session: Session
+    in_hash: bytes = ZERO
+    out_hash: bytes = ZERO
+    step: int = 0
+    tokens: list[int] = field(default_factory=list)  # generate: tokens produced so far (last stage)
+    prompt_len: int = 0
+    generator: torch.Generator | None = None
+    attention_mask: torch.Tensor | None = None
+
+    @property
+    def is_first(self) -> bool:
+        return self.stage == 0
+
+    @property
+    def is_last(self) -> bool:
+        return self.stage == len(self.stages) - 1
+
+
+class Executor:
+    def __init__(self, ipfs: IpfsClient, ipfs_timeout_s: float):
+        self.ipfs = ipfs
+        self.ipfs_timeout_s = ipfs_timeout_s
+        self.spans: dict[int, LoadedSpan] = {}  # model id -> the span this node serves
+        self.jobs: dict[int, JobRun] = {}
+
+    # ------------------------------------------------------------------ spans
+    def load(self, model_id: int, manifest_cid: str, span: Span) -> LoadedSpan:
+        """Fetch, verify and load the blocks of `span` (and the tokenizer at the ends)."""
+        manifest = fetch_manifest(self.ipfs, manifest_cid, timeout=self.ipfs_timeout_s)
+        blocks = fetch_span(self.ipfs, manifest, span, timeout=self.ipfs_timeout_s)
+        model = SpanModel(manifest.config, span, blocks)
+        tokenizer = None
+        if manifest.data.get("tokenizer") and (model.has_embed or model.has_final):
+            tokenizer = self._tokenizer(manifest)
+        loaded = LoadedSpan(model_id, manifest, span, model, tokenizer)
+        self.spans[model_id] = loaded
+        return loaded
+
+    def _tokenizer(self, manifest: Manifest):
+        import transformers
+
+        folder = Path(tempfile.mkdtemp(prefix="shardnet-tok-"))
+        for name, cid in manifest.data["tokenizer"].items():
+            (folder / name).write_bytes(self.ipfs.cat(cid, timeout=self.ipfs_timeout_s))
+        return transformers.AutoTokenizer.from_pretrained(folder)
+
+    def unload(self, model_id: int) -> None:
+        self.spans.pop(model_id, None)
+
+    # ------------------------------------------------------------------ jobs
+    def begin(self, job_id: int, model_id: int, stage: int, stages: list[Stage], coordinator: str,
+              params: JobParams) -> JobRun:
+        loaded = self.spans[model_id]
+        run = JobRun(job_id, model_id, stage, stages, coordinator, params,
+                     loaded.model.new_session() if params.kind == "generate" else Session())
+        if params.kind == "generate":
+            run.generator = torch.Generator().manual_seed(params.seed)
+        self.jobs[job_id] = run
+        return run
+
+    def first_input(self, run: JobRun, raw: bytes) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Stage 0: validate the job input, tokenize. -> (ids [b, n], attention mask or None)."""
+        loaded = self.spans[run.model_id]
+        arch = loaded.model.arch
+        kind = run.params.kind
+        if kind == "generate" and not arch.is_decoder:
+            raise JobInputError(f"model {run.model_id} ({arch.model_type}) cannot generate; use kind 'embed' or "
+                                "'forward'")
+        if kind == "embed" and arch.family != "bert":
+            raise JobInputError(f"model {run.model_id} ({arch.model_type}) does not make sentence embeddings")
+        data = parse_input(run.params, raw)
+        run.in_hash = fold(ZERO, raw)
+        tok = loaded.tokenizer
+        if kind == "embed":
+            if tok is None:
+                raise JobInputError(f"model {run.model_id} has no tokenizer in its manifest")
+            enc = tok(data["texts"], padding=True, truncation=True, max_length=256, return_tensors="pt")
+            return enc["input_ids"], enc["attention_mask"]
+        text = data.get("prompt") if kind == "generate" else data.get("text")
+        if text is not None:
+            if tok is None:
+                raise JobInputError(f"model {run.model_id} has no tokenizer; send 'input_ids' instead of text")
+            ids = tok(text, return_tensors="pt", add_special_tokens=kind != "generate")["input_ids"]
+        else:
+            ids = torch.tensor([data["input_ids"]])
+        vocab = loaded.manifest.config.vocab_size
+        if int(ids.max()) >= vocab:
+            raise JobInputError(f"input_ids contain {int(ids.max())}, beyond the model's vocabulary of {vocab}")
+        return ids, None
+
+    def run_span(self, run: JobRun, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        loaded = self.spans[run.model_id]
+        session = run.session if run.params.kind == "generate" else None
+        return loaded.model(x, attention_mask=mask, session=session)
+
+    def next_token(self, run: JobRun, logits: torch.Tensor) -> tuple[int, bool]:
+        """Last stage, generate: the next token and whether generation is over."""
+        token = sample_next(logits[0, -1], run.params, run.generator)
+        run.tokens.append(token)
+        config = self.spans[run.model_id].manifest.config
+        eos = config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
+        return token, len(run.tokens) >= run.params.max_new_tokens or token in eos_ids
+
+    def output(self, run: JobRun, final: torch.Tensor | None) -> bytes:
+        """Last stage: the job output as JSON bytes (what goes to IPFS)."""
+        kind = run.params.kind
+        if kind == "generate":
+            tok = self.spans[run.model_id].tokenizer
+            text = tok.decode(run.tokens, skip_special_tokens=True) if tok is not None else None
+            return json.dumps({"kind": kind, "tokens": run.tokens, "text": text}).encode()
+        if kind == "embed":
+            return json.dumps({"kind": kind, "embeddings": final.tolist()}).encode()
+        return json.dumps({"kind": kind, "shape": list(final.shape), "output": final.tolist()}).encode()
+
+    def finish(self, job_id: int) -> None:
+        self.jobs.pop(job_id, None)

@@ -1,0 +1,21 @@
+"""Data-plane message body: 4-byte little-endian header length, a JSON header, then the payload
+(an encoded activation, shardnet.model.quant.encode_activation, or nothing)."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+
+def pack(header: dict, payload: bytes = b"") -> bytes:
+    head = json.dumps(header, separators=(",", ":")).encode()
+    return struct.pack("<I", len(head)) + head + payload
+
+
+def unpack(body: bytes) -> tuple[dict, bytes]:
+    if len(body) < 4:
+        raise ValueError("message shorter than its length prefix")
+    (n,) = struct.unpack_from("<I", body)
+    if 4 + n > len(body):
+        raise ValueError("message header runs past the body")
+    return json.loads(body[4:4 + n]), body[4 + n:]

@@ -1,0 +1,50 @@
+"""Reporter: this node's transactions (simulated first, then sent), off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from eth_account.signers.local import LocalAccount
+
+from shardnet.bindings import Contracts
+from shardnet.contract_errors import ContractRevert
+from shardnet.protocol import Hardware, Receipt, Stage
+
+log = logging.getLogger("shardnet.node.reporter")
+
+
+class Reporter:
+    def __init__(self, contracts: Contracts, account: LocalAccount):
+        self.c = contracts
+        self.account = account
+
+    async def _do(self, what: str, fn, *args) -> dict | None:
+        try:
+            return await asyncio.to_thread(fn, *args, account=self.account)
+        except ContractRevert as exc:
+            log.warning("%s refused by the contract: %s", what, exc)
+            return None
+
+    async def ensure_registered(self, endpoint: str, hardware: Hardware, stake: int) -> bool:
+        info = await asyncio.to_thread(self.c.nodes.node, self.account.address)
+        if info.registered_at:
+            if info.endpoint != endpoint or info.hardware != hardware:
+                await self._do("updateProfile", self.c.nodes.update_profile, endpoint, hardware,
+                               bytes.fromhex(self.account.address[2:]))
+            return False
+        await self._do("register", self.c.nodes.register, endpoint, hardware,
+                       bytes.fromhex(self.account.address[2:]), stake)
+        return True
+
+    async def confirm_shard(self, model_id: int) -> bool:
+        return await self._do(f"confirmShard({model_id})", self.c.models.confirm_shard, model_id) is not None
+
+    async def submit_result(self, job_id: int, coordinator: str, stages: list[Stage], output_cid: str,
+                            receipts: list[Receipt]) -> bool:
+        return await self._do(f"submitResult({job_id})", self.c.market.submit_result, job_id, coordinator,
+                              stages, output_cid, receipts) is not None
+
+    async def abort_job(self, job_id: int, coordinator: str, stages: list[Stage], reason: str) -> bool:
+        return await self._do(f"abortJob({job_id})", self.c.market.abort_job, job_id, coordinator, stages,
+                              reason[:300]) is not None
