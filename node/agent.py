@@ -95,20 +95,27 @@ class NodeAgent:
         server = uvicorn.Server(uvicorn.Config(create_app(self), host=self.settings.listen_host,
                                                port=self.settings.listen_port, log_level="warning"))
         server_task = asyncio.create_task(server.serve())
+        follow_task = asyncio.create_task(self._follow())
+        try:  # the server stops on SIGTERM / SIGINT (uvicorn handles them); then everything stops
+            await asyncio.wait({server_task, follow_task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            server.should_exit = True
+            follow_task.cancel()
+            for task in list(self.tasks):
+                task.cancel()
+            await asyncio.gather(follow_task, server_task, return_exceptions=True)
+            await self.peers.close()
+            log.info("node stopped")
+
+    async def _follow(self) -> None:
         # catch up: rebuild the view from the deployment block, act only past the saved position
         async for event in self.listener._catch_up(self.deployment.deploy_block):
             await self._on_event(event)
         await self._reconcile_spans()
         self.ready = True
-        log.info("caught up at block %d (%s)", self.listener.last_key[0], self.listener.mode)
-        try:
-            async for event in self.listener.stream(self.listener.last_key[0] + 1):
-                await self._on_event(event)
-                if server_task.done():
-                    break
-        finally:
-            server.should_exit = True
-            await self.peers.close()
+        log.info("caught up at block %d", self.listener.last_key[0])
+        async for event in self.listener.stream(self.listener.last_key[0] + 1):
+            await self._on_event(event)
 
     async def _on_event(self, event: Event) -> None:
         self.ledger.apply(event)
@@ -132,12 +139,12 @@ class NodeAgent:
             job = self.ledger.jobs[a["jobId"]]
             stage = my_stage(self.address, job.route)
             if stage is None:
-                self.executor.finish(a["jobId"])
+                self._finish(a["jobId"])
             elif stage == 0:
                 log.info("picked up job %d as stage 0", a["jobId"], extra={"job": a["jobId"]})
                 self._spawn(self._start_job(a["jobId"]))
         elif event.name in SETTLED:
-            self.executor.finish(a["jobId"])
+            self._finish(a["jobId"])
             self.queues.pop(a["jobId"], None)
 
     async def _reconcile_spans(self) -> None:
@@ -175,7 +182,7 @@ class NodeAgent:
             self.state["aborted"].append(job_id)
             self._save_state()
         self.metrics.jobs.labels("unknown", "aborted").inc()
-        self.executor.finish(job_id)
+        self._finish(job_id)
 
     def _begin(self, job_id: int) -> JobRun:
         run = self.executor.jobs.get(job_id)
@@ -185,6 +192,7 @@ class NodeAgent:
             params = JobParams.decode(job.params)
             run = self.executor.begin(job_id, job.model_id, my_stage(self.address, job.route), stages, coordinator,
                                       params)
+            self.metrics.open_jobs.inc()
         return run
 
     async def _start_job(self, job_id: int) -> None:
@@ -203,7 +211,6 @@ class NodeAgent:
         except StorageError as exc:
             await self._abort(job_id, f"input {job.input_cid} could not be read from IPFS: {exc}")
             return
-        self.metrics.open_jobs.inc()
         run.attention_mask = mask
         run.prompt_len = ids.shape[1]
         await self._step(run, ids, mask, params)
@@ -242,6 +249,7 @@ class NodeAgent:
             self.metrics.bytes_out.inc(len(body))
         except PeerError as exc:
             log.error("job %d: stage %d unreachable: %s", run.job_id, stage, exc, extra={"job": run.job_id})
+            await self._abort(run.job_id, f"stage {stage} ({node}) unreachable: {exc}")
 
     async def accept(self, job_id: int, stage: int, sender: str, body: bytes) -> tuple[bool, str]:
         """A data-plane message arrived: accept it only from the stage the on-chain route names."""
@@ -311,8 +319,7 @@ class NodeAgent:
             self._save_state()
             self.metrics.jobs.labels(run.params.kind, "completed").inc()
             log.info("job %d done: output %s", job_id, cid, extra={"job": job_id})
-        self.metrics.open_jobs.dec()
-        self.executor.finish(job_id)
+        self._finish(job_id)
 
     async def _collect_receipt(self, run: JobRun, stage: int) -> Receipt:
         node = run.stages[stage].node
@@ -341,9 +348,12 @@ class NodeAgent:
         receipt = sign_receipt(self.account, self.chain.chain_id, self.contracts.market.address, job_id, run.stage,
                                s.start, s.end, run.in_hash, run.out_hash)
         self.metrics.jobs.labels(run.params.kind, "served").inc()
-        self.metrics.open_jobs.dec()
         return {"stage": run.stage, "input_hash": "0x" + receipt.input_hash.hex(),
                 "output_hash": "0x" + receipt.output_hash.hex(), "signature": "0x" + receipt.signature.hex()}, ""
+
+    def _finish(self, job_id: int) -> None:
+        if self.executor.jobs.pop(job_id, None) is not None:
+            self.metrics.open_jobs.dec()
 
     def health(self) -> dict:
         return {"node": self.address, "ready": self.ready, "listener": self.listener.mode,

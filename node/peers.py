@@ -35,7 +35,7 @@ class PeerClient:
         if self.banned_until.get(base_url, 0) > time.monotonic():
             raise PeerError(f"peer {base_url} is banned for failing repeatedly; retry later")
         headers = sign_request(self.account, path, body)
-        delay = 0.1
+        delay = 0.5
         for attempt in range(self.retries + 1):
             try:
                 response = await self.http.post(base_url.rstrip("/") + path, content=body, headers=headers)

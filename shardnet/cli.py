@@ -210,18 +210,15 @@ def node() -> None:
 @click.option("--config", "config_path", type=click.Path(path_type=Path), required=True, help="node.toml")
 def node_run(config_path) -> None:
     """Register (staking if needed), serve assigned spans, run jobs, get paid."""
-    import asyncio
-
     from node import logs
     from node.agent import run_node
     from node.settings import NodeSettings
 
     settings = NodeSettings.load(config_path)
     logs.setup(f"node:{settings.listen_port}")
-    try:
-        asyncio.run(run_node(settings))
-    except KeyboardInterrupt:
-        pass
+    from shardnet.process import run_until_signal
+
+    run_until_signal(run_node(settings))
 
 
 @main.group()
@@ -235,8 +232,6 @@ def coordinator() -> None:
 @click.option("--deployment", "deployment_path", type=click.Path(path_type=Path), help="deployment file")
 def coordinator_run(dev_account, key, deployment_path) -> None:
     """Assign spans for new models and route posted jobs, from chain events."""
-    import asyncio
-
     from eth_account import Account
 
     from coordinator.daemon import Coordinator
@@ -246,10 +241,9 @@ def coordinator_run(dev_account, key, deployment_path) -> None:
 
     logs.setup("coordinator")
     account = Account.from_key(key) if key else dev(dev_account)
-    try:
-        asyncio.run(Coordinator(Deployment.load(deployment_path), account).run())
-    except KeyboardInterrupt:
-        pass
+    from shardnet.process import run_until_signal
+
+    run_until_signal(Coordinator(Deployment.load(deployment_path), account).run())
 
 
 # ---------------------------------------------------------------------- jobs (clients)
@@ -271,6 +265,7 @@ def job() -> None:
 @click.option("--kind", type=click.Choice(["generate", "embed", "forward"]), default="generate", show_default=True)
 @click.option("--prompt", help="generate: the prompt; forward: the text")
 @click.option("--text", "texts", multiple=True, help="embed: a text to embed (repeat for several)")
+@click.option("--input-ids", help="generate/forward: token ids instead of text, e.g. 1,2,3")
 @click.option("--max-new-tokens", type=int, default=16, show_default=True)
 @click.option("--temperature", type=float, default=0.0, show_default=True, help="0 = greedy")
 @click.option("--top-k", type=int, default=0, show_default=True)
@@ -282,7 +277,7 @@ def job() -> None:
 @click.option("--key", help="0x private key (instead of --dev-account)")
 @click.option("--no-wait", is_flag=True, help="print the job id and return")
 @_as_json
-def job_submit(model_id, kind, prompt, texts, max_new_tokens, temperature, top_k, top_p, seed, max_fee, ttl,
+def job_submit(model_id, kind, prompt, texts, input_ids, max_new_tokens, temperature, top_k, top_p, seed, max_fee, ttl,
                dev_account, key, no_wait, as_json) -> None:
     """Post a job with escrow, wait for it, print output, receipts and payouts."""
     from eth_account import Account
@@ -301,8 +296,13 @@ def job_submit(model_id, kind, prompt, texts, max_new_tokens, temperature, top_k
         if not texts:
             raise click.BadParameter("embed jobs need at least one --text", param_hint="--text")
         job_input = {"texts": list(texts)}
+    elif input_ids:
+        try:
+            job_input = {"input_ids": [int(i) for i in input_ids.split(",")]}
+        except ValueError:
+            raise click.BadParameter("use comma-separated integers, e.g. 1,2,3", param_hint="--input-ids") from None
     elif not prompt:
-        raise click.BadParameter(f"{kind} jobs need --prompt", param_hint="--prompt")
+        raise click.BadParameter(f"{kind} jobs need --prompt or --input-ids", param_hint="--prompt")
     else:
         job_input = {"prompt": prompt} if kind == "generate" else {"text": prompt}
     client = Client.from_deployment(Account.from_key(key) if key else dev(dev_account))

@@ -1,0 +1,23 @@
+"""Long-running processes stop cleanly on SIGTERM / SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Coroutine
+
+
+def run_until_signal(main: Coroutine) -> None:
+    """asyncio.run(main), cancelled on SIGTERM or SIGINT (some libraries catch SIGTERM otherwise)."""
+
+    async def runner():
+        task = asyncio.ensure_future(main)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+
+    asyncio.run(runner())

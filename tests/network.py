@@ -1,0 +1,125 @@
+"""A whole network on one machine for integration tests and benchmarks: its own devnet, a
+coordinator process and N node processes, each with its own key, port and state folder."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from shardnet import devnet as dn
+from shardnet.bindings import Contracts
+from shardnet.chain import Chain, dev_account
+from shardnet.deployment import Deployment
+from shardnet.model.loading import load_model
+from shardnet.model.shards import publish
+from shardnet.storage import IpfsClient
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Network:
+    def __init__(self, home: Path, nodes: int = 3, ipfs_timeout_s: float = 3.0):
+        self.home = home
+        self.settings = dn.DevnetSettings(home=home / "devnet", chain_port=free_port(), ipfs_port=free_port())
+        self.n_nodes = nodes
+        self.ipfs_timeout_s = ipfs_timeout_s
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.node_ports: list[int] = []
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> Network:
+        dn.up(self.settings)
+        self.deployment_path = dn.DevnetPaths.default(self.settings).deployment
+        self.deployment = Deployment.load(self.deployment_path)
+        self.chain = Chain.from_deployment(self.deployment, account=dev_account(0))
+        self.c = Contracts(self.chain)
+        self.ipfs = IpfsClient(self.deployment.ipfs_api)
+        self.start_process("coordinator", ["coordinator", "run", "--deployment", str(self.deployment_path)])
+        for i in range(self.n_nodes):
+            self.node_ports.append(free_port())
+            self.start_node(i)
+        deadline = time.monotonic() + 60
+        while sum(self.c.nodes.is_active(dev_account(2 + i).address) for i in range(self.n_nodes)) < self.n_nodes:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nodes did not register; logs in {self.home}")
+            time.sleep(0.2)
+        return self
+
+    def node_config(self, i: int) -> Path:
+        path = self.home / f"node{i}.toml"
+        path.write_text(
+            f'dev_account = {2 + i}\ndeployment = "{self.deployment_path}"\nlisten_port = {self.node_ports[i]}\n'
+            f'state_dir = "{self.home / f"node{i}-state"}"\nipfs_timeout_s = {self.ipfs_timeout_s}\n'
+            f"[hardware]\nmemory_mb = {4096 * (i + 1)}\ncompute_score = 10\nbandwidth_mbps = 1000\n")
+        return path
+
+    def start_node(self, i: int) -> None:
+        self.start_process(f"node{i}", ["node", "run", "--config", str(self.node_config(i))])
+
+    def wait_ready(self, i: int, timeout_s: float = 120) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.node_ports[i]}/health", timeout=2).json()["ready"]:
+                    return
+            except (httpx.HTTPError, ValueError, KeyError):
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"node{i} did not become ready; see {self.home / f'node{i}.log'}")
+
+    def start_process(self, name: str, args: list[str]) -> None:
+        log = open(self.home / f"{name}.log", "ab")
+        self.procs[name] = subprocess.Popen([sys.executable, "-m", "shardnet.cli", *args], cwd=REPO, stdout=log,
+                                            stderr=log, start_new_session=True,
+                                            env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> bool:
+        """Stop a process; returns whether it exited on `sig` (a SIGKILL follows after 15 s)."""
+        proc = self.procs.pop(name)
+        os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=15)
+            return True
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+            return False
+
+    def stop(self) -> dict[str, bool]:
+        """SIGTERM every process; returns which ones shut down cleanly."""
+        clean = {name: self.kill(name, signal.SIGTERM) for name in list(self.procs)}
+        dn.down(self.settings)
+        return clean
+
+    # ------------------------------------------------------------------ models
+    def publish(self, source: str, quant: str = "int8", seed: int = 0, price_per_block: int = 10**9) -> tuple[int, str]:
+        model, tok_dir = load_model(source, seed)
+        manifest = publish(model, self.ipfs, source, quant, tokenizer_dir=tok_dir)
+        model_id = self.c.models.register_model(source, manifest.cid, len(manifest.blocks), manifest.blocks_root,
+                                                price_per_block, account=dev_account(0))
+        return model_id, manifest.cid
+
+    def wait_confirmed(self, model_id: int, spans: int, timeout_s: float = 120) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            nodes = self.c.models.assigned_nodes(model_id)
+            confirmed = [n for n in nodes if self.c.models.assignment(model_id, n).confirmed]
+            if len(confirmed) >= spans:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"model {model_id}: {len(confirmed)} of {spans} spans confirmed; logs in {self.home}")
+            time.sleep(0.2)

@@ -1,0 +1,217 @@
+"""The network end to end on the real stack: a devnet, a coordinator process and three node
+processes serve generation, embedding and forward jobs posted on-chain; outputs equal the
+model run locally, every stage is paid exactly per its route, bad jobs are refunded with a
+reason, and a node restarted mid-run never submits twice."""
+
+import json
+import time
+
+import pytest
+import torch
+
+from shardnet.chain import dev_account
+from shardnet.client import Client
+from shardnet.events import EventFollower
+from shardnet.jobs import JobParams
+from shardnet.ledger import Ledger
+from shardnet.model.architectures import num_blocks
+from shardnet.model.loading import load_tokenizer, minilm_dir
+from shardnet.model.quant import decode_activation, encode_activation
+from shardnet.model.shards import fetch_manifest, fetch_span
+from shardnet.model.span import SpanModel
+from shardnet.protocol import JobStatus, Span
+from tests.network import Network
+
+MAX_FEE = 10**15
+JOBS_PER_KIND = 10
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory):
+    network = Network(tmp_path_factory.mktemp("network")).start()
+    models = {}
+    for source in ("tiny-gpt2", "minilm", "tiny-llama"):
+        models[source] = network.publish(source)
+    for model_id, _ in models.values():
+        network.wait_confirmed(model_id, 3)
+    network.models = models
+    network.client = Client.from_deployment(dev_account(12), network.deployment)
+    yield network
+    clean = network.stop()
+    assert all(clean.values()), f"processes that ignored SIGTERM: {[n for n, ok in clean.items() if not ok]}"
+
+
+def _local(net, source):
+    """The published model rebuilt locally from the same shards: whole, and as the route's spans."""
+    manifest = fetch_manifest(net.ipfs, net.models[source][1])
+    blocks = fetch_span(net.ipfs, manifest, Span(0, len(manifest.blocks)))
+    return manifest.config, blocks
+
+
+def _route_spans(record):
+    return [Span(start, end) for _, start, end, _ in record.route]
+
+
+def _pipeline(config, blocks, spans, x, wire, mask=None, sessions=None):
+    models = [SpanModel(config, s, blocks) for s in spans]
+    sessions = sessions or [None] * len(models)
+    for k, (model, session) in enumerate(zip(models, sessions, strict=True)):
+        x = model(x, attention_mask=mask, session=session)
+        if k < len(models) - 1:
+            x = decode_activation(encode_activation(x, wire))
+    return x
+
+
+def _greedy(config, blocks, spans, prompt, n, wire):
+    models = [SpanModel(config, s, blocks) for s in spans]
+    sessions = [m.new_session() for m in models]
+    tokens, step = [], torch.tensor([prompt])
+    for _ in range(n):
+        x = step
+        for k, (model, session) in enumerate(zip(models, sessions, strict=True)):
+            x = model(x, session=session)
+            if k < len(models) - 1:
+                x = decode_activation(encode_activation(x, wire))
+        tokens.append(int(x[0, -1].argmax()))
+        step = torch.tensor([[tokens[-1]]])
+    return tokens
+
+
+def _submit_all(net, model_id, inputs, params):
+    return [net.client.submit(model_id, job_input, p, MAX_FEE) for job_input, p in zip(inputs, params, strict=True)]
+
+
+def _wait_all(net, job_ids):
+    return [net.client.wait(j, timeout_s=180) for j in job_ids]
+
+
+def _assert_paid_per_route(net, result):
+    r = result.record
+    fees = {}
+    for node, _, _, fee in r.route:
+        fees[node] = fees.get(node, 0) + fee
+    cut = sum(fees.values()) * net.c.market.coordinator_fee_bps() // 10_000
+    expected = dict(fees)
+    if cut:
+        expected[r.coordinator] = expected.get(r.coordinator, 0) + cut
+    assert r.payouts == expected
+    assert r.refunded == r.max_fee - sum(expected.values())
+
+
+def test_generation_jobs_equal_local_model(net):
+    model_id, _ = net.models["tiny-gpt2"]
+    prompts = [[(7 * i + j) % 500 + 1 for j in range(3 + i % 4)] for i in range(JOBS_PER_KIND)]
+    wires = ["fp32" if i % 2 else "int8" for i in range(JOBS_PER_KIND)]
+    params = [JobParams(kind="generate", max_new_tokens=12, wire=w) for w in wires]
+    results = _wait_all(net, _submit_all(net, model_id, [{"input_ids": p} for p in prompts], params))
+    config, blocks = _local(net, "tiny-gpt2")
+    whole = [Span(0, num_blocks(config))]
+    for prompt, wire, result in zip(prompts, wires, results, strict=True):
+        assert result.status == JobStatus.COMPLETED, result.record.abort_reason
+        got = result.output["tokens"]
+        if wire == "fp32":  # exact activations: identical to the whole model in one process
+            assert got == _greedy(config, blocks, whole, prompt, 12, "fp32")
+        else:  # int8 activations: identical to the same 3-span pipeline run locally
+            assert got == _greedy(config, blocks, _route_spans(result.record), prompt, 12, "int8")
+        assert len(result.record.route) == 3
+        _assert_paid_per_route(net, result)
+
+
+def test_embedding_jobs_match_whole_model(net):
+    model_id, _ = net.models["minilm"]
+    from pydoc_data.topics import topics
+
+    sentences = [s.strip() for text in list(topics.values())[:40] for s in text.split(". ") if 30 < len(s) < 150]
+    batches = [sentences[3 * i: 3 * i + 3] for i in range(JOBS_PER_KIND)]
+    results = _wait_all(net, _submit_all(net, model_id, [{"texts": b} for b in batches],
+                                         [JobParams(kind="embed")] * JOBS_PER_KIND))
+    config, blocks = _local(net, "minilm")
+    whole = SpanModel(config, Span(0, num_blocks(config)), blocks)
+    tokenizer = load_tokenizer(minilm_dir())
+    for batch, result in zip(batches, results, strict=True):
+        assert result.status == JobStatus.COMPLETED, result.record.abort_reason
+        enc = tokenizer(batch, padding=True, truncation=True, max_length=256, return_tensors="pt")
+        ref = whole(enc["input_ids"], attention_mask=enc["attention_mask"])
+        got = torch.tensor(result.output["embeddings"])
+        assert torch.nn.functional.cosine_similarity(got, ref).min().item() >= 0.999
+        _assert_paid_per_route(net, result)
+
+
+def test_forward_jobs_equal_local_model(net):
+    model_id, _ = net.models["tiny-llama"]
+    inputs = [[(11 * i + j) % 500 for j in range(4 + i)] for i in range(JOBS_PER_KIND)]
+    results = _wait_all(net, _submit_all(net, model_id, [{"input_ids": ids} for ids in inputs],
+                                         [JobParams(kind="forward", wire="fp32")] * JOBS_PER_KIND))
+    config, blocks = _local(net, "tiny-llama")
+    whole = SpanModel(config, Span(0, num_blocks(config)), blocks)
+    for ids, result in zip(inputs, results, strict=True):
+        assert result.status == JobStatus.COMPLETED, result.record.abort_reason
+        got = torch.tensor(result.output["output"])
+        assert (got - whole(torch.tensor([ids]))).abs().max().item() <= 1e-4
+        _assert_paid_per_route(net, result)
+
+
+def test_bad_jobs_are_refunded_with_a_reason_and_nodes_keep_serving(net):
+    from shardnet import contract_errors
+    from shardnet.cid import cid_v0
+
+    model_id, _ = net.models["tiny-gpt2"]
+    market, client = net.c.market, dev_account(12)
+    with pytest.raises(contract_errors.UnknownModel):
+        net.client.submit(999, {"input_ids": [1]}, JobParams(), MAX_FEE)
+
+    deadline = net.chain.w3.eth.get_block("latest")["timestamp"] + 600
+    malformed = net.ipfs.add(b"this is not json")
+    missing = cid_v0(b"never stored anywhere " + str(time.time()).encode())
+    good_input = net.ipfs.add(json.dumps({"input_ids": [1, 2, 3]}).encode())
+    jobs = {
+        "not JSON": market.post_job(model_id, malformed, JobParams().encode(), MAX_FEE, deadline, account=client),
+        "could not be read from IPFS": market.post_job(model_id, missing, JobParams().encode(), MAX_FEE, deadline,
+                                                       account=client),
+        "params.max_new_tokens": market.post_job(model_id, good_input, b'{"kind":"generate","max_new_tokens":0}',
+                                                 MAX_FEE, deadline, account=client),
+        "unknown field": market.post_job(model_id, good_input, b'{"colour":"blue"}', MAX_FEE, deadline,
+                                         account=client),
+        "cannot generate": market.post_job(net.models["minilm"][0], good_input, JobParams().encode(), MAX_FEE,
+                                           deadline, account=client),
+    }
+    for reason, job_id in jobs.items():
+        result = net.client.wait(job_id, timeout_s=60)
+        assert result.status == JobStatus.ABORTED, (reason, result.status)
+        assert reason in result.record.abort_reason
+        assert result.record.refunded == MAX_FEE and not result.record.payouts
+    # every node is still up and serves the next job
+    ok = net.client.wait(net.client.submit(model_id, {"input_ids": [4, 5]}, JobParams(max_new_tokens=3), MAX_FEE))
+    assert ok.status == JobStatus.COMPLETED
+
+
+def test_books_reconcile_with_events(net):
+    ledger = Ledger()
+    addresses = [net.deployment.address(n) for n in ("NodeRegistry", "ModelRegistry", "JobMarket")]
+    for event in EventFollower(net.chain, addresses).poll():
+        ledger.apply(event)
+    escrows = sum(job.escrow for job in ledger.jobs.values())
+    credits = sum(acct.credit for acct in ledger.accounts.values())
+    assert net.chain.w3.eth.get_balance(net.c.market.address) == escrows + credits
+    for node in (dev_account(i).address for i in (2, 3, 4)):
+        assert ledger.accounts[node].credit == net.c.market.account(node).credit
+        assert ledger.accounts[node].open_jobs == 0
+
+
+def test_restarted_node_never_submits_twice(net):
+    model_id, _ = net.models["tiny-gpt2"]
+    done = net.client.wait(net.client.submit(model_id, {"input_ids": [9, 8]}, JobParams(max_new_tokens=4), MAX_FEE))
+    last_node = done.record.route[-1][0]
+    index = [dev_account(2 + i).address for i in range(3)].index(last_node)
+    submitted_before = net.chain.w3.eth.get_transaction_count(last_node)
+    net.kill(f"node{index}")
+    net.start_node(index)
+    net.wait_ready(index)
+    again = net.client.wait(net.client.submit(model_id, {"input_ids": [7, 6]}, JobParams(max_new_tokens=4), MAX_FEE),
+                            timeout_s=120)
+    assert again.status == JobStatus.COMPLETED
+    # since the restart the last stage sent exactly one transaction: the new job's result
+    assert net.chain.w3.eth.get_transaction_count(last_node) == submitted_before + 1
+    submits = [e for e in EventFollower(net.chain, [net.c.market.address]).poll() if e.name == "ResultSubmitted"]
+    job_ids = [e.args["jobId"] for e in submits]
+    assert len(job_ids) == len(set(job_ids))
