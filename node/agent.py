@@ -67,11 +67,16 @@ class NodeAgent:
 
     # ------------------------------------------------------------------ state
     def _load_state(self) -> dict:
+        """The saved position and settled jobs, if they belong to this deployment (a state folder
+        reused against another chain or redeployed contracts starts over)."""
+        identity = f"{self.deployment.chain_id}:{self.deployment.address('JobMarket')}:{self.deployment.deploy_block}"
         if self.state_path.exists():
             state = json.loads(self.state_path.read_text())
-            state["last"] = tuple(state["last"])
-            return state
-        return {"last": (-1, -1), "submitted": [], "aborted": []}
+            if state.get("deployment") == identity:
+                state["last"] = tuple(state["last"])
+                return state
+            log.warning("state in %s is for another deployment; starting over", self.state_path)
+        return {"deployment": identity, "last": (-1, -1), "submitted": [], "aborted": []}
 
     def _save_state(self) -> None:
         self.state_path.parent.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ from shardnet.model.quant import decode_activation, encode_activation
 from shardnet.model.shards import fetch_manifest, fetch_span
 from shardnet.model.span import SpanModel
 from shardnet.protocol import JobStatus, Span
-from tests.network import Network
+from shardnet.localnet import Network
 
 MAX_FEE = 10**15
 JOBS_PER_KIND = 10

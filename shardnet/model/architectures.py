@@ -88,6 +88,9 @@ PRESETS = {
     "tiny-gpt2": lambda: transformers.GPT2Config(vocab_size=512, n_positions=256, n_embd=64, n_layer=4, n_head=4,
                                                  bos_token_id=0, eos_token_id=0),
     "gpt2-small": lambda: transformers.GPT2Config(),  # 124M parameters, GPT-2 small's shape
+    # a small GPT-2 over the BERT WordPiece vocabulary, so the MiniLM tokenizer can serve it
+    "demo-gpt2": lambda: transformers.GPT2Config(vocab_size=30522, n_positions=256, n_embd=128, n_layer=6, n_head=4,
+                                                 bos_token_id=101, eos_token_id=102),
     "tiny-bert": lambda: transformers.BertConfig(vocab_size=512, hidden_size=64, num_hidden_layers=4,
                                                  num_attention_heads=4, intermediate_size=128,
                                                  max_position_embeddings=128, add_pooling_layer=False),

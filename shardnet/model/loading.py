@@ -27,7 +27,8 @@ def minilm_dir() -> Path:
 def load_model(source: str, seed: int = 0) -> tuple[torch.nn.Module, Path | None]:
     """(model in eval mode, fp32; tokenizer directory or None) for a preset name, 'minilm', or a directory."""
     if source in PRESETS:
-        return build_model(PRESETS[source](), seed), None
+        tokenizer = minilm_dir() if source == "demo-gpt2" else None
+        return build_model(PRESETS[source](), seed), tokenizer
     path = minilm_dir() if source == "minilm" else Path(source)
     if not (path / "config.json").exists():
         raise ConfigError(f"'{source}' is neither a preset ({', '.join(sorted(PRESETS))}, minilm) nor a model "

@@ -1,5 +1,6 @@
-"""A whole network on one machine for integration tests and benchmarks: its own devnet, a
-coordinator process and N node processes, each with its own key, port and state folder."""
+"""A whole network on one machine: its own devnet, a coordinator process and N node processes,
+each with its own key (devnet accounts #2..), port and state folder. Used by `make demo`, the
+integration tests and the pipeline benchmark."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from shardnet.model.loading import load_model
 from shardnet.model.shards import publish
 from shardnet.storage import IpfsClient
 
-REPO = Path(__file__).resolve().parents[1]
+from shardnet.tools import repo_root
 
 
 def free_port() -> int:
@@ -30,9 +31,12 @@ def free_port() -> int:
 
 
 class Network:
-    def __init__(self, home: Path, nodes: int = 3, ipfs_timeout_s: float = 3.0):
-        self.home = home
-        self.settings = dn.DevnetSettings(home=home / "devnet", chain_port=free_port(), ipfs_port=free_port())
+    def __init__(self, home: Path, nodes: int = 3, ipfs_timeout_s: float = 3.0,
+                 devnet_settings: dn.DevnetSettings | None = None):
+        self.home = Path(home)
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.settings = devnet_settings or dn.DevnetSettings(home=self.home / "devnet", chain_port=free_port(),
+                                                             ipfs_port=free_port())
         self.n_nodes = nodes
         self.ipfs_timeout_s = ipfs_timeout_s
         self.procs: dict[str, subprocess.Popen] = {}
@@ -83,7 +87,7 @@ class Network:
 
     def start_process(self, name: str, args: list[str]) -> None:
         log = open(self.home / f"{name}.log", "ab")
-        self.procs[name] = subprocess.Popen([sys.executable, "-m", "shardnet.cli", *args], cwd=REPO, stdout=log,
+        self.procs[name] = subprocess.Popen([sys.executable, "-m", "shardnet.cli", *args], cwd=repo_root(), stdout=log,
                                             stderr=log, start_new_session=True,
                                             env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
 
