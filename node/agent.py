@@ -147,7 +147,7 @@ class NodeAgent:
                 self._finish(a["jobId"])
             elif stage == 0:
                 log.info("picked up job %d as stage 0", a["jobId"], extra={"job": a["jobId"]})
-                self._spawn(self._start_job(a["jobId"]))
+                self._spawn(self._start_job(a["jobId"], picked_up_at=time.time()))
         elif event.name in SETTLED:
             self._finish(a["jobId"])
             self.queues.pop(a["jobId"], None)
@@ -200,7 +200,7 @@ class NodeAgent:
             self.metrics.open_jobs.inc()
         return run
 
-    async def _start_job(self, job_id: int) -> None:
+    async def _start_job(self, job_id: int, picked_up_at: float) -> None:
         job = self.ledger.jobs[job_id]
         if job.model_id not in self.executor.spans:
             await self._abort(job_id, f"stage 0 does not hold model {job.model_id}")
@@ -218,6 +218,7 @@ class NodeAgent:
             return
         run.attention_mask = mask
         run.prompt_len = ids.shape[1]
+        run.timing = {"picked_up_at": picked_up_at, "t0": time.time()}
         await self._step(run, ids, mask, params)
 
     async def _step(self, run: JobRun, x: torch.Tensor, mask, params: JobParams) -> None:
@@ -225,7 +226,7 @@ class NodeAgent:
         out = await asyncio.to_thread(self.executor.run_span, run, x, mask)
         self.metrics.stage_seconds.labels(params.kind).observe(time.perf_counter() - started)
         if not run.is_last:
-            header = {"kind": "act", "step": run.step}
+            header = {"kind": "act", "step": run.step, "timing": run.timing}
             if mask is not None:
                 header["mask"] = mask.tolist()
             body = pack(header, encode_activation(out, params.wire))
@@ -298,6 +299,7 @@ class NodeAgent:
                     await self._step(run, torch.tensor([header["ids"]]), None, params)
                 else:
                     mask = torch.tensor(header["mask"]) if "mask" in header else None
+                    run.timing = header.get("timing", run.timing)
                     await self._step(run, decode_activation(payload), mask, params)
             except Exception as exc:  # noqa: BLE001 - one job's failure must not stop the node
                 log.exception("job %d failed at this stage", job_id, extra={"job": job_id})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +55,7 @@ class JobRun:
     prompt_len: int = 0
     generator: torch.Generator | None = None
     attention_mask: torch.Tensor | None = None
+    timing: dict = field(default_factory=dict)  # picked_up_at, t0 (unix s), carried stage to stage
 
     @property
     def is_first(self) -> bool:
@@ -151,15 +153,23 @@ class Executor:
         return token, len(run.tokens) >= run.params.max_new_tokens or token in eos_ids
 
     def output(self, run: JobRun, final: torch.Tensor | None) -> bytes:
-        """Last stage: the job output as JSON bytes (what goes to IPFS)."""
+        """Last stage: the job output as JSON bytes (what goes to IPFS), with data-plane timings."""
         kind = run.params.kind
+        timing = dict(run.timing)
+        if "t0" in timing:
+            timing["data_plane_ms"] = round((time.time() - timing["t0"]) * 1000, 3)
         if kind == "generate":
             tok = self.spans[run.model_id].tokenizer
             text = tok.decode(run.tokens, skip_special_tokens=True) if tok is not None else None
-            return json.dumps({"kind": kind, "tokens": run.tokens, "text": text}).encode()
-        if kind == "embed":
-            return json.dumps({"kind": kind, "embeddings": final.tolist()}).encode()
-        return json.dumps({"kind": kind, "shape": list(final.shape), "output": final.tolist()}).encode()
+            out = {"kind": kind, "tokens": run.tokens, "text": text}
+        elif kind == "embed":
+            out = {"kind": kind, "embeddings": final.tolist()}
+        elif final.dim() == 3:  # decoder logits [b, q, vocab]: the last position, and every argmax
+            out = {"kind": kind, "shape": list(final[:, -1].shape), "output": final[:, -1].tolist(),
+                   "argmax": final.argmax(-1).tolist()}
+        else:
+            out = {"kind": kind, "shape": list(final.shape), "output": final.tolist()}
+        return json.dumps({**out, "timing": timing}).encode()
 
     def finish(self, job_id: int) -> None:
         self.jobs.pop(job_id, None)

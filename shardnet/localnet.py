@@ -32,12 +32,13 @@ def free_port() -> int:
 
 class Network:
     def __init__(self, home: Path, nodes: int = 3, ipfs_timeout_s: float = 3.0,
-                 devnet_settings: dn.DevnetSettings | None = None):
+                 devnet_settings: dn.DevnetSettings | None = None, coordinator: bool = True):
         self.home = Path(home)
         self.home.mkdir(parents=True, exist_ok=True)
         self.settings = devnet_settings or dn.DevnetSettings(home=self.home / "devnet", chain_port=free_port(),
                                                              ipfs_port=free_port())
         self.n_nodes = nodes
+        self.run_coordinator = coordinator
         self.ipfs_timeout_s = ipfs_timeout_s
         self.procs: dict[str, subprocess.Popen] = {}
         self.node_ports: list[int] = []
@@ -50,7 +51,8 @@ class Network:
         self.chain = Chain.from_deployment(self.deployment, account=dev_account(0))
         self.c = Contracts(self.chain)
         self.ipfs = IpfsClient(self.deployment.ipfs_api)
-        self.start_process("coordinator", ["coordinator", "run", "--deployment", str(self.deployment_path)])
+        if self.run_coordinator:
+            self.start_process("coordinator", ["coordinator", "run", "--deployment", str(self.deployment_path)])
         for i in range(self.n_nodes):
             self.node_ports.append(free_port())
             self.start_node(i)

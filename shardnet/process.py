@@ -20,4 +20,9 @@ def run_until_signal(main: Coroutine) -> None:
         except asyncio.CancelledError:
             pass
 
-    asyncio.run(runner())
+    try:  # libuv's loop: lower latency per data-plane hop than the default loop
+        import uvloop
+
+        uvloop.run(runner())
+    except ImportError:
+        asyncio.run(runner())
