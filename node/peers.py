@@ -1,13 +1,19 @@
 """Peer client: signed requests to other stages, bounded retries with backoff, and a ban on a
-peer that keeps failing."""
+peer that keeps failing.
+
+aiohttp rather than httpx here: a request on a kept-alive loopback connection takes about a
+quarter of the time, and every token of a generation crosses one request per stage.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
+from dataclasses import dataclass
 
-import httpx
+import aiohttp
 from eth_account.signers.local import LocalAccount
 
 from node.signing import sign_request
@@ -20,32 +26,46 @@ class PeerError(ShardnetError):
     pass
 
 
+@dataclass(frozen=True)
+class PeerResponse:
+    status: int
+    body: bytes
+
+    def json(self):
+        return json.loads(self.body)
+
+
 class PeerClient:
     def __init__(self, account: LocalAccount, timeout_s: float, retries: int, ban_s: float = 30.0):
         self.account = account
         self.retries = retries
         self.ban_s = ban_s
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.banned_until: dict[str, float] = {}
-        self.http = httpx.AsyncClient(timeout=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
 
     async def close(self) -> None:
-        await self.http.aclose()
+        if self._session is not None:
+            await self._session.close()
 
-    async def post(self, base_url: str, path: str, body: bytes) -> httpx.Response:
+    async def post(self, base_url: str, path: str, body: bytes) -> PeerResponse:
         if self.banned_until.get(base_url, 0) > time.monotonic():
             raise PeerError(f"peer {base_url} is banned for failing repeatedly; retry later")
-        headers = sign_request(self.account, path, body)
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self.timeout)
+        headers = {**sign_request(self.account, path, body), "content-type": "application/octet-stream"}
         delay = 0.5
         for attempt in range(self.retries + 1):
             try:
-                response = await self.http.post(base_url.rstrip("/") + path, content=body, headers=headers)
-                if response.status_code < 500:
-                    if response.status_code >= 400:
-                        raise PeerError(f"{base_url}{path} refused the request ({response.status_code}): "
-                                        f"{response.text[:200]}")
-                    return response
-                reason = f"HTTP {response.status_code}"
-            except httpx.HTTPError as exc:
+                async with self._session.post(base_url.rstrip("/") + path, data=body, headers=headers) as response:
+                    reply = PeerResponse(response.status, await response.read())
+                if reply.status < 500:
+                    if reply.status >= 400:
+                        raise PeerError(f"{base_url}{path} refused the request ({reply.status}): "
+                                        f"{reply.body[:200].decode(errors='replace')}")
+                    return reply
+                reason = f"HTTP {reply.status}"
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 reason = type(exc).__name__
             if attempt < self.retries:
                 log.warning("peer %s%s failed (%s), retry %d in %.1f s", base_url, path, reason, attempt + 1, delay)
