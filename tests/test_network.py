@@ -217,3 +217,47 @@ def test_restarted_node_never_submits_twice(net):
     submits = [e for e in EventFollower(net.chain, [net.c.market.address]).poll() if e.name == "ResultSubmitted"]
     job_ids = [e.args["jobId"] for e in submits]
     assert len(job_ids) == len(set(job_ids))
+
+
+def test_auditor_reconciles_and_verifies_receipts(net):
+    from shardnet.audit import Difference, build_ledger, reconcile, verify_receipts
+
+    model_id, _ = net.models["tiny-gpt2"]
+    _wait_all(net, _submit_all(net, model_id, [{"input_ids": [3, 1]}] * 2, [JobParams(max_new_tokens=2)] * 2))
+    ledger = build_ledger(net.chain)
+    assert reconcile(net.chain, ledger) == []
+    assert verify_receipts(net.chain, ledger) == []
+    assert sum(len(j.receipts) for j in ledger.jobs.values()) >= 6
+    # an inconsistent view (a job's escrow altered) is caught and named
+    job_id = next(j for j, rec in ledger.jobs.items() if rec.receipts)
+    ledger.jobs[job_id].escrow += 1
+    diffs = reconcile(net.chain, ledger)
+    assert Difference(f"job {job_id}", "escrow", ledger.jobs[job_id].escrow, ledger.jobs[job_id].escrow - 1) in diffs
+    # a forged receipt is caught
+    route = ledger.jobs[job_id].route
+    if ledger.jobs[job_id].receipts:
+        in_hash, out_hash, sig = ledger.jobs[job_id].receipts[0]
+        ledger.jobs[job_id].receipts[0] = (in_hash, out_hash, bytes(sig[:-1]) + bytes([sig[-1] ^ 1]))
+        assert any(f"job {job_id} stage 0" in p for p in verify_receipts(net.chain, ledger))
+    assert route
+
+
+def test_audit_and_job_cli(net):
+    from tests.conftest import run_cli
+
+    env = {"SHARDNET_DEPLOYMENT": str(net.deployment_path)}
+    model_id, _ = net.models["tiny-gpt2"]
+    net.client.wait(net.client.submit(model_id, {"input_ids": [5]}, JobParams(max_new_tokens=2), MAX_FEE))
+    ok = run_cli("audit", "reconcile", env=env)
+    assert ok.returncode == 0 and ok.stdout.startswith("ok:"), ok.stderr
+    assert run_cli("audit", "verify-receipts", env=env).returncode == 0
+    jobs = run_cli("audit", "jobs", "--status", "completed", "--json", env=env)
+    assert jobs.returncode == 0 and all(row["status"] == "completed" for row in json.loads(jobs.stdout))
+    node = run_cli("audit", "node", dev_account(2).address, "--json", env=env)
+    assert json.loads(node.stdout)["jobs_done"] > 0 and json.loads(node.stdout)["stake"] == 10**18
+    bad = run_cli("audit", "node", "0x1234", env=env)
+    assert bad.returncode != 0 and "0x followed by 40 hex digits" in bad.stderr and "Traceback" not in bad.stderr
+    missing = run_cli("job", "status", "99999", env=env)
+    assert missing.returncode == 1 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
+    status = run_cli("job", "status", "1", env=env)
+    assert status.returncode == 0 and "job 1:" in status.stdout
