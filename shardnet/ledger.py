@@ -183,20 +183,20 @@ class Ledger:
         job.refunded += a["amount"]
         self.accounts[a["client"]].credit += a["amount"]
 
-    def _on_JobExpired(self, a, _):
-        job = self.jobs[a["jobId"]]
+    def _close(self, job_id: int, status: JobStatus) -> JobRecord:
+        """Settle a job without payouts: a routed job's nodes are no longer on an open route."""
+        job = self.jobs[job_id]
         if job.status == JobStatus.ROUTED:
             for node, *_ in job.route:
                 self.accounts[node].open_jobs -= 1
-        job.status = JobStatus.EXPIRED
+        job.status = status
+        return job
+
+    def _on_JobExpired(self, a, _):
+        self._close(a["jobId"], JobStatus.EXPIRED)
 
     def _on_JobAborted(self, a, _):
-        job = self.jobs[a["jobId"]]
-        if job.status == JobStatus.ROUTED:
-            for node, *_ in job.route:
-                self.accounts[node].open_jobs -= 1
-        job.status = JobStatus.ABORTED
-        job.abort_reason = a["reason"]
+        self._close(a["jobId"], JobStatus.ABORTED).abort_reason = a["reason"]
 
     def _on_JobCancelled(self, a, _):
         self.jobs[a["jobId"]].status = JobStatus.CANCELLED

@@ -19,21 +19,21 @@ def test_missing_deployment_file(tmp_path):
     _one_line_error(result, "no deployment file", "shardnet devnet up")
 
 
-def test_unreachable_rpc(tmp_path, deployment):
+def _status_with(tmp_path, deployment, **override):
+    """`devnet status` against a copy of the deployment file with some fields changed."""
     data = json.loads(json.dumps(deployment.__dict__, default=lambda o: o.__dict__))
-    data["rpc_url"] = f"http://127.0.0.1:{free_port()}"
+    data.update(override)
     home = tmp_path / "home"
     home.mkdir()
     (home / "deployment.json").write_text(json.dumps(data))
-    result = run_cli("devnet", "status", env={"SHARDNET_HOME": str(home)})
+    return run_cli("devnet", "status", env={"SHARDNET_HOME": str(home)})
+
+
+def test_unreachable_rpc(tmp_path, deployment):
+    result = _status_with(tmp_path, deployment, rpc_url=f"http://127.0.0.1:{free_port()}")
     _one_line_error(result, "cannot reach the JSON-RPC endpoint", "--rpc-url")
 
 
 def test_stopped_ipfs(tmp_path, deployment):
-    data = json.loads(json.dumps(deployment.__dict__, default=lambda o: o.__dict__))
-    data["ipfs_api"] = f"http://127.0.0.1:{free_port()}"
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "deployment.json").write_text(json.dumps(data))
-    result = run_cli("devnet", "status", env={"SHARDNET_HOME": str(home)})
+    result = _status_with(tmp_path, deployment, ipfs_api=f"http://127.0.0.1:{free_port()}")
     _one_line_error(result, "IPFS RPC API", "is not reachable")

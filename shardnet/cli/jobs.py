@@ -1,0 +1,127 @@
+"""Clients: submit jobs and read their status."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from shardnet.cli import _as_json, main
+
+
+# ---------------------------------------------------------------------- jobs (clients)
+def _wei(text: str) -> int:
+    text = text.strip().lower()
+    for unit, factor in (("eth", 10**18), ("gwei", 10**9), ("wei", 1)):
+        if text.endswith(unit):
+            return int(float(text[: -len(unit)]) * factor)
+    return int(text)
+
+
+@main.group()
+def job() -> None:
+    """Jobs (clients)."""
+
+
+@job.command("submit")
+@click.option("--model", "model_id", type=int, required=True, help="on-chain model id")
+@click.option("--kind", type=click.Choice(["generate", "embed", "forward"]), default="generate", show_default=True)
+@click.option("--prompt", help="generate: the prompt; forward: the text")
+@click.option("--text", "texts", multiple=True, help="embed: a text to embed (repeat for several)")
+@click.option("--input-ids", help="generate/forward: token ids instead of text, e.g. 1,2,3")
+@click.option("--max-new-tokens", type=int, default=16, show_default=True)
+@click.option("--temperature", type=float, default=0.0, show_default=True, help="0 = greedy")
+@click.option("--top-k", type=int, default=0, show_default=True)
+@click.option("--top-p", type=float, default=1.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--max-fee", default="0.001eth", show_default=True, help="escrow: wei, or with a unit (gwei, eth)")
+@click.option("--ttl", type=int, default=600, show_default=True, help="seconds until the job may be expired")
+@click.option("--dev-account", type=int, default=12, show_default=True, help="devnet account that pays")
+@click.option("--key", help="0x private key (instead of --dev-account)")
+@click.option("--no-wait", is_flag=True, help="print the job id and return")
+@_as_json
+def job_submit(model_id, kind, prompt, texts, input_ids, max_new_tokens, temperature, top_k, top_p, seed, max_fee, ttl,
+               dev_account, key, no_wait, as_json) -> None:
+    """Post a job with escrow, wait for it, print output, receipts and payouts."""
+    from eth_account import Account
+
+    from shardnet.chain import dev_account as dev
+    from shardnet.client import Client
+    from shardnet.jobs import JobInputError, JobParams
+
+    params = JobParams(kind=kind, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                       top_p=top_p, seed=seed)
+    try:
+        params.validate()
+    except JobInputError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if kind == "embed":
+        if not texts:
+            raise click.BadParameter("embed jobs need at least one --text", param_hint="--text")
+        job_input = {"texts": list(texts)}
+    elif input_ids:
+        try:
+            job_input = {"input_ids": [int(i) for i in input_ids.split(",")]}
+        except ValueError:
+            raise click.BadParameter("use comma-separated integers, e.g. 1,2,3", param_hint="--input-ids") from None
+    elif not prompt:
+        raise click.BadParameter(f"{kind} jobs need --prompt or --input-ids", param_hint="--prompt")
+    else:
+        job_input = {"prompt": prompt} if kind == "generate" else {"text": prompt}
+    client = Client.from_deployment(Account.from_key(key) if key else dev(dev_account))
+    job_id = client.submit(model_id, job_input, params, _wei(max_fee), ttl)
+    if no_wait:
+        click.echo(job_id)
+        return
+    click.echo(f"job {job_id} posted; waiting...", err=True)
+    _print_job(client.wait(job_id, timeout_s=ttl + 30), as_json)
+
+
+@job.command("status")
+@click.argument("job_id", type=int)
+@_as_json
+def job_status(job_id, as_json) -> None:
+    """A job's status, route, receipts, payouts (and the abort reason, if any)."""
+    import json as _json
+
+    from shardnet.client import Client, JobResult, SETTLED
+
+    client = Client.from_deployment()
+    record = client.history(job_id)
+    output = None
+    if record.output_cid and record.status in SETTLED:
+        output = _json.loads(client.ipfs.cat(record.output_cid))
+    _print_job(JobResult(record, output), as_json)
+
+
+def _print_job(result, as_json: bool) -> None:
+    r = result.record
+    if as_json:
+        click.echo(json.dumps({
+            "job_id": r.job_id, "status": r.status.name.lower(), "model_id": r.model_id, "client": r.client,
+            "input_cid": r.input_cid, "max_fee": r.max_fee, "route": [list(s) for s in r.route],
+            "coordinator": r.coordinator, "output_cid": r.output_cid, "output": result.output,
+            "receipts": [["0x" + bytes(x).hex() for x in rc] for rc in r.receipts],
+            "payouts": r.payouts, "refunded": r.refunded, "abort_reason": r.abort_reason,
+            "failed_nodes": r.failed_nodes}, indent=2, default=str))
+        return
+    click.echo(f"job {r.job_id}: {r.status.name.lower()}  (model {r.model_id}, escrow {r.max_fee} wei)")
+    if r.abort_reason:
+        click.echo(f"reason: {r.abort_reason}")
+    out = result.output or {}
+    if out.get("kind") == "generate":
+        click.echo(f"output: {out.get('text')!r}" if out.get("text") is not None else f"tokens: {out['tokens']}")
+    elif out.get("kind") == "embed":
+        click.echo(f"output: {len(out['embeddings'])} embeddings of dimension {len(out['embeddings'][0])}")
+    elif out:
+        click.echo(f"output: tensor of shape {out['shape']}")
+    if r.output_cid:
+        click.echo(f"output cid: {r.output_cid}")
+    for k, (node, start, end, fee) in enumerate(r.route):
+        receipt = r.receipts[k] if k < len(r.receipts) else None
+        sig = f"  receipt in {bytes(receipt[0]).hex()[:10]}… out {bytes(receipt[1]).hex()[:10]}…" if receipt else ""
+        click.echo(f"  stage {k} [{start},{end}) {node}  fee {fee} wei{sig}")
+    for payee, amount in r.payouts.items():
+        click.echo(f"  paid {payee}: {amount} wei")
+    if r.refunded:
+        click.echo(f"  refunded to client: {r.refunded} wei")

@@ -1,0 +1,95 @@
+"""Model owners: publish shards to IPFS, inspect manifests."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from shardnet.cli import _as_json, main
+
+
+# ---------------------------------------------------------------------- models
+@main.group()
+def model() -> None:
+    """Models: publish shards to IPFS, inspect manifests."""
+
+
+def _ipfs_api(ipfs_api: str | None) -> str:
+    if ipfs_api:
+        return ipfs_api
+    from shardnet.deployment import Deployment
+
+    return Deployment.load().ipfs_api
+
+
+@model.command("publish")
+@click.argument("source")
+@click.option("--quant", type=click.Choice(["none", "fp16", "int8", "int8-mixed"]), default="int8", show_default=True,
+              help="weights at rest: blockwise int8, int8 with fp16 outlier columns, or unquantised")
+@click.option("--block-size", type=int, default=64, show_default=True, help="values per quantization block")
+@click.option("--seed", type=int, default=0, show_default=True, help="weight seed for preset configs")
+@click.option("--name", help="model name (default: SOURCE)")
+@click.option("--ipfs-api", help="Kubo RPC API URL (default: from the deployment file)")
+@click.option("--register/--no-register", default=False,
+              help="also record the model in ModelRegistry (owner: --key-index dev account on the devnet)")
+@click.option("--price-per-block", type=int, default=10**9, show_default=True, help="wei per block per job")
+@click.option("--key-index", type=int, default=0, show_default=True, help="devnet account that owns the model")
+def model_publish(source, quant, block_size, seed, name, ipfs_api, register, price_per_block, key_index) -> None:
+    """Cut SOURCE (a preset, 'minilm', or a transformers model directory) into blocks on IPFS."""
+    from shardnet.model.architectures import PRESETS
+    from shardnet.model.loading import load_model
+    from shardnet.model.shards import publish
+    from shardnet.storage import IpfsClient
+
+    if block_size < 1:
+        raise click.BadParameter("must be >= 1", param_hint="--block-size")
+    try:
+        loaded, tokenizer_dir = load_model(source, seed)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="SOURCE") from None
+    with IpfsClient(_ipfs_api(ipfs_api)) as ipfs:
+        manifest = publish(loaded, ipfs, name or source, quant, block_size, tokenizer_dir=tokenizer_dir,
+                           progress=True)
+    total = sum(b["bytes"] for b in manifest.blocks)
+    click.echo(f"manifest  {manifest.cid}")
+    click.echo(f"blocks    {len(manifest.blocks)} ({total / 1e6:.2f} MB, {quant}, block size {block_size})")
+    if source in PRESETS:
+        click.echo(f"seed      {seed}")
+    if register:
+        from shardnet.bindings import ModelRegistry
+        from shardnet.chain import Chain, dev_account
+
+        chain = Chain.from_deployment(account=dev_account(key_index))
+        model_id = ModelRegistry(chain).register_model(name or source, manifest.cid, len(manifest.blocks),
+                                                       manifest.blocks_root, price_per_block)
+        click.echo(f"model id  {model_id}")
+
+
+@model.command("inspect")
+@click.argument("model_ref")
+@click.option("--ipfs-api", help="Kubo RPC API URL (default: from the deployment file)")
+@_as_json
+def model_inspect(model_ref, ipfs_api, as_json) -> None:
+    """Show a model's manifest: MODEL_REF is a manifest CID or an on-chain model id."""
+    from shardnet.model.shards import fetch_manifest
+    from shardnet.storage import IpfsClient
+
+    cid = model_ref
+    if model_ref.isdigit():
+        from shardnet.bindings import ModelRegistry
+        from shardnet.chain import Chain
+
+        cid = ModelRegistry(Chain.from_deployment()).model(int(model_ref)).manifest_cid
+    with IpfsClient(_ipfs_api(ipfs_api)) as ipfs:
+        manifest = fetch_manifest(ipfs, cid)
+    if as_json:
+        click.echo(json.dumps(manifest.data, indent=2))
+        return
+    d = manifest.data
+    click.echo(f"{d['name']}  ({d['model_type']}, {len(d['blocks'])} blocks, {d['quantization']['mode']})")
+    click.echo(f"manifest     {cid}")
+    click.echo(f"blocks_root  {d['blocks_root']}")
+    click.echo(f"tokenizer    {', '.join(d['tokenizer']) or 'none'}")
+    for b in d["blocks"]:
+        click.echo(f"  block {b['index']:>3}  {b['cid']}  {b['bytes']:>10} B  sha256 {b['sha256'][:16]}...")
