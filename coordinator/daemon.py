@@ -12,7 +12,7 @@ import time
 
 from eth_account.signers.local import LocalAccount
 
-from coordinator.planner import plan_even
+from coordinator.planner import plan_pipeline
 from coordinator.router import route_any, route_cost
 from shardnet.bindings import Contracts
 from shardnet.chain import Chain
@@ -20,7 +20,7 @@ from shardnet.contract_errors import ContractRevert
 from shardnet.deployment import Deployment
 from shardnet.ledger import Ledger
 from shardnet.listener import Listener
-from shardnet.protocol import JobStatus
+from shardnet.protocol import JobStatus, Stage
 
 log = logging.getLogger("shardnet.coordinator")
 TRIGGERS = {"NodeRegistered", "StakeAdded", "UnstakeRequested", "ModelRegistered", "ShardConfirmed",
@@ -40,16 +40,72 @@ class Coordinator:
         self.min_stake = self.c.nodes.min_stake()
         self.fee_bps = self.c.market.coordinator_fee_bps()
         self.unroutable_logged: set[int] = set()
+        self.failed: set[str] = set()  # nodes that stopped answering probes
+        self.probe_failures: dict[str, int] = {}
+        self.probe_interval_s = 0.5
 
     async def run(self) -> None:
         async for event in self.listener._catch_up(self.deployment.deploy_block):
             self.ledger.apply(event)
         await self.reconcile()
         log.info("coordinator %s caught up at block %d", self.account.address, self.listener.last_key[0])
-        async for event in self.listener.stream(self.listener.last_key[0] + 1):
-            self.ledger.apply(event)
-            if event.name in TRIGGERS:
-                await self.reconcile()
+        probes = asyncio.create_task(self._probe_loop())
+        try:
+            async for event in self.listener.stream(self.listener.last_key[0] + 1):
+                self.ledger.apply(event)
+                if event.name in TRIGGERS:
+                    await self.reconcile()
+        finally:
+            probes.cancel()
+
+    # ------------------------------------------------------------------ failover
+    async def _probe_loop(self) -> None:
+        """Probe the nodes on open routes; a node that misses two probes in a row is replaced."""
+        import aiohttp
+
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0)) as http:
+            while True:
+                await asyncio.sleep(self.probe_interval_s)
+                busy = {s[0] for j in self.ledger.jobs.values() if j.status == JobStatus.ROUTED for s in j.route}
+                for node in sorted(busy - self.failed):
+                    try:
+                        async with http.get(self.ledger.endpoints[node].rstrip("/") + "/health") as response:
+                            alive = response.status == 200
+                    except (aiohttp.ClientError, asyncio.TimeoutError, KeyError):
+                        alive = False
+                    self.probe_failures[node] = 0 if alive else self.probe_failures.get(node, 0) + 1
+                    if self.probe_failures[node] >= 2:
+                        self.failed.add(node)
+                        log.warning("node %s stopped answering; rerouting its jobs", node)
+                        await self._failover(node)
+
+    async def _failover(self, dead: str) -> None:
+        for job_id, job in list(self.ledger.jobs.items()):
+            if job.status != JobStatus.ROUTED or all(s[0] != dead for s in job.route):
+                continue
+            old = [Stage(*s) for s in job.route]
+            new = []
+            for stage in old:
+                if stage.node != dead:
+                    new.append(stage)
+                    continue
+                replica = self._replica(job.model_id, stage, {s.node for s in old})
+                if replica is None:
+                    log.warning("job %d: no replica holds blocks [%d, %d); it will expire", job_id, stage.start,
+                                stage.end)
+                    break
+                new.append(Stage(replica, stage.start, stage.end, stage.fee))
+            else:
+                if await self._tx(f"rerouteJob({job_id})", self.c.market.reroute_job, job_id, job.coordinator, old,
+                                  new):
+                    log.info("job %d rerouted around %s", job_id, dead)
+
+    def _replica(self, model_id: int, stage: Stage, on_route: set[str]) -> str | None:
+        active = set(self.ledger.active_nodes(self.min_stake)) - self.failed
+        for node, (start, end, confirmed) in sorted(self.ledger.assignments.get(model_id, {}).items()):
+            if confirmed and node in active and node not in on_route and (start, end) == (stage.start, stage.end):
+                return node
+        return None
 
     async def reconcile(self) -> None:
         await self._assign_models()
@@ -68,7 +124,7 @@ class Coordinator:
         for model_id, model in self.ledger.models.items():
             if model.get("deprecated") or self.ledger.assignments.get(model_id):
                 continue
-            plan = plan_even(active, model["blockCount"])
+            plan = plan_pipeline([n for n in active if n not in self.failed], model["blockCount"])
             for node, span in plan.items():
                 await self._tx(f"assignShard({model_id}, {node})", self.c.models.assign_shard, model_id, node,
                                span.start, span.end)
@@ -83,7 +139,7 @@ class Coordinator:
                 continue
             model = self.ledger.models.get(job.model_id)
             stages = route_any(self.ledger.assignments.get(job.model_id, {}), model["blockCount"],
-                               model["pricePerBlock"], active)
+                               model["pricePerBlock"], active - self.failed)
             if stages is None:
                 if job_id not in self.unroutable_logged:
                     log.info("job %d waits: no confirmed cover of model %d yet", job_id, job.model_id)

@@ -199,6 +199,20 @@ def plan_even(nodes: list[str], blocks: int) -> dict[str, Span]:
     return {node: Span(blocks * i // len(nodes), blocks * (i + 1) // len(nodes)) for i, node in enumerate(nodes)}
 
 
+def plan_pipeline(nodes: list[str], blocks: int, stages: int = 3) -> dict[str, Span]:
+    """Devnet-sized plan: the first `stages` nodes (by address) split the blocks evenly; every
+    further node replicates a span, middle spans first (they have neighbours on both sides)."""
+    nodes = sorted(nodes)
+    base = plan_even(nodes[:stages], blocks)
+    spans = list(base.values())
+    if not spans:
+        return {}
+    middle_first = sorted(range(len(spans)), key=lambda i: (abs(i - (len(spans) - 1) / 2), i))
+    for j, node in enumerate(nodes[len(spans):]):
+        base[node] = spans[middle_first[j % len(spans)]]
+    return base
+
+
 def plan_even_replicated(nodes: list[NodeSpec], model: ModelSpec, replicas: int = 2) -> Plan:
     """The heterogeneity-blind baseline: `replicas` pipelines, nodes dealt round-robin, each
     pipeline split into equal spans (shrunk to fit memory where needed)."""

@@ -45,9 +45,11 @@ def stage_cost(c: Candidate, p: int, w: RouteWeights) -> float:
             + w.trust * (1.0 - c.reputation) * blocks)
 
 
-def route(candidates: list[Candidate], blocks: int, w: RouteWeights = RouteWeights()) -> list[Stage] | None:
+def route(candidates: list[Candidate], blocks: int, w: RouteWeights = RouteWeights(),
+          whole_spans: bool = False) -> list[Stage] | None:
     """The cheapest cover of [0, blocks), or None if the usable spans do not cover the model or
-    no cover fits `max_fee` (the cheapest cover in wei is taken when the preferred one does not)."""
+    no cover fits `max_fee` (the cheapest cover in wei is taken when the preferred one does not).
+    `whole_spans`: a node runs exactly its span (no entry part-way into it)."""
     usable = [c for c in candidates if c.address not in w.avoid and c.reputation >= w.min_reputation
               and 0 <= c.start < c.end <= blocks]
     if not usable:
@@ -55,11 +57,11 @@ def route(candidates: list[Candidate], blocks: int, w: RouteWeights = RouteWeigh
     arrays = _arrays(usable)
     per_block = w.latency * arrays["ms_per_block"] + w.price * arrays["price"] / 1e9 + w.trust * (
         1.0 - arrays["reputation"])
-    best = _dp(usable, arrays, blocks, w.latency * arrays["latency"], per_block)
+    best = _dp(usable, arrays, blocks, w.latency * arrays["latency"], per_block, whole_spans)
     if best is None:
         return None
     if w.max_fee is not None and sum(s.fee for s in best) > w.max_fee:
-        cheapest = _dp(usable, arrays, blocks, np.zeros(len(usable)), arrays["price"].astype(float))
+        cheapest = _dp(usable, arrays, blocks, np.zeros(len(usable)), arrays["price"].astype(float), whole_spans)
         if cheapest is None or sum(s.fee for s in cheapest) > w.max_fee:
             return None
         return cheapest
@@ -75,7 +77,8 @@ def _arrays(usable: list[Candidate]) -> dict[str, np.ndarray]:
     }
 
 
-def _dp(usable, arrays, blocks: int, fixed: np.ndarray, per_block: np.ndarray) -> list[Stage] | None:
+def _dp(usable, arrays, blocks: int, fixed: np.ndarray, per_block: np.ndarray,
+        whole_spans: bool = False) -> list[Stage] | None:
     """Stage cost = fixed[i] + per_block[i] * (end_i - p). Vectorised over candidates per position."""
     starts, ends = arrays["start"], arrays["end"]
     dist = np.full(blocks + 1, np.inf)
@@ -85,7 +88,7 @@ def _dp(usable, arrays, blocks: int, fixed: np.ndarray, per_block: np.ndarray) -
     for p in range(blocks):
         if not np.isfinite(dist[p]):
             continue
-        idx = np.nonzero((starts <= p) & (p < ends))[0]
+        idx = np.nonzero((starts == p) if whole_spans else (starts <= p) & (p < ends))[0]
         if idx.size == 0:
             continue
         total = dist[p] + fixed[idx] + per_block[idx] * (ends[idx] - p)
@@ -109,11 +112,12 @@ def _dp(usable, arrays, blocks: int, fixed: np.ndarray, per_block: np.ndarray) -
 
 def route_any(assignments: dict[str, list], blocks: int, price_per_block: int,
               usable: set[str] | None = None) -> list[Stage] | None:
-    """A cover from confirmed spans with no measurements yet: fewest hops, then lowest address."""
+    """A cover from confirmed spans with no measurements yet: fewest hops, then lowest address;
+    each node runs its whole span (what the node agent loads)."""
     candidates = [Candidate(node, start, end, price_per_block, 1.0, 0.0, 1.0)
                   for node, (start, end, ok) in sorted(assignments.items())
                   if ok and (usable is None or node in usable)]
-    return route(candidates, blocks, RouteWeights(latency=1.0))
+    return route(candidates, blocks, RouteWeights(latency=1.0), whole_spans=True)
 
 
 def route_cost(stages: list[Stage], coordinator_fee_bps: int) -> int:

@@ -143,9 +143,12 @@ class NodeAgent:
         elif event.name in ("JobRouted", "JobRerouted"):
             job = self.ledger.jobs[a["jobId"]]
             stage = my_stage(self.address, job.route)
+            run = self.executor.jobs.get(a["jobId"])
             if stage is None:
                 self._finish(a["jobId"])
-            elif stage == 0:
+            elif event.name == "JobRerouted" and run is not None:
+                self._spawn(self._rerouted(run, job))
+            elif event.name == "JobRouted" and stage == 0:
                 log.info("picked up job %d as stage 0", a["jobId"], extra={"job": a["jobId"]})
                 self._spawn(self._start_job(a["jobId"], picked_up_at=time.time()))
         elif event.name in SETTLED:
@@ -232,7 +235,9 @@ class NodeAgent:
             body = pack(header, encode_activation(out, params.wire))
             run.out_hash = fold(run.out_hash, body)
             run.step += 1
-            await self._send(run, run.stage + 1, body)
+            run.sent_log.append(body)
+            if not run.stalled:
+                await self._send(run, run.stage + 1, body)
             return
         if params.kind == "generate":
             token, done = self.executor.next_token(run, out)
@@ -255,7 +260,36 @@ class NodeAgent:
             self.metrics.bytes_out.inc(len(body))
         except PeerError as exc:
             log.error("job %d: stage %d unreachable: %s", run.job_id, stage, exc, extra={"job": run.job_id})
-            await self._abort(run.job_id, f"stage {stage} ({node}) unreachable: {exc}")
+            if run.stages[stage].node != node:
+                return  # rerouted meanwhile: the replay to the replacement carries this message
+            if stage == run.stage + 1:
+                # the coordinator replaces a dead stage (rerouteJob); replay to the replacement then
+                run.stalled = True
+                self._spawn(self._await_reroute(run, node))
+            else:
+                await self._abort(run.job_id, f"stage {stage} ({node}) unreachable: {exc}")
+
+    async def _await_reroute(self, run: JobRun, dead: str) -> None:
+        await asyncio.sleep(self.settings.reroute_wait_s)
+        if run.stalled and self.executor.jobs.get(run.job_id) is run and run.stages[run.stage + 1].node == dead:
+            await self._abort(run.job_id, f"stage {run.stage + 1} ({dead}) unreachable and not replaced within "
+                                          f"{self.settings.reroute_wait_s:.0f} s")
+
+    async def _rerouted(self, run: JobRun, job) -> None:
+        """The route changed under a running job: adopt it, and if the next stage is new, replay
+        everything this stage sent so the replacement rebuilds its KV cache (Petals' trick)."""
+        old_next = run.stages[run.stage + 1].node if not run.is_last else None
+        run.stages, run.coordinator = [Stage(*s) for s in job.route], job.coordinator
+        run.stage = my_stage(self.address, job.route)
+        if run.is_last or run.stages[run.stage + 1].node == old_next and not run.stalled:
+            return
+        log.info("job %d: replaying %d messages to the new stage %d", run.job_id, len(run.sent_log), run.stage + 1,
+                 extra={"job": run.job_id})
+        run.stalled = False
+        for body in list(run.sent_log):
+            await self._send(run, run.stage + 1, body)
+            if run.stalled:
+                return
 
     async def accept(self, job_id: int, stage: int, sender: str, body: bytes) -> tuple[bool, str]:
         """A data-plane message arrived: accept it only from the stage the on-chain route names."""
@@ -293,6 +327,10 @@ class NodeAgent:
             try:
                 run = self._begin(job_id)
                 header, payload = unpack(body)
+                if header["kind"] == "act":
+                    if header["step"] < run.expected_step:
+                        continue  # a replay after failover: already processed here
+                    run.expected_step = header["step"] + 1
                 run.in_hash = fold(run.in_hash, body)
                 params = run.params
                 if header["kind"] == "tokens":

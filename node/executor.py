@@ -56,6 +56,9 @@ class JobRun:
     generator: torch.Generator | None = None
     attention_mask: torch.Tensor | None = None
     timing: dict = field(default_factory=dict)  # picked_up_at, t0 (unix s), carried stage to stage
+    sent_log: list[bytes] = field(default_factory=list)  # every message sent to the next stage, for replay
+    expected_step: int = 0  # next activation step this stage has not processed yet
+    stalled: bool = False  # the next stage is unreachable: waiting for the coordinator to reroute
 
     @property
     def is_first(self) -> bool:

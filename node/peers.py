@@ -54,7 +54,7 @@ class PeerClient:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self.timeout)
         headers = {**sign_request(self.account, path, body), "content-type": "application/octet-stream"}
-        delay = 0.5
+        delay = 0.25
         for attempt in range(self.retries + 1):
             try:
                 async with self._session.post(base_url.rstrip("/") + path, data=body, headers=headers) as response:

@@ -33,6 +33,7 @@ class NodeSettings(BaseModel):
     peer_retries: int = Field(3, ge=0)  # bounded retries with backoff
     ipfs_timeout_s: float = Field(20.0, gt=0)  # reading a job input or a shard
     poll_interval_s: float = Field(0.2, gt=0)  # HTTP polling fallback when the websocket fails
+    reroute_wait_s: float = Field(20.0, gt=0)  # how long a stage waits for a dead next stage's replacement
 
     @model_validator(mode="after")
     def _one_key(self):

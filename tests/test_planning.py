@@ -118,8 +118,17 @@ def test_router_hard_limits():
     assert route([a, b, c], 4, RouteWeights(max_fee=10**8)) is None
 
 
-def test_route_any_uses_confirmed_spans_only():
-    spans = {"0xa": [0, 3, True], "0xb": [3, 6, False], "0xc": [2, 6, True]}
+def test_route_any_uses_whole_confirmed_spans_only():
+    spans = {"0xa": [0, 3, True], "0xb": [3, 6, False], "0xc": [3, 6, True], "0xd": [2, 6, True]}
     stages = route_any(spans, 6, 5)
     assert [(s.node, s.start, s.end, s.fee) for s in stages] == [("0xa", 0, 3, 15), ("0xc", 3, 6, 15)]
+    assert route_any({"0xa": [0, 3, True], "0xd": [2, 6, True]}, 6, 5) is None  # would enter 0xd part-way
     assert route_any({"0xa": [0, 3, True]}, 6, 5) is None
+
+
+def test_pipeline_plan_replicates_middle_spans_first():
+    from coordinator.planner import plan_pipeline
+
+    plan = plan_pipeline(["0xa", "0xb", "0xc", "0xd", "0xe"], 6)
+    assert [plan[n] for n in ("0xa", "0xb", "0xc")] == [Span(0, 2), Span(2, 4), Span(4, 6)]
+    assert plan["0xd"] == Span(2, 4) and plan["0xe"] in (Span(0, 2), Span(4, 6))
