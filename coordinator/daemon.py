@@ -18,6 +18,7 @@ from shardnet.bindings import Contracts
 from shardnet.chain import Chain
 from shardnet.contract_errors import ContractRevert
 from shardnet.deployment import Deployment
+from shardnet.errors import ShardnetError
 from shardnet.ledger import Ledger
 from shardnet.listener import Listener
 from shardnet.protocol import JobStatus, Stage
@@ -117,6 +118,9 @@ class Coordinator:
             return True
         except ContractRevert as exc:
             log.warning("%s refused: %s", what, exc)
+            return False
+        except ShardnetError as exc:  # a failed transaction must never stop the coordinator
+            log.error("%s failed: %s", what, exc)
             return False
 
     async def _assign_models(self) -> None:

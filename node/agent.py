@@ -56,6 +56,7 @@ class NodeAgent:
         self.metrics = NodeMetrics()
         self.ledger = Ledger()
         self.queues: dict[int, asyncio.Queue] = {}
+        self.loading: set[int] = set()  # models whose span is being fetched
         self.tasks: set[asyncio.Task] = set()
         self.state_path = Path(settings.state_dir) / "state.json"
         self.state = self._load_state()
@@ -157,17 +158,20 @@ class NodeAgent:
 
     async def _reconcile_spans(self) -> None:
         for model_id, nodes in self.ledger.assignments.items():
-            if self.address in nodes and model_id not in self.executor.spans:
+            if self.address in nodes and model_id not in self.executor.spans and model_id not in self.loading:
                 start, end, _ = nodes[self.address]
                 await self._load_span(model_id, Span(start, end))
 
     async def _load_span(self, model_id: int, span: Span) -> None:
         manifest_cid = self.ledger.models[model_id]["manifestCid"]
+        self.loading.add(model_id)
         try:
             await asyncio.to_thread(self.executor.load, model_id, manifest_cid, span)
         except ShardnetError as exc:
             log.error("could not load blocks [%d, %d) of model %d: %s", span.start, span.end, model_id, exc)
             return
+        finally:
+            self.loading.discard(model_id)
         log.info("loaded and verified blocks [%d, %d) of model %d", span.start, span.end, model_id)
         assignment = self.ledger.assignments.get(model_id, {}).get(self.address)
         if assignment and not assignment[2]:

@@ -9,6 +9,7 @@ from eth_account.signers.local import LocalAccount
 
 from shardnet.bindings import Contracts
 from shardnet.contract_errors import ContractRevert
+from shardnet.errors import ShardnetError
 from shardnet.protocol import Hardware, Receipt, Stage
 
 log = logging.getLogger("shardnet.node.reporter")
@@ -24,6 +25,9 @@ class Reporter:
             return await asyncio.to_thread(fn, *args, account=self.account)
         except ContractRevert as exc:
             log.warning("%s refused by the contract: %s", what, exc)
+            return None
+        except ShardnetError as exc:  # a failed transaction must never stop the node
+            log.error("%s failed: %s", what, exc)
             return None
 
     async def ensure_registered(self, endpoint: str, hardware: Hardware, stake: int) -> bool:

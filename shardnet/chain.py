@@ -116,6 +116,8 @@ class Chain:
                 tx = fn.build_transaction(params)  # estimates gas: a revert surfaces here
             except ContractLogicError as exc:
                 raise self.decode_error(exc) from None
+            if not gas:  # estimates can fall short (state moves, nested calls' 63/64 rule): add headroom
+                tx["gas"] = int(tx["gas"] * 1.25) + 20_000
             return self._send(tx, account)
 
     def deploy(self, artifact: compiler.Artifact, *args: Any, account: LocalAccount | None = None) -> tuple[str, int]:
