@@ -14,11 +14,9 @@ from eth_account.signers.local import LocalAccount
 
 from coordinator.planner import plan_pipeline
 from coordinator.router import route_any, route_cost
-from shardnet.bindings import Contracts
+from shardnet.bindings import Contracts, send_logged
 from shardnet.chain import Chain
-from shardnet.contract_errors import ContractRevert
 from shardnet.deployment import Deployment
-from shardnet.errors import ShardnetError
 from shardnet.ledger import Ledger
 from shardnet.listener import Listener
 from shardnet.protocol import JobStatus, Stage
@@ -113,15 +111,7 @@ class Coordinator:
         await self._route_jobs()
 
     async def _tx(self, what: str, fn, *args) -> bool:
-        try:
-            await asyncio.to_thread(fn, *args, account=self.account)
-            return True
-        except ContractRevert as exc:
-            log.warning("%s refused: %s", what, exc)
-            return False
-        except ShardnetError as exc:  # a failed transaction must never stop the coordinator
-            log.error("%s failed: %s", what, exc)
-            return False
+        return await send_logged(log, what, fn, *args, account=self.account) is not None
 
     async def _assign_models(self) -> None:
         active = self.ledger.active_nodes(self.min_stake)

@@ -7,9 +7,7 @@ import logging
 
 from eth_account.signers.local import LocalAccount
 
-from shardnet.bindings import Contracts
-from shardnet.contract_errors import ContractRevert
-from shardnet.errors import ShardnetError
+from shardnet.bindings import Contracts, send_logged
 from shardnet.protocol import Hardware, Receipt, Stage
 
 log = logging.getLogger("shardnet.node.reporter")
@@ -21,14 +19,7 @@ class Reporter:
         self.account = account
 
     async def _do(self, what: str, fn, *args) -> dict | None:
-        try:
-            return await asyncio.to_thread(fn, *args, account=self.account)
-        except ContractRevert as exc:
-            log.warning("%s refused by the contract: %s", what, exc)
-            return None
-        except ShardnetError as exc:  # a failed transaction must never stop the node
-            log.error("%s failed: %s", what, exc)
-            return None
+        return await send_logged(log, what, fn, *args, account=self.account)
 
     async def ensure_registered(self, endpoint: str, hardware: Hardware, stake: int) -> bool:
         info = await asyncio.to_thread(self.c.nodes.node, self.account.address)

@@ -3,11 +3,15 @@ the contract's named error from `shardnet.contract_errors`), then signs and send
 
 from __future__ import annotations
 
+import asyncio
+
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
 from web3 import Web3
 
 from shardnet.chain import Chain
+from shardnet.contract_errors import ContractRevert
+from shardnet.errors import ShardnetError
 from shardnet.events import EventDecoder
 from shardnet.protocol import (Account, Assignment, Hardware, Job, JobStatus, Model, NodeInfo, Receipt,
                                Stage)
@@ -246,6 +250,18 @@ class JobMarket(_Binding):
                      input_hash: bytes, output_hash: bytes) -> Receipt:
         return sign_receipt(account, self.chain.chain_id, self.address, job_id, stage, span_start, span_end,
                             input_hash, output_hash)
+
+
+async def send_logged(log, what: str, fn, *args, account: LocalAccount) -> dict | None:
+    """Run a binding's write off the event loop for a long-lived agent: a refusal or a failed
+    transaction is logged and returns None, never raised (agents must not crash on them)."""
+    try:
+        return await asyncio.to_thread(fn, *args, account=account)
+    except ContractRevert as exc:
+        log.warning("%s refused by the contract: %s", what, exc)
+    except ShardnetError as exc:
+        log.error("%s failed: %s", what, exc)
+    return None
 
 
 class Contracts:
