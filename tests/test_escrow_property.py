@@ -1,5 +1,5 @@
 """Stateful property test: random register / stake / post / route / submit / expire / cancel /
-withdraw / unstake / slash sequences on the real Anvil; after every step the contracts hold
+abort / withdraw / unstake / slash sequences on the real Anvil; after every step the contracts hold
 exactly stakes + escrows + unwithdrawn credits, to the wei, and no job pays out more than its
 escrow or is both paid and fully refunded."""
 
@@ -118,6 +118,15 @@ def make_machine(chain: Chain):
             job = data.draw(st.sampled_from(sorted(self.jobs)))
             self._record(self._try(self.c.market.cancel_job, job, account=dev_account(c)), job)
 
+        @precondition(lambda self: self.jobs)
+        @rule(data=st.data())
+        def abort(self, data):
+            job = data.draw(st.sampled_from(sorted(self.jobs)))
+            stages = self.jobs[job]["stages"] or []
+            caller = self.world.coordinator
+            self._record(self._try(self.c.market.abort_job, job, self.world.coordinator.address, stages, "test",
+                                   account=caller), job)
+
         @rule(who=st.sampled_from([*NODE_IDS, *CLIENT_IDS, 1]))
         def withdraw(self, who):
             self._try(self.c.market.withdraw, account=dev_account(who))
@@ -138,7 +147,7 @@ def make_machine(chain: Chain):
             for job_id, j in self.jobs.items():
                 job = self.c.market.job(job_id)
                 assert j["paid"] + j["refunded"] + job.escrow == j["max_fee"]
-                if job.status in (JobStatus.EXPIRED, JobStatus.CANCELLED):
+                if job.status in (JobStatus.EXPIRED, JobStatus.CANCELLED, JobStatus.ABORTED):
                     assert j["paid"] == 0 and j["refunded"] == j["max_fee"]
                 if job.status == JobStatus.COMPLETED:
                     assert j["paid"] > 0 and job.escrow == 0
