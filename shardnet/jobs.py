@@ -33,6 +33,13 @@ class JobParams:
     top_p: float = 1.0  # generate: nucleus mass in (0, 1]
     seed: int = 0  # generate: sampling seed
     wire: str = "int8"  # activations between stages: int8 | fp16 | fp32
+    # routing: the coordinator minimises latency_ms * route_latency + fee_gwei * route_price
+    # + distrust * route_trust, using only nodes with reputation >= min_reputation, none in avoid
+    route_latency: float = 1.0
+    route_price: float = 0.0
+    route_trust: float = 0.0
+    min_reputation: float = 0.0
+    avoid: tuple[str, ...] = ()
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()
@@ -49,6 +56,8 @@ class JobParams:
         if unknown:
             raise JobInputError(f"params has unknown field(s) {sorted(unknown)}; allowed: "
                                 f"{sorted(cls.__dataclass_fields__)}")
+        if isinstance(data.get("avoid"), list):
+            data["avoid"] = tuple(data["avoid"])
         try:
             params = cls(**data)
         except TypeError as exc:
@@ -74,6 +83,14 @@ class JobParams:
             bad("seed", "use an integer")
         if self.wire not in WIRES:
             bad("wire", f"use one of {WIRES}")
+        for field in ("route_latency", "route_price", "route_trust"):
+            if not isinstance(getattr(self, field), (int, float)) or getattr(self, field) < 0:
+                bad(field, "use a weight >= 0")
+        if not isinstance(self.min_reputation, (int, float)) or not 0 <= self.min_reputation <= 1:
+            bad("min_reputation", "use a number in 0..1")
+        if not isinstance(self.avoid, tuple) or not all(
+                isinstance(a, str) and len(a) == 42 and a.startswith("0x") for a in self.avoid):
+            bad("avoid", "use a list of 0x-prefixed node addresses")
 
 
 def parse_input(params: JobParams, raw: bytes) -> dict:
