@@ -46,7 +46,7 @@ class Coordinator:
         self.rtt_ms: dict[str, float] = {}  # probe round trip per node (moving average)
 
     async def run(self) -> None:
-        async for event in self.listener._catch_up(self.deployment.deploy_block):
+        async for event in self.listener.catch_up(self.deployment.deploy_block):
             self.ledger.apply(event)
         await self.reconcile()
         log.info("coordinator %s caught up at block %d", self.account.address, self.listener.last_key[0])

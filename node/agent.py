@@ -115,7 +115,7 @@ class NodeAgent:
 
     async def _follow(self) -> None:
         # catch up: rebuild the view from the deployment block, act only past the saved position
-        async for event in self.listener._catch_up(self.deployment.deploy_block):
+        async for event in self.listener.catch_up(self.deployment.deploy_block):
             await self._on_event(event)
         await self._reconcile_spans()
         self.ready = True

@@ -63,6 +63,11 @@ class _Binding:
     def _call(self, fn):
         return self.chain.call(fn)
 
+    def grant_role(self, role_name: str, who: str, account: LocalAccount | None = None) -> dict:
+        """Grant the contract's `role_name` constant (e.g. COORDINATOR_ROLE) to `who` (admin only)."""
+        role = self._call(getattr(self.contract.functions, role_name)())
+        return self._tx(self.contract.functions.grantRole(role, who), 0, account)
+
     def events_in(self, receipt: dict) -> list:
         """Decoded events of this contract in a transaction receipt."""
         return [e for e in map(self._decoder.decode, receipt["logs"])
@@ -96,8 +101,7 @@ class NodeRegistry(_Binding):
         return self._tx(self.contract.functions.withdrawSlashed(), 0, account)
 
     def grant_slasher(self, who: str, account: LocalAccount | None = None) -> dict:
-        role = self._call(self.contract.functions.SLASHER_ROLE())
-        return self._tx(self.contract.functions.grantRole(role, who), 0, account)
+        return self.grant_role("SLASHER_ROLE", who, account)
 
     def set_parameters(self, min_stake: int, cooldown_s: int, treasury: str,
                        account: LocalAccount | None = None) -> dict:
@@ -150,8 +154,7 @@ class ModelRegistry(_Binding):
         return self._tx(self.contract.functions.releaseShard(model_id, node), 0, account)
 
     def grant_coordinator(self, who: str, account: LocalAccount | None = None) -> dict:
-        role = self._call(self.contract.functions.COORDINATOR_ROLE())
-        return self._tx(self.contract.functions.grantRole(role, who), 0, account)
+        return self.grant_role("COORDINATOR_ROLE", who, account)
 
     # views
     def model(self, model_id: int) -> Model:
@@ -223,8 +226,7 @@ class JobMarket(_Binding):
         return self._tx(self.contract.functions.setParameters(coordinator_fee_bps, max_job_duration_s), 0, account)
 
     def grant_coordinator(self, who: str, account: LocalAccount | None = None) -> dict:
-        role = self._call(self.contract.functions.COORDINATOR_ROLE())
-        return self._tx(self.contract.functions.grantRole(role, who), 0, account)
+        return self.grant_role("COORDINATOR_ROLE", who, account)
 
     # views
     def job(self, job_id: int) -> Job:

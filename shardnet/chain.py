@@ -131,15 +131,6 @@ class Chain:
             receipt = self._send(tx, account)
         return receipt["contractAddress"], receipt["blockNumber"]
 
-    def send_value(self, to: str, value: int, account: LocalAccount | None = None) -> dict:
-        account = account or self.account
-        with self._nonce_lock:
-            tx = {"to": Web3.to_checksum_address(to), "value": value, "from": account.address,
-                  "chainId": self.chain_id, "gas": 21_000,
-                  "nonce": self.w3.eth.get_transaction_count(account.address, "pending"),
-                  "maxFeePerGas": 2 * self.w3.eth.gas_price + 1, "maxPriorityFeePerGas": 1}
-            return self._send(tx, account)
-
     def _send(self, tx: dict, account: LocalAccount) -> dict:
         signed = account.sign_transaction(tx)
         tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)

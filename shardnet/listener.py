@@ -43,7 +43,7 @@ class Listener:
         self.last_key = event.key
         return True
 
-    async def _catch_up(self, from_block: int) -> AsyncIterator[Event]:
+    async def catch_up(self, from_block: int) -> AsyncIterator[Event]:
         head = await asyncio.to_thread(lambda: self.chain.w3.eth.block_number)
         for event in await asyncio.to_thread(self._logs, from_block, head):
             if self._fresh(event):
@@ -66,7 +66,7 @@ class Listener:
         async with connect_ws(self.ws_url) as w3:
             await w3.eth.subscribe("logs", {"address": self.addresses})
             self.mode = "websocket"
-            async for event in self._catch_up(from_block):
+            async for event in self.catch_up(from_block):
                 yield event
             async for message in w3.socket.process_subscriptions():
                 event = self.decoder.decode(dict(message["result"]))
@@ -77,7 +77,7 @@ class Listener:
         self.mode = "polling"
         done = 0
         while rounds is None or done < rounds:
-            async for event in self._catch_up(from_block):
+            async for event in self.catch_up(from_block):
                 yield event
             from_block = max(from_block, self.last_key[0] + 1)
             done += 1
