@@ -38,8 +38,20 @@ def build_ledger(chain: Chain) -> Ledger:
     return ledger
 
 
-def reconcile(chain: Chain, ledger: Ledger) -> list[Difference]:
-    """Every balance and job field rebuilt from events, compared with contract state."""
+def events_label(kind: str, key) -> str:
+    return f"{kind} {key}"
+
+
+def index_label(kind: str, key) -> str:
+    """Names the index row a figure came from, e.g. `index row jobs[job_id=7]`."""
+    table, column = {"job": ("jobs", "job_id"), "account": ("accounts", "address"),
+                     "node": ("nodes", "address")}[kind]
+    return f"index row {table}[{column}={key}]"
+
+
+def reconcile(chain: Chain, ledger: Ledger, label=events_label) -> list[Difference]:
+    """Every balance and job field rebuilt from events (or read from the index, with
+    `label=index_label`), compared with contract state."""
     c = Contracts(chain)
     diffs: list[Difference] = []
 
@@ -49,18 +61,18 @@ def reconcile(chain: Chain, ledger: Ledger) -> list[Difference]:
 
     for job_id, rec in sorted(ledger.jobs.items()):
         job = c.market.job(job_id)
-        check(f"job {job_id}", "status", rec.status.name.lower(), job.status.name.lower())
-        check(f"job {job_id}", "escrow", rec.escrow, job.escrow)
-        check(f"job {job_id}", "client", rec.client, job.client)
+        check(label("job", job_id), "status", rec.status.name.lower(), job.status.name.lower())
+        check(label("job", job_id), "escrow", rec.escrow, job.escrow)
+        check(label("job", job_id), "client", rec.client, job.client)
     check("JobMarket", "job count", len(ledger.jobs), c.market.job_count())
     for address, rec in sorted(ledger.accounts.items()):
         acct = c.market.account(address)
         for field in ("credit", "open_jobs", "jobs_done", "jobs_failed"):
-            check(f"account {address}", field, getattr(rec, field), getattr(acct, field))
+            check(label("account", address), field, getattr(rec, field), getattr(acct, field))
     for address, rec in sorted(ledger.nodes.items()):
         info = c.nodes.node(address)
-        check(f"node {address}", "stake", rec.stake, info.stake)
-        check(f"node {address}", "pending_unstake", rec.pending_unstake, info.pending_unstake)
+        check(label("node", address), "stake", rec.stake, info.stake)
+        check(label("node", address), "pending_unstake", rec.pending_unstake, info.pending_unstake)
     check("NodeRegistry", "slashed balance", ledger.slashed_balance, c.nodes.slashed_balance())
     escrows = sum(r.escrow for r in ledger.jobs.values())
     credits = sum(r.credit for r in ledger.accounts.values())

@@ -1,9 +1,15 @@
-"""Auditors: jobs, nodes, reconciliation and receipts from chain events."""
+"""Auditors: jobs, nodes, models, reconciliation and receipts from chain events.
+
+Every command reads the SQLite index (`shardnet.indexer`), bringing it up to the chain head
+first (resumable: an interrupted sync continues where it stopped). `--no-sync` queries the
+index as it is, without touching the RPC."""
 
 from __future__ import annotations
 
 import json
 import sys
+from datetime import datetime, timezone
+from pathlib import Path
 
 import click
 
@@ -16,85 +22,191 @@ def audit() -> None:
     """Audits from public chain data (any RPC URL + the deployment file)."""
 
 
-def _audit_chain(rpc_url):
+def _rpc_options(fn):
+    fn = click.option("--no-sync", is_flag=True, help="query the index as it is; do not read new blocks")(fn)
+    fn = click.option("--db", type=click.Path(path_type=Path),
+                      help="index file (default: index-<chain id>.sqlite beside the deployment file)")(fn)
+    return click.option("--rpc-url", help="JSON-RPC endpoint (default: from the deployment file)")(fn)
+
+
+def _index(rpc_url, db, no_sync):
     from shardnet.chain import Chain
     from shardnet.deployment import Deployment
+    from shardnet.indexer import open_index
 
-    return Chain.from_deployment(Deployment.load(), rpc_url=rpc_url)
+    chain = Chain.from_deployment(Deployment.load(), rpc_url=rpc_url)
+    return open_index(chain, db, sync=not no_sync)
 
 
-_rpc = click.option("--rpc-url", help="JSON-RPC endpoint (default: from the deployment file)")
+def _address(value: str, hint: str) -> str:
+    from web3 import Web3
+
+    if not Web3.is_address(value):
+        raise click.BadParameter(f"{value!r} is not an address; use 0x followed by 40 hex digits", param_hint=hint)
+    return Web3.to_checksum_address(value)
+
+
+def _when(ts: int) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _emit(data, as_json: bool, table) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        table(data)
+
+
+@audit.command("sync")
+@_rpc_options
+def audit_sync(rpc_url, db, no_sync) -> None:
+    """Bring the index up to the chain head (every other command does this first)."""
+    from shardnet.chain import Chain
+    from shardnet.deployment import Deployment
+    from shardnet.indexer import Index, default_path
+
+    chain = Chain.from_deployment(Deployment.load(), rpc_url=rpc_url)
+    with Index(db or default_path(chain), chain) as index:
+        report = index.sync(on_batch=lambda end, target: click.echo(f"indexed to block {end} of {target}", err=True))
+        click.echo(f"ok: {report.events} new events in {report.blocks} blocks ({report.seconds:.1f} s); "
+                   f"index at block {report.next_block - 1}, {index.path}")
 
 
 @audit.command("jobs")
-@_rpc
+@_rpc_options
 @click.option("--model", "model_id", type=int, help="only jobs on this model")
 @click.option("--client", help="only jobs posted by this address")
 @click.option("--node", help="only jobs routed through this node")
 @click.option("--status", type=click.Choice(["posted", "routed", "completed", "expired", "cancelled", "aborted"]))
+@click.option("--from-block", type=int, help="only jobs posted at or after this block")
+@click.option("--to-block", type=int, help="only jobs posted at or before this block")
 @_as_json
-def audit_jobs(rpc_url, model_id, client, node, status, as_json) -> None:
+def audit_jobs(rpc_url, db, no_sync, model_id, client, node, status, from_block, to_block, as_json) -> None:
     """Every job, rebuilt from events."""
-    from shardnet.audit import build_ledger
+    client = client and _address(client, "--client")
+    node = node and _address(node, "--node")
+    with _index(rpc_url, db, no_sync) as index:
+        rows = index.jobs(model_id, client, node, status, from_block, to_block)
 
-    rows = []
-    for r in build_ledger(_audit_chain(rpc_url)).jobs.values():
-        if (model_id is not None and r.model_id != model_id) or (client and r.client.lower() != client.lower()):
-            continue
-        if node and all(s[0].lower() != node.lower() for s in r.route):
-            continue
-        if status and r.status.name.lower() != status:
-            continue
-        rows.append({"job": r.job_id, "status": r.status.name.lower(), "model": r.model_id, "client": r.client,
-                     "stages": len(r.route), "paid": sum(r.payouts.values()), "refunded": r.refunded})
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    click.echo(f"{'job':>5} {'status':<10} {'model':>5} {'client':<42} {'stages':>6} {'paid wei':>14} {'refunded':>18}")
-    for row in rows:
-        click.echo(f"{row['job']:>5} {row['status']:<10} {row['model']:>5} {row['client']:<42} {row['stages']:>6} "
-                   f"{row['paid']:>14} {row['refunded']:>18}")
+    def table(rows):
+        click.echo(f"{'job':>5} {'status':<10} {'model':>5} {'client':<42} {'stages':>6} {'paid wei':>14} "
+                   f"{'refunded':>18}")
+        for r in rows:
+            click.echo(f"{r['job']:>5} {r['status']:<10} {r['model']:>5} {r['client']:<42} {r['stages']:>6} "
+                       f"{r['paid']:>14} {r['refunded']:>18}")
+    _emit(rows, as_json, table)
+
+
+@audit.command("job")
+@click.argument("job_id", type=int)
+@_rpc_options
+@_as_json
+def audit_job(job_id, rpc_url, db, no_sync, as_json) -> None:
+    """One job's full timeline: posted, routed, rerouted, receipts, result, payouts, refund."""
+    with _index(rpc_url, db, no_sync) as index:
+        job, count = index.job(job_id), index.job_count()
+    if job is None:
+        known = f"jobs are numbered 1 to {count}" if count else "no job has been posted yet"
+        raise click.ClickException(f"job {job_id} does not exist on this deployment ({known}); "
+                                   "list them with 'shardnet audit jobs'")
+
+    def table(j):
+        click.echo(f"job {j['job']}: {j['status']}  model {j['model']}  client {j['client']}")
+        click.echo(f"max fee {j['max_fee']} wei, escrow left {j['escrow']}, paid {j['paid']}, "
+                   f"refunded {j['refunded']}")
+        if j["abort_reason"]:
+            click.echo(f"reason: {j['abort_reason']}")
+        if j["output_cid"]:
+            click.echo(f"output cid: {j['output_cid']}")
+        for s in j["stages"]:
+            hashes = f"  in {s['input_hash'][:12]}… out {s['output_hash'][:12]}…" if s["output_hash"] else ""
+            click.echo(f"  stage {s['stage']} [{s['start']},{s['end']}) {s['node']}  fee {s['fee']} wei"
+                       f"  paid {j['payouts'].get(s['node'], 0)}{hashes}")
+        if j["failed_nodes"]:
+            click.echo(f"failed: {', '.join(j['failed_nodes'])}")
+        click.echo("timeline:")
+        for e in j["timeline"]:
+            click.echo(f"  {_when(e['time'])}  block {e['block']:>6}  {e['event']:<16} {e['what']}")
+    _emit(job, as_json, table)
 
 
 @audit.command("node")
 @click.argument("address")
-@_rpc
+@_rpc_options
 @_as_json
-def audit_node(address, rpc_url, as_json) -> None:
-    """A node's stake, spans, jobs, earnings and failures, from events."""
-    from web3 import Web3
+def audit_node(address, rpc_url, db, no_sync, as_json) -> None:
+    """A node's stake history, spans, jobs, earnings, failures and slashes."""
+    address = _address(address, "ADDRESS")
+    with _index(rpc_url, db, no_sync) as index:
+        info = index.node(address)
+    if info is None:
+        raise click.ClickException(f"{address} never registered as a node on this deployment; "
+                                   "list nodes with 'shardnet audit network'")
 
-    from shardnet.audit import build_ledger
-
-    if not Web3.is_address(address):
-        raise click.BadParameter("not an address; use 0x followed by 40 hex digits", param_hint="ADDRESS")
-    address = Web3.to_checksum_address(address)
-    ledger = build_ledger(_audit_chain(rpc_url))
-    node, acct = ledger.nodes.get(address), ledger.accounts.get(address)
-    if node is None:
-        raise click.ClickException(f"{address} never registered as a node on this deployment")
-    jobs = [j.job_id for j in ledger.jobs.values() if any(s[0] == address for s in j.route)]
-    earned = sum(j.payouts.get(address, 0) for j in ledger.jobs.values())
-    spans = {m: v[:2] + [bool(v[2])] for m, nodes in ledger.assignments.items() for n, v in nodes.items()
-             if n == address}
-    info = {"node": address, "endpoint": ledger.endpoints.get(address), "stake": node.stake,
-            "pending_unstake": node.pending_unstake, "slashed": node.slashed, "spans": spans, "jobs": jobs,
-            "earned": earned, "withdrawn": acct.withdrawn if acct else 0, "jobs_done": acct.jobs_done if acct else 0,
-            "jobs_failed": acct.jobs_failed if acct else 0}
-    if as_json:
-        click.echo(json.dumps(info, indent=2))
-        return
-    for key, value in info.items():
-        click.echo(f"{key:<16}{value}")
+    def table(n):
+        for key in ("node", "endpoint", "stake", "pending_unstake", "slashed", "earned", "credit", "withdrawn",
+                    "jobs_done", "jobs_failed"):
+            click.echo(f"{key:<16}{n[key]}")
+        click.echo(f"{'spans':<16}" + (", ".join(f"model {m} [{s['start']},{s['end']})"
+                                                  f"{'' if s['confirmed'] else ' (unconfirmed)'}"
+                                                  for m, s in n["spans"].items()) or "none"))
+        click.echo(f"{'jobs':<16}{', '.join(map(str, n['jobs'])) or 'none'}")
+        click.echo(f"{'failures':<16}{', '.join(f'job {j}' for j in n['failures']) or 'none'}")
+        click.echo("history:")
+        for e in n["history"]:
+            click.echo(f"  {_when(e['time'])}  block {e['block']:>6}  {e['event']:<16} {e['what']}")
+    _emit(info, as_json, table)
 
 
-def _check(rpc_url, find, describe, ok_message) -> None:
-    """Run one audit over the ledger rebuilt from events; print each problem, exit 2 if any."""
-    from shardnet.audit import build_ledger
+@audit.command("model")
+@click.argument("model_id", type=int)
+@_rpc_options
+@_as_json
+def audit_model(model_id, rpc_url, db, no_sync, as_json) -> None:
+    """A model's record, span assignments, block coverage, jobs and fees."""
+    with _index(rpc_url, db, no_sync) as index:
+        info, count = index.model(model_id), len(index.models())
+    if info is None:
+        raise click.ClickException(f"model {model_id} does not exist on this deployment (models are numbered 1 to "
+                                   f"{count}); list them with 'shardnet audit network'")
 
-    chain = _audit_chain(rpc_url)
-    ledger = build_ledger(chain)
-    problems = find(chain, ledger)
+    def table(m):
+        click.echo(f"model {m['model']}: {m['name']}{' (deprecated)' if m['deprecated'] else ''}  owner {m['owner']}")
+        click.echo(f"manifest {m['manifest_cid']}, {m['block_count']} blocks, {m['price_per_block']} wei per block")
+        for a in m["assignments"]:
+            click.echo(f"  [{a['start']:>3},{a['end']:>3}) {a['node']}{'' if a['confirmed'] else '  (unconfirmed)'}")
+        click.echo(f"coverage (replicas per block): {' '.join(map(str, m['coverage']))}")
+        if 0 in m["coverage"]:
+            click.echo(f"UNCOVERED blocks: {[b for b, c in enumerate(m['coverage']) if c == 0]}")
+        click.echo(f"jobs: {m['jobs'] or 'none'}; fees paid {m['fees_paid']} wei")
+    _emit(info, as_json, table)
+
+
+@audit.command("network")
+@_rpc_options
+@_as_json
+def audit_network(rpc_url, db, no_sync, as_json) -> None:
+    """Nodes, models and totals."""
+    with _index(rpc_url, db, no_sync) as index:
+        info = {**index.summary(), "node_list": index.nodes(), "model_list": index.models()}
+
+    def table(n):
+        click.echo(f"indexed to block {n['next_block'] - 1}: {n['events']} events, {n['jobs']} jobs "
+                   f"{n['jobs_by_status']}")
+        click.echo(f"{'node':<42} {'stake wei':>22} {'done':>5} {'failed':>6}  endpoint")
+        for r in n["node_list"]:
+            click.echo(f"{r['node']:<42} {r['stake']:>22} {r['jobs_done']:>5} {r['jobs_failed']:>6}  {r['endpoint']}")
+        for m in n["model_list"]:
+            click.echo(f"model {m['model']} {m['name']}: {m['block_count']} blocks, min replicas "
+                       f"{min(m['coverage'], default=0)}")
+    _emit(info, as_json, table)
+
+
+def _check(rpc_url, db, no_sync, find, describe, ok_message) -> None:
+    """Run one audit over the index; print each problem, exit 2 if any."""
+    with _index(rpc_url, db, no_sync) as index:
+        ledger = index.state()
+        problems = find(index.chain, ledger)
     for problem in problems:
         click.echo(describe(problem))
     if problems:
@@ -103,22 +215,24 @@ def _check(rpc_url, find, describe, ok_message) -> None:
 
 
 @audit.command("reconcile")
-@_rpc
-def audit_reconcile(rpc_url) -> None:
-    """Rebuild every balance from events and compare with contract state (non-zero exit on any difference)."""
-    from shardnet.audit import reconcile
+@_rpc_options
+def audit_reconcile(rpc_url, db, no_sync) -> None:
+    """Compare every balance and job in the index (rebuilt from events) with contract state;
+    exit 2 on any difference, naming the index row."""
+    from shardnet.audit import index_label, reconcile
 
-    _check(rpc_url, reconcile, lambda d: f"MISMATCH {d}",
+    _check(rpc_url, db, no_sync, lambda chain, ledger: reconcile(chain, ledger, index_label),
+           lambda d: f"MISMATCH {d}",
            lambda ledger: f"ok: {len(ledger.jobs)} jobs, {len(ledger.accounts)} accounts, {len(ledger.nodes)} nodes "
                           "match contract state")
 
 
 @audit.command("verify-receipts")
-@_rpc
-def audit_verify_receipts(rpc_url) -> None:
+@_rpc_options
+def audit_verify_receipts(rpc_url, db, no_sync) -> None:
     """Re-check every receipt's EIP-712 signature and hash chain."""
     from shardnet.audit import verify_receipts
 
-    _check(rpc_url, verify_receipts, lambda p: f"BAD {p}",
+    _check(rpc_url, db, no_sync, verify_receipts, lambda p: f"BAD {p}",
            lambda ledger: f"ok: {sum(len(j.receipts) for j in ledger.jobs.values())} receipts on "
                           f"{sum(1 for j in ledger.jobs.values() if j.receipts)} jobs verified")

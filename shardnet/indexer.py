@@ -1,0 +1,557 @@
+"""An event indexer: follows the contracts' events into a local SQLite database, so audits and
+the explorer answer from indexed tables instead of replaying the whole history.
+
+Two kinds of tables, written together in one transaction per block range:
+
+- `events`: every decoded event, keyed by (block, log index), with its block time. This is the
+  public record; re-indexing from scratch gives the same rows.
+- derived state (`jobs`, `job_stages`, `payouts`, `job_failures`, `accounts`, `nodes`, `models`,
+  `assignments`, `meta.slashed_balance`): what `shardnet.ledger.Ledger` computes from those
+  events. Queries read these.
+
+The height (`meta.next_block`) moves in the same transaction as the rows, so an index killed at
+any point, or whose RPC stops answering mid-sync, resumes at the first block it had not fully
+stored: no gaps, no duplicates (the primary key refuses a second copy of an event anyway).
+Amounts are stored as decimal text: wei values do not fit SQLite's 64-bit integers.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+from web3 import Web3
+from web3.exceptions import Web3Exception
+
+from shardnet.chain import Chain
+from shardnet.errors import ShardnetError
+from shardnet.events import Event, EventDecoder
+from shardnet.ledger import AccountRecord, JobRecord, Ledger, NodeRecord
+from shardnet.protocol import JobStatus
+
+SCHEMA_VERSION = 1
+CONTRACTS = ("NodeRegistry", "ModelRegistry", "JobMarket")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    block INTEGER NOT NULL, log_index INTEGER NOT NULL, time INTEGER NOT NULL, tx_hash TEXT NOT NULL,
+    contract TEXT NOT NULL, name TEXT NOT NULL, job_id INTEGER, node TEXT, model_id INTEGER, args TEXT NOT NULL,
+    PRIMARY KEY (block, log_index));
+CREATE INDEX IF NOT EXISTS events_job ON events (job_id) WHERE job_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_node ON events (node) WHERE node IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_model ON events (model_id) WHERE model_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id INTEGER PRIMARY KEY, client TEXT NOT NULL, model_id INTEGER NOT NULL, status TEXT NOT NULL,
+    input_cid TEXT NOT NULL, params TEXT NOT NULL, max_fee TEXT NOT NULL, deadline INTEGER NOT NULL,
+    escrow TEXT NOT NULL, coordinator TEXT, output_cid TEXT, paid TEXT NOT NULL, refunded TEXT NOT NULL,
+    reroutes INTEGER NOT NULL, abort_reason TEXT, posted_block INTEGER NOT NULL, posted_time INTEGER NOT NULL,
+    updated_block INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS jobs_client ON jobs (client);
+CREATE INDEX IF NOT EXISTS jobs_model ON jobs (model_id);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
+CREATE TABLE IF NOT EXISTS job_stages (
+    job_id INTEGER NOT NULL, stage INTEGER NOT NULL, node TEXT NOT NULL, start INTEGER NOT NULL,
+    "end" INTEGER NOT NULL, fee TEXT NOT NULL, input_hash TEXT, output_hash TEXT, signature TEXT,
+    PRIMARY KEY (job_id, stage));
+CREATE INDEX IF NOT EXISTS job_stages_node ON job_stages (node);
+CREATE TABLE IF NOT EXISTS payouts (
+    job_id INTEGER NOT NULL, payee TEXT NOT NULL, amount TEXT NOT NULL, PRIMARY KEY (job_id, payee));
+CREATE INDEX IF NOT EXISTS payouts_payee ON payouts (payee);
+CREATE TABLE IF NOT EXISTS job_failures (job_id INTEGER NOT NULL, seq INTEGER NOT NULL, node TEXT NOT NULL,
+    PRIMARY KEY (job_id, seq));
+CREATE INDEX IF NOT EXISTS job_failures_node ON job_failures (node);
+CREATE TABLE IF NOT EXISTS accounts (
+    address TEXT PRIMARY KEY, credit TEXT NOT NULL, open_jobs INTEGER NOT NULL, jobs_done INTEGER NOT NULL,
+    jobs_failed INTEGER NOT NULL, withdrawn TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS nodes (
+    address TEXT PRIMARY KEY, stake TEXT NOT NULL, pending_unstake TEXT NOT NULL, slashed TEXT NOT NULL,
+    endpoint TEXT, memory_mb INTEGER, compute_score INTEGER, bandwidth_mbps INTEGER);
+CREATE TABLE IF NOT EXISTS models (
+    model_id INTEGER PRIMARY KEY, owner TEXT NOT NULL, name TEXT NOT NULL, manifest_cid TEXT NOT NULL,
+    block_count INTEGER NOT NULL, price_per_block TEXT NOT NULL, deprecated INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS assignments (
+    model_id INTEGER NOT NULL, node TEXT NOT NULL, start INTEGER NOT NULL, "end" INTEGER NOT NULL,
+    confirmed INTEGER NOT NULL, PRIMARY KEY (model_id, node));
+"""
+
+
+class IndexerError(ShardnetError):
+    """The index could not be opened or brought up to date; the message names the fix."""
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    events: int
+    blocks: int
+    next_block: int
+    seconds: float
+
+
+# ---------------------------------------------------------------------- event args as JSON
+def to_json(value: Any) -> Any:
+    """Decoded event values as JSON: bytes become {"$bytes": hex}, structs objects, tuples lists."""
+    if isinstance(value, bytes | bytearray):
+        return {"$bytes": bytes(value).hex()}
+    if hasattr(value, "keys"):
+        return {k: to_json(value[k]) for k in value.keys()}
+    if isinstance(value, list | tuple):
+        return [to_json(v) for v in value]
+    return value
+
+
+def from_json(value: Any) -> Any:
+    if isinstance(value, dict):
+        if value.keys() == {"$bytes"}:
+            return bytes.fromhex(value["$bytes"])
+        return {k: from_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [from_json(v) for v in value]
+    return value
+
+
+def describe(name: str, args: dict) -> str:
+    """One line saying what an event means, for timelines."""
+    a = args
+    match name:
+        case "JobPosted":
+            return f"posted by {a['client']} on model {a['modelId']}, max fee {a['maxFee']} wei"
+        case "JobRouted":
+            return f"routed by {a['coordinator']} through {len(a['stages'])} stages"
+        case "JobRerouted":
+            return f"rerouted by {a['coordinator']}; replaced {', '.join(a['failedNodes']) or 'none'}"
+        case "ResultSubmitted":
+            return f"result {a['outputCid']} submitted by {a['submitter']} with {len(a['receipts'])} receipts"
+        case "StagePaid":
+            return f"stage {a['stage']} paid {a['amount']} wei to {a['node']}"
+        case "CoordinatorPaid":
+            return f"coordinator {a['coordinator']} paid {a['amount']} wei"
+        case "JobRefunded":
+            return f"{a['amount']} wei refunded to {a['client']}"
+        case "JobExpired":
+            return f"expired; silent stages: {', '.join(a['failedNodes']) or 'none'}"
+        case "JobCancelled":
+            return "cancelled by the client"
+        case "JobAborted":
+            return f"aborted by {a['by']}: {a['reason']}"
+        case "StageFailed":
+            return f"stage failed: {a['node']}"
+        case "NodeRegistered":
+            return f"registered with stake {a['stake']} wei"
+        case "StakeAdded":
+            return f"added {a['amount']} wei, stake now {a['stake']}"
+        case "UnstakeRequested":
+            return f"unstake of {a['amount']} wei requested, stake now {a['stake']}"
+        case "UnstakeWithdrawn":
+            return f"withdrew {a['amount']} wei of unstaked funds"
+        case "NodeSlashed":
+            return f"slashed {a['amount']} wei by {a['by']}: {a['reason']}"
+        case "ShardAssigned":
+            return f"assigned blocks [{a['start']}, {a['end']}) of model {a['modelId']}"
+        case "ShardConfirmed":
+            return f"confirmed blocks [{a['start']}, {a['end']}) of model {a['modelId']}"
+        case "ShardReleased":
+            return f"released its span of model {a['modelId']}"
+        case "Withdrawn":
+            return f"{a['account']} withdrew {a['amount']} wei"
+    return name
+
+
+def _hex(b: bytes | None) -> str | None:
+    return None if b is None else "0x" + bytes(b).hex()
+
+
+def _unhex(s: str | None) -> bytes | None:
+    return None if s is None else bytes.fromhex(s.removeprefix("0x"))
+
+
+def default_path(chain: Chain) -> Path:
+    """Beside the deployment file's folder: `<devnet home>/index-<chain id>.sqlite`."""
+    from shardnet.deployment import default_path as deployment_path
+
+    return deployment_path().parent / f"index-{chain.chain_id}.sqlite"
+
+
+class Index:
+    """The SQLite index of one deployment. Open it, `sync` it, query it."""
+
+    def __init__(self, path: Path | str, chain: Chain):
+        self.path = Path(path)
+        self.chain = chain
+        deployment = chain.deployment
+        self.addresses = [Web3.to_checksum_address(deployment.address(n)) for n in CONTRACTS]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self.db.row_factory = sqlite3.Row
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise IndexerError(f"{self.path} is not a usable index ({exc}); delete it to re-index from the chain") \
+                from None
+        self._bind(deployment)
+        self.decoder = EventDecoder(chain.abis)
+        self._ledger: Ledger | None = None
+
+    # ------------------------------------------------------------------ binding and height
+    def _meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def _bind(self, deployment) -> None:
+        expected = {"schema": str(SCHEMA_VERSION), "chain_id": str(self.chain.chain_id),
+                    "market": self.addresses[2], "deploy_block": str(deployment.deploy_block)}
+        have = {k: self._meta(k) for k in expected}
+        if all(v is None for v in have.values()):
+            with self.db:
+                self.db.execute("BEGIN")
+                self.db.executemany("INSERT INTO meta VALUES (?, ?)", list(expected.items()))
+                self.db.executemany("INSERT INTO meta VALUES (?, ?)",
+                                    [("next_block", str(deployment.deploy_block)), ("slashed_balance", "0")])
+            return
+        for key, value in expected.items():
+            if have[key] != value:
+                raise IndexerError(f"the index {self.path} belongs to another deployment ({key} {have[key]}, this "
+                                  f"deployment has {value}); delete it or pass another --db")
+
+    @property
+    def next_block(self) -> int:
+        return int(self._meta("next_block"))
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Index:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ sync
+    def sync(self, to_block: int | None = None, batch_blocks: int = 2_000, confirmations: int = 0,
+             on_batch: Callable[[int, int], None] | None = None) -> SyncReport:
+        """Index every event up to `to_block` (default: the head less `confirmations`)."""
+        started, events, first = time.perf_counter(), 0, self.next_block
+        url = self.chain.rpc_url
+        try:
+            head = self.chain.w3.eth.block_number - confirmations
+        except (requests.RequestException, Web3Exception, OSError) as exc:
+            raise IndexerError(f"the RPC at {url} did not answer ({exc}); the index is unchanged, at block "
+                              f"{first}") from None
+        target = head if to_block is None else min(to_block, head)
+        while self.next_block <= target:
+            start = self.next_block
+            end = min(target, start + batch_blocks - 1)
+            try:
+                batch = self._fetch(start, end)
+            except (requests.RequestException, Web3Exception, OSError, ValueError) as exc:
+                raise IndexerError(f"the RPC at {url} stopped answering while indexing blocks {start}-{end} ({exc}); "
+                                  f"every block before {start} is saved: run the same command again to resume") \
+                    from None
+            self._store(batch, end)
+            events += len(batch)
+            if on_batch:
+                on_batch(end, target)
+        return SyncReport(events, self.next_block - first, self.next_block, time.perf_counter() - started)
+
+    def _fetch(self, start: int, end: int) -> list[tuple[Event, int]]:
+        logs = self.chain.w3.eth.get_logs({"address": self.addresses, "fromBlock": start, "toBlock": end})
+        decoded = [e for e in map(self.decoder.decode, sorted(logs, key=lambda lg: (lg["blockNumber"],
+                                                                                   lg["logIndex"]))) if e]
+        times = self._block_times(sorted({e.block_number for e in decoded}))
+        return [(e, times[e.block_number]) for e in decoded]
+
+    def _block_times(self, blocks: list[int]) -> dict[int, int]:
+        if not blocks:
+            return {}
+        provider = self.chain.w3.provider
+        replies = provider.make_batch_request([("eth_getBlockByNumber", [hex(b), False]) for b in blocks])
+        if not isinstance(replies, list):  # a batch-level error
+            raise ValueError(f"batch request failed: {replies}")
+        times = {}
+        for reply in replies:
+            block = reply.get("result") if isinstance(reply, dict) else None
+            if not block:
+                raise ValueError(f"no block in reply {reply}")
+            times[int(block["number"], 16) if isinstance(block["number"], str) else block["number"]] = int(
+                block["timestamp"], 16) if isinstance(block["timestamp"], str) else block["timestamp"]
+        return times
+
+    def ledger(self) -> Ledger:
+        """The derived state as a Ledger: accounts, nodes and models loaded; jobs loaded on demand."""
+        if self._ledger is None:
+            self._ledger = _load_ledger(self.db)
+        return self._ledger
+
+    def _store(self, batch: list[tuple[Event, int]], end: int) -> None:
+        ledger = self.ledger()
+        touched = {e.args["jobId"] for e, _ in batch if "jobId" in e.args}
+        for job_id in touched - ledger.jobs.keys():
+            record = _load_job(self.db, job_id)
+            if record is not None:
+                ledger.jobs[job_id] = record
+        posted: dict[int, tuple[int, int]] = {}
+        for event, when in batch:
+            ledger.apply(event)
+            if event.name == "JobPosted":
+                posted[event.args["jobId"]] = (event.block_number, when)
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.executemany(
+                "INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(e.block_number, e.log_index, when, e.tx_hash, e.contract, e.name, e.args.get("jobId"),
+                  e.args.get("node") or e.args.get("account"), e.args.get("modelId"), json.dumps(to_json(e.args)))
+                 for e, when in batch])
+            for job_id in sorted(touched):
+                _write_job(self.db, ledger.jobs[job_id], posted.get(job_id), end)
+            if batch:
+                _write_state(self.db, ledger)
+            self.db.execute("UPDATE meta SET value = ? WHERE key = 'next_block'", (str(end + 1),))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            self._ledger = None  # the in-memory state ran ahead of the database: reload it
+            raise
+        for job_id in touched:  # settled jobs are not touched again; keep memory flat on long histories
+            if ledger.jobs[job_id].status not in (JobStatus.POSTED, JobStatus.ROUTED):
+                del ledger.jobs[job_id]
+
+    # ------------------------------------------------------------------ queries
+    def job_count(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+
+    def jobs(self, model_id: int | None = None, client: str | None = None, node: str | None = None,
+             status: str | None = None, from_block: int | None = None, to_block: int | None = None,
+             limit: int | None = None, newest_first: bool = False) -> list[dict]:
+        where, params = [], []
+        if model_id is not None:
+            where.append("j.model_id = ?"), params.append(model_id)
+        if client:
+            where.append("j.client = ?"), params.append(Web3.to_checksum_address(client))
+        if node:
+            where.append("j.job_id IN (SELECT job_id FROM job_stages WHERE node = ?)")
+            params.append(Web3.to_checksum_address(node))
+        if status:
+            where.append("j.status = ?"), params.append(status)
+        if from_block is not None:
+            where.append("j.posted_block >= ?"), params.append(from_block)
+        if to_block is not None:
+            where.append("j.posted_block <= ?"), params.append(to_block)
+        sql = ("SELECT j.*, (SELECT COUNT(*) FROM job_stages s WHERE s.job_id = j.job_id) AS stages FROM jobs j"
+               + (" WHERE " + " AND ".join(where) if where else "")
+               + f" ORDER BY j.job_id {'DESC' if newest_first else 'ASC'}" + (f" LIMIT {int(limit)}" if limit else ""))
+        return [_job_summary(row) for row in self.db.execute(sql, params)]
+
+    def job(self, job_id: int) -> dict | None:
+        row = self.db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        if row is None:
+            return None
+        job = _job_summary(row)
+        job.update(input_cid=row["input_cid"], params=row["params"], max_fee=int(row["max_fee"]),
+                   deadline=row["deadline"], escrow=int(row["escrow"]), coordinator=row["coordinator"],
+                   output_cid=row["output_cid"], reroutes=row["reroutes"], abort_reason=row["abort_reason"])
+        job["stages"] = [{"stage": s["stage"], "node": s["node"], "start": s["start"], "end": s["end"],
+                          "fee": int(s["fee"]), "input_hash": s["input_hash"], "output_hash": s["output_hash"],
+                          "signature": s["signature"]}
+                         for s in self.db.execute("SELECT * FROM job_stages WHERE job_id = ? ORDER BY stage",
+                                                  (job_id,))]
+        job["payouts"] = {p["payee"]: int(p["amount"]) for p in
+                          self.db.execute("SELECT payee, amount FROM payouts WHERE job_id = ?", (job_id,))}
+        job["failed_nodes"] = [f["node"] for f in self.db.execute(
+            "SELECT node FROM job_failures WHERE job_id = ? ORDER BY seq", (job_id,))]
+        job["timeline"] = self.timeline("job_id = ?", (job_id,))
+        return job
+
+    def timeline(self, where: str, params: tuple) -> list[dict]:
+        return [{"block": e["block"], "log_index": e["log_index"], "time": e["time"], "tx": e["tx_hash"],
+                 "event": e["name"], "what": describe(e["name"], from_json(json.loads(e["args"])))}
+                for e in self.db.execute(f"SELECT * FROM events WHERE {where} ORDER BY block, log_index", params)]
+
+    def node(self, address: str) -> dict | None:
+        address = Web3.to_checksum_address(address)
+        row = self.db.execute("SELECT * FROM nodes WHERE address = ?", (address,)).fetchone()
+        if row is None:
+            return None
+        acct = self.db.execute("SELECT * FROM accounts WHERE address = ?", (address,)).fetchone()
+        jobs = [r[0] for r in self.db.execute("SELECT DISTINCT job_id FROM job_stages WHERE node = ? ORDER BY job_id",
+                                              (address,))]
+        earned = sum(int(r[0]) for r in self.db.execute("SELECT amount FROM payouts WHERE payee = ?", (address,)))
+        failures = [r[0] for r in self.db.execute("SELECT job_id FROM job_failures WHERE node = ? ORDER BY job_id",
+                                                  (address,))]
+        spans = {r["model_id"]: {"start": r["start"], "end": r["end"], "confirmed": bool(r["confirmed"])}
+                 for r in self.db.execute("SELECT * FROM assignments WHERE node = ?", (address,))}
+        history = self.timeline("node = ? AND job_id IS NULL", (address,))
+        return {"node": address, "endpoint": row["endpoint"],
+                "hardware": {"memory_mb": row["memory_mb"], "compute_score": row["compute_score"],
+                             "bandwidth_mbps": row["bandwidth_mbps"]},
+                "stake": int(row["stake"]), "pending_unstake": int(row["pending_unstake"]),
+                "slashed": int(row["slashed"]), "spans": spans, "jobs": jobs, "earned": earned,
+                "credit": int(acct["credit"]) if acct else 0, "withdrawn": int(acct["withdrawn"]) if acct else 0,
+                "jobs_done": acct["jobs_done"] if acct else 0, "jobs_failed": acct["jobs_failed"] if acct else 0,
+                "failures": failures,
+                "slashes": [h for h in history if h["event"] == "NodeSlashed"],
+                "stake_history": [h for h in history if h["event"] in (
+                    "NodeRegistered", "StakeAdded", "UnstakeRequested", "UnstakeWithdrawn", "NodeSlashed")],
+                "history": history}
+
+    def model(self, model_id: int) -> dict | None:
+        row = self.db.execute("SELECT * FROM models WHERE model_id = ?", (model_id,)).fetchone()
+        if row is None:
+            return None
+        assignments = [{"node": r["node"], "start": r["start"], "end": r["end"], "confirmed": bool(r["confirmed"])}
+                       for r in self.db.execute("SELECT * FROM assignments WHERE model_id = ? ORDER BY start, node",
+                                                (model_id,))]
+        coverage = [0] * row["block_count"]
+        for a in assignments:
+            if a["confirmed"]:
+                for b in range(a["start"], min(a["end"], row["block_count"])):
+                    coverage[b] += 1
+        by_status = {r[0]: r[1] for r in self.db.execute(
+            "SELECT status, COUNT(*) FROM jobs WHERE model_id = ? GROUP BY status", (model_id,))}
+        paid = sum(int(r[0]) for r in self.db.execute("SELECT paid FROM jobs WHERE model_id = ?", (model_id,)))
+        return {"model": model_id, "name": row["name"], "owner": row["owner"], "manifest_cid": row["manifest_cid"],
+                "block_count": row["block_count"], "price_per_block": int(row["price_per_block"]),
+                "deprecated": bool(row["deprecated"]), "assignments": assignments, "coverage": coverage,
+                "jobs": by_status, "fees_paid": paid}
+
+    def models(self) -> list[dict]:
+        return [self.model(r[0]) for r in self.db.execute("SELECT model_id FROM models ORDER BY model_id")]
+
+    def nodes(self) -> list[dict]:
+        rows = self.db.execute(
+            "SELECT n.*, a.jobs_done, a.jobs_failed FROM nodes n LEFT JOIN accounts a ON a.address = n.address "
+            "ORDER BY n.address")
+        return [{"node": r["address"], "endpoint": r["endpoint"], "stake": int(r["stake"]),
+                 "slashed": int(r["slashed"]), "memory_mb": r["memory_mb"], "compute_score": r["compute_score"],
+                 "jobs_done": r["jobs_done"] or 0, "jobs_failed": r["jobs_failed"] or 0} for r in rows]
+
+    def activity(self, buckets: int = 24) -> list[dict]:
+        """Jobs posted and fees paid per time bucket, from the first job to the last."""
+        rows = self.db.execute("SELECT posted_time, paid FROM jobs ORDER BY posted_time").fetchall()
+        if not rows:
+            return []
+        first, last = rows[0][0], rows[-1][0]
+        width = max(1, -(-(last - first + 1) // buckets))
+        out = [{"start": first + i * width, "jobs": 0, "fees": 0} for i in range(-(-(last - first + 1) // width))]
+        for t, paid in rows:
+            bucket = out[(t - first) // width]
+            bucket["jobs"] += 1
+            bucket["fees"] += int(paid)
+        return out
+
+    def summary(self) -> dict:
+        by_status = {r[0]: r[1] for r in self.db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status")}
+        return {"next_block": self.next_block, "jobs": sum(by_status.values()), "jobs_by_status": by_status,
+                "nodes": self.db.execute("SELECT COUNT(*) FROM nodes").fetchone()[0],
+                "models": self.db.execute("SELECT COUNT(*) FROM models").fetchone()[0],
+                "events": self.db.execute("SELECT COUNT(*) FROM events").fetchone()[0]}
+
+    def state(self) -> Ledger:
+        """The derived tables, all jobs included, as a Ledger (for `shardnet.audit.reconcile`)."""
+        ledger = _load_ledger(self.db)
+        for row in self.db.execute("SELECT job_id FROM jobs"):
+            ledger.jobs[row[0]] = _load_job(self.db, row[0])
+        return ledger
+
+
+# ---------------------------------------------------------------------- rows <-> ledger
+def _job_summary(row: sqlite3.Row) -> dict:
+    out = {"job": row["job_id"], "status": row["status"], "model": row["model_id"], "client": row["client"],
+           "paid": int(row["paid"]), "refunded": int(row["refunded"]), "posted_block": row["posted_block"],
+           "posted_time": row["posted_time"]}
+    if "stages" in row.keys():
+        out["stages"] = row["stages"]
+    return out
+
+
+def _write_job(db: sqlite3.Connection, job: JobRecord, posted: tuple[int, int] | None, block: int) -> None:
+    if posted is None:
+        posted = db.execute("SELECT posted_block, posted_time FROM jobs WHERE job_id = ?", (job.job_id,)).fetchone()
+    db.execute("INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+               (job.job_id, job.client, job.model_id, job.status.name.lower(), job.input_cid, job.params.hex(),
+                str(job.max_fee), job.deadline, str(job.escrow), job.coordinator, job.output_cid,
+                str(sum(job.payouts.values())), str(job.refunded), job.reroutes, job.abort_reason,
+                posted[0], posted[1], block))
+    db.execute("DELETE FROM job_stages WHERE job_id = ?", (job.job_id,))
+    receipts = job.receipts or [(None, None, None)] * len(job.route)
+    db.executemany("INSERT INTO job_stages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                   [(job.job_id, k, node, start, end, str(fee), _hex(r[0]), _hex(r[1]), _hex(r[2]))
+                    for k, ((node, start, end, fee), r) in enumerate(zip(job.route, receipts, strict=True))])
+    db.execute("DELETE FROM payouts WHERE job_id = ?", (job.job_id,))
+    db.executemany("INSERT INTO payouts VALUES (?, ?, ?)",
+                   [(job.job_id, payee, str(amount)) for payee, amount in job.payouts.items()])
+    db.execute("DELETE FROM job_failures WHERE job_id = ?", (job.job_id,))
+    db.executemany("INSERT INTO job_failures VALUES (?, ?, ?)",
+                   [(job.job_id, k, node) for k, node in enumerate(job.failed_nodes)])
+
+
+def _write_state(db: sqlite3.Connection, ledger: Ledger) -> None:
+    db.executemany("INSERT OR REPLACE INTO accounts VALUES (?, ?, ?, ?, ?, ?)",
+                   [(a, str(r.credit), r.open_jobs, r.jobs_done, r.jobs_failed, str(r.withdrawn))
+                    for a, r in ledger.accounts.items()])
+    db.executemany("INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                   [(a, str(r.stake), str(r.pending_unstake), str(r.slashed), ledger.endpoints.get(a),
+                     *(ledger.hardware.get(a) or (None, None, None))) for a, r in ledger.nodes.items()])
+    db.executemany("INSERT OR REPLACE INTO models VALUES (?, ?, ?, ?, ?, ?, ?)",
+                   [(m, d["owner"], d["name"], d["manifestCid"], d["blockCount"], str(d["pricePerBlock"]),
+                     int(bool(d.get("deprecated")))) for m, d in ledger.models.items()])
+    db.execute("DELETE FROM assignments")
+    db.executemany("INSERT INTO assignments VALUES (?, ?, ?, ?, ?)",
+                   [(m, node, s, e, int(c)) for m, nodes in ledger.assignments.items()
+                    for node, (s, e, c) in nodes.items()])
+    db.execute("UPDATE meta SET value = ? WHERE key = 'slashed_balance'", (str(ledger.slashed_balance),))
+
+
+def _load_ledger(db: sqlite3.Connection) -> Ledger:
+    ledger = Ledger()
+    for r in db.execute("SELECT * FROM accounts"):
+        ledger.accounts[r["address"]] = AccountRecord(int(r["credit"]), r["open_jobs"], r["jobs_done"],
+                                                      r["jobs_failed"], int(r["withdrawn"]))
+    for r in db.execute("SELECT * FROM nodes"):
+        ledger.nodes[r["address"]] = NodeRecord(int(r["stake"]), int(r["pending_unstake"]), int(r["slashed"]))
+        if r["endpoint"] is not None:
+            ledger.endpoints[r["address"]] = r["endpoint"]
+        if r["memory_mb"] is not None:
+            ledger.hardware[r["address"]] = (r["memory_mb"], r["compute_score"], r["bandwidth_mbps"])
+    for r in db.execute("SELECT * FROM models"):
+        ledger.models[r["model_id"]] = {"modelId": r["model_id"], "owner": r["owner"], "name": r["name"],
+                                        "manifestCid": r["manifest_cid"], "blockCount": r["block_count"],
+                                        "pricePerBlock": int(r["price_per_block"]), "deprecated": bool(r["deprecated"])}
+    for r in db.execute("SELECT * FROM assignments"):
+        ledger.assignments[r["model_id"]][r["node"]] = [r["start"], r["end"], bool(r["confirmed"])]
+    ledger.slashed_balance = int(db.execute("SELECT value FROM meta WHERE key = 'slashed_balance'").fetchone()[0])
+    return ledger
+
+
+def _load_job(db: sqlite3.Connection, job_id: int) -> JobRecord | None:
+    r = db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+    if r is None:
+        return None
+    stages = db.execute("SELECT * FROM job_stages WHERE job_id = ? ORDER BY stage", (job_id,)).fetchall()
+    job = JobRecord(job_id, r["client"], r["model_id"], r["input_cid"], bytes.fromhex(r["params"]), int(r["max_fee"]),
+                    r["deadline"], status=JobStatus[r["status"].upper()], escrow=int(r["escrow"]),
+                    coordinator=r["coordinator"], reroutes=r["reroutes"], output_cid=r["output_cid"],
+                    refunded=int(r["refunded"]), abort_reason=r["abort_reason"])
+    job.route = [(s["node"], s["start"], s["end"], int(s["fee"])) for s in stages]
+    if stages and stages[0]["signature"] is not None:
+        job.receipts = [(_unhex(s["input_hash"]), _unhex(s["output_hash"]), _unhex(s["signature"])) for s in stages]
+    job.payouts = {p["payee"]: int(p["amount"]) for p in
+                   db.execute("SELECT payee, amount FROM payouts WHERE job_id = ?", (job_id,))}
+    job.failed_nodes = [f[0] for f in db.execute("SELECT node FROM job_failures WHERE job_id = ? ORDER BY seq",
+                                                 (job_id,))]
+    return job
+
+
+def open_index(chain: Chain, path: Path | str | None = None, sync: bool = True) -> Index:
+    """Open (creating if needed) the deployment's index and bring it up to the chain head."""
+    index = Index(path or default_path(chain), chain)
+    if sync:
+        index.sync()
+    return index

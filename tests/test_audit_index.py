@@ -1,0 +1,183 @@
+"""The auditor's index and CLI on the real stack, against a scripted history whose ground
+truth the script knows (tests/history.py). A private devnet, so the views hold exactly the
+scripted jobs."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import sqlite3
+import threading
+
+import pytest
+import requests
+
+from shardnet import devnet as dn
+from shardnet.chain import Chain, dev_account
+from shardnet.deployment import Deployment
+from shardnet.indexer import Index, IndexerError
+from shardnet.scenario import World
+from tests.conftest import devnet_settings, run_cli
+from tests.history import MAX_FEE, History, script
+
+pytestmark = pytest.mark.stack
+
+
+@pytest.fixture(scope="module")
+def scripted(tmp_path_factory):
+    settings = devnet_settings(tmp_path_factory.mktemp("audit-devnet"))
+    dn.up(settings)
+    path = dn.DevnetPaths.default(settings).deployment
+    chain = Chain.from_deployment(Deployment.load(path), account=dev_account(0))
+    try:
+        yield chain, script(World.of(chain)), {"SHARDNET_DEPLOYMENT": str(path)}
+    finally:
+        dn.down(settings)
+
+
+def cli_json(env, *args):
+    out = run_cli("audit", *args, "--json", env=env)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_every_cli_view_matches_the_script(scripted):
+    chain, h, env = scripted
+    h: History
+    jobs = cli_json(env, "jobs")
+    assert {r["job"]: r["status"] for r in jobs} == h.status
+    assert [r["job"] for r in cli_json(env, "jobs", "--status", "expired")] == [
+        j for j, s in h.status.items() if s == "expired"]
+    assert {r["job"] for r in cli_json(env, "jobs", "--client", h.clients[1].lower())} == {
+        r["job"] for r in jobs if r["client"] == h.clients[1]}
+    assert {r["job"] for r in cli_json(env, "jobs", "--node", h.nodes[3])} == h.rerouted
+
+    for job_id, status in h.status.items():
+        job = cli_json(env, "job", str(job_id))
+        assert job["status"] == status
+        assert job["payouts"] == h.payouts.get(job_id, {})
+        assert job["refunded"] == h.refunds[job_id] and job["paid"] + job["refunded"] == MAX_FEE
+        assert job["failed_nodes"] == h.failed.get(job_id, [])
+        assert [s["node"] for s in job["stages"]] == [s.node for s in h.routes.get(job_id, [])]
+        events = [e["event"] for e in job["timeline"]]
+        assert events[0] == "JobPosted" and ("JobRerouted" in events) == (job_id in h.rerouted)
+        if status == "completed":
+            assert all(s["output_hash"] for s in job["stages"]) and job["output_cid"] == f"QmOut{job_id}"
+            assert job["stages"][1]["input_hash"] == job["stages"][0]["output_hash"]
+        if status == "aborted":
+            assert job["abort_reason"] == h.aborted_reason
+    table = run_cli("audit", "job", str(next(iter(h.rerouted))), env=env)
+    assert "JobRerouted" in table.stdout and "stage 1" in table.stdout
+
+    slashed_node = next(iter(h.slashed))
+    node = cli_json(env, "node", slashed_node)
+    assert node["slashed"] == h.slashed[slashed_node] and node["stake"] == 10**18 - h.slashed[slashed_node]
+    assert [s["event"] for s in node["slashes"]] == ["NodeSlashed"]
+    assert node["failures"] == [j for j, nodes in h.failed.items() if slashed_node in nodes]
+    paid_node = h.nodes[0]
+    node = cli_json(env, "node", paid_node)
+    assert node["earned"] == sum(p.get(paid_node, 0) for p in h.payouts.values())
+    assert node["withdrawn"] == h.withdrawn[paid_node] and node["credit"] == 0
+    assert node["spans"] == {str(h.model): {"start": 0, "end": 4, "confirmed": True}}
+    unstaking = cli_json(env, "node", h.nodes[3])
+    assert unstaking["pending_unstake"] == 10**18 and unstaking["stake"] == 0
+    assert [e["event"] for e in unstaking["stake_history"]] == ["NodeRegistered", "UnstakeRequested"]
+
+    model = cli_json(env, "model", str(h.model))
+    assert model["coverage"] == [1] * 4 + [2] * 4 + [1] * 4
+    assert model["jobs"] == {s: list(h.status.values()).count(s) for s in set(h.status.values())}
+    assert model["fees_paid"] == sum(sum(p.values()) for p in h.payouts.values())
+    network = cli_json(env, "network")
+    assert network["jobs"] == len(h.status) and {n["node"] for n in network["node_list"]} == set(h.nodes)
+
+
+def test_reconcile_passes_and_names_an_altered_row(scripted, tmp_path):
+    chain, h, env = scripted
+    ok = run_cli("audit", "reconcile", env=env)
+    assert ok.returncode == 0 and ok.stdout.startswith(f"ok: {len(h.status)} jobs"), ok.stdout + ok.stderr
+    assert run_cli("audit", "verify-receipts", env=env).returncode == 0
+    with Index(tmp_path / "copy.sqlite", chain) as index:  # the fixture: a copy with one row altered
+        index.sync()
+    job_id = next(j for j, s in h.status.items() if s == "completed")
+    with sqlite3.connect(tmp_path / "copy.sqlite") as db:
+        db.execute("UPDATE jobs SET escrow = '5' WHERE job_id = ?", (job_id,))
+        db.execute("UPDATE accounts SET credit = '1' WHERE address = ?", (h.nodes[1],))
+    bad = run_cli("audit", "reconcile", "--db", str(tmp_path / "copy.sqlite"), env=env)
+    assert bad.returncode == 2
+    assert f"index row jobs[job_id={job_id}]: escrow is 5" in bad.stdout
+    assert f"index row accounts[address={h.nodes[1]}]: credit is 1" in bad.stdout
+
+
+class _DyingProxy(http.server.ThreadingHTTPServer):
+    """Forwards JSON-RPC to the chain, then stops answering after `budget` requests."""
+
+    def __init__(self, upstream: str, budget: int):
+        self.upstream, self.budget, self.served = upstream, budget, 0
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                proxy.served += 1
+                if proxy.served > proxy.budget:
+                    self.close_connection = True  # hang up without a reply
+                    return
+                reply = requests.post(proxy.upstream, data=body, headers={"Content-Type": "application/json"})
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(reply.content)))
+                self.end_headers()
+                self.wfile.write(reply.content)
+
+            def log_message(self, *args):
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+def test_rpc_that_stops_mid_sync_resumes_without_gaps_or_duplicates(scripted, tmp_path):
+    chain, h, env = scripted
+    proxy = _DyingProxy(chain.rpc_url, budget=12)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        dying = Chain.from_deployment(chain.deployment, rpc_url=proxy.url)
+        with Index(tmp_path / "resumed.sqlite", dying) as index:
+            with pytest.raises(IndexerError, match="stopped answering while indexing blocks .* run the same command "
+                                                   "again to resume") as err:
+                index.sync(batch_blocks=3)
+            stopped_at = index.next_block
+        assert chain.deployment.deploy_block < stopped_at < chain.w3.eth.block_number, err.value
+    finally:
+        proxy.shutdown()
+    resumed = run_cli("audit", "sync", "--db", str(tmp_path / "resumed.sqlite"), env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    with Index(tmp_path / "fresh.sqlite", chain) as fresh:
+        fresh.sync()
+    rows = {}
+    for name in ("resumed", "fresh"):
+        with sqlite3.connect(tmp_path / f"{name}.sqlite") as db:
+            rows[name] = {t: db.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall() for t in (
+                "events", "job_stages", "payouts", "accounts", "nodes", "assignments")}
+            rows[name]["jobs"] = db.execute("SELECT * FROM jobs ORDER BY job_id").fetchall()
+    assert rows["resumed"] == rows["fresh"]
+    assert len(rows["fresh"]["events"]) == len(set(r[:2] for r in rows["fresh"]["events"]))
+    assert len(rows["fresh"]["jobs"]) == len(h.status)
+
+
+def test_bad_input_gets_a_clear_message(scripted, tmp_path):
+    chain, h, env = scripted
+    unknown = run_cli("audit", "job", "999", env=env)
+    assert unknown.returncode == 1 and f"job 999 does not exist on this deployment (jobs are numbered 1 to " \
+                                       f"{len(h.status)})" in unknown.stderr
+    for args in (("node", "0xnot-an-address"), ("jobs", "--client", "alice")):
+        bad = run_cli("audit", *args, env=env)
+        assert bad.returncode == 2 and "0x followed by 40 hex digits" in bad.stderr and "Traceback" not in bad.stderr
+    stranger = run_cli("audit", "node", dev_account(19).address, env=env)
+    assert stranger.returncode == 1 and "never registered as a node" in stranger.stderr
+    assert "does not exist" in run_cli("audit", "model", "42", env=env).stderr
+    down = run_cli("audit", "jobs", "--rpc-url", "http://127.0.0.1:9", "--db", str(tmp_path / "x.sqlite"), env=env)
+    assert down.returncode == 1 and "Traceback" not in down.stderr and "127.0.0.1:9" in down.stderr
