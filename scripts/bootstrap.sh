@@ -34,6 +34,14 @@ if [ ! -d node_modules ] || [ "$(cat node_modules/.shardnet-stamp 2>/dev/null)" 
   echo "$npm_stamp" > node_modules/.shardnet-stamp
 fi
 
+# Debian's chromium for the explorer's browser test (Playwright drives it; nothing downloaded).
+if [ ! -x /usr/bin/chromium ]; then
+  say "installing Debian's chromium (browser tests)"
+  sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"
+  $sudo_ apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq chromium >/dev/null \
+    || { echo "error: could not install chromium; run 'apt-get install chromium' (needed by the explorer browser test)" >&2; exit 1; }
+fi
+
 # Compile the contracts once so the first devnet start is quick (cached by source hash).
 .venv/bin/shardnet contracts compile >/dev/null
 say "ready"

@@ -405,12 +405,14 @@ class Index:
         row = self.db.execute("SELECT * FROM models WHERE model_id = ?", (model_id,)).fetchone()
         if row is None:
             return None
-        assignments = [{"node": r["node"], "start": r["start"], "end": r["end"], "confirmed": bool(r["confirmed"])}
-                       for r in self.db.execute("SELECT * FROM assignments WHERE model_id = ? ORDER BY start, node",
+        assignments = [{"node": r["node"], "start": r["start"], "end": r["end"], "confirmed": bool(r["confirmed"]),
+                        "staked": r["stake"] not in (None, "0")}
+                       for r in self.db.execute("SELECT a.*, n.stake FROM assignments a LEFT JOIN nodes n ON "
+                                                "n.address = a.node WHERE model_id = ? ORDER BY start, a.node",
                                                 (model_id,))]
-        coverage = [0] * row["block_count"]
+        coverage = [0] * row["block_count"]  # confirmed spans of nodes that still have stake
         for a in assignments:
-            if a["confirmed"]:
+            if a["confirmed"] and a["staked"]:
                 for b in range(a["start"], min(a["end"], row["block_count"])):
                     coverage[b] += 1
         by_status = {r[0]: r[1] for r in self.db.execute(

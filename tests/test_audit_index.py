@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import sqlite3
+import subprocess
 import threading
+import time
 
 import pytest
 import requests
@@ -17,7 +20,7 @@ from shardnet.chain import Chain, dev_account
 from shardnet.deployment import Deployment
 from shardnet.indexer import Index, IndexerError
 from shardnet.scenario import World
-from tests.conftest import devnet_settings, run_cli
+from tests.conftest import REPO, SHARDNET, devnet_settings, free_port, run_cli
 from tests.history import MAX_FEE, History, script
 
 pytestmark = pytest.mark.stack
@@ -84,7 +87,8 @@ def test_every_cli_view_matches_the_script(scripted):
     assert [e["event"] for e in unstaking["stake_history"]] == ["NodeRegistered", "UnstakeRequested"]
 
     model = cli_json(env, "model", str(h.model))
-    assert model["coverage"] == [1] * 4 + [2] * 4 + [1] * 4
+    assert model["coverage"] == [1] * 12  # node 3's replica of blocks 4-8 left with its stake
+    assert {a["node"]: a["staked"] for a in model["assignments"]} == {n: n != h.nodes[3] for n in h.nodes}
     assert model["jobs"] == {s: list(h.status.values()).count(s) for s in set(h.status.values())}
     assert model["fees_paid"] == sum(sum(p.values()) for p in h.payouts.values())
     network = cli_json(env, "network")
@@ -181,3 +185,77 @@ def test_bad_input_gets_a_clear_message(scripted, tmp_path):
     assert "does not exist" in run_cli("audit", "model", "42", env=env).stderr
     down = run_cli("audit", "jobs", "--rpc-url", "http://127.0.0.1:9", "--db", str(tmp_path / "x.sqlite"), env=env)
     assert down.returncode == 1 and "Traceback" not in down.stderr and "127.0.0.1:9" in down.stderr
+
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's chromium, installed by scripts/bootstrap.sh
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+OUTPUT = REPO / "build" / "test-output"
+
+
+@pytest.fixture
+def explorer(scripted, tmp_path):
+    chain, h, env = scripted
+    port = free_port()
+    proc = subprocess.Popen([*SHARDNET, "explorer", "--port", str(port), "--db", str(tmp_path / "explorer.sqlite"),
+                             "--interval", "0.3"], env={**os.environ, **env}, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if requests.get(f"{url}/api/summary", timeout=1).json()["jobs"] == len(h.status):
+                    break
+            except (requests.RequestException, ValueError):
+                pass
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline, "the explorer did not index the history within 60 s"
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_explorer_in_headless_chromium(scripted, explorer):
+    from playwright.sync_api import expect, sync_playwright
+
+    chain, h, env = scripted
+    job_id = next(iter(h.rerouted))
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(explorer)
+        expect(page.get_by_test_id("job-count")).to_have_text(str(len(h.status)))
+        expect(page.get_by_test_id("chart")).to_be_visible()
+        expect(page.get_by_test_id("models")).to_contain_text("audit-model")
+        page.get_by_role("link", name="jobs", exact=True).click()  # the list, then the job
+        expect(page).to_have_url(f"{explorer}/jobs")
+        page.get_by_test_id(f"job-link-{job_id}").click()
+        expect(page).to_have_url(f"{explorer}/jobs/{job_id}")
+        expect(page.get_by_test_id("job-status")).to_have_text("completed")
+        for k, stage in enumerate(h.routes[job_id]):
+            row = page.get_by_test_id(f"stage-{k}")
+            expect(row).to_contain_text(stage.node)
+            expect(page.get_by_test_id(f"stage-paid-{k}")).to_have_text(str(h.payouts[job_id][stage.node]))
+        expect(page.get_by_test_id("paid")).to_have_text(f"{sum(h.payouts[job_id].values())} wei")
+        expect(page.get_by_test_id("refunded")).to_have_text(f"{h.refunds[job_id]} wei")
+        expect(page.get_by_test_id("timeline")).to_contain_text("JobRerouted")
+        page.screenshot(path=OUTPUT / "explorer-job.png", full_page=True)
+
+        page.goto(explorer)  # live: a job posted now shows up without a reload
+        world = World.of(chain)
+        new_job = world.post(h.model, dev_account(12), MAX_FEE)
+        h.status[new_job], h.refunds[new_job] = "posted", 0
+        expect(page.get_by_test_id("job-count")).to_have_text(str(len(h.status)), timeout=10_000)
+        expect(page.get_by_test_id(f"job-link-{new_job}")).to_be_visible()
+        page.screenshot(path=OUTPUT / "explorer-network.png", full_page=True)
+
+        page.goto(f"{explorer}/jobs/999")
+        expect(page.get_by_test_id("error")).to_contain_text("job 999 does not exist")
+        page.goto(f"{explorer}/nodes/0x1234")
+        expect(page.get_by_test_id("error")).to_contain_text("0x followed by 40 hex digits")
+        browser.close()
+    assert (OUTPUT / "explorer-job.png").stat().st_size > 10_000

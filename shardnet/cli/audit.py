@@ -236,3 +236,25 @@ def audit_verify_receipts(rpc_url, db, no_sync) -> None:
     _check(rpc_url, db, no_sync, verify_receipts, lambda p: f"BAD {p}",
            lambda ledger: f"ok: {sum(len(j.receipts) for j in ledger.jobs.values())} receipts on "
                           f"{sum(1 for j in ledger.jobs.values() if j.receipts)} jobs verified")
+
+
+@main.command("explorer")
+@click.option("--rpc-url", help="JSON-RPC endpoint (default: from the deployment file)")
+@click.option("--db", type=click.Path(path_type=Path),
+              help="index file (default: index-<chain id>.sqlite beside the deployment file)")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8090, show_default=True, type=int)
+@click.option("--interval", default=1.0, show_default=True, type=float, help="seconds between index syncs")
+def explorer(rpc_url, db, host, port, interval) -> None:
+    """Serve the read-only web explorer (network, jobs, nodes, models; live as blocks arrive)."""
+    import uvicorn
+
+    from shardnet.chain import Chain
+    from shardnet.deployment import Deployment
+    from shardnet.explorer import create_app
+    from shardnet.indexer import default_path
+
+    chain = Chain.from_deployment(Deployment.load(), rpc_url=rpc_url)
+    app = create_app(chain, db or default_path(chain), interval)
+    click.echo(f"explorer on http://{host}:{port} (indexing {chain.rpc_url})", err=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
