@@ -14,6 +14,7 @@ bottleneck further.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -123,13 +124,16 @@ def _window_scores(thr: np.ndarray, cov: np.ndarray, node_thr: float, cost_prefi
 def plan(nodes: list[NodeSpec], model: ModelSpec, replicas: int = 2, passes: int | None = None,
          starts: int | None = None) -> Plan:
     """Best of a few greedy constructions (different node orders, seeded so the result is
-    deterministic), each improved by local moves. Large swarms get one construction and one
-    pass (their many nodes leave little to gain and the time budget is a second)."""
+    deterministic), each improved by local moves: single-node moves, then (medium swarms) a
+    leximin polish over every window, then (small swarms) moves of two or three nodes at once. Large
+    swarms get one construction and one pass (their many nodes leave little to gain and the
+    time budget is a second)."""
     import random
 
-    large = len(nodes) * model.blocks > 20_000
+    size = len(nodes) * model.blocks
+    large = size > 20_000
     passes = passes if passes is not None else (1 if large else 3)
-    starts = starts if starts is not None else (1 if large else 4)
+    starts = starts if starts is not None else (1 if large else 12 if size <= SMALL else 4)
     orders = [sorted(nodes, key=lambda n: (-n.throughput, n.address)),
               sorted(nodes, key=lambda n: (n.throughput, n.address)),
               sorted(nodes, key=lambda n: (-n.memory_mb, n.address))]
@@ -188,7 +192,114 @@ def _plan_once(nodes: list[NodeSpec], model: ModelSpec, replicas: int, passes: i
             moved |= new != old
         if not moved:
             break
+    if not longest_only and len(nodes) * blocks <= POLISH_LIMIT:
+        _polish(spans, by_address, thr, cov, cost_prefix, max_end, replicas, passes=2 * passes + 2)
     return evaluate(spans, by_address, model, replicas)
+
+
+SMALL = 200  # nodes x blocks up to which more constructions are tried (each costs milliseconds)
+POLISH_LIMIT = 4_000  # nodes x blocks up to which every window of every node is tried
+
+
+def _polish(spans: dict[str, Span], nodes: dict[str, NodeSpec], thr: np.ndarray, cov: np.ndarray,
+            cost_prefix: np.ndarray, max_end: dict[str, np.ndarray], replicas: int, passes: int) -> None:
+    """Leximin local search: move one node at a time to the window that maximises (coverage,
+    then the block throughputs sorted ascending, compared lexicographically). Beyond the
+    bottleneck itself, this lifts the second-lowest block and so on, which lets later moves lift
+    the bottleneck where a plain max-min search sees only ties. Updates spans/thr/cov in place."""
+    blocks = len(thr)
+    windows = {}
+    for address in spans:
+        ends = max_end[address]
+        windows[address] = np.array([(s, e) for s in range(blocks) for e in range(s + 1, int(ends[s]) + 1)],
+                                    dtype=int).reshape(-1, 2)
+    index = np.arange(blocks)
+
+    def key_of(t: np.ndarray, c: np.ndarray) -> tuple:
+        return (int(np.minimum(c, replicas).sum()), *np.round(np.sort(t), 9))
+
+    current = key_of(thr, cov)
+    for _ in range(passes):
+        moved = False
+        for address in sorted(spans, key=lambda a: (nodes[a].throughput, a)):
+            win = windows[address]
+            if not len(win):
+                continue
+            old = spans[address]
+            old_add = nodes[address].throughput / (cost_prefix[old.end] - cost_prefix[old.start])
+            base_t = thr.copy()
+            base_t[old.start:old.end] -= old_add
+            base_c = cov.copy()
+            base_c[old.start:old.end] -= 1
+            mask = (index[None, :] >= win[:, :1]) & (index[None, :] < win[:, 1:])
+            added = nodes[address].throughput / (cost_prefix[win[:, 1]] - cost_prefix[win[:, 0]])
+            cand_t = np.round(np.sort(base_t[None, :] + mask * added[:, None], axis=1), 9)
+            cand_c = np.minimum(base_c[None, :] + mask, replicas).sum(axis=1)
+            # lexicographic argmax over (coverage, sorted throughputs): lexsort's last key is primary
+            best = int(np.lexsort([cand_t[:, k] for k in range(blocks - 1, -1, -1)] + [cand_c])[-1])
+            key = (int(cand_c[best]), *cand_t[best])
+            if key > current:
+                s, e = (int(v) for v in win[best])
+                spans[address] = Span(s, e)
+                thr[:] = base_t
+                thr[s:e] += added[best]
+                cov[:] = base_c
+                cov[s:e] += 1
+                current = key
+                moved = True
+        if not moved:
+            joint = _best_joint_move(spans, nodes, thr, cov, cost_prefix, windows, replicas, current)
+            if joint is None:
+                break
+            current = joint
+
+
+JOINT_LIMIT = 250_000  # window combinations per pass up to which nodes are moved together
+
+
+def _best_joint_move(spans, nodes, thr, cov, cost_prefix, windows, replicas, current) -> tuple | None:
+    """Move two (then three) nodes at once, for plans where no single move helps but a joint one
+    does (a swap, two neighbours shifting together). Only on small swarms: the work grows with
+    the product of the nodes' window counts. Applies the best improving move in place and
+    returns the new key, or None."""
+    addresses = [a for a in sorted(spans) if len(windows[a])]
+    blocks = len(thr)
+    index = np.arange(blocks)
+    masks = {a: (index[None, :] >= windows[a][:, :1]) & (index[None, :] < windows[a][:, 1:]) for a in addresses}
+    adds = {a: nodes[a].throughput / (cost_prefix[windows[a][:, 1]] - cost_prefix[windows[a][:, 0]])
+            for a in addresses}
+    for k in (2, 3):
+        groups = list(itertools.combinations(addresses, k))
+        if sum(np.prod([len(windows[a]) for a in g]) for g in groups) > JOINT_LIMIT:
+            return None
+        best_key, best_move = current, None
+        for group in groups:
+            t, c = thr.copy(), cov.copy()
+            for address in group:
+                old = spans[address]
+                t[old.start:old.end] -= nodes[address].throughput / (cost_prefix[old.end] - cost_prefix[old.start])
+                c[old.start:old.end] -= 1
+            t, c = t[None, :], c[None, :]
+            for address in group:  # cartesian product of the members' windows, row-major
+                t = (t[:, None, :] + (masks[address] * adds[address][:, None])[None, :, :]).reshape(-1, blocks)
+                c = (c[:, None, :] + masks[address][None, :, :]).reshape(-1, blocks)
+            t = np.round(np.sort(t, axis=1), 9)
+            c = np.minimum(c, replicas).sum(axis=1)
+            top = int(np.lexsort([t[:, j] for j in range(blocks - 1, -1, -1)] + [c])[-1])
+            key = (int(c[top]), *t[top])
+            if key > best_key:
+                picks = np.unravel_index(top, [len(windows[a]) for a in group])
+                best_key, best_move = key, [(a, windows[a][i]) for a, i in zip(group, picks, strict=True)]
+        if best_move is not None:
+            for address, (s, e) in best_move:
+                old = spans[address]
+                thr[old.start:old.end] -= nodes[address].throughput / (cost_prefix[old.end] - cost_prefix[old.start])
+                cov[old.start:old.end] -= 1
+                spans[address] = Span(int(s), int(e))
+                thr[s:e] += nodes[address].throughput / (cost_prefix[e] - cost_prefix[s])
+                cov[s:e] += 1
+            return best_key
+    return None
 
 
 def plan_even(nodes: list[str], blocks: int) -> dict[str, Span]:

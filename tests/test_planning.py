@@ -48,9 +48,19 @@ def test_plans_are_feasible_and_close_to_brute_force():
             continue
         assert got.min_replicas >= replicas  # feasible whenever brute force is
         ratios.append(got.bottleneck / optimum)
-    # measured quality of the heuristic (the issue's 5% target is not met yet; see the notes)
-    assert min(ratios) >= 0.6
-    assert sum(ratios) / len(ratios) >= 0.9
+    assert min(ratios) >= 0.95, sorted(ratios)[:5]  # every plan within 5% of the optimum
+
+
+def test_five_node_swarms_within_five_percent_of_brute_force():
+    """Beyond the reach of the planner's three-node joint moves: five nodes."""
+    rng = random.Random(11)
+    for _ in range(2):
+        nodes = swarm(rng, 5)
+        model = ModelSpec((100.0,) * 4, tuple(rng.choice([1.0, 2.0]) for _ in range(4)))
+        replicas = rng.choice([1, 2])
+        optimum = brute_force_plan(nodes, model, replicas)
+        got = plan(nodes, model, replicas)
+        assert optimum == 0 or got.bottleneck >= 0.95 * optimum, (got, optimum)
 
 
 def test_planned_beats_even_split_on_a_heterogeneous_swarm():
