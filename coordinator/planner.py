@@ -50,6 +50,7 @@ class Plan:
     spans: dict[str, Span]
     bottleneck: float  # tokens/s through the slowest block; 0 if some block lacks replicas
     min_replicas: int
+    slowest: float = 0.0  # tokens/s through the slowest block, replicas or not (0: a block is uncovered)
 
 
 def block_throughput(spans: dict[str, Span], nodes: dict[str, NodeSpec], model: ModelSpec) -> tuple[np.ndarray,
@@ -67,7 +68,7 @@ def block_throughput(spans: dict[str, Span], nodes: dict[str, NodeSpec], model: 
 def evaluate(spans: dict[str, Span], nodes: dict[str, NodeSpec], model: ModelSpec, replicas: int) -> Plan:
     thr, cov = block_throughput(spans, nodes, model)
     bottleneck = float(thr.min()) if cov.min() >= replicas else 0.0
-    return Plan(dict(spans), bottleneck, int(cov.min()))
+    return Plan(dict(spans), bottleneck, int(cov.min()), float(thr.min()))
 
 
 def _longest_windows(memory_mb: float, block_mb: np.ndarray) -> np.ndarray:
@@ -87,7 +88,8 @@ def _window_scores(thr: np.ndarray, cov: np.ndarray, node_thr: float, cost_prefi
     gain = np.full(shape, -np.inf)
     after = np.full(shape, -np.inf)
     mean = np.full(shape, np.inf)
-    deficit = (cov < replicas).astype(float)
+    # lifting a block from 0 to 1 replica outweighs every lift from 1 to 2, and so on
+    deficit = np.where(cov < replicas, float(blocks + 1) ** (replicas - 1 - np.minimum(cov, replicas - 1)), 0.0)
     d_prefix = np.concatenate([[0.0], np.cumsum(deficit)])
     t_prefix = np.concatenate([[0.0], np.cumsum(thr)])
     # outside minima: min over [0, s) and [e, blocks)
@@ -122,7 +124,7 @@ def _window_scores(thr: np.ndarray, cov: np.ndarray, node_thr: float, cost_prefi
 
 
 def plan(nodes: list[NodeSpec], model: ModelSpec, replicas: int = 2, passes: int | None = None,
-         starts: int | None = None) -> Plan:
+         starts: int | None = None, max_span: int | None = None) -> Plan:
     """Best of a few greedy constructions (different node orders, seeded so the result is
     deterministic), each improved by local moves: single-node moves, then (medium swarms) a
     leximin polish over every window, then (small swarms) moves of two or three nodes at once. Large
@@ -142,17 +144,20 @@ def plan(nodes: list[NodeSpec], model: ModelSpec, replicas: int = 2, passes: int
         shuffled = sorted(nodes, key=lambda n: n.address)
         rng.shuffle(shuffled)
         orders.append(shuffled)
-    plans = [_plan_once(order, model, replicas, passes, longest_only=large) for order in orders[:max(1, starts)]]
+    plans = [_plan_once(order, model, replicas, passes, longest_only=large, max_span=max_span)
+             for order in orders[:max(1, starts)]]
     return max(plans, key=lambda p: (p.min_replicas >= replicas, p.bottleneck, p.min_replicas))
 
 
 def _plan_once(nodes: list[NodeSpec], model: ModelSpec, replicas: int, passes: int,
-               longest_only: bool = False) -> Plan:
+               longest_only: bool = False, max_span: int | None = None) -> Plan:
     by_address = {n.address: n for n in nodes}
     block_mb = np.asarray(model.block_mb, dtype=float)
     cost_prefix = np.concatenate([[0.0], np.cumsum(np.asarray(model.block_cost, dtype=float))])
     blocks = model.blocks
     max_end = {n.address: _longest_windows(n.memory_mb, block_mb) for n in nodes}
+    if max_span:  # an operator's cap on span length (e.g. to keep a pipeline of >= k stages)
+        max_end = {a: np.minimum(e, np.arange(blocks) + max_span) for a, e in max_end.items()}
     thr = np.zeros(blocks)
     cov = np.zeros(blocks, dtype=int)
     spans: dict[str, Span] = {}
@@ -198,7 +203,15 @@ def _plan_once(nodes: list[NodeSpec], model: ModelSpec, replicas: int, passes: i
 
 
 SMALL = 200  # nodes x blocks up to which more constructions are tried (each costs milliseconds)
-POLISH_LIMIT = 4_000  # nodes x blocks up to which every window of every node is tried
+POLISH_LIMIT = 4_000
+
+
+def coverage_score(cov: np.ndarray, replicas: int) -> np.ndarray:
+    """Coverage as one number per row, ordered leximin: more blocks with >= 1 replica first,
+    then more with >= 2, ... up to `replicas` (a block at 0 costs more than any number at 1)."""
+    blocks = cov.shape[-1]
+    weights = np.concatenate([[0], np.cumsum([(blocks + 1) ** (replicas - 1 - k) for k in range(replicas)])])
+    return weights[np.minimum(cov, replicas)].sum(axis=-1)  # nodes x blocks up to which every window of every node is tried
 
 
 def _polish(spans: dict[str, Span], nodes: dict[str, NodeSpec], thr: np.ndarray, cov: np.ndarray,
@@ -216,7 +229,7 @@ def _polish(spans: dict[str, Span], nodes: dict[str, NodeSpec], thr: np.ndarray,
     index = np.arange(blocks)
 
     def key_of(t: np.ndarray, c: np.ndarray) -> tuple:
-        return (int(np.minimum(c, replicas).sum()), *np.round(np.sort(t), 9))
+        return (int(coverage_score(c, replicas)), *np.round(np.sort(t), 9))
 
     current = key_of(thr, cov)
     for _ in range(passes):
@@ -234,7 +247,7 @@ def _polish(spans: dict[str, Span], nodes: dict[str, NodeSpec], thr: np.ndarray,
             mask = (index[None, :] >= win[:, :1]) & (index[None, :] < win[:, 1:])
             added = nodes[address].throughput / (cost_prefix[win[:, 1]] - cost_prefix[win[:, 0]])
             cand_t = np.round(np.sort(base_t[None, :] + mask * added[:, None], axis=1), 9)
-            cand_c = np.minimum(base_c[None, :] + mask, replicas).sum(axis=1)
+            cand_c = coverage_score(base_c[None, :] + mask, replicas)
             # lexicographic argmax over (coverage, sorted throughputs): lexsort's last key is primary
             best = int(np.lexsort([cand_t[:, k] for k in range(blocks - 1, -1, -1)] + [cand_c])[-1])
             key = (int(cand_c[best]), *cand_t[best])
@@ -284,7 +297,7 @@ def _best_joint_move(spans, nodes, thr, cov, cost_prefix, windows, replicas, cur
                 t = (t[:, None, :] + (masks[address] * adds[address][:, None])[None, :, :]).reshape(-1, blocks)
                 c = (c[:, None, :] + masks[address][None, :, :]).reshape(-1, blocks)
             t = np.round(np.sort(t, axis=1), 9)
-            c = np.minimum(c, replicas).sum(axis=1)
+            c = coverage_score(c, replicas)
             top = int(np.lexsort([t[:, j] for j in range(blocks - 1, -1, -1)] + [c])[-1])
             key = (int(c[top]), *t[top])
             if key > best_key:
