@@ -12,7 +12,7 @@ import time
 
 from eth_account.signers.local import LocalAccount
 
-from coordinator.planner import plan_pipeline
+from coordinator.planner import ModelSpec, NodeSpec, evaluate, plan, plan_pipeline
 from coordinator.router import Candidate, RouteWeights, route, route_cost
 from shardnet.bindings import Contracts, send_logged
 from shardnet.chain import Chain
@@ -20,15 +20,25 @@ from shardnet.deployment import Deployment
 from shardnet.jobs import JobInputError, JobParams
 from shardnet.ledger import Ledger
 from shardnet.listener import Listener
-from shardnet.protocol import JobStatus, Stage
+from shardnet.protocol import JobStatus, Span, Stage
 
 log = logging.getLogger("shardnet.coordinator")
 TRIGGERS = {"NodeRegistered", "StakeAdded", "UnstakeRequested", "ModelRegistered", "ShardConfirmed",
             "ShardReleased", "JobPosted", "NodeSlashed"}
 
 
+PLANNERS = ("pipeline", "throughput")
+
+
 class Coordinator:
-    def __init__(self, deployment: Deployment, account: LocalAccount, poll_interval_s: float = 0.2):
+    """`planner="pipeline"`: even spans over the first `min_stages` nodes, extra nodes replicate
+    (a predictable devnet layout). `planner="throughput"`: `coordinator.planner.plan` over every
+    active node's memory and measured throughput, re-planned when nodes join or leave and every
+    `rebalance_interval_s` when the bottleneck would improve by `rebalance_factor`."""
+
+    def __init__(self, deployment: Deployment, account: LocalAccount, poll_interval_s: float = 0.2,
+                 planner: str = "pipeline", replicas: int = 2, min_stages: int = 3,
+                 rebalance_interval_s: float = 10.0, rebalance_factor: float = 1.2):
         self.deployment = deployment
         self.account = account
         self.chain = Chain.from_deployment(deployment, account=account)
@@ -44,20 +54,42 @@ class Coordinator:
         self.probe_failures: dict[str, int] = {}
         self.probe_interval_s = 0.5
         self.rtt_ms: dict[str, float] = {}  # probe round trip per node (moving average)
+        self.ms_per_block: dict[str, float] = {}  # compute per block, as each node measures it while serving
+        self.planner, self.replicas, self.min_stages = planner, replicas, min_stages
+        self.rebalance_interval_s, self.rebalance_factor = rebalance_interval_s, rebalance_factor
+        self.block_mb: dict[int, tuple[float, ...]] = {}  # model -> memory per block (from its manifest)
+        self.planned_nodes: dict[int, frozenset[str]] = {}  # model -> usable nodes when last planned
+        self.sent: dict[tuple[int, str], Span] = {}  # (model, node) -> span last assigned by this process
+        self.job_seconds: list[tuple[int, float]] = []  # (job, routed -> result seconds), from chain events
 
     async def run(self) -> None:
         async for event in self.listener.catch_up(self.deployment.deploy_block):
             self.ledger.apply(event)
         await self.reconcile()
         log.info("coordinator %s caught up at block %d", self.account.address, self.listener.last_key[0])
-        probes = asyncio.create_task(self._probe_loop())
+        tasks = [asyncio.create_task(self._probe_loop())]
+        if self.planner == "throughput":
+            tasks.append(asyncio.create_task(self._rebalance_loop()))
         try:
             async for event in self.listener.stream(self.listener.last_key[0] + 1):
                 self.ledger.apply(event)
+                if event.name == "ResultSubmitted":
+                    self._time_job(event)
                 if event.name in TRIGGERS:
                     await self.reconcile()
         finally:
-            probes.cancel()
+            for task in tasks:
+                task.cancel()
+
+    def _time_job(self, event) -> None:
+        """Job latency as the chain saw it: from the JobRouted block to the ResultSubmitted block."""
+        try:
+            routed = next(b for b, name in self.ledger.jobs[event.args["jobId"]].history if name == "JobRouted")
+            t0 = self.chain.w3.eth.get_block(routed)["timestamp"]
+            t1 = self.chain.w3.eth.get_block(event.block_number)["timestamp"]
+            self.job_seconds = (self.job_seconds + [(event.args["jobId"], t1 - t0)])[-200:]
+        except (StopIteration, KeyError, Exception) as exc:  # noqa: BLE001 - statistics only
+            log.debug("could not time job %s: %s", event.args.get("jobId"), exc)
 
     # ------------------------------------------------------------------ failover
     async def _probe_loop(self) -> None:
@@ -71,14 +103,20 @@ class Coordinator:
                 busy = {s[0] for j in self.ledger.jobs.values() if j.status == JobStatus.ROUTED for s in j.route}
                 for node in sorted(set(self.ledger.endpoints) - self.failed):
                     started = time.perf_counter()
+                    health = {}
                     try:
                         async with http.get(self.ledger.endpoints[node].rstrip("/") + "/health") as response:
                             alive = response.status == 200
-                    except (aiohttp.ClientError, asyncio.TimeoutError, KeyError):
+                            if alive:
+                                health = await response.json()
+                    except (aiohttp.ClientError, asyncio.TimeoutError, KeyError, ValueError):
                         alive = False
                     if alive:
                         rtt = (time.perf_counter() - started) * 1000
                         self.rtt_ms[node] = 0.7 * self.rtt_ms.get(node, rtt) + 0.3 * rtt
+                        measured = health.get("ms_per_block") if isinstance(health, dict) else None
+                        if isinstance(measured, int | float) and measured > 0:
+                            self.ms_per_block[node] = float(measured)
                     if node not in busy:
                         continue
                     self.probe_failures[node] = 0 if alive else self.probe_failures.get(node, 0) + 1
@@ -125,27 +163,109 @@ class Coordinator:
     async def _assign_models(self) -> None:
         active = self.ledger.active_nodes(self.min_stake)
         for model_id, model in self.ledger.models.items():
-            if model.get("deprecated") or self.ledger.assignments.get(model_id):
+            if model.get("deprecated"):
                 continue
-            plan = plan_pipeline([n for n in active if n not in self.failed], model["blockCount"])
-            for node, span in plan.items():
+            if self.planner == "throughput":
+                usable = frozenset(n for n in active if n not in self.failed)
+                assigned = set(self.ledger.assignments.get(model_id, {}))
+                if usable != self.planned_nodes.get(model_id) and (usable - assigned or assigned - usable):
+                    await self._rebalance(model_id, force=True)  # a node joined or left
+                continue
+            if self.ledger.assignments.get(model_id):
+                continue
+            spans = plan_pipeline([n for n in active if n not in self.failed], model["blockCount"], self.min_stages)
+            for node, span in spans.items():
                 await self._tx(f"assignShard({model_id}, {node})", self.c.models.assign_shard, model_id, node,
                                span.start, span.end)
-            if plan:
-                log.info("model %d: assigned %d spans", model_id, len(plan))
+            if spans:
+                log.info("model %d: assigned %d spans", model_id, len(spans))
+
+    # ------------------------------------------------------------------ planning from measurements
+    def node_specs(self, nodes: list[str]) -> list[NodeSpec]:
+        """What the planner knows of each node: declared memory; throughput as measured while
+        serving (block-forwards/s), or, for a node not measured yet, its declared compute score
+        scaled by how the measured nodes' scores compare with their measurements."""
+        declared = {n: (self.ledger.hardware.get(n) or (4096, 10, 0))[1] or 10 for n in nodes}
+        ratios = sorted((1000.0 / self.ms_per_block[n]) / declared[n] for n in nodes if n in self.ms_per_block)
+        scale = ratios[len(ratios) // 2] if ratios else 1.0
+        specs = []
+        for n in nodes:
+            acct = self.ledger.accounts.get(n)
+            done, failed = (acct.jobs_done, acct.jobs_failed) if acct else (0, 0)
+            throughput = 1000.0 / self.ms_per_block[n] if n in self.ms_per_block else declared[n] * scale
+            specs.append(NodeSpec(n, float((self.ledger.hardware.get(n) or (4096,))[0]), throughput,
+                                  self.rtt_ms.get(n, 50.0), (done + 1) / (done + failed + 1)))
+        return specs
+
+    async def _model_spec(self, model_id: int) -> ModelSpec:
+        """Per-block memory from the model's manifest (blocks load as float32: ~4x their int8 bytes)."""
+        model = self.ledger.models[model_id]
+        if model_id not in self.block_mb:
+            try:
+                from shardnet.model.shards import fetch_manifest
+                from shardnet.storage import IpfsClient
+
+                with IpfsClient(self.deployment.ipfs_api) as ipfs:
+                    manifest = await asyncio.to_thread(fetch_manifest, ipfs, model["manifestCid"], 10.0)
+                self.block_mb[model_id] = tuple(4 * b["bytes"] / 2**20 for b in manifest.blocks)
+            except Exception as exc:  # noqa: BLE001 - plan by block count when the manifest is unreadable
+                log.warning("model %d: manifest unreadable (%s); planning with unit block sizes", model_id, exc)
+                return ModelSpec.uniform(model["blockCount"], block_mb=1.0)
+        return ModelSpec(self.block_mb[model_id], (1.0,) * len(self.block_mb[model_id]))
+
+    async def _rebalance_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.rebalance_interval_s)
+            for model_id, model in list(self.ledger.models.items()):
+                if not model.get("deprecated"):
+                    await self._rebalance(model_id)
+
+    async def _rebalance(self, model_id: int, force: bool = False) -> None:
+        """Re-plan a model over the usable nodes; apply the plan when nodes joined or left
+        (`force`) or when it lifts the bottleneck by `rebalance_factor`. Only changed spans are
+        sent (assignShard / releaseShard); a moved node reloads and confirms, and routes use
+        confirmed spans only, so running jobs keep the spans they were routed on."""
+        usable = sorted(set(self.ledger.active_nodes(self.min_stake)) - self.failed)
+        if not usable:
+            return
+        spec = await self._model_spec(model_id)
+        specs = self.node_specs(usable)
+        by_address = {n.address: n for n in specs}
+        stages = min(self.min_stages, spec.blocks)
+        # spans tile the model on `stages` even boundaries, so every route chains whole spans
+        boundaries = tuple(spec.blocks * i // stages for i in range(stages + 1)) if stages > 1 else None
+        new = plan(specs, spec, self.replicas, max_span=-(-spec.blocks // stages), boundaries=boundaries)
+        current = {n: Span(s, e) for n, (s, e, _) in self.ledger.assignments.get(model_id, {}).items()
+                   if n in by_address}
+        now = evaluate(current, by_address, spec, self.replicas)
+        better = new.slowest >= self.rebalance_factor * now.slowest if now.slowest > 0 else new.slowest > 0
+        self.planned_nodes[model_id] = frozenset(usable)
+        if not force and not better:
+            return
+        moves = {n: s for n, s in new.spans.items()
+                 if current.get(n) != s and self.sent.get((model_id, n)) != s}  # events may lag our own sends
+        for node, span in sorted(moves.items()):
+            if await self._tx(f"assignShard({model_id}, {node})", self.c.models.assign_shard, model_id, node,
+                              span.start, span.end):
+                self.sent[(model_id, node)] = span
+        for node in sorted(set(current) - set(new.spans)):
+            await self._tx(f"releaseShard({model_id}, {node})", self.c.models.release_shard, model_id, node)
+        if moves:
+            log.info("model %d: planned %d nodes, moved %d; slowest block %.1f -> %.1f tokens/s", model_id,
+                     len(new.spans), len(moves), now.slowest, new.slowest)
 
     def _candidates(self, model_id: int, price_per_block: int, usable: set[str]) -> list[Candidate]:
         """Confirmed spans with what the coordinator knows of each node: probe round-trip time,
         declared compute score, and reputation from its delivered and failed stages."""
         out = []
+        spec_of = {s.address: s for s in self.node_specs(sorted(usable))}
         for node, (start, end, confirmed) in sorted(self.ledger.assignments.get(model_id, {}).items()):
             if not confirmed or node not in usable:
                 continue
             acct = self.ledger.accounts.get(node)
             done, failed = (acct.jobs_done, acct.jobs_failed) if acct else (0, 0)
-            compute = (self.ledger.hardware.get(node) or (0, 10, 0))[1] or 10
-            out.append(Candidate(node, start, end, price_per_block, self.rtt_ms.get(node, 50.0), 1000.0 / compute,
-                                 (done + 1) / (done + failed + 1)))
+            out.append(Candidate(node, start, end, price_per_block, self.rtt_ms.get(node, 50.0),
+                                 1000.0 / spec_of[node].throughput, (done + 1) / (done + failed + 1)))
         return out
 
     async def _route_jobs(self) -> None:

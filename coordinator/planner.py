@@ -78,8 +78,8 @@ def _longest_windows(memory_mb: float, block_mb: np.ndarray) -> np.ndarray:
 
 
 def _window_scores(thr: np.ndarray, cov: np.ndarray, node_thr: float, cost_prefix: np.ndarray,
-                   max_end: np.ndarray, replicas: int, longest_only: bool = False
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   max_end: np.ndarray, replicas: int, longest_only: bool = False,
+                   ends_ok: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For every window [s, e) a node could take (e <= max_end[s]): coverage gained (blocks lifted
     toward `replicas`), the bottleneck after adding the node there, and the mean throughput the
     window had. Arrays indexed [s, e]; invalid windows are -inf."""
@@ -115,6 +115,8 @@ def _window_scores(thr: np.ndarray, cov: np.ndarray, node_thr: float, cost_prefi
         ok = e <= max_end[s]
         if not ok.any():
             break
+        if ends_ok is not None:
+            ok &= ends_ok[e]
         added = node_thr / (cost_prefix[e] - cost_prefix[s])
         value = np.minimum(np.minimum(pre_min[s], suf_min[e]), inside + added)
         gain[s[ok], e[ok]] = (d_prefix[e] - d_prefix[s])[ok]
@@ -124,7 +126,7 @@ def _window_scores(thr: np.ndarray, cov: np.ndarray, node_thr: float, cost_prefi
 
 
 def plan(nodes: list[NodeSpec], model: ModelSpec, replicas: int = 2, passes: int | None = None,
-         starts: int | None = None, max_span: int | None = None) -> Plan:
+         starts: int | None = None, max_span: int | None = None, boundaries: tuple[int, ...] | None = None) -> Plan:
     """Best of a few greedy constructions (different node orders, seeded so the result is
     deterministic), each improved by local moves: single-node moves, then (medium swarms) a
     leximin polish over every window, then (small swarms) moves of two or three nodes at once. Large
@@ -144,13 +146,14 @@ def plan(nodes: list[NodeSpec], model: ModelSpec, replicas: int = 2, passes: int
         shuffled = sorted(nodes, key=lambda n: n.address)
         rng.shuffle(shuffled)
         orders.append(shuffled)
-    plans = [_plan_once(order, model, replicas, passes, longest_only=large, max_span=max_span)
+    plans = [_plan_once(order, model, replicas, passes, longest_only=large, max_span=max_span, boundaries=boundaries)
              for order in orders[:max(1, starts)]]
     return max(plans, key=lambda p: (p.min_replicas >= replicas, p.bottleneck, p.min_replicas))
 
 
 def _plan_once(nodes: list[NodeSpec], model: ModelSpec, replicas: int, passes: int,
-               longest_only: bool = False, max_span: int | None = None) -> Plan:
+               longest_only: bool = False, max_span: int | None = None,
+               boundaries: tuple[int, ...] | None = None) -> Plan:
     by_address = {n.address: n for n in nodes}
     block_mb = np.asarray(model.block_mb, dtype=float)
     cost_prefix = np.concatenate([[0.0], np.cumsum(np.asarray(model.block_cost, dtype=float))])
@@ -158,6 +161,14 @@ def _plan_once(nodes: list[NodeSpec], model: ModelSpec, replicas: int, passes: i
     max_end = {n.address: _longest_windows(n.memory_mb, block_mb) for n in nodes}
     if max_span:  # an operator's cap on span length (e.g. to keep a pipeline of >= k stages)
         max_end = {a: np.minimum(e, np.arange(blocks) + max_span) for a, e in max_end.items()}
+    ends_ok = None
+    if boundaries is not None:  # spans start and end on these blocks only (routes then chain whole spans)
+        ends_ok = np.zeros(blocks + 1, dtype=bool)
+        ends_ok[list(boundaries)] = True
+        cuts = np.array(sorted(boundaries))
+        for a, e in max_end.items():
+            snapped = cuts[np.searchsorted(cuts, e, side="right") - 1]  # the last boundary <= e
+            max_end[a] = np.where(ends_ok[:-1], np.maximum(snapped, np.arange(blocks)), np.arange(blocks))
     thr = np.zeros(blocks)
     cov = np.zeros(blocks, dtype=int)
     spans: dict[str, Span] = {}
@@ -169,7 +180,7 @@ def _plan_once(nodes: list[NodeSpec], model: ModelSpec, replicas: int, passes: i
 
     def best_window(node: NodeSpec) -> Span | None:
         gain, after, mean = _window_scores(thr, cov, node.throughput, cost_prefix, max_end[node.address], replicas,
-                                           longest_only)
+                                           longest_only, ends_ok)
         if not np.isfinite(gain).any():
             return None
         # coverage first; then the bottleneck after the move; then the least served window
@@ -198,7 +209,8 @@ def _plan_once(nodes: list[NodeSpec], model: ModelSpec, replicas: int, passes: i
         if not moved:
             break
     if not longest_only and len(nodes) * blocks <= POLISH_LIMIT:
-        _polish(spans, by_address, thr, cov, cost_prefix, max_end, replicas, passes=2 * passes + 2)
+        _polish(spans, by_address, thr, cov, cost_prefix, max_end, replicas, passes=2 * passes + 2,
+                ends_ok=ends_ok)
     return evaluate(spans, by_address, model, replicas)
 
 
@@ -215,7 +227,8 @@ def coverage_score(cov: np.ndarray, replicas: int) -> np.ndarray:
 
 
 def _polish(spans: dict[str, Span], nodes: dict[str, NodeSpec], thr: np.ndarray, cov: np.ndarray,
-            cost_prefix: np.ndarray, max_end: dict[str, np.ndarray], replicas: int, passes: int) -> None:
+            cost_prefix: np.ndarray, max_end: dict[str, np.ndarray], replicas: int, passes: int,
+            ends_ok: np.ndarray | None = None) -> None:
     """Leximin local search: move one node at a time to the window that maximises (coverage,
     then the block throughputs sorted ascending, compared lexicographically). Beyond the
     bottleneck itself, this lifts the second-lowest block and so on, which lets later moves lift
@@ -224,8 +237,8 @@ def _polish(spans: dict[str, Span], nodes: dict[str, NodeSpec], thr: np.ndarray,
     windows = {}
     for address in spans:
         ends = max_end[address]
-        windows[address] = np.array([(s, e) for s in range(blocks) for e in range(s + 1, int(ends[s]) + 1)],
-                                    dtype=int).reshape(-1, 2)
+        windows[address] = np.array([(s, e) for s in range(blocks) for e in range(s + 1, int(ends[s]) + 1)
+                                     if ends_ok is None or ends_ok[e]], dtype=int).reshape(-1, 2)
     index = np.arange(blocks)
 
     def key_of(t: np.ndarray, c: np.ndarray) -> tuple:

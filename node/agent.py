@@ -50,7 +50,7 @@ class NodeAgent:
         self.chain = Chain.from_deployment(self.deployment, account=self.account)
         self.contracts = Contracts(self.chain)
         self.ipfs = IpfsClient(self.deployment.ipfs_api, timeout=settings.ipfs_timeout_s)
-        self.executor = Executor(self.ipfs, settings.ipfs_timeout_s)
+        self.executor = Executor(self.ipfs, settings.ipfs_timeout_s, settings.slowdown)
         self.reporter = Reporter(self.contracts, self.account)
         self.peers = PeerClient(self.account, settings.peer_timeout_s, settings.peer_retries)
         self.metrics = NodeMetrics()
@@ -408,7 +408,8 @@ class NodeAgent:
         return {"node": self.address, "ready": self.ready, "listener": self.listener.mode,
                 "block": self.listener.last_key[0],
                 "spans": {m: [s.span.start, s.span.end] for m, s in self.executor.spans.items()},
-                "jobs_in_progress": len(self.executor.jobs)}
+                "jobs_in_progress": len(self.executor.jobs),
+                "ms_per_block": self.executor.ms_per_block, "forward_calls": self.executor.calls}
 
 
 async def run_node(settings: NodeSettings) -> None:

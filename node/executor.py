@@ -59,6 +59,7 @@ class JobRun:
     sent_log: list[bytes] = field(default_factory=list)  # every message sent to the next stage, for replay
     expected_step: int = 0  # next activation step this stage has not processed yet
     stalled: bool = False  # the next stage is unreachable: waiting for the coordinator to reroute
+    loaded: LoadedSpan | None = None  # the span this job runs on, kept even if the node is reassigned
 
     @property
     def is_first(self) -> bool:
@@ -70,11 +71,14 @@ class JobRun:
 
 
 class Executor:
-    def __init__(self, ipfs: IpfsClient, ipfs_timeout_s: float):
+    def __init__(self, ipfs: IpfsClient, ipfs_timeout_s: float, slowdown: float = 1.0):
         self.ipfs = ipfs
         self.ipfs_timeout_s = ipfs_timeout_s
-        self.spans: dict[int, LoadedSpan] = {}  # model id -> the span this node serves
+        self.spans: dict[int, LoadedSpan] = {}  # model id -> the span this node serves now
         self.jobs: dict[int, JobRun] = {}
+        self.slowdown = slowdown
+        self.ms_per_block: float | None = None  # measured: moving average of compute per block per call
+        self.calls = 0
 
     # ------------------------------------------------------------------ spans
     def load(self, model_id: int, manifest_cid: str, span: Span) -> LoadedSpan:
@@ -100,12 +104,25 @@ class Executor:
     def unload(self, model_id: int) -> None:
         self.spans.pop(model_id, None)
 
+    def _span_for(self, model_id: int, stage: Stage) -> LoadedSpan:
+        """The loaded span a job's stage runs on: the current one, or one a running job still
+        holds after a reassignment (routes planned before a move keep their spans)."""
+        current = self.spans[model_id]
+        if (current.span.start, current.span.end) == (stage.start, stage.end):
+            return current
+        for run in self.jobs.values():
+            held = run.loaded
+            if held is not None and held.model_id == model_id and (held.span.start, held.span.end) == (
+                    stage.start, stage.end):
+                return held
+        return current
+
     # ------------------------------------------------------------------ jobs
     def begin(self, job_id: int, model_id: int, stage: int, stages: list[Stage], coordinator: str,
               params: JobParams) -> JobRun:
-        loaded = self.spans[model_id]
+        loaded = self._span_for(model_id, stages[stage])
         run = JobRun(job_id, model_id, stage, stages, coordinator, params,
-                     loaded.model.new_session() if params.kind == "generate" else Session())
+                     loaded.model.new_session() if params.kind == "generate" else Session(), loaded=loaded)
         if params.kind == "generate":
             run.generator = torch.Generator().manual_seed(params.seed)
         self.jobs[job_id] = run
@@ -113,7 +130,7 @@ class Executor:
 
     def first_input(self, run: JobRun, raw: bytes) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Stage 0: validate the job input, tokenize. -> (ids [b, n], attention mask or None)."""
-        loaded = self.spans[run.model_id]
+        loaded = run.loaded
         arch = loaded.model.arch
         kind = run.params.kind
         if kind == "generate" and not arch.is_decoder:
@@ -142,15 +159,24 @@ class Executor:
         return ids, None
 
     def run_span(self, run: JobRun, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        loaded = self.spans[run.model_id]
+        loaded = run.loaded
         session = run.session if run.params.kind == "generate" else None
-        return loaded.model(x, attention_mask=mask, session=session)
+        started = time.perf_counter()
+        out = loaded.model(x, attention_mask=mask, session=session)
+        elapsed = time.perf_counter() - started
+        if self.slowdown > 1:  # emulating a slower machine (devnet / tests): take `slowdown` times as long
+            time.sleep(elapsed * (self.slowdown - 1))
+            elapsed *= self.slowdown
+        ms = elapsed * 1000 / max(1, loaded.span.end - loaded.span.start)
+        self.ms_per_block = ms if self.ms_per_block is None else 0.8 * self.ms_per_block + 0.2 * ms
+        self.calls += 1
+        return out
 
     def next_token(self, run: JobRun, logits: torch.Tensor) -> tuple[int, bool]:
         """Last stage, generate: the next token and whether generation is over."""
         token = sample_next(logits[0, -1], run.params, run.generator)
         run.tokens.append(token)
-        config = self.spans[run.model_id].manifest.config
+        config = run.loaded.manifest.config
         eos = config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
         return token, len(run.tokens) >= run.params.max_new_tokens or token in eos_ids
@@ -162,7 +188,7 @@ class Executor:
         if "t0" in timing:
             timing["data_plane_ms"] = round((time.time() - timing["t0"]) * 1000, 3)
         if kind == "generate":
-            tok = self.spans[run.model_id].tokenizer
+            tok = run.loaded.tokenizer
             text = tok.decode(run.tokens, skip_special_tokens=True) if tok is not None else None
             out = {"kind": kind, "tokens": run.tokens, "text": text}
         elif kind == "embed":

@@ -34,6 +34,9 @@ class NodeSettings(BaseModel):
     ipfs_timeout_s: float = Field(20.0, gt=0)  # reading a job input or a shard
     poll_interval_s: float = Field(0.2, gt=0)  # HTTP polling fallback when the websocket fails
     reroute_wait_s: float = Field(20.0, gt=0)  # how long a stage waits for a dead next stage's replacement
+    # emulate a slower machine on a devnet: every span forward takes this many times as long
+    # (1 = as fast as this machine goes). For testing heterogeneous swarms on one host.
+    slowdown: float = Field(1.0, ge=1.0)
 
     @model_validator(mode="after")
     def _one_key(self):

@@ -32,7 +32,8 @@ def free_port() -> int:
 
 class Network:
     def __init__(self, home: Path, nodes: int = 3, ipfs_timeout_s: float = 3.0,
-                 devnet_settings: dn.DevnetSettings | None = None, coordinator: bool = True):
+                 devnet_settings: dn.DevnetSettings | None = None, coordinator: bool = True,
+                 coordinator_args: tuple[str, ...] = (), node_overrides: dict[int, dict] | None = None):
         self.home = Path(home)
         self.home.mkdir(parents=True, exist_ok=True)
         self.settings = devnet_settings or dn.DevnetSettings(home=self.home / "devnet", chain_port=free_port(),
@@ -42,6 +43,8 @@ class Network:
         self.ipfs_timeout_s = ipfs_timeout_s
         self.procs: dict[str, subprocess.Popen] = {}
         self.node_ports: list[int] = []
+        self.coordinator_args = list(coordinator_args)
+        self.node_overrides = node_overrides or {}  # node index -> {"slowdown": .., "compute_score": ..}
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> Network:
@@ -52,7 +55,8 @@ class Network:
         self.c = Contracts(self.chain)
         self.ipfs = IpfsClient(self.deployment.ipfs_api)
         if self.run_coordinator:
-            self.start_process("coordinator", ["coordinator", "run", "--deployment", str(self.deployment_path)])
+            self.start_process("coordinator", ["coordinator", "run", "--deployment", str(self.deployment_path),
+                                               *self.coordinator_args])
         for i in range(self.n_nodes):
             self.node_ports.append(free_port())
             self.start_node(i)
@@ -64,12 +68,22 @@ class Network:
         return self
 
     def node_config(self, i: int) -> Path:
+        extra = self.node_overrides.get(i, {})
         path = self.home / f"node{i}.toml"
         path.write_text(
             f'dev_account = {2 + i}\ndeployment = "{self.deployment_path}"\nlisten_port = {self.node_ports[i]}\n'
             f'state_dir = "{self.home / f"node{i}-state"}"\nipfs_timeout_s = {self.ipfs_timeout_s}\n'
-            f"[hardware]\nmemory_mb = {4096 * (i + 1)}\ncompute_score = 10\nbandwidth_mbps = 1000\n")
+            f"slowdown = {extra.get('slowdown', 1.0)}\n"
+            f"[hardware]\nmemory_mb = {4096 * (i + 1)}\ncompute_score = {extra.get('compute_score', 10)}\n"
+            f"bandwidth_mbps = 1000\n")
         return path
+
+    def add_node(self) -> int:
+        """Start one more node process (a node joining a running network); returns its index."""
+        i = len(self.node_ports)
+        self.node_ports.append(free_port())
+        self.start_node(i)
+        return i
 
     def start_node(self, i: int) -> None:
         self.start_process(f"node{i}", ["node", "run", "--config", str(self.node_config(i))])
