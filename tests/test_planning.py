@@ -142,3 +142,19 @@ def test_pipeline_plan_replicates_middle_spans_first():
     plan = plan_pipeline(["0xa", "0xb", "0xc", "0xd", "0xe"], 6)
     assert [plan[n] for n in ("0xa", "0xb", "0xc")] == [Span(0, 2), Span(2, 4), Span(4, 6)]
     assert plan["0xd"] == Span(2, 4) and plan["0xe"] in (Span(0, 2), Span(4, 6))
+
+
+def test_tiled_plans_keep_spans_on_the_boundaries():
+    """The throughput coordinator tiles the model so every route chains whole spans."""
+    rng = random.Random(5)
+    nodes = swarm(rng, 7)
+    model = ModelSpec.uniform(8, block_mb=100.0)
+    boundaries = (0, 2, 5, 8)
+    got = plan(nodes, model, replicas=2, max_span=3, boundaries=boundaries)
+    assert got.spans and got.min_replicas >= 1
+    assert all(s.start in boundaries and s.end in boundaries for s in got.spans.values()), got.spans
+    slow = [NodeSpec(f"0x{i:040x}", 10_000, 1.0) for i in range(3)]
+    fast = [NodeSpec(f"0x{9:039x}{i}", 10_000, 10.0) for i in range(2)]
+    before = plan(slow, model, replicas=2, max_span=3, boundaries=boundaries)
+    after = plan(slow + fast, model, replicas=2, max_span=3, boundaries=boundaries)
+    assert after.slowest > before.slowest and {f.address for f in fast} <= set(after.spans)

@@ -50,6 +50,12 @@ def _when(ts: int) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _print_events(title: str, events: list[dict]) -> None:
+    click.echo(f"{title}:")
+    for e in events:
+        click.echo(f"  {_when(e['time'])}  block {e['block']:>6}  {e['event']:<16} {e['what']}")
+
+
 def _emit(data, as_json: bool, table) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2))
@@ -124,9 +130,7 @@ def audit_job(job_id, rpc_url, db, no_sync, as_json) -> None:
                        f"  paid {j['payouts'].get(s['node'], 0)}{hashes}")
         if j["failed_nodes"]:
             click.echo(f"failed: {', '.join(j['failed_nodes'])}")
-        click.echo("timeline:")
-        for e in j["timeline"]:
-            click.echo(f"  {_when(e['time'])}  block {e['block']:>6}  {e['event']:<16} {e['what']}")
+        _print_events("timeline", j["timeline"])
     _emit(job, as_json, table)
 
 
@@ -152,9 +156,7 @@ def audit_node(address, rpc_url, db, no_sync, as_json) -> None:
                                                   for m, s in n["spans"].items()) or "none"))
         click.echo(f"{'jobs':<16}{', '.join(map(str, n['jobs'])) or 'none'}")
         click.echo(f"{'failures':<16}{', '.join(f'job {j}' for j in n['failures']) or 'none'}")
-        click.echo("history:")
-        for e in n["history"]:
-            click.echo(f"  {_when(e['time'])}  block {e['block']:>6}  {e['event']:<16} {e['what']}")
+        _print_events("history", n["history"])
     _emit(info, as_json, table)
 
 
