@@ -149,7 +149,7 @@ class Coordinator:
     def _replica(self, model_id: int, stage: Stage, on_route: set[str]) -> str | None:
         active = set(self.ledger.active_nodes(self.min_stake)) - self.failed
         for node, (start, end, confirmed) in sorted(self.ledger.assignments.get(model_id, {}).items()):
-            if confirmed and node in active and node not in on_route and (start, end) == (stage.start, stage.end):
+            if confirmed and node in active and node not in on_route and start <= stage.start and end == stage.end:
                 return node
         return None
 
@@ -232,7 +232,7 @@ class Coordinator:
         specs = self.node_specs(usable)
         by_address = {n.address: n for n in specs}
         stages = min(self.min_stages, spec.blocks)
-        # spans tile the model on `stages` even boundaries, so every route chains whole spans
+        # spans tile the model on `stages` even boundaries: replicas of a span are interchangeable
         boundaries = tuple(spec.blocks * i // stages for i in range(stages + 1)) if stages > 1 else None
         new = plan(specs, spec, self.replicas, max_span=-(-spec.blocks // stages), boundaries=boundaries)
         current = {n: Span(s, e) for n, (s, e, _) in self.ledger.assignments.get(model_id, {}).items()
@@ -281,7 +281,7 @@ class Coordinator:
                 continue
             model = self.ledger.models.get(job.model_id)
             candidates = self._candidates(job.model_id, model["pricePerBlock"], usable)
-            cheapest = route(candidates, model["blockCount"], RouteWeights(latency=0, price=1), whole_spans=True)
+            cheapest = route(candidates, model["blockCount"], RouteWeights(latency=0, price=1))
             if cheapest is None:
                 if job_id not in self.unroutable_logged:
                     log.info("job %d waits: no confirmed cover of model %d yet", job_id, job.model_id)
@@ -295,7 +295,7 @@ class Coordinator:
             weights = RouteWeights(latency=params.route_latency, price=params.route_price, trust=params.route_trust,
                                    max_fee=job.max_fee * 10_000 // (10_000 + self.fee_bps),
                                    min_reputation=params.min_reputation, avoid=frozenset(params.avoid))
-            stages = route(candidates, model["blockCount"], weights, whole_spans=True)
+            stages = route(candidates, model["blockCount"], weights)
             if stages is None:
                 await self._abort(job_id, job, "no route satisfies the job's limits (min_reputation, avoid, max fee)")
                 continue

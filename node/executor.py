@@ -106,15 +106,18 @@ class Executor:
 
     def _span_for(self, model_id: int, stage: Stage) -> LoadedSpan:
         """The loaded span a job's stage runs on: the current one, or one a running job still
-        holds after a reassignment (routes planned before a move keep their spans)."""
+        holds after a reassignment (routes planned before a move keep their spans). A stage
+        may enter a span part-way: [stage.start, span end)."""
+        def serves(loaded: LoadedSpan | None) -> bool:
+            return loaded is not None and loaded.model_id == model_id and (
+                loaded.span.start <= stage.start < stage.end == loaded.span.end)
+
         current = self.spans[model_id]
-        if (current.span.start, current.span.end) == (stage.start, stage.end):
+        if serves(current):
             return current
         for run in self.jobs.values():
-            held = run.loaded
-            if held is not None and held.model_id == model_id and (held.span.start, held.span.end) == (
-                    stage.start, stage.end):
-                return held
+            if serves(run.loaded):
+                return run.loaded
         return current
 
     # ------------------------------------------------------------------ jobs
@@ -162,12 +165,13 @@ class Executor:
         loaded = run.loaded
         session = run.session if run.params.kind == "generate" else None
         started = time.perf_counter()
-        out = loaded.model(x, attention_mask=mask, session=session)
+        entry = run.stages[run.stage].start
+        out = loaded.model(x, attention_mask=mask, session=session, start=entry)
         elapsed = time.perf_counter() - started
         if self.slowdown > 1:  # emulating a slower machine (devnet / tests): take `slowdown` times as long
             time.sleep(elapsed * (self.slowdown - 1))
             elapsed *= self.slowdown
-        ms = elapsed * 1000 / max(1, loaded.span.end - loaded.span.start)
+        ms = elapsed * 1000 / max(1, loaded.span.end - entry)
         self.ms_per_block = ms if self.ms_per_block is None else 0.8 * self.ms_per_block + 0.2 * ms
         self.calls += 1
         return out

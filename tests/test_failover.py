@@ -52,6 +52,29 @@ def test_routes_follow_the_clients_limits(net4):
     assert refused.record.refunded == MAX_FEE
 
 
+def test_a_route_enters_a_span_part_way(net4):
+    """The replica of the middle span is widened to overlap the first span; a job avoiding the
+    middle node then runs the replica from the middle span's start, part-way into its span."""
+    client, model = net4.client, net4.model_id
+    job_input = {"input_ids": [101, 2023, 2897]}
+    first = client.wait(client.submit(model, job_input, JobParams(max_new_tokens=6), MAX_FEE))
+    (_, _, _, _), (middle, a, b, _), _ = first.record.route
+    on_route = {s[0] for s in first.record.route}
+    replica = next(n for n in net4.c.models.assigned_nodes(model) if n not in on_route)
+    admin = dev_account(0)
+    net4.c.models.grant_coordinator(admin.address, account=admin)
+    net4.c.models.assign_shard(model, replica, a - 1, b, account=admin)
+    deadline = time.monotonic() + 60
+    while not net4.c.models.assignment(model, replica).confirmed:  # the node loads [a - 1, b) and confirms
+        assert time.monotonic() < deadline, "the widened span was not confirmed"
+        time.sleep(0.2)
+    result = client.wait(client.submit(model, job_input, JobParams(max_new_tokens=6, avoid=(middle,)), MAX_FEE))
+    assert result.status == JobStatus.COMPLETED, result.record.abort_reason
+    [stage] = [s for s in result.record.route if s[0] == replica]
+    assert (stage[1], stage[2]) == (a, b) and net4.c.models.assignment(model, replica).start == a - 1
+    assert result.output["tokens"] == first.output["tokens"]
+
+
 def test_middle_stage_killed_mid_generation(net4):
     client = net4.client
     params = JobParams(kind="generate", max_new_tokens=64)

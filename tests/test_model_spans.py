@@ -66,6 +66,42 @@ def test_twenty_greedy_tokens_with_kv_cache(name):
     assert sessions[1].cache.get_seq_length() == 7 + 19
 
 
+@pytest.mark.parametrize("name", DECODERS)
+def test_routes_entering_spans_part_way_match_the_whole_model(name):
+    """Overlapping spans [0, 3) and [1, n): a route runs the first, then enters the second at
+    block 3; another job on the same span enters at its start. Greedy tokens with KV caches
+    equal the whole model for both, interleaved."""
+    cfg = PRESETS[name]()
+    model = build_model(cfg, 9)
+    n = num_blocks(cfg)
+    blocks = {b: block_state(model, cfg, b) for b in range(n)}
+    first, second = SpanModel(cfg, Span(0, 3), blocks), SpanModel(cfg, Span(1, n), blocks)
+    whole = SpanModel(cfg, Span(0, n), blocks)
+    prompt = torch.randint(0, cfg.vocab_size, (1, 6))
+    expected = prompt
+    with torch.no_grad():
+        for _ in range(12):
+            expected = torch.cat([expected, model(input_ids=expected).logits[:, -1:].argmax(-1)], 1)
+    a, b = first.new_session(), second.new_session()  # job 1: [0, 3) then [3, n) of the second span
+    c = second.new_session()  # job 2: embeddings from `whole`'s first block, then [1, n) of the second span
+    w = whole.new_session()
+    tokens1 = tokens2 = prompt
+    step1 = step2 = prompt
+    for _ in range(12):
+        logits1 = second(first(step1, session=a), session=b, start=3)
+        embedded = whole.parts["transformer/wte"](step2) + whole.parts["transformer/wpe"](
+            torch.arange(w.seen, w.seen + step2.shape[1]).unsqueeze(0)) if name == "tiny-gpt2" else None
+        if embedded is None:
+            embedded = whole.part(whole.arch.embed[0])(step2)
+        w.seen += step2.shape[1]
+        logits2 = second(embedded, session=c)
+        step1, step2 = logits1[:, -1:].argmax(-1), logits2[:, -1:].argmax(-1)
+        tokens1, tokens2 = torch.cat([tokens1, step1], 1), torch.cat([tokens2, step2], 1)
+    assert torch.equal(tokens1, expected) and torch.equal(tokens2, expected)
+    with pytest.raises(ValueError, match="outside span"):
+        second(prompt, start=0)
+
+
 def test_a_span_holds_only_its_blocks():
     cfg = PRESETS["tiny-llama"]()
     model = build_model(cfg)

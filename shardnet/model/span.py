@@ -7,6 +7,7 @@ Decoder spans keep a KV cache per session, with layer indices renumbered to the 
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import torch
@@ -71,11 +72,23 @@ class SpanModel(nn.Module):
         for path in self.arch.shared:  # weight-free, rebuilt from the config
             self.parts[path.replace(".", "/")] = type(get_module(skeleton, path))(config=config)
         del skeleton
-        for local, layer in enumerate(self.layer_list):  # the span's cache holds only its layers
-            for sub in layer.modules():
-                if hasattr(sub, "layer_idx"):
-                    sub.layer_idx = local
+        self.layer_blocks = [b for b in range(span.start, span.end) if 1 <= b <= num_layers(config)]
+        self._entry = None  # the block the layers' cache indices are numbered from (see _number_layers)
+        self._lock = threading.Lock()
+        self._number_layers(span.start)
         self.eval()
+
+    def _number_layers(self, entry: int) -> int:
+        """A job's cache holds only the layers it runs: number them from 0 at its entry block.
+        Returns how many of the span's layers come before the entry."""
+        skip = sum(1 for b in self.layer_blocks if b < entry)
+        if self._entry != entry:
+            for local, layer in enumerate(self.layer_list):
+                for sub in layer.modules():
+                    if hasattr(sub, "layer_idx"):
+                        sub.layer_idx = local - skip
+            self._entry = entry
+        return skip
 
     def part(self, path: str) -> nn.Module:
         return self.parts[path.replace(".", "/")]
@@ -93,38 +106,48 @@ class SpanModel(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                session: Session | None = None) -> torch.Tensor:
+                session: Session | None = None, start: int | None = None) -> torch.Tensor:
         """x: token ids [b, q] (first span; pixels [b, c, h, w] for ViT) or hidden states [b, q, d].
         attention_mask: [b, s] of 1/0 over the whole sequence so far (encoders: padding).
-        Returns hidden states [b, q, d], or at the last span logits [b, q, vocab] (decoders,
-        ViT: [b, labels]) or a normalised embedding [b, d] (BERT, mean pooling)."""
+        start: run blocks [start, span end) only (a route entering this span part-way); a job
+        keeps the same entry for all its steps. Returns hidden states [b, q, d], or at the last
+        span logits [b, q, vocab] (decoders, ViT: [b, labels]) or a normalised embedding [b, d]
+        (BERT, mean pooling)."""
+        start = self.span.start if start is None else start
+        if not self.span.start <= start < self.span.end:
+            raise ValueError(f"entry block {start} is outside span [{self.span.start}, {self.span.end})")
+        with self._lock:  # layer numbering is shared by the span's jobs: one forward at a time
+            skip = self._number_layers(start)
+            return self._forward(x, attention_mask, session, start, self.layer_list[skip:])
+
+    def _forward(self, x, attention_mask, session, start: int, layers: list[nn.Module]) -> torch.Tensor:
         family = self.arch.family
         q = x.shape[1]
         seen = session.seen if session else 0
         cache = session.cache if session else None
         position_ids = torch.arange(seen, seen + q).unsqueeze(0) if self.arch.is_decoder else None
-        hidden = self._embed(x, position_ids) if self.has_embed else x
+        hidden = self._embed(x, position_ids) if start == 0 else x
 
-        if self.layer_list:
+        if layers:
             if family == "rope_decoder":
                 mask = create_causal_mask(config=self.config, inputs_embeds=hidden, attention_mask=attention_mask,
                                           cache=cache, position_ids=position_ids)
                 rope = self.part(self.arch.shared[0])(hidden, position_ids=position_ids)
-                for layer in self.layer_list:
+                for layer in layers:
                     hidden = layer(hidden, attention_mask=mask, position_ids=position_ids, cache=cache,
                                    use_cache=cache is not None, position_embeddings=rope)
             elif family == "gpt2":
                 mask = create_causal_mask(config=self.config, inputs_embeds=hidden, attention_mask=attention_mask,
                                           cache=cache, position_ids=position_ids)
-                for layer in self.layer_list:
+                for layer in layers:
                     hidden = layer(hidden, cache=cache, attention_mask=mask, use_cache=cache is not None)
             elif family == "bert":
                 mask = create_bidirectional_mask(config=self.config, inputs_embeds=hidden,
                                                  attention_mask=attention_mask)
-                for layer in self.layer_list:
+                for layer in layers:
                     hidden = layer(hidden, attention_mask=mask)
             else:
-                for layer in self.layer_list:
+                for layer in layers:
                     hidden = layer(hidden)
             hidden = hidden[0] if isinstance(hidden, tuple) else hidden
         if session is not None:
