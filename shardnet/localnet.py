@@ -55,8 +55,7 @@ class Network:
         self.c = Contracts(self.chain)
         self.ipfs = IpfsClient(self.deployment.ipfs_api)
         if self.run_coordinator:
-            self.start_process("coordinator", ["coordinator", "run", "--deployment", str(self.deployment_path),
-                                               *self.coordinator_args])
+            self.start_coordinator()
         for i in range(self.n_nodes):
             self.node_ports.append(free_port())
             self.start_node(i)
@@ -66,6 +65,10 @@ class Network:
                 raise RuntimeError(f"nodes did not register; logs in {self.home}")
             time.sleep(0.2)
         return self
+
+    def start_coordinator(self) -> None:
+        self.start_process("coordinator", ["coordinator", "run", "--deployment", str(self.deployment_path),
+                                           *self.coordinator_args])
 
     def node_config(self, i: int) -> Path:
         extra = self.node_overrides.get(i, {})

@@ -1,7 +1,8 @@
 """The network end to end on the real stack: a devnet, a coordinator process and three node
 processes serve generation, embedding and forward jobs posted on-chain; outputs equal the
 model run locally, every stage is paid exactly per its route, bad jobs are refunded with a
-reason, and a node restarted mid-run never submits twice."""
+reason, a node restarted mid-run never submits twice, and a coordinator killed under load
+resumes."""
 
 import json
 import time
@@ -217,6 +218,24 @@ def test_restarted_node_never_submits_twice(net):
     submits = [e for e in EventFollower(net.chain, [net.c.market.address]).poll() if e.name == "ResultSubmitted"]
     job_ids = [e.args["jobId"] for e in submits]
     assert len(job_ids) == len(set(job_ids))
+
+
+def test_coordinator_killed_under_load_resumes(net):
+    """kill -9 the coordinator with jobs in flight, post more while it is down, restart it: it
+    rebuilds its state from events and probes, routes what is waiting, routes nothing twice."""
+    model_id, _ = net.models["tiny-gpt2"]
+    client = net.client
+    before = [client.submit(model_id, {"input_ids": [3, k]}, JobParams(max_new_tokens=3), MAX_FEE) for k in range(3)]
+    net.kill("coordinator")
+    during = [client.submit(model_id, {"input_ids": [4, k]}, JobParams(max_new_tokens=3), MAX_FEE) for k in range(3)]
+    time.sleep(1)
+    assert all(client.history(j).status == JobStatus.POSTED for j in during)  # nobody routes them now
+    net.start_coordinator()
+    results = [client.wait(j, timeout_s=120) for j in before + during]
+    assert all(r.status == JobStatus.COMPLETED for r in results), [r.record.abort_reason for r in results]
+    routed = [e.args["jobId"] for e in EventFollower(net.chain, [net.c.market.address]).poll()
+              if e.name == "JobRouted"]
+    assert len(routed) == len(set(routed))
 
 
 def test_auditor_reconciles_and_verifies_receipts(net):
