@@ -95,6 +95,37 @@ def test_every_cli_view_matches_the_script(scripted):
     assert network["jobs"] == len(h.status) and {n["node"] for n in network["node_list"]} == set(h.nodes)
 
 
+def test_fast_decoder_equals_web3s_event_decoding(scripted):
+    """The indexer's eth_abi decoder gives what web3's generic decoder gives, for every event."""
+    from web3._utils.events import get_event_data
+
+    from shardnet.events import EventDecoder
+    from shardnet.indexer import CONTRACTS
+
+    chain, h, env = scripted
+    from eth_utils import event_abi_to_log_topic
+
+    abis = {event_abi_to_log_topic(e): e for e in chain.abis if e.get("type") == "event"}  # names repeat
+    logs = chain.w3.eth.get_logs({"address": [chain.deployment.address(n) for n in CONTRACTS],
+                                  "fromBlock": chain.deployment.deploy_block})
+    raw = chain.w3.provider.make_request("eth_getLogs", [{"address": [chain.deployment.address(n) for n in CONTRACTS],
+                                                         "fromBlock": hex(chain.deployment.deploy_block)}])["result"]
+    decoder = EventDecoder(chain.abis)
+    names = set()
+    for log, raw_log in zip(logs, raw, strict=True):
+        fast, from_raw = decoder.decode(log), decoder.decode(raw_log)
+        assert fast == from_raw
+        reference = get_event_data(chain.w3.codec, abis[bytes(log["topics"][0])], log)
+        assert json.dumps(fast.args, default=_plain) == json.dumps(dict(reference["args"]), default=_plain), fast.name
+        assert (fast.block_number, fast.log_index) == (reference["blockNumber"], reference["logIndex"])
+        names.add(fast.name)
+    assert {"JobRouted", "ResultSubmitted", "NodeRegistered", "NodeSlashed", "JobRerouted"} <= names
+
+
+def _plain(value):
+    return dict(value) if hasattr(value, "keys") else bytes(value).hex() if isinstance(value, bytes) else str(value)
+
+
 def test_reconcile_passes_and_names_an_altered_row(scripted, tmp_path):
     chain, h, env = scripted
     ok = run_cli("audit", "reconcile", env=env)
