@@ -10,17 +10,14 @@ first job of fresh accounts (one-time storage initialisation included).
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shardnet import devnet as dn  # noqa: E402
 from shardnet.chain import Chain, dev_account  # noqa: E402
-from shardnet.deployment import Deployment  # noqa: E402
 from shardnet.protocol import Hardware  # noqa: E402
 from shardnet.scenario import ETHER, World  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
 
 TARGET_TOTAL = 400_000
 COORD = dev_account(1).address  # the devnet coordinator
@@ -45,32 +42,26 @@ def one_job(world: World, model: int, nodes, spans, client) -> dict[str, int]:
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory() as home:
-        settings = dn.DevnetSettings(home=Path(home), chain_port=free_port(), ipfs_port=free_port())
-        dn.up(settings)
-        try:
-            deployment = Deployment.load(dn.DevnetPaths.default(settings).deployment)
-            chain = Chain.from_deployment(deployment, account=dev_account(0))
-            world = World.of(chain)
-            register = world.contracts.nodes.register("http://127.0.0.1:7001", Hardware(8192, 10, 100), b"\x01" * 33,
-                                                      ETHER, account=dev_account(15))
-            nodes = world.register_nodes(3)
-            model_receipt_block = chain.w3.eth.block_number
-            model = world.register_model(12)
-            register_model_gas = chain.w3.eth.get_transaction_receipt(
-                chain.w3.eth.get_block(model_receipt_block + 1)["transactions"][0])["gasUsed"]
-            assign = world.contracts.models.assign_shard(model, nodes[0].address, 0, 4, account=world.coordinator)
-            confirm = world.contracts.models.confirm_shard(model, account=nodes[0])
-            world.contracts.models.assign_shard(model, nodes[1].address, 4, 8, account=world.coordinator)
-            world.contracts.models.confirm_shard(model, account=nodes[1])
-            world.contracts.models.assign_shard(model, nodes[2].address, 8, 12, account=world.coordinator)
-            world.contracts.models.confirm_shard(model, account=nodes[2])
-            spans = [(0, 4), (4, 8), (8, 12)]
-            client = dev_account(12)
-            first = one_job(world, model, nodes, spans, client)
-            steady = one_job(world, model, nodes, spans, client)
-        finally:
-            dn.down(settings)
+    with dn.temporary() as (deployment, _):
+        chain = Chain.from_deployment(deployment, account=dev_account(0))
+        world = World.of(chain)
+        register = world.contracts.nodes.register("http://127.0.0.1:7001", Hardware(8192, 10, 100), b"\x01" * 33,
+                                                  ETHER, account=dev_account(15))
+        nodes = world.register_nodes(3)
+        model_receipt_block = chain.w3.eth.block_number
+        model = world.register_model(12)
+        register_model_gas = chain.w3.eth.get_transaction_receipt(
+            chain.w3.eth.get_block(model_receipt_block + 1)["transactions"][0])["gasUsed"]
+        assign = world.contracts.models.assign_shard(model, nodes[0].address, 0, 4, account=world.coordinator)
+        confirm = world.contracts.models.confirm_shard(model, account=nodes[0])
+        world.contracts.models.assign_shard(model, nodes[1].address, 4, 8, account=world.coordinator)
+        world.contracts.models.confirm_shard(model, account=nodes[1])
+        world.contracts.models.assign_shard(model, nodes[2].address, 8, 12, account=world.coordinator)
+        world.contracts.models.confirm_shard(model, account=nodes[2])
+        spans = [(0, 4), (4, 8), (8, 12)]
+        client = dev_account(12)
+        first = one_job(world, model, nodes, spans, client)
+        steady = one_job(world, model, nodes, spans, client)
 
     print(f"gas_register_node: {register['gasUsed']}")
     print(f"gas_register_model: {register_model_gas}")

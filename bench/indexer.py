@@ -15,7 +15,6 @@ from __future__ import annotations
 import random
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,10 +24,8 @@ from shardnet import devnet as dn  # noqa: E402
 from shardnet.audit import build_ledger  # noqa: E402
 from shardnet.bindings import _receipts, _stages, output_hash_of  # noqa: E402
 from shardnet.chain import Chain, dev_account  # noqa: E402
-from shardnet.deployment import Deployment  # noqa: E402
 from shardnet.indexer import Index  # noqa: E402
 from shardnet.scenario import World  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
 from eth_utils import keccak  # noqa: E402
 
 TARGET_EVENTS = 10_000
@@ -82,39 +79,33 @@ def write_history(world: World, jobs: int) -> None:
 
 def main() -> None:
     jobs = -(-TARGET_EVENTS // EVENTS_PER_JOB)
-    with tempfile.TemporaryDirectory() as home:
-        settings = dn.DevnetSettings(home=Path(home), chain_port=free_port(), ipfs_port=free_port())
-        dn.up(settings)
-        try:
-            deployment = Deployment.load(dn.DevnetPaths.default(settings).deployment)
-            chain = Chain.from_deployment(deployment, account=dev_account(0))
-            started = time.perf_counter()
-            write_history(World.of(chain), jobs)
-            written_s = time.perf_counter() - started
-            with Index(Path(home) / "index.sqlite", chain) as index:
-                report = index.sync()
-                rng = random.Random(7)
-                ids = [rng.randint(1, jobs) for _ in range(500)]
-                job_ms = []
-                for job_id in ids:
-                    t = time.perf_counter()
-                    view = index.job(job_id)
-                    job_ms.append((time.perf_counter() - t) * 1000)
-                    assert view is not None and view["status"] == "completed" and len(view["timeline"]) == 8
-                clients = [dev_account(i).address for i in range(12, 18)]
-                list_ms = []
-                for client in clients * 10:
-                    t = time.perf_counter()
-                    rows = index.jobs(client=client, status="completed")
-                    list_ms.append((time.perf_counter() - t) * 1000)
-                    assert rows
-                events = index.summary()["events"]
-            t = time.perf_counter()
-            ledger = build_ledger(chain)
-            replay_ms = (time.perf_counter() - t) * 1000
-            assert len(ledger.jobs) == jobs
-        finally:
-            dn.down(settings)
+    with dn.temporary() as (deployment, settings):
+        chain = Chain.from_deployment(deployment, account=dev_account(0))
+        started = time.perf_counter()
+        write_history(World.of(chain), jobs)
+        written_s = time.perf_counter() - started
+        with Index(Path(settings.home) / "index.sqlite", chain) as index:
+            report = index.sync()
+            rng = random.Random(7)
+            ids = [rng.randint(1, jobs) for _ in range(500)]
+            job_ms = []
+            for job_id in ids:
+                t = time.perf_counter()
+                view = index.job(job_id)
+                job_ms.append((time.perf_counter() - t) * 1000)
+                assert view is not None and view["status"] == "completed" and len(view["timeline"]) == 8
+            clients = [dev_account(i).address for i in range(12, 18)]
+            list_ms = []
+            for client in clients * 10:
+                t = time.perf_counter()
+                rows = index.jobs(client=client, status="completed")
+                list_ms.append((time.perf_counter() - t) * 1000)
+                assert rows
+            events = index.summary()["events"]
+        t = time.perf_counter()
+        ledger = build_ledger(chain)
+        replay_ms = (time.perf_counter() - t) * 1000
+        assert len(ledger.jobs) == jobs
 
     p50 = statistics.median(job_ms)
     print(f"history_events: {events}")

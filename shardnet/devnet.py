@@ -7,12 +7,15 @@ every other process reads. `down` stops only the processes `up` recorded.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -314,3 +317,16 @@ def down(settings: DevnetSettings | None = None) -> list[str]:
         paths.pids.unlink()
     return stopped
 
+
+
+@contextlib.contextmanager
+def temporary(prefix: str = "shardnet-devnet-") -> Iterator[tuple[Deployment, DevnetSettings]]:
+    """A throwaway devnet on free ports in a temporary folder, stopped and removed on exit
+    (benchmarks and scripts that must not touch a developer's own devnet)."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as home:
+        settings = DevnetSettings(home=Path(home), chain_port=tools.free_port(), ipfs_port=tools.free_port())
+        up(settings)
+        try:
+            yield Deployment.load(DevnetPaths.default(settings).deployment), settings
+        finally:
+            down(settings)

@@ -19,15 +19,7 @@ from shardnet.model.loading import load_model
 from shardnet.model.shards import publish
 from shardnet.storage import IpfsClient
 
-from shardnet.tools import repo_root
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from shardnet.tools import free_port, repo_root
 
 
 class Network:

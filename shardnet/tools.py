@@ -14,6 +14,15 @@ CONTRACTS_DIR = PACKAGE_DIR.parent / "contracts"
 _FIX = "run 'make bootstrap' in the repository root"
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def repo_root() -> Path:
     """The repository root: where package.json and node_modules live."""
     env = os.environ.get("SHARDNET_ROOT")

@@ -4,7 +4,6 @@ test session in a temporary folder on free ports (a developer's own devnet is le
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,15 +14,10 @@ from shardnet import devnet as dn
 from shardnet.chain import Chain, dev_account
 from shardnet.deployment import Deployment
 from shardnet.storage import IpfsClient
+from shardnet.tools import free_port  # noqa: F401 - re-exported for the tests
 
 REPO = Path(__file__).resolve().parents[1]
 SHARDNET = [sys.executable, "-m", "shardnet.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def devnet_settings(home: Path) -> dn.DevnetSettings:
