@@ -42,6 +42,25 @@ def _show(result: JobResult) -> None:
           f"output {r.output_cid}")
 
 
+def _audit(net: Network) -> None:
+    """What an auditor does: index every event, check the books against contract state and
+    every receipt's signature."""
+    from shardnet.audit import index_label, reconcile, verify_receipts
+    from shardnet.indexer import Index
+
+    path = net.home / "demo-index.sqlite"
+    path.unlink(missing_ok=True)
+    with Index(path, net.chain) as index:
+        report = index.sync()
+        ledger = index.state()
+    diffs, problems = reconcile(net.chain, ledger, index_label), verify_receipts(net.chain, ledger)
+    receipts = sum(len(j.receipts) for j in ledger.jobs.values())
+    print(f"\nauditor: indexed {report.events} events into SQLite; books "
+          f"{'match contract state' if not diffs else 'DIFFER: ' + '; '.join(map(str, diffs))}; "
+          f"{receipts} receipts {'verified' if not problems else 'BAD: ' + '; '.join(problems)}")
+    print("  browse it: .venv/bin/shardnet devnet up && .venv/bin/shardnet explorer   (http://127.0.0.1:8090)")
+
+
 def run() -> None:
     started = time.monotonic()
     settings = devnet.DevnetSettings()
@@ -81,6 +100,7 @@ def run() -> None:
         result = client.wait(client.submit(models["demo-gpt2"], {"prompt": prompt}, params, MAX_FEE), timeout_s=120)
         print(f"  prompt: {prompt!r}\n  output: {result.output['text']!r}")
         _show(result)
+        _audit(net)
         print(f"\ndone in {time.monotonic() - started:.0f} s")
     finally:
         net.stop()
