@@ -60,7 +60,6 @@ class Coordinator:
         self.block_mb: dict[int, tuple[float, ...]] = {}  # model -> memory per block (from its manifest)
         self.planned_nodes: dict[int, frozenset[str]] = {}  # model -> usable nodes when last planned
         self.sent: dict[tuple[int, str], Span] = {}  # (model, node) -> span last assigned by this process
-        self.job_seconds: list[tuple[int, float]] = []  # (job, routed -> result seconds), from chain events
 
     async def run(self) -> None:
         async for event in self.listener.catch_up(self.deployment.deploy_block):
@@ -73,23 +72,11 @@ class Coordinator:
         try:
             async for event in self.listener.stream(self.listener.last_key[0] + 1):
                 self.ledger.apply(event)
-                if event.name == "ResultSubmitted":
-                    self._time_job(event)
                 if event.name in TRIGGERS:
                     await self.reconcile()
         finally:
             for task in tasks:
                 task.cancel()
-
-    def _time_job(self, event) -> None:
-        """Job latency as the chain saw it: from the JobRouted block to the ResultSubmitted block."""
-        try:
-            routed = next(b for b, name in self.ledger.jobs[event.args["jobId"]].history if name == "JobRouted")
-            t0 = self.chain.w3.eth.get_block(routed)["timestamp"]
-            t1 = self.chain.w3.eth.get_block(event.block_number)["timestamp"]
-            self.job_seconds = (self.job_seconds + [(event.args["jobId"], t1 - t0)])[-200:]
-        except (StopIteration, KeyError, Exception) as exc:  # noqa: BLE001 - statistics only
-            log.debug("could not time job %s: %s", event.args.get("jobId"), exc)
 
     # ------------------------------------------------------------------ failover
     async def _probe_loop(self) -> None:
