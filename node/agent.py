@@ -37,6 +37,11 @@ from shardnet.model.quant import decode_activation, encode_activation
 from shardnet.protocol import Hardware, JobStatus, Receipt, Span, Stage
 from shardnet.storage import IpfsClient
 
+# Decode steps expected to take at most this long run on the event loop itself. Handing a
+# forward to a worker thread and back costs milliseconds of GIL handoff per hop (Python's
+# switch interval is 5 ms), which dominated the per-token cost across stages; longer steps
+# still go to a thread so the data plane and health probes keep answering.
+INLINE_STEP_MS = 50.0
 log = logging.getLogger("shardnet.node")
 SETTLED = ("ResultSubmitted", "JobExpired", "JobAborted", "JobCancelled")
 
@@ -230,7 +235,10 @@ class NodeAgent:
 
     async def _step(self, run: JobRun, x: torch.Tensor, mask, params: JobParams) -> None:
         started = time.perf_counter()
-        out = await asyncio.to_thread(self.executor.run_span, run, x, mask)
+        if x.shape[1] == 1 and self.executor.step_estimate_ms(run) <= INLINE_STEP_MS:
+            out = self.executor.run_span(run, x, mask)  # a short decode step: no thread handoff
+        else:
+            out = await asyncio.to_thread(self.executor.run_span, run, x, mask)
         self.metrics.stage_seconds.labels(params.kind).observe(time.perf_counter() - started)
         if not run.is_last:
             header = {"kind": "act", "step": run.step, "timing": run.timing}

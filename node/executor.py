@@ -161,6 +161,13 @@ class Executor:
             raise JobInputError(f"input_ids contain {int(ids.max())}, beyond the model's vocabulary of {vocab}")
         return ids, None
 
+    def step_estimate_ms(self, run: JobRun) -> float:
+        """How long this job's next step at this stage should take, from measurements (inf until
+        the node has measured itself)."""
+        if self.ms_per_block is None:
+            return float("inf")
+        return self.ms_per_block * (run.loaded.span.end - run.stages[run.stage].start)
+
     def run_span(self, run: JobRun, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         loaded = run.loaded
         session = run.session if run.params.kind == "generate" else None
