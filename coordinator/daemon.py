@@ -241,23 +241,18 @@ class Coordinator:
             log.info("model %d: planned %d nodes, moved %d; slowest block %.1f -> %.1f tokens/s", model_id,
                      len(new.spans), len(moves), now.slowest, new.slowest)
 
-    def _candidates(self, model_id: int, price_per_block: int, usable: set[str]) -> list[Candidate]:
-        """Confirmed spans with what the coordinator knows of each node: probe round-trip time,
-        declared compute score, and reputation from its delivered and failed stages."""
-        out = []
-        spec_of = {s.address: s for s in self.node_specs(sorted(usable))}
-        for node, (start, end, confirmed) in sorted(self.ledger.assignments.get(model_id, {}).items()):
-            if not confirmed or node not in usable:
-                continue
-            acct = self.ledger.accounts.get(node)
-            done, failed = (acct.jobs_done, acct.jobs_failed) if acct else (0, 0)
-            out.append(Candidate(node, start, end, price_per_block, self.rtt_ms.get(node, 50.0),
-                                 1000.0 / spec_of[node].throughput, (done + 1) / (done + failed + 1)))
-        return out
+    def _candidates(self, model_id: int, price_per_block: int, specs: dict[str, NodeSpec]) -> list[Candidate]:
+        """Confirmed spans of usable nodes, with what `node_specs` knows of each: probe round-trip
+        time, measured compute, and reputation from delivered and failed stages."""
+        return [Candidate(node, start, end, price_per_block, specs[node].latency_ms, 1000.0 / specs[node].throughput,
+                          specs[node].reputation)
+                for node, (start, end, confirmed) in sorted(self.ledger.assignments.get(model_id, {}).items())
+                if confirmed and node in specs]
 
     async def _route_jobs(self) -> None:
         now = time.time()
         usable = set(self.ledger.active_nodes(self.min_stake)) - self.failed
+        specs = {s.address: s for s in self.node_specs(sorted(usable))}  # once per pass, not per job
         for job_id, job in list(self.ledger.jobs.items()):
             if job.status != JobStatus.POSTED or job.deadline <= now:
                 continue
@@ -267,7 +262,7 @@ class Coordinator:
                 await self._abort(job_id, job, str(exc))
                 continue
             model = self.ledger.models.get(job.model_id)
-            candidates = self._candidates(job.model_id, model["pricePerBlock"], usable)
+            candidates = self._candidates(job.model_id, model["pricePerBlock"], specs)
             cheapest = route(candidates, model["blockCount"], RouteWeights(latency=0, price=1))
             if cheapest is None:
                 if job_id not in self.unroutable_logged:

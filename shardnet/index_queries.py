@@ -177,6 +177,9 @@ class IndexQueries:
                 "deprecated": bool(row["deprecated"]), "assignments": assignments, "coverage": coverage,
                 "jobs": by_status, "fees_paid": paid}
 
+    def model_count(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM models").fetchone()[0]
+
     def models(self) -> list[dict]:
         return [self.model(r[0]) for r in self.db.execute("SELECT model_id FROM models ORDER BY model_id")]
 
@@ -206,5 +209,5 @@ class IndexQueries:
         by_status = {r[0]: r[1] for r in self.db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status")}
         return {"next_block": self.next_block, "jobs": sum(by_status.values()), "jobs_by_status": by_status,
                 "nodes": self.db.execute("SELECT COUNT(*) FROM nodes").fetchone()[0],
-                "models": self.db.execute("SELECT COUNT(*) FROM models").fetchone()[0],
+                "models": self.model_count(),
                 "events": self.db.execute("SELECT COUNT(*) FROM events").fetchone()[0]}

@@ -167,7 +167,7 @@ def audit_node(address, rpc_url, db, no_sync, as_json) -> None:
 def audit_model(model_id, rpc_url, db, no_sync, as_json) -> None:
     """A model's record, span assignments, block coverage, jobs and fees."""
     with _index(rpc_url, db, no_sync) as index:
-        info, count = index.model(model_id), len(index.models())
+        info, count = index.model(model_id), index.model_count()
     if info is None:
         raise click.ClickException(f"model {model_id} does not exist on this deployment (models are numbered 1 to "
                                    f"{count}); list them with 'shardnet audit network'")
