@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export HARDHAT_DISABLE_TELEMETRY_PROMPT := true
 
-.PHONY: bootstrap demo test devnet-up devnet-down bench clean
+.PHONY: bootstrap demo test test-fast check devnet-up devnet-down bench clean
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -12,6 +12,15 @@ demo: bootstrap
 
 test: bootstrap
 	@$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# every test that needs no devnet (no chain, IPFS daemon or node process): under a minute
+test-fast: bootstrap
+	@$(PY) -m pytest -q -m "not stack" $(PYTEST_ARGS)
+
+# lint, format and type checks (CI runs them before the tests)
+check: bootstrap
+	@.venv/bin/ruff check .
+	@.venv/bin/ruff format --check .
 
 devnet-up: bootstrap
 	@.venv/bin/shardnet devnet up

@@ -10,18 +10,14 @@ Prints `name: value` lines.
 from __future__ import annotations
 
 import re
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from shardnet.model.architectures import block_state, num_blocks  # noqa: E402
-from shardnet.model.loading import load_model, load_tokenizer  # noqa: E402
-from shardnet.model.quant import decode_activation, encode_activation  # noqa: E402
-from shardnet.model.shards import decode_block, encode_block  # noqa: E402
-from shardnet.model.span import SpanModel, mean_pool, split_even  # noqa: E402
+from shardnet.model.architectures import block_state, num_blocks
+from shardnet.model.loading import load_model, load_tokenizer
+from shardnet.model.quant import decode_activation, encode_activation
+from shardnet.model.shards import decode_block, encode_block
+from shardnet.model.span import SpanModel, mean_pool, split_even
 
 N_SENTENCES = 600
 BATCH = 32
@@ -45,7 +41,7 @@ def embed_whole(model, tokenizer, texts) -> torch.Tensor:
     out = []
     with torch.no_grad():
         for i in range(0, len(texts), BATCH):
-            enc = tokenizer(texts[i:i + BATCH], padding=True, truncation=True, max_length=128, return_tensors="pt")
+            enc = tokenizer(texts[i : i + BATCH], padding=True, truncation=True, max_length=128, return_tensors="pt")
             out.append(mean_pool(model(**enc).last_hidden_state, enc["attention_mask"]))
     return torch.cat(out)
 
@@ -53,12 +49,14 @@ def embed_whole(model, tokenizer, texts) -> torch.Tensor:
 def embed_sharded(model, tokenizer, texts, quant: str, wire: str, block_size: int = 64):
     """Returns (embeddings, shard bytes, wire bytes)."""
     config = model.config
-    encoded = {b: encode_block(block_state(model, config, b), quant, block_size, 6.0) for b in range(num_blocks(config))}
+    encoded = {
+        b: encode_block(block_state(model, config, b), quant, block_size, 6.0) for b in range(num_blocks(config))
+    }
     blocks = {b: decode_block(data) for b, data in encoded.items()}
     spans = [SpanModel(config, s, blocks) for s in split_even(num_blocks(config), 3)]
     out, wire_bytes = [], 0
     for i in range(0, len(texts), BATCH):
-        enc = tokenizer(texts[i:i + BATCH], padding=True, truncation=True, max_length=128, return_tensors="pt")
+        enc = tokenizer(texts[i : i + BATCH], padding=True, truncation=True, max_length=128, return_tensors="pt")
         h = enc["input_ids"]
         for k, span in enumerate(spans):
             h = span(h, attention_mask=enc["attention_mask"])
@@ -85,8 +83,12 @@ def compare(ref: torch.Tensor, got: torch.Tensor) -> dict[str, float]:
     upper = torch.triu(torch.ones_like(eye), diagonal=1)
     a, b = ranks(sim_ref[upper].double()), ranks(sim_got[upper].double())
     spearman = torch.corrcoef(torch.stack([a, b]))[0, 1]
-    return {"cosine_mean": cos.mean().item(), "cosine_min": cos.min().item(),
-            "nn1_agreement": (nn_ref == nn_got).double().mean().item(), "spearman_pairwise": spearman.item()}
+    return {
+        "cosine_mean": cos.mean().item(),
+        "cosine_min": cos.min().item(),
+        "nn1_agreement": (nn_ref == nn_got).double().mean().item(),
+        "spearman_pairwise": spearman.item(),
+    }
 
 
 def main() -> None:

@@ -9,15 +9,10 @@ first job of fresh accounts (one-time storage initialisation included).
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from shardnet import devnet as dn  # noqa: E402
-from shardnet.chain import Chain, dev_account  # noqa: E402
-from shardnet.protocol import Hardware  # noqa: E402
-from shardnet.scenario import ETHER, World  # noqa: E402
+from shardnet import devnet as dn
+from shardnet.chain import Chain, dev_account
+from shardnet.protocol import Hardware
+from shardnet.scenario import ETHER, World
 
 TARGET_TOTAL = 400_000
 COORD = dev_account(1).address  # the devnet coordinator
@@ -27,31 +22,46 @@ def one_job(world: World, model: int, nodes, spans, client) -> dict[str, int]:
     market = world.contracts.market
     stages = world.stages(nodes, spans, 10**12)
     deadline = world.chain.w3.eth.get_block("latest")["timestamp"] + 3600
-    post = world.chain.transact(market.contract.functions.postJob(model, "QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG",
-                                                                  b'{"kind":"generate","max_new_tokens":32}', 10**15,
-                                                                  deadline), value=10**15, account=client)
+    post = world.chain.transact(
+        market.contract.functions.postJob(
+            model,
+            "QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG",
+            b'{"kind":"generate","max_new_tokens":32}',
+            10**15,
+            deadline,
+        ),
+        value=10**15,
+        account=client,
+    )
     job = market.job_count()
     route = market.route_job(job, stages, account=world.coordinator)
     receipts = world.receipts(job, stages, "QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn")
-    submit = market.submit_result(job, COORD, stages, "QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn", receipts,
-                                  account=nodes[-1])
+    submit = market.submit_result(
+        job, COORD, stages, "QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn", receipts, account=nodes[-1]
+    )
     withdrawals = [market.withdraw(account=n)["gasUsed"] for n in nodes]
-    return {"post": post["gasUsed"], "route": route["gasUsed"], "submit": submit["gasUsed"],
-            "withdraw": max(withdrawals), "total": post["gasUsed"] + route["gasUsed"] + submit["gasUsed"]
-            + sum(withdrawals)}
+    return {
+        "post": post["gasUsed"],
+        "route": route["gasUsed"],
+        "submit": submit["gasUsed"],
+        "withdraw": max(withdrawals),
+        "total": post["gasUsed"] + route["gasUsed"] + submit["gasUsed"] + sum(withdrawals),
+    }
 
 
 def main() -> None:
     with dn.temporary() as (deployment, _):
         chain = Chain.from_deployment(deployment, account=dev_account(0))
         world = World.of(chain)
-        register = world.contracts.nodes.register("http://127.0.0.1:7001", Hardware(8192, 10, 100), b"\x01" * 33,
-                                                  ETHER, account=dev_account(15))
+        register = world.contracts.nodes.register(
+            "http://127.0.0.1:7001", Hardware(8192, 10, 100), b"\x01" * 33, ETHER, account=dev_account(15)
+        )
         nodes = world.register_nodes(3)
         model_receipt_block = chain.w3.eth.block_number
         model = world.register_model(12)
         register_model_gas = chain.w3.eth.get_transaction_receipt(
-            chain.w3.eth.get_block(model_receipt_block + 1)["transactions"][0])["gasUsed"]
+            chain.w3.eth.get_block(model_receipt_block + 1)["transactions"][0]
+        )["gasUsed"]
         assign = world.contracts.models.assign_shard(model, nodes[0].address, 0, 4, account=world.coordinator)
         confirm = world.contracts.models.confirm_shard(model, account=nodes[0])
         world.contracts.models.assign_shard(model, nodes[1].address, 4, 8, account=world.coordinator)

@@ -14,19 +14,17 @@ from __future__ import annotations
 
 import random
 import statistics
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from eth_utils import keccak
 
-from shardnet import devnet as dn  # noqa: E402
-from shardnet.audit import build_ledger  # noqa: E402
-from shardnet.bindings import _receipts, _stages, output_hash_of  # noqa: E402
-from shardnet.chain import Chain, dev_account  # noqa: E402
-from shardnet.indexer import Index  # noqa: E402
-from shardnet.scenario import World  # noqa: E402
-from eth_utils import keccak  # noqa: E402
+from shardnet import devnet as dn
+from shardnet.audit import build_ledger
+from shardnet.bindings import _receipts, _stages, output_hash_of
+from shardnet.chain import Chain, dev_account
+from shardnet.indexer import Index
+from shardnet.scenario import World
 
 TARGET_EVENTS = 10_000
 EVENTS_PER_JOB = 8  # posted, routed, result, 3 x stage paid, coordinator paid, refunded
@@ -44,9 +42,17 @@ class Sender:
         nonce = self.nonces.get(account.address)
         if nonce is None:
             nonce = self.chain.w3.eth.get_transaction_count(account.address)
-        tx = fn.build_transaction({"from": account.address, "nonce": nonce, "gas": gas, "value": value,
-                                   "chainId": self.chain.chain_id, "maxFeePerGas": 10**10,
-                                   "maxPriorityFeePerGas": 10**9})
+        tx = fn.build_transaction(
+            {
+                "from": account.address,
+                "nonce": nonce,
+                "gas": gas,
+                "value": value,
+                "chainId": self.chain.chain_id,
+                "maxFeePerGas": 10**10,
+                "maxPriorityFeePerGas": 10**9,
+            }
+        )
         self.nonces[account.address] = nonce + 1
         self.sent.append(self.chain.w3.eth.send_raw_transaction(account.sign_transaction(tx).raw_transaction))
 
@@ -68,10 +74,13 @@ def write_history(world: World, jobs: int) -> None:
         sender.send(f.routeJob(job, _stages(stages)), world.coordinator)
         out = f"QmOut{job}"
         hashes = [keccak(text=f"job{job}-{k}") for k in range(len(stages))] + [output_hash_of(out)]
-        receipts = [market.sign_receipt(n, job, k, s.start, s.end, hashes[k], hashes[k + 1])
-                    for k, (n, s) in enumerate(zip(nodes, stages))]
-        sender.send(f.submitResult(job, world.coordinator.address, _stages(stages), out, _receipts(receipts)),
-                    nodes[-1])
+        receipts = [
+            market.sign_receipt(n, job, k, s.start, s.end, hashes[k], hashes[k + 1])
+            for k, (n, s) in enumerate(zip(nodes, stages, strict=True))
+        ]
+        sender.send(
+            f.submitResult(job, world.coordinator.address, _stages(stages), out, _receipts(receipts)), nodes[-1]
+        )
     last = world.chain.w3.eth.wait_for_transaction_receipt(sender.sent[-1])
     if last["status"] != 1 or market.job(first + jobs - 1).status.name != "COMPLETED":
         raise SystemExit("the history did not apply: a transaction reverted")

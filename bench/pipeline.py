@@ -19,22 +19,19 @@ emitted. Prints `name: value` lines:
 from __future__ import annotations
 
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from shardnet.chain import dev_account  # noqa: E402
-from shardnet.client import Client  # noqa: E402
-from shardnet.jobs import JobParams  # noqa: E402
-from shardnet.localnet import Network  # noqa: E402
-from shardnet.model.shards import fetch_manifest, fetch_span  # noqa: E402
-from shardnet.model.span import SpanModel  # noqa: E402
-from shardnet.protocol import Span, Stage  # noqa: E402
+from shardnet.chain import dev_account
+from shardnet.client import Client
+from shardnet.jobs import JobParams
+from shardnet.localnet import Network
+from shardnet.model.shards import fetch_manifest, fetch_span
+from shardnet.model.span import SpanModel
+from shardnet.protocol import Span, Stage
 
 MODEL = "gpt2-small"
 FORWARD_TOKENS = 128
@@ -48,8 +45,13 @@ def route_now(net: Network, job_id: int, stages: list[Stage]) -> float:
     """Send routeJob as the coordinator; returns the wall time at which it was mined (Anvil automine)."""
     chain, coordinator = net.chain, dev_account(1)
     fn = net.c.market.contract.functions.routeJob(job_id, [s.as_tuple() for s in stages])
-    tx = fn.build_transaction({"from": coordinator.address, "chainId": chain.chain_id,
-                               "nonce": chain.w3.eth.get_transaction_count(coordinator.address, "pending")})
+    tx = fn.build_transaction(
+        {
+            "from": coordinator.address,
+            "chainId": chain.chain_id,
+            "nonce": chain.w3.eth.get_transaction_count(coordinator.address, "pending"),
+        }
+    )
     raw = coordinator.sign_transaction(tx).raw_transaction
     tx_hash = chain.w3.eth.send_raw_transaction(raw)
     mined_at = time.time()
@@ -94,8 +96,9 @@ def main() -> None:
                 t = time.perf_counter()
                 whole(ids)
                 local_ms = (time.perf_counter() - t) * 1000
-                _, total, dp, pickup = run_job(net, client, model_id, stages, {"input_ids": ids[0].tolist()},
-                                               JobParams(kind="forward"))
+                _, total, dp, pickup = run_job(
+                    net, client, model_id, stages, {"input_ids": ids[0].tolist()}, JobParams(kind="forward")
+                )
                 if i:  # the first run warms caches on every side
                     fwd_local.append(local_ms)
                     fwd_dist.append(dp)
@@ -111,8 +114,13 @@ def main() -> None:
                     x = whole(x, session=session)[:, -1:].argmax(-1)
                 local_ms = (time.perf_counter() - t) * 1000
                 result, total, dp, pickup = run_job(
-                    net, client, model_id, stages, {"input_ids": prompt[0].tolist()},
-                    JobParams(kind="generate", max_new_tokens=NEW_TOKENS))
+                    net,
+                    client,
+                    model_id,
+                    stages,
+                    {"input_ids": prompt[0].tolist()},
+                    JobParams(kind="generate", max_new_tokens=NEW_TOKENS),
+                )
                 assert len(result.output["tokens"]) == NEW_TOKENS
                 if i:
                     gen_local.append(local_ms)
@@ -123,8 +131,10 @@ def main() -> None:
             net.stop()
 
     med = statistics.median
-    print(f"model: {MODEL} ({sum(p.numel() for p in whole.parameters()) / 1e6:.0f}M parameters, {blocks} blocks, "
-          f"spans {[(s.start, s.end) for s in spans]})")
+    print(
+        f"model: {MODEL} ({sum(p.numel() for p in whole.parameters()) / 1e6:.0f}M parameters, {blocks} blocks, "
+        f"spans {[(s.start, s.end) for s in spans]})"
+    )
     print(f"forward_ms_in_process_128_tokens: {med(fwd_local):.1f}")
     print(f"forward_ms_3_stages_128_tokens: {med(fwd_dist):.1f}")
     print(f"forward_latency_ratio_3_stages: {med(fwd_dist) / med(fwd_local):.3f}")

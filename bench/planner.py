@@ -5,20 +5,24 @@ from __future__ import annotations
 
 import random
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from coordinator.planner import ModelSpec, NodeSpec, plan, plan_even_replicated  # noqa: E402
-from coordinator.router import Candidate, RouteWeights, route  # noqa: E402
+from coordinator.planner import ModelSpec, NodeSpec, plan, plan_even_replicated
+from coordinator.router import Candidate, RouteWeights, route
 
 
 def swarm(rng: random.Random, n: int, spread: float = 10.0, block_mb: float = 100.0) -> list[NodeSpec]:
     # memory for 4..40 blocks, throughput 1..10 block-forwards/s
-    return [NodeSpec(f"0x{i:040x}", rng.uniform(4, 4 * spread) * block_mb, rng.uniform(1, spread),
-                     latency_ms=rng.uniform(1, 50), reputation=rng.uniform(0.5, 1)) for i in range(n)]
+    return [
+        NodeSpec(
+            f"0x{i:040x}",
+            rng.uniform(4, 4 * spread) * block_mb,
+            rng.uniform(1, spread),
+            latency_ms=rng.uniform(1, 50),
+            reputation=rng.uniform(0.5, 1),
+        )
+        for i in range(n)
+    ]
 
 
 def main() -> None:
@@ -33,8 +37,10 @@ def main() -> None:
     print(f"plan_ms_1000_nodes_80_blocks: {statistics.median(times):.1f}")
     print(f"plan_min_replicas_1000_nodes: {big.min_replicas}")
 
-    candidates = [Candidate(a, s.start, s.end, 10**9, nodes[i].latency_ms, 1000 / nodes[i].throughput,
-                            nodes[i].reputation) for i, (a, s) in enumerate(big.spans.items())]
+    candidates = [
+        Candidate(a, s.start, s.end, 10**9, nodes[i].latency_ms, 1000 / nodes[i].throughput, nodes[i].reputation)
+        for i, (a, s) in enumerate(big.spans.items())
+    ]
     weights = RouteWeights(latency=1.0, price=0.5, trust=10.0, min_reputation=0.6)
     times = []
     for _ in range(20):

@@ -23,8 +23,16 @@ from shardnet.listener import Listener
 from shardnet.protocol import JobStatus, Span, Stage
 
 log = logging.getLogger("shardnet.coordinator")
-TRIGGERS = {"NodeRegistered", "StakeAdded", "UnstakeRequested", "ModelRegistered", "ShardConfirmed",
-            "ShardReleased", "JobPosted", "NodeSlashed"}
+TRIGGERS = {
+    "NodeRegistered",
+    "StakeAdded",
+    "UnstakeRequested",
+    "ModelRegistered",
+    "ShardConfirmed",
+    "ShardReleased",
+    "JobPosted",
+    "NodeSlashed",
+}
 
 
 PLANNERS = ("pipeline", "throughput")
@@ -36,17 +44,28 @@ class Coordinator:
     active node's memory and measured throughput, re-planned when nodes join or leave and every
     `rebalance_interval_s` when the bottleneck would improve by `rebalance_factor`."""
 
-    def __init__(self, deployment: Deployment, account: LocalAccount, poll_interval_s: float = 0.2,
-                 planner: str = "pipeline", replicas: int = 2, min_stages: int = 3,
-                 rebalance_interval_s: float = 10.0, rebalance_factor: float = 1.2):
+    def __init__(
+        self,
+        deployment: Deployment,
+        account: LocalAccount,
+        poll_interval_s: float = 0.2,
+        planner: str = "pipeline",
+        replicas: int = 2,
+        min_stages: int = 3,
+        rebalance_interval_s: float = 10.0,
+        rebalance_factor: float = 1.2,
+    ):
         self.deployment = deployment
         self.account = account
         self.chain = Chain.from_deployment(deployment, account=account)
         self.c = Contracts(self.chain)
         self.ledger = Ledger()
-        self.listener = Listener(self.chain, [deployment.contracts[n].address for n in
-                                              ("NodeRegistry", "ModelRegistry", "JobMarket")],
-                                 deployment.ws_url, poll_interval_s)
+        self.listener = Listener(
+            self.chain,
+            [deployment.contracts[n].address for n in ("NodeRegistry", "ModelRegistry", "JobMarket")],
+            deployment.ws_url,
+            poll_interval_s,
+        )
         self.min_stake = self.c.nodes.min_stake()
         self.fee_bps = self.c.market.coordinator_fee_bps()
         self.unroutable_logged: set[int] = set()
@@ -96,7 +115,7 @@ class Coordinator:
                             alive = response.status == 200
                             if alive:
                                 health = await response.json()
-                    except (aiohttp.ClientError, asyncio.TimeoutError, KeyError, ValueError):
+                    except (TimeoutError, aiohttp.ClientError, KeyError, ValueError):
                         alive = False
                     if alive:
                         rtt = (time.perf_counter() - started) * 1000
@@ -124,13 +143,15 @@ class Coordinator:
                     continue
                 replica = self._replica(job.model_id, stage, {s.node for s in old})
                 if replica is None:
-                    log.warning("job %d: no replica holds blocks [%d, %d); it will expire", job_id, stage.start,
-                                stage.end)
+                    log.warning(
+                        "job %d: no replica holds blocks [%d, %d); it will expire", job_id, stage.start, stage.end
+                    )
                     break
                 new.append(Stage(replica, stage.start, stage.end, stage.fee))
             else:
-                if await self._tx(f"rerouteJob({job_id})", self.c.market.reroute_job, job_id, job.coordinator, old,
-                                  new):
+                if await self._tx(
+                    f"rerouteJob({job_id})", self.c.market.reroute_job, job_id, job.coordinator, old, new
+                ):
                     log.info("job %d rerouted around %s", job_id, dead)
 
     def _replica(self, model_id: int, stage: Stage, on_route: set[str]) -> str | None:
@@ -162,8 +183,9 @@ class Coordinator:
                 continue
             spans = plan_pipeline([n for n in active if n not in self.failed], model["blockCount"], self.min_stages)
             for node, span in spans.items():
-                await self._tx(f"assignShard({model_id}, {node})", self.c.models.assign_shard, model_id, node,
-                               span.start, span.end)
+                await self._tx(
+                    f"assignShard({model_id}, {node})", self.c.models.assign_shard, model_id, node, span.start, span.end
+                )
             if spans:
                 log.info("model %d: assigned %d spans", model_id, len(spans))
 
@@ -180,8 +202,15 @@ class Coordinator:
             acct = self.ledger.accounts.get(n)
             done, failed = (acct.jobs_done, acct.jobs_failed) if acct else (0, 0)
             throughput = 1000.0 / self.ms_per_block[n] if n in self.ms_per_block else declared[n] * scale
-            specs.append(NodeSpec(n, float((self.ledger.hardware.get(n) or (4096,))[0]), throughput,
-                                  self.rtt_ms.get(n, 50.0), (done + 1) / (done + failed + 1)))
+            specs.append(
+                NodeSpec(
+                    n,
+                    float((self.ledger.hardware.get(n) or (4096,))[0]),
+                    throughput,
+                    self.rtt_ms.get(n, 50.0),
+                    (done + 1) / (done + failed + 1),
+                )
+            )
         return specs
 
     async def _model_spec(self, model_id: int) -> ModelSpec:
@@ -222,32 +251,50 @@ class Coordinator:
         # spans tile the model on `stages` even boundaries: replicas of a span are interchangeable
         boundaries = tuple(spec.blocks * i // stages for i in range(stages + 1)) if stages > 1 else None
         new = plan(specs, spec, self.replicas, max_span=-(-spec.blocks // stages), boundaries=boundaries)
-        current = {n: Span(s, e) for n, (s, e, _) in self.ledger.assignments.get(model_id, {}).items()
-                   if n in by_address}
+        current = {
+            n: Span(s, e) for n, (s, e, _) in self.ledger.assignments.get(model_id, {}).items() if n in by_address
+        }
         now = evaluate(current, by_address, spec, self.replicas)
         better = new.slowest >= self.rebalance_factor * now.slowest if now.slowest > 0 else new.slowest > 0
         self.planned_nodes[model_id] = frozenset(usable)
         if not force and not better:
             return
-        moves = {n: s for n, s in new.spans.items()
-                 if current.get(n) != s and self.sent.get((model_id, n)) != s}  # events may lag our own sends
+        moves = {
+            n: s for n, s in new.spans.items() if current.get(n) != s and self.sent.get((model_id, n)) != s
+        }  # events may lag our own sends
         for node, span in sorted(moves.items()):
-            if await self._tx(f"assignShard({model_id}, {node})", self.c.models.assign_shard, model_id, node,
-                              span.start, span.end):
+            if await self._tx(
+                f"assignShard({model_id}, {node})", self.c.models.assign_shard, model_id, node, span.start, span.end
+            ):
                 self.sent[(model_id, node)] = span
         for node in sorted(set(current) - set(new.spans)):
             await self._tx(f"releaseShard({model_id}, {node})", self.c.models.release_shard, model_id, node)
         if moves:
-            log.info("model %d: planned %d nodes, moved %d; slowest block %.1f -> %.1f tokens/s", model_id,
-                     len(new.spans), len(moves), now.slowest, new.slowest)
+            log.info(
+                "model %d: planned %d nodes, moved %d; slowest block %.1f -> %.1f tokens/s",
+                model_id,
+                len(new.spans),
+                len(moves),
+                now.slowest,
+                new.slowest,
+            )
 
     def _candidates(self, model_id: int, price_per_block: int, specs: dict[str, NodeSpec]) -> list[Candidate]:
         """Confirmed spans of usable nodes, with what `node_specs` knows of each: probe round-trip
         time, measured compute, and reputation from delivered and failed stages."""
-        return [Candidate(node, start, end, price_per_block, specs[node].latency_ms, 1000.0 / specs[node].throughput,
-                          specs[node].reputation)
-                for node, (start, end, confirmed) in sorted(self.ledger.assignments.get(model_id, {}).items())
-                if confirmed and node in specs]
+        return [
+            Candidate(
+                node,
+                start,
+                end,
+                price_per_block,
+                specs[node].latency_ms,
+                1000.0 / specs[node].throughput,
+                specs[node].reputation,
+            )
+            for node, (start, end, confirmed) in sorted(self.ledger.assignments.get(model_id, {}).items())
+            if confirmed and node in specs
+        ]
 
     async def _route_jobs(self) -> None:
         now = time.time()
@@ -271,12 +318,21 @@ class Coordinator:
                 continue
             cost = route_cost(cheapest, self.fee_bps)
             if cost > job.max_fee:
-                await self._abort(job_id, job, f"max fee {job.max_fee} wei is below the route's cost {cost} wei; "
-                                               f"post again with --max-fee >= {cost}")
+                await self._abort(
+                    job_id,
+                    job,
+                    f"max fee {job.max_fee} wei is below the route's cost {cost} wei; "
+                    f"post again with --max-fee >= {cost}",
+                )
                 continue
-            weights = RouteWeights(latency=params.route_latency, price=params.route_price, trust=params.route_trust,
-                                   max_fee=job.max_fee * 10_000 // (10_000 + self.fee_bps),
-                                   min_reputation=params.min_reputation, avoid=frozenset(params.avoid))
+            weights = RouteWeights(
+                latency=params.route_latency,
+                price=params.route_price,
+                trust=params.route_trust,
+                max_fee=job.max_fee * 10_000 // (10_000 + self.fee_bps),
+                min_reputation=params.min_reputation,
+                avoid=frozenset(params.avoid),
+            )
             stages = route(candidates, model["blockCount"], weights)
             if stages is None:
                 await self._abort(job_id, job, "no route satisfies the job's limits (min_reputation, avoid, max fee)")

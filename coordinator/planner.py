@@ -53,15 +53,16 @@ class Plan:
     slowest: float = 0.0  # tokens/s through the slowest block, replicas or not (0: a block is uncovered)
 
 
-def block_throughput(spans: dict[str, Span], nodes: dict[str, NodeSpec], model: ModelSpec) -> tuple[np.ndarray,
-                                                                                                        np.ndarray]:
+def block_throughput(
+    spans: dict[str, Span], nodes: dict[str, NodeSpec], model: ModelSpec
+) -> tuple[np.ndarray, np.ndarray]:
     """(tokens/s per block, replicas per block) of an assignment."""
     cost = np.asarray(model.block_cost)
     thr = np.zeros(model.blocks)
     cov = np.zeros(model.blocks, dtype=int)
     for address, span in spans.items():
-        thr[span.start:span.end] += nodes[address].throughput / cost[span.start:span.end].sum()
-        cov[span.start:span.end] += 1
+        thr[span.start : span.end] += nodes[address].throughput / cost[span.start : span.end].sum()
+        cov[span.start : span.end] += 1
     return thr, cov
 
 
@@ -77,9 +78,16 @@ def _longest_windows(memory_mb: float, block_mb: np.ndarray) -> np.ndarray:
     return np.searchsorted(prefix, prefix[:-1] + memory_mb + 1e-9, side="right") - 1
 
 
-def _window_scores(thr: np.ndarray, cov: np.ndarray, node_thr: float, cost_prefix: np.ndarray,
-                   max_end: np.ndarray, replicas: int, longest_only: bool = False,
-                   ends_ok: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _window_scores(
+    thr: np.ndarray,
+    cov: np.ndarray,
+    node_thr: float,
+    cost_prefix: np.ndarray,
+    max_end: np.ndarray,
+    replicas: int,
+    longest_only: bool = False,
+    ends_ok: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For every window [s, e) a node could take (e <= max_end[s]): coverage gained (blocks lifted
     toward `replicas`), the bottleneck after adding the node there, and the mean throughput the
     window had. Arrays indexed [s, e]; invalid windows are -inf."""
@@ -125,8 +133,15 @@ def _window_scores(thr: np.ndarray, cov: np.ndarray, node_thr: float, cost_prefi
     return gain, after, mean
 
 
-def plan(nodes: list[NodeSpec], model: ModelSpec, replicas: int = 2, passes: int | None = None,
-         starts: int | None = None, max_span: int | None = None, boundaries: tuple[int, ...] | None = None) -> Plan:
+def plan(
+    nodes: list[NodeSpec],
+    model: ModelSpec,
+    replicas: int = 2,
+    passes: int | None = None,
+    starts: int | None = None,
+    max_span: int | None = None,
+    boundaries: tuple[int, ...] | None = None,
+) -> Plan:
     """Best of a few greedy constructions (different node orders, seeded so the result is
     deterministic), each improved by local moves: single-node moves, then (medium swarms) a
     leximin polish over every window, then (small swarms) moves of two or three nodes at once. Large
@@ -138,22 +153,32 @@ def plan(nodes: list[NodeSpec], model: ModelSpec, replicas: int = 2, passes: int
     large = size > 20_000
     passes = passes if passes is not None else (1 if large else 3)
     starts = starts if starts is not None else (1 if large else 12 if size <= SMALL else 4)
-    orders = [sorted(nodes, key=lambda n: (-n.throughput, n.address)),
-              sorted(nodes, key=lambda n: (n.throughput, n.address)),
-              sorted(nodes, key=lambda n: (-n.memory_mb, n.address))]
+    orders = [
+        sorted(nodes, key=lambda n: (-n.throughput, n.address)),
+        sorted(nodes, key=lambda n: (n.throughput, n.address)),
+        sorted(nodes, key=lambda n: (-n.memory_mb, n.address)),
+    ]
     rng = random.Random(len(nodes) * 1_000_003 + model.blocks)
     while len(orders) < starts:
         shuffled = sorted(nodes, key=lambda n: n.address)
         rng.shuffle(shuffled)
         orders.append(shuffled)
-    plans = [_plan_once(order, model, replicas, passes, longest_only=large, max_span=max_span, boundaries=boundaries)
-             for order in orders[:max(1, starts)]]
+    plans = [
+        _plan_once(order, model, replicas, passes, longest_only=large, max_span=max_span, boundaries=boundaries)
+        for order in orders[: max(1, starts)]
+    ]
     return max(plans, key=lambda p: (p.min_replicas >= replicas, p.bottleneck, p.min_replicas))
 
 
-def _plan_once(nodes: list[NodeSpec], model: ModelSpec, replicas: int, passes: int,
-               longest_only: bool = False, max_span: int | None = None,
-               boundaries: tuple[int, ...] | None = None) -> Plan:
+def _plan_once(
+    nodes: list[NodeSpec],
+    model: ModelSpec,
+    replicas: int,
+    passes: int,
+    longest_only: bool = False,
+    max_span: int | None = None,
+    boundaries: tuple[int, ...] | None = None,
+) -> Plan:
     by_address = {n.address: n for n in nodes}
     block_mb = np.asarray(model.block_mb, dtype=float)
     cost_prefix = np.concatenate([[0.0], np.cumsum(np.asarray(model.block_cost, dtype=float))])
@@ -174,13 +199,15 @@ def _plan_once(nodes: list[NodeSpec], model: ModelSpec, replicas: int, passes: i
     spans: dict[str, Span] = {}
 
     def add(address: str, span: Span, sign: int) -> None:
-        thr[span.start:span.end] += sign * by_address[address].throughput / (
-            cost_prefix[span.end] - cost_prefix[span.start])
-        cov[span.start:span.end] += sign
+        thr[span.start : span.end] += (
+            sign * by_address[address].throughput / (cost_prefix[span.end] - cost_prefix[span.start])
+        )
+        cov[span.start : span.end] += sign
 
     def best_window(node: NodeSpec) -> Span | None:
-        gain, after, mean = _window_scores(thr, cov, node.throughput, cost_prefix, max_end[node.address], replicas,
-                                           longest_only, ends_ok)
+        gain, after, mean = _window_scores(
+            thr, cov, node.throughput, cost_prefix, max_end[node.address], replicas, longest_only, ends_ok
+        )
         if not np.isfinite(gain).any():
             return None
         # coverage first; then the bottleneck after the move; then the least served window
@@ -209,8 +236,7 @@ def _plan_once(nodes: list[NodeSpec], model: ModelSpec, replicas: int, passes: i
         if not moved:
             break
     if not longest_only and len(nodes) * blocks <= POLISH_LIMIT:
-        _polish(spans, by_address, thr, cov, cost_prefix, max_end, replicas, passes=2 * passes + 2,
-                ends_ok=ends_ok)
+        _polish(spans, by_address, thr, cov, cost_prefix, max_end, replicas, passes=2 * passes + 2, ends_ok=ends_ok)
     return evaluate(spans, by_address, model, replicas)
 
 
@@ -223,12 +249,22 @@ def coverage_score(cov: np.ndarray, replicas: int) -> np.ndarray:
     then more with >= 2, ... up to `replicas` (a block at 0 costs more than any number at 1)."""
     blocks = cov.shape[-1]
     weights = np.concatenate([[0], np.cumsum([(blocks + 1) ** (replicas - 1 - k) for k in range(replicas)])])
-    return weights[np.minimum(cov, replicas)].sum(axis=-1)  # nodes x blocks up to which every window of every node is tried
+    return weights[np.minimum(cov, replicas)].sum(
+        axis=-1
+    )  # nodes x blocks up to which every window of every node is tried
 
 
-def _polish(spans: dict[str, Span], nodes: dict[str, NodeSpec], thr: np.ndarray, cov: np.ndarray,
-            cost_prefix: np.ndarray, max_end: dict[str, np.ndarray], replicas: int, passes: int,
-            ends_ok: np.ndarray | None = None) -> None:
+def _polish(
+    spans: dict[str, Span],
+    nodes: dict[str, NodeSpec],
+    thr: np.ndarray,
+    cov: np.ndarray,
+    cost_prefix: np.ndarray,
+    max_end: dict[str, np.ndarray],
+    replicas: int,
+    passes: int,
+    ends_ok: np.ndarray | None = None,
+) -> None:
     """Leximin local search: move one node at a time to the window that maximises (coverage,
     then the block throughputs sorted ascending, compared lexicographically). Beyond the
     bottleneck itself, this lifts the second-lowest block and so on, which lets later moves lift
@@ -237,8 +273,10 @@ def _polish(spans: dict[str, Span], nodes: dict[str, NodeSpec], thr: np.ndarray,
     windows = {}
     for address in spans:
         ends = max_end[address]
-        windows[address] = np.array([(s, e) for s in range(blocks) for e in range(s + 1, int(ends[s]) + 1)
-                                     if ends_ok is None or ends_ok[e]], dtype=int).reshape(-1, 2)
+        windows[address] = np.array(
+            [(s, e) for s in range(blocks) for e in range(s + 1, int(ends[s]) + 1) if ends_ok is None or ends_ok[e]],
+            dtype=int,
+        ).reshape(-1, 2)
     index = np.arange(blocks)
 
     def key_of(t: np.ndarray, c: np.ndarray) -> tuple:
@@ -254,9 +292,9 @@ def _polish(spans: dict[str, Span], nodes: dict[str, NodeSpec], thr: np.ndarray,
             old = spans[address]
             old_add = nodes[address].throughput / (cost_prefix[old.end] - cost_prefix[old.start])
             base_t = thr.copy()
-            base_t[old.start:old.end] -= old_add
+            base_t[old.start : old.end] -= old_add
             base_c = cov.copy()
-            base_c[old.start:old.end] -= 1
+            base_c[old.start : old.end] -= 1
             mask = (index[None, :] >= win[:, :1]) & (index[None, :] < win[:, 1:])
             added = nodes[address].throughput / (cost_prefix[win[:, 1]] - cost_prefix[win[:, 0]])
             cand_t = np.round(np.sort(base_t[None, :] + mask * added[:, None], axis=1), 9)
@@ -292,8 +330,7 @@ def _best_joint_move(spans, nodes, thr, cov, cost_prefix, windows, replicas, cur
     blocks = len(thr)
     index = np.arange(blocks)
     masks = {a: (index[None, :] >= windows[a][:, :1]) & (index[None, :] < windows[a][:, 1:]) for a in addresses}
-    adds = {a: nodes[a].throughput / (cost_prefix[windows[a][:, 1]] - cost_prefix[windows[a][:, 0]])
-            for a in addresses}
+    adds = {a: nodes[a].throughput / (cost_prefix[windows[a][:, 1]] - cost_prefix[windows[a][:, 0]]) for a in addresses}
     for k in (2, 3):
         groups = list(itertools.combinations(addresses, k))
         if sum(np.prod([len(windows[a]) for a in g]) for g in groups) > JOINT_LIMIT:
@@ -303,8 +340,8 @@ def _best_joint_move(spans, nodes, thr, cov, cost_prefix, windows, replicas, cur
             t, c = thr.copy(), cov.copy()
             for address in group:
                 old = spans[address]
-                t[old.start:old.end] -= nodes[address].throughput / (cost_prefix[old.end] - cost_prefix[old.start])
-                c[old.start:old.end] -= 1
+                t[old.start : old.end] -= nodes[address].throughput / (cost_prefix[old.end] - cost_prefix[old.start])
+                c[old.start : old.end] -= 1
             t, c = t[None, :], c[None, :]
             for address in group:  # cartesian product of the members' windows, row-major
                 t = (t[:, None, :] + (masks[address] * adds[address][:, None])[None, :, :]).reshape(-1, blocks)
@@ -319,8 +356,8 @@ def _best_joint_move(spans, nodes, thr, cov, cost_prefix, windows, replicas, cur
         if best_move is not None:
             for address, (s, e) in best_move:
                 old = spans[address]
-                thr[old.start:old.end] -= nodes[address].throughput / (cost_prefix[old.end] - cost_prefix[old.start])
-                cov[old.start:old.end] -= 1
+                thr[old.start : old.end] -= nodes[address].throughput / (cost_prefix[old.end] - cost_prefix[old.start])
+                cov[old.start : old.end] -= 1
                 spans[address] = Span(int(s), int(e))
                 thr[s:e] += nodes[address].throughput / (cost_prefix[e] - cost_prefix[s])
                 cov[s:e] += 1
@@ -345,7 +382,7 @@ def plan_pipeline(nodes: list[str], blocks: int, stages: int = 3) -> dict[str, S
     if not spans:
         return {}
     middle_first = sorted(range(len(spans)), key=lambda i: (abs(i - (len(spans) - 1) / 2), i))
-    for j, node in enumerate(nodes[len(spans):]):
+    for j, node in enumerate(nodes[len(spans) :]):
         base[node] = spans[middle_first[j % len(spans)]]
     return base
 

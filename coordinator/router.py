@@ -41,22 +41,30 @@ class RouteWeights:
 
 def stage_cost(c: Candidate, p: int, w: RouteWeights) -> float:
     blocks = c.end - p
-    return (w.latency * (c.latency_ms + c.ms_per_block * blocks) + w.price * c.price_per_block * blocks / 1e9
-            + w.trust * (1.0 - c.reputation) * blocks)
+    return (
+        w.latency * (c.latency_ms + c.ms_per_block * blocks)
+        + w.price * c.price_per_block * blocks / 1e9
+        + w.trust * (1.0 - c.reputation) * blocks
+    )
 
 
-def route(candidates: list[Candidate], blocks: int, w: RouteWeights = RouteWeights(),
-          whole_spans: bool = False) -> list[Stage] | None:
+def route(
+    candidates: list[Candidate], blocks: int, w: RouteWeights = RouteWeights(), whole_spans: bool = False
+) -> list[Stage] | None:
     """The cheapest cover of [0, blocks), or None if the usable spans do not cover the model or
     no cover fits `max_fee` (the cheapest cover in wei is taken when the preferred one does not).
     `whole_spans`: a node runs exactly its span (no entry part-way into it)."""
-    usable = [c for c in candidates if c.address not in w.avoid and c.reputation >= w.min_reputation
-              and 0 <= c.start < c.end <= blocks]
+    usable = [
+        c
+        for c in candidates
+        if c.address not in w.avoid and c.reputation >= w.min_reputation and 0 <= c.start < c.end <= blocks
+    ]
     if not usable:
         return None
     arrays = _arrays(usable)
-    per_block = w.latency * arrays["ms_per_block"] + w.price * arrays["price"] / 1e9 + w.trust * (
-        1.0 - arrays["reputation"])
+    per_block = (
+        w.latency * arrays["ms_per_block"] + w.price * arrays["price"] / 1e9 + w.trust * (1.0 - arrays["reputation"])
+    )
     best = _dp(usable, arrays, blocks, w.latency * arrays["latency"], per_block, whole_spans)
     if best is None:
         return None
@@ -70,15 +78,18 @@ def route(candidates: list[Candidate], blocks: int, w: RouteWeights = RouteWeigh
 
 def _arrays(usable: list[Candidate]) -> dict[str, np.ndarray]:
     return {
-        "start": np.array([c.start for c in usable]), "end": np.array([c.end for c in usable]),
+        "start": np.array([c.start for c in usable]),
+        "end": np.array([c.end for c in usable]),
         "price": np.array([c.price_per_block for c in usable], dtype=float),
-        "latency": np.array([c.latency_ms for c in usable]), "ms_per_block": np.array([c.ms_per_block for c in usable]),
+        "latency": np.array([c.latency_ms for c in usable]),
+        "ms_per_block": np.array([c.ms_per_block for c in usable]),
         "reputation": np.array([c.reputation for c in usable]),
     }
 
 
-def _dp(usable, arrays, blocks: int, fixed: np.ndarray, per_block: np.ndarray,
-        whole_spans: bool = False) -> list[Stage] | None:
+def _dp(
+    usable, arrays, blocks: int, fixed: np.ndarray, per_block: np.ndarray, whole_spans: bool = False
+) -> list[Stage] | None:
     """Stage cost = fixed[i] + per_block[i] * (end_i - p). Vectorised over candidates per position."""
     starts, ends = arrays["start"], arrays["end"]
     dist = np.full(blocks + 1, np.inf)
@@ -110,13 +121,16 @@ def _dp(usable, arrays, blocks: int, fixed: np.ndarray, per_block: np.ndarray,
     return stages[::-1]
 
 
-def route_any(assignments: dict[str, list], blocks: int, price_per_block: int,
-              usable: set[str] | None = None) -> list[Stage] | None:
+def route_any(
+    assignments: dict[str, list], blocks: int, price_per_block: int, usable: set[str] | None = None
+) -> list[Stage] | None:
     """A cover from confirmed spans with no measurements yet: fewest hops, then lowest address;
     each node runs its whole span (what the node agent loads)."""
-    candidates = [Candidate(node, start, end, price_per_block, 1.0, 0.0, 1.0)
-                  for node, (start, end, ok) in sorted(assignments.items())
-                  if ok and (usable is None or node in usable)]
+    candidates = [
+        Candidate(node, start, end, price_per_block, 1.0, 0.0, 1.0)
+        for node, (start, end, ok) in sorted(assignments.items())
+        if ok and (usable is None or node in usable)
+    ]
     return route(candidates, blocks, RouteWeights(latency=1.0), whole_spans=True)
 
 

@@ -19,7 +19,6 @@ from eth_account.messages import encode_typed_data
 
 from node.executor import Executor, JobRun, fold
 from node.filter import my_stage
-from shardnet.listener import Listener
 from node.messages import pack, unpack
 from node.metrics import NodeMetrics
 from node.peers import PeerClient, PeerError
@@ -33,6 +32,7 @@ from shardnet.errors import ShardnetError, StorageError
 from shardnet.events import Event
 from shardnet.jobs import JobInputError, JobParams
 from shardnet.ledger import Ledger
+from shardnet.listener import Listener
 from shardnet.model.quant import decode_activation, encode_activation
 from shardnet.protocol import Hardware, JobStatus, Receipt, Span, Stage
 from shardnet.storage import IpfsClient
@@ -65,9 +65,12 @@ class NodeAgent:
         self.tasks: set[asyncio.Task] = set()
         self.state_path = Path(settings.state_dir) / "state.json"
         self.state = self._load_state()
-        self.listener = Listener(self.chain, list(self.deployment.contracts[n].address
-                                                  for n in ("NodeRegistry", "ModelRegistry", "JobMarket")),
-                                 self.deployment.ws_url, settings.poll_interval_s)
+        self.listener = Listener(
+            self.chain,
+            list(self.deployment.contracts[n].address for n in ("NodeRegistry", "ModelRegistry", "JobMarket")),
+            self.deployment.ws_url,
+            settings.poll_interval_s,
+        )
         self.started_at = time.time()
         self.ready = False
 
@@ -100,11 +103,19 @@ class NodeAgent:
         torch.set_num_threads(self.settings.torch_threads)
         hw = self.settings.hardware
         registered = await self.reporter.ensure_registered(
-            self.settings.url, Hardware(hw.memory_mb, hw.compute_score, hw.bandwidth_mbps), self.settings.stake_wei)
-        log.info("node %s %s, serving %s", self.address, "registered" if registered else "already registered",
-                 self.settings.url)
-        server = uvicorn.Server(uvicorn.Config(create_app(self), host=self.settings.listen_host,
-                                               port=self.settings.listen_port, log_level="warning"))
+            self.settings.url, Hardware(hw.memory_mb, hw.compute_score, hw.bandwidth_mbps), self.settings.stake_wei
+        )
+        log.info(
+            "node %s %s, serving %s",
+            self.address,
+            "registered" if registered else "already registered",
+            self.settings.url,
+        )
+        server = uvicorn.Server(
+            uvicorn.Config(
+                create_app(self), host=self.settings.listen_host, port=self.settings.listen_port, log_level="warning"
+            )
+        )
         server_task = asyncio.create_task(server.serve())
         follow_task = asyncio.create_task(self._follow())
         try:  # the server stops on SIGTERM / SIGINT (uvicorn handles them); then everything stops
@@ -134,7 +145,7 @@ class NodeAgent:
             return  # handled before a restart: never act twice
         try:
             self._handle(event)
-        except Exception:  # noqa: BLE001 - a bad event must never take the agent down
+        except Exception:
             log.exception("could not handle %s at block %d", event.name, event.block_number)
         self.state["last"] = event.key
         self._save_state()
@@ -207,8 +218,9 @@ class NodeAgent:
             job = self.ledger.jobs[job_id]
             stages, coordinator = self._route(job_id)
             params = JobParams.decode(job.params)
-            run = self.executor.begin(job_id, job.model_id, my_stage(self.address, job.route), stages, coordinator,
-                                      params)
+            run = self.executor.begin(
+                job_id, job.model_id, my_stage(self.address, job.route), stages, coordinator, params
+            )
             self.metrics.open_jobs.inc()
         return run
 
@@ -284,8 +296,11 @@ class NodeAgent:
     async def _await_reroute(self, run: JobRun, dead: str) -> None:
         await asyncio.sleep(self.settings.reroute_wait_s)
         if run.stalled and self.executor.jobs.get(run.job_id) is run and run.stages[run.stage + 1].node == dead:
-            await self._abort(run.job_id, f"stage {run.stage + 1} ({dead}) unreachable and not replaced within "
-                                          f"{self.settings.reroute_wait_s:.0f} s")
+            await self._abort(
+                run.job_id,
+                f"stage {run.stage + 1} ({dead}) unreachable and not replaced within "
+                f"{self.settings.reroute_wait_s:.0f} s",
+            )
 
     async def _rerouted(self, run: JobRun, job) -> None:
         """The route changed under a running job: adopt it, and if the next stage is new, replay
@@ -295,8 +310,13 @@ class NodeAgent:
         run.stage = my_stage(self.address, job.route)
         if run.is_last or run.stages[run.stage + 1].node == old_next and not run.stalled:
             return
-        log.info("job %d: replaying %d messages to the new stage %d", run.job_id, len(run.sent_log), run.stage + 1,
-                 extra={"job": run.job_id})
+        log.info(
+            "job %d: replaying %d messages to the new stage %d",
+            run.job_id,
+            len(run.sent_log),
+            run.stage + 1,
+            extra={"job": run.job_id},
+        )
         run.stalled = False
         for body in list(run.sent_log):
             await self._send(run, run.stage + 1, body)
@@ -351,7 +371,7 @@ class NodeAgent:
                     mask = torch.tensor(header["mask"]) if "mask" in header else None
                     run.timing = header.get("timing", run.timing)
                     await self._step(run, decode_activation(payload), mask, params)
-            except Exception as exc:  # noqa: BLE001 - one job's failure must not stop the node
+            except Exception as exc:
                 log.exception("job %d failed at this stage", job_id, extra={"job": job_id})
                 await self._abort(job_id, f"stage failed: {type(exc).__name__}: {exc}")
                 return
@@ -365,8 +385,17 @@ class NodeAgent:
             return
         output = self.executor.output(run, final)
         cid = await asyncio.to_thread(self.ipfs.add, output, f"job-{job_id}-output.json")
-        mine = sign_receipt(self.account, self.chain.chain_id, self.contracts.market.address, job_id, run.stage,
-                            run.stages[run.stage].start, run.stages[run.stage].end, run.in_hash, output_hash_of(cid))
+        mine = sign_receipt(
+            self.account,
+            self.chain.chain_id,
+            self.contracts.market.address,
+            job_id,
+            run.stage,
+            run.stages[run.stage].start,
+            run.stages[run.stage].end,
+            run.in_hash,
+            output_hash_of(cid),
+        )
         receipts = []
         for stage in range(len(run.stages) - 1):
             receipts.append(await self._collect_receipt(run, stage))
@@ -382,14 +411,26 @@ class NodeAgent:
         node = run.stages[stage].node
         response = await self.peers.post(self._endpoint(node), f"/v1/jobs/{run.job_id}/receipt", b"{}")
         data = response.json()
-        receipt = Receipt(bytes.fromhex(data["input_hash"][2:]), bytes.fromhex(data["output_hash"][2:]),
-                          bytes.fromhex(data["signature"][2:]))
+        receipt = Receipt(
+            bytes.fromhex(data["input_hash"][2:]),
+            bytes.fromhex(data["output_hash"][2:]),
+            bytes.fromhex(data["signature"][2:]),
+        )
         s = run.stages[stage]
-        message = {"jobId": run.job_id, "stage": stage, "start": s.start, "end": s.end,
-                   "inputHash": receipt.input_hash, "outputHash": receipt.output_hash}
+        message = {
+            "jobId": run.job_id,
+            "stage": stage,
+            "start": s.start,
+            "end": s.end,
+            "inputHash": receipt.input_hash,
+            "outputHash": receipt.output_hash,
+        }
         signer = Account.recover_message(
-            encode_typed_data(receipt_domain(self.chain.chain_id, self.contracts.market.address), RECEIPT_TYPES,
-                              message), signature=receipt.signature)
+            encode_typed_data(
+                receipt_domain(self.chain.chain_id, self.contracts.market.address), RECEIPT_TYPES, message
+            ),
+            signature=receipt.signature,
+        )
         if signer != node:
             raise PeerError(f"stage {stage} returned a receipt signed by {signer}, not {node}")
         return receipt
@@ -402,22 +443,40 @@ class NodeAgent:
         if sender != job.route[-1][0]:
             return None, "receipts go only to the job's last stage"
         s = run.stages[run.stage]
-        receipt = sign_receipt(self.account, self.chain.chain_id, self.contracts.market.address, job_id, run.stage,
-                               s.start, s.end, run.in_hash, run.out_hash)
+        receipt = sign_receipt(
+            self.account,
+            self.chain.chain_id,
+            self.contracts.market.address,
+            job_id,
+            run.stage,
+            s.start,
+            s.end,
+            run.in_hash,
+            run.out_hash,
+        )
         self.metrics.jobs.labels(run.params.kind, "served").inc()
-        return {"stage": run.stage, "input_hash": "0x" + receipt.input_hash.hex(),
-                "output_hash": "0x" + receipt.output_hash.hex(), "signature": "0x" + receipt.signature.hex()}, ""
+        return {
+            "stage": run.stage,
+            "input_hash": "0x" + receipt.input_hash.hex(),
+            "output_hash": "0x" + receipt.output_hash.hex(),
+            "signature": "0x" + receipt.signature.hex(),
+        }, ""
 
     def _finish(self, job_id: int) -> None:
         if self.executor.jobs.pop(job_id, None) is not None:
             self.metrics.open_jobs.dec()
 
     def health(self) -> dict:
-        return {"node": self.address, "ready": self.ready, "listener": self.listener.mode,
-                "block": self.listener.last_key[0],
-                "spans": {m: [s.span.start, s.span.end] for m, s in self.executor.spans.items()},
-                "jobs_in_progress": len(self.executor.jobs),
-                "ms_per_block": self.executor.ms_per_block, "forward_calls": self.executor.calls}
+        return {
+            "node": self.address,
+            "ready": self.ready,
+            "listener": self.listener.mode,
+            "block": self.listener.last_key[0],
+            "spans": {m: [s.span.start, s.span.end] for m, s in self.executor.spans.items()},
+            "jobs_in_progress": len(self.executor.jobs),
+            "ms_per_block": self.executor.ms_per_block,
+            "forward_calls": self.executor.calls,
+        }
 
 
 async def run_node(settings: NodeSettings) -> None:

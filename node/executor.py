@@ -108,9 +108,13 @@ class Executor:
         """The loaded span a job's stage runs on: the current one, or one a running job still
         holds after a reassignment (routes planned before a move keep their spans). A stage
         may enter a span part-way: [stage.start, span end)."""
+
         def serves(loaded: LoadedSpan | None) -> bool:
-            return loaded is not None and loaded.model_id == model_id and (
-                loaded.span.start <= stage.start < stage.end == loaded.span.end)
+            return (
+                loaded is not None
+                and loaded.model_id == model_id
+                and (loaded.span.start <= stage.start < stage.end == loaded.span.end)
+            )
 
         current = self.spans[model_id]
         if serves(current):
@@ -121,11 +125,20 @@ class Executor:
         return current
 
     # ------------------------------------------------------------------ jobs
-    def begin(self, job_id: int, model_id: int, stage: int, stages: list[Stage], coordinator: str,
-              params: JobParams) -> JobRun:
+    def begin(
+        self, job_id: int, model_id: int, stage: int, stages: list[Stage], coordinator: str, params: JobParams
+    ) -> JobRun:
         loaded = self._span_for(model_id, stages[stage])
-        run = JobRun(job_id, model_id, stage, stages, coordinator, params,
-                     loaded.model.new_session() if params.kind == "generate" else Session(), loaded=loaded)
+        run = JobRun(
+            job_id,
+            model_id,
+            stage,
+            stages,
+            coordinator,
+            params,
+            loaded.model.new_session() if params.kind == "generate" else Session(),
+            loaded=loaded,
+        )
         if params.kind == "generate":
             run.generator = torch.Generator().manual_seed(params.seed)
         self.jobs[job_id] = run
@@ -137,8 +150,9 @@ class Executor:
         arch = loaded.model.arch
         kind = run.params.kind
         if kind == "generate" and not arch.is_decoder:
-            raise JobInputError(f"model {run.model_id} ({arch.model_type}) cannot generate; use kind 'embed' or "
-                                "'forward'")
+            raise JobInputError(
+                f"model {run.model_id} ({arch.model_type}) cannot generate; use kind 'embed' or 'forward'"
+            )
         if kind == "embed" and arch.family != "bert":
             raise JobInputError(f"model {run.model_id} ({arch.model_type}) does not make sentence embeddings")
         data = parse_input(run.params, raw)
@@ -205,8 +219,12 @@ class Executor:
         elif kind == "embed":
             out = {"kind": kind, "embeddings": final.tolist()}
         elif final.dim() == 3:  # decoder logits [b, q, vocab]: the last position, and every argmax
-            out = {"kind": kind, "shape": list(final[:, -1].shape), "output": final[:, -1].tolist(),
-                   "argmax": final.argmax(-1).tolist()}
+            out = {
+                "kind": kind,
+                "shape": list(final[:, -1].shape),
+                "output": final[:, -1].tolist(),
+                "argmax": final.argmax(-1).tolist(),
+            }
         else:
             out = {"kind": kind, "shape": list(final.shape), "output": final.tolist()}
         return json.dumps({**out, "timing": timing}).encode()

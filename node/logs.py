@@ -14,8 +14,13 @@ class JsonFormatter(logging.Formatter):
         self.node = node
 
     def format(self, record: logging.LogRecord) -> str:
-        entry = {"ts": round(time.time(), 3), "level": record.levelname.lower(), "node": self.node,
-                 "logger": record.name, "msg": record.getMessage()}
+        entry = {
+            "ts": round(time.time(), 3),
+            "level": record.levelname.lower(),
+            "node": self.node,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
         for key in ("job", "stage", "model", "event"):
             if hasattr(record, key):
                 entry[key] = getattr(record, key)

@@ -18,4 +18,4 @@ def unpack(body: bytes) -> tuple[dict, bytes]:
     (n,) = struct.unpack_from("<I", body)
     if 4 + n > len(body):
         raise ValueError("message header runs past the body")
-    return json.loads(body[4:4 + n]), body[4 + n:]
+    return json.loads(body[4 : 4 + n]), body[4 + n :]

@@ -61,11 +61,13 @@ class PeerClient:
                     reply = PeerResponse(response.status, await response.read())
                 if reply.status < 500:
                     if reply.status >= 400:
-                        raise PeerError(f"{base_url}{path} refused the request ({reply.status}): "
-                                        f"{reply.body[:200].decode(errors='replace')}")
+                        raise PeerError(
+                            f"{base_url}{path} refused the request ({reply.status}): "
+                            f"{reply.body[:200].decode(errors='replace')}"
+                        )
                     return reply
                 reason = f"HTTP {reply.status}"
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 reason = type(exc).__name__
             if attempt < self.retries:
                 log.warning("peer %s%s failed (%s), retry %d in %.1f s", base_url, path, reason, attempt + 1, delay)

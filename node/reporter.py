@@ -25,21 +25,40 @@ class Reporter:
         info = await asyncio.to_thread(self.c.nodes.node, self.account.address)
         if info.registered_at:
             if info.endpoint != endpoint or info.hardware != hardware:
-                await self._do("updateProfile", self.c.nodes.update_profile, endpoint, hardware,
-                               bytes.fromhex(self.account.address[2:]))
+                await self._do(
+                    "updateProfile",
+                    self.c.nodes.update_profile,
+                    endpoint,
+                    hardware,
+                    bytes.fromhex(self.account.address[2:]),
+                )
             return False
-        await self._do("register", self.c.nodes.register, endpoint, hardware,
-                       bytes.fromhex(self.account.address[2:]), stake)
+        await self._do(
+            "register", self.c.nodes.register, endpoint, hardware, bytes.fromhex(self.account.address[2:]), stake
+        )
         return True
 
     async def confirm_shard(self, model_id: int) -> bool:
         return await self._do(f"confirmShard({model_id})", self.c.models.confirm_shard, model_id) is not None
 
-    async def submit_result(self, job_id: int, coordinator: str, stages: list[Stage], output_cid: str,
-                            receipts: list[Receipt]) -> bool:
-        return await self._do(f"submitResult({job_id})", self.c.market.submit_result, job_id, coordinator,
-                              stages, output_cid, receipts) is not None
+    async def submit_result(
+        self, job_id: int, coordinator: str, stages: list[Stage], output_cid: str, receipts: list[Receipt]
+    ) -> bool:
+        return (
+            await self._do(
+                f"submitResult({job_id})",
+                self.c.market.submit_result,
+                job_id,
+                coordinator,
+                stages,
+                output_cid,
+                receipts,
+            )
+            is not None
+        )
 
     async def abort_job(self, job_id: int, coordinator: str, stages: list[Stage], reason: str) -> bool:
-        return await self._do(f"abortJob({job_id})", self.c.market.abort_job, job_id, coordinator, stages,
-                              reason[:300]) is not None
+        return (
+            await self._do(f"abortJob({job_id})", self.c.market.abort_job, job_id, coordinator, stages, reason[:300])
+            is not None
+        )

@@ -23,7 +23,8 @@ def sign_request(account: LocalAccount, path: str, body: bytes) -> dict[str, str
 
 def recover_sender(path: str, body: bytes, signature: str) -> str | None:
     try:
-        return Account.recover_message(encode_defunct(primitive=request_digest(path, body)),
-                                       signature=bytes.fromhex(signature.removeprefix("0x")))
+        return Account.recover_message(
+            encode_defunct(primitive=request_digest(path, body)), signature=bytes.fromhex(signature.removeprefix("0x"))
+        )
     except (ValueError, TypeError):
         return None

@@ -44,8 +44,7 @@ def events_label(kind: str, key) -> str:
 
 def index_label(kind: str, key) -> str:
     """Names the index row a figure came from, e.g. `index row jobs[job_id=7]`."""
-    table, column = {"job": ("jobs", "job_id"), "account": ("accounts", "address"),
-                     "node": ("nodes", "address")}[kind]
+    table, column = {"job": ("jobs", "job_id"), "account": ("accounts", "address"), "node": ("nodes", "address")}[kind]
     return f"index row {table}[{column}={key}]"
 
 
@@ -78,8 +77,12 @@ def reconcile(chain: Chain, ledger: Ledger, label=events_label) -> list[Differen
     credits = sum(r.credit for r in ledger.accounts.values())
     check("JobMarket", "ETH balance (escrows + credits)", escrows + credits, chain.w3.eth.get_balance(c.market.address))
     stakes = sum(n.stake + n.pending_unstake for n in ledger.nodes.values())
-    check("NodeRegistry", "ETH balance (stakes + slashed)", stakes + ledger.slashed_balance,
-          chain.w3.eth.get_balance(c.nodes.address))
+    check(
+        "NodeRegistry",
+        "ETH balance (stakes + slashed)",
+        stakes + ledger.slashed_balance,
+        chain.w3.eth.get_balance(c.nodes.address),
+    )
     return diffs
 
 
@@ -92,13 +95,21 @@ def verify_receipts(chain: Chain, ledger: Ledger) -> list[str]:
     for job_id, rec in sorted(ledger.jobs.items()):
         if not rec.receipts:
             continue
-        for k, ((node, start, end, _), (in_hash, out_hash, signature)) in enumerate(zip(rec.route, rec.receipts,
-                                                                                        strict=True)):
-            message = {"jobId": job_id, "stage": k, "start": start, "end": end, "inputHash": bytes(in_hash),
-                       "outputHash": bytes(out_hash)}
+        for k, ((node, start, end, _), (in_hash, out_hash, signature)) in enumerate(
+            zip(rec.route, rec.receipts, strict=True)
+        ):
+            message = {
+                "jobId": job_id,
+                "stage": k,
+                "start": start,
+                "end": end,
+                "inputHash": bytes(in_hash),
+                "outputHash": bytes(out_hash),
+            }
             try:
-                signer = Account.recover_message(encode_typed_data(domain, RECEIPT_TYPES, message),
-                                                 signature=bytes(signature))
+                signer = Account.recover_message(
+                    encode_typed_data(domain, RECEIPT_TYPES, message), signature=bytes(signature)
+                )
             except ValueError as exc:
                 problems.append(f"job {job_id} stage {k}: unreadable signature ({exc})")
                 continue

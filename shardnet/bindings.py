@@ -13,8 +13,7 @@ from shardnet.chain import Chain
 from shardnet.contract_errors import ContractRevert
 from shardnet.errors import ShardnetError
 from shardnet.events import EventDecoder
-from shardnet.protocol import (Account, Assignment, Hardware, Job, JobStatus, Model, NodeInfo, Receipt,
-                               Stage)
+from shardnet.protocol import Account, Assignment, Hardware, Job, JobStatus, Model, NodeInfo, Receipt, Stage
 
 ZERO_ADDRESS = "0x" + "00" * 20
 RECEIPT_TYPES = {
@@ -30,15 +29,34 @@ RECEIPT_TYPES = {
 
 
 def receipt_domain(chain_id: int, market: str) -> dict:
-    return {"name": "shardnet", "version": "1", "chainId": chain_id,
-            "verifyingContract": Web3.to_checksum_address(market)}
+    return {
+        "name": "shardnet",
+        "version": "1",
+        "chainId": chain_id,
+        "verifyingContract": Web3.to_checksum_address(market),
+    }
 
 
-def sign_receipt(account: LocalAccount, chain_id: int, market: str, job_id: int, stage: int, start: int,
-                 end: int, input_hash: bytes, output_hash: bytes) -> Receipt:
+def sign_receipt(
+    account: LocalAccount,
+    chain_id: int,
+    market: str,
+    job_id: int,
+    stage: int,
+    start: int,
+    end: int,
+    input_hash: bytes,
+    output_hash: bytes,
+) -> Receipt:
     """The EIP-712 receipt a stage node signs for its part of a job."""
-    message = {"jobId": job_id, "stage": stage, "start": start, "end": end,
-               "inputHash": input_hash, "outputHash": output_hash}
+    message = {
+        "jobId": job_id,
+        "stage": stage,
+        "start": start,
+        "end": end,
+        "inputHash": input_hash,
+        "outputHash": output_hash,
+    }
     signed = account.sign_typed_data(receipt_domain(chain_id, market), RECEIPT_TYPES, message)
     return Receipt(input_hash, output_hash, bytes(signed.signature))
 
@@ -70,22 +88,23 @@ class _Binding:
 
     def events_in(self, receipt: dict) -> list:
         """Decoded events of this contract in a transaction receipt."""
-        return [e for e in map(self._decoder.decode, receipt["logs"])
-                if e is not None and e.contract == self.address]
+        return [e for e in map(self._decoder.decode, receipt["logs"]) if e is not None and e.contract == self.address]
 
 
 class NodeRegistry(_Binding):
     name = "NodeRegistry"
 
-    def register(self, endpoint: str, hardware: Hardware, data_key: bytes, stake: int,
-                 account: LocalAccount | None = None) -> dict:
+    def register(
+        self, endpoint: str, hardware: Hardware, data_key: bytes, stake: int, account: LocalAccount | None = None
+    ) -> dict:
         return self._tx(self.contract.functions.register(endpoint, hardware.as_tuple(), data_key), stake, account)
 
     def add_stake(self, amount: int, account: LocalAccount | None = None) -> dict:
         return self._tx(self.contract.functions.addStake(), amount, account)
 
-    def update_profile(self, endpoint: str, hardware: Hardware, data_key: bytes,
-                       account: LocalAccount | None = None) -> dict:
+    def update_profile(
+        self, endpoint: str, hardware: Hardware, data_key: bytes, account: LocalAccount | None = None
+    ) -> dict:
         return self._tx(self.contract.functions.updateProfile(endpoint, hardware.as_tuple(), data_key), 0, account)
 
     def request_unstake(self, amount: int, account: LocalAccount | None = None) -> dict:
@@ -103,8 +122,9 @@ class NodeRegistry(_Binding):
     def grant_slasher(self, who: str, account: LocalAccount | None = None) -> dict:
         return self.grant_role("SLASHER_ROLE", who, account)
 
-    def set_parameters(self, min_stake: int, cooldown_s: int, treasury: str,
-                       account: LocalAccount | None = None) -> dict:
+    def set_parameters(
+        self, min_stake: int, cooldown_s: int, treasury: str, account: LocalAccount | None = None
+    ) -> dict:
         return self._tx(self.contract.functions.setParameters(min_stake, cooldown_s, treasury), 0, account)
 
     # views
@@ -119,8 +139,16 @@ class NodeRegistry(_Binding):
 
     def node(self, node: str) -> NodeInfo:
         s = self._call(self.contract.functions.getNode(node))
-        return NodeInfo(node, stake=s[0], unlock_at=s[1], registered_at=s[2], pending_unstake=s[3],
-                        hardware=Hardware(*s[4]), endpoint=s[5], data_key=bytes(s[6]))
+        return NodeInfo(
+            node,
+            stake=s[0],
+            unlock_at=s[1],
+            registered_at=s[2],
+            pending_unstake=s[3],
+            hardware=Hardware(*s[4]),
+            endpoint=s[5],
+            data_key=bytes(s[6]),
+        )
 
     def nodes(self) -> list[str]:
         count = self._call(self.contract.functions.nodeCount())
@@ -134,17 +162,26 @@ class NodeRegistry(_Binding):
 class ModelRegistry(_Binding):
     name = "ModelRegistry"
 
-    def register_model(self, name: str, manifest_cid: str, block_count: int, blocks_root: bytes,
-                       price_per_block: int, account: LocalAccount | None = None) -> int:
-        receipt = self._tx(self.contract.functions.registerModel(
-            name, manifest_cid, block_count, blocks_root, price_per_block), 0, account)
+    def register_model(
+        self,
+        name: str,
+        manifest_cid: str,
+        block_count: int,
+        blocks_root: bytes,
+        price_per_block: int,
+        account: LocalAccount | None = None,
+    ) -> int:
+        receipt = self._tx(
+            self.contract.functions.registerModel(name, manifest_cid, block_count, blocks_root, price_per_block),
+            0,
+            account,
+        )
         return next(e.args["modelId"] for e in self.events_in(receipt) if e.name == "ModelRegistered")
 
     def deprecate_model(self, model_id: int, account: LocalAccount | None = None) -> dict:
         return self._tx(self.contract.functions.deprecateModel(model_id), 0, account)
 
-    def assign_shard(self, model_id: int, node: str, start: int, end: int,
-                     account: LocalAccount | None = None) -> dict:
+    def assign_shard(self, model_id: int, node: str, start: int, end: int, account: LocalAccount | None = None) -> dict:
         return self._tx(self.contract.functions.assignShard(model_id, node, start, end), 0, account)
 
     def confirm_shard(self, model_id: int, account: LocalAccount | None = None) -> dict:
@@ -185,10 +222,18 @@ def _receipts(receipts: list[Receipt]) -> list[tuple]:
 class JobMarket(_Binding):
     name = "JobMarket"
 
-    def post_job(self, model_id: int, input_cid: str, params: bytes, max_fee: int, deadline: int,
-                 account: LocalAccount | None = None) -> int:
-        receipt = self._tx(self.contract.functions.postJob(model_id, input_cid, params, max_fee, deadline),
-                           max_fee, account)
+    def post_job(
+        self,
+        model_id: int,
+        input_cid: str,
+        params: bytes,
+        max_fee: int,
+        deadline: int,
+        account: LocalAccount | None = None,
+    ) -> int:
+        receipt = self._tx(
+            self.contract.functions.postJob(model_id, input_cid, params, max_fee, deadline), max_fee, account
+        )
         return next(e.args["jobId"] for e in self.events_in(receipt) if e.name == "JobPosted")
 
     def cancel_job(self, job_id: int, account: LocalAccount | None = None) -> dict:
@@ -197,32 +242,55 @@ class JobMarket(_Binding):
     def route_job(self, job_id: int, stages: list[Stage], account: LocalAccount | None = None) -> dict:
         return self._tx(self.contract.functions.routeJob(job_id, _stages(stages)), 0, account)
 
-    def reroute_job(self, job_id: int, old_coordinator: str, old: list[Stage], new: list[Stage],
-                    account: LocalAccount | None = None) -> dict:
+    def reroute_job(
+        self, job_id: int, old_coordinator: str, old: list[Stage], new: list[Stage], account: LocalAccount | None = None
+    ) -> dict:
         """`old_coordinator` and `old` are the route being replaced, as its JobRouted event published it."""
-        return self._tx(self.contract.functions.rerouteJob(job_id, old_coordinator, _stages(old), _stages(new)),
-                        0, account)
+        return self._tx(
+            self.contract.functions.rerouteJob(job_id, old_coordinator, _stages(old), _stages(new)), 0, account
+        )
 
-    def submit_result(self, job_id: int, coordinator: str, stages: list[Stage], output_cid: str,
-                      receipts: list[Receipt], account: LocalAccount | None = None) -> dict:
+    def submit_result(
+        self,
+        job_id: int,
+        coordinator: str,
+        stages: list[Stage],
+        output_cid: str,
+        receipts: list[Receipt],
+        account: LocalAccount | None = None,
+    ) -> dict:
         """`coordinator` and `stages` are the job's current route (JobRouted / JobRerouted)."""
-        return self._tx(self.contract.functions.submitResult(job_id, coordinator, _stages(stages), output_cid,
-                                                             _receipts(receipts)), 0, account)
+        return self._tx(
+            self.contract.functions.submitResult(job_id, coordinator, _stages(stages), output_cid, _receipts(receipts)),
+            0,
+            account,
+        )
 
-    def expire_job(self, job_id: int, coordinator: str = ZERO_ADDRESS, stages: list[Stage] = (),
-                   delivered: list[Receipt] = (), account: LocalAccount | None = None) -> dict:
-        return self._tx(self.contract.functions.expireJob(job_id, coordinator, _stages(list(stages)),
-                                                          _receipts(list(delivered))), 0, account)
+    def expire_job(
+        self,
+        job_id: int,
+        coordinator: str = ZERO_ADDRESS,
+        stages: list[Stage] = (),
+        delivered: list[Receipt] = (),
+        account: LocalAccount | None = None,
+    ) -> dict:
+        return self._tx(
+            self.contract.functions.expireJob(job_id, coordinator, _stages(list(stages)), _receipts(list(delivered))),
+            0,
+            account,
+        )
 
-    def abort_job(self, job_id: int, coordinator: str, stages: list[Stage], reason: str,
-                  account: LocalAccount | None = None) -> dict:
+    def abort_job(
+        self, job_id: int, coordinator: str, stages: list[Stage], reason: str, account: LocalAccount | None = None
+    ) -> dict:
         return self._tx(self.contract.functions.abortJob(job_id, coordinator, _stages(stages), reason), 0, account)
 
     def withdraw(self, account: LocalAccount | None = None) -> dict:
         return self._tx(self.contract.functions.withdraw(), 0, account)
 
-    def set_parameters(self, coordinator_fee_bps: int, max_job_duration_s: int,
-                       account: LocalAccount | None = None) -> dict:
+    def set_parameters(
+        self, coordinator_fee_bps: int, max_job_duration_s: int, account: LocalAccount | None = None
+    ) -> dict:
         return self._tx(self.contract.functions.setParameters(coordinator_fee_bps, max_job_duration_s), 0, account)
 
     def grant_coordinator(self, who: str, account: LocalAccount | None = None) -> dict:
@@ -231,8 +299,15 @@ class JobMarket(_Binding):
     # views
     def job(self, job_id: int) -> Job:
         j = self._call(self.contract.functions.getJob(job_id))
-        return Job(job_id, client=j[0], escrow=j[1], deadline=j[2], model_id=j[3], status=JobStatus(j[4]),
-                   route_hash=bytes(j[5]))
+        return Job(
+            job_id,
+            client=j[0],
+            escrow=j[1],
+            deadline=j[2],
+            model_id=j[3],
+            status=JobStatus(j[4]),
+            route_hash=bytes(j[5]),
+        )
 
     def job_count(self) -> int:
         return self._call(self.contract.functions.jobCount())
@@ -243,15 +318,26 @@ class JobMarket(_Binding):
     def coordinator_fee_bps(self) -> int:
         return self._call(self.contract.functions.coordinatorFeeBps())
 
-    def receipt_digest(self, job_id: int, stage: int, start: int, end: int, input_hash: bytes,
-                       output_hash: bytes) -> bytes:
-        return bytes(self._call(self.contract.functions.receiptDigest(job_id, stage, start, end,
-                                                                      input_hash, output_hash)))
+    def receipt_digest(
+        self, job_id: int, stage: int, start: int, end: int, input_hash: bytes, output_hash: bytes
+    ) -> bytes:
+        return bytes(
+            self._call(self.contract.functions.receiptDigest(job_id, stage, start, end, input_hash, output_hash))
+        )
 
-    def sign_receipt(self, account: LocalAccount, job_id: int, stage: int, span_start: int, span_end: int,
-                     input_hash: bytes, output_hash: bytes) -> Receipt:
-        return sign_receipt(account, self.chain.chain_id, self.address, job_id, stage, span_start, span_end,
-                            input_hash, output_hash)
+    def sign_receipt(
+        self,
+        account: LocalAccount,
+        job_id: int,
+        stage: int,
+        span_start: int,
+        span_end: int,
+        input_hash: bytes,
+        output_hash: bytes,
+    ) -> Receipt:
+        return sign_receipt(
+            account, self.chain.chain_id, self.address, job_id, stage, span_start, span_end, input_hash, output_hash
+        )
 
 
 async def send_logged(log, what: str, fn, *args, account: LocalAccount) -> dict | None:

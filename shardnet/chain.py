@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from functools import cache
 from collections.abc import AsyncIterator
+from functools import cache
 from typing import Any
 
 import requests
@@ -45,8 +45,13 @@ def _unreachable(url: str, reason: object) -> ChainUnavailable:
 class Chain:
     """A synchronous HTTP connection plus the project contracts and a signing account."""
 
-    def __init__(self, rpc_url: str, account: LocalAccount | None = None,
-                 deployment: Deployment | None = None, timeout: float = 10.0):
+    def __init__(
+        self,
+        rpc_url: str,
+        account: LocalAccount | None = None,
+        deployment: Deployment | None = None,
+        timeout: float = 10.0,
+    ):
         self.rpc_url = rpc_url
         self.w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": timeout}))
         self.account = account
@@ -59,8 +64,9 @@ class Chain:
             raise _unreachable(rpc_url, type(exc).__name__) from None
 
     @classmethod
-    def from_deployment(cls, deployment: Deployment | None = None, account: LocalAccount | None = None,
-                        rpc_url: str | None = None) -> Chain:
+    def from_deployment(
+        cls, deployment: Deployment | None = None, account: LocalAccount | None = None, rpc_url: str | None = None
+    ) -> Chain:
         deployment = deployment or Deployment.load()
         chain = cls(rpc_url or deployment.rpc_url, account, deployment)
         if chain.chain_id != deployment.chain_id:
@@ -100,16 +106,20 @@ class Chain:
         except ContractLogicError as exc:
             raise self.decode_error(exc) from None
 
-    def transact(self, fn: ContractFunction, value: int = 0, account: LocalAccount | None = None,
-                 gas: int | None = None) -> dict:
+    def transact(
+        self, fn: ContractFunction, value: int = 0, account: LocalAccount | None = None, gas: int | None = None
+    ) -> dict:
         """Simulate, sign, send and wait for `fn`. Reverts raise the contract's named error."""
         account = account or self.account
         if account is None:
             raise TransactionFailed("no signing account configured; pass --key or set it in the config")
         with self._nonce_lock:
-            params: dict[str, Any] = {"from": account.address, "value": value,
-                                      "nonce": self.w3.eth.get_transaction_count(account.address, "pending"),
-                                      "chainId": self.chain_id}
+            params: dict[str, Any] = {
+                "from": account.address,
+                "value": value,
+                "nonce": self.w3.eth.get_transaction_count(account.address, "pending"),
+                "chainId": self.chain_id,
+            }
             if gas:
                 params["gas"] = gas
             try:
@@ -125,9 +135,13 @@ class Chain:
         account = account or self.account
         factory = self.w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
         with self._nonce_lock:
-            tx = factory.constructor(*args).build_transaction({
-                "from": account.address, "chainId": self.chain_id,
-                "nonce": self.w3.eth.get_transaction_count(account.address, "pending")})
+            tx = factory.constructor(*args).build_transaction(
+                {
+                    "from": account.address,
+                    "chainId": self.chain_id,
+                    "nonce": self.w3.eth.get_transaction_count(account.address, "pending"),
+                }
+            )
             receipt = self._send(tx, account)
         return receipt["contractAddress"], receipt["blockNumber"]
 
@@ -137,7 +151,9 @@ class Chain:
         try:
             receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=60, poll_latency=0.05)
         except TimeExhausted:
-            raise TransactionFailed(f"transaction {tx_hash.hex()} was not mined within 60 s; is the chain mining?") from None
+            raise TransactionFailed(
+                f"transaction {tx_hash.hex()} was not mined within 60 s; is the chain mining?"
+            ) from None
         if receipt["status"] != 1:
             raise TransactionFailed(f"transaction {tx_hash.hex()} reverted on-chain (gas used {receipt['gasUsed']})")
         return receipt

@@ -1,8 +1,8 @@
 """Client SDK: post a job with escrow, wait for it to settle, read its history.
 
-    client = Client.from_deployment(account)
-    job_id = client.submit(model_id, {"prompt": "Hello"}, JobParams(kind="generate"), max_fee=10**15)
-    result = client.wait(job_id)
+client = Client.from_deployment(account)
+job_id = client.submit(model_id, {"prompt": "Hello"}, JobParams(kind="generate"), max_fee=10**15)
+result = client.wait(job_id)
 """
 
 from __future__ import annotations
@@ -62,17 +62,23 @@ class Client:
 
     def history(self, job_id: int) -> JobRecord:
         """The job's whole history, rebuilt from its events (every JobMarket event indexes jobId)."""
-        logs = self.chain.w3.eth.get_logs({
-            "address": self.c.market.address, "fromBlock": self.chain.deployment.deploy_block,
-            "topics": [None, "0x" + to_bytes(job_id).rjust(32, b"\0").hex()]})
+        logs = self.chain.w3.eth.get_logs(
+            {
+                "address": self.c.market.address,
+                "fromBlock": self.chain.deployment.deploy_block,
+                "topics": [None, "0x" + to_bytes(job_id).rjust(32, b"\0").hex()],
+            }
+        )
         ledger = Ledger()
         for log in sorted(logs, key=lambda lg: (lg["blockNumber"], lg["logIndex"])):
             event = self.decoder.decode(log)
             if event is not None and event.args.get("jobId") == job_id:
                 ledger.apply(event)
         if job_id not in ledger.jobs:
-            raise ShardnetError(f"job {job_id} does not exist on this deployment; check the id "
-                                f"(jobs so far: {self.c.market.job_count()})")
+            raise ShardnetError(
+                f"job {job_id} does not exist on this deployment; check the id "
+                f"(jobs so far: {self.c.market.job_count()})"
+            )
         return ledger.jobs[job_id]
 
     def wait(self, job_id: int, timeout_s: float = 300, poll_s: float = 0.2) -> JobResult:
@@ -85,6 +91,8 @@ class Client:
                     output = json.loads(self.ipfs.cat(record.output_cid))
                 return JobResult(record, output)
             if time.monotonic() > deadline:
-                raise JobTimeout(f"job {job_id} is still {record.status.name.lower()} after {timeout_s:.0f} s; "
-                                 f"check it later with 'shardnet job status {job_id}'")
+                raise JobTimeout(
+                    f"job {job_id} is still {record.status.name.lower()} after {timeout_s:.0f} s; "
+                    f"check it later with 'shardnet job status {job_id}'"
+                )
             time.sleep(poll_s)

@@ -134,7 +134,9 @@ def compile_contracts(force: bool = False) -> dict[str, Artifact]:
 def load_artifact(name: str) -> Artifact:
     path = build_dir() / f"{name}.json"
     if not path.exists():
-        raise CompileError(f"no artifact for {name} at {path}; run 'shardnet devnet up' or 'shardnet contracts compile'")
+        raise CompileError(
+            f"no artifact for {name} at {path}; run 'shardnet devnet up' or 'shardnet contracts compile'"
+        )
     return Artifact(**json.loads(path.read_text()))
 
 

@@ -34,12 +34,16 @@ MAX_FEE = 10**15  # 0.001 ETH escrow per job
 
 def _show(result: JobResult) -> None:
     r = result.record
-    for k, (node, start, end, fee) in enumerate(r.route):
+    for k, (node, start, end, _fee) in enumerate(r.route):
         in_hash, out_hash, _ = r.receipts[k]
-        print(f"    stage {k} blocks [{start},{end}) node {node[:10]}…  receipt in {bytes(in_hash).hex()[:10]}… "
-              f"out {bytes(out_hash).hex()[:10]}…  paid {r.payouts.get(node, 0):,} wei")
-    print(f"    coordinator paid {r.payouts.get(r.coordinator, 0):,} wei; client refunded {r.refunded:,} wei; "
-          f"output {r.output_cid}")
+        print(
+            f"    stage {k} blocks [{start},{end}) node {node[:10]}…  receipt in {bytes(in_hash).hex()[:10]}… "
+            f"out {bytes(out_hash).hex()[:10]}…  paid {r.payouts.get(node, 0):,} wei"
+        )
+    print(
+        f"    coordinator paid {r.payouts.get(r.coordinator, 0):,} wei; client refunded {r.refunded:,} wei; "
+        f"output {r.output_cid}"
+    )
 
 
 def _audit(net: Network) -> None:
@@ -55,9 +59,11 @@ def _audit(net: Network) -> None:
         ledger = index.state()
     diffs, problems = reconcile(net.chain, ledger, index_label), verify_receipts(net.chain, ledger)
     receipts = sum(len(j.receipts) for j in ledger.jobs.values())
-    print(f"\nauditor: indexed {report.events} events into SQLite; books "
-          f"{'match contract state' if not diffs else 'DIFFER: ' + '; '.join(map(str, diffs))}; "
-          f"{receipts} receipts {'verified' if not problems else 'BAD: ' + '; '.join(problems)}")
+    print(
+        f"\nauditor: indexed {report.events} events into SQLite; books "
+        f"{'match contract state' if not diffs else 'DIFFER: ' + '; '.join(map(str, diffs))}; "
+        f"{receipts} receipts {'verified' if not problems else 'BAD: ' + '; '.join(problems)}"
+    )
     print("  browse it: .venv/bin/shardnet devnet up && .venv/bin/shardnet explorer   (http://127.0.0.1:8090)")
 
 
@@ -68,8 +74,10 @@ def run() -> None:
     print("starting the devnet, a coordinator and three node processes...")
     net.start()
     try:
-        print(f"  chain {net.deployment.rpc_url}, IPFS {net.deployment.ipfs_api}; nodes "
-              + ", ".join(dev_account(2 + i).address[:10] + "…" for i in range(3)))
+        print(
+            f"  chain {net.deployment.rpc_url}, IPFS {net.deployment.ipfs_api}; nodes "
+            + ", ".join(dev_account(2 + i).address[:10] + "…" for i in range(3))
+        )
         models = {}
         for source in ("minilm", "demo-gpt2"):
             models[source], cid = net.publish(source)
@@ -77,15 +85,21 @@ def run() -> None:
         for model_id in models.values():
             net.wait_confirmed(model_id, 3)
         for source, model_id in models.items():
-            spans = sorted((net.c.models.assignment(model_id, n).start, net.c.models.assignment(model_id, n).end,
-                            n[:10]) for n in net.c.models.assigned_nodes(model_id))
-            print(f"  {source}: " + ", ".join(f"[{s},{e}) on {n}…" for s, e, n in spans) + " — fetched, verified, "
-                  "confirmed on-chain")
+            spans = sorted(
+                (net.c.models.assignment(model_id, n).start, net.c.models.assignment(model_id, n).end, n[:10])
+                for n in net.c.models.assigned_nodes(model_id)
+            )
+            print(
+                f"  {source}: " + ", ".join(f"[{s},{e}) on {n}…" for s, e, n in spans) + " — fetched, verified, "
+                "confirmed on-chain"
+            )
 
         client = Client.from_deployment(dev_account(12), net.deployment)
         print(f"\njob 1 — similarity (MiniLM), posted by {client.chain.account.address[:10]}… with 0.001 ETH escrow")
-        result = client.wait(client.submit(models["minilm"], {"texts": [QUERY, *CANDIDATES]}, JobParams(kind="embed"),
-                                           MAX_FEE), timeout_s=120)
+        result = client.wait(
+            client.submit(models["minilm"], {"texts": [QUERY, *CANDIDATES]}, JobParams(kind="embed"), MAX_FEE),
+            timeout_s=120,
+        )
         emb = torch.tensor(result.output["embeddings"])
         scores = (emb[0:1] @ emb[1:].T).squeeze(0)
         print(f"  query: {QUERY}")
@@ -93,8 +107,10 @@ def run() -> None:
             print(f"    {scores[i]:+.3f}  {CANDIDATES[i]}")
         _show(result)
 
-        print("\njob 2 — generation (GPT-2 shape with seeded random weights, so the words are noise; sampled "
-              "with temperature 0.9, top-k 40, seed 7, reproducibly)")
+        print(
+            "\njob 2 — generation (GPT-2 shape with seeded random weights, so the words are noise; sampled "
+            "with temperature 0.9, top-k 40, seed 7, reproducibly)"
+        )
         prompt = "the network of ordinary machines"
         params = JobParams(kind="generate", max_new_tokens=12, temperature=0.9, top_k=40, seed=7)
         result = client.wait(client.submit(models["demo-gpt2"], {"prompt": prompt}, params, MAX_FEE), timeout_s=120)

@@ -59,4 +59,6 @@ class Deployment:
             data["contracts"] = {k: ContractRecord(**v) for k, v in data["contracts"].items()}
             return cls(**data)
         except (ValueError, KeyError, TypeError) as exc:
-            raise DeploymentNotFound(f"deployment file {path} is unreadable ({exc}); run 'shardnet devnet up' again") from None
+            raise DeploymentNotFound(
+                f"deployment file {path} is unreadable ({exc}); run 'shardnet devnet up' again"
+            ) from None

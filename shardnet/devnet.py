@@ -130,8 +130,14 @@ def _check_port(host: str, port: int, what: str, flag: str) -> None:
 def _spawn(cmd: list[str], log: Path, marker: str, port: int) -> dict:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, cwd=tools.repo_root())
+        proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=tools.repo_root(),
+        )
     return {"pid": proc.pid, "marker": marker, "port": port, "log": str(log)}
 
 
@@ -151,9 +157,21 @@ def _wait(ready, record: dict, what: str, timeout: float) -> None:
 
 
 def _start_anvil(settings: DevnetSettings, paths: DevnetPaths) -> dict:
-    cmd = [tools.anvil_binary(), "--host", settings.host, "--port", str(settings.chain_port),
-           "--chain-id", str(settings.chain_id), "--accounts", str(settings.accounts),
-           "--state", str(paths.anvil_state), "--state-interval", "1"]
+    cmd = [
+        tools.anvil_binary(),
+        "--host",
+        settings.host,
+        "--port",
+        str(settings.chain_port),
+        "--chain-id",
+        str(settings.chain_id),
+        "--accounts",
+        str(settings.accounts),
+        "--state",
+        str(paths.anvil_state),
+        "--state-interval",
+        "1",
+    ]
     return _spawn(cmd, paths.logs / "anvil.log", str(paths.anvil_state), settings.chain_port)
 
 
@@ -183,11 +201,18 @@ def deploy_contracts(chain: Chain, settings: DevnetSettings, ipfs_api: str, ws_u
     admin, coordinator = dev_account(0), dev_account(1)
     chain.account = admin
     first_block = chain.w3.eth.block_number + 1
-    nodes_addr, _ = chain.deploy(artifacts["NodeRegistry"], admin.address, settings.min_stake_wei,
-                                 settings.unstake_cooldown_s, admin.address)
+    nodes_addr, _ = chain.deploy(
+        artifacts["NodeRegistry"], admin.address, settings.min_stake_wei, settings.unstake_cooldown_s, admin.address
+    )
     models_addr, _ = chain.deploy(artifacts["ModelRegistry"], admin.address, nodes_addr)
-    market_addr, _ = chain.deploy(artifacts["JobMarket"], admin.address, nodes_addr, models_addr,
-                                  settings.coordinator_fee_bps, settings.max_job_duration_s)
+    market_addr, _ = chain.deploy(
+        artifacts["JobMarket"],
+        admin.address,
+        nodes_addr,
+        models_addr,
+        settings.coordinator_fee_bps,
+        settings.max_job_duration_s,
+    )
     nodes = chain.contract("NodeRegistry", nodes_addr)
     models = chain.contract("ModelRegistry", models_addr)
     market = chain.contract("JobMarket", market_addr)
@@ -197,8 +222,12 @@ def deploy_contracts(chain: Chain, settings: DevnetSettings, ipfs_api: str, ws_u
     chain.transact(market.functions.grantRole(role, coordinator.address))
     version = next(iter(artifacts.values())).compiler
     return Deployment(
-        chain_id=chain.chain_id, rpc_url=chain.rpc_url, ws_url=ws_url, ipfs_api=ipfs_api,
-        deploy_block=first_block, compiler=version,
+        chain_id=chain.chain_id,
+        rpc_url=chain.rpc_url,
+        ws_url=ws_url,
+        ipfs_api=ipfs_api,
+        deploy_block=first_block,
+        compiler=version,
         contracts={
             "NodeRegistry": ContractRecord(nodes_addr, artifacts["NodeRegistry"].artifact_hash),
             "ModelRegistry": ContractRecord(models_addr, artifacts["ModelRegistry"].artifact_hash),
@@ -207,8 +236,9 @@ def deploy_contracts(chain: Chain, settings: DevnetSettings, ipfs_api: str, ws_u
     )
 
 
-def ensure_deployed(rpc_url: str, ws_url: str, ipfs_api: str, deployment_path: Path,
-                    settings: DevnetSettings | None = None) -> tuple[Deployment, bool]:
+def ensure_deployed(
+    rpc_url: str, ws_url: str, ipfs_api: str, deployment_path: Path, settings: DevnetSettings | None = None
+) -> tuple[Deployment, bool]:
     """Reuse the deployment file when it matches the chain and the sources, else deploy. Returns
     (deployment, deployed_now)."""
     settings = settings or DevnetSettings()
@@ -233,8 +263,10 @@ def up(settings: DevnetSettings | None = None) -> dict:
     ipfs_api = f"http://{settings.host}:{settings.ipfs_port}"
 
     started = {}
-    for name, port, flag, start in (("anvil", settings.chain_port, "--chain-port", _start_anvil),
-                                    ("ipfs", settings.ipfs_port, "--ipfs-port", _start_ipfs)):
+    for name, port, flag, start in (
+        ("anvil", settings.chain_port, "--chain-port", _start_anvil),
+        ("ipfs", settings.ipfs_port, "--ipfs-port", _start_ipfs),
+    ):
         record = pids.get(name)
         if record and _ours(record) and record["port"] == port:
             continue
@@ -244,14 +276,23 @@ def up(settings: DevnetSettings | None = None) -> dict:
 
     try:
         if "anvil" in started:
-            _wait(lambda: Chain(rpc_url, timeout=1).chain_id == settings.chain_id, started["anvil"], "anvil",
-                  settings.start_timeout_s)
+            _wait(
+                lambda: Chain(rpc_url, timeout=1).chain_id == settings.chain_id,
+                started["anvil"],
+                "anvil",
+                settings.start_timeout_s,
+            )
         if "ipfs" in started:
-            _wait(lambda: IpfsClient(ipfs_api, timeout=1).peer_id(), started["ipfs"], "the IPFS daemon",
-                  settings.start_timeout_s)
+            _wait(
+                lambda: IpfsClient(ipfs_api, timeout=1).peer_id(),
+                started["ipfs"],
+                "the IPFS daemon",
+                settings.start_timeout_s,
+            )
         deploy_started = time.time()
-        _, deployed = ensure_deployed(rpc_url, rpc_url.replace("http://", "ws://"), ipfs_api,
-                                      paths.deployment, settings)
+        _, deployed = ensure_deployed(
+            rpc_url, rpc_url.replace("http://", "ws://"), ipfs_api, paths.deployment, settings
+        )
     except ShardnetError:
         for record in started.values():
             _stop(record)
@@ -316,7 +357,6 @@ def down(settings: DevnetSettings | None = None) -> list[str]:
     if paths.pids.exists():
         paths.pids.unlink()
     return stopped
-
 
 
 @contextlib.contextmanager

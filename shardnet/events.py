@@ -70,8 +70,13 @@ class EventDecoder:
             indexed = [i for i in e["inputs"] if i["indexed"]]
             plain = [i for i in e["inputs"] if not i["indexed"]]
             self._by_topic[event_abi_to_log_topic(e)] = (
-                e["name"], indexed, [collapse_if_tuple(i) for i in indexed], plain,
-                [collapse_if_tuple(i) for i in plain], [i["name"] for i in e["inputs"]])
+                e["name"],
+                indexed,
+                [collapse_if_tuple(i) for i in indexed],
+                plain,
+                [collapse_if_tuple(i) for i in plain],
+                [i["name"] for i in e["inputs"]],
+            )
 
     def decode(self, log: dict) -> Event | None:
         topics = log.get("topics") or []
@@ -88,23 +93,35 @@ class EventDecoder:
             args[abi_input["name"]] = _normalize(abi_input, abi_decode([kind], _hex_bytes(topic))[0])
         for abi_input, value in zip(plain, abi_decode(plain_types, _hex_bytes(log["data"])), strict=True):
             args[abi_input["name"]] = _normalize(abi_input, value)
-        return Event(name, {k: args[k] for k in order}, Web3.to_checksum_address(log["address"]),
-                     _int(log["blockNumber"]), "0x" + _hex_bytes(log["transactionHash"]).hex(),
-                     _int(log["logIndex"]))
+        return Event(
+            name,
+            {k: args[k] for k in order},
+            Web3.to_checksum_address(log["address"]),
+            _int(log["blockNumber"]),
+            "0x" + _hex_bytes(log["transactionHash"]).hex(),
+            _int(log["logIndex"]),
+        )
 
 
 class EventFollower:
     """Polls `eth_getLogs` for the given contracts from a saved height."""
 
-    def __init__(self, chain: Chain, addresses: list[str], state_path: Path | None = None,
-                 start_block: int | None = None, batch_blocks: int = 2_000):
+    def __init__(
+        self,
+        chain: Chain,
+        addresses: list[str],
+        state_path: Path | None = None,
+        start_block: int | None = None,
+        batch_blocks: int = 2_000,
+    ):
         self.chain = chain
         self.addresses = [Web3.to_checksum_address(a) for a in addresses]
         self.state_path = state_path
         self.batch_blocks = batch_blocks
         self.decoder = EventDecoder(chain.abis)
-        default_start = start_block if start_block is not None else (
-            chain.deployment.deploy_block if chain.deployment else 0)
+        default_start = (
+            start_block if start_block is not None else (chain.deployment.deploy_block if chain.deployment else 0)
+        )
         self.next_block = self._load_height(default_start)
 
     def _load_height(self, default: int) -> int:
@@ -126,7 +143,8 @@ class EventFollower:
         while self.next_block <= head:
             to_block = min(head, self.next_block + self.batch_blocks - 1)
             logs = self.chain.w3.eth.get_logs(
-                {"address": self.addresses, "fromBlock": self.next_block, "toBlock": to_block})
+                {"address": self.addresses, "fromBlock": self.next_block, "toBlock": to_block}
+            )
             for log in sorted(logs, key=lambda lg: (lg["blockNumber"], lg["logIndex"])):
                 event = self.decoder.decode(log)
                 if event is not None:

@@ -20,6 +20,7 @@ def from_json(value: Any) -> Any:
         return [from_json(v) for v in value]
     return value
 
+
 def describe(name: str, args: dict) -> str:
     """One line saying what an event means, for timelines."""
     a = args
@@ -66,10 +67,18 @@ def describe(name: str, args: dict) -> str:
             return f"{a['account']} withdrew {a['amount']} wei"
     return name
 
+
 def _job_summary(row: sqlite3.Row) -> dict:
-    out = {"job": row["job_id"], "status": row["status"], "model": row["model_id"], "client": row["client"],
-           "paid": int(row["paid"]), "refunded": int(row["refunded"]), "posted_block": row["posted_block"],
-           "posted_time": row["posted_time"]}
+    out = {
+        "job": row["job_id"],
+        "status": row["status"],
+        "model": row["model_id"],
+        "client": row["client"],
+        "paid": int(row["paid"]),
+        "refunded": int(row["refunded"]),
+        "posted_block": row["posted_block"],
+        "posted_time": row["posted_time"],
+    }
     if "stages" in row.keys():
         out["stages"] = row["stages"]
     return out
@@ -78,12 +87,21 @@ def _job_summary(row: sqlite3.Row) -> dict:
 class IndexQueries:
     db: sqlite3.Connection
     next_block: int
+
     def job_count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
 
-    def jobs(self, model_id: int | None = None, client: str | None = None, node: str | None = None,
-             status: str | None = None, from_block: int | None = None, to_block: int | None = None,
-             limit: int | None = None, newest_first: bool = False) -> list[dict]:
+    def jobs(
+        self,
+        model_id: int | None = None,
+        client: str | None = None,
+        node: str | None = None,
+        status: str | None = None,
+        from_block: int | None = None,
+        to_block: int | None = None,
+        limit: int | None = None,
+        newest_first: bool = False,
+    ) -> list[dict]:
         where, params = [], []
         if model_id is not None:
             where.append("j.model_id = ?"), params.append(model_id)
@@ -98,9 +116,12 @@ class IndexQueries:
             where.append("j.posted_block >= ?"), params.append(from_block)
         if to_block is not None:
             where.append("j.posted_block <= ?"), params.append(to_block)
-        sql = ("SELECT j.*, (SELECT COUNT(*) FROM job_stages s WHERE s.job_id = j.job_id) AS stages FROM jobs j"
-               + (" WHERE " + " AND ".join(where) if where else "")
-               + f" ORDER BY j.job_id {'DESC' if newest_first else 'ASC'}" + (f" LIMIT {int(limit)}" if limit else ""))
+        sql = (
+            "SELECT j.*, (SELECT COUNT(*) FROM job_stages s WHERE s.job_id = j.job_id) AS stages FROM jobs j"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + f" ORDER BY j.job_id {'DESC' if newest_first else 'ASC'}"
+            + (f" LIMIT {int(limit)}" if limit else "")
+        )
         return [_job_summary(row) for row in self.db.execute(sql, params)]
 
     def job(self, job_id: int) -> dict | None:
@@ -108,25 +129,52 @@ class IndexQueries:
         if row is None:
             return None
         job = _job_summary(row)
-        job.update(input_cid=row["input_cid"], params=row["params"], max_fee=int(row["max_fee"]),
-                   deadline=row["deadline"], escrow=int(row["escrow"]), coordinator=row["coordinator"],
-                   output_cid=row["output_cid"], reroutes=row["reroutes"], abort_reason=row["abort_reason"])
-        job["stages"] = [{"stage": s["stage"], "node": s["node"], "start": s["start"], "end": s["end"],
-                          "fee": int(s["fee"]), "input_hash": s["input_hash"], "output_hash": s["output_hash"],
-                          "signature": s["signature"]}
-                         for s in self.db.execute("SELECT * FROM job_stages WHERE job_id = ? ORDER BY stage",
-                                                  (job_id,))]
-        job["payouts"] = {p["payee"]: int(p["amount"]) for p in
-                          self.db.execute("SELECT payee, amount FROM payouts WHERE job_id = ?", (job_id,))}
-        job["failed_nodes"] = [f["node"] for f in self.db.execute(
-            "SELECT node FROM job_failures WHERE job_id = ? ORDER BY seq", (job_id,))]
+        job.update(
+            input_cid=row["input_cid"],
+            params=row["params"],
+            max_fee=int(row["max_fee"]),
+            deadline=row["deadline"],
+            escrow=int(row["escrow"]),
+            coordinator=row["coordinator"],
+            output_cid=row["output_cid"],
+            reroutes=row["reroutes"],
+            abort_reason=row["abort_reason"],
+        )
+        job["stages"] = [
+            {
+                "stage": s["stage"],
+                "node": s["node"],
+                "start": s["start"],
+                "end": s["end"],
+                "fee": int(s["fee"]),
+                "input_hash": s["input_hash"],
+                "output_hash": s["output_hash"],
+                "signature": s["signature"],
+            }
+            for s in self.db.execute("SELECT * FROM job_stages WHERE job_id = ? ORDER BY stage", (job_id,))
+        ]
+        job["payouts"] = {
+            p["payee"]: int(p["amount"])
+            for p in self.db.execute("SELECT payee, amount FROM payouts WHERE job_id = ?", (job_id,))
+        }
+        job["failed_nodes"] = [
+            f["node"] for f in self.db.execute("SELECT node FROM job_failures WHERE job_id = ? ORDER BY seq", (job_id,))
+        ]
         job["timeline"] = self.timeline("job_id = ?", (job_id,))
         return job
 
     def timeline(self, where: str, params: tuple) -> list[dict]:
-        return [{"block": e["block"], "log_index": e["log_index"], "time": e["time"], "tx": e["tx_hash"],
-                 "event": e["name"], "what": describe(e["name"], from_json(json.loads(e["args"])))}
-                for e in self.db.execute(f"SELECT * FROM events WHERE {where} ORDER BY block, log_index", params)]
+        return [
+            {
+                "block": e["block"],
+                "log_index": e["log_index"],
+                "time": e["time"],
+                "tx": e["tx_hash"],
+                "event": e["name"],
+                "what": describe(e["name"], from_json(json.loads(e["args"]))),
+            }
+            for e in self.db.execute(f"SELECT * FROM events WHERE {where} ORDER BY block, log_index", params)
+        ]
 
     def node(self, address: str) -> dict | None:
         address = Web3.to_checksum_address(address)
@@ -134,48 +182,92 @@ class IndexQueries:
         if row is None:
             return None
         acct = self.db.execute("SELECT * FROM accounts WHERE address = ?", (address,)).fetchone()
-        jobs = [r[0] for r in self.db.execute("SELECT DISTINCT job_id FROM job_stages WHERE node = ? ORDER BY job_id",
-                                              (address,))]
+        jobs = [
+            r[0]
+            for r in self.db.execute(
+                "SELECT DISTINCT job_id FROM job_stages WHERE node = ? ORDER BY job_id", (address,)
+            )
+        ]
         earned = sum(int(r[0]) for r in self.db.execute("SELECT amount FROM payouts WHERE payee = ?", (address,)))
-        failures = [r[0] for r in self.db.execute("SELECT job_id FROM job_failures WHERE node = ? ORDER BY job_id",
-                                                  (address,))]
-        spans = {r["model_id"]: {"start": r["start"], "end": r["end"], "confirmed": bool(r["confirmed"])}
-                 for r in self.db.execute("SELECT * FROM assignments WHERE node = ?", (address,))}
+        failures = [
+            r[0] for r in self.db.execute("SELECT job_id FROM job_failures WHERE node = ? ORDER BY job_id", (address,))
+        ]
+        spans = {
+            r["model_id"]: {"start": r["start"], "end": r["end"], "confirmed": bool(r["confirmed"])}
+            for r in self.db.execute("SELECT * FROM assignments WHERE node = ?", (address,))
+        }
         history = self.timeline("node = ? AND job_id IS NULL", (address,))
-        return {"node": address, "endpoint": row["endpoint"],
-                "hardware": {"memory_mb": row["memory_mb"], "compute_score": row["compute_score"],
-                             "bandwidth_mbps": row["bandwidth_mbps"]},
-                "stake": int(row["stake"]), "pending_unstake": int(row["pending_unstake"]),
-                "slashed": int(row["slashed"]), "spans": spans, "jobs": jobs, "earned": earned,
-                "credit": int(acct["credit"]) if acct else 0, "withdrawn": int(acct["withdrawn"]) if acct else 0,
-                "jobs_done": acct["jobs_done"] if acct else 0, "jobs_failed": acct["jobs_failed"] if acct else 0,
-                "failures": failures,
-                "slashes": [h for h in history if h["event"] == "NodeSlashed"],
-                "stake_history": [h for h in history if h["event"] in (
-                    "NodeRegistered", "StakeAdded", "UnstakeRequested", "UnstakeWithdrawn", "NodeSlashed")],
-                "history": history}
+        return {
+            "node": address,
+            "endpoint": row["endpoint"],
+            "hardware": {
+                "memory_mb": row["memory_mb"],
+                "compute_score": row["compute_score"],
+                "bandwidth_mbps": row["bandwidth_mbps"],
+            },
+            "stake": int(row["stake"]),
+            "pending_unstake": int(row["pending_unstake"]),
+            "slashed": int(row["slashed"]),
+            "spans": spans,
+            "jobs": jobs,
+            "earned": earned,
+            "credit": int(acct["credit"]) if acct else 0,
+            "withdrawn": int(acct["withdrawn"]) if acct else 0,
+            "jobs_done": acct["jobs_done"] if acct else 0,
+            "jobs_failed": acct["jobs_failed"] if acct else 0,
+            "failures": failures,
+            "slashes": [h for h in history if h["event"] == "NodeSlashed"],
+            "stake_history": [
+                h
+                for h in history
+                if h["event"] in ("NodeRegistered", "StakeAdded", "UnstakeRequested", "UnstakeWithdrawn", "NodeSlashed")
+            ],
+            "history": history,
+        }
 
     def model(self, model_id: int) -> dict | None:
         row = self.db.execute("SELECT * FROM models WHERE model_id = ?", (model_id,)).fetchone()
         if row is None:
             return None
-        assignments = [{"node": r["node"], "start": r["start"], "end": r["end"], "confirmed": bool(r["confirmed"]),
-                        "staked": r["stake"] not in (None, "0")}
-                       for r in self.db.execute("SELECT a.*, n.stake FROM assignments a LEFT JOIN nodes n ON "
-                                                "n.address = a.node WHERE model_id = ? ORDER BY start, a.node",
-                                                (model_id,))]
+        assignments = [
+            {
+                "node": r["node"],
+                "start": r["start"],
+                "end": r["end"],
+                "confirmed": bool(r["confirmed"]),
+                "staked": r["stake"] not in (None, "0"),
+            }
+            for r in self.db.execute(
+                "SELECT a.*, n.stake FROM assignments a LEFT JOIN nodes n ON "
+                "n.address = a.node WHERE model_id = ? ORDER BY start, a.node",
+                (model_id,),
+            )
+        ]
         coverage = [0] * row["block_count"]  # confirmed spans of nodes that still have stake
         for a in assignments:
             if a["confirmed"] and a["staked"]:
                 for b in range(a["start"], min(a["end"], row["block_count"])):
                     coverage[b] += 1
-        by_status = {r[0]: r[1] for r in self.db.execute(
-            "SELECT status, COUNT(*) FROM jobs WHERE model_id = ? GROUP BY status", (model_id,))}
+        by_status = {
+            r[0]: r[1]
+            for r in self.db.execute(
+                "SELECT status, COUNT(*) FROM jobs WHERE model_id = ? GROUP BY status", (model_id,)
+            )
+        }
         paid = sum(int(r[0]) for r in self.db.execute("SELECT paid FROM jobs WHERE model_id = ?", (model_id,)))
-        return {"model": model_id, "name": row["name"], "owner": row["owner"], "manifest_cid": row["manifest_cid"],
-                "block_count": row["block_count"], "price_per_block": int(row["price_per_block"]),
-                "deprecated": bool(row["deprecated"]), "assignments": assignments, "coverage": coverage,
-                "jobs": by_status, "fees_paid": paid}
+        return {
+            "model": model_id,
+            "name": row["name"],
+            "owner": row["owner"],
+            "manifest_cid": row["manifest_cid"],
+            "block_count": row["block_count"],
+            "price_per_block": int(row["price_per_block"]),
+            "deprecated": bool(row["deprecated"]),
+            "assignments": assignments,
+            "coverage": coverage,
+            "jobs": by_status,
+            "fees_paid": paid,
+        }
 
     def model_count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM models").fetchone()[0]
@@ -186,10 +278,21 @@ class IndexQueries:
     def nodes(self) -> list[dict]:
         rows = self.db.execute(
             "SELECT n.*, a.jobs_done, a.jobs_failed FROM nodes n LEFT JOIN accounts a ON a.address = n.address "
-            "ORDER BY n.address")
-        return [{"node": r["address"], "endpoint": r["endpoint"], "stake": int(r["stake"]),
-                 "slashed": int(r["slashed"]), "memory_mb": r["memory_mb"], "compute_score": r["compute_score"],
-                 "jobs_done": r["jobs_done"] or 0, "jobs_failed": r["jobs_failed"] or 0} for r in rows]
+            "ORDER BY n.address"
+        )
+        return [
+            {
+                "node": r["address"],
+                "endpoint": r["endpoint"],
+                "stake": int(r["stake"]),
+                "slashed": int(r["slashed"]),
+                "memory_mb": r["memory_mb"],
+                "compute_score": r["compute_score"],
+                "jobs_done": r["jobs_done"] or 0,
+                "jobs_failed": r["jobs_failed"] or 0,
+            }
+            for r in rows
+        ]
 
     def activity(self, buckets: int = 24) -> list[dict]:
         """Jobs posted and fees paid per time bucket, from the first job to the last."""
@@ -207,7 +310,11 @@ class IndexQueries:
 
     def summary(self) -> dict:
         by_status = {r[0]: r[1] for r in self.db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status")}
-        return {"next_block": self.next_block, "jobs": sum(by_status.values()), "jobs_by_status": by_status,
-                "nodes": self.db.execute("SELECT COUNT(*) FROM nodes").fetchone()[0],
-                "models": self.model_count(),
-                "events": self.db.execute("SELECT COUNT(*) FROM events").fetchone()[0]}
+        return {
+            "next_block": self.next_block,
+            "jobs": sum(by_status.values()),
+            "jobs_by_status": by_status,
+            "nodes": self.db.execute("SELECT COUNT(*) FROM nodes").fetchone()[0],
+            "models": self.model_count(),
+            "events": self.db.execute("SELECT COUNT(*) FROM events").fetchone()[0],
+        }

@@ -139,8 +139,9 @@ class Index(IndexQueries):
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
-            raise IndexerError(f"{self.path} is not a usable index ({exc}); delete it to re-index from the chain") \
-                from None
+            raise IndexerError(
+                f"{self.path} is not a usable index ({exc}); delete it to re-index from the chain"
+            ) from None
         self._bind(deployment)
         self.decoder = EventDecoder(chain.abis)
         self._ledger: Ledger | None = None
@@ -151,20 +152,28 @@ class Index(IndexQueries):
         return row[0] if row else None
 
     def _bind(self, deployment) -> None:
-        expected = {"schema": str(SCHEMA_VERSION), "chain_id": str(self.chain.chain_id),
-                    "market": self.addresses[2], "deploy_block": str(deployment.deploy_block)}
+        expected = {
+            "schema": str(SCHEMA_VERSION),
+            "chain_id": str(self.chain.chain_id),
+            "market": self.addresses[2],
+            "deploy_block": str(deployment.deploy_block),
+        }
         have = {k: self._meta(k) for k in expected}
         if all(v is None for v in have.values()):
             with self.db:
                 self.db.execute("BEGIN")
                 self.db.executemany("INSERT INTO meta VALUES (?, ?)", list(expected.items()))
-                self.db.executemany("INSERT INTO meta VALUES (?, ?)",
-                                    [("next_block", str(deployment.deploy_block)), ("slashed_balance", "0")])
+                self.db.executemany(
+                    "INSERT INTO meta VALUES (?, ?)",
+                    [("next_block", str(deployment.deploy_block)), ("slashed_balance", "0")],
+                )
             return
         for key, value in expected.items():
             if have[key] != value:
-                raise IndexerError(f"the index {self.path} belongs to another deployment ({key} {have[key]}, this "
-                                  f"deployment has {value}); delete it or pass another --db")
+                raise IndexerError(
+                    f"the index {self.path} belongs to another deployment ({key} {have[key]}, this "
+                    f"deployment has {value}); delete it or pass another --db"
+                )
 
     @property
     def next_block(self) -> int:
@@ -180,16 +189,22 @@ class Index(IndexQueries):
         self.close()
 
     # ------------------------------------------------------------------ sync
-    def sync(self, to_block: int | None = None, batch_blocks: int = 2_000, confirmations: int = 0,
-             on_batch: Callable[[int, int], None] | None = None) -> SyncReport:
+    def sync(
+        self,
+        to_block: int | None = None,
+        batch_blocks: int = 2_000,
+        confirmations: int = 0,
+        on_batch: Callable[[int, int], None] | None = None,
+    ) -> SyncReport:
         """Index every event up to `to_block` (default: the head less `confirmations`)."""
         started, events, first = time.perf_counter(), 0, self.next_block
         url = self.chain.rpc_url
         try:
             head = self.chain.w3.eth.block_number - confirmations
         except (requests.RequestException, Web3Exception, OSError) as exc:
-            raise IndexerError(f"the RPC at {url} did not answer ({exc}); the index is unchanged, at block "
-                              f"{first}") from None
+            raise IndexerError(
+                f"the RPC at {url} did not answer ({exc}); the index is unchanged, at block {first}"
+            ) from None
         target = head if to_block is None else min(to_block, head)
         while self.next_block <= target:
             start = self.next_block
@@ -197,9 +212,10 @@ class Index(IndexQueries):
             try:
                 batch = self._fetch(start, end)
             except (requests.RequestException, Web3Exception, OSError, ValueError) as exc:
-                raise IndexerError(f"the RPC at {url} stopped answering while indexing blocks {start}-{end} ({exc}); "
-                                  f"every block before {start} is saved: run the same command again to resume") \
-                    from None
+                raise IndexerError(
+                    f"the RPC at {url} stopped answering while indexing blocks {start}-{end} ({exc}); "
+                    f"every block before {start} is saved: run the same command again to resume"
+                ) from None
             self._store(batch, end)
             events += len(batch)
             if on_batch:
@@ -209,7 +225,8 @@ class Index(IndexQueries):
     def _fetch(self, start: int, end: int) -> list[tuple[Event, int]]:
         # the raw JSON-RPC reply: web3's result formatting costs more than decoding on long histories
         reply = self.chain.w3.provider.make_request(
-            "eth_getLogs", [{"address": self.addresses, "fromBlock": hex(start), "toBlock": hex(end)}])
+            "eth_getLogs", [{"address": self.addresses, "fromBlock": hex(start), "toBlock": hex(end)}]
+        )
         if "error" in reply:
             raise ValueError(f"eth_getLogs failed: {reply['error']}")
         decoded = sorted((e for e in map(self.decoder.decode, reply["result"]) if e), key=lambda e: e.key)
@@ -228,8 +245,9 @@ class Index(IndexQueries):
             block = reply.get("result") if isinstance(reply, dict) else None
             if not block:
                 raise ValueError(f"no block in reply {reply}")
-            times[int(block["number"], 16) if isinstance(block["number"], str) else block["number"]] = int(
-                block["timestamp"], 16) if isinstance(block["timestamp"], str) else block["timestamp"]
+            times[int(block["number"], 16) if isinstance(block["number"], str) else block["number"]] = (
+                int(block["timestamp"], 16) if isinstance(block["timestamp"], str) else block["timestamp"]
+            )
         return times
 
     def ledger(self) -> Ledger:
@@ -254,9 +272,22 @@ class Index(IndexQueries):
             self.db.execute("BEGIN IMMEDIATE")
             self.db.executemany(
                 "INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(e.block_number, e.log_index, when, e.tx_hash, e.contract, e.name, e.args.get("jobId"),
-                  e.args.get("node") or e.args.get("account"), e.args.get("modelId"), json.dumps(to_json(e.args)))
-                 for e, when in batch])
+                [
+                    (
+                        e.block_number,
+                        e.log_index,
+                        when,
+                        e.tx_hash,
+                        e.contract,
+                        e.name,
+                        e.args.get("jobId"),
+                        e.args.get("node") or e.args.get("account"),
+                        e.args.get("modelId"),
+                        json.dumps(to_json(e.args)),
+                    )
+                    for e, when in batch
+                ],
+            )
             for job_id in sorted(touched):
                 _write_job(self.db, ledger.jobs[job_id], posted.get(job_id), end)
             if batch:
@@ -284,46 +315,100 @@ class Index(IndexQueries):
 def _write_job(db: sqlite3.Connection, job: JobRecord, posted: tuple[int, int] | None, block: int) -> None:
     if posted is None:
         posted = db.execute("SELECT posted_block, posted_time FROM jobs WHERE job_id = ?", (job.job_id,)).fetchone()
-    db.execute("INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-               (job.job_id, job.client, job.model_id, job.status.name.lower(), job.input_cid, job.params.hex(),
-                str(job.max_fee), job.deadline, str(job.escrow), job.coordinator, job.output_cid,
-                str(sum(job.payouts.values())), str(job.refunded), job.reroutes, job.abort_reason,
-                posted[0], posted[1], block))
+    db.execute(
+        "INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            job.job_id,
+            job.client,
+            job.model_id,
+            job.status.name.lower(),
+            job.input_cid,
+            job.params.hex(),
+            str(job.max_fee),
+            job.deadline,
+            str(job.escrow),
+            job.coordinator,
+            job.output_cid,
+            str(sum(job.payouts.values())),
+            str(job.refunded),
+            job.reroutes,
+            job.abort_reason,
+            posted[0],
+            posted[1],
+            block,
+        ),
+    )
     db.execute("DELETE FROM job_stages WHERE job_id = ?", (job.job_id,))
     receipts = job.receipts or [(None, None, None)] * len(job.route)
-    db.executemany("INSERT INTO job_stages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                   [(job.job_id, k, node, start, end, str(fee), _hex(r[0]), _hex(r[1]), _hex(r[2]))
-                    for k, ((node, start, end, fee), r) in enumerate(zip(job.route, receipts, strict=True))])
+    db.executemany(
+        "INSERT INTO job_stages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (job.job_id, k, node, start, end, str(fee), _hex(r[0]), _hex(r[1]), _hex(r[2]))
+            for k, ((node, start, end, fee), r) in enumerate(zip(job.route, receipts, strict=True))
+        ],
+    )
     db.execute("DELETE FROM payouts WHERE job_id = ?", (job.job_id,))
-    db.executemany("INSERT INTO payouts VALUES (?, ?, ?)",
-                   [(job.job_id, payee, str(amount)) for payee, amount in job.payouts.items()])
+    db.executemany(
+        "INSERT INTO payouts VALUES (?, ?, ?)",
+        [(job.job_id, payee, str(amount)) for payee, amount in job.payouts.items()],
+    )
     db.execute("DELETE FROM job_failures WHERE job_id = ?", (job.job_id,))
-    db.executemany("INSERT INTO job_failures VALUES (?, ?, ?)",
-                   [(job.job_id, k, node) for k, node in enumerate(job.failed_nodes)])
+    db.executemany(
+        "INSERT INTO job_failures VALUES (?, ?, ?)", [(job.job_id, k, node) for k, node in enumerate(job.failed_nodes)]
+    )
 
 
 def _write_state(db: sqlite3.Connection, ledger: Ledger) -> None:
-    db.executemany("INSERT OR REPLACE INTO accounts VALUES (?, ?, ?, ?, ?, ?)",
-                   [(a, str(r.credit), r.open_jobs, r.jobs_done, r.jobs_failed, str(r.withdrawn))
-                    for a, r in ledger.accounts.items()])
-    db.executemany("INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                   [(a, str(r.stake), str(r.pending_unstake), str(r.slashed), ledger.endpoints.get(a),
-                     *(ledger.hardware.get(a) or (None, None, None))) for a, r in ledger.nodes.items()])
-    db.executemany("INSERT OR REPLACE INTO models VALUES (?, ?, ?, ?, ?, ?, ?)",
-                   [(m, d["owner"], d["name"], d["manifestCid"], d["blockCount"], str(d["pricePerBlock"]),
-                     int(bool(d.get("deprecated")))) for m, d in ledger.models.items()])
+    db.executemany(
+        "INSERT OR REPLACE INTO accounts VALUES (?, ?, ?, ?, ?, ?)",
+        [
+            (a, str(r.credit), r.open_jobs, r.jobs_done, r.jobs_failed, str(r.withdrawn))
+            for a, r in ledger.accounts.items()
+        ],
+    )
+    db.executemany(
+        "INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (
+                a,
+                str(r.stake),
+                str(r.pending_unstake),
+                str(r.slashed),
+                ledger.endpoints.get(a),
+                *(ledger.hardware.get(a) or (None, None, None)),
+            )
+            for a, r in ledger.nodes.items()
+        ],
+    )
+    db.executemany(
+        "INSERT OR REPLACE INTO models VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [
+            (
+                m,
+                d["owner"],
+                d["name"],
+                d["manifestCid"],
+                d["blockCount"],
+                str(d["pricePerBlock"]),
+                int(bool(d.get("deprecated"))),
+            )
+            for m, d in ledger.models.items()
+        ],
+    )
     db.execute("DELETE FROM assignments")
-    db.executemany("INSERT INTO assignments VALUES (?, ?, ?, ?, ?)",
-                   [(m, node, s, e, int(c)) for m, nodes in ledger.assignments.items()
-                    for node, (s, e, c) in nodes.items()])
+    db.executemany(
+        "INSERT INTO assignments VALUES (?, ?, ?, ?, ?)",
+        [(m, node, s, e, int(c)) for m, nodes in ledger.assignments.items() for node, (s, e, c) in nodes.items()],
+    )
     db.execute("UPDATE meta SET value = ? WHERE key = 'slashed_balance'", (str(ledger.slashed_balance),))
 
 
 def _load_ledger(db: sqlite3.Connection) -> Ledger:
     ledger = Ledger()
     for r in db.execute("SELECT * FROM accounts"):
-        ledger.accounts[r["address"]] = AccountRecord(int(r["credit"]), r["open_jobs"], r["jobs_done"],
-                                                      r["jobs_failed"], int(r["withdrawn"]))
+        ledger.accounts[r["address"]] = AccountRecord(
+            int(r["credit"]), r["open_jobs"], r["jobs_done"], r["jobs_failed"], int(r["withdrawn"])
+        )
     for r in db.execute("SELECT * FROM nodes"):
         ledger.nodes[r["address"]] = NodeRecord(int(r["stake"]), int(r["pending_unstake"]), int(r["slashed"]))
         if r["endpoint"] is not None:
@@ -331,9 +416,15 @@ def _load_ledger(db: sqlite3.Connection) -> Ledger:
         if r["memory_mb"] is not None:
             ledger.hardware[r["address"]] = (r["memory_mb"], r["compute_score"], r["bandwidth_mbps"])
     for r in db.execute("SELECT * FROM models"):
-        ledger.models[r["model_id"]] = {"modelId": r["model_id"], "owner": r["owner"], "name": r["name"],
-                                        "manifestCid": r["manifest_cid"], "blockCount": r["block_count"],
-                                        "pricePerBlock": int(r["price_per_block"]), "deprecated": bool(r["deprecated"])}
+        ledger.models[r["model_id"]] = {
+            "modelId": r["model_id"],
+            "owner": r["owner"],
+            "name": r["name"],
+            "manifestCid": r["manifest_cid"],
+            "blockCount": r["block_count"],
+            "pricePerBlock": int(r["price_per_block"]),
+            "deprecated": bool(r["deprecated"]),
+        }
     for r in db.execute("SELECT * FROM assignments"):
         ledger.assignments[r["model_id"]][r["node"]] = [r["start"], r["end"], bool(r["confirmed"])]
     ledger.slashed_balance = int(db.execute("SELECT value FROM meta WHERE key = 'slashed_balance'").fetchone()[0])
@@ -345,17 +436,32 @@ def _load_job(db: sqlite3.Connection, job_id: int) -> JobRecord | None:
     if r is None:
         return None
     stages = db.execute("SELECT * FROM job_stages WHERE job_id = ? ORDER BY stage", (job_id,)).fetchall()
-    job = JobRecord(job_id, r["client"], r["model_id"], r["input_cid"], bytes.fromhex(r["params"]), int(r["max_fee"]),
-                    r["deadline"], status=JobStatus[r["status"].upper()], escrow=int(r["escrow"]),
-                    coordinator=r["coordinator"], reroutes=r["reroutes"], output_cid=r["output_cid"],
-                    refunded=int(r["refunded"]), abort_reason=r["abort_reason"])
+    job = JobRecord(
+        job_id,
+        r["client"],
+        r["model_id"],
+        r["input_cid"],
+        bytes.fromhex(r["params"]),
+        int(r["max_fee"]),
+        r["deadline"],
+        status=JobStatus[r["status"].upper()],
+        escrow=int(r["escrow"]),
+        coordinator=r["coordinator"],
+        reroutes=r["reroutes"],
+        output_cid=r["output_cid"],
+        refunded=int(r["refunded"]),
+        abort_reason=r["abort_reason"],
+    )
     job.route = [(s["node"], s["start"], s["end"], int(s["fee"])) for s in stages]
     if stages and stages[0]["signature"] is not None:
         job.receipts = [(_unhex(s["input_hash"]), _unhex(s["output_hash"]), _unhex(s["signature"])) for s in stages]
-    job.payouts = {p["payee"]: int(p["amount"]) for p in
-                   db.execute("SELECT payee, amount FROM payouts WHERE job_id = ?", (job_id,))}
-    job.failed_nodes = [f[0] for f in db.execute("SELECT node FROM job_failures WHERE job_id = ? ORDER BY seq",
-                                                 (job_id,))]
+    job.payouts = {
+        p["payee"]: int(p["amount"])
+        for p in db.execute("SELECT payee, amount FROM payouts WHERE job_id = ?", (job_id,))
+    }
+    job.failed_nodes = [
+        f[0] for f in db.execute("SELECT node FROM job_failures WHERE job_id = ? ORDER BY seq", (job_id,))
+    ]
     return job
 
 

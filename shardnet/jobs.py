@@ -49,13 +49,14 @@ class JobParams:
         try:
             data = json.loads(raw.decode() or "{}")
         except (UnicodeDecodeError, ValueError):
-            raise JobInputError("params are not UTF-8 JSON; post params like {\"kind\": \"generate\"}") from None
+            raise JobInputError('params are not UTF-8 JSON; post params like {"kind": "generate"}') from None
         if not isinstance(data, dict):
             raise JobInputError("params must be a JSON object")
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
-            raise JobInputError(f"params has unknown field(s) {sorted(unknown)}; allowed: "
-                                f"{sorted(cls.__dataclass_fields__)}")
+            raise JobInputError(
+                f"params has unknown field(s) {sorted(unknown)}; allowed: {sorted(cls.__dataclass_fields__)}"
+            )
         if isinstance(data.get("avoid"), list):
             data["avoid"] = tuple(data["avoid"])
         try:
@@ -89,7 +90,8 @@ class JobParams:
         if not isinstance(self.min_reputation, (int, float)) or not 0 <= self.min_reputation <= 1:
             bad("min_reputation", "use a number in 0..1")
         if not isinstance(self.avoid, tuple) or not all(
-                isinstance(a, str) and len(a) == 42 and a.startswith("0x") for a in self.avoid):
+            isinstance(a, str) and len(a) == 42 and a.startswith("0x") for a in self.avoid
+        ):
             bad("avoid", "use a list of 0x-prefixed node addresses")
 
 
@@ -98,7 +100,7 @@ def parse_input(params: JobParams, raw: bytes) -> dict:
     try:
         data = json.loads(raw)
     except (UnicodeDecodeError, ValueError):
-        raise JobInputError("the input on IPFS is not JSON; upload e.g. {\"prompt\": \"...\"}") from None
+        raise JobInputError('the input on IPFS is not JSON; upload e.g. {"prompt": "..."}') from None
     if not isinstance(data, dict):
         raise JobInputError("the input must be a JSON object")
     if params.kind == "generate":
@@ -117,8 +119,11 @@ def parse_input(params: JobParams, raw: bytes) -> dict:
 
 
 def _ids_ok(ids, minimum: int) -> bool:
-    return (isinstance(ids, list) and minimum <= len(ids) <= MAX_INPUT_TOKENS
-            and all(isinstance(i, int) and i >= 0 for i in ids))
+    return (
+        isinstance(ids, list)
+        and minimum <= len(ids) <= MAX_INPUT_TOKENS
+        and all(isinstance(i, int) and i >= 0 for i in ids)
+    )
 
 
 def sample_next(logits: torch.Tensor, params: JobParams, generator: torch.Generator | None) -> int:

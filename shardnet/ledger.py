@@ -85,8 +85,9 @@ class Ledger:
     def _on_ProfileUpdated(self, a, _):
         self.endpoints[a["node"]] = a["endpoint"]
         hw = a["hardware"]
-        self.hardware[a["node"]] = tuple(hw[k] for k in ("memoryMb", "computeScore", "bandwidthMbps")) if hasattr(
-            hw, "keys") else tuple(hw)
+        self.hardware[a["node"]] = (
+            tuple(hw[k] for k in ("memoryMb", "computeScore", "bandwidthMbps")) if hasattr(hw, "keys") else tuple(hw)
+        )
 
     def _on_StakeAdded(self, a, _):
         self.nodes[a["node"]].stake = a["stake"]
@@ -131,8 +132,16 @@ class Ledger:
 
     # ------------------------------------------------------------------ JobMarket
     def _on_JobPosted(self, a, _):
-        self.jobs[a["jobId"]] = JobRecord(a["jobId"], a["client"], a["modelId"], a["inputCid"], bytes(a["params"]),
-                                          a["maxFee"], a["deadline"], escrow=a["maxFee"])
+        self.jobs[a["jobId"]] = JobRecord(
+            a["jobId"],
+            a["client"],
+            a["modelId"],
+            a["inputCid"],
+            bytes(a["params"]),
+            a["maxFee"],
+            a["deadline"],
+            escrow=a["maxFee"],
+        )
 
     def _set_route(self, job: JobRecord, coordinator: str, stages) -> None:
         for node, *_ in job.route:

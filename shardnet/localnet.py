@@ -18,18 +18,25 @@ from shardnet.deployment import Deployment
 from shardnet.model.loading import load_model
 from shardnet.model.shards import publish
 from shardnet.storage import IpfsClient
-
 from shardnet.tools import free_port, repo_root
 
 
 class Network:
-    def __init__(self, home: Path, nodes: int = 3, ipfs_timeout_s: float = 3.0,
-                 devnet_settings: dn.DevnetSettings | None = None, coordinator: bool = True,
-                 coordinator_args: tuple[str, ...] = (), node_overrides: dict[int, dict] | None = None):
+    def __init__(
+        self,
+        home: Path,
+        nodes: int = 3,
+        ipfs_timeout_s: float = 3.0,
+        devnet_settings: dn.DevnetSettings | None = None,
+        coordinator: bool = True,
+        coordinator_args: tuple[str, ...] = (),
+        node_overrides: dict[int, dict] | None = None,
+    ):
         self.home = Path(home)
         self.home.mkdir(parents=True, exist_ok=True)
-        self.settings = devnet_settings or dn.DevnetSettings(home=self.home / "devnet", chain_port=free_port(),
-                                                             ipfs_port=free_port())
+        self.settings = devnet_settings or dn.DevnetSettings(
+            home=self.home / "devnet", chain_port=free_port(), ipfs_port=free_port()
+        )
         self.n_nodes = nodes
         self.run_coordinator = coordinator
         self.ipfs_timeout_s = ipfs_timeout_s
@@ -59,8 +66,9 @@ class Network:
         return self
 
     def start_coordinator(self) -> None:
-        self.start_process("coordinator", ["coordinator", "run", "--deployment", str(self.deployment_path),
-                                           *self.coordinator_args])
+        self.start_process(
+            "coordinator", ["coordinator", "run", "--deployment", str(self.deployment_path), *self.coordinator_args]
+        )
 
     def node_config(self, i: int) -> Path:
         extra = self.node_overrides.get(i, {})
@@ -70,7 +78,8 @@ class Network:
             f'state_dir = "{self.home / f"node{i}-state"}"\nipfs_timeout_s = {self.ipfs_timeout_s}\n'
             f"slowdown = {extra.get('slowdown', 1.0)}\n"
             f"[hardware]\nmemory_mb = {4096 * (i + 1)}\ncompute_score = {extra.get('compute_score', 10)}\n"
-            f"bandwidth_mbps = 1000\n")
+            f"bandwidth_mbps = 1000\n"
+        )
         return path
 
     def add_node(self) -> int:
@@ -98,9 +107,14 @@ class Network:
 
     def start_process(self, name: str, args: list[str]) -> None:
         log = open(self.home / f"{name}.log", "ab")
-        self.procs[name] = subprocess.Popen([sys.executable, "-m", "shardnet.cli", *args], cwd=repo_root(), stdout=log,
-                                            stderr=log, start_new_session=True,
-                                            env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "shardnet.cli", *args],
+            cwd=repo_root(),
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+        )
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> bool:
         """Stop a process; returns whether it exited on `sig` (a SIGKILL follows after 15 s)."""
@@ -124,8 +138,9 @@ class Network:
     def publish(self, source: str, quant: str = "int8", seed: int = 0, price_per_block: int = 10**9) -> tuple[int, str]:
         model, tok_dir = load_model(source, seed)
         manifest = publish(model, self.ipfs, source, quant, tokenizer_dir=tok_dir)
-        model_id = self.c.models.register_model(source, manifest.cid, len(manifest.blocks), manifest.blocks_root,
-                                                price_per_block, account=dev_account(0))
+        model_id = self.c.models.register_model(
+            source, manifest.cid, len(manifest.blocks), manifest.blocks_root, price_per_block, account=dev_account(0)
+        )
         return model_id, manifest.cid
 
     def wait_confirmed(self, model_id: int, spans: int, timeout_s: float = 120) -> None:
@@ -136,5 +151,7 @@ class Network:
             if len(confirmed) >= spans:
                 return
             if time.monotonic() > deadline:
-                raise RuntimeError(f"model {model_id}: {len(confirmed)} of {spans} spans confirmed; logs in {self.home}")
+                raise RuntimeError(
+                    f"model {model_id}: {len(confirmed)} of {spans} spans confirmed; logs in {self.home}"
+                )
             time.sleep(0.2)

@@ -39,14 +39,20 @@ class World:
         nodes = [self.node(i) for i in range(count)]
         for i, acct in enumerate(nodes):
             if not self.contracts.nodes.node(acct.address).registered_at:
-                self.contracts.nodes.register(f"http://127.0.0.1:{7001 + i}", Hardware(4096 * (i + 1), 10 + i, 100),
-                                              acct.address.encode(), stake, account=acct)
+                self.contracts.nodes.register(
+                    f"http://127.0.0.1:{7001 + i}",
+                    Hardware(4096 * (i + 1), 10 + i, 100),
+                    acct.address.encode(),
+                    stake,
+                    account=acct,
+                )
         return nodes
 
     def register_model(self, blocks: int, price_per_block: int = GWEI, name: str = "demo-model") -> int:
-        cids = [f"Qm{'block%03d' % b:>44}" for b in range(blocks)]
-        return self.contracts.models.register_model(name, "QmManifest", blocks, keccak(text=",".join(cids)),
-                                                    price_per_block, account=self.admin)
+        cids = [f"Qm{f'block{b:03d}':>44}" for b in range(blocks)]
+        return self.contracts.models.register_model(
+            name, "QmManifest", blocks, keccak(text=",".join(cids)), price_per_block, account=self.admin
+        )
 
     def assign_even(self, model_id: int, nodes: list[LocalAccount], blocks: int) -> list[tuple[int, int]]:
         """Consecutive spans, one per node, confirmed by each node."""
@@ -58,23 +64,29 @@ class World:
             spans.append((start, end))
         return spans
 
-    def post(self, model_id: int, client: LocalAccount, max_fee: int, ttl_s: int = 3600,
-             input_cid: str = "QmInput") -> int:
+    def post(
+        self, model_id: int, client: LocalAccount, max_fee: int, ttl_s: int = 3600, input_cid: str = "QmInput"
+    ) -> int:
         deadline = self.chain.w3.eth.get_block("latest")["timestamp"] + ttl_s
-        return self.contracts.market.post_job(model_id, input_cid, b'{"kind":"forward"}', max_fee, deadline,
-                                              account=client)
+        return self.contracts.market.post_job(
+            model_id, input_cid, b'{"kind":"forward"}', max_fee, deadline, account=client
+        )
 
     def stages(self, nodes: list[LocalAccount], spans: list[tuple[int, int]], fee_per_block: int) -> list[Stage]:
         return [Stage(a.address, s, e, fee_per_block * (e - s)) for a, (s, e) in zip(nodes, spans, strict=True)]
 
-    def receipts(self, job_id: int, stages: list[Stage], output_cid: str,
-                 signers: list[LocalAccount] | None = None) -> list[Receipt]:
+    def receipts(
+        self, job_id: int, stages: list[Stage], output_cid: str, signers: list[LocalAccount] | None = None
+    ) -> list[Receipt]:
         """Valid chained receipts: stage k's input hash is stage k-1's output hash."""
         signers = signers or [self.account_of(s.node) for s in stages]
         hashes = [keccak(text=f"job{job_id}-activations-{k}") for k in range(len(stages))] + [
-            output_hash_of(output_cid)]
-        return [self.contracts.market.sign_receipt(signers[k], job_id, k, s.start, s.end, hashes[k], hashes[k + 1])
-                for k, s in enumerate(stages)]
+            output_hash_of(output_cid)
+        ]
+        return [
+            self.contracts.market.sign_receipt(signers[k], job_id, k, s.start, s.end, hashes[k], hashes[k + 1])
+            for k, s in enumerate(stages)
+        ]
 
     def account_of(self, address: str) -> LocalAccount:
         return _dev_accounts_by_address()[address]
@@ -82,8 +94,6 @@ class World:
     def advance(self, seconds: int) -> None:
         self.chain.w3.provider.make_request("evm_increaseTime", [seconds])
         self.chain.w3.provider.make_request("evm_mine", [])
-
-
 
 
 @cache

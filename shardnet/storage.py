@@ -84,13 +84,16 @@ class IpfsClient:
         except httpx.ConnectError:
             raise StorageUnavailable(
                 f"the IPFS RPC API at {self.api_url} is not reachable; start it with 'shardnet devnet up' "
-                "or pass the right --ipfs-api") from None
+                "or pass the right --ipfs-api"
+            ) from None
         finally:
             bar.update(len(data) - bar.n)
             bar.close()
         if cid != expected:
-            raise ContentMismatch(f"IPFS add returned {cid} but the bytes hash to {expected}; the daemon "
-                                  "does not use CIDv0 with 256 KiB chunks")
+            raise ContentMismatch(
+                f"IPFS add returned {cid} but the bytes hash to {expected}; the daemon "
+                "does not use CIDv0 with 256 KiB chunks"
+            )
         return cid
 
     def add_file(self, path: Path, progress: bool = False) -> str:
@@ -115,5 +118,6 @@ class IpfsClient:
     def block_stat(self, cid: str, timeout: float | None = None) -> int:
         """Size in bytes of the root block of `cid`."""
         timeout = timeout or self.timeout
-        return int(self._post("/block/stat", params={"arg": cid, "timeout": f"{timeout}s"},
-                              timeout=timeout + 5).json()["Size"])
+        return int(
+            self._post("/block/stat", params={"arg": cid, "timeout": f"{timeout}s"}, timeout=timeout + 5).json()["Size"]
+        )

@@ -14,7 +14,7 @@ from shardnet import devnet as dn
 from shardnet.chain import Chain, dev_account
 from shardnet.deployment import Deployment
 from shardnet.storage import IpfsClient
-from shardnet.tools import free_port  # noqa: F401 - re-exported for the tests
+from shardnet.tools import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SHARDNET = [sys.executable, "-m", "shardnet.cli"]
@@ -25,16 +25,20 @@ def devnet_settings(home: Path) -> dn.DevnetSettings:
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([*SHARDNET, *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})}, cwd=REPO)
+    return subprocess.run(
+        [*SHARDNET, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}, cwd=REPO
+    )
 
 
 @pytest.fixture(scope="session")
 def devnet(tmp_path_factory):
     settings = devnet_settings(tmp_path_factory.mktemp("devnet"))
     info = dn.up(settings)
-    yield {"settings": settings, "info": info,
-           "deployment": Deployment.load(dn.DevnetPaths.default(settings).deployment)}
+    yield {
+        "settings": settings,
+        "info": info,
+        "deployment": Deployment.load(dn.DevnetPaths.default(settings).deployment),
+    }
     dn.down(settings)
 
 
@@ -67,3 +71,10 @@ def world(fresh_chain):
     from shardnet.scenario import World
 
     return World.of(fresh_chain)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that uses the session devnet is a `stack` test (`make test-fast` leaves them out)."""
+    for item in items:
+        if "devnet" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.stack)

@@ -14,10 +14,14 @@ from tests.conftest import REPO
 @cache
 def attacker_artifact() -> tuple[list, str]:
     source = (REPO / "tests/contracts/Attacker.sol").read_text()
-    out = solcx.compile_standard({
-        "language": "Solidity", "sources": {"Attacker.sol": {"content": source}},
-        "settings": {"outputSelection": {"*": {"*": ["abi", "evm.bytecode.object"]}}, "evmVersion": "cancun"},
-    }, solc_binary=tools.solc_binary())
+    out = solcx.compile_standard(
+        {
+            "language": "Solidity",
+            "sources": {"Attacker.sol": {"content": source}},
+            "settings": {"outputSelection": {"*": {"*": ["abi", "evm.bytecode.object"]}}, "evmVersion": "cancun"},
+        },
+        solc_binary=tools.solc_binary(),
+    )
     data = out["contracts"]["Attacker.sol"]["Attacker"]
     return data["abi"], "0x" + data["evm"]["bytecode"]["object"]
 
@@ -26,9 +30,13 @@ def deploy_attacker(chain):
     abi, bytecode = attacker_artifact()
     factory = chain.w3.eth.contract(abi=abi, bytecode=bytecode)
     with chain._nonce_lock:
-        tx = factory.constructor().build_transaction({
-            "from": chain.account.address, "chainId": chain.chain_id,
-            "nonce": chain.w3.eth.get_transaction_count(chain.account.address, "pending")})
+        tx = factory.constructor().build_transaction(
+            {
+                "from": chain.account.address,
+                "chainId": chain.chain_id,
+                "nonce": chain.w3.eth.get_transaction_count(chain.account.address, "pending"),
+            }
+        )
         receipt = chain._send(tx, chain.account)
     return chain.w3.eth.contract(address=receipt["contractAddress"], abi=abi)
 

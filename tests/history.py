@@ -46,8 +46,14 @@ def script(world: World) -> History:
     coord = world.coordinator.address
 
     def complete(job, stages):
-        market.submit_result(job, coord, stages, f"QmOut{job}", world.receipts(job, stages, f"QmOut{job}"),
-                             account=world.account_of(stages[-1].node))
+        market.submit_result(
+            job,
+            coord,
+            stages,
+            f"QmOut{job}",
+            world.receipts(job, stages, f"QmOut{job}"),
+            account=world.account_of(stages[-1].node),
+        )
         fees = sum(s.fee for s in stages)
         h.payouts[job] = {s.node: s.fee for s in stages} | {coord: fees * bps // 10_000}
         h.refunds[job] = MAX_FEE - fees - fees * bps // 10_000

@@ -50,9 +50,11 @@ def test_every_cli_view_matches_the_script(scripted):
     jobs = cli_json(env, "jobs")
     assert {r["job"]: r["status"] for r in jobs} == h.status
     assert [r["job"] for r in cli_json(env, "jobs", "--status", "expired")] == [
-        j for j, s in h.status.items() if s == "expired"]
+        j for j, s in h.status.items() if s == "expired"
+    ]
     assert {r["job"] for r in cli_json(env, "jobs", "--client", h.clients[1].lower())} == {
-        r["job"] for r in jobs if r["client"] == h.clients[1]}
+        r["job"] for r in jobs if r["client"] == h.clients[1]
+    }
     assert {r["job"] for r in cli_json(env, "jobs", "--node", h.nodes[3])} == h.rerouted
 
     for job_id, status in h.status.items():
@@ -106,10 +108,18 @@ def test_fast_decoder_equals_web3s_event_decoding(scripted):
     from eth_utils import event_abi_to_log_topic
 
     abis = {event_abi_to_log_topic(e): e for e in chain.abis if e.get("type") == "event"}  # names repeat
-    logs = chain.w3.eth.get_logs({"address": [chain.deployment.address(n) for n in CONTRACTS],
-                                  "fromBlock": chain.deployment.deploy_block})
-    raw = chain.w3.provider.make_request("eth_getLogs", [{"address": [chain.deployment.address(n) for n in CONTRACTS],
-                                                         "fromBlock": hex(chain.deployment.deploy_block)}])["result"]
+    logs = chain.w3.eth.get_logs(
+        {"address": [chain.deployment.address(n) for n in CONTRACTS], "fromBlock": chain.deployment.deploy_block}
+    )
+    raw = chain.w3.provider.make_request(
+        "eth_getLogs",
+        [
+            {
+                "address": [chain.deployment.address(n) for n in CONTRACTS],
+                "fromBlock": hex(chain.deployment.deploy_block),
+            }
+        ],
+    )["result"]
     decoder = EventDecoder(chain.abis)
     names = set()
     for log, raw_log in zip(logs, raw, strict=True):
@@ -181,8 +191,9 @@ def test_rpc_that_stops_mid_sync_resumes_without_gaps_or_duplicates(scripted, tm
     try:
         dying = Chain.from_deployment(chain.deployment, rpc_url=proxy.url)
         with Index(tmp_path / "resumed.sqlite", dying) as index:
-            with pytest.raises(IndexerError, match="stopped answering while indexing blocks .* run the same command "
-                                                   "again to resume") as err:
+            with pytest.raises(
+                IndexerError, match="stopped answering while indexing blocks .* run the same command again to resume"
+            ) as err:
                 index.sync(batch_blocks=3)
             stopped_at = index.next_block
         assert chain.deployment.deploy_block < stopped_at < chain.w3.eth.block_number, err.value
@@ -195,8 +206,10 @@ def test_rpc_that_stops_mid_sync_resumes_without_gaps_or_duplicates(scripted, tm
     rows = {}
     for name in ("resumed", "fresh"):
         with sqlite3.connect(tmp_path / f"{name}.sqlite") as db:
-            rows[name] = {t: db.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall() for t in (
-                "events", "job_stages", "payouts", "accounts", "nodes", "assignments")}
+            rows[name] = {
+                t: db.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall()
+                for t in ("events", "job_stages", "payouts", "accounts", "nodes", "assignments")
+            }
             rows[name]["jobs"] = db.execute("SELECT * FROM jobs ORDER BY job_id").fetchall()
     assert rows["resumed"] == rows["fresh"]
     assert len(rows["fresh"]["events"]) == len(set(r[:2] for r in rows["fresh"]["events"]))
@@ -206,8 +219,10 @@ def test_rpc_that_stops_mid_sync_resumes_without_gaps_or_duplicates(scripted, tm
 def test_bad_input_gets_a_clear_message(scripted, tmp_path):
     chain, h, env = scripted
     unknown = run_cli("audit", "job", "999", env=env)
-    assert unknown.returncode == 1 and f"job 999 does not exist on this deployment (jobs are numbered 1 to " \
-                                       f"{len(h.status)})" in unknown.stderr
+    assert (
+        unknown.returncode == 1
+        and f"job 999 does not exist on this deployment (jobs are numbered 1 to {len(h.status)})" in unknown.stderr
+    )
     for args in (("node", "0xnot-an-address"), ("jobs", "--client", "alice")):
         bad = run_cli("audit", *args, env=env)
         assert bad.returncode == 2 and "0x followed by 40 hex digits" in bad.stderr and "Traceback" not in bad.stderr
@@ -219,8 +234,16 @@ def test_bad_input_gets_a_clear_message(scripted, tmp_path):
 
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's chromium, installed by scripts/bootstrap.sh
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 OUTPUT = REPO / "build" / "test-output"
 
 
@@ -228,9 +251,14 @@ OUTPUT = REPO / "build" / "test-output"
 def explorer(scripted, tmp_path):
     chain, h, env = scripted
     port = free_port()
-    proc = subprocess.Popen([*SHARDNET, "explorer", "--port", str(port), "--db", str(tmp_path / "explorer.sqlite"),
-                             "--interval", "0.3"], env={**os.environ, **env}, cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [*SHARDNET, "explorer", "--port", str(port), "--db", str(tmp_path / "explorer.sqlite"), "--interval", "0.3"],
+        env={**os.environ, **env},
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60

@@ -16,8 +16,7 @@ PROFILE = (2048, 10, 100)
 def test_custom_error_becomes_named_exception(fresh_chain):
     nodes = fresh_chain.contract("NodeRegistry")
     with pytest.raises(contract_errors.InsufficientStake) as info:
-        fresh_chain.transact(nodes.functions.register("http://n", PROFILE, b""), value=5,
-                             account=dev_account(6))
+        fresh_chain.transact(nodes.functions.register("http://n", PROFILE, b""), value=5, account=dev_account(6))
     assert info.value.error_args == {"node": dev_account(6).address, "have": 5, "need": 10**18}
     assert "minimum stake" in str(info.value)
     assert isinstance(info.value, contract_errors.ContractRevert)
@@ -41,8 +40,9 @@ def test_follower_resumes_from_saved_height(fresh_chain, tmp_path):
     start = fresh_chain.w3.eth.block_number + 1
 
     def register(i):
-        fresh_chain.transact(nodes.functions.register(f"http://n{i}", PROFILE, b""), value=10**18,
-                             account=dev_account(10 + i))
+        fresh_chain.transact(
+            nodes.functions.register(f"http://n{i}", PROFILE, b""), value=10**18, account=dev_account(10 + i)
+        )
 
     register(0)
     register(1)
@@ -66,8 +66,12 @@ def test_websocket_subscription_delivers_logs(fresh_chain, deployment):
             assert await w3.eth.chain_id == 31337
             await w3.eth.subscribe("logs", {"address": nodes.address})
             loop = asyncio.get_running_loop()
-            loop.run_in_executor(None, lambda: fresh_chain.transact(
-                nodes.functions.register("http://ws", PROFILE, b""), value=10**18, account=dev_account(15)))
+            loop.run_in_executor(
+                None,
+                lambda: fresh_chain.transact(
+                    nodes.functions.register("http://ws", PROFILE, b""), value=10**18, account=dev_account(15)
+                ),
+            )
             async for message in w3.socket.process_subscriptions():
                 return message["result"]
 

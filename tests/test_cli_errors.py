@@ -2,7 +2,11 @@
 
 import json
 
+import pytest
+
 from tests.conftest import free_port, run_cli
+
+pytestmark = pytest.mark.stack  # starts its own chain, IPFS daemon or node processes
 
 
 def _one_line_error(result, *needles):

@@ -4,15 +4,28 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO, devnet_settings
+
+pytestmark = pytest.mark.stack  # starts its own chain, IPFS daemon or node processes
 
 
 def test_demo_job_completes_and_answers_sensibly(tmp_path):
     settings = devnet_settings(tmp_path / "net")
-    env = {"SHARDNET_HOME": str(settings.home), "SHARDNET_CHAIN_PORT": str(settings.chain_port),
-           "SHARDNET_IPFS_PORT": str(settings.ipfs_port)}
-    result = subprocess.run([sys.executable, "-m", "shardnet.demo"], cwd=REPO, capture_output=True, text=True,
-                            timeout=400, env={**os.environ, **env})
+    env = {
+        "SHARDNET_HOME": str(settings.home),
+        "SHARDNET_CHAIN_PORT": str(settings.chain_port),
+        "SHARDNET_IPFS_PORT": str(settings.ipfs_port),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "shardnet.demo"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env={**os.environ, **env},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
     assert "network stopped" in out

@@ -13,10 +13,15 @@ from shardnet.chain import Chain, dev_account
 from shardnet.errors import PortInUse
 from tests.conftest import devnet_settings, run_cli
 
+pytestmark = pytest.mark.stack  # starts its own chain, IPFS daemon or node processes
+
 
 def _env(settings):
-    return {"SHARDNET_HOME": str(settings.home), "SHARDNET_CHAIN_PORT": str(settings.chain_port),
-            "SHARDNET_IPFS_PORT": str(settings.ipfs_port)}
+    return {
+        "SHARDNET_HOME": str(settings.home),
+        "SHARDNET_CHAIN_PORT": str(settings.chain_port),
+        "SHARDNET_IPFS_PORT": str(settings.ipfs_port),
+    }
 
 
 def _pids(settings):
@@ -88,4 +93,5 @@ def test_port_in_use_is_refused(tmp_path):
     assert result.stderr.strip().count("\n") == 0 and "already in use" in result.stderr
     assert "Traceback" not in result.stderr
     assert not dn.DevnetPaths.default(settings).pids.exists() or not any(
-        _running(r["pid"]) for r in _pids(settings).values())
+        _running(r["pid"]) for r in _pids(settings).values()
+    )

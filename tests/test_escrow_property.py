@@ -53,10 +53,12 @@ def make_machine(chain: Chain):
         @rule(i=st.sampled_from(NODE_IDS), extra=st.integers(0, 2))
         def register(self, i, extra):
             acct = dev_account(i)
-            if self._try(self.c.nodes.register, "http://n", Hardware(1024, 10, 10), b"", ETHER + extra * ETHER,
-                         account=acct):
-                self._try(self.c.models.assign_shard, self.model, acct.address, 0, BLOCKS,
-                          account=self.world.coordinator)
+            if self._try(
+                self.c.nodes.register, "http://n", Hardware(1024, 10, 10), b"", ETHER + extra * ETHER, account=acct
+            ):
+                self._try(
+                    self.c.models.assign_shard, self.model, acct.address, 0, BLOCKS, account=self.world.coordinator
+                )
                 self._try(self.c.models.confirm_shard, self.model, account=acct)
 
         @rule(i=st.sampled_from(NODE_IDS), amount=st.integers(1, 3))
@@ -73,8 +75,7 @@ def make_machine(chain: Chain):
 
         @rule(i=st.sampled_from(NODE_IDS), amount=st.integers(1, 3))
         def slash(self, i, amount):
-            self._try(self.c.nodes.slash, dev_account(i).address, amount * ETHER // 4, "test",
-                      account=self.world.admin)
+            self._try(self.c.nodes.slash, dev_account(i).address, amount * ETHER // 4, "test", account=self.world.admin)
 
         @rule(c=st.sampled_from(CLIENT_IDS), fee=st.integers(1, 5), ttl=st.integers(60, 600))
         def post(self, c, fee, ttl):
@@ -89,8 +90,11 @@ def make_machine(chain: Chain):
             job = data.draw(st.sampled_from(sorted(self.jobs)))
             nodes = [dev_account(i).address for i in NODE_IDS]
             a, b = data.draw(st.sampled_from(nodes)), data.draw(st.sampled_from(nodes))
-            stages = [Stage(a, 0, 2, 3 * 10**12), Stage(b, 2, BLOCKS, 3 * 10**12)] if split else [
-                Stage(a, 0, BLOCKS, 5 * 10**12)]
+            stages = (
+                [Stage(a, 0, 2, 3 * 10**12), Stage(b, 2, BLOCKS, 3 * 10**12)]
+                if split
+                else [Stage(a, 0, BLOCKS, 5 * 10**12)]
+            )
             if self._try(self.c.market.route_job, job, stages, account=self.world.coordinator):
                 self.jobs[job]["stages"] = stages
 
@@ -100,8 +104,18 @@ def make_machine(chain: Chain):
             job = data.draw(st.sampled_from(sorted(j for j, v in self.jobs.items() if v["stages"])))
             stages = self.jobs[job]["stages"]
             receipts = self.world.receipts(job, stages, "QmOut")
-            self._record(self._try(self.c.market.submit_result, job, self.world.coordinator.address, stages, "QmOut", receipts,
-                                   account=dev_account(CLIENT_IDS[0])), job)
+            self._record(
+                self._try(
+                    self.c.market.submit_result,
+                    job,
+                    self.world.coordinator.address,
+                    stages,
+                    "QmOut",
+                    receipts,
+                    account=dev_account(CLIENT_IDS[0]),
+                ),
+                job,
+            )
 
         @precondition(lambda self: self.jobs)
         @rule(data=st.data(), wait=st.integers(0, 700))
@@ -110,7 +124,12 @@ def make_machine(chain: Chain):
             if wait:
                 self.world.advance(wait)
             stages = self.jobs[job]["stages"] or []
-            self._record(self._try(self.c.market.expire_job, job, self.world.coordinator.address, stages, [], account=self.world.admin), job)
+            self._record(
+                self._try(
+                    self.c.market.expire_job, job, self.world.coordinator.address, stages, [], account=self.world.admin
+                ),
+                job,
+            )
 
         @precondition(lambda self: self.jobs)
         @rule(data=st.data(), c=st.sampled_from(CLIENT_IDS))
@@ -124,8 +143,10 @@ def make_machine(chain: Chain):
             job = data.draw(st.sampled_from(sorted(self.jobs)))
             stages = self.jobs[job]["stages"] or []
             caller = self.world.coordinator
-            self._record(self._try(self.c.market.abort_job, job, self.world.coordinator.address, stages, "test",
-                                   account=caller), job)
+            self._record(
+                self._try(self.c.market.abort_job, job, self.world.coordinator.address, stages, "test", account=caller),
+                job,
+            )
 
         @rule(who=st.sampled_from([*NODE_IDS, *CLIENT_IDS, 1]))
         def withdraw(self, who):
@@ -134,8 +155,9 @@ def make_machine(chain: Chain):
         @invariant()
         def books_balance_to_the_wei(self):
             w3 = chain.w3
-            stakes = sum(n.stake + n.pending_unstake for n in map(self.c.nodes.node,
-                                                                  [dev_account(i).address for i in NODE_IDS]))
+            stakes = sum(
+                n.stake + n.pending_unstake for n in map(self.c.nodes.node, [dev_account(i).address for i in NODE_IDS])
+            )
             assert w3.eth.get_balance(self.c.nodes.address) == stakes + self.c.nodes.slashed_balance()
             escrows = sum(self.c.market.job(j).escrow for j in self.jobs)
             people = [dev_account(i).address for i in (*NODE_IDS, *CLIENT_IDS, 1)]
@@ -158,8 +180,13 @@ def make_machine(chain: Chain):
 
 def test_escrow_invariants_hold_over_random_steps(chain):
     machine = make_machine(chain)
-    settings_ = settings(max_examples=10, stateful_step_count=25, deadline=None, derandomize=False,
-                         suppress_health_check=list(HealthCheck))
+    settings_ = settings(
+        max_examples=10,
+        stateful_step_count=25,
+        deadline=None,
+        derandomize=False,
+        suppress_health_check=list(HealthCheck),
+    )
     test_case = machine.TestCase
     test_case.settings = settings_
     test_case().runTest()

@@ -59,7 +59,11 @@ def test_replayed_events_equal_contract_state(world):
     for job_id, rec in ledger.jobs.items():
         on_chain = c.market.job(job_id)
         assert (rec.status, rec.escrow, rec.client, rec.model_id) == (
-            on_chain.status, on_chain.escrow, on_chain.client, on_chain.model_id), job_id
+            on_chain.status,
+            on_chain.escrow,
+            on_chain.client,
+            on_chain.model_id,
+        ), job_id
         assert sum(rec.payouts.values()) + rec.refunded + rec.escrow == rec.max_fee
     assert ledger.jobs[rerouted].route[1][0] == nodes[3].address and ledger.jobs[rerouted].reroutes == 1
     assert ledger.jobs[expired].failed_nodes == [stages[2].node]
@@ -71,11 +75,17 @@ def test_replayed_events_equal_contract_state(world):
         acct = c.market.account(who)
         rec = ledger.accounts[who]
         assert (rec.credit, rec.open_jobs, rec.jobs_done, rec.jobs_failed) == (
-            acct.credit, acct.open_jobs, acct.jobs_done, acct.jobs_failed), who
+            acct.credit,
+            acct.open_jobs,
+            acct.jobs_done,
+            acct.jobs_failed,
+        ), who
     for acct in nodes:
         info = c.nodes.node(acct.address)
         assert (ledger.nodes[acct.address].stake, ledger.nodes[acct.address].pending_unstake) == (
-            info.stake, info.pending_unstake)
+            info.stake,
+            info.pending_unstake,
+        )
     assert ledger.slashed_balance == c.nodes.slashed_balance()
     escrows = sum(r.escrow for r in ledger.jobs.values())
     credits = sum(r.credit for r in ledger.accounts.values())

@@ -12,6 +12,8 @@ from shardnet.jobs import JobParams
 from shardnet.localnet import Network
 from shardnet.protocol import JobStatus
 
+pytestmark = pytest.mark.stack  # starts its own chain, IPFS daemon or node processes
+
 MAX_FEE = 10**15
 
 
@@ -40,14 +42,14 @@ def test_routes_follow_the_clients_limits(net4):
     job_input = {"input_ids": [101, 2023]}
     first = client.wait(client.submit(net4.model_id, job_input, JobParams(max_new_tokens=2), MAX_FEE))
     middle = first.record.route[1][0]
-    avoiding = client.wait(client.submit(net4.model_id, job_input, JobParams(max_new_tokens=2, avoid=(middle,)),
-                                         MAX_FEE))
+    avoiding = client.wait(
+        client.submit(net4.model_id, job_input, JobParams(max_new_tokens=2, avoid=(middle,)), MAX_FEE)
+    )
     assert avoiding.status == JobStatus.COMPLETED
     assert middle not in [s[0] for s in avoiding.record.route]  # the replica of the middle span served it
     assert avoiding.output["tokens"] == first.output["tokens"]
     everyone = tuple(dev_account(2 + i).address for i in range(4))
-    refused = client.wait(client.submit(net4.model_id, job_input, JobParams(max_new_tokens=2, avoid=everyone),
-                                        MAX_FEE))
+    refused = client.wait(client.submit(net4.model_id, job_input, JobParams(max_new_tokens=2, avoid=everyone), MAX_FEE))
     assert refused.status == JobStatus.ABORTED and "no route satisfies" in refused.record.abort_reason
     assert refused.record.refunded == MAX_FEE
 

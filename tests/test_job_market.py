@@ -145,8 +145,9 @@ def test_forged_receipt_wrong_signer(s):
     job, stages = s.routed()
     signers = [s.nodes[0], dev_account(13), s.nodes[2]]
     receipts = s.world.receipts(job, stages, "QmO", signers=signers)
-    with reverts("InvalidReceiptSigner", jobId=job, stage=1, expected=stages[1].node,
-                 recovered=dev_account(13).address):
+    with reverts(
+        "InvalidReceiptSigner", jobId=job, stage=1, expected=stages[1].node, recovered=dev_account(13).address
+    ):
         s.market.submit_result(job, COORD, stages, "QmO", receipts, account=s.nodes[2])
 
 
@@ -202,13 +203,15 @@ def test_submit_errors(s):
     with reverts("ReceiptCountMismatch", receipts=2, stages=3):
         s.market.submit_result(job, COORD, stages, "QmO", good[:2], account=s.nodes[2])
     with reverts("RouteMismatch", jobId=job):
-        s.market.submit_result(job, COORD, [replace(stages[0], fee=stages[0].fee + 1), *stages[1:]], "QmO", good,
-                               account=s.nodes[2])
+        s.market.submit_result(
+            job, COORD, [replace(stages[0], fee=stages[0].fee + 1), *stages[1:]], "QmO", good, account=s.nodes[2]
+        )
     with reverts("OutputHashMismatch", jobId=job):
         s.market.submit_result(job, COORD, stages, "QmOther", good, account=s.nodes[2])
     broken = list(good)
-    broken[1] = s.market.sign_receipt(s.nodes[1], job, 1, 2, 4, keccak(text="not what stage 0 sent"),
-                                      good[1].output_hash)
+    broken[1] = s.market.sign_receipt(
+        s.nodes[1], job, 1, 2, 4, keccak(text="not what stage 0 sent"), good[1].output_hash
+    )
     with reverts("BrokenReceiptChain", jobId=job, stage=1):
         s.market.submit_result(job, COORD, stages, "QmO", broken, account=s.nodes[2])
     garbage = [Receipt(r.input_hash, r.output_hash, b"\x00" * 65) for r in good]

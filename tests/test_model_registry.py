@@ -17,7 +17,13 @@ def test_register_and_deprecate(world, models):
     model_id = models.register_model("gpt2", "QmManifest", 14, keccak(text="x"), 7, account=owner)
     m = models.model(model_id)
     assert (m.owner, m.block_count, m.price_per_block, m.manifest_cid, m.name, m.deprecated) == (
-        owner.address, 14, 7, "QmManifest", "gpt2", False)
+        owner.address,
+        14,
+        7,
+        "QmManifest",
+        "gpt2",
+        False,
+    )
     assert m.blocks_root == keccak(text="x")
     models.deprecate_model(model_id, account=owner)
     assert models.model(model_id).deprecated

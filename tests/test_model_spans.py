@@ -4,8 +4,14 @@ import pytest
 import torch
 
 from shardnet.model.architectures import PRESETS, block_state, build_model, num_blocks
-from shardnet.model.quant import (decode_activation, decompress_state, compress_state, dequantize_blockwise,
-                                  encode_activation, quantize_blockwise)
+from shardnet.model.quant import (
+    compress_state,
+    decode_activation,
+    decompress_state,
+    dequantize_blockwise,
+    encode_activation,
+    quantize_blockwise,
+)
 from shardnet.model.span import BlockLoadError, SpanModel, mean_pool, split_even
 from shardnet.protocol import Span
 
@@ -89,8 +95,12 @@ def test_routes_entering_spans_part_way_match_the_whole_model(name):
     step1 = step2 = prompt
     for _ in range(12):
         logits1 = second(first(step1, session=a), session=b, start=3)
-        embedded = whole.parts["transformer/wte"](step2) + whole.parts["transformer/wpe"](
-            torch.arange(w.seen, w.seen + step2.shape[1]).unsqueeze(0)) if name == "tiny-gpt2" else None
+        embedded = (
+            whole.parts["transformer/wte"](step2)
+            + whole.parts["transformer/wpe"](torch.arange(w.seen, w.seen + step2.shape[1]).unsqueeze(0))
+            if name == "tiny-gpt2"
+            else None
+        )
         if embedded is None:
             embedded = whole.part(whole.arch.embed[0])(step2)
         w.seen += step2.shape[1]
@@ -108,8 +118,12 @@ def test_a_span_holds_only_its_blocks():
     blocks = {b: block_state(model, cfg, b) for b in range(num_blocks(cfg))}
     span = SpanModel(cfg, Span(2, 4), {2: blocks[2], 3: blocks[3]})  # other blocks are never handed over
     held = sum(p.numel() for p in span.parameters())
-    wanted = sum(t.numel() for b in (2, 3) for n, t in blocks[b].items() if "rotary" not in n
-                 and t.dtype.is_floating_point and n in dict(model.named_parameters()))
+    wanted = sum(
+        t.numel()
+        for b in (2, 3)
+        for n, t in blocks[b].items()
+        if "rotary" not in n and t.dtype.is_floating_point and n in dict(model.named_parameters())
+    )
     assert held == wanted
     assert held < sum(p.numel() for p in model.parameters()) / 2
     assert all(p.device.type == "cpu" for p in span.parameters())

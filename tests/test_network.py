@@ -15,13 +15,15 @@ from shardnet.client import Client
 from shardnet.events import EventFollower
 from shardnet.jobs import JobParams
 from shardnet.ledger import Ledger
+from shardnet.localnet import Network
 from shardnet.model.architectures import num_blocks
 from shardnet.model.loading import load_tokenizer, minilm_dir
 from shardnet.model.quant import decode_activation, encode_activation
 from shardnet.model.shards import fetch_manifest, fetch_span
 from shardnet.model.span import SpanModel
 from shardnet.protocol import JobStatus, Span
-from shardnet.localnet import Network
+
+pytestmark = pytest.mark.stack  # starts its own chain, IPFS daemon or node processes
 
 MAX_FEE = 10**15
 JOBS_PER_KIND = 10
@@ -123,9 +125,10 @@ def test_embedding_jobs_match_whole_model(net):
     from pydoc_data.topics import topics
 
     sentences = [s.strip() for text in list(topics.values())[:40] for s in text.split(". ") if 30 < len(s) < 150]
-    batches = [sentences[3 * i: 3 * i + 3] for i in range(JOBS_PER_KIND)]
-    results = _wait_all(net, _submit_all(net, model_id, [{"texts": b} for b in batches],
-                                         [JobParams(kind="embed")] * JOBS_PER_KIND))
+    batches = [sentences[3 * i : 3 * i + 3] for i in range(JOBS_PER_KIND)]
+    results = _wait_all(
+        net, _submit_all(net, model_id, [{"texts": b} for b in batches], [JobParams(kind="embed")] * JOBS_PER_KIND)
+    )
     config, blocks = _local(net, "minilm")
     whole = SpanModel(config, Span(0, num_blocks(config)), blocks)
     tokenizer = load_tokenizer(minilm_dir())
@@ -141,8 +144,15 @@ def test_embedding_jobs_match_whole_model(net):
 def test_forward_jobs_equal_local_model(net):
     model_id, _ = net.models["tiny-llama"]
     inputs = [[(11 * i + j) % 500 for j in range(4 + i)] for i in range(JOBS_PER_KIND)]
-    results = _wait_all(net, _submit_all(net, model_id, [{"input_ids": ids} for ids in inputs],
-                                         [JobParams(kind="forward", wire="fp32")] * JOBS_PER_KIND))
+    results = _wait_all(
+        net,
+        _submit_all(
+            net,
+            model_id,
+            [{"input_ids": ids} for ids in inputs],
+            [JobParams(kind="forward", wire="fp32")] * JOBS_PER_KIND,
+        ),
+    )
     config, blocks = _local(net, "tiny-llama")
     whole = SpanModel(config, Span(0, num_blocks(config)), blocks)
     for ids, result in zip(inputs, results, strict=True):
@@ -169,14 +179,16 @@ def test_bad_jobs_are_refunded_with_a_reason_and_nodes_keep_serving(net):
     good_input = net.ipfs.add(json.dumps({"input_ids": [1, 2, 3]}).encode())
     jobs = {
         "not JSON": market.post_job(model_id, malformed, JobParams().encode(), MAX_FEE, deadline, account=client),
-        "could not be read from IPFS": market.post_job(model_id, missing, JobParams().encode(), MAX_FEE, deadline,
-                                                       account=client),
-        "params.max_new_tokens": market.post_job(model_id, good_input, b'{"kind":"generate","max_new_tokens":0}',
-                                                 MAX_FEE, deadline, account=client),
-        "unknown field": market.post_job(model_id, good_input, b'{"colour":"blue"}', MAX_FEE, deadline,
-                                         account=client),
-        "cannot generate": market.post_job(net.models["minilm"][0], good_input, JobParams().encode(), MAX_FEE,
-                                           deadline, account=client),
+        "could not be read from IPFS": market.post_job(
+            model_id, missing, JobParams().encode(), MAX_FEE, deadline, account=client
+        ),
+        "params.max_new_tokens": market.post_job(
+            model_id, good_input, b'{"kind":"generate","max_new_tokens":0}', MAX_FEE, deadline, account=client
+        ),
+        "unknown field": market.post_job(model_id, good_input, b'{"colour":"blue"}', MAX_FEE, deadline, account=client),
+        "cannot generate": market.post_job(
+            net.models["minilm"][0], good_input, JobParams().encode(), MAX_FEE, deadline, account=client
+        ),
     }
     for reason, job_id in jobs.items():
         result = net.client.wait(job_id, timeout_s=60)
@@ -210,8 +222,9 @@ def test_restarted_node_never_submits_twice(net):
     net.kill(f"node{index}")
     net.start_node(index)
     net.wait_ready(index)
-    again = net.client.wait(net.client.submit(model_id, {"input_ids": [7, 6]}, JobParams(max_new_tokens=4), MAX_FEE),
-                            timeout_s=120)
+    again = net.client.wait(
+        net.client.submit(model_id, {"input_ids": [7, 6]}, JobParams(max_new_tokens=4), MAX_FEE), timeout_s=120
+    )
     assert again.status == JobStatus.COMPLETED
     # since the restart the last stage sent exactly one transaction: the new job's result
     assert net.chain.w3.eth.get_transaction_count(last_node) == submitted_before + 1
@@ -233,8 +246,7 @@ def test_coordinator_killed_under_load_resumes(net):
     net.start_coordinator()
     results = [client.wait(j, timeout_s=120) for j in before + during]
     assert all(r.status == JobStatus.COMPLETED for r in results), [r.record.abort_reason for r in results]
-    routed = [e.args["jobId"] for e in EventFollower(net.chain, [net.c.market.address]).poll()
-              if e.name == "JobRouted"]
+    routed = [e.args["jobId"] for e in EventFollower(net.chain, [net.c.market.address]).poll() if e.name == "JobRouted"]
     assert len(routed) == len(set(routed))
 
 

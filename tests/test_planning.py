@@ -12,15 +12,27 @@ from shardnet.protocol import Span
 
 
 def swarm(rng, n, spread=10.0):
-    return [NodeSpec(f"0x{i:040x}", rng.uniform(1, spread) * 100 // 100 * 100, rng.uniform(1, spread),
-                     latency_ms=rng.uniform(1, 50), reputation=rng.uniform(0.5, 1.0)) for i in range(n)]
+    return [
+        NodeSpec(
+            f"0x{i:040x}",
+            rng.uniform(1, spread) * 100 // 100 * 100,
+            rng.uniform(1, spread),
+            latency_ms=rng.uniform(1, 50),
+            reputation=rng.uniform(0.5, 1.0),
+        )
+        for i in range(n)
+    ]
 
 
 def brute_force_plan(nodes, model, replicas):
     options = []
     for n in nodes:
-        opts = [None] + [Span(s, e) for s in range(model.blocks) for e in range(s + 1, model.blocks + 1)
-                         if sum(model.block_mb[s:e]) <= n.memory_mb]
+        opts = [None] + [
+            Span(s, e)
+            for s in range(model.blocks)
+            for e in range(s + 1, model.blocks + 1)
+            if sum(model.block_mb[s:e]) <= n.memory_mb
+        ]
         options.append(opts)
     by = {n.address: n for n in nodes}
     best = 0.0
@@ -42,7 +54,7 @@ def test_plans_are_feasible_and_close_to_brute_force():
         got = plan(nodes, model, replicas)
         for address, span in got.spans.items():  # every span fits its node's memory
             node = next(n for n in nodes if n.address == address)
-            assert sum(model.block_mb[span.start:span.end]) <= node.memory_mb
+            assert sum(model.block_mb[span.start : span.end]) <= node.memory_mb
         if optimum == 0:
             assert got.bottleneck == 0
             continue
@@ -99,10 +111,23 @@ def test_routes_are_optimal_for_the_stated_cost(seed):
     for i in range(rng.randint(2, 6)):
         s = rng.randrange(blocks)
         e = rng.randint(s + 1, blocks)
-        candidates.append(Candidate(f"0x{i:040x}", s, e, rng.randint(1, 10) * 10**9, rng.uniform(1, 40),
-                                    rng.uniform(1, 20), rng.uniform(0.3, 1)))
-    w = RouteWeights(latency=rng.uniform(0, 2), price=rng.uniform(0, 2), trust=rng.uniform(0, 50),
-                     min_reputation=rng.choice([0.0, 0.5]))
+        candidates.append(
+            Candidate(
+                f"0x{i:040x}",
+                s,
+                e,
+                rng.randint(1, 10) * 10**9,
+                rng.uniform(1, 40),
+                rng.uniform(1, 20),
+                rng.uniform(0.3, 1),
+            )
+        )
+    w = RouteWeights(
+        latency=rng.uniform(0, 2),
+        price=rng.uniform(0, 2),
+        trust=rng.uniform(0, 50),
+        min_reputation=rng.choice([0.0, 0.5]),
+    )
     got = route(candidates, blocks, w)
     expected = brute_force_route(candidates, blocks, w)
     if expected is None:

@@ -20,10 +20,18 @@ SLOW, FAST = 25.0, 100  # slow nodes emulate a machine 25x slower; fast ones dec
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory):
-    network = Network(tmp_path_factory.mktemp("rebalance"), nodes=3,
-                      coordinator_args=("--planner", "throughput", "--min-stages", "3", "--rebalance-interval", "2"),
-                      node_overrides={0: {"slowdown": SLOW}, 1: {"slowdown": SLOW}, 2: {"slowdown": SLOW},
-                                      3: {"compute_score": FAST}, 4: {"compute_score": FAST}}).start()
+    network = Network(
+        tmp_path_factory.mktemp("rebalance"),
+        nodes=3,
+        coordinator_args=("--planner", "throughput", "--min-stages", "3", "--rebalance-interval", "2"),
+        node_overrides={
+            0: {"slowdown": SLOW},
+            1: {"slowdown": SLOW},
+            2: {"slowdown": SLOW},
+            3: {"compute_score": FAST},
+            4: {"compute_score": FAST},
+        },
+    ).start()
     try:
         network.model_id, _ = network.publish("demo-gpt2")
         network.wait_confirmed(network.model_id, 3)
@@ -38,8 +46,10 @@ def timed_jobs(client, model_id, n=4):
     seconds, routes = [], []
     for k in range(n):
         started = time.monotonic()
-        result = client.wait(client.submit(model_id, {"input_ids": [101, 2023 + k, 2003, 1037]},
-                                           JobParams(max_new_tokens=12), MAX_FEE), timeout_s=120)
+        result = client.wait(
+            client.submit(model_id, {"input_ids": [101, 2023 + k, 2003, 1037]}, JobParams(max_new_tokens=12), MAX_FEE),
+            timeout_s=120,
+        )
         seconds.append(time.monotonic() - started)
         routes.append([s[0] for s in result.record.route])
     return seconds, routes
@@ -62,14 +72,19 @@ def test_two_fast_nodes_join_and_latency_drops(net):
             break
         assert time.monotonic() < deadline, f"the fast nodes were not assigned: {assigned}"
         time.sleep(0.5)
-    moved = [e for e in net.c.models.contract.events.ShardAssigned().get_logs(from_block=net.deployment.deploy_block)
-             if e.args.node in fast]
+    moved = [
+        e
+        for e in net.c.models.contract.events.ShardAssigned().get_logs(from_block=net.deployment.deploy_block)
+        if e.args.node in fast
+    ]
     assert moved, "the spans given to the newcomers are recorded on-chain"
 
     time.sleep(3)  # let every moved node reload and confirm, and the probes see the newcomers
     after, routes = timed_jobs(net.client, net.model_id)
     assert any(set(r) & fast for r in routes), routes
     ratio = statistics.mean(after) / statistics.mean(before)
-    print(f"\njob latency before {statistics.mean(before):.2f} s, after two fast nodes joined "
-          f"{statistics.mean(after):.2f} s (ratio {ratio:.2f})")
+    print(
+        f"\njob latency before {statistics.mean(before):.2f} s, after two fast nodes joined "
+        f"{statistics.mean(after):.2f} s (ratio {ratio:.2f})"
+    )
     assert ratio < 0.9

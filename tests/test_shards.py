@@ -8,8 +8,14 @@ import torch
 
 from shardnet.model.architectures import PRESETS, build_model, num_blocks
 from shardnet.model.loading import load_model, load_tokenizer
-from shardnet.model.shards import (ShardVerificationError, decode_block, fetch_manifest, fetch_span, publish,
-                                   verify_block)
+from shardnet.model.shards import (
+    ShardVerificationError,
+    decode_block,
+    fetch_manifest,
+    fetch_span,
+    publish,
+    verify_block,
+)
 from shardnet.model.span import SpanModel, mean_pool, split_even
 from shardnet.protocol import Span
 

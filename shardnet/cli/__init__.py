@@ -33,8 +33,9 @@ def main() -> None:
 def _devnet_settings(home, chain_port, ipfs_port):
     from shardnet.devnet import DevnetSettings
 
-    overrides = {k: v for k, v in {"home": home, "chain_port": chain_port, "ipfs_port": ipfs_port}.items()
-                 if v is not None}
+    overrides = {
+        k: v for k, v in {"home": home, "chain_port": chain_port, "ipfs_port": ipfs_port}.items() if v is not None
+    }
     return DevnetSettings(**overrides)
 
 
@@ -48,8 +49,10 @@ def _print_status(info: dict, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
-    click.echo(f"chain         {info['rpc_url']}  (ws {info['ws_url']})  chain id {info['chain_id']}, "
-               f"block {info['block_number']}")
+    click.echo(
+        f"chain         {info['rpc_url']}  (ws {info['ws_url']})  chain id {info['chain_id']}, "
+        f"block {info['block_number']}"
+    )
     click.echo(f"ipfs          {info['ipfs_api']}  peer {info['ipfs_peer_id']}")
     for name, address in info["contracts"].items():
         click.echo(f"{name:<14}{address}")
@@ -76,8 +79,10 @@ def devnet_up(home, chain_port, ipfs_port, as_json) -> None:
     info = dn.up(_devnet_settings(home, chain_port, ipfs_port))
     if not as_json:
         what = ", ".join(info["started"]) or "nothing (already running)"
-        click.echo(f"started {what}; contracts {'deployed' if info['deployed'] else 'already deployed'} "
-                   f"in {time.monotonic() - started:.1f} s")
+        click.echo(
+            f"started {what}; contracts {'deployed' if info['deployed'] else 'already deployed'} "
+            f"in {time.monotonic() - started:.1f} s"
+        )
     _print_status(info, as_json)
 
 

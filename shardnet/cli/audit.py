@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
@@ -24,8 +24,11 @@ def audit() -> None:
 
 def _rpc_options(fn):
     fn = click.option("--no-sync", is_flag=True, help="query the index as it is; do not read new blocks")(fn)
-    fn = click.option("--db", type=click.Path(path_type=Path),
-                      help="index file (default: index-<chain id>.sqlite beside the deployment file)")(fn)
+    fn = click.option(
+        "--db",
+        type=click.Path(path_type=Path),
+        help="index file (default: index-<chain id>.sqlite beside the deployment file)",
+    )(fn)
     return click.option("--rpc-url", help="JSON-RPC endpoint (default: from the deployment file)")(fn)
 
 
@@ -47,7 +50,7 @@ def _address(value: str, hint: str) -> str:
 
 
 def _when(ts: int) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _print_events(title: str, events: list[dict]) -> None:
@@ -74,8 +77,10 @@ def audit_sync(rpc_url, db, no_sync) -> None:
     chain = Chain.from_deployment(Deployment.load(), rpc_url=rpc_url)
     with Index(db or default_path(chain), chain) as index:
         report = index.sync(on_batch=lambda end, target: click.echo(f"indexed to block {end} of {target}", err=True))
-        click.echo(f"ok: {report.events} new events in {report.blocks} blocks ({report.seconds:.1f} s); "
-                   f"index at block {report.next_block - 1}, {index.path}")
+        click.echo(
+            f"ok: {report.events} new events in {report.blocks} blocks ({report.seconds:.1f} s); "
+            f"index at block {report.next_block - 1}, {index.path}"
+        )
 
 
 @audit.command("jobs")
@@ -95,11 +100,15 @@ def audit_jobs(rpc_url, db, no_sync, model_id, client, node, status, from_block,
         rows = index.jobs(model_id, client, node, status, from_block, to_block)
 
     def table(rows):
-        click.echo(f"{'job':>5} {'status':<10} {'model':>5} {'client':<42} {'stages':>6} {'paid wei':>14} "
-                   f"{'refunded':>18}")
+        click.echo(
+            f"{'job':>5} {'status':<10} {'model':>5} {'client':<42} {'stages':>6} {'paid wei':>14} {'refunded':>18}"
+        )
         for r in rows:
-            click.echo(f"{r['job']:>5} {r['status']:<10} {r['model']:>5} {r['client']:<42} {r['stages']:>6} "
-                       f"{r['paid']:>14} {r['refunded']:>18}")
+            click.echo(
+                f"{r['job']:>5} {r['status']:<10} {r['model']:>5} {r['client']:<42} {r['stages']:>6} "
+                f"{r['paid']:>14} {r['refunded']:>18}"
+            )
+
     _emit(rows, as_json, table)
 
 
@@ -113,24 +122,27 @@ def audit_job(job_id, rpc_url, db, no_sync, as_json) -> None:
         job, count = index.job(job_id), index.job_count()
     if job is None:
         known = f"jobs are numbered 1 to {count}" if count else "no job has been posted yet"
-        raise click.ClickException(f"job {job_id} does not exist on this deployment ({known}); "
-                                   "list them with 'shardnet audit jobs'")
+        raise click.ClickException(
+            f"job {job_id} does not exist on this deployment ({known}); list them with 'shardnet audit jobs'"
+        )
 
     def table(j):
         click.echo(f"job {j['job']}: {j['status']}  model {j['model']}  client {j['client']}")
-        click.echo(f"max fee {j['max_fee']} wei, escrow left {j['escrow']}, paid {j['paid']}, "
-                   f"refunded {j['refunded']}")
+        click.echo(f"max fee {j['max_fee']} wei, escrow left {j['escrow']}, paid {j['paid']}, refunded {j['refunded']}")
         if j["abort_reason"]:
             click.echo(f"reason: {j['abort_reason']}")
         if j["output_cid"]:
             click.echo(f"output cid: {j['output_cid']}")
         for s in j["stages"]:
             hashes = f"  in {s['input_hash'][:12]}… out {s['output_hash'][:12]}…" if s["output_hash"] else ""
-            click.echo(f"  stage {s['stage']} [{s['start']},{s['end']}) {s['node']}  fee {s['fee']} wei"
-                       f"  paid {j['payouts'].get(s['node'], 0)}{hashes}")
+            click.echo(
+                f"  stage {s['stage']} [{s['start']},{s['end']}) {s['node']}  fee {s['fee']} wei"
+                f"  paid {j['payouts'].get(s['node'], 0)}{hashes}"
+            )
         if j["failed_nodes"]:
             click.echo(f"failed: {', '.join(j['failed_nodes'])}")
         _print_events("timeline", j["timeline"])
+
     _emit(job, as_json, table)
 
 
@@ -144,19 +156,38 @@ def audit_node(address, rpc_url, db, no_sync, as_json) -> None:
     with _index(rpc_url, db, no_sync) as index:
         info = index.node(address)
     if info is None:
-        raise click.ClickException(f"{address} never registered as a node on this deployment; "
-                                   "list nodes with 'shardnet audit network'")
+        raise click.ClickException(
+            f"{address} never registered as a node on this deployment; list nodes with 'shardnet audit network'"
+        )
 
     def table(n):
-        for key in ("node", "endpoint", "stake", "pending_unstake", "slashed", "earned", "credit", "withdrawn",
-                    "jobs_done", "jobs_failed"):
+        for key in (
+            "node",
+            "endpoint",
+            "stake",
+            "pending_unstake",
+            "slashed",
+            "earned",
+            "credit",
+            "withdrawn",
+            "jobs_done",
+            "jobs_failed",
+        ):
             click.echo(f"{key:<16}{n[key]}")
-        click.echo(f"{'spans':<16}" + (", ".join(f"model {m} [{s['start']},{s['end']})"
-                                                  f"{'' if s['confirmed'] else ' (unconfirmed)'}"
-                                                  for m, s in n["spans"].items()) or "none"))
+        click.echo(
+            f"{'spans':<16}"
+            + (
+                ", ".join(
+                    f"model {m} [{s['start']},{s['end']}){'' if s['confirmed'] else ' (unconfirmed)'}"
+                    for m, s in n["spans"].items()
+                )
+                or "none"
+            )
+        )
         click.echo(f"{'jobs':<16}{', '.join(map(str, n['jobs'])) or 'none'}")
         click.echo(f"{'failures':<16}{', '.join(f'job {j}' for j in n['failures']) or 'none'}")
         _print_events("history", n["history"])
+
     _emit(info, as_json, table)
 
 
@@ -169,8 +200,10 @@ def audit_model(model_id, rpc_url, db, no_sync, as_json) -> None:
     with _index(rpc_url, db, no_sync) as index:
         info, count = index.model(model_id), index.model_count()
     if info is None:
-        raise click.ClickException(f"model {model_id} does not exist on this deployment (models are numbered 1 to "
-                                   f"{count}); list them with 'shardnet audit network'")
+        raise click.ClickException(
+            f"model {model_id} does not exist on this deployment (models are numbered 1 to "
+            f"{count}); list them with 'shardnet audit network'"
+        )
 
     def table(m):
         click.echo(f"model {m['model']}: {m['name']}{' (deprecated)' if m['deprecated'] else ''}  owner {m['owner']}")
@@ -181,6 +214,7 @@ def audit_model(model_id, rpc_url, db, no_sync, as_json) -> None:
         if 0 in m["coverage"]:
             click.echo(f"UNCOVERED blocks: {[b for b, c in enumerate(m['coverage']) if c == 0]}")
         click.echo(f"jobs: {m['jobs'] or 'none'}; fees paid {m['fees_paid']} wei")
+
     _emit(info, as_json, table)
 
 
@@ -193,14 +227,18 @@ def audit_network(rpc_url, db, no_sync, as_json) -> None:
         info = {**index.summary(), "node_list": index.nodes(), "model_list": index.models()}
 
     def table(n):
-        click.echo(f"indexed to block {n['next_block'] - 1}: {n['events']} events, {n['jobs']} jobs "
-                   f"{n['jobs_by_status']}")
+        click.echo(
+            f"indexed to block {n['next_block'] - 1}: {n['events']} events, {n['jobs']} jobs {n['jobs_by_status']}"
+        )
         click.echo(f"{'node':<42} {'stake wei':>22} {'done':>5} {'failed':>6}  endpoint")
         for r in n["node_list"]:
             click.echo(f"{r['node']:<42} {r['stake']:>22} {r['jobs_done']:>5} {r['jobs_failed']:>6}  {r['endpoint']}")
         for m in n["model_list"]:
-            click.echo(f"model {m['model']} {m['name']}: {m['block_count']} blocks, min replicas "
-                       f"{min(m['coverage'], default=0)}")
+            click.echo(
+                f"model {m['model']} {m['name']}: {m['block_count']} blocks, min replicas "
+                f"{min(m['coverage'], default=0)}"
+            )
+
     _emit(info, as_json, table)
 
 
@@ -223,10 +261,17 @@ def audit_reconcile(rpc_url, db, no_sync) -> None:
     exit 2 on any difference, naming the index row."""
     from shardnet.audit import index_label, reconcile
 
-    _check(rpc_url, db, no_sync, lambda chain, ledger: reconcile(chain, ledger, index_label),
-           lambda d: f"MISMATCH {d}",
-           lambda ledger: f"ok: {len(ledger.jobs)} jobs, {len(ledger.accounts)} accounts, {len(ledger.nodes)} nodes "
-                          "match contract state")
+    _check(
+        rpc_url,
+        db,
+        no_sync,
+        lambda chain, ledger: reconcile(chain, ledger, index_label),
+        lambda d: f"MISMATCH {d}",
+        lambda ledger: (
+            f"ok: {len(ledger.jobs)} jobs, {len(ledger.accounts)} accounts, {len(ledger.nodes)} nodes "
+            "match contract state"
+        ),
+    )
 
 
 @audit.command("verify-receipts")
@@ -235,15 +280,26 @@ def audit_verify_receipts(rpc_url, db, no_sync) -> None:
     """Re-check every receipt's EIP-712 signature and hash chain."""
     from shardnet.audit import verify_receipts
 
-    _check(rpc_url, db, no_sync, verify_receipts, lambda p: f"BAD {p}",
-           lambda ledger: f"ok: {sum(len(j.receipts) for j in ledger.jobs.values())} receipts on "
-                          f"{sum(1 for j in ledger.jobs.values() if j.receipts)} jobs verified")
+    _check(
+        rpc_url,
+        db,
+        no_sync,
+        verify_receipts,
+        lambda p: f"BAD {p}",
+        lambda ledger: (
+            f"ok: {sum(len(j.receipts) for j in ledger.jobs.values())} receipts on "
+            f"{sum(1 for j in ledger.jobs.values() if j.receipts)} jobs verified"
+        ),
+    )
 
 
 @main.command("explorer")
 @click.option("--rpc-url", help="JSON-RPC endpoint (default: from the deployment file)")
-@click.option("--db", type=click.Path(path_type=Path),
-              help="index file (default: index-<chain id>.sqlite beside the deployment file)")
+@click.option(
+    "--db",
+    type=click.Path(path_type=Path),
+    help="index file (default: index-<chain id>.sqlite beside the deployment file)",
+)
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8090, show_default=True, type=int)
 @click.option("--interval", default=1.0, show_default=True, type=float, help="seconds between index syncs")

@@ -40,8 +40,24 @@ def job() -> None:
 @click.option("--key", help="0x private key (instead of --dev-account)")
 @click.option("--no-wait", is_flag=True, help="print the job id and return")
 @_as_json
-def job_submit(model_id, kind, prompt, texts, input_ids, max_new_tokens, temperature, top_k, top_p, seed, max_fee, ttl,
-               dev_account, key, no_wait, as_json) -> None:
+def job_submit(
+    model_id,
+    kind,
+    prompt,
+    texts,
+    input_ids,
+    max_new_tokens,
+    temperature,
+    top_k,
+    top_p,
+    seed,
+    max_fee,
+    ttl,
+    dev_account,
+    key,
+    no_wait,
+    as_json,
+) -> None:
     """Post a job with escrow, wait for it, print output, receipts and payouts."""
     from eth_account import Account
 
@@ -49,8 +65,9 @@ def job_submit(model_id, kind, prompt, texts, input_ids, max_new_tokens, tempera
     from shardnet.client import Client
     from shardnet.jobs import JobInputError, JobParams
 
-    params = JobParams(kind=kind, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                       top_p=top_p, seed=seed)
+    params = JobParams(
+        kind=kind, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
+    )
     try:
         params.validate()
     except JobInputError as exc:
@@ -84,7 +101,7 @@ def job_status(job_id, as_json) -> None:
     """A job's status, route, receipts, payouts (and the abort reason, if any)."""
     import json as _json
 
-    from shardnet.client import Client, JobResult, SETTLED
+    from shardnet.client import SETTLED, Client, JobResult
 
     client = Client.from_deployment()
     record = client.history(job_id)
@@ -97,13 +114,29 @@ def job_status(job_id, as_json) -> None:
 def _print_job(result, as_json: bool) -> None:
     r = result.record
     if as_json:
-        click.echo(json.dumps({
-            "job_id": r.job_id, "status": r.status.name.lower(), "model_id": r.model_id, "client": r.client,
-            "input_cid": r.input_cid, "max_fee": r.max_fee, "route": [list(s) for s in r.route],
-            "coordinator": r.coordinator, "output_cid": r.output_cid, "output": result.output,
-            "receipts": [["0x" + bytes(x).hex() for x in rc] for rc in r.receipts],
-            "payouts": r.payouts, "refunded": r.refunded, "abort_reason": r.abort_reason,
-            "failed_nodes": r.failed_nodes}, indent=2, default=str))
+        click.echo(
+            json.dumps(
+                {
+                    "job_id": r.job_id,
+                    "status": r.status.name.lower(),
+                    "model_id": r.model_id,
+                    "client": r.client,
+                    "input_cid": r.input_cid,
+                    "max_fee": r.max_fee,
+                    "route": [list(s) for s in r.route],
+                    "coordinator": r.coordinator,
+                    "output_cid": r.output_cid,
+                    "output": result.output,
+                    "receipts": [["0x" + bytes(x).hex() for x in rc] for rc in r.receipts],
+                    "payouts": r.payouts,
+                    "refunded": r.refunded,
+                    "abort_reason": r.abort_reason,
+                    "failed_nodes": r.failed_nodes,
+                },
+                indent=2,
+                default=str,
+            )
+        )
         return
     click.echo(f"job {r.job_id}: {r.status.name.lower()}  (model {r.model_id}, escrow {r.max_fee} wei)")
     if r.abort_reason:

@@ -25,14 +25,22 @@ def _ipfs_api(ipfs_api: str | None) -> str:
 
 @model.command("publish")
 @click.argument("source")
-@click.option("--quant", type=click.Choice(["none", "fp16", "int8", "int8-mixed"]), default="int8", show_default=True,
-              help="weights at rest: blockwise int8, int8 with fp16 outlier columns, or unquantised")
+@click.option(
+    "--quant",
+    type=click.Choice(["none", "fp16", "int8", "int8-mixed"]),
+    default="int8",
+    show_default=True,
+    help="weights at rest: blockwise int8, int8 with fp16 outlier columns, or unquantised",
+)
 @click.option("--block-size", type=int, default=64, show_default=True, help="values per quantization block")
 @click.option("--seed", type=int, default=0, show_default=True, help="weight seed for preset configs")
 @click.option("--name", help="model name (default: SOURCE)")
 @click.option("--ipfs-api", help="Kubo RPC API URL (default: from the deployment file)")
-@click.option("--register/--no-register", default=False,
-              help="also record the model in ModelRegistry (owner: --key-index dev account on the devnet)")
+@click.option(
+    "--register/--no-register",
+    default=False,
+    help="also record the model in ModelRegistry (owner: --key-index dev account on the devnet)",
+)
 @click.option("--price-per-block", type=int, default=10**9, show_default=True, help="wei per block per job")
 @click.option("--key-index", type=int, default=0, show_default=True, help="devnet account that owns the model")
 def model_publish(source, quant, block_size, seed, name, ipfs_api, register, price_per_block, key_index) -> None:
@@ -49,8 +57,7 @@ def model_publish(source, quant, block_size, seed, name, ipfs_api, register, pri
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="SOURCE") from None
     with IpfsClient(_ipfs_api(ipfs_api)) as ipfs:
-        manifest = publish(loaded, ipfs, name or source, quant, block_size, tokenizer_dir=tokenizer_dir,
-                           progress=True)
+        manifest = publish(loaded, ipfs, name or source, quant, block_size, tokenizer_dir=tokenizer_dir, progress=True)
     total = sum(b["bytes"] for b in manifest.blocks)
     click.echo(f"manifest  {manifest.cid}")
     click.echo(f"blocks    {len(manifest.blocks)} ({total / 1e6:.2f} MB, {quant}, block size {block_size})")
@@ -61,8 +68,9 @@ def model_publish(source, quant, block_size, seed, name, ipfs_api, register, pri
         from shardnet.chain import Chain, dev_account
 
         chain = Chain.from_deployment(account=dev_account(key_index))
-        model_id = ModelRegistry(chain).register_model(name or source, manifest.cid, len(manifest.blocks),
-                                                       manifest.blocks_root, price_per_block)
+        model_id = ModelRegistry(chain).register_model(
+            name or source, manifest.cid, len(manifest.blocks), manifest.blocks_root, price_per_block
+        )
         click.echo(f"model id  {model_id}")
 
 

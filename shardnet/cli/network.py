@@ -39,18 +39,41 @@ def coordinator() -> None:
 @click.option("--dev-account", type=int, default=1, show_default=True, help="devnet account index of the coordinator")
 @click.option("--key", help="0x private key (instead of --dev-account)")
 @click.option("--deployment", "deployment_path", type=click.Path(path_type=Path), help="deployment file")
-@click.option("--planner", type=click.Choice(["pipeline", "throughput"]), default="pipeline", show_default=True,
-              help="pipeline: even spans + replicas; throughput: plan from memory and measured throughput, "
-                   "rebalanced as nodes join, leave or speed up")
-@click.option("--replicas", type=click.IntRange(1, 8), default=2, show_default=True, help="replicas per block (throughput)")
-@click.option("--min-stages", type=click.IntRange(1, 64), default=3, show_default=True,
-              help="spans cover at most 1/N of a model (a pipeline of >= N stages)")
-@click.option("--rebalance-interval", type=click.FloatRange(min=0.5), default=10.0, show_default=True,
-              help="seconds between re-plans (throughput)")
-@click.option("--rebalance-factor", type=click.FloatRange(min=1.0), default=1.2, show_default=True,
-              help="apply a re-plan when it lifts the slowest block by this factor")
-def coordinator_run(dev_account, key, deployment_path, planner, replicas, min_stages, rebalance_interval,
-                    rebalance_factor) -> None:
+@click.option(
+    "--planner",
+    type=click.Choice(["pipeline", "throughput"]),
+    default="pipeline",
+    show_default=True,
+    help="pipeline: even spans + replicas; throughput: plan from memory and measured throughput, "
+    "rebalanced as nodes join, leave or speed up",
+)
+@click.option(
+    "--replicas", type=click.IntRange(1, 8), default=2, show_default=True, help="replicas per block (throughput)"
+)
+@click.option(
+    "--min-stages",
+    type=click.IntRange(1, 64),
+    default=3,
+    show_default=True,
+    help="spans cover at most 1/N of a model (a pipeline of >= N stages)",
+)
+@click.option(
+    "--rebalance-interval",
+    type=click.FloatRange(min=0.5),
+    default=10.0,
+    show_default=True,
+    help="seconds between re-plans (throughput)",
+)
+@click.option(
+    "--rebalance-factor",
+    type=click.FloatRange(min=1.0),
+    default=1.2,
+    show_default=True,
+    help="apply a re-plan when it lifts the slowest block by this factor",
+)
+def coordinator_run(
+    dev_account, key, deployment_path, planner, replicas, min_stages, rebalance_interval, rebalance_factor
+) -> None:
     """Assign spans, route posted jobs and reroute around dead nodes, from chain events."""
     from eth_account import Account
 
@@ -63,6 +86,14 @@ def coordinator_run(dev_account, key, deployment_path, planner, replicas, min_st
     account = Account.from_key(key) if key else dev(dev_account)
     from shardnet.process import run_until_signal
 
-    run_until_signal(Coordinator(Deployment.load(deployment_path), account, planner=planner, replicas=replicas,
-                                 min_stages=min_stages, rebalance_interval_s=rebalance_interval,
-                                 rebalance_factor=rebalance_factor).run())
+    run_until_signal(
+        Coordinator(
+            Deployment.load(deployment_path),
+            account,
+            planner=planner,
+            replicas=replicas,
+            min_stages=min_stages,
+            rebalance_interval_s=rebalance_interval,
+            rebalance_factor=rebalance_factor,
+        ).run()
+    )

@@ -79,8 +79,14 @@ def activity_svg(buckets: list[dict], width: int = 720, height: int = 160) -> di
         h = (height - 2 * pad) * b["jobs"] / max_jobs
         bars.append({"x": pad + i * step + 1, "y": height - pad - h, "w": max(step - 2, 1), "h": h, **b})
         points.append(f"{pad + (i + 0.5) * step:.1f},{height - pad - (height - 2 * pad) * b['fees'] / max_fees:.1f}")
-    return {"bars": bars, "line": " ".join(points), "width": width, "height": height, "max_jobs": max_jobs,
-            "max_fees": max_fees}
+    return {
+        "bars": bars,
+        "line": " ".join(points),
+        "width": width,
+        "height": height,
+        "max_jobs": max_jobs,
+        "max_fees": max_fees,
+    }
 
 
 def create_app(chain: Chain, db_path: Path, interval_s: float = 1.0) -> FastAPI:
@@ -107,12 +113,24 @@ def create_app(chain: Chain, db_path: Path, interval_s: float = 1.0) -> FastAPI:
 
     @app.get("/", response_class=HTMLResponse)
     async def network(request: Request):
-        return page(request, "network.html", summary=reader.summary(), nodes=reader.nodes(), models=reader.models(),
-                    jobs=reader.jobs(limit=15, newest_first=True), chart=activity_svg(reader.activity()))
+        return page(
+            request,
+            "network.html",
+            summary=reader.summary(),
+            nodes=reader.nodes(),
+            models=reader.models(),
+            jobs=reader.jobs(limit=15, newest_first=True),
+            chart=activity_svg(reader.activity()),
+        )
 
     @app.get("/jobs", response_class=HTMLResponse)
-    async def jobs(request: Request, status: str | None = None, model: int | None = None, client: str | None = None,
-                   node: str | None = None):
+    async def jobs(
+        request: Request,
+        status: str | None = None,
+        model: int | None = None,
+        client: str | None = None,
+        node: str | None = None,
+    ):
         if status and status not in STATUSES:
             return not_found(request, f"unknown status {status!r}; use one of {', '.join(STATUSES)}", 400)
         for name, value in (("client", client), ("node", node)):
@@ -162,6 +180,7 @@ def create_app(chain: Chain, db_path: Path, interval_s: float = 1.0) -> FastAPI:
     @app.get("/api/stream")
     async def stream(request: Request):
         """Server-sent events: one `{"block": n}` message whenever new blocks are indexed."""
+
         async def events():
             last = None
             while not await request.is_disconnected():
@@ -170,6 +189,7 @@ def create_app(chain: Chain, db_path: Path, interval_s: float = 1.0) -> FastAPI:
                     last = head
                     yield f"data: {json.dumps({'block': head})}\n\n"
                 await asyncio.sleep(0.5)
+
         return StreamingResponse(events(), media_type="text/event-stream")
 
     return app

@@ -29,19 +29,37 @@ class Arch:
         return self.family in ("rope_decoder", "gpt2")
 
 
-_ROPE = dict(family="rope_decoder", embed=("model.embed_tokens",), layers="model.layers",
-             final=("model.norm", "lm_head"), shared=("model.rotary_emb",))
+_ROPE = dict(
+    family="rope_decoder",
+    embed=("model.embed_tokens",),
+    layers="model.layers",
+    final=("model.norm", "lm_head"),
+    shared=("model.rotary_emb",),
+)
 
 ARCHS: dict[str, Arch] = {
     "llama": Arch("llama", "LlamaForCausalLM", **_ROPE),
     "mistral": Arch("mistral", "MistralForCausalLM", **_ROPE),
     "qwen2": Arch("qwen2", "Qwen2ForCausalLM", **_ROPE),
-    "gpt2": Arch("gpt2", "GPT2LMHeadModel", "gpt2", embed=("transformer.wte", "transformer.wpe"),
-                 layers="transformer.h", final=("transformer.ln_f", "lm_head")),
-    "bert": Arch("bert", "BertModel", "bert", embed=("embeddings",), layers="encoder.layer", final=(),
-                 ignored=("pooler",)),
-    "vit": Arch("vit", "ViTForImageClassification", "vit", embed=("vit.embeddings",), layers="vit.layers",
-                final=("vit.layernorm", "classifier")),
+    "gpt2": Arch(
+        "gpt2",
+        "GPT2LMHeadModel",
+        "gpt2",
+        embed=("transformer.wte", "transformer.wpe"),
+        layers="transformer.h",
+        final=("transformer.ln_f", "lm_head"),
+    ),
+    "bert": Arch(
+        "bert", "BertModel", "bert", embed=("embeddings",), layers="encoder.layer", final=(), ignored=("pooler",)
+    ),
+    "vit": Arch(
+        "vit",
+        "ViTForImageClassification",
+        "vit",
+        embed=("vit.embeddings",),
+        layers="vit.layers",
+        final=("vit.layernorm", "classifier"),
+    ),
 }
 
 
@@ -49,8 +67,10 @@ def arch_for(config) -> Arch:
     try:
         return ARCHS[config.model_type]
     except KeyError:
-        raise ValueError(f"model_type '{config.model_type}' has no block map; supported: {sorted(ARCHS)}. "
-                         "Add an Arch entry in shardnet/model/architectures.py") from None
+        raise ValueError(
+            f"model_type '{config.model_type}' has no block map; supported: {sorted(ARCHS)}. "
+            "Add an Arch entry in shardnet/model/architectures.py"
+        ) from None
 
 
 def model_class(arch: Arch):
@@ -75,28 +95,63 @@ def num_blocks(config) -> int:
 
 # Small seeded configs, for tests, demos and benchmarks (nothing is downloaded).
 PRESETS = {
-    "tiny-llama": lambda: transformers.LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128,
-                                                   num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-                                                   max_position_embeddings=256, tie_word_embeddings=False),
-    "tiny-qwen2": lambda: transformers.Qwen2Config(vocab_size=512, hidden_size=64, intermediate_size=128,
-                                                   num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-                                                   max_position_embeddings=256, tie_word_embeddings=False),
-    "tiny-mistral": lambda: transformers.MistralConfig(vocab_size=512, hidden_size=64, intermediate_size=128,
-                                                       num_hidden_layers=4, num_attention_heads=4,
-                                                       num_key_value_heads=2, max_position_embeddings=256,
-                                                       sliding_window=None),
-    "tiny-gpt2": lambda: transformers.GPT2Config(vocab_size=512, n_positions=256, n_embd=64, n_layer=4, n_head=4,
-                                                 bos_token_id=0, eos_token_id=0),
+    "tiny-llama": lambda: transformers.LlamaConfig(
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+    ),
+    "tiny-qwen2": lambda: transformers.Qwen2Config(
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+    ),
+    "tiny-mistral": lambda: transformers.MistralConfig(
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        sliding_window=None,
+    ),
+    "tiny-gpt2": lambda: transformers.GPT2Config(
+        vocab_size=512, n_positions=256, n_embd=64, n_layer=4, n_head=4, bos_token_id=0, eos_token_id=0
+    ),
     "gpt2-small": lambda: transformers.GPT2Config(),  # 124M parameters, GPT-2 small's shape
     # a small GPT-2 over the BERT WordPiece vocabulary, so the MiniLM tokenizer can serve it
-    "demo-gpt2": lambda: transformers.GPT2Config(vocab_size=30522, n_positions=256, n_embd=128, n_layer=6, n_head=4,
-                                                 bos_token_id=101, eos_token_id=102),
-    "tiny-bert": lambda: transformers.BertConfig(vocab_size=512, hidden_size=64, num_hidden_layers=4,
-                                                 num_attention_heads=4, intermediate_size=128,
-                                                 max_position_embeddings=128, add_pooling_layer=False),
-    "tiny-vit": lambda: transformers.ViTConfig(image_size=32, patch_size=8, num_channels=3, hidden_size=64,
-                                               num_hidden_layers=4, num_attention_heads=4, intermediate_size=128,
-                                               num_labels=10),
+    "demo-gpt2": lambda: transformers.GPT2Config(
+        vocab_size=30522, n_positions=256, n_embd=128, n_layer=6, n_head=4, bos_token_id=101, eos_token_id=102
+    ),
+    "tiny-bert": lambda: transformers.BertConfig(
+        vocab_size=512,
+        hidden_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=128,
+        add_pooling_layer=False,
+    ),
+    "tiny-vit": lambda: transformers.ViTConfig(
+        image_size=32,
+        patch_size=8,
+        num_channels=3,
+        hidden_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=128,
+        num_labels=10,
+    ),
 }
 
 

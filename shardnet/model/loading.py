@@ -31,8 +31,10 @@ def load_model(source: str, seed: int = 0) -> tuple[torch.nn.Module, Path | None
         return build_model(PRESETS[source](), seed), tokenizer
     path = minilm_dir() if source == "minilm" else Path(source)
     if not (path / "config.json").exists():
-        raise ConfigError(f"'{source}' is neither a preset ({', '.join(sorted(PRESETS))}, minilm) nor a model "
-                          "directory with a config.json")
+        raise ConfigError(
+            f"'{source}' is neither a preset ({', '.join(sorted(PRESETS))}, minilm) nor a model "
+            "directory with a config.json"
+        )
     config = transformers.AutoConfig.from_pretrained(path)
     model = model_class(arch_for(config)).from_pretrained(path, dtype=torch.float32)
     return model.eval(), path

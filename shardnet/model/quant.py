@@ -50,8 +50,12 @@ def _is_matrix(name: str, t: torch.Tensor) -> bool:
     return t.dim() == 2 and t.numel() >= 1024 and t.dtype.is_floating_point
 
 
-def compress_state(tensors: dict[str, torch.Tensor], mode: str, block_size: int = DEFAULT_BLOCK_SIZE,
-                   threshold: float = DEFAULT_OUTLIER_THRESHOLD) -> tuple[dict[str, torch.Tensor], dict]:
+def compress_state(
+    tensors: dict[str, torch.Tensor],
+    mode: str,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    threshold: float = DEFAULT_OUTLIER_THRESHOLD,
+) -> tuple[dict[str, torch.Tensor], dict]:
     """Encode a block's tensors for storage. Returns (tensors to save, per-tensor metadata)."""
     if mode not in QUANT_MODES:
         raise ValueError(f"quantization '{mode}' unknown; use one of {QUANT_MODES}")
@@ -119,13 +123,13 @@ def encode_activation(t: torch.Tensor, mode: str = "int8", block_size: int = DEF
 
 def decode_activation(data: bytes) -> torch.Tensor:
     (n,) = struct.unpack_from("<I", data)
-    header = json.loads(data[4:4 + n])
-    body = memoryview(data)[4 + n:]
+    header = json.loads(data[4 : 4 + n])
+    body = memoryview(data)[4 + n :]
     shape = tuple(header["shape"])
     if header["mode"] == "int8":
         blocks = header["blocks"]
-        scales = torch.frombuffer(bytearray(body[:4 * blocks]), dtype=torch.float32)
-        codes = torch.frombuffer(bytearray(body[4 * blocks:]), dtype=torch.int8).view(blocks, header["block_size"])
+        scales = torch.frombuffer(bytearray(body[: 4 * blocks]), dtype=torch.float32)
+        codes = torch.frombuffer(bytearray(body[4 * blocks :]), dtype=torch.int8).view(blocks, header["block_size"])
         return dequantize_blockwise(codes, scales, shape)
     dtype = torch.float32 if header["mode"] == "fp32" else torch.float16
     return torch.frombuffer(bytearray(body), dtype=dtype).reshape(shape).float()

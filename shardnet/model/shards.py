@@ -66,13 +66,20 @@ def decode_block(data: bytes) -> dict[str, torch.Tensor]:
 
     stored = st_load(data)
     header_len = int.from_bytes(data[:8], "little")
-    meta = json.loads(json.loads(data[8:8 + header_len])["__metadata__"]["shardnet"])
+    meta = json.loads(json.loads(data[8 : 8 + header_len])["__metadata__"]["shardnet"])
     return decompress_state(stored, meta)
 
 
-def publish(model: torch.nn.Module, ipfs: IpfsClient, name: str, quant: str = "int8",
-            block_size: int = DEFAULT_BLOCK_SIZE, threshold: float = DEFAULT_OUTLIER_THRESHOLD,
-            tokenizer_dir: Path | None = None, progress: bool = False) -> Manifest:
+def publish(
+    model: torch.nn.Module,
+    ipfs: IpfsClient,
+    name: str,
+    quant: str = "int8",
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    threshold: float = DEFAULT_OUTLIER_THRESHOLD,
+    tokenizer_dir: Path | None = None,
+    progress: bool = False,
+) -> Manifest:
     """Cut `model` into blocks, add each to IPFS, then the manifest. Returns it with its CID."""
     config = model.config
     arch_for(config)
@@ -80,8 +87,16 @@ def publish(model: torch.nn.Module, ipfs: IpfsClient, name: str, quant: str = "i
     for index in range(num_blocks(config)):
         data = encode_block(block_state(model, config, index), quant, block_size, threshold)
         cid = ipfs.add(data, name=f"{name}-block{index:03d}.safetensors", progress=progress)
-        blocks.append({"index": index, "cid": cid, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
-                       "dtype": "float32", "quantization": quant})
+        blocks.append(
+            {
+                "index": index,
+                "cid": cid,
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "bytes": len(data),
+                "dtype": "float32",
+                "quantization": quant,
+            }
+        )
     tokenizer = {}
     if tokenizer_dir:
         for file in TOKENIZER_FILES:
@@ -89,10 +104,14 @@ def publish(model: torch.nn.Module, ipfs: IpfsClient, name: str, quant: str = "i
             if path.exists():
                 tokenizer[file] = ipfs.add(path.read_bytes(), name=file)
     data = {
-        "format": FORMAT, "name": name, "model_type": config.model_type, "config": config.to_dict(),
+        "format": FORMAT,
+        "name": name,
+        "model_type": config.model_type,
+        "config": config.to_dict(),
         "tokenizer": tokenizer,
         "quantization": {"mode": quant, "block_size": block_size, "outlier_threshold": threshold},
-        "blocks": blocks, "blocks_root": "0x" + blocks_root([b["cid"] for b in blocks]).hex(),
+        "blocks": blocks,
+        "blocks_root": "0x" + blocks_root([b["cid"] for b in blocks]).hex(),
     }
     cid = ipfs.add(json.dumps(data, sort_keys=True).encode(), name=f"{name}-manifest.json", progress=False)
     return Manifest(data, cid)
@@ -117,7 +136,8 @@ def fetch_manifest(ipfs: IpfsClient, cid: str, timeout: float = 30) -> Manifest:
 def verify_block(entry: dict, data: bytes) -> None:
     if len(data) != entry["bytes"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
         raise ShardVerificationError(
-            f"block {entry['index']} ({entry['cid']}) does not match the manifest's sha256/size; not loaded")
+            f"block {entry['index']} ({entry['cid']}) does not match the manifest's sha256/size; not loaded"
+        )
 
 
 def fetch_span(ipfs: IpfsClient, manifest: Manifest, span: Span, timeout: float = 60) -> dict[int, dict]:

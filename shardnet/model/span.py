@@ -41,8 +41,9 @@ def _fill(module: nn.Module, prefix: str, tensors: dict[str, torch.Tensor], bloc
     for name, target in expected.items():
         source = mine[name]
         if source.shape != target.shape:
-            raise BlockLoadError(f"block {block}: {name} has shape {tuple(source.shape)}, "
-                                 f"the architecture needs {tuple(target.shape)}")
+            raise BlockLoadError(
+                f"block {block}: {name} has shape {tuple(source.shape)}, the architecture needs {tuple(target.shape)}"
+            )
         with torch.no_grad():
             target.copy_(source.to(target.dtype))
 
@@ -105,8 +106,13 @@ class SpanModel(nn.Module):
         return Session(cache=DynamicCache() if self.arch.is_decoder and self.layer_list else None)
 
     @torch.no_grad()
-    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                session: Session | None = None, start: int | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        session: Session | None = None,
+        start: int | None = None,
+    ) -> torch.Tensor:
         """x: token ids [b, q] (first span; pixels [b, c, h, w] for ViT) or hidden states [b, q, d].
         attention_mask: [b, s] of 1/0 over the whole sequence so far (encoders: padding).
         start: run blocks [start, span end) only (a route entering this span part-way); a job
@@ -130,20 +136,37 @@ class SpanModel(nn.Module):
 
         if layers:
             if family == "rope_decoder":
-                mask = create_causal_mask(config=self.config, inputs_embeds=hidden, attention_mask=attention_mask,
-                                          cache=cache, position_ids=position_ids)
+                mask = create_causal_mask(
+                    config=self.config,
+                    inputs_embeds=hidden,
+                    attention_mask=attention_mask,
+                    cache=cache,
+                    position_ids=position_ids,
+                )
                 rope = self.part(self.arch.shared[0])(hidden, position_ids=position_ids)
                 for layer in layers:
-                    hidden = layer(hidden, attention_mask=mask, position_ids=position_ids, cache=cache,
-                                   use_cache=cache is not None, position_embeddings=rope)
+                    hidden = layer(
+                        hidden,
+                        attention_mask=mask,
+                        position_ids=position_ids,
+                        cache=cache,
+                        use_cache=cache is not None,
+                        position_embeddings=rope,
+                    )
             elif family == "gpt2":
-                mask = create_causal_mask(config=self.config, inputs_embeds=hidden, attention_mask=attention_mask,
-                                          cache=cache, position_ids=position_ids)
+                mask = create_causal_mask(
+                    config=self.config,
+                    inputs_embeds=hidden,
+                    attention_mask=attention_mask,
+                    cache=cache,
+                    position_ids=position_ids,
+                )
                 for layer in layers:
                     hidden = layer(hidden, cache=cache, attention_mask=mask, use_cache=cache is not None)
             elif family == "bert":
-                mask = create_bidirectional_mask(config=self.config, inputs_embeds=hidden,
-                                                 attention_mask=attention_mask)
+                mask = create_bidirectional_mask(
+                    config=self.config, inputs_embeds=hidden, attention_mask=attention_mask
+                )
                 for layer in layers:
                     hidden = layer(hidden, attention_mask=mask)
             else:
