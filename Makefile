@@ -21,6 +21,7 @@ test-fast: bootstrap
 check: bootstrap
 	@.venv/bin/ruff check .
 	@.venv/bin/ruff format --check .
+	@.venv/bin/mypy
 
 devnet-up: bootstrap
 	@.venv/bin/shardnet devnet up

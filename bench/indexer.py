@@ -21,9 +21,9 @@ from eth_utils import keccak
 
 from shardnet import devnet as dn
 from shardnet.audit import build_ledger
-from shardnet.bindings import _receipts, _stages, output_hash_of
 from shardnet.chain import Chain, dev_account
 from shardnet.indexer import Index
+from shardnet.receipts import output_hash_of
 from shardnet.scenario import World
 
 TARGET_EVENTS = 10_000
@@ -71,15 +71,18 @@ def write_history(world: World, jobs: int) -> None:
     for job in range(first, first + jobs):
         client = clients[job % len(clients)]
         sender.send(f.postJob(model, "QmInput", b'{"kind":"forward"}', MAX_FEE, deadline), client, value=MAX_FEE)
-        sender.send(f.routeJob(job, _stages(stages)), world.coordinator)
+        sender.send(f.routeJob(job, [tuple(s) for s in stages]), world.coordinator)
         out = f"QmOut{job}"
         hashes = [keccak(text=f"job{job}-{k}") for k in range(len(stages))] + [output_hash_of(out)]
         receipts = [
-            market.sign_receipt(n, job, k, s.start, s.end, hashes[k], hashes[k + 1])
+            market.receipts.sign(n, job, k, s, hashes[k], hashes[k + 1])
             for k, (n, s) in enumerate(zip(nodes, stages, strict=True))
         ]
         sender.send(
-            f.submitResult(job, world.coordinator.address, _stages(stages), out, _receipts(receipts)), nodes[-1]
+            f.submitResult(
+                job, world.coordinator.address, [tuple(s) for s in stages], out, [tuple(r) for r in receipts]
+            ),
+            nodes[-1],
         )
     last = world.chain.w3.eth.wait_for_transaction_receipt(sender.sent[-1])
     if last["status"] != 1 or market.job(first + jobs - 1).status.name != "COMPLETED":

@@ -29,7 +29,8 @@ from shardnet.chain import dev_account
 from shardnet.client import Client
 from shardnet.jobs import JobParams
 from shardnet.localnet import Network
-from shardnet.model.shards import fetch_manifest, fetch_span
+from shardnet.model.manifest import fetch_manifest
+from shardnet.model.shards import fetch_span
 from shardnet.model.span import SpanModel
 from shardnet.protocol import Span, Stage
 
@@ -44,7 +45,7 @@ MAX_FEE = 10**16
 def route_now(net: Network, job_id: int, stages: list[Stage]) -> float:
     """Send routeJob as the coordinator; returns the wall time at which it was mined (Anvil automine)."""
     chain, coordinator = net.chain, dev_account(1)
-    fn = net.c.market.contract.functions.routeJob(job_id, [s.as_tuple() for s in stages])
+    fn = net.c.market.contract.functions.routeJob(job_id, [tuple(s) for s in stages])
     tx = fn.build_transaction(
         {
             "from": coordinator.address,

@@ -14,7 +14,7 @@ import {INodeRegistry} from "./interfaces/INodeRegistry.sol";
 /// chain of staked nodes that covers every block of the model; the result is accepted with
 /// one EIP-712 receipt per stage, and every payee withdraws its credit (pull payments).
 /// @dev Escrow invariant: address(this).balance == sum(job.escrow) + sum(account.credit).
-/// A job settles exactly once (Completed, Expired or Cancelled), so it is never both paid
+/// A job settles exactly once (Completed, Expired, Cancelled or Aborted), so it is never both paid
 /// and refunded. Routes are not stored: `routeHash` commits to the stages, which callers
 /// pass back in calldata (with the coordinator that routed) and which the `JobRouted` /
 /// `JobRerouted` events publish.

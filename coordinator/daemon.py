@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
+from typing import Any
 
 from eth_account.signers.local import LocalAccount
 
@@ -17,10 +19,11 @@ from coordinator.router import Candidate, RouteWeights, route, route_cost
 from shardnet.bindings import Contracts, send_logged
 from shardnet.chain import Chain
 from shardnet.deployment import Deployment
-from shardnet.jobs import JobInputError, JobParams
-from shardnet.ledger import Ledger
-from shardnet.listener import Listener
-from shardnet.protocol import JobStatus, Span, Stage
+from shardnet.errors import JobInputError
+from shardnet.events import EventReader, Listener
+from shardnet.jobs import JobParams
+from shardnet.ledger import JobRecord, Ledger
+from shardnet.protocol import Hardware, JobStatus, Span, Stage
 
 log = logging.getLogger("shardnet.coordinator")
 TRIGGERS = {
@@ -36,6 +39,7 @@ TRIGGERS = {
 
 
 PLANNERS = ("pipeline", "throughput")
+UNDECLARED = Hardware(4096, 10, 0)  # what the planner assumes of a node with no profile event yet
 
 
 class Coordinator:
@@ -60,12 +64,7 @@ class Coordinator:
         self.chain = Chain.from_deployment(deployment, account=account)
         self.c = Contracts(self.chain)
         self.ledger = Ledger()
-        self.listener = Listener(
-            self.chain,
-            [deployment.contracts[n].address for n in ("NodeRegistry", "ModelRegistry", "JobMarket")],
-            deployment.ws_url,
-            poll_interval_s,
-        )
+        self.listener = Listener(EventReader(self.chain), deployment.ws_url, poll_interval_s)
         self.min_stake = self.c.nodes.min_stake()
         self.fee_bps = self.c.market.coordinator_fee_bps()
         self.unroutable_logged: set[int] = set()
@@ -106,7 +105,7 @@ class Coordinator:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0)) as http:
             while True:
                 await asyncio.sleep(self.probe_interval_s)
-                busy = {s[0] for j in self.ledger.jobs.values() if j.status == JobStatus.ROUTED for s in j.route}
+                busy = {s.node for j in self.ledger.jobs.values() if j.status == JobStatus.ROUTED for s in j.route}
                 for node in sorted(set(self.ledger.endpoints) - self.failed):
                     started = time.perf_counter()
                     health = {}
@@ -133,9 +132,9 @@ class Coordinator:
 
     async def _failover(self, dead: str) -> None:
         for job_id, job in list(self.ledger.jobs.items()):
-            if job.status != JobStatus.ROUTED or all(s[0] != dead for s in job.route):
+            if job.status != JobStatus.ROUTED or all(s.node != dead for s in job.route):
                 continue
-            old = [Stage(*s) for s in job.route]
+            old = job.route
             new = []
             for stage in old:
                 if stage.node != dead:
@@ -147,7 +146,7 @@ class Coordinator:
                         "job %d: no replica holds blocks [%d, %d); it will expire", job_id, stage.start, stage.end
                     )
                     break
-                new.append(Stage(replica, stage.start, stage.end, stage.fee))
+                new.append(stage._replace(node=replica))
             else:
                 if await self._tx(
                     f"rerouteJob({job_id})", self.c.market.reroute_job, job_id, job.coordinator, old, new
@@ -156,8 +155,8 @@ class Coordinator:
 
     def _replica(self, model_id: int, stage: Stage, on_route: set[str]) -> str | None:
         active = set(self.ledger.active_nodes(self.min_stake)) - self.failed
-        for node, (start, end, confirmed) in sorted(self.ledger.assignments.get(model_id, {}).items()):
-            if confirmed and node in active and node not in on_route and start <= stage.start and end == stage.end:
+        for node, a in sorted(self.ledger.confirmed(model_id).items()):
+            if node in active and node not in on_route and a.start <= stage.start and a.end == stage.end:
                 return node
         return None
 
@@ -165,13 +164,13 @@ class Coordinator:
         await self._assign_models()
         await self._route_jobs()
 
-    async def _tx(self, what: str, fn, *args) -> bool:
+    async def _tx(self, what: str, fn: Callable[..., dict[str, Any]], *args: Any) -> bool:
         return await send_logged(log, what, fn, *args, account=self.account) is not None
 
     async def _assign_models(self) -> None:
         active = self.ledger.active_nodes(self.min_stake)
         for model_id, model in self.ledger.models.items():
-            if model.get("deprecated"):
+            if model.deprecated:
                 continue
             if self.planner == "throughput":
                 usable = frozenset(n for n in active if n not in self.failed)
@@ -181,7 +180,7 @@ class Coordinator:
                 continue
             if self.ledger.assignments.get(model_id):
                 continue
-            spans = plan_pipeline([n for n in active if n not in self.failed], model["blockCount"], self.min_stages)
+            spans = plan_pipeline([n for n in active if n not in self.failed], model.block_count, self.min_stages)
             for node, span in spans.items():
                 await self._tx(
                     f"assignShard({model_id}, {node})", self.c.models.assign_shard, model_id, node, span.start, span.end
@@ -194,7 +193,7 @@ class Coordinator:
         """What the planner knows of each node: declared memory; throughput as measured while
         serving (block-forwards/s), or, for a node not measured yet, its declared compute score
         scaled by how the measured nodes' scores compare with their measurements."""
-        declared = {n: (self.ledger.hardware.get(n) or (4096, 10, 0))[1] or 10 for n in nodes}
+        declared = {n: self.ledger.hardware.get(n, UNDECLARED).compute_score for n in nodes}
         ratios = sorted((1000.0 / self.ms_per_block[n]) / declared[n] for n in nodes if n in self.ms_per_block)
         scale = ratios[len(ratios) // 2] if ratios else 1.0
         specs = []
@@ -205,7 +204,7 @@ class Coordinator:
             specs.append(
                 NodeSpec(
                     n,
-                    float((self.ledger.hardware.get(n) or (4096,))[0]),
+                    float(self.ledger.hardware.get(n, UNDECLARED).memory_mb),
                     throughput,
                     self.rtt_ms.get(n, 50.0),
                     (done + 1) / (done + failed + 1),
@@ -218,22 +217,22 @@ class Coordinator:
         model = self.ledger.models[model_id]
         if model_id not in self.block_mb:
             try:
-                from shardnet.model.shards import fetch_manifest
+                from shardnet.model.manifest import fetch_manifest
                 from shardnet.storage import IpfsClient
 
                 with IpfsClient(self.deployment.ipfs_api) as ipfs:
-                    manifest = await asyncio.to_thread(fetch_manifest, ipfs, model["manifestCid"], 10.0)
+                    manifest = await asyncio.to_thread(fetch_manifest, ipfs, model.manifest_cid, 10.0)
                 self.block_mb[model_id] = tuple(4 * b["bytes"] / 2**20 for b in manifest.blocks)
             except Exception as exc:  # noqa: BLE001 - plan by block count when the manifest is unreadable
                 log.warning("model %d: manifest unreadable (%s); planning with unit block sizes", model_id, exc)
-                return ModelSpec.uniform(model["blockCount"], block_mb=1.0)
+                return ModelSpec.uniform(model.block_count, block_mb=1.0)
         return ModelSpec(self.block_mb[model_id], (1.0,) * len(self.block_mb[model_id]))
 
     async def _rebalance_loop(self) -> None:
         while True:
             await asyncio.sleep(self.rebalance_interval_s)
             for model_id, model in list(self.ledger.models.items()):
-                if not model.get("deprecated"):
+                if not model.deprecated:
                     await self._rebalance(model_id)
 
     async def _rebalance(self, model_id: int, force: bool = False) -> None:
@@ -251,9 +250,7 @@ class Coordinator:
         # spans tile the model on `stages` even boundaries: replicas of a span are interchangeable
         boundaries = tuple(spec.blocks * i // stages for i in range(stages + 1)) if stages > 1 else None
         new = plan(specs, spec, self.replicas, max_span=-(-spec.blocks // stages), boundaries=boundaries)
-        current = {
-            n: Span(s, e) for n, (s, e, _) in self.ledger.assignments.get(model_id, {}).items() if n in by_address
-        }
+        current = {n: a.span for n, a in self.ledger.assignments.get(model_id, {}).items() if n in by_address}
         now = evaluate(current, by_address, spec, self.replicas)
         better = new.slowest >= self.rebalance_factor * now.slowest if now.slowest > 0 else new.slowest > 0
         self.planned_nodes[model_id] = frozenset(usable)
@@ -285,15 +282,15 @@ class Coordinator:
         return [
             Candidate(
                 node,
-                start,
-                end,
+                a.start,
+                a.end,
                 price_per_block,
                 specs[node].latency_ms,
                 1000.0 / specs[node].throughput,
                 specs[node].reputation,
             )
-            for node, (start, end, confirmed) in sorted(self.ledger.assignments.get(model_id, {}).items())
-            if confirmed and node in specs
+            for node, a in sorted(self.ledger.confirmed(model_id).items())
+            if node in specs
         ]
 
     async def _route_jobs(self) -> None:
@@ -309,8 +306,10 @@ class Coordinator:
                 await self._abort(job_id, job, str(exc))
                 continue
             model = self.ledger.models.get(job.model_id)
-            candidates = self._candidates(job.model_id, model["pricePerBlock"], specs)
-            cheapest = route(candidates, model["blockCount"], RouteWeights(latency=0, price=1))
+            if model is None:  # the market refuses jobs on unknown models; nothing to route
+                continue
+            candidates = self._candidates(job.model_id, model.price_per_block, specs)
+            cheapest = route(candidates, model.block_count, RouteWeights(latency=0, price=1))
             if cheapest is None:
                 if job_id not in self.unroutable_logged:
                     log.info("job %d waits: no confirmed cover of model %d yet", job_id, job.model_id)
@@ -333,7 +332,7 @@ class Coordinator:
                 min_reputation=params.min_reputation,
                 avoid=frozenset(params.avoid),
             )
-            stages = route(candidates, model["blockCount"], weights)
+            stages = route(candidates, model.block_count, weights)
             if stages is None:
                 await self._abort(job_id, job, "no route satisfies the job's limits (min_reputation, avoid, max fee)")
                 continue
@@ -341,6 +340,6 @@ class Coordinator:
                 job.status = JobStatus.ROUTED  # the JobRouted event confirms it shortly
                 log.info("job %d routed through %d stages", job_id, len(stages))
 
-    async def _abort(self, job_id: int, job, reason: str) -> None:
+    async def _abort(self, job_id: int, job: JobRecord, reason: str) -> None:
         await self._tx(f"abortJob({job_id})", self.c.market.abort_job, job_id, self.account.address, [], reason)
         job.status = JobStatus.ABORTED

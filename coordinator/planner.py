@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -230,6 +231,7 @@ def _plan_once(
             old = spans[address]
             add(address, old, -1)
             new = best_window(by_address[address])
+            assert new is not None  # the node's old window is always a candidate
             spans[address] = new
             add(address, new, +1)
             moved |= new != old
@@ -249,9 +251,8 @@ def coverage_score(cov: np.ndarray, replicas: int) -> np.ndarray:
     then more with >= 2, ... up to `replicas` (a block at 0 costs more than any number at 1)."""
     blocks = cov.shape[-1]
     weights = np.concatenate([[0], np.cumsum([(blocks + 1) ** (replicas - 1 - k) for k in range(replicas)])])
-    return weights[np.minimum(cov, replicas)].sum(
-        axis=-1
-    )  # nodes x blocks up to which every window of every node is tried
+    score: np.ndarray = weights[np.minimum(cov, replicas)].sum(axis=-1)
+    return score
 
 
 def _polish(
@@ -279,7 +280,7 @@ def _polish(
         ).reshape(-1, 2)
     index = np.arange(blocks)
 
-    def key_of(t: np.ndarray, c: np.ndarray) -> tuple:
+    def key_of(t: np.ndarray, c: np.ndarray) -> tuple[Any, ...]:
         return (int(coverage_score(c, replicas)), *np.round(np.sort(t), 9))
 
     current = key_of(thr, cov)
@@ -321,7 +322,16 @@ def _polish(
 JOINT_LIMIT = 250_000  # window combinations per pass up to which nodes are moved together
 
 
-def _best_joint_move(spans, nodes, thr, cov, cost_prefix, windows, replicas, current) -> tuple | None:
+def _best_joint_move(
+    spans: dict[str, Span],
+    nodes: dict[str, NodeSpec],
+    thr: np.ndarray,
+    cov: np.ndarray,
+    cost_prefix: np.ndarray,
+    windows: dict[str, np.ndarray],
+    replicas: int,
+    current: tuple[Any, ...],
+) -> tuple[Any, ...] | None:
     """Move two (then three) nodes at once, for plans where no single move helps but a joint one
     does (a swap, two neighbours shifting together). Only on small swarms: the work grows with
     the product of the nodes' window counts. Applies the best improving move in place and
@@ -361,7 +371,7 @@ def _best_joint_move(spans, nodes, thr, cov, cost_prefix, windows, replicas, cur
                 spans[address] = Span(int(s), int(e))
                 thr[s:e] += nodes[address].throughput / (cost_prefix[e] - cost_prefix[s])
                 cov[s:e] += 1
-            return best_key
+            return tuple(best_key)
     return None
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shardnet.protocol import Stage
+from shardnet.protocol import Assignment, Stage
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,12 @@ def _arrays(usable: list[Candidate]) -> dict[str, np.ndarray]:
 
 
 def _dp(
-    usable, arrays, blocks: int, fixed: np.ndarray, per_block: np.ndarray, whole_spans: bool = False
+    usable: list[Candidate],
+    arrays: dict[str, np.ndarray],
+    blocks: int,
+    fixed: np.ndarray,
+    per_block: np.ndarray,
+    whole_spans: bool = False,
 ) -> list[Stage] | None:
     """Stage cost = fixed[i] + per_block[i] * (end_i - p). Vectorised over candidates per position."""
     starts, ends = arrays["start"], arrays["end"]
@@ -113,23 +118,24 @@ def _dp(
         via_from[q[better]] = p
     if not np.isfinite(dist[blocks]):
         return None
-    stages, q = [], blocks
-    while q > 0:
-        c, p = usable[via_node[q]], int(via_from[q])
-        stages.append(Stage(c.address, p, q, c.price_per_block * (q - p)))
-        q = p
+    stages: list[Stage] = []
+    end = blocks
+    while end > 0:
+        c, start = usable[via_node[end]], int(via_from[end])
+        stages.append(Stage(c.address, start, end, c.price_per_block * (end - start)))
+        end = start
     return stages[::-1]
 
 
 def route_any(
-    assignments: dict[str, list], blocks: int, price_per_block: int, usable: set[str] | None = None
+    assignments: dict[str, Assignment], blocks: int, price_per_block: int, usable: set[str] | None = None
 ) -> list[Stage] | None:
     """A cover from confirmed spans with no measurements yet: fewest hops, then lowest address;
     each node runs its whole span (what the node agent loads)."""
     candidates = [
-        Candidate(node, start, end, price_per_block, 1.0, 0.0, 1.0)
-        for node, (start, end, ok) in sorted(assignments.items())
-        if ok and (usable is None or node in usable)
+        Candidate(node, a.start, a.end, price_per_block, 1.0, 0.0, 1.0)
+        for node, a in sorted(assignments.items())
+        if a.confirmed and (usable is None or node in usable)
     ]
     return route(candidates, blocks, RouteWeights(latency=1.0), whole_spans=True)
 

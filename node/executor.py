@@ -12,22 +12,19 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
-from eth_utils import keccak
 
-from shardnet.jobs import JobInputError, JobParams, parse_input, sample_next
-from shardnet.model.shards import Manifest, fetch_manifest, fetch_span
+from node.inputs import parse_input, sample_next
+from shardnet.errors import JobInputError
+from shardnet.jobs import JobParams
+from shardnet.model.manifest import Manifest, fetch_manifest
+from shardnet.model.shards import fetch_span
 from shardnet.model.span import Session, SpanModel
 from shardnet.protocol import Span, Stage
+from shardnet.receipts import ZERO_HASH, fold
 from shardnet.storage import IpfsClient
-
-ZERO = b"\x00" * 32
-
-
-def fold(running: bytes, payload: bytes) -> bytes:
-    """Running hash over every message a stage received or sent, in order."""
-    return keccak(running + keccak(payload))
 
 
 @dataclass
@@ -36,7 +33,7 @@ class LoadedSpan:
     manifest: Manifest
     span: Span
     model: SpanModel
-    tokenizer: object | None = None
+    tokenizer: Any | None = None  # a transformers tokenizer, at the ends of the model
 
 
 @dataclass
@@ -48,18 +45,18 @@ class JobRun:
     coordinator: str
     params: JobParams
     session: Session
-    in_hash: bytes = ZERO
-    out_hash: bytes = ZERO
+    loaded: LoadedSpan  # the span this job runs on, kept even if the node is reassigned
+    in_hash: bytes = ZERO_HASH
+    out_hash: bytes = ZERO_HASH
     step: int = 0
     tokens: list[int] = field(default_factory=list)  # generate: tokens produced so far (last stage)
     prompt_len: int = 0
     generator: torch.Generator | None = None
     attention_mask: torch.Tensor | None = None
-    timing: dict = field(default_factory=dict)  # picked_up_at, t0 (unix s), carried stage to stage
+    timing: dict[str, Any] = field(default_factory=dict)  # picked_up_at, t0 (unix s), carried stage to stage
     sent_log: list[bytes] = field(default_factory=list)  # every message sent to the next stage, for replay
     expected_step: int = 0  # next activation step this stage has not processed yet
     stalled: bool = False  # the next stage is unreachable: waiting for the coordinator to reroute
-    loaded: LoadedSpan | None = None  # the span this job runs on, kept even if the node is reassigned
 
     @property
     def is_first(self) -> bool:
@@ -93,7 +90,7 @@ class Executor:
         self.spans[model_id] = loaded
         return loaded
 
-    def _tokenizer(self, manifest: Manifest):
+    def _tokenizer(self, manifest: Manifest) -> Any:
         import transformers
 
         folder = Path(tempfile.mkdtemp(prefix="shardnet-tok-"))
@@ -156,7 +153,7 @@ class Executor:
         if kind == "embed" and arch.family != "bert":
             raise JobInputError(f"model {run.model_id} ({arch.model_type}) does not make sentence embeddings")
         data = parse_input(run.params, raw)
-        run.in_hash = fold(ZERO, raw)
+        run.in_hash = fold(ZERO_HASH, raw)
         tok = loaded.tokenizer
         if kind == "embed":
             if tok is None:
@@ -195,7 +192,8 @@ class Executor:
         ms = elapsed * 1000 / max(1, loaded.span.end - entry)
         self.ms_per_block = ms if self.ms_per_block is None else 0.8 * self.ms_per_block + 0.2 * ms
         self.calls += 1
-        return out
+        result: torch.Tensor = out
+        return result
 
     def next_token(self, run: JobRun, logits: torch.Tensor) -> tuple[int, bool]:
         """Last stage, generate: the next token and whether generation is over."""
@@ -216,6 +214,8 @@ class Executor:
             tok = run.loaded.tokenizer
             text = tok.decode(run.tokens, skip_special_tokens=True) if tok is not None else None
             out = {"kind": kind, "tokens": run.tokens, "text": text}
+        elif final is None:
+            raise JobInputError(f"job {run.job_id}: a {kind} job ended without an output tensor")
         elif kind == "embed":
             out = {"kind": kind, "embeddings": final.tolist()}
         elif final.dim() == 3:  # decoder logits [b, q, vocab]: the last position, and every argmax
@@ -228,6 +228,3 @@ class Executor:
         else:
             out = {"kind": kind, "shape": list(final.shape), "output": final.tolist()}
         return json.dumps({**out, "timing": timing}).encode()
-
-    def finish(self, job_id: int) -> None:
-        self.jobs.pop(job_id, None)

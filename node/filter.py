@@ -1,11 +1,80 @@
-"""Filter: which events concern this node."""
+"""Filter: which chain events concern this node, and what it should do about each.
+
+A pure function over the event and the node's view (the ledger, already updated with the
+event, and the jobs it is running), so it is tested without a chain.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Container
+from dataclasses import dataclass
 
-def my_stage(address: str, route: list[tuple]) -> int | None:
-    """This node's stage index on a route of (node, start, end, fee), or None."""
+from shardnet.events import Event
+from shardnet.ledger import Ledger
+from shardnet.protocol import Route, Span
+
+SETTLED = ("ResultSubmitted", "JobExpired", "JobAborted", "JobCancelled")
+
+
+def my_stage(address: str, route: Route) -> int | None:
+    """This node's stage index on a route, or None."""
     for index, stage in enumerate(route):
-        if stage[0] == address:
+        if stage.node == address:
             return index
     return None
+
+
+@dataclass(frozen=True)
+class LoadSpan:
+    model_id: int
+    span: Span
+
+
+@dataclass(frozen=True)
+class UnloadSpan:
+    model_id: int
+
+
+@dataclass(frozen=True)
+class StartJob:
+    """This node is stage 0 of a newly routed job: read the input and run the first span."""
+
+    job_id: int
+
+
+@dataclass(frozen=True)
+class AdoptRoute:
+    """A job this node is running was rerouted while it stays on the route."""
+
+    job_id: int
+
+
+@dataclass(frozen=True)
+class DropJob:
+    """Forget a job: it settled, or the node is no longer on its route."""
+
+    job_id: int
+
+
+Action = LoadSpan | UnloadSpan | StartJob | AdoptRoute | DropJob
+
+
+def actions_for(address: str, event: Event, ledger: Ledger, running: Container[int]) -> list[Action]:
+    a = event.args
+    if event.name == "ShardAssigned" and a["node"] == address:
+        return [LoadSpan(a["modelId"], Span(a["start"], a["end"]))]
+    if event.name == "ShardReleased" and a["node"] == address:
+        return [UnloadSpan(a["modelId"])]
+    if event.name in ("JobRouted", "JobRerouted"):
+        job_id = a["jobId"]
+        stage = my_stage(address, ledger.jobs[job_id].route)
+        if stage is None:
+            return [DropJob(job_id)]
+        if event.name == "JobRerouted" and job_id in running:
+            return [AdoptRoute(job_id)]
+        if event.name == "JobRouted" and stage == 0:
+            return [StartJob(job_id)]
+        return []
+    if event.name in SETTLED:
+        return [DropJob(a["jobId"])]
+    return []

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import json
 import struct
+from typing import Any
 
 
-def pack(header: dict, payload: bytes = b"") -> bytes:
+def pack(header: dict[str, Any], payload: bytes = b"") -> bytes:
     head = json.dumps(header, separators=(",", ":")).encode()
     return struct.pack("<I", len(head)) + head + payload
 
 
-def unpack(body: bytes) -> tuple[dict, bytes]:
+def unpack(body: bytes) -> tuple[dict[str, Any], bytes]:
     if len(body) < 4:
         raise ValueError("message shorter than its length prefix")
     (n,) = struct.unpack_from("<I", body)

@@ -6,7 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class NodeMetrics:
-    def __init__(self):
+    def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.jobs = Counter(
             "shardnet_jobs_total",
@@ -21,8 +21,5 @@ class NodeMetrics:
         self.bytes_out = Counter("shardnet_bytes_out_total", "data-plane bytes sent", registry=self.registry)
         self.refused = Counter(
             "shardnet_requests_refused_total", "data-plane requests refused", ["reason"], registry=self.registry
-        )
-        self.event_lag = Histogram(
-            "shardnet_event_pickup_seconds", "block timestamp to job pickup", registry=self.registry
         )
         self.open_jobs = Gauge("shardnet_open_jobs", "jobs in progress at this node", registry=self.registry)

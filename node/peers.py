@@ -12,18 +12,15 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from eth_account.signers.local import LocalAccount
 
 from node.signing import sign_request
-from shardnet.errors import ShardnetError
+from shardnet.errors import PeerError
 
 log = logging.getLogger("shardnet.node.peers")
-
-
-class PeerError(ShardnetError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -31,7 +28,7 @@ class PeerResponse:
     status: int
     body: bytes
 
-    def json(self):
+    def json(self) -> Any:
         return json.loads(self.body)
 
 

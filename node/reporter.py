@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+from typing import Any
 
 from eth_account.signers.local import LocalAccount
 
@@ -18,7 +20,7 @@ class Reporter:
         self.c = contracts
         self.account = account
 
-    async def _do(self, what: str, fn, *args) -> dict | None:
+    async def _do(self, what: str, fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any] | None:
         return await send_logged(log, what, fn, *args, account=self.account)
 
     async def ensure_registered(self, endpoint: str, hardware: Hardware, stake: int) -> bool:

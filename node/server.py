@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from node.signing import recover_sender
 
+if TYPE_CHECKING:
+    from node.agent import NodeAgent
 
-def create_app(agent) -> FastAPI:
+
+def create_app(agent: NodeAgent) -> FastAPI:
     app = FastAPI(title="shardnet node", docs_url=None, redoc_url=None)
 
     async def _sender(request: Request, body: bytes) -> str | None:
@@ -19,35 +24,35 @@ def create_app(agent) -> FastAPI:
         return sender if sender and sender.lower() == claimed.lower() else None
 
     @app.post("/v1/jobs/{job_id}/stages/{stage}")
-    async def activations(job_id: int, stage: int, request: Request):
+    async def activations(job_id: int, stage: int, request: Request) -> JSONResponse:
         body = await request.body()
         sender = await _sender(request, body)
         if sender is None:
             agent.metrics.refused.labels("bad-signature").inc()
             return JSONResponse({"error": "missing or invalid x-shardnet-signature"}, status_code=401)
-        ok, reason = await agent.accept(job_id, stage, sender, body)
+        ok, reason = await agent.pipeline.accept(job_id, stage, sender, body)
         if not ok:
             agent.metrics.refused.labels("not-on-route").inc()
             return JSONResponse({"error": reason}, status_code=403)
         return JSONResponse({"accepted": True}, status_code=202)
 
     @app.post("/v1/jobs/{job_id}/receipt")
-    async def receipt(job_id: int, request: Request):
+    async def receipt(job_id: int, request: Request) -> JSONResponse:
         body = await request.body()
         sender = await _sender(request, body)
         if sender is None:
             return JSONResponse({"error": "missing or invalid x-shardnet-signature"}, status_code=401)
-        result, reason = await agent.receipt_for(job_id, sender)
+        result, reason = agent.settlement.receipt_for(job_id, sender)
         if result is None:
             return JSONResponse({"error": reason}, status_code=403)
-        return result
+        return JSONResponse(result)
 
     @app.get("/health")
-    async def health():
+    async def health() -> dict[str, Any]:
         return agent.health()
 
     @app.get("/metrics")
-    async def metrics():
+    async def metrics() -> Response:
         return Response(generate_latest(agent.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

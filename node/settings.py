@@ -39,7 +39,7 @@ class NodeSettings(BaseModel):
     slowdown: float = Field(1.0, ge=1.0)
 
     @model_validator(mode="after")
-    def _one_key(self):
+    def _one_key(self) -> NodeSettings:
         if (self.key is None) == (self.dev_account is None):
             raise ValueError("set exactly one of 'key' (0x private key) or 'dev_account' (devnet index)")
         return self
@@ -51,7 +51,8 @@ class NodeSettings(BaseModel):
     def account(self) -> LocalAccount:
         if self.key is not None:
             try:
-                return Account.from_key(self.key)
+                account: LocalAccount = Account.from_key(self.key)
+                return account
             except ValueError:
                 raise ConfigError("key: not a valid private key; use 0x followed by 64 hex digits") from None
         from shardnet.chain import dev_account

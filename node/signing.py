@@ -7,7 +7,8 @@ from __future__ import annotations
 from eth_account import Account
 from eth_account.messages import encode_defunct
 from eth_account.signers.local import LocalAccount
-from eth_utils import keccak
+from eth_utils.crypto import keccak
+from eth_utils.exceptions import ValidationError
 
 DOMAIN = b"shardnet-dataplane/1"
 
@@ -23,8 +24,11 @@ def sign_request(account: LocalAccount, path: str, body: bytes) -> dict[str, str
 
 def recover_sender(path: str, body: bytes, signature: str) -> str | None:
     try:
-        return Account.recover_message(
-            encode_defunct(primitive=request_digest(path, body)), signature=bytes.fromhex(signature.removeprefix("0x"))
+        return str(
+            Account.recover_message(
+                encode_defunct(primitive=request_digest(path, body)),
+                signature=bytes.fromhex(signature.removeprefix("0x")),
+            )
         )
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, IndexError, ValidationError):  # IndexError: empty; ValidationError: short
         return None

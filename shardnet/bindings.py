@@ -4,66 +4,26 @@ the contract's named error from `shardnet.contract_errors`), then signs and send
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from eth_account.signers.local import LocalAccount
-from eth_utils import keccak
-from web3 import Web3
+from web3.contract.contract import ContractFunction
 
 from shardnet.chain import Chain
 from shardnet.contract_errors import ContractRevert
 from shardnet.errors import ShardnetError
-from shardnet.events import EventDecoder
+from shardnet.events import Event, EventDecoder
 from shardnet.protocol import Account, Assignment, Hardware, Job, JobStatus, Model, NodeInfo, Receipt, Stage
+from shardnet.receipts import ReceiptDomain
 
 ZERO_ADDRESS = "0x" + "00" * 20
-RECEIPT_TYPES = {
-    "Receipt": [
-        {"name": "jobId", "type": "uint256"},
-        {"name": "stage", "type": "uint256"},
-        {"name": "start", "type": "uint32"},
-        {"name": "end", "type": "uint32"},
-        {"name": "inputHash", "type": "bytes32"},
-        {"name": "outputHash", "type": "bytes32"},
-    ]
-}
 
 
-def receipt_domain(chain_id: int, market: str) -> dict:
-    return {
-        "name": "shardnet",
-        "version": "1",
-        "chainId": chain_id,
-        "verifyingContract": Web3.to_checksum_address(market),
-    }
-
-
-def sign_receipt(
-    account: LocalAccount,
-    chain_id: int,
-    market: str,
-    job_id: int,
-    stage: int,
-    start: int,
-    end: int,
-    input_hash: bytes,
-    output_hash: bytes,
-) -> Receipt:
-    """The EIP-712 receipt a stage node signs for its part of a job."""
-    message = {
-        "jobId": job_id,
-        "stage": stage,
-        "start": start,
-        "end": end,
-        "inputHash": input_hash,
-        "outputHash": output_hash,
-    }
-    signed = account.sign_typed_data(receipt_domain(chain_id, market), RECEIPT_TYPES, message)
-    return Receipt(input_hash, output_hash, bytes(signed.signature))
-
-
-def output_hash_of(output_cid: str) -> bytes:
-    """What the last stage signs as its output hash: keccak256 of the output CID's UTF-8 bytes."""
-    return keccak(text=output_cid)
+def _abi(records: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Typed records (Stage, Receipt) as the plain tuples web3 encodes (it rebuilds tuples by type)."""
+    return [tuple(r) for r in records]
 
 
 class _Binding:
@@ -75,18 +35,18 @@ class _Binding:
         self.address = self.contract.address
         self._decoder = EventDecoder(chain.abis)
 
-    def _tx(self, fn, value: int = 0, account: LocalAccount | None = None) -> dict:
+    def _tx(self, fn: ContractFunction, value: int = 0, account: LocalAccount | None = None) -> dict[str, Any]:
         return self.chain.transact(fn, value=value, account=account)
 
-    def _call(self, fn):
+    def _call(self, fn: ContractFunction) -> Any:
         return self.chain.call(fn)
 
-    def grant_role(self, role_name: str, who: str, account: LocalAccount | None = None) -> dict:
+    def grant_role(self, role_name: str, who: str, account: LocalAccount | None = None) -> dict[str, Any]:
         """Grant the contract's `role_name` constant (e.g. COORDINATOR_ROLE) to `who` (admin only)."""
         role = self._call(getattr(self.contract.functions, role_name)())
         return self._tx(self.contract.functions.grantRole(role, who), 0, account)
 
-    def events_in(self, receipt: dict) -> list:
+    def events_in(self, receipt: dict[str, Any]) -> list[Event]:
         """Decoded events of this contract in a transaction receipt."""
         return [e for e in map(self._decoder.decode, receipt["logs"]) if e is not None and e.contract == self.address]
 
@@ -96,46 +56,46 @@ class NodeRegistry(_Binding):
 
     def register(
         self, endpoint: str, hardware: Hardware, data_key: bytes, stake: int, account: LocalAccount | None = None
-    ) -> dict:
-        return self._tx(self.contract.functions.register(endpoint, hardware.as_tuple(), data_key), stake, account)
+    ) -> dict[str, Any]:
+        return self._tx(self.contract.functions.register(endpoint, tuple(hardware), data_key), stake, account)
 
-    def add_stake(self, amount: int, account: LocalAccount | None = None) -> dict:
+    def add_stake(self, amount: int, account: LocalAccount | None = None) -> dict[str, Any]:
         return self._tx(self.contract.functions.addStake(), amount, account)
 
     def update_profile(
         self, endpoint: str, hardware: Hardware, data_key: bytes, account: LocalAccount | None = None
-    ) -> dict:
-        return self._tx(self.contract.functions.updateProfile(endpoint, hardware.as_tuple(), data_key), 0, account)
+    ) -> dict[str, Any]:
+        return self._tx(self.contract.functions.updateProfile(endpoint, tuple(hardware), data_key), 0, account)
 
-    def request_unstake(self, amount: int, account: LocalAccount | None = None) -> dict:
+    def request_unstake(self, amount: int, account: LocalAccount | None = None) -> dict[str, Any]:
         return self._tx(self.contract.functions.requestUnstake(amount), 0, account)
 
-    def withdraw_unstaked(self, account: LocalAccount | None = None) -> dict:
+    def withdraw_unstaked(self, account: LocalAccount | None = None) -> dict[str, Any]:
         return self._tx(self.contract.functions.withdrawUnstaked(), 0, account)
 
-    def slash(self, node: str, amount: int, reason: str, account: LocalAccount | None = None) -> dict:
+    def slash(self, node: str, amount: int, reason: str, account: LocalAccount | None = None) -> dict[str, Any]:
         return self._tx(self.contract.functions.slash(node, amount, reason), 0, account)
 
-    def withdraw_slashed(self, account: LocalAccount | None = None) -> dict:
+    def withdraw_slashed(self, account: LocalAccount | None = None) -> dict[str, Any]:
         return self._tx(self.contract.functions.withdrawSlashed(), 0, account)
 
-    def grant_slasher(self, who: str, account: LocalAccount | None = None) -> dict:
+    def grant_slasher(self, who: str, account: LocalAccount | None = None) -> dict[str, Any]:
         return self.grant_role("SLASHER_ROLE", who, account)
 
     def set_parameters(
         self, min_stake: int, cooldown_s: int, treasury: str, account: LocalAccount | None = None
-    ) -> dict:
+    ) -> dict[str, Any]:
         return self._tx(self.contract.functions.setParameters(min_stake, cooldown_s, treasury), 0, account)
 
     # views
     def is_active(self, node: str) -> bool:
-        return self._call(self.contract.functions.isActive(node))
+        return bool(self._call(self.contract.functions.isActive(node)))
 
     def min_stake(self) -> int:
-        return self._call(self.contract.functions.minStake())
+        return int(self._call(self.contract.functions.minStake()))
 
     def slashed_balance(self) -> int:
-        return self._call(self.contract.functions.slashedBalance())
+        return int(self._call(self.contract.functions.slashedBalance()))
 
     def node(self, node: str) -> NodeInfo:
         s = self._call(self.contract.functions.getNode(node))
@@ -156,7 +116,8 @@ class NodeRegistry(_Binding):
 
     def reputation(self, node: str) -> tuple[int, int, int]:
         """(jobs done, jobs failed, open jobs)."""
-        return tuple(self._call(self.contract.functions.reputationOf(node)))
+        done, failed, open_jobs = self._call(self.contract.functions.reputationOf(node))
+        return int(done), int(failed), int(open_jobs)
 
 
 class ModelRegistry(_Binding):
@@ -176,21 +137,23 @@ class ModelRegistry(_Binding):
             0,
             account,
         )
-        return next(e.args["modelId"] for e in self.events_in(receipt) if e.name == "ModelRegistered")
+        return int(next(e.args["modelId"] for e in self.events_in(receipt) if e.name == "ModelRegistered"))
 
-    def deprecate_model(self, model_id: int, account: LocalAccount | None = None) -> dict:
+    def deprecate_model(self, model_id: int, account: LocalAccount | None = None) -> dict[str, Any]:
         return self._tx(self.contract.functions.deprecateModel(model_id), 0, account)
 
-    def assign_shard(self, model_id: int, node: str, start: int, end: int, account: LocalAccount | None = None) -> dict:
+    def assign_shard(
+        self, model_id: int, node: str, start: int, end: int, account: LocalAccount | None = None
+    ) -> dict[str, Any]:
         return self._tx(self.contract.functions.assignShard(model_id, node, start, end), 0, account)
 
-    def confirm_shard(self, model_id: int, account: LocalAccount | None = None) -> dict:
+    def confirm_shard(self, model_id: int, account: LocalAccount | None = None) -> dict[str, Any]:
         return self._tx(self.contract.functions.confirmShard(model_id), 0, account)
 
-    def release_shard(self, model_id: int, node: str, account: LocalAccount | None = None) -> dict:
+    def release_shard(self, model_id: int, node: str, account: LocalAccount | None = None) -> dict[str, Any]:
         return self._tx(self.contract.functions.releaseShard(model_id, node), 0, account)
 
-    def grant_coordinator(self, who: str, account: LocalAccount | None = None) -> dict:
+    def grant_coordinator(self, who: str, account: LocalAccount | None = None) -> dict[str, Any]:
         return self.grant_role("COORDINATOR_ROLE", who, account)
 
     # views
@@ -199,7 +162,7 @@ class ModelRegistry(_Binding):
         return Model(model_id, m[0], m[1], m[2], m[3], bytes(m[4]), m[5], m[6])
 
     def model_count(self) -> int:
-        return self._call(self.contract.functions.modelCount())
+        return int(self._call(self.contract.functions.modelCount()))
 
     def assignment(self, model_id: int, node: str) -> Assignment:
         return Assignment(*self._call(self.contract.functions.assignmentOf(model_id, node)))
@@ -211,16 +174,12 @@ class ModelRegistry(_Binding):
         return list(self._call(self.contract.functions.assignedNodes(model_id)))
 
 
-def _stages(stages: list[Stage]) -> list[tuple]:
-    return [s.as_tuple() for s in stages]
-
-
-def _receipts(receipts: list[Receipt]) -> list[tuple]:
-    return [r.as_tuple() for r in receipts]
-
-
 class JobMarket(_Binding):
     name = "JobMarket"
+
+    def __init__(self, chain: Chain, address: str | None = None):
+        super().__init__(chain, address)
+        self.receipts = ReceiptDomain(chain.chain_id, self.address)  # signs and checks this market's receipts
 
     def post_job(
         self,
@@ -234,21 +193,19 @@ class JobMarket(_Binding):
         receipt = self._tx(
             self.contract.functions.postJob(model_id, input_cid, params, max_fee, deadline), max_fee, account
         )
-        return next(e.args["jobId"] for e in self.events_in(receipt) if e.name == "JobPosted")
+        return int(next(e.args["jobId"] for e in self.events_in(receipt) if e.name == "JobPosted"))
 
-    def cancel_job(self, job_id: int, account: LocalAccount | None = None) -> dict:
+    def cancel_job(self, job_id: int, account: LocalAccount | None = None) -> dict[str, Any]:
         return self._tx(self.contract.functions.cancelJob(job_id), 0, account)
 
-    def route_job(self, job_id: int, stages: list[Stage], account: LocalAccount | None = None) -> dict:
-        return self._tx(self.contract.functions.routeJob(job_id, _stages(stages)), 0, account)
+    def route_job(self, job_id: int, stages: list[Stage], account: LocalAccount | None = None) -> dict[str, Any]:
+        return self._tx(self.contract.functions.routeJob(job_id, _abi(stages)), 0, account)
 
     def reroute_job(
         self, job_id: int, old_coordinator: str, old: list[Stage], new: list[Stage], account: LocalAccount | None = None
-    ) -> dict:
+    ) -> dict[str, Any]:
         """`old_coordinator` and `old` are the route being replaced, as its JobRouted event published it."""
-        return self._tx(
-            self.contract.functions.rerouteJob(job_id, old_coordinator, _stages(old), _stages(new)), 0, account
-        )
+        return self._tx(self.contract.functions.rerouteJob(job_id, old_coordinator, _abi(old), _abi(new)), 0, account)
 
     def submit_result(
         self,
@@ -258,10 +215,10 @@ class JobMarket(_Binding):
         output_cid: str,
         receipts: list[Receipt],
         account: LocalAccount | None = None,
-    ) -> dict:
+    ) -> dict[str, Any]:
         """`coordinator` and `stages` are the job's current route (JobRouted / JobRerouted)."""
         return self._tx(
-            self.contract.functions.submitResult(job_id, coordinator, _stages(stages), output_cid, _receipts(receipts)),
+            self.contract.functions.submitResult(job_id, coordinator, _abi(stages), output_cid, _abi(receipts)),
             0,
             account,
         )
@@ -270,30 +227,30 @@ class JobMarket(_Binding):
         self,
         job_id: int,
         coordinator: str = ZERO_ADDRESS,
-        stages: list[Stage] = (),
-        delivered: list[Receipt] = (),
+        stages: Sequence[Stage] = (),
+        delivered: Sequence[Receipt] = (),
         account: LocalAccount | None = None,
-    ) -> dict:
+    ) -> dict[str, Any]:
         return self._tx(
-            self.contract.functions.expireJob(job_id, coordinator, _stages(list(stages)), _receipts(list(delivered))),
+            self.contract.functions.expireJob(job_id, coordinator, _abi(stages), _abi(delivered)),
             0,
             account,
         )
 
     def abort_job(
         self, job_id: int, coordinator: str, stages: list[Stage], reason: str, account: LocalAccount | None = None
-    ) -> dict:
-        return self._tx(self.contract.functions.abortJob(job_id, coordinator, _stages(stages), reason), 0, account)
+    ) -> dict[str, Any]:
+        return self._tx(self.contract.functions.abortJob(job_id, coordinator, _abi(stages), reason), 0, account)
 
-    def withdraw(self, account: LocalAccount | None = None) -> dict:
+    def withdraw(self, account: LocalAccount | None = None) -> dict[str, Any]:
         return self._tx(self.contract.functions.withdraw(), 0, account)
 
     def set_parameters(
         self, coordinator_fee_bps: int, max_job_duration_s: int, account: LocalAccount | None = None
-    ) -> dict:
+    ) -> dict[str, Any]:
         return self._tx(self.contract.functions.setParameters(coordinator_fee_bps, max_job_duration_s), 0, account)
 
-    def grant_coordinator(self, who: str, account: LocalAccount | None = None) -> dict:
+    def grant_coordinator(self, who: str, account: LocalAccount | None = None) -> dict[str, Any]:
         return self.grant_role("COORDINATOR_ROLE", who, account)
 
     # views
@@ -310,13 +267,13 @@ class JobMarket(_Binding):
         )
 
     def job_count(self) -> int:
-        return self._call(self.contract.functions.jobCount())
+        return int(self._call(self.contract.functions.jobCount()))
 
     def account(self, who: str) -> Account:
         return Account(*self._call(self.contract.functions.accounts(who)))
 
     def coordinator_fee_bps(self) -> int:
-        return self._call(self.contract.functions.coordinatorFeeBps())
+        return int(self._call(self.contract.functions.coordinatorFeeBps()))
 
     def receipt_digest(
         self, job_id: int, stage: int, start: int, end: int, input_hash: bytes, output_hash: bytes
@@ -325,22 +282,10 @@ class JobMarket(_Binding):
             self._call(self.contract.functions.receiptDigest(job_id, stage, start, end, input_hash, output_hash))
         )
 
-    def sign_receipt(
-        self,
-        account: LocalAccount,
-        job_id: int,
-        stage: int,
-        span_start: int,
-        span_end: int,
-        input_hash: bytes,
-        output_hash: bytes,
-    ) -> Receipt:
-        return sign_receipt(
-            account, self.chain.chain_id, self.address, job_id, stage, span_start, span_end, input_hash, output_hash
-        )
 
-
-async def send_logged(log, what: str, fn, *args, account: LocalAccount) -> dict | None:
+async def send_logged(
+    log: logging.Logger, what: str, fn: Callable[..., dict[str, Any]], *args: Any, account: LocalAccount
+) -> dict[str, Any] | None:
     """Run a binding's write off the event loop for a long-lived agent: a refusal or a failed
     transaction is logged and returns None, never raised (agents must not crash on them)."""
     try:

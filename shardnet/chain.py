@@ -18,6 +18,7 @@ from web3.contract import Contract
 from web3.contract.contract import ContractFunction
 from web3.exceptions import ContractLogicError, TimeExhausted
 from web3.providers import WebSocketProvider
+from web3.types import BlockIdentifier, TxParams, Wei
 
 from shardnet import compiler
 from shardnet.contract_errors import ContractRevert, decode_revert
@@ -32,7 +33,8 @@ Account.enable_unaudited_hdwallet_features()
 @cache
 def dev_account(index: int) -> LocalAccount:
     """Funded account #index of the devnet mnemonic (0 = admin, 1 = coordinator, ...)."""
-    return Account.from_mnemonic(DEV_MNEMONIC, account_path=f"m/44'/60'/0'/0/{index}")
+    account: LocalAccount = Account.from_mnemonic(DEV_MNEMONIC, account_path=f"m/44'/60'/0'/0/{index}")
+    return account
 
 
 def _unreachable(url: str, reason: object) -> ChainUnavailable:
@@ -56,7 +58,7 @@ class Chain:
         self.w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": timeout}))
         self.account = account
         self.deployment = deployment
-        self._abi_cache: list[dict] | None = None
+        self._abi_cache: list[dict[str, Any]] | None = None
         self._nonce_lock = threading.Lock()
         try:
             self.chain_id = self.w3.eth.chain_id
@@ -78,7 +80,7 @@ class Chain:
 
     # ------------------------------------------------------------------ contracts
     @property
-    def abis(self) -> list[dict]:
+    def abis(self) -> list[dict[str, Any]]:
         if self._abi_cache is None:
             self._abi_cache = compiler.all_abis()
         return self._abi_cache
@@ -100,7 +102,7 @@ class Chain:
             return decode_revert(data, self.abis)
         return ContractRevert({"message": str(exc)})
 
-    def call(self, fn: ContractFunction, block: int | str = "latest") -> Any:
+    def call(self, fn: ContractFunction, block: BlockIdentifier = "latest") -> Any:
         try:
             return fn.call(block_identifier=block)
         except ContractLogicError as exc:
@@ -108,22 +110,22 @@ class Chain:
 
     def transact(
         self, fn: ContractFunction, value: int = 0, account: LocalAccount | None = None, gas: int | None = None
-    ) -> dict:
+    ) -> dict[str, Any]:
         """Simulate, sign, send and wait for `fn`. Reverts raise the contract's named error."""
         account = account or self.account
         if account is None:
             raise TransactionFailed("no signing account configured; pass --key or set it in the config")
         with self._nonce_lock:
-            params: dict[str, Any] = {
+            params: TxParams = {
                 "from": account.address,
-                "value": value,
+                "value": Wei(value),
                 "nonce": self.w3.eth.get_transaction_count(account.address, "pending"),
                 "chainId": self.chain_id,
             }
             if gas:
                 params["gas"] = gas
             try:
-                tx = fn.build_transaction(params)  # estimates gas: a revert surfaces here
+                tx: Any = fn.build_transaction(params)  # estimates gas: a revert surfaces here
             except ContractLogicError as exc:
                 raise self.decode_error(exc) from None
             if not gas:  # estimates can fall short (state moves, nested calls' 63/64 rule): add headroom
@@ -133,9 +135,11 @@ class Chain:
     def deploy(self, artifact: compiler.Artifact, *args: Any, account: LocalAccount | None = None) -> tuple[str, int]:
         """Deploy `artifact`; returns (address, block number)."""
         account = account or self.account
+        if account is None:
+            raise TransactionFailed("no signing account configured to deploy with; pass --key")
         factory = self.w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
         with self._nonce_lock:
-            tx = factory.constructor(*args).build_transaction(
+            tx: Any = factory.constructor(*args).build_transaction(
                 {
                     "from": account.address,
                     "chainId": self.chain_id,
@@ -145,7 +149,7 @@ class Chain:
             receipt = self._send(tx, account)
         return receipt["contractAddress"], receipt["blockNumber"]
 
-    def _send(self, tx: dict, account: LocalAccount) -> dict:
+    def _send(self, tx: dict[str, Any], account: LocalAccount) -> dict[str, Any]:
         signed = account.sign_transaction(tx)
         tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
         try:
@@ -156,11 +160,11 @@ class Chain:
             ) from None
         if receipt["status"] != 1:
             raise TransactionFailed(f"transaction {tx_hash.hex()} reverted on-chain (gas used {receipt['gasUsed']})")
-        return receipt
+        return dict(receipt)
 
 
 @contextlib.asynccontextmanager
-async def connect_ws(ws_url: str) -> AsyncIterator[AsyncWeb3]:
+async def connect_ws(ws_url: str) -> AsyncIterator[AsyncWeb3[WebSocketProvider]]:
     """An AsyncWeb3 over a websocket (for event subscriptions). One subscription style per connection."""
     try:
         w3 = await AsyncWeb3(WebSocketProvider(ws_url))

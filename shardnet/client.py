@@ -10,15 +10,16 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from eth_account.signers.local import LocalAccount
-from eth_utils import to_bytes
+from eth_utils.conversions import to_bytes
 
 from shardnet.bindings import Contracts
 from shardnet.chain import Chain
 from shardnet.deployment import Deployment
-from shardnet.errors import ShardnetError
-from shardnet.events import EventDecoder
+from shardnet.errors import JobTimeout, ShardnetError
+from shardnet.events import EventReader
 from shardnet.jobs import JobParams
 from shardnet.ledger import JobRecord, Ledger
 from shardnet.protocol import JobStatus
@@ -27,14 +28,10 @@ from shardnet.storage import IpfsClient
 SETTLED = (JobStatus.COMPLETED, JobStatus.EXPIRED, JobStatus.CANCELLED, JobStatus.ABORTED)
 
 
-class JobTimeout(ShardnetError):
-    pass
-
-
 @dataclass
 class JobResult:
     record: JobRecord
-    output: dict | None  # the output JSON from IPFS, when completed
+    output: dict[str, Any] | None  # the output JSON from IPFS, when completed
 
     @property
     def status(self) -> JobStatus:
@@ -46,14 +43,16 @@ class Client:
         self.chain = chain
         self.c = Contracts(chain)
         self.ipfs = ipfs
-        self.decoder = EventDecoder(chain.abis)
+        self.job_events = EventReader(chain, [self.c.market.address])
 
     @classmethod
     def from_deployment(cls, account: LocalAccount | None = None, deployment: Deployment | None = None) -> Client:
         deployment = deployment or Deployment.load()
         return cls(Chain.from_deployment(deployment, account=account), IpfsClient(deployment.ipfs_api))
 
-    def submit(self, model_id: int, job_input: dict, params: JobParams, max_fee: int, ttl_s: int = 600) -> int:
+    def submit(
+        self, model_id: int, job_input: dict[str, Any], params: JobParams, max_fee: int, ttl_s: int = 600
+    ) -> int:
         """Put the input on IPFS and post the job with `max_fee` wei in escrow. Returns the job id."""
         params.validate()
         input_cid = self.ipfs.add(json.dumps(job_input).encode(), name="job-input.json")
@@ -62,17 +61,11 @@ class Client:
 
     def history(self, job_id: int) -> JobRecord:
         """The job's whole history, rebuilt from its events (every JobMarket event indexes jobId)."""
-        logs = self.chain.w3.eth.get_logs(
-            {
-                "address": self.c.market.address,
-                "fromBlock": self.chain.deployment.deploy_block,
-                "topics": [None, "0x" + to_bytes(job_id).rjust(32, b"\0").hex()],
-            }
-        )
+        reader = self.job_events
+        topic = "0x" + to_bytes(job_id).rjust(32, b"\0").hex()
         ledger = Ledger()
-        for log in sorted(logs, key=lambda lg: (lg["blockNumber"], lg["logIndex"])):
-            event = self.decoder.decode(log)
-            if event is not None and event.args.get("jobId") == job_id:
+        for event in reader.fetch(reader.next_block, reader.head(), topics=[None, topic]):
+            if event.args.get("jobId") == job_id:
                 ledger.apply(event)
         if job_id not in ledger.jobs:
             raise ShardnetError(

@@ -14,14 +14,15 @@ import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import solcx
 from solcx.exceptions import SolcError
 
 from shardnet import tools
 from shardnet.errors import CompileError
+from shardnet.protocol import CONTRACTS
 
-CONTRACTS = ("NodeRegistry", "ModelRegistry", "JobMarket")
 SETTINGS = {
     "optimizer": {"enabled": True, "runs": 1000},
     "evmVersion": "cancun",
@@ -34,7 +35,7 @@ _IMPORT = re.compile(r'^\s*import\s+(?:[^"\']*from\s+)?["\']([^"\']+)["\']\s*;',
 @dataclass(frozen=True)
 class Artifact:
     name: str
-    abi: list
+    abi: list[dict[str, Any]]
     bytecode: str  # 0x-prefixed creation code
     source_hash: str  # sha256 over every source that went into the compile
     compiler: str  # solc version string
@@ -140,6 +141,6 @@ def load_artifact(name: str) -> Artifact:
     return Artifact(**json.loads(path.read_text()))
 
 
-def all_abis() -> list[dict]:
+def all_abis() -> list[dict[str, Any]]:
     """Every ABI entry of the project contracts (for decoding errors and events)."""
     return [entry for name in CONTRACTS for entry in load_artifact(name).abi]

@@ -7,15 +7,17 @@ same name, importable from here: `from shardnet.contract_errors import Insuffici
 from __future__ import annotations
 
 from functools import cache
+from typing import Any
 
-from eth_abi import decode as abi_decode
-from eth_utils import keccak, to_checksum_address
+from eth_abi.abi import decode as abi_decode
+from eth_utils.address import to_checksum_address
+from eth_utils.crypto import keccak
 
 from shardnet.errors import ShardnetError
 
 _HINTS = {
     "InsufficientStake": "send at least the minimum stake (NodeRegistry.minStake) with the call",
-    "UnknownModel": "check the model id with 'shardnet model list' or the ModelRegistered events",
+    "UnknownModel": "check the model id with 'shardnet audit network' or the ModelRegistered events",
     "UnknownJob": "check the job id with 'shardnet job status' or the JobPosted events",
     "NothingToWithdraw": "nothing is credited to this account yet",
     "EscrowMismatch": "send exactly maxFee as the transaction value",
@@ -30,7 +32,7 @@ class ContractRevert(ShardnetError):
 
     error_name = "ContractRevert"
 
-    def __init__(self, args: dict | None = None, raw: str = ""):
+    def __init__(self, args: dict[str, Any] | None = None, raw: str = ""):
         self.error_args = args or {}
         self.raw = raw
         shown = ", ".join(f"{k}={v}" for k, v in self.error_args.items())
@@ -50,7 +52,7 @@ def __getattr__(name: str) -> type[ContractRevert]:
     raise AttributeError(name)
 
 
-def _signature_types(inputs: list[dict]) -> list[str]:
+def _signature_types(inputs: list[dict[str, Any]]) -> list[str]:
     out = []
     for item in inputs:
         if item["type"].startswith("tuple"):
@@ -60,7 +62,7 @@ def _signature_types(inputs: list[dict]) -> list[str]:
     return out
 
 
-def selectors(abi: list[dict]) -> dict[bytes, dict]:
+def selectors(abi: list[dict[str, Any]]) -> dict[bytes, dict[str, Any]]:
     """4-byte selector -> error ABI entry, for every error in `abi`."""
     table = {}
     for entry in abi:
@@ -70,7 +72,7 @@ def selectors(abi: list[dict]) -> dict[bytes, dict]:
     return table
 
 
-def decode_revert(data: str | bytes, abi: list[dict]) -> ContractRevert:
+def decode_revert(data: str | bytes, abi: list[dict[str, Any]]) -> ContractRevert:
     """Turn raw revert data into the named exception (or a generic one if unknown)."""
     raw = bytes.fromhex(data[2:] if data.startswith("0x") else data) if isinstance(data, str) else bytes(data)
     entry = selectors(abi).get(raw[:4])
@@ -79,7 +81,7 @@ def decode_revert(data: str | bytes, abi: list[dict]) -> ContractRevert:
         return exc
     types = _signature_types(entry["inputs"])
     values = abi_decode(types, raw[4:]) if types else ()
-    args = {}
+    args: dict[str, Any] = {}
     for item, value in zip(entry["inputs"], values, strict=True):
         if item["type"] == "address":
             value = to_checksum_address(value)

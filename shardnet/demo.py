@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import Any
 
 import torch
 
@@ -32,6 +33,14 @@ CANDIDATES = [
 MAX_FEE = 10**15  # 0.001 ETH escrow per job
 
 
+def _output(result: JobResult) -> dict[str, Any]:
+    if result.output is None:
+        raise ShardnetError(
+            f"job {result.record.job_id} ended {result.status.name.lower()}: {result.record.abort_reason}"
+        )
+    return result.output
+
+
 def _show(result: JobResult) -> None:
     r = result.record
     for k, (node, start, end, _fee) in enumerate(r.route):
@@ -41,7 +50,7 @@ def _show(result: JobResult) -> None:
             f"out {bytes(out_hash).hex()[:10]}…  paid {r.payouts.get(node, 0):,} wei"
         )
     print(
-        f"    coordinator paid {r.payouts.get(r.coordinator, 0):,} wei; client refunded {r.refunded:,} wei; "
+        f"    coordinator paid {r.payouts.get(r.coordinator or '', 0):,} wei; client refunded {r.refunded:,} wei; "
         f"output {r.output_cid}"
     )
 
@@ -94,13 +103,14 @@ def run() -> None:
                 "confirmed on-chain"
             )
 
-        client = Client.from_deployment(dev_account(12), net.deployment)
-        print(f"\njob 1 — similarity (MiniLM), posted by {client.chain.account.address[:10]}… with 0.001 ETH escrow")
+        poster = dev_account(12)
+        client = Client.from_deployment(poster, net.deployment)
+        print(f"\njob 1 — similarity (MiniLM), posted by {poster.address[:10]}… with 0.001 ETH escrow")
         result = client.wait(
             client.submit(models["minilm"], {"texts": [QUERY, *CANDIDATES]}, JobParams(kind="embed"), MAX_FEE),
             timeout_s=120,
         )
-        emb = torch.tensor(result.output["embeddings"])
+        emb = torch.tensor(_output(result)["embeddings"])
         scores = (emb[0:1] @ emb[1:].T).squeeze(0)
         print(f"  query: {QUERY}")
         for i in torch.argsort(scores, descending=True).tolist():
@@ -114,7 +124,7 @@ def run() -> None:
         prompt = "the network of ordinary machines"
         params = JobParams(kind="generate", max_new_tokens=12, temperature=0.9, top_k=40, seed=7)
         result = client.wait(client.submit(models["demo-gpt2"], {"prompt": prompt}, params, MAX_FEE), timeout_s=120)
-        print(f"  prompt: {prompt!r}\n  output: {result.output['text']!r}")
+        print(f"  prompt: {prompt!r}\n  output: {_output(result)['text']!r}")
         _show(result)
         _audit(net)
         print(f"\ndone in {time.monotonic() - started:.0f} s")

@@ -8,15 +8,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from shardnet.errors import DeploymentNotFound
+from shardnet.protocol import CONTRACTS
+from shardnet.tools import default_home
 
 
 def default_path() -> Path:
+    """$SHARDNET_DEPLOYMENT, else the devnet's `deployment.json` (in $SHARDNET_HOME or <repo>/.devnet)."""
     env = os.environ.get("SHARDNET_DEPLOYMENT")
-    if env:
-        return Path(env)
-    from shardnet.devnet import DevnetPaths
-
-    return DevnetPaths.default().deployment
+    return Path(env) if env else default_home() / "deployment.json"
 
 
 @dataclass(frozen=True)
@@ -34,6 +33,10 @@ class Deployment:
     deploy_block: int  # first block any agent needs to read events from
     compiler: str
     contracts: dict[str, ContractRecord] = field(default_factory=dict)
+
+    def addresses(self) -> list[str]:
+        """Every project contract's address, in `CONTRACTS` order (what agents read events from)."""
+        return [self.address(name) for name in CONTRACTS]
 
     def address(self, name: str) -> str:
         try:

@@ -15,9 +15,10 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 from pydantic import Field
@@ -57,7 +58,7 @@ class DevnetPaths:
     @classmethod
     def default(cls, settings: DevnetSettings | None = None) -> DevnetPaths:
         settings = settings or DevnetSettings()
-        return cls(Path(settings.home) if settings.home else tools.repo_root() / ".devnet")
+        return cls(Path(settings.home) if settings.home else tools.default_home())
 
     @property
     def deployment(self) -> Path:
@@ -101,16 +102,16 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def _ours(record: dict) -> bool:
+def _ours(record: dict[str, Any]) -> bool:
     """The recorded process is still running and is still the program we started."""
     return _alive(record["pid"]) and record["marker"] in _cmdline(record["pid"])
 
 
-def _read_pids(paths: DevnetPaths) -> dict:
+def _read_pids(paths: DevnetPaths) -> dict[str, Any]:
     return json.loads(paths.pids.read_text()) if paths.pids.exists() else {}
 
 
-def _write_pids(paths: DevnetPaths, pids: dict) -> None:
+def _write_pids(paths: DevnetPaths, pids: dict[str, Any]) -> None:
     paths.home.mkdir(parents=True, exist_ok=True)
     paths.pids.write_text(json.dumps(pids, indent=2))
 
@@ -127,7 +128,7 @@ def _check_port(host: str, port: int, what: str, flag: str) -> None:
             ) from None
 
 
-def _spawn(cmd: list[str], log: Path, marker: str, port: int) -> dict:
+def _spawn(cmd: list[str], log: Path, marker: str, port: int) -> dict[str, Any]:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         proc = subprocess.Popen(
@@ -141,7 +142,7 @@ def _spawn(cmd: list[str], log: Path, marker: str, port: int) -> dict:
     return {"pid": proc.pid, "marker": marker, "port": port, "log": str(log)}
 
 
-def _wait(ready, record: dict, what: str, timeout: float) -> None:
+def _wait(ready: Callable[[], bool], record: dict[str, Any], what: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not _alive(record["pid"]):
@@ -156,7 +157,7 @@ def _wait(ready, record: dict, what: str, timeout: float) -> None:
     raise DevnetError(f"{what} did not answer within {timeout:.0f} s; see {record['log']}")
 
 
-def _start_anvil(settings: DevnetSettings, paths: DevnetPaths) -> dict:
+def _start_anvil(settings: DevnetSettings, paths: DevnetPaths) -> dict[str, Any]:
     cmd = [
         tools.anvil_binary(),
         "--host",
@@ -175,7 +176,7 @@ def _start_anvil(settings: DevnetSettings, paths: DevnetPaths) -> dict:
     return _spawn(cmd, paths.logs / "anvil.log", str(paths.anvil_state), settings.chain_port)
 
 
-def _start_ipfs(settings: DevnetSettings, paths: DevnetPaths) -> dict:
+def _start_ipfs(settings: DevnetSettings, paths: DevnetPaths) -> dict[str, Any]:
     cmd = [tools.node_binary(), str(tools.ipfs_daemon_script()), str(paths.ipfs_repo), str(settings.ipfs_port)]
     return _spawn(cmd, paths.logs / "ipfs.log", str(paths.ipfs_repo), settings.ipfs_port)
 
@@ -253,7 +254,7 @@ def ensure_deployed(
 
 
 # ---------------------------------------------------------------------- commands
-def up(settings: DevnetSettings | None = None) -> dict:
+def up(settings: DevnetSettings | None = None) -> dict[str, Any]:
     """Start (or reuse) the devnet and return its status."""
     settings = settings or DevnetSettings()
     paths = DevnetPaths.default(settings)
@@ -284,7 +285,7 @@ def up(settings: DevnetSettings | None = None) -> dict:
             )
         if "ipfs" in started:
             _wait(
-                lambda: IpfsClient(ipfs_api, timeout=1).peer_id(),
+                lambda: bool(IpfsClient(ipfs_api, timeout=1).peer_id()),
                 started["ipfs"],
                 "the IPFS daemon",
                 settings.start_timeout_s,
@@ -309,7 +310,7 @@ def up(settings: DevnetSettings | None = None) -> dict:
     return info
 
 
-def status(settings: DevnetSettings | None = None) -> dict:
+def status(settings: DevnetSettings | None = None) -> dict[str, Any]:
     settings = settings or DevnetSettings()
     paths = DevnetPaths.default(settings)
     deployment = Deployment.load(paths.deployment)
@@ -331,7 +332,7 @@ def status(settings: DevnetSettings | None = None) -> dict:
     }
 
 
-def _stop(record: dict, grace: float = 5.0) -> bool:
+def _stop(record: dict[str, Any], grace: float = 5.0) -> bool:
     if not _ours(record):
         return False
     pid = record["pid"]

@@ -53,3 +53,31 @@ class ContentMismatch(StorageError):
 
 class ContentNotFound(StorageError):
     """The daemon could not produce the CID within the timeout."""
+
+
+class ShardVerificationError(StorageError):
+    """A fetched block or manifest does not match what the manifest / CID promised."""
+
+
+class JobInputError(ShardnetError):
+    """The job's params or input cannot be served as given; the message names the field and the fix."""
+
+
+class ModelError(ShardnetError, ValueError):
+    """A model, block, span or compression setting does not fit; the message says which and why."""
+
+
+class BlockLoadError(ModelError):
+    """A span's blocks could not be loaded into the model (missing or mismatched tensors)."""
+
+
+class PeerError(ShardnetError):
+    """Another node refused or did not answer a data-plane request."""
+
+
+class JobTimeout(ShardnetError):
+    """A job did not settle within the time the caller waits for it."""
+
+
+class IndexerError(ShardnetError):
+    """The index could not be opened or brought up to date; the message names the fix."""

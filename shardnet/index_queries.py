@@ -21,7 +21,7 @@ def from_json(value: Any) -> Any:
     return value
 
 
-def describe(name: str, args: dict) -> str:
+def describe(name: str, args: dict[str, Any]) -> str:
     """One line saying what an event means, for timelines."""
     a = args
     match name:
@@ -68,7 +68,7 @@ def describe(name: str, args: dict) -> str:
     return name
 
 
-def _job_summary(row: sqlite3.Row) -> dict:
+def _job_summary(row: sqlite3.Row) -> dict[str, Any]:
     out = {
         "job": row["job_id"],
         "status": row["status"],
@@ -86,10 +86,15 @@ def _job_summary(row: sqlite3.Row) -> dict:
 
 class IndexQueries:
     db: sqlite3.Connection
-    next_block: int
+
+    @property
+    def next_block(self) -> int:
+        """The first block not indexed yet (the index's height)."""
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'next_block'").fetchone()
+        return int(row[0]) if row else 0
 
     def job_count(self) -> int:
-        return self.db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+        return int(self.db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0])
 
     def jobs(
         self,
@@ -101,21 +106,27 @@ class IndexQueries:
         to_block: int | None = None,
         limit: int | None = None,
         newest_first: bool = False,
-    ) -> list[dict]:
-        where, params = [], []
+    ) -> list[dict[str, Any]]:
+        where: list[str] = []
+        params: list[Any] = []
         if model_id is not None:
-            where.append("j.model_id = ?"), params.append(model_id)
+            where.append("j.model_id = ?")
+            params.append(model_id)
         if client:
-            where.append("j.client = ?"), params.append(Web3.to_checksum_address(client))
+            where.append("j.client = ?")
+            params.append(Web3.to_checksum_address(client))
         if node:
             where.append("j.job_id IN (SELECT job_id FROM job_stages WHERE node = ?)")
             params.append(Web3.to_checksum_address(node))
         if status:
-            where.append("j.status = ?"), params.append(status)
+            where.append("j.status = ?")
+            params.append(status)
         if from_block is not None:
-            where.append("j.posted_block >= ?"), params.append(from_block)
+            where.append("j.posted_block >= ?")
+            params.append(from_block)
         if to_block is not None:
-            where.append("j.posted_block <= ?"), params.append(to_block)
+            where.append("j.posted_block <= ?")
+            params.append(to_block)
         sql = (
             "SELECT j.*, (SELECT COUNT(*) FROM job_stages s WHERE s.job_id = j.job_id) AS stages FROM jobs j"
             + (" WHERE " + " AND ".join(where) if where else "")
@@ -124,7 +135,7 @@ class IndexQueries:
         )
         return [_job_summary(row) for row in self.db.execute(sql, params)]
 
-    def job(self, job_id: int) -> dict | None:
+    def job(self, job_id: int) -> dict[str, Any] | None:
         row = self.db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         if row is None:
             return None
@@ -163,7 +174,7 @@ class IndexQueries:
         job["timeline"] = self.timeline("job_id = ?", (job_id,))
         return job
 
-    def timeline(self, where: str, params: tuple) -> list[dict]:
+    def timeline(self, where: str, params: tuple) -> list[dict[str, Any]]:
         return [
             {
                 "block": e["block"],
@@ -176,7 +187,7 @@ class IndexQueries:
             for e in self.db.execute(f"SELECT * FROM events WHERE {where} ORDER BY block, log_index", params)
         ]
 
-    def node(self, address: str) -> dict | None:
+    def node(self, address: str) -> dict[str, Any] | None:
         address = Web3.to_checksum_address(address)
         row = self.db.execute("SELECT * FROM nodes WHERE address = ?", (address,)).fetchone()
         if row is None:
@@ -225,7 +236,7 @@ class IndexQueries:
             "history": history,
         }
 
-    def model(self, model_id: int) -> dict | None:
+    def model(self, model_id: int) -> dict[str, Any] | None:
         row = self.db.execute("SELECT * FROM models WHERE model_id = ?", (model_id,)).fetchone()
         if row is None:
             return None
@@ -270,12 +281,13 @@ class IndexQueries:
         }
 
     def model_count(self) -> int:
-        return self.db.execute("SELECT COUNT(*) FROM models").fetchone()[0]
+        return int(self.db.execute("SELECT COUNT(*) FROM models").fetchone()[0])
 
-    def models(self) -> list[dict]:
-        return [self.model(r[0]) for r in self.db.execute("SELECT model_id FROM models ORDER BY model_id")]
+    def models(self) -> list[dict[str, Any]]:
+        ids = [r[0] for r in self.db.execute("SELECT model_id FROM models ORDER BY model_id")]
+        return [m for m in map(self.model, ids) if m is not None]
 
-    def nodes(self) -> list[dict]:
+    def nodes(self) -> list[dict[str, Any]]:
         rows = self.db.execute(
             "SELECT n.*, a.jobs_done, a.jobs_failed FROM nodes n LEFT JOIN accounts a ON a.address = n.address "
             "ORDER BY n.address"
@@ -294,7 +306,7 @@ class IndexQueries:
             for r in rows
         ]
 
-    def activity(self, buckets: int = 24) -> list[dict]:
+    def activity(self, buckets: int = 24) -> list[dict[str, Any]]:
         """Jobs posted and fees paid per time bucket, from the first job to the last."""
         rows = self.db.execute("SELECT posted_time, paid FROM jobs ORDER BY posted_time").fetchall()
         if not rows:
@@ -308,7 +320,7 @@ class IndexQueries:
             bucket["fees"] += int(paid)
         return out
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         by_status = {r[0]: r[1] for r in self.db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status")}
         return {
             "next_block": self.next_block,

@@ -31,14 +31,14 @@ from web3 import Web3
 from web3.exceptions import Web3Exception
 
 from shardnet.chain import Chain
-from shardnet.errors import ShardnetError
-from shardnet.events import Event, EventDecoder
+from shardnet.deployment import Deployment
+from shardnet.errors import IndexerError
+from shardnet.events import Event, EventReader
 from shardnet.index_queries import IndexQueries
 from shardnet.ledger import AccountRecord, JobRecord, Ledger, NodeRecord
-from shardnet.protocol import JobStatus
+from shardnet.protocol import Assignment, Hardware, JobStatus, Model, Receipt, Stage
 
-SCHEMA_VERSION = 1
-CONTRACTS = ("NodeRegistry", "ModelRegistry", "JobMarket")
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -77,15 +77,12 @@ CREATE TABLE IF NOT EXISTS nodes (
     endpoint TEXT, memory_mb INTEGER, compute_score INTEGER, bandwidth_mbps INTEGER);
 CREATE TABLE IF NOT EXISTS models (
     model_id INTEGER PRIMARY KEY, owner TEXT NOT NULL, name TEXT NOT NULL, manifest_cid TEXT NOT NULL,
-    block_count INTEGER NOT NULL, price_per_block TEXT NOT NULL, deprecated INTEGER NOT NULL);
+    block_count INTEGER NOT NULL, price_per_block TEXT NOT NULL, deprecated INTEGER NOT NULL,
+    blocks_root TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS assignments (
     model_id INTEGER NOT NULL, node TEXT NOT NULL, start INTEGER NOT NULL, "end" INTEGER NOT NULL,
-    confirmed INTEGER NOT NULL, PRIMARY KEY (model_id, node));
+    confirmed INTEGER NOT NULL, assigned_by TEXT NOT NULL, PRIMARY KEY (model_id, node));
 """
-
-
-class IndexerError(ShardnetError):
-    """The index could not be opened or brought up to date; the message names the fix."""
 
 
 @dataclass(frozen=True)
@@ -112,8 +109,8 @@ def _hex(b: bytes | None) -> str | None:
     return None if b is None else "0x" + bytes(b).hex()
 
 
-def _unhex(s: str | None) -> bytes | None:
-    return None if s is None else bytes.fromhex(s.removeprefix("0x"))
+def _unhex(s: str) -> bytes:
+    return bytes.fromhex(s.removeprefix("0x"))
 
 
 def default_path(chain: Chain) -> Path:
@@ -130,7 +127,9 @@ class Index(IndexQueries):
         self.path = Path(path)
         self.chain = chain
         deployment = chain.deployment
-        self.addresses = [Web3.to_checksum_address(deployment.address(n)) for n in CONTRACTS]
+        if deployment is None:
+            raise IndexerError("the index needs a deployment file: pass --deployment or set SHARDNET_DEPLOYMENT")
+        self.reader = EventReader(chain)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -143,7 +142,6 @@ class Index(IndexQueries):
                 f"{self.path} is not a usable index ({exc}); delete it to re-index from the chain"
             ) from None
         self._bind(deployment)
-        self.decoder = EventDecoder(chain.abis)
         self._ledger: Ledger | None = None
 
     # ------------------------------------------------------------------ binding and height
@@ -151,11 +149,11 @@ class Index(IndexQueries):
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
 
-    def _bind(self, deployment) -> None:
+    def _bind(self, deployment: Deployment) -> None:
         expected = {
             "schema": str(SCHEMA_VERSION),
             "chain_id": str(self.chain.chain_id),
-            "market": self.addresses[2],
+            "market": Web3.to_checksum_address(deployment.address("JobMarket")),
             "deploy_block": str(deployment.deploy_block),
         }
         have = {k: self._meta(k) for k in expected}
@@ -175,17 +173,13 @@ class Index(IndexQueries):
                     f"deployment has {value}); delete it or pass another --db"
                 )
 
-    @property
-    def next_block(self) -> int:
-        return int(self._meta("next_block"))
-
     def close(self) -> None:
         self.db.close()
 
     def __enter__(self) -> Index:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # ------------------------------------------------------------------ sync
@@ -223,13 +217,7 @@ class Index(IndexQueries):
         return SyncReport(events, self.next_block - first, self.next_block, time.perf_counter() - started)
 
     def _fetch(self, start: int, end: int) -> list[tuple[Event, int]]:
-        # the raw JSON-RPC reply: web3's result formatting costs more than decoding on long histories
-        reply = self.chain.w3.provider.make_request(
-            "eth_getLogs", [{"address": self.addresses, "fromBlock": hex(start), "toBlock": hex(end)}]
-        )
-        if "error" in reply:
-            raise ValueError(f"eth_getLogs failed: {reply['error']}")
-        decoded = sorted((e for e in map(self.decoder.decode, reply["result"]) if e), key=lambda e: e.key)
+        decoded = self.reader.fetch(start, end)
         times = self._block_times(sorted({e.block_number for e in decoded}))
         return [(e, times[e.block_number]) for e in decoded]
 
@@ -237,7 +225,8 @@ class Index(IndexQueries):
         if not blocks:
             return {}
         provider = self.chain.w3.provider
-        replies = provider.make_batch_request([("eth_getBlockByNumber", [hex(b), False]) for b in blocks])
+        batch = [("eth_getBlockByNumber", [hex(b), False]) for b in blocks]
+        replies = provider.make_batch_request(batch)  # type: ignore[attr-defined]  # HTTPProvider has it
         if not isinstance(replies, list):  # a batch-level error
             raise ValueError(f"batch request failed: {replies}")
         times = {}
@@ -307,7 +296,9 @@ class Index(IndexQueries):
         """The derived tables, all jobs included, as a Ledger (for `shardnet.audit.reconcile`)."""
         ledger = _load_ledger(self.db)
         for row in self.db.execute("SELECT job_id FROM jobs"):
-            ledger.jobs[row[0]] = _load_job(self.db, row[0])
+            job = _load_job(self.db, row[0])
+            if job is not None:
+                ledger.jobs[row[0]] = job
         return ledger
 
 
@@ -339,12 +330,12 @@ def _write_job(db: sqlite3.Connection, job: JobRecord, posted: tuple[int, int] |
         ),
     )
     db.execute("DELETE FROM job_stages WHERE job_id = ?", (job.job_id,))
-    receipts = job.receipts or [(None, None, None)] * len(job.route)
+    receipts: list[Receipt | None] = list(job.receipts) or [None] * len(job.route)
     db.executemany(
         "INSERT INTO job_stages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
-            (job.job_id, k, node, start, end, str(fee), _hex(r[0]), _hex(r[1]), _hex(r[2]))
-            for k, ((node, start, end, fee), r) in enumerate(zip(job.route, receipts, strict=True))
+            (job.job_id, k, s.node, s.start, s.end, str(s.fee), *_receipt_row(r))
+            for k, (s, r) in enumerate(zip(job.route, receipts, strict=True))
         ],
     )
     db.execute("DELETE FROM payouts WHERE job_id = ?", (job.job_id,))
@@ -356,6 +347,10 @@ def _write_job(db: sqlite3.Connection, job: JobRecord, posted: tuple[int, int] |
     db.executemany(
         "INSERT INTO job_failures VALUES (?, ?, ?)", [(job.job_id, k, node) for k, node in enumerate(job.failed_nodes)]
     )
+
+
+def _receipt_row(r: Receipt | None) -> tuple[str | None, str | None, str | None]:
+    return (None, None, None) if r is None else (_hex(r.input_hash), _hex(r.output_hash), _hex(r.signature))
 
 
 def _write_state(db: sqlite3.Connection, ledger: Ledger) -> None:
@@ -381,24 +376,29 @@ def _write_state(db: sqlite3.Connection, ledger: Ledger) -> None:
         ],
     )
     db.executemany(
-        "INSERT OR REPLACE INTO models VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "INSERT OR REPLACE INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         [
             (
-                m,
-                d["owner"],
-                d["name"],
-                d["manifestCid"],
-                d["blockCount"],
-                str(d["pricePerBlock"]),
-                int(bool(d.get("deprecated"))),
+                m.model_id,
+                m.owner,
+                m.name,
+                m.manifest_cid,
+                m.block_count,
+                str(m.price_per_block),
+                int(m.deprecated),
+                _hex(m.blocks_root),
             )
-            for m, d in ledger.models.items()
+            for m in ledger.models.values()
         ],
     )
     db.execute("DELETE FROM assignments")
     db.executemany(
-        "INSERT INTO assignments VALUES (?, ?, ?, ?, ?)",
-        [(m, node, s, e, int(c)) for m, nodes in ledger.assignments.items() for node, (s, e, c) in nodes.items()],
+        "INSERT INTO assignments VALUES (?, ?, ?, ?, ?, ?)",
+        [
+            (m, node, a.start, a.end, int(a.confirmed), a.assigned_by)
+            for m, nodes in ledger.assignments.items()
+            for node, a in nodes.items()
+        ],
     )
     db.execute("UPDATE meta SET value = ? WHERE key = 'slashed_balance'", (str(ledger.slashed_balance),))
 
@@ -414,19 +414,22 @@ def _load_ledger(db: sqlite3.Connection) -> Ledger:
         if r["endpoint"] is not None:
             ledger.endpoints[r["address"]] = r["endpoint"]
         if r["memory_mb"] is not None:
-            ledger.hardware[r["address"]] = (r["memory_mb"], r["compute_score"], r["bandwidth_mbps"])
+            ledger.hardware[r["address"]] = Hardware(r["memory_mb"], r["compute_score"], r["bandwidth_mbps"])
     for r in db.execute("SELECT * FROM models"):
-        ledger.models[r["model_id"]] = {
-            "modelId": r["model_id"],
-            "owner": r["owner"],
-            "name": r["name"],
-            "manifestCid": r["manifest_cid"],
-            "blockCount": r["block_count"],
-            "pricePerBlock": int(r["price_per_block"]),
-            "deprecated": bool(r["deprecated"]),
-        }
+        ledger.models[r["model_id"]] = Model(
+            r["model_id"],
+            r["owner"],
+            r["block_count"],
+            bool(r["deprecated"]),
+            int(r["price_per_block"]),
+            _unhex(r["blocks_root"]),
+            r["name"],
+            r["manifest_cid"],
+        )
     for r in db.execute("SELECT * FROM assignments"):
-        ledger.assignments[r["model_id"]][r["node"]] = [r["start"], r["end"], bool(r["confirmed"])]
+        ledger.assignments[r["model_id"]][r["node"]] = Assignment(
+            r["start"], r["end"], bool(r["confirmed"]), r["assigned_by"]
+        )
     ledger.slashed_balance = int(db.execute("SELECT value FROM meta WHERE key = 'slashed_balance'").fetchone()[0])
     return ledger
 
@@ -452,9 +455,11 @@ def _load_job(db: sqlite3.Connection, job_id: int) -> JobRecord | None:
         refunded=int(r["refunded"]),
         abort_reason=r["abort_reason"],
     )
-    job.route = [(s["node"], s["start"], s["end"], int(s["fee"])) for s in stages]
+    job.route = [Stage(s["node"], s["start"], s["end"], int(s["fee"])) for s in stages]
     if stages and stages[0]["signature"] is not None:
-        job.receipts = [(_unhex(s["input_hash"]), _unhex(s["output_hash"]), _unhex(s["signature"])) for s in stages]
+        job.receipts = [
+            Receipt(_unhex(s["input_hash"]), _unhex(s["output_hash"]), _unhex(s["signature"])) for s in stages
+        ]
     job.payouts = {
         p["payee"]: int(p["amount"])
         for p in db.execute("SELECT payee, amount FROM payouts WHERE job_id = ?", (job_id,))

@@ -1,27 +1,24 @@
-"""Job parameters (on-chain `params`, UTF-8 JSON) and job inputs/outputs (JSON on IPFS).
+"""Job parameters: the on-chain `params` of a job (UTF-8 JSON), read by client, coordinator
+(routing weights and limits) and nodes alike.
 
-Bad input raises `JobInputError` whose message names the field and the fix; the node
-aborts such a job on-chain with that message, so the client sees it in `job status`.
+Bad params raise `JobInputError` whose message names the field and the fix; the node or
+coordinator aborts such a job on-chain with that message, so the client sees it in
+`job status`. What a job's input must hold is the node's business (`node.inputs`).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from typing import NoReturn
 
-import torch
-
-from shardnet.errors import ShardnetError
+from shardnet.errors import JobInputError
 
 KINDS = ("generate", "embed", "forward")
 WIRES = ("int8", "fp16", "fp32")
 MAX_NEW_TOKENS = 512
 MAX_TEXTS = 256
 MAX_INPUT_TOKENS = 2048
-
-
-class JobInputError(ShardnetError):
-    """The job's params or input cannot be served as given."""
 
 
 @dataclass(frozen=True)
@@ -67,78 +64,41 @@ class JobParams:
         return params
 
     def validate(self) -> None:
-        def bad(field: str, fix: str):
-            raise JobInputError(f"params.{field}={getattr(self, field)!r} is out of range; {fix}")
+        # params come from JSON anyone may post: check the types too, not only the ranges
+        v: dict[str, object] = {name: getattr(self, name) for name in self.__dataclass_fields__}
 
-        if self.kind not in KINDS:
+        def bad(field: str, fix: str) -> NoReturn:
+            raise JobInputError(f"params.{field}={v[field]!r} is out of range; {fix}")
+
+        def number(field: str) -> float | None:
+            value = v[field]
+            return float(value) if isinstance(value, int | float) else None
+
+        def integer(field: str) -> int | None:
+            value = v[field]
+            return value if isinstance(value, int) else None
+
+        if v["kind"] not in KINDS:
             bad("kind", f"use one of {KINDS}")
-        if not isinstance(self.max_new_tokens, int) or not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
+        if (n := integer("max_new_tokens")) is None or not 1 <= n <= MAX_NEW_TOKENS:
             bad("max_new_tokens", f"use an integer in 1..{MAX_NEW_TOKENS}")
-        if not isinstance(self.temperature, (int, float)) or not 0 <= self.temperature <= 5:
+        if (t := number("temperature")) is None or not 0 <= t <= 5:
             bad("temperature", "use a number in 0..5 (0 = greedy)")
-        if not isinstance(self.top_k, int) or not 0 <= self.top_k <= 10_000:
+        if (k := integer("top_k")) is None or not 0 <= k <= 10_000:
             bad("top_k", "use an integer in 0..10000 (0 = off)")
-        if not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
+        if (p := number("top_p")) is None or not 0 < p <= 1:
             bad("top_p", "use a number in (0, 1]")
-        if not isinstance(self.seed, int):
+        if integer("seed") is None:
             bad("seed", "use an integer")
-        if self.wire not in WIRES:
+        if v["wire"] not in WIRES:
             bad("wire", f"use one of {WIRES}")
         for field in ("route_latency", "route_price", "route_trust"):
-            if not isinstance(getattr(self, field), (int, float)) or getattr(self, field) < 0:
+            if (w := number(field)) is None or w < 0:
                 bad(field, "use a weight >= 0")
-        if not isinstance(self.min_reputation, (int, float)) or not 0 <= self.min_reputation <= 1:
+        if (r := number("min_reputation")) is None or not 0 <= r <= 1:
             bad("min_reputation", "use a number in 0..1")
-        if not isinstance(self.avoid, tuple) or not all(
-            isinstance(a, str) and len(a) == 42 and a.startswith("0x") for a in self.avoid
+        avoid = v["avoid"]
+        if not isinstance(avoid, tuple) or not all(
+            isinstance(a, str) and len(a) == 42 and a.startswith("0x") for a in avoid
         ):
             bad("avoid", "use a list of 0x-prefixed node addresses")
-
-
-def parse_input(params: JobParams, raw: bytes) -> dict:
-    """Validate the job input JSON for its kind. Returns the parsed object."""
-    try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, ValueError):
-        raise JobInputError('the input on IPFS is not JSON; upload e.g. {"prompt": "..."}') from None
-    if not isinstance(data, dict):
-        raise JobInputError("the input must be a JSON object")
-    if params.kind == "generate":
-        if not (isinstance(data.get("prompt"), str) and data["prompt"]) and not _ids_ok(data.get("input_ids"), 1):
-            raise JobInputError("generate input needs a non-empty 'prompt' string or 'input_ids' (list of ints)")
-    elif params.kind == "embed":
-        texts = data.get("texts")
-        if not (isinstance(texts, list) and texts and all(isinstance(t, str) and t for t in texts)):
-            raise JobInputError("embed input needs 'texts': a non-empty list of non-empty strings")
-        if len(texts) > MAX_TEXTS:
-            raise JobInputError(f"embed input has {len(texts)} texts; at most {MAX_TEXTS} per job")
-    else:
-        if not (isinstance(data.get("text"), str) and data["text"]) and not _ids_ok(data.get("input_ids"), 1):
-            raise JobInputError("forward input needs 'text' or 'input_ids' (list of ints)")
-    return data
-
-
-def _ids_ok(ids, minimum: int) -> bool:
-    return (
-        isinstance(ids, list)
-        and minimum <= len(ids) <= MAX_INPUT_TOKENS
-        and all(isinstance(i, int) and i >= 0 for i in ids)
-    )
-
-
-def sample_next(logits: torch.Tensor, params: JobParams, generator: torch.Generator | None) -> int:
-    """Next token from the last position's logits [vocab]: greedy, or temperature/top-k/top-p."""
-    if params.temperature == 0:
-        return int(logits.argmax())
-    probs_logits = logits.float() / params.temperature
-    if params.top_k:
-        kth = torch.topk(probs_logits, min(params.top_k, probs_logits.numel())).values[-1]
-        probs_logits = probs_logits.masked_fill(probs_logits < kth, float("-inf"))
-    probs = torch.softmax(probs_logits, dim=-1)
-    if params.top_p < 1:
-        sorted_probs, order = probs.sort(descending=True)
-        keep = sorted_probs.cumsum(0) - sorted_probs < params.top_p
-        filtered = torch.zeros_like(probs)
-        filtered[order[keep]] = probs[order[keep]]
-        probs = filtered / filtered.sum()
-    return int(torch.multinomial(probs, 1, generator=generator))

@@ -7,9 +7,13 @@ chain order. Auditors use it to check contract state; nothing here reads the cha
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
-from shardnet.protocol import JobStatus
+from shardnet.events import Event
+from shardnet.protocol import Assignment, Hardware, JobStatus, Model, Receipt, Route, Stage
+
+Args = dict[str, Any]
 
 
 @dataclass
@@ -24,10 +28,10 @@ class JobRecord:
     status: JobStatus = JobStatus.POSTED
     escrow: int = 0
     coordinator: str | None = None
-    route: list[tuple] = field(default_factory=list)  # (node, start, end, fee)
+    route: Route = field(default_factory=list)
     reroutes: int = 0
     output_cid: str | None = None
-    receipts: list[tuple] = field(default_factory=list)  # (inputHash, outputHash, signature)
+    receipts: list[Receipt] = field(default_factory=list)
     payouts: dict[str, int] = field(default_factory=dict)  # payee -> wei
     refunded: int = 0
     failed_nodes: list[str] = field(default_factory=list)
@@ -51,56 +55,60 @@ class AccountRecord:
     withdrawn: int = 0
 
 
-def _fields(struct, *names: str) -> tuple:
-    """A decoded struct (mapping or tuple) as a plain tuple in declaration order."""
-    return tuple(struct[n] for n in names) if hasattr(struct, "keys") else tuple(struct)
+def stage_of(s: Args) -> Stage:
+    return Stage(s["node"], s["start"], s["end"], s["fee"])
+
+
+def receipt_of(r: Args) -> Receipt:
+    return Receipt(bytes(r["inputHash"]), bytes(r["outputHash"]), bytes(r["signature"]))
+
+
+def hardware_of(h: Args) -> Hardware:
+    return Hardware(h["memoryMb"], h["computeScore"], h["bandwidthMbps"])
 
 
 class Ledger:
-    def __init__(self):
+    def __init__(self) -> None:
         self.jobs: dict[int, JobRecord] = {}
         self.nodes: dict[str, NodeRecord] = defaultdict(NodeRecord)
         self.accounts: dict[str, AccountRecord] = defaultdict(AccountRecord)
         self.slashed_balance = 0
-        self.models: dict[int, dict] = {}
+        self.models: dict[int, Model] = {}
         self.endpoints: dict[str, str] = {}  # node -> data-plane URL
-        self.hardware: dict[str, tuple] = {}  # node -> (memory MB, compute score, bandwidth Mbps)
-        self.assignments: dict[int, dict[str, list]] = defaultdict(dict)  # model -> node -> [start, end, confirmed]
+        self.hardware: dict[str, Hardware] = {}
+        self.assignments: dict[int, dict[str, Assignment]] = defaultdict(dict)  # model -> node -> span
         self.last_key: tuple[int, int] = (-1, -1)  # (block, log index) of the last event applied
 
-    def apply(self, event) -> None:
+    def apply(self, event: Event) -> None:
         self.last_key = (event.block_number, event.log_index)
         handler = getattr(self, f"_on_{event.name}", None)
         if handler is not None:
-            handler(event.args, event.block_number)
+            handler(event.args)
         job_id = event.args.get("jobId")
         if job_id in self.jobs:
             self.jobs[job_id].history.append((event.block_number, event.name))
 
     # ------------------------------------------------------------------ NodeRegistry
-    def _on_NodeRegistered(self, a, _):
+    def _on_NodeRegistered(self, a: Args) -> None:
         self.nodes[a["node"]].stake = a["stake"]
-        self._on_ProfileUpdated(a, _)
+        self._on_ProfileUpdated(a)
 
-    def _on_ProfileUpdated(self, a, _):
+    def _on_ProfileUpdated(self, a: Args) -> None:
         self.endpoints[a["node"]] = a["endpoint"]
-        hw = a["hardware"]
-        self.hardware[a["node"]] = (
-            tuple(hw[k] for k in ("memoryMb", "computeScore", "bandwidthMbps")) if hasattr(hw, "keys") else tuple(hw)
-        )
+        self.hardware[a["node"]] = hardware_of(a["hardware"])
 
-    def _on_StakeAdded(self, a, _):
+    def _on_StakeAdded(self, a: Args) -> None:
         self.nodes[a["node"]].stake = a["stake"]
 
-    def _on_UnstakeRequested(self, a, _):
+    def _on_UnstakeRequested(self, a: Args) -> None:
         node = self.nodes[a["node"]]
         node.stake = a["stake"]
         node.pending_unstake += a["amount"]
 
-    def _on_UnstakeWithdrawn(self, a, _):
+    def _on_UnstakeWithdrawn(self, a: Args) -> None:
         self.nodes[a["node"]].pending_unstake -= a["amount"]
 
-    def _on_NodeSlashed(self, a, _):
+    def _on_NodeSlashed(self, a: Args) -> None:
         node, amount = self.nodes[a["node"]], a["amount"]
         from_stake = min(amount, node.stake)
         node.stake -= from_stake
@@ -108,30 +116,46 @@ class Ledger:
         node.slashed += amount
         self.slashed_balance += amount
 
-    def _on_SlashedFundsWithdrawn(self, a, _):
+    def _on_SlashedFundsWithdrawn(self, a: Args) -> None:
         self.slashed_balance -= a["amount"]
 
     # ------------------------------------------------------------------ ModelRegistry
-    def _on_ModelRegistered(self, a, _):
-        self.models[a["modelId"]] = dict(a)
+    def _on_ModelRegistered(self, a: Args) -> None:
+        self.models[a["modelId"]] = Model(
+            a["modelId"],
+            a["owner"],
+            a["blockCount"],
+            False,
+            a["pricePerBlock"],
+            bytes(a["blocksRoot"]),
+            a["name"],
+            a["manifestCid"],
+        )
 
-    def _on_ModelDeprecated(self, a, _):
-        self.models[a["modelId"]]["deprecated"] = True
+    def _on_ModelDeprecated(self, a: Args) -> None:
+        self.models[a["modelId"]] = replace(self.models[a["modelId"]], deprecated=True)
 
-    def _on_ShardAssigned(self, a, _):
-        self.assignments[a["modelId"]][a["node"]] = [a["start"], a["end"], False]
+    def _on_ShardAssigned(self, a: Args) -> None:
+        self.assignments[a["modelId"]][a["node"]] = Assignment(a["start"], a["end"], False, a["coordinator"])
 
-    def _on_ShardConfirmed(self, a, _):
-        self.assignments[a["modelId"]][a["node"]] = [a["start"], a["end"], True]
+    def _on_ShardConfirmed(self, a: Args) -> None:
+        old = self.assignments[a["modelId"]].get(a["node"])
+        self.assignments[a["modelId"]][a["node"]] = Assignment(
+            a["start"], a["end"], True, old.assigned_by if old else ""
+        )
 
-    def _on_ShardReleased(self, a, _):
+    def _on_ShardReleased(self, a: Args) -> None:
         self.assignments[a["modelId"]].pop(a["node"], None)
+
+    def confirmed(self, model_id: int) -> dict[str, Assignment]:
+        """The confirmed spans of a model, by node."""
+        return {n: a for n, a in self.assignments.get(model_id, {}).items() if a.confirmed}
 
     def active_nodes(self, min_stake: int) -> list[str]:
         return sorted(n for n, rec in self.nodes.items() if rec.stake >= min_stake and rec.stake > 0)
 
     # ------------------------------------------------------------------ JobMarket
-    def _on_JobPosted(self, a, _):
+    def _on_JobPosted(self, a: Args) -> None:
         self.jobs[a["jobId"]] = JobRecord(
             a["jobId"],
             a["client"],
@@ -143,36 +167,36 @@ class Ledger:
             escrow=a["maxFee"],
         )
 
-    def _set_route(self, job: JobRecord, coordinator: str, stages) -> None:
-        for node, *_ in job.route:
-            self.accounts[node].open_jobs -= 1
-        job.route = [_fields(s, "node", "start", "end", "fee") for s in stages]
+    def _set_route(self, job: JobRecord, coordinator: str, stages: list[Args]) -> None:
+        for stage in job.route:
+            self.accounts[stage.node].open_jobs -= 1
+        job.route = [stage_of(s) for s in stages]
         job.coordinator = coordinator
-        for node, *_ in job.route:
-            self.accounts[node].open_jobs += 1
+        for stage in job.route:
+            self.accounts[stage.node].open_jobs += 1
 
-    def _on_JobRouted(self, a, _):
+    def _on_JobRouted(self, a: Args) -> None:
         job = self.jobs[a["jobId"]]
         job.status = JobStatus.ROUTED
         self._set_route(job, a["coordinator"], a["stages"])
 
-    def _on_JobRerouted(self, a, _):
+    def _on_JobRerouted(self, a: Args) -> None:
         job = self.jobs[a["jobId"]]
         job.reroutes += 1
         self._set_route(job, a["coordinator"], a["stages"])
 
-    def _on_StageFailed(self, a, _):
+    def _on_StageFailed(self, a: Args) -> None:
         self.accounts[a["node"]].jobs_failed += 1
         self.jobs[a["jobId"]].failed_nodes.append(a["node"])
 
-    def _on_ResultSubmitted(self, a, _):
+    def _on_ResultSubmitted(self, a: Args) -> None:
         job = self.jobs[a["jobId"]]
         job.status = JobStatus.COMPLETED
         job.output_cid = a["outputCid"]
-        job.receipts = [_fields(r, "inputHash", "outputHash", "signature") for r in a["receipts"]]
-        for node, *_ in job.route:
-            self.accounts[node].open_jobs -= 1
-            self.accounts[node].jobs_done += 1
+        job.receipts = [receipt_of(r) for r in a["receipts"]]
+        for stage in job.route:
+            self.accounts[stage.node].open_jobs -= 1
+            self.accounts[stage.node].jobs_done += 1
 
     def _pay(self, job_id: int, payee: str, amount: int) -> None:
         job = self.jobs[job_id]
@@ -180,13 +204,13 @@ class Ledger:
         job.payouts[payee] = job.payouts.get(payee, 0) + amount
         self.accounts[payee].credit += amount
 
-    def _on_StagePaid(self, a, _):
+    def _on_StagePaid(self, a: Args) -> None:
         self._pay(a["jobId"], a["node"], a["amount"])
 
-    def _on_CoordinatorPaid(self, a, _):
+    def _on_CoordinatorPaid(self, a: Args) -> None:
         self._pay(a["jobId"], a["coordinator"], a["amount"])
 
-    def _on_JobRefunded(self, a, _):
+    def _on_JobRefunded(self, a: Args) -> None:
         job = self.jobs[a["jobId"]]
         job.escrow -= a["amount"]
         job.refunded += a["amount"]
@@ -196,21 +220,21 @@ class Ledger:
         """Settle a job without payouts: a routed job's nodes are no longer on an open route."""
         job = self.jobs[job_id]
         if job.status == JobStatus.ROUTED:
-            for node, *_ in job.route:
-                self.accounts[node].open_jobs -= 1
+            for stage in job.route:
+                self.accounts[stage.node].open_jobs -= 1
         job.status = status
         return job
 
-    def _on_JobExpired(self, a, _):
+    def _on_JobExpired(self, a: Args) -> None:
         self._close(a["jobId"], JobStatus.EXPIRED)
 
-    def _on_JobAborted(self, a, _):
+    def _on_JobAborted(self, a: Args) -> None:
         self._close(a["jobId"], JobStatus.ABORTED).abort_reason = a["reason"]
 
-    def _on_JobCancelled(self, a, _):
+    def _on_JobCancelled(self, a: Args) -> None:
         self.jobs[a["jobId"]].status = JobStatus.CANCELLED
 
-    def _on_Withdrawn(self, a, _):
+    def _on_Withdrawn(self, a: Args) -> None:
         account = self.accounts[a["account"]]
         account.credit -= a["amount"]
         account.withdrawn += a["amount"]

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from shardnet import devnet as dn
 from shardnet.bindings import Contracts
@@ -30,7 +31,7 @@ class Network:
         devnet_settings: dn.DevnetSettings | None = None,
         coordinator: bool = True,
         coordinator_args: tuple[str, ...] = (),
-        node_overrides: dict[int, dict] | None = None,
+        node_overrides: dict[int, dict[str, Any]] | None = None,
     ):
         self.home = Path(home)
         self.home.mkdir(parents=True, exist_ok=True)
@@ -40,7 +41,7 @@ class Network:
         self.n_nodes = nodes
         self.run_coordinator = coordinator
         self.ipfs_timeout_s = ipfs_timeout_s
-        self.procs: dict[str, subprocess.Popen] = {}
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.node_ports: list[int] = []
         self.coordinator_args = list(coordinator_args)
         self.node_overrides = node_overrides or {}  # node index -> {"slowdown": .., "compute_score": ..}
@@ -138,6 +139,7 @@ class Network:
     def publish(self, source: str, quant: str = "int8", seed: int = 0, price_per_block: int = 10**9) -> tuple[int, str]:
         model, tok_dir = load_model(source, seed)
         manifest = publish(model, self.ipfs, source, quant, tokenizer_dir=tok_dir)
+        assert manifest.cid is not None  # publish() returns the manifest with its CID
         model_id = self.c.models.register_model(
             source, manifest.cid, len(manifest.blocks), manifest.blocks_root, price_per_block, account=dev_account(0)
         )

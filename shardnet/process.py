@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Coroutine
+from typing import Any
 
 
-def run_until_signal(main: Coroutine) -> None:
+def run_until_signal(main: Coroutine[Any, Any, None]) -> None:
     """asyncio.run(main), cancelled on SIGTERM or SIGINT (some libraries catch SIGTERM otherwise)."""
 
-    async def runner():
+    async def runner() -> None:
         task = asyncio.ensure_future(main)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

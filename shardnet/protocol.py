@@ -1,10 +1,20 @@
-"""Messages shared by node, coordinator, client and auditor code: frozen dataclasses whose
-fields mirror the contract structs (spans are half-open: [start, end))."""
+"""Records shared by node, coordinator, client and auditor code, typed end to end: frozen
+dataclasses whose fields mirror the contract structs (spans are half-open: [start, end)).
+
+`Hardware`, `Stage` and `Receipt` are the contracts' ABI tuples, so they are typed named tuples:
+web3 encodes them as they are, and events decode straight into them.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import NamedTuple
+
+from shardnet.errors import ModelError
+
+# The project's contracts, in deployment order: the one place that lists them.
+CONTRACTS = ("NodeRegistry", "ModelRegistry", "JobMarket")
 
 
 @dataclass(frozen=True)
@@ -12,9 +22,9 @@ class Span:
     start: int  # first block, inclusive
     end: int  # last block, exclusive
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not 0 <= self.start < self.end:
-            raise ValueError(f"span [{self.start}, {self.end}) is empty or negative; need 0 <= start < end")
+            raise ModelError(f"span [{self.start}, {self.end}) is empty or negative; need 0 <= start < end")
 
     def __len__(self) -> int:
         return self.end - self.start
@@ -23,14 +33,10 @@ class Span:
         return self.start <= block < self.end
 
 
-@dataclass(frozen=True)
-class Hardware:
+class Hardware(NamedTuple):
     memory_mb: int  # MiB usable for blocks
     compute_score: int  # relative throughput, higher is faster
     bandwidth_mbps: int  # Mbit/s
-
-    def as_tuple(self) -> tuple[int, int, int]:
-        return (self.memory_mb, self.compute_score, self.bandwidth_mbps)
 
 
 @dataclass(frozen=True)
@@ -59,31 +65,34 @@ class Model:
 
 @dataclass(frozen=True)
 class Assignment:
+    """A node's span of a model (ShardAssigned), and whether the node confirmed it."""
+
     start: int
     end: int  # 0 = none
     confirmed: bool
-    assigned_by: str
+    assigned_by: str  # the coordinator that recorded it
+
+    @property
+    def span(self) -> Span:
+        return Span(self.start, self.end)
 
 
-@dataclass(frozen=True)
-class Stage:
+class Stage(NamedTuple):
+    """One hop of a route: `node` runs blocks [start, end) for `fee` wei."""
+
     node: str
     start: int
     end: int
     fee: int  # wei
 
-    def as_tuple(self) -> tuple:
-        return (self.node, self.start, self.end, self.fee)
+
+Route = list[Stage]
 
 
-@dataclass(frozen=True)
-class Receipt:
-    input_hash: bytes  # keccak256 of the activations that entered the stage
-    output_hash: bytes  # keccak256 of what left it (last stage: keccak256(outputCid))
+class Receipt(NamedTuple):
+    input_hash: bytes  # keccak256 chain of the messages that entered the stage
+    output_hash: bytes  # keccak256 chain of what left it (last stage: keccak256(outputCid))
     signature: bytes  # 65-byte EIP-712 signature by the stage node
-
-    def as_tuple(self) -> tuple:
-        return (self.input_hash, self.output_hash, self.signature)
 
 
 class JobStatus(IntEnum):

@@ -9,11 +9,13 @@ from dataclasses import dataclass, field
 from functools import cache
 
 from eth_account.signers.local import LocalAccount
-from eth_utils import keccak
+from eth_utils.crypto import keccak
+from web3.types import RPCEndpoint
 
-from shardnet.bindings import Contracts, output_hash_of
+from shardnet.bindings import Contracts
 from shardnet.chain import Chain, dev_account
 from shardnet.protocol import Hardware, Receipt, Stage
+from shardnet.receipts import output_hash_of
 
 ETHER = 10**18
 GWEI = 10**9
@@ -84,7 +86,7 @@ class World:
             output_hash_of(output_cid)
         ]
         return [
-            self.contracts.market.sign_receipt(signers[k], job_id, k, s.start, s.end, hashes[k], hashes[k + 1])
+            self.contracts.market.receipts.sign(signers[k], job_id, k, s, hashes[k], hashes[k + 1])
             for k, s in enumerate(stages)
         ]
 
@@ -92,8 +94,8 @@ class World:
         return _dev_accounts_by_address()[address]
 
     def advance(self, seconds: int) -> None:
-        self.chain.w3.provider.make_request("evm_increaseTime", [seconds])
-        self.chain.w3.provider.make_request("evm_mine", [])
+        self.chain.w3.provider.make_request(RPCEndpoint("evm_increaseTime"), [seconds])
+        self.chain.w3.provider.make_request(RPCEndpoint("evm_mine"), [])
 
 
 @cache

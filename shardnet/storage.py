@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import httpx
 from tqdm import tqdm
@@ -35,7 +36,7 @@ class IpfsClient:
         self.close()
 
     # ------------------------------------------------------------------ plumbing
-    def _post(self, path: str, **kwargs) -> httpx.Response:
+    def _post(self, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = self._http.post(path, **kwargs)
         except httpx.ConnectError:
@@ -57,10 +58,10 @@ class IpfsClient:
 
     # ------------------------------------------------------------------ API
     def peer_id(self) -> str:
-        return self._post("/id").json()["ID"]
+        return str(self._post("/id").json()["ID"])
 
     def version(self) -> str:
-        return self._post("/version").json()["Version"]
+        return str(self._post("/version").json()["Version"])
 
     def add(self, data: bytes, name: str = "blob", progress: bool = False) -> str:
         """Add and pin `data`; returns its CIDv0. The daemon's answer must equal the local hash."""
@@ -94,7 +95,7 @@ class IpfsClient:
                 f"IPFS add returned {cid} but the bytes hash to {expected}; the daemon "
                 "does not use CIDv0 with 256 KiB chunks"
             )
-        return cid
+        return str(cid)
 
     def add_file(self, path: Path, progress: bool = False) -> str:
         return self.add(Path(path).read_bytes(), name=Path(path).name, progress=progress)

@@ -20,7 +20,13 @@ def free_port() -> int:
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        return int(sock.getsockname()[1])
+
+
+def default_home() -> Path:
+    """Where the devnet keeps its state and deployment file: $SHARDNET_HOME, else <repo>/.devnet."""
+    env = os.environ.get("SHARDNET_HOME")
+    return Path(env) if env else repo_root() / ".devnet"
 
 
 def repo_root() -> Path:

@@ -4,7 +4,7 @@ script knows, to compare every audit view against."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from shardnet.bindings import ZERO_ADDRESS
 from shardnet.chain import dev_account
@@ -68,7 +68,7 @@ def script(world: World) -> History:
     for client in clients:  # two plain jobs
         complete(*routed(client))
     job, stages = routed(clients[0])  # rerouted around node 1, then completed
-    new = [stages[0], replace(stages[1], node=nodes[3].address), stages[2]]
+    new = [stages[0], stages[1]._replace(node=nodes[3].address), stages[2]]
     market.reroute_job(job, coord, stages, new, account=world.coordinator)
     complete(job, new)
     h.rerouted.add(job)

@@ -102,20 +102,17 @@ def test_fast_decoder_equals_web3s_event_decoding(scripted):
     from web3._utils.events import get_event_data
 
     from shardnet.events import EventDecoder
-    from shardnet.indexer import CONTRACTS
 
     chain, h, env = scripted
     from eth_utils import event_abi_to_log_topic
 
     abis = {event_abi_to_log_topic(e): e for e in chain.abis if e.get("type") == "event"}  # names repeat
-    logs = chain.w3.eth.get_logs(
-        {"address": [chain.deployment.address(n) for n in CONTRACTS], "fromBlock": chain.deployment.deploy_block}
-    )
+    logs = chain.w3.eth.get_logs({"address": chain.deployment.addresses(), "fromBlock": chain.deployment.deploy_block})
     raw = chain.w3.provider.make_request(
         "eth_getLogs",
         [
             {
-                "address": [chain.deployment.address(n) for n in CONTRACTS],
+                "address": chain.deployment.addresses(),
                 "fromBlock": hex(chain.deployment.deploy_block),
             }
         ],

@@ -7,7 +7,7 @@ import pytest
 from shardnet import contract_errors
 from shardnet.chain import Chain, connect_ws, dev_account
 from shardnet.errors import ChainUnavailable, DeploymentNotFound
-from shardnet.events import EventFollower
+from shardnet.events import EventReader
 from tests.conftest import free_port
 
 PROFILE = (2048, 10, 100)
@@ -46,13 +46,13 @@ def test_follower_resumes_from_saved_height(fresh_chain, tmp_path):
 
     register(0)
     register(1)
-    follower = EventFollower(fresh_chain, [nodes.address], state, start_block=start)
+    follower = EventReader(fresh_chain, [nodes.address], state, start_block=start)
     first = [e for e in follower.poll() if e.name == "NodeRegistered"]
     assert [e.args["endpoint"] for e in first] == ["http://n0", "http://n1"]
 
     register(2)
     # a new process, same state file: only what it has not seen
-    restarted = EventFollower(fresh_chain, [nodes.address], state, start_block=start)
+    restarted = EventReader(fresh_chain, [nodes.address], state, start_block=start)
     second = [e for e in restarted.poll() if e.name == "NodeRegistered"]
     assert [e.args["endpoint"] for e in second] == ["http://n2"]
     assert list(restarted.poll()) == []

@@ -1,10 +1,8 @@
 """Events alone rebuild every job's history and every balance: replay the logs of a scripted
 history and compare with contract state, field by field."""
 
-from dataclasses import replace
-
 from shardnet.chain import dev_account
-from shardnet.events import EventFollower
+from shardnet.events import EventReader
 from shardnet.ledger import Ledger
 from shardnet.protocol import JobStatus
 from shardnet.scenario import ETHER
@@ -29,7 +27,7 @@ def test_replayed_events_equal_contract_state(world):
 
     rerouted = w.post(model, client, 10**15)
     c.market.route_job(rerouted, stages, account=w.coordinator)
-    new = [stages[0], replace(stages[1], node=nodes[3].address), stages[2]]
+    new = [stages[0], stages[1]._replace(node=nodes[3].address), stages[2]]
     c.market.reroute_job(rerouted, COORD, stages, new, account=w.coordinator)
     c.market.submit_result(rerouted, COORD, new, "QmB", w.receipts(rerouted, new, "QmB"), account=nodes[2])
 
@@ -51,7 +49,7 @@ def test_replayed_events_equal_contract_state(world):
     c.nodes.request_unstake(ETHER // 2, account=nodes[3])
 
     ledger = Ledger()
-    follower = EventFollower(w.chain, [c.nodes.address, c.models.address, c.market.address], start_block=start)
+    follower = EventReader(w.chain, [c.nodes.address, c.models.address, c.market.address], start_block=start)
     for event in follower.poll():
         ledger.apply(event)
 

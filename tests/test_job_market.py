@@ -1,14 +1,14 @@
 """JobMarket on the real Anvil: post, route, reroute, submit, expire, cancel, withdraw, and every
 custom error (forged and replayed receipts, incomplete covers, double submits, reentrancy)."""
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import pytest
 from eth_utils import keccak
 
-from shardnet.bindings import output_hash_of
 from shardnet.chain import dev_account
 from shardnet.protocol import JobStatus, Receipt, Stage
+from shardnet.receipts import output_hash_of
 from shardnet.scenario import ETHER, World
 from tests.helpers import deploy_attacker, reverts
 
@@ -80,10 +80,10 @@ def test_full_job_pays_each_stage_and_refunds_rest(s):
 def test_digest_matches_local_eip712(s):
     from eth_account.messages import encode_typed_data
 
-    from shardnet.bindings import RECEIPT_TYPES, receipt_domain
+    from shardnet.receipts import RECEIPT_TYPES
 
     msg = {"jobId": 7, "stage": 1, "start": 2, "end": 4, "inputHash": b"\1" * 32, "outputHash": b"\2" * 32}
-    local = encode_typed_data(receipt_domain(s.world.chain.chain_id, s.market.address), RECEIPT_TYPES, msg)
+    local = encode_typed_data(s.market.receipts.as_dict(), RECEIPT_TYPES, msg)
     digest = keccak(b"\x19" + local.version + local.header + local.body)
     assert s.market.receipt_digest(7, 1, 2, 4, b"\1" * 32, b"\2" * 32) == digest
 
@@ -129,7 +129,7 @@ def test_reroute_replaces_failed_stage(s):
     spare = s.world.register_nodes(4)[3]
     s.world.contracts.models.assign_shard(s.model, spare.address, 2, 4, account=s.world.coordinator)
     s.world.contracts.models.confirm_shard(s.model, account=spare)
-    new = [stages[0], replace(stages[1], node=spare.address), stages[2]]
+    new = [stages[0], stages[1]._replace(node=spare.address), stages[2]]
     receipt = s.market.reroute_job(job, COORD, stages, new, account=s.world.coordinator)
     [event] = [e for e in s.market.events_in(receipt) if e.name == "JobRerouted"]
     assert event.args["failedNodes"] == [stages[1].node]
@@ -171,11 +171,11 @@ def test_incomplete_cover_and_route_errors(s):
     with reverts("EmptyRoute", jobId=job):
         s.market.route_job(job, [], account=coord)
     with reverts("SpanNotConfirmed", node=st[1].node, start=2, end=6):
-        s.market.route_job(job, [st[0], replace(st[1], end=6)], account=coord)
+        s.market.route_job(job, [st[0], st[1]._replace(end=6)], account=coord)
     with reverts("StageFeeBelowPrice", stage=0, fee=1, minFee=2 * 10**9):
-        s.market.route_job(job, [replace(st[0], fee=1), *st[1:]], account=coord)
+        s.market.route_job(job, [st[0]._replace(fee=1), *st[1:]], account=coord)
     with reverts("FeeExceedsEscrow", jobId=job):
-        s.market.route_job(job, [replace(st[0], fee=MAX_FEE), *st[1:]], account=coord)
+        s.market.route_job(job, [st[0]._replace(fee=MAX_FEE), *st[1:]], account=coord)
     with reverts("AccessControlUnauthorizedAccount", account=s.nodes[0].address):
         s.market.route_job(job, st, account=s.nodes[0])
     with reverts("UnknownJob", jobId=999):
@@ -204,13 +204,13 @@ def test_submit_errors(s):
         s.market.submit_result(job, COORD, stages, "QmO", good[:2], account=s.nodes[2])
     with reverts("RouteMismatch", jobId=job):
         s.market.submit_result(
-            job, COORD, [replace(stages[0], fee=stages[0].fee + 1), *stages[1:]], "QmO", good, account=s.nodes[2]
+            job, COORD, [stages[0]._replace(fee=stages[0].fee + 1), *stages[1:]], "QmO", good, account=s.nodes[2]
         )
     with reverts("OutputHashMismatch", jobId=job):
         s.market.submit_result(job, COORD, stages, "QmOther", good, account=s.nodes[2])
     broken = list(good)
-    broken[1] = s.market.sign_receipt(
-        s.nodes[1], job, 1, 2, 4, keccak(text="not what stage 0 sent"), good[1].output_hash
+    broken[1] = s.market.receipts.sign(
+        s.nodes[1], job, 1, stages[1], keccak(text="not what stage 0 sent"), good[1].output_hash
     )
     with reverts("BrokenReceiptChain", jobId=job, stage=1):
         s.market.submit_result(job, COORD, stages, "QmO", broken, account=s.nodes[2])
@@ -281,9 +281,9 @@ def test_reentrant_or_rejecting_withdraw_loses_nothing(s, mode):
     assert s.world.chain.w3.eth.get_balance(s.market.address) == balance
 
 
-def test_stage_dataclass_roundtrip():
+def test_stage_is_the_abi_tuple():
     st = Stage("0x" + "11" * 20, 0, 2, 5)
-    assert st.as_tuple() == ("0x" + "11" * 20, 0, 2, 5)
+    assert tuple(st) == ("0x" + "11" * 20, 0, 2, 5) and st.fee == 5
     assert output_hash_of("QmX") == keccak(text="QmX")
 
 

@@ -12,14 +12,15 @@ import torch
 
 from shardnet.chain import dev_account
 from shardnet.client import Client
-from shardnet.events import EventFollower
+from shardnet.events import EventReader
 from shardnet.jobs import JobParams
 from shardnet.ledger import Ledger
 from shardnet.localnet import Network
 from shardnet.model.architectures import num_blocks
 from shardnet.model.loading import load_tokenizer, minilm_dir
+from shardnet.model.manifest import fetch_manifest
 from shardnet.model.quant import decode_activation, encode_activation
-from shardnet.model.shards import fetch_manifest, fetch_span
+from shardnet.model.shards import fetch_span
 from shardnet.model.span import SpanModel
 from shardnet.protocol import JobStatus, Span
 
@@ -202,8 +203,8 @@ def test_bad_jobs_are_refunded_with_a_reason_and_nodes_keep_serving(net):
 
 def test_books_reconcile_with_events(net):
     ledger = Ledger()
-    addresses = [net.deployment.address(n) for n in ("NodeRegistry", "ModelRegistry", "JobMarket")]
-    for event in EventFollower(net.chain, addresses).poll():
+    addresses = net.deployment.addresses()
+    for event in EventReader(net.chain, addresses).poll():
         ledger.apply(event)
     escrows = sum(job.escrow for job in ledger.jobs.values())
     credits = sum(acct.credit for acct in ledger.accounts.values())
@@ -228,7 +229,7 @@ def test_restarted_node_never_submits_twice(net):
     assert again.status == JobStatus.COMPLETED
     # since the restart the last stage sent exactly one transaction: the new job's result
     assert net.chain.w3.eth.get_transaction_count(last_node) == submitted_before + 1
-    submits = [e for e in EventFollower(net.chain, [net.c.market.address]).poll() if e.name == "ResultSubmitted"]
+    submits = [e for e in EventReader(net.chain, [net.c.market.address]).poll() if e.name == "ResultSubmitted"]
     job_ids = [e.args["jobId"] for e in submits]
     assert len(job_ids) == len(set(job_ids))
 
@@ -246,7 +247,7 @@ def test_coordinator_killed_under_load_resumes(net):
     net.start_coordinator()
     results = [client.wait(j, timeout_s=120) for j in before + during]
     assert all(r.status == JobStatus.COMPLETED for r in results), [r.record.abort_reason for r in results]
-    routed = [e.args["jobId"] for e in EventFollower(net.chain, [net.c.market.address]).poll() if e.name == "JobRouted"]
+    routed = [e.args["jobId"] for e in EventReader(net.chain, [net.c.market.address]).poll() if e.name == "JobRouted"]
     assert len(routed) == len(set(routed))
 
 
@@ -267,8 +268,9 @@ def test_auditor_reconciles_and_verifies_receipts(net):
     # a forged receipt is caught
     route = ledger.jobs[job_id].route
     if ledger.jobs[job_id].receipts:
-        in_hash, out_hash, sig = ledger.jobs[job_id].receipts[0]
-        ledger.jobs[job_id].receipts[0] = (in_hash, out_hash, bytes(sig[:-1]) + bytes([sig[-1] ^ 1]))
+        first = ledger.jobs[job_id].receipts[0]
+        sig = first.signature
+        ledger.jobs[job_id].receipts[0] = first._replace(signature=sig[:-1] + bytes([sig[-1] ^ 1]))
         assert any(f"job {job_id} stage 0" in p for p in verify_receipts(net.chain, ledger))
     assert route
 

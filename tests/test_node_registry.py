@@ -131,7 +131,7 @@ def test_market_set_once(world, nodes):
 def test_transfer_failed_keeps_pending_unstake(world, nodes):
     attacker = deploy_attacker(world.chain)
     world.chain.transact(attacker.functions.setMode(1))
-    register = nodes.contract.functions.register("http://x", HW.as_tuple(), b"")._encode_transaction_data()
+    register = nodes.contract.functions.register("http://x", tuple(HW), b"")._encode_transaction_data()
     world.chain.transact(attacker.functions.exec(nodes.address, register), value=ETHER)
     unstake = nodes.contract.functions.requestUnstake(ETHER)._encode_transaction_data()
     world.chain.transact(attacker.functions.exec(nodes.address, unstake))

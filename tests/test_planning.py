@@ -8,7 +8,7 @@ import pytest
 
 from coordinator.planner import ModelSpec, NodeSpec, evaluate, plan, plan_even_replicated
 from coordinator.router import Candidate, RouteWeights, route, route_any, stage_cost
-from shardnet.protocol import Span
+from shardnet.protocol import Assignment, Span
 
 
 def swarm(rng, n, spread=10.0):
@@ -154,11 +154,15 @@ def test_router_hard_limits():
 
 
 def test_route_any_uses_whole_confirmed_spans_only():
-    spans = {"0xa": [0, 3, True], "0xb": [3, 6, False], "0xc": [3, 6, True], "0xd": [2, 6, True]}
+    def span(start: int, end: int, confirmed: bool = True) -> Assignment:
+        return Assignment(start, end, confirmed, "0xcoordinator")
+
+    spans = {"0xa": span(0, 3), "0xb": span(3, 6, confirmed=False), "0xc": span(3, 6), "0xd": span(2, 6)}
     stages = route_any(spans, 6, 5)
+    assert stages is not None
     assert [(s.node, s.start, s.end, s.fee) for s in stages] == [("0xa", 0, 3, 15), ("0xc", 3, 6, 15)]
-    assert route_any({"0xa": [0, 3, True], "0xd": [2, 6, True]}, 6, 5) is None  # would enter 0xd part-way
-    assert route_any({"0xa": [0, 3, True]}, 6, 5) is None
+    assert route_any({"0xa": span(0, 3), "0xd": span(2, 6)}, 6, 5) is None  # would enter 0xd part-way
+    assert route_any({"0xa": span(0, 3)}, 6, 5) is None
 
 
 def test_pipeline_plan_replicates_middle_spans_first():

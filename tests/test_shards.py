@@ -6,16 +6,11 @@ import json
 import pytest
 import torch
 
+from shardnet.errors import ShardVerificationError
 from shardnet.model.architectures import PRESETS, build_model, num_blocks
 from shardnet.model.loading import load_model, load_tokenizer
-from shardnet.model.shards import (
-    ShardVerificationError,
-    decode_block,
-    fetch_manifest,
-    fetch_span,
-    publish,
-    verify_block,
-)
+from shardnet.model.manifest import Manifest, fetch_manifest
+from shardnet.model.shards import decode_block, fetch_span, publish, verify_block
 from shardnet.model.span import SpanModel, mean_pool, split_even
 from shardnet.protocol import Span
 
@@ -54,7 +49,6 @@ def test_flipped_byte_is_refused_naming_the_block(ipfs):
     # a block whose CID points at other bytes (a tampered manifest) is refused at fetch
     forged = json.loads(json.dumps(manifest.data))
     forged["blocks"][1]["cid"] = ipfs.add(bytes(data))
-    from shardnet.model.shards import Manifest
 
     with pytest.raises(ShardVerificationError, match="block 1"):
         fetch_span(ipfs, Manifest(forged), Span(1, 2))

@@ -1,14 +1,18 @@
 """`shardnet` command line. Errors print one line naming the fix; no tracebacks.
 
 This module holds the root group and the devnet/contracts commands; each user's commands
-live beside it (models, network, jobs, audit) and register themselves on import."""
+live beside it (models, jobs, audit) and register themselves on import. The node and
+coordinator packages add their own groups (`shardnet node`, `shardnet coordinator`) through
+the `shardnet.commands` entry point, so this shared package never imports them."""
 
 from __future__ import annotations
 
 import json
 import sys
 import time
+from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -45,7 +49,7 @@ _ipfs_port = click.option("--ipfs-port", type=int, help="IPFS RPC API port (defa
 _as_json = click.option("--json", "as_json", is_flag=True, help="print JSON for scripts")
 
 
-def _print_status(info: dict, as_json: bool) -> None:
+def _print_status(info: dict[str, Any], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -122,4 +126,12 @@ def contracts_compile(force) -> None:
         click.echo(f"{name:<14} {len(artifact.bytecode) // 2 - 1:>6} bytes  {artifact.compiler}")
 
 
-from shardnet.cli import audit, jobs, models, network  # noqa: E402,F401  (registers the groups)
+def _add_plugin_commands() -> None:
+    for entry in entry_points(group="shardnet.commands"):
+        command = entry.load()
+        if isinstance(command, click.Command):
+            main.add_command(command, entry.name)
+
+
+_add_plugin_commands()
+from shardnet.cli import audit, jobs, models  # noqa: E402,F401  (registers the groups)

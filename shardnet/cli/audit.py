@@ -10,6 +10,7 @@ import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -53,7 +54,7 @@ def _when(ts: int) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _print_events(title: str, events: list[dict]) -> None:
+def _print_events(title: str, events: list[dict[str, Any]]) -> None:
     click.echo(f"{title}:")
     for e in events:
         click.echo(f"  {_when(e['time'])}  block {e['block']:>6}  {e['event']:<16} {e['what']}")

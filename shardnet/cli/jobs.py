@@ -63,7 +63,8 @@ def job_submit(
 
     from shardnet.chain import dev_account as dev
     from shardnet.client import Client
-    from shardnet.jobs import JobInputError, JobParams
+    from shardnet.errors import JobInputError
+    from shardnet.jobs import JobParams
 
     params = JobParams(
         kind=kind, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed

@@ -68,6 +68,7 @@ def model_publish(source, quant, block_size, seed, name, ipfs_api, register, pri
         from shardnet.chain import Chain, dev_account
 
         chain = Chain.from_deployment(account=dev_account(key_index))
+        assert manifest.cid is not None  # publish() returns the manifest with its CID
         model_id = ModelRegistry(chain).register_model(
             name or source, manifest.cid, len(manifest.blocks), manifest.blocks_root, price_per_block
         )
@@ -80,7 +81,7 @@ def model_publish(source, quant, block_size, seed, name, ipfs_api, register, pri
 @_as_json
 def model_inspect(model_ref, ipfs_api, as_json) -> None:
     """Show a model's manifest: MODEL_REF is a manifest CID or an on-chain model id."""
-    from shardnet.model.shards import fetch_manifest
+    from shardnet.model.manifest import fetch_manifest
     from shardnet.storage import IpfsClient
 
     cid = model_ref

@@ -12,6 +12,7 @@ import asyncio
 import json
 import threading
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
@@ -66,7 +67,7 @@ class Syncer:
             self._stop.wait(self.interval_s)
 
 
-def activity_svg(buckets: list[dict], width: int = 720, height: int = 160) -> dict:
+def activity_svg(buckets: list[dict[str, Any]], width: int = 720, height: int = 160) -> dict[str, Any]:
     """Bars (jobs per bucket) and a line (fees paid per bucket), scaled into one SVG box."""
     if not buckets:
         return {"bars": [], "line": "", "width": width, "height": height, "max_jobs": 0, "max_fees": 0}

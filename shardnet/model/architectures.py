@@ -8,9 +8,12 @@ and which of the three runner families it uses.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import transformers
+
+from shardnet.errors import ModelError
 
 
 @dataclass(frozen=True)
@@ -22,14 +25,13 @@ class Arch:
     layers: str  # path of the ModuleList of transformer layers
     final: tuple[str, ...]  # module paths in the last block
     shared: tuple[str, ...] = ()  # weight-free modules every span rebuilds (rotary embeddings)
-    ignored: tuple[str, ...] = ()  # module paths of the whole model no block uses (BERT's pooler)
 
     @property
     def is_decoder(self) -> bool:
         return self.family in ("rope_decoder", "gpt2")
 
 
-_ROPE = dict(
+_ROPE: dict[str, Any] = dict(
     family="rope_decoder",
     embed=("model.embed_tokens",),
     layers="model.layers",
@@ -49,9 +51,7 @@ ARCHS: dict[str, Arch] = {
         layers="transformer.h",
         final=("transformer.ln_f", "lm_head"),
     ),
-    "bert": Arch(
-        "bert", "BertModel", "bert", embed=("embeddings",), layers="encoder.layer", final=(), ignored=("pooler",)
-    ),
+    "bert": Arch("bert", "BertModel", "bert", embed=("embeddings",), layers="encoder.layer", final=()),
     "vit": Arch(
         "vit",
         "ViTForImageClassification",
@@ -67,7 +67,7 @@ def arch_for(config) -> Arch:
     try:
         return ARCHS[config.model_type]
     except KeyError:
-        raise ValueError(
+        raise ModelError(
             f"model_type '{config.model_type}' has no block map; supported: {sorted(ARCHS)}. "
             "Add an Arch entry in shardnet/model/architectures.py"
         ) from None
@@ -85,7 +85,7 @@ def get_module(root: torch.nn.Module, path: str) -> torch.nn.Module:
 
 
 def num_layers(config) -> int:
-    return config.num_hidden_layers
+    return int(config.num_hidden_layers)
 
 
 def num_blocks(config) -> int:
@@ -140,7 +140,7 @@ PRESETS = {
         num_attention_heads=4,
         intermediate_size=128,
         max_position_embeddings=128,
-        add_pooling_layer=False,
+        add_pooling_layer=False,  # type: ignore[call-arg]  # kept on the config as an extra attribute
     ),
     "tiny-vit": lambda: transformers.ViTConfig(
         image_size=32,
@@ -150,7 +150,7 @@ PRESETS = {
         num_hidden_layers=4,
         num_attention_heads=4,
         intermediate_size=128,
-        num_labels=10,
+        num_labels=10,  # type: ignore[call-arg]  # a PretrainedConfig argument
     ),
 }
 
@@ -170,7 +170,7 @@ def block_paths(arch: Arch, config, block: int) -> tuple[str, ...]:
         return (f"{arch.layers}.{block - 1}",)
     if block == layers + 1:
         return arch.final
-    raise ValueError(f"block {block} out of range: the model has {layers + 2} blocks")
+    raise ModelError(f"block {block} out of range: the model has {layers + 2} blocks")
 
 
 def block_state(model: torch.nn.Module, config, block: int) -> dict[str, torch.Tensor]:

@@ -13,6 +13,8 @@ import struct
 
 import torch
 
+from shardnet.errors import ModelError
+
 QUANT_MODES = ("none", "fp16", "int8", "int8-mixed")
 DEFAULT_BLOCK_SIZE = 64
 DEFAULT_OUTLIER_THRESHOLD = 6.0  # a column is an outlier when its absmax exceeds this many medians
@@ -21,7 +23,7 @@ DEFAULT_OUTLIER_THRESHOLD = 6.0  # a column is an outlier when its absmax exceed
 def quantize_blockwise(t: torch.Tensor, block_size: int = DEFAULT_BLOCK_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
     """-> (int8 codes [n_blocks, block_size], fp32 scales [n_blocks]); pads the tail block with zeros."""
     if block_size < 1:
-        raise ValueError(f"block_size must be >= 1, got {block_size}")
+        raise ModelError(f"block_size must be >= 1, got {block_size}")
     flat = t.detach().reshape(-1).float()
     pad = (-flat.numel()) % block_size
     if pad:
@@ -46,7 +48,7 @@ def outlier_columns(weight: torch.Tensor, threshold: float = DEFAULT_OUTLIER_THR
     return torch.nonzero(col_max > threshold * col_max.median().clamp(min=1e-12)).flatten()
 
 
-def _is_matrix(name: str, t: torch.Tensor) -> bool:
+def _is_matrix(t: torch.Tensor) -> bool:
     return t.dim() == 2 and t.numel() >= 1024 and t.dtype.is_floating_point
 
 
@@ -58,7 +60,7 @@ def compress_state(
 ) -> tuple[dict[str, torch.Tensor], dict]:
     """Encode a block's tensors for storage. Returns (tensors to save, per-tensor metadata)."""
     if mode not in QUANT_MODES:
-        raise ValueError(f"quantization '{mode}' unknown; use one of {QUANT_MODES}")
+        raise ModelError(f"quantization '{mode}' unknown; use one of {QUANT_MODES}")
     out: dict[str, torch.Tensor] = {}
     meta: dict[str, dict] = {}
     for name, t in tensors.items():
@@ -66,7 +68,7 @@ def compress_state(
             out[name] = t.half().contiguous()
             meta[name] = {"enc": "fp16"}
             continue
-        if mode in ("none", "fp16") or not _is_matrix(name, t):
+        if mode in ("none", "fp16") or not _is_matrix(t):
             out[name] = t.contiguous()
             meta[name] = {"enc": "raw"}
             continue
@@ -109,7 +111,7 @@ WIRE_MODES = ("fp32", "fp16", "int8")
 def encode_activation(t: torch.Tensor, mode: str = "int8", block_size: int = DEFAULT_BLOCK_SIZE) -> bytes:
     """Serialise hidden states for the next stage: a JSON header, then raw little-endian bytes."""
     if mode not in WIRE_MODES:
-        raise ValueError(f"wire mode '{mode}' unknown; use one of {WIRE_MODES}")
+        raise ModelError(f"wire mode '{mode}' unknown; use one of {WIRE_MODES}")
     header = {"mode": mode, "shape": list(t.shape), "block_size": block_size}
     if mode == "int8":
         codes, scales = quantize_blockwise(t, block_size)

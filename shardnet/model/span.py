@@ -8,19 +8,16 @@ Decoder spans keep a KV cache per session, with layer indices renumbered to the 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers import DynamicCache
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 
+from shardnet.errors import BlockLoadError, ModelError
 from shardnet.model.architectures import arch_for, block_paths, get_module, model_class, num_blocks, num_layers
 from shardnet.protocol import Span
-
-
-class BlockLoadError(ValueError):
-    pass
 
 
 @dataclass
@@ -29,7 +26,6 @@ class Session:
 
     cache: DynamicCache | None = None
     seen: int = 0  # tokens already processed (position offset)
-    extras: dict = field(default_factory=dict)
 
 
 def _fill(module: nn.Module, prefix: str, tensors: dict[str, torch.Tensor], block: int) -> None:
@@ -56,7 +52,7 @@ class SpanModel(nn.Module):
         self.span = span
         self.total_blocks = num_blocks(config)
         if span.end > self.total_blocks:
-            raise ValueError(f"span [{span.start}, {span.end}) exceeds the model's {self.total_blocks} blocks")
+            raise ModelError(f"span [{span.start}, {span.end}) exceeds the model's {self.total_blocks} blocks")
         with torch.device("meta"):
             skeleton = model_class(self.arch)(config)
         self.parts = nn.ModuleDict()  # whole-model path (dots as '/') -> module
@@ -74,7 +70,7 @@ class SpanModel(nn.Module):
             self.parts[path.replace(".", "/")] = type(get_module(skeleton, path))(config=config)
         del skeleton
         self.layer_blocks = [b for b in range(span.start, span.end) if 1 <= b <= num_layers(config)]
-        self._entry = None  # the block the layers' cache indices are numbered from (see _number_layers)
+        self._entry: int | None = None  # the block the layers' cache indices are numbered from (see _number_layers)
         self._lock = threading.Lock()
         self._number_layers(span.start)
         self.eval()
@@ -87,7 +83,7 @@ class SpanModel(nn.Module):
             for local, layer in enumerate(self.layer_list):
                 for sub in layer.modules():
                     if hasattr(sub, "layer_idx"):
-                        sub.layer_idx = local - skip
+                        setattr(sub, "layer_idx", local - skip)  # noqa: B010 - nn.Module attribute
             self._entry = entry
         return skip
 
@@ -121,7 +117,7 @@ class SpanModel(nn.Module):
         (BERT, mean pooling)."""
         start = self.span.start if start is None else start
         if not self.span.start <= start < self.span.end:
-            raise ValueError(f"entry block {start} is outside span [{self.span.start}, {self.span.end})")
+            raise ModelError(f"entry block {start} is outside span [{self.span.start}, {self.span.end})")
         with self._lock:  # layer numbering is shared by the span's jobs: one forward at a time
             skip = self._number_layers(start)
             return self._forward(x, attention_mask, session, start, self.layer_list[skip:])

@@ -1,4 +1,5 @@
-"""Operators: the node agent and the coordinator daemon."""
+"""`shardnet coordinator ...`: the coordinator daemon (registered on the `shardnet` command
+through the `shardnet.commands` entry point, so the shared package never imports the coordinator)."""
 
 from __future__ import annotations
 
@@ -6,31 +7,8 @@ from pathlib import Path
 
 import click
 
-from shardnet.cli import main
 
-
-# ---------------------------------------------------------------------- node, coordinator
-@main.group()
-def node() -> None:
-    """Node agent (operators)."""
-
-
-@node.command("run")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True, help="node.toml")
-def node_run(config_path) -> None:
-    """Register (staking if needed), serve assigned spans, run jobs, get paid."""
-    from node import logs
-    from node.agent import run_node
-    from node.settings import NodeSettings
-
-    settings = NodeSettings.load(config_path)
-    logs.setup(f"node:{settings.listen_port}")
-    from shardnet.process import run_until_signal
-
-    run_until_signal(run_node(settings))
-
-
-@main.group()
+@click.group()
 def coordinator() -> None:
     """Coordinator daemon."""
 
@@ -72,13 +50,20 @@ def coordinator() -> None:
     help="apply a re-plan when it lifts the slowest block by this factor",
 )
 def coordinator_run(
-    dev_account, key, deployment_path, planner, replicas, min_stages, rebalance_interval, rebalance_factor
+    dev_account: int,
+    key: str | None,
+    deployment_path: Path | None,
+    planner: str,
+    replicas: int,
+    min_stages: int,
+    rebalance_interval: float,
+    rebalance_factor: float,
 ) -> None:
     """Assign spans, route posted jobs and reroute around dead nodes, from chain events."""
     from eth_account import Account
 
     from coordinator.daemon import Coordinator
-    from node import logs
+    from shardnet import logs
     from shardnet.chain import dev_account as dev
     from shardnet.deployment import Deployment
 

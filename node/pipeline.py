@@ -1,0 +1,264 @@
+"""The stage pipeline: how a job moves through this node. Stage 0 reads the input and runs
+first; every other stage accepts activations only from the previous stage of the job's
+on-chain route, runs its span and sends the result on; the last stage samples tokens and
+loops them back to stage 0, or hands the output to settlement. When the next stage dies, the
+coordinator reroutes and this stage replays what it sent, so the replacement rebuilds its KV
+cache (Petals' trick).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import torch
+
+from node.executor import Executor, JobRun
+from node.filter import my_stage
+from node.messages import pack, unpack
+from node.metrics import NodeMetrics
+from node.peers import PeerClient
+from node.settings import NodeSettings
+from node.settlement import Settlement
+from shardnet.errors import JobInputError, PeerError, StorageError
+from shardnet.jobs import JobParams
+from shardnet.ledger import Ledger
+from shardnet.model.quant import decode_activation, encode_activation
+from shardnet.protocol import JobStatus
+from shardnet.receipts import fold
+from shardnet.storage import IpfsClient
+
+# Decode steps expected to take at most this long run on the event loop itself. Handing a
+# forward to a worker thread and back costs milliseconds of GIL handoff per hop (Python's
+# switch interval is 5 ms), which dominated the per-token cost across stages; longer steps
+# still go to a thread so the data plane and health probes keep answering.
+INLINE_STEP_MS = 50.0
+# How long a message may wait for its job's JobRouted event (which arrives ~10 ms after the block).
+ROUTE_WAIT_S = 3.0
+log = logging.getLogger("shardnet.node")
+Spawn = Callable[[Coroutine[Any, Any, None]], None]
+
+
+class StagePipeline:
+    def __init__(
+        self,
+        address: str,
+        settings: NodeSettings,
+        ledger: Ledger,
+        executor: Executor,
+        ipfs: IpfsClient,
+        peers: PeerClient,
+        settlement: Settlement,
+        metrics: NodeMetrics,
+        spawn: Spawn,
+    ):
+        self.address = address
+        self.settings = settings
+        self.ledger = ledger
+        self.executor = executor
+        self.ipfs = ipfs
+        self.peers = peers
+        self.settlement = settlement
+        self.metrics = metrics
+        self.spawn = spawn
+        self.queues: dict[int, asyncio.Queue[bytes]] = {}
+        self._routed: dict[int, asyncio.Event] = {}  # jobs a message is waiting on the route of
+
+    # ------------------------------------------------------------------ routes and lifetimes
+    def route_known(self, job_id: int) -> None:
+        """The agent applied a JobRouted / JobRerouted event: wake messages waiting for it."""
+        waiting = self._routed.pop(job_id, None)
+        if waiting is not None:
+            waiting.set()
+
+    def drop(self, job_id: int) -> None:
+        self.settlement.finish(job_id)
+        self.queues.pop(job_id, None)
+
+    def begin(self, job_id: int) -> JobRun:
+        """This node's state for a job, created on its first message (params decoded once, here)."""
+        run = self.executor.jobs.get(job_id)
+        if run is None:
+            job = self.ledger.jobs[job_id]
+            stage = my_stage(self.address, job.route)
+            if stage is None:
+                raise JobInputError(f"this node is not on the route of job {job_id}")
+            params = JobParams.decode(job.params)
+            run = self.executor.begin(job_id, job.model_id, stage, list(job.route), job.coordinator or "", params)
+            self.metrics.open_jobs.inc()
+        return run
+
+    # ------------------------------------------------------------------ stage 0
+    async def start_job(self, job_id: int, picked_up_at: float) -> None:
+        job = self.ledger.jobs[job_id]
+        if job.model_id not in self.executor.spans:
+            await self.settlement.abort(job_id, f"stage 0 does not hold model {job.model_id}")
+            return
+        try:
+            run = self.begin(job_id)
+            raw = await asyncio.to_thread(self.ipfs.cat, job.input_cid, self.settings.ipfs_timeout_s)
+            ids, mask = self.executor.first_input(run, raw)
+        except JobInputError as exc:
+            await self.settlement.abort(job_id, str(exc))
+            return
+        except StorageError as exc:
+            await self.settlement.abort(job_id, f"input {job.input_cid} could not be read from IPFS: {exc}")
+            return
+        run.attention_mask = mask
+        run.prompt_len = ids.shape[1]
+        run.timing = {"picked_up_at": picked_up_at, "t0": time.time()}
+        await self.step(run, ids, mask)
+
+    # ------------------------------------------------------------------ every stage
+    async def step(self, run: JobRun, x: torch.Tensor, mask: torch.Tensor | None) -> None:
+        """Run this stage's span on `x` and pass the result on."""
+        started = time.perf_counter()
+        if x.shape[1] == 1 and self.executor.step_estimate_ms(run) <= INLINE_STEP_MS:
+            out = self.executor.run_span(run, x, mask)  # a short decode step: no thread handoff
+        else:
+            out = await asyncio.to_thread(self.executor.run_span, run, x, mask)
+        self.metrics.stage_seconds.labels(run.params.kind).observe(time.perf_counter() - started)
+        if not run.is_last:
+            header: dict[str, Any] = {"kind": "act", "step": run.step, "timing": run.timing}
+            if mask is not None:
+                header["mask"] = mask.tolist()
+            body = pack(header, encode_activation(out, run.params.wire))
+            run.out_hash = fold(run.out_hash, body)
+            run.step += 1
+            run.sent_log.append(body)
+            if not run.stalled:
+                await self.send(run, run.stage + 1, body)
+            return
+        if run.params.kind == "generate":
+            token, done = self.executor.next_token(run, out)
+            if not done:
+                body = pack({"kind": "tokens", "step": run.step, "ids": [token]})
+                run.step += 1
+                if run.is_first:  # a one-stage route loops locally
+                    run.in_hash = fold(run.in_hash, body)
+                    await self.step(run, torch.tensor([[token]]), None)
+                else:
+                    await self.send(run, 0, body)
+                return
+            await self.settlement.finalize(run, None)
+            return
+        await self.settlement.finalize(run, out)
+
+    async def send(self, run: JobRun, stage: int, body: bytes) -> None:
+        node = run.stages[stage].node
+        try:
+            await self.peers.post(self.ledger.endpoints[node], f"/v1/jobs/{run.job_id}/stages/{stage}", body)
+            self.metrics.bytes_out.inc(len(body))
+        except PeerError as exc:
+            log.error("job %d: stage %d unreachable: %s", run.job_id, stage, exc, extra={"job": run.job_id})
+            if run.stages[stage].node != node:
+                return  # rerouted meanwhile: the replay to the replacement carries this message
+            if stage == run.stage + 1:
+                # the coordinator replaces a dead stage (rerouteJob); replay to the replacement then
+                run.stalled = True
+                self.spawn(self._await_reroute(run, node))
+            else:
+                await self.settlement.abort(run.job_id, f"stage {stage} ({node}) unreachable: {exc}")
+
+    async def _await_reroute(self, run: JobRun, dead: str) -> None:
+        await asyncio.sleep(self.settings.reroute_wait_s)
+        if run.stalled and self.executor.jobs.get(run.job_id) is run and run.stages[run.stage + 1].node == dead:
+            await self.settlement.abort(
+                run.job_id,
+                f"stage {run.stage + 1} ({dead}) unreachable and not replaced within "
+                f"{self.settings.reroute_wait_s:.0f} s",
+            )
+
+    async def rerouted(self, job_id: int) -> None:
+        """The route changed under a running job: adopt it, and if the next stage is new, replay
+        everything this stage sent so the replacement rebuilds its KV cache (Petals' trick)."""
+        run = self.executor.jobs.get(job_id)
+        job = self.ledger.jobs[job_id]
+        stage = my_stage(self.address, job.route)
+        if run is None or stage is None:
+            return
+        old_next = run.stages[run.stage + 1].node if not run.is_last else None
+        run.stages, run.coordinator, run.stage = list(job.route), job.coordinator or "", stage
+        if run.is_last or run.stages[run.stage + 1].node == old_next and not run.stalled:
+            return
+        log.info(
+            "job %d: replaying %d messages to the new stage %d",
+            run.job_id,
+            len(run.sent_log),
+            run.stage + 1,
+            extra={"job": run.job_id},
+        )
+        run.stalled = False
+        for body in list(run.sent_log):
+            await self.send(run, run.stage + 1, body)
+            if run.stalled:
+                return
+
+    # ------------------------------------------------------------------ incoming messages
+    async def _wait_for_route(self, job_id: int) -> bool:
+        job = self.ledger.jobs.get(job_id)
+        if job is not None and job.route:
+            return True
+        waiting = self._routed.setdefault(job_id, asyncio.Event())
+        try:
+            await asyncio.wait_for(waiting.wait(), ROUTE_WAIT_S)
+        except TimeoutError:
+            return False
+        finally:
+            if not waiting.is_set():
+                self._routed.pop(job_id, None)
+        job = self.ledger.jobs.get(job_id)
+        return job is not None and bool(job.route)
+
+    async def accept(self, job_id: int, stage: int, sender: str, body: bytes) -> tuple[bool, str]:
+        """A data-plane message arrived: accept it only from the stage the on-chain route names."""
+        if not await self._wait_for_route(job_id):
+            return False, f"job {job_id} has no route on-chain"
+        job = self.ledger.jobs[job_id]
+        if job.status != JobStatus.ROUTED:
+            return False, f"job {job_id} is {job.status.name.lower()}, not routed"
+        if my_stage(self.address, job.route) != stage:
+            return False, f"this node is not stage {stage} of job {job_id}"
+        try:
+            header, _ = unpack(body)
+        except ValueError as exc:
+            return False, f"malformed message: {exc}"
+        expected = (
+            job.route[-1].node if header.get("kind") == "tokens" else job.route[stage - 1].node if stage else None
+        )
+        if expected is None or sender != expected:
+            return False, f"job {job_id} stage {stage} takes messages only from {expected}"
+        self.metrics.bytes_in.inc(len(body))
+        queue = self.queues.get(job_id)
+        if queue is None:
+            queue = self.queues[job_id] = asyncio.Queue()
+            self.spawn(self._worker(job_id, queue))
+        await queue.put(body)
+        return True, ""
+
+    async def _worker(self, job_id: int, queue: asyncio.Queue[bytes]) -> None:
+        while True:
+            body = await queue.get()
+            try:
+                run = self.begin(job_id)
+                header, payload = unpack(body)
+                if header["kind"] == "act":
+                    if header["step"] < run.expected_step:
+                        continue  # a replay after failover: already processed here
+                    run.expected_step = header["step"] + 1
+                run.in_hash = fold(run.in_hash, body)
+                if header["kind"] == "tokens":
+                    await self.step(run, torch.tensor([header["ids"]]), None)
+                else:
+                    mask = torch.tensor(header["mask"]) if "mask" in header else None
+                    run.timing = header.get("timing", run.timing)
+                    await self.step(run, decode_activation(payload), mask)
+            except Exception as exc:
+                log.exception("job %d failed at this stage", job_id, extra={"job": job_id})
+                await self.settlement.abort(job_id, f"stage failed: {type(exc).__name__}: {exc}")
+                return
+            if job_id not in self.executor.jobs:
+                return

@@ -1,0 +1,115 @@
+"""Settlement: how a job ends at this node. The last stage puts the output on IPFS, collects
+every earlier stage's signed receipt, checks it and submits the result; any stage may abort a
+job it cannot serve; every stage signs its receipt for the last one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import torch
+from eth_account.signers.local import LocalAccount
+
+from node.executor import Executor, JobRun
+from node.metrics import NodeMetrics
+from node.peers import PeerClient
+from node.reporter import Reporter
+from node.state import AgentState
+from shardnet.bindings import ZERO_ADDRESS
+from shardnet.errors import PeerError
+from shardnet.ledger import Ledger
+from shardnet.protocol import Receipt
+from shardnet.receipts import ReceiptDomain, output_hash_of
+from shardnet.storage import IpfsClient
+
+log = logging.getLogger("shardnet.node")
+
+
+class Settlement:
+    def __init__(
+        self,
+        account: LocalAccount,
+        receipts: ReceiptDomain,
+        ledger: Ledger,
+        executor: Executor,
+        ipfs: IpfsClient,
+        peers: PeerClient,
+        reporter: Reporter,
+        state: AgentState,
+        metrics: NodeMetrics,
+    ):
+        self.account = account
+        self.receipts = receipts
+        self.ledger = ledger
+        self.executor = executor
+        self.ipfs = ipfs
+        self.peers = peers
+        self.reporter = reporter
+        self.state = state
+        self.metrics = metrics
+
+    async def finalize(self, run: JobRun, final: torch.Tensor | None) -> None:
+        """Last stage: output to IPFS, every stage's receipt, then `submitResult`."""
+        job_id = run.job_id
+        if job_id in self.state.submitted:
+            return
+        output = self.executor.output(run, final)
+        cid = await asyncio.to_thread(self.ipfs.add, output, f"job-{job_id}-output.json")
+        mine = self.receipts.sign(
+            self.account, job_id, run.stage, run.stages[run.stage], run.in_hash, output_hash_of(cid)
+        )
+        receipts = [await self._collect_receipt(run, stage) for stage in range(len(run.stages) - 1)]
+        receipts.append(mine)
+        if await self.reporter.submit_result(job_id, run.coordinator, run.stages, cid, receipts):
+            self.state.settled(job_id, "submitted")
+            self.metrics.jobs.labels(run.params.kind, "completed").inc()
+            log.info("job %d done: output %s", job_id, cid, extra={"job": job_id})
+        self.finish(job_id)
+
+    async def _collect_receipt(self, run: JobRun, stage: int) -> Receipt:
+        node = run.stages[stage].node
+        response = await self.peers.post(self.ledger.endpoints[node], f"/v1/jobs/{run.job_id}/receipt", b"{}")
+        data = response.json()
+        receipt = Receipt(
+            bytes.fromhex(data["input_hash"][2:]),
+            bytes.fromhex(data["output_hash"][2:]),
+            bytes.fromhex(data["signature"][2:]),
+        )
+        signer = self.receipts.signer(run.job_id, stage, run.stages[stage], receipt)
+        if signer != node:
+            raise PeerError(f"stage {stage} returned a receipt signed by {signer}, not {node}")
+        return receipt
+
+    def receipt_for(self, job_id: int, sender: str) -> tuple[dict[str, Any] | None, str]:
+        """This stage's signed receipt, for the job's last stage only."""
+        job = self.ledger.jobs.get(job_id)
+        run = self.executor.jobs.get(job_id)
+        if job is None or run is None:
+            return None, f"this node has no state for job {job_id}"
+        if sender != job.route[-1].node:
+            return None, "receipts go only to the job's last stage"
+        receipt = self.receipts.sign(self.account, job_id, run.stage, run.stages[run.stage], run.in_hash, run.out_hash)
+        self.metrics.jobs.labels(run.params.kind, "served").inc()
+        return {
+            "stage": run.stage,
+            "input_hash": "0x" + receipt.input_hash.hex(),
+            "output_hash": "0x" + receipt.output_hash.hex(),
+            "signature": "0x" + receipt.signature.hex(),
+        }, ""
+
+    async def abort(self, job_id: int, reason: str) -> None:
+        """Give up on a job this node cannot serve: refund the client on-chain, with the reason."""
+        if job_id in self.state.aborted:
+            return
+        job = self.ledger.jobs[job_id]
+        log.warning("aborting job %d: %s", job_id, reason, extra={"job": job_id})
+        if await self.reporter.abort_job(job_id, job.coordinator or ZERO_ADDRESS, job.route, reason):
+            self.state.settled(job_id, "aborted")
+        self.metrics.jobs.labels("unknown", "aborted").inc()
+        self.finish(job_id)
+
+    def finish(self, job_id: int) -> None:
+        if self.executor.jobs.pop(job_id, None) is not None:
+            self.metrics.open_jobs.dec()

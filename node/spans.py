@@ -1,0 +1,55 @@
+"""Span management: fetch, verify and load the span a coordinator assigns this node, then
+confirm it on-chain; at start-up, load whatever the chain says this node serves.
+
+Runs inside the event-follow task, so nothing a bad span, manifest or block raises may escape:
+every failure is logged with the span it concerns and the node carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from node.executor import Executor
+from node.reporter import Reporter
+from shardnet.ledger import Ledger
+from shardnet.protocol import Span
+
+log = logging.getLogger("shardnet.node.spans")
+
+
+class SpanManager:
+    def __init__(self, address: str, ledger: Ledger, executor: Executor, reporter: Reporter):
+        self.address = address
+        self.ledger = ledger
+        self.executor = executor
+        self.reporter = reporter
+        self.loading: set[int] = set()  # models whose span is being fetched
+
+    async def reconcile(self) -> None:
+        """Load every span the chain assigns this node that is not loaded or loading yet."""
+        for model_id, nodes in list(self.ledger.assignments.items()):
+            mine = nodes.get(self.address)
+            if mine is not None and model_id not in self.executor.spans and model_id not in self.loading:
+                await self.load(model_id, mine.span)
+
+    async def load(self, model_id: int, span: Span) -> None:
+        model = self.ledger.models.get(model_id)
+        if model is None:
+            log.error("span [%d, %d) of unknown model %d: not loaded", span.start, span.end, model_id)
+            return
+        self.loading.add(model_id)
+        try:
+            await asyncio.to_thread(self.executor.load, model_id, model.manifest_cid, span)
+        except Exception as exc:  # noqa: BLE001 - a bad span must never end the event-follow task
+            log.error("could not load blocks [%d, %d) of model %d: %s", span.start, span.end, model_id, exc)
+            return
+        finally:
+            self.loading.discard(model_id)
+        log.info("loaded and verified blocks [%d, %d) of model %d", span.start, span.end, model_id)
+        assignment = self.ledger.assignments.get(model_id, {}).get(self.address)
+        if assignment is not None and not assignment.confirmed:
+            await self.reporter.confirm_shard(model_id)
+
+    def unload(self, model_id: int) -> None:
+        self.executor.unload(model_id)

@@ -1,0 +1,102 @@
+"""The node's pure parts without a chain: the event filter, the saved state, the data-plane app."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+from fastapi.testclient import TestClient
+
+from node.filter import AdoptRoute, DropJob, LoadSpan, StartJob, UnloadSpan, actions_for, my_stage
+from node.server import create_app
+from node.state import AgentState
+from shardnet.deployment import ContractRecord, Deployment
+from shardnet.events import Event
+from shardnet.ledger import Ledger
+from shardnet.protocol import Span, Stage
+
+ME, OTHER, COORD = "0x" + "11" * 20, "0x" + "22" * 20, "0x" + "cc" * 20
+_block = iter(range(1, 10_000))
+
+
+def event(name: str, **args: object) -> Event:
+    return Event(name, dict(args), "0x" + "00" * 20, next(_block), "0x" + "00" * 32, 0)
+
+
+def stage(node: str, start: int, end: int) -> dict[str, object]:
+    return {"node": node, "start": start, "end": end, "fee": 1}
+
+
+def routed(ledger: Ledger, job_id: int, name: str, *stages: dict[str, object]) -> Event:
+    e = event(name, jobId=job_id, coordinator=COORD, stages=list(stages), failedNodes=[])
+    ledger.apply(e)
+    return e
+
+
+def posted(ledger: Ledger, job_id: int) -> None:
+    ledger.apply(
+        event("JobPosted", jobId=job_id, client=OTHER, modelId=1, inputCid="Qm", params=b"{}", maxFee=9, deadline=99)
+    )
+
+
+def test_my_stage_finds_the_node_on_a_route():
+    route = [Stage(OTHER, 0, 2, 1), Stage(ME, 2, 4, 1)]
+    assert my_stage(ME, route) == 1 and my_stage(COORD, route) is None
+
+
+def test_filter_maps_each_event_to_what_this_node_does():
+    ledger = Ledger()
+    assigned = event("ShardAssigned", modelId=1, node=ME, coordinator=COORD, start=0, end=3)
+    assert actions_for(ME, assigned, ledger, set()) == [LoadSpan(1, Span(0, 3))]
+    other = event("ShardAssigned", modelId=1, node=OTHER, coordinator=COORD, start=0, end=3)
+    assert actions_for(ME, other, ledger, set()) == []
+    released = event("ShardReleased", modelId=1, node=ME, by=COORD)
+    assert actions_for(ME, released, ledger, set()) == [UnloadSpan(1)]
+
+    posted(ledger, 7)
+    first = routed(ledger, 7, "JobRouted", stage(ME, 0, 2), stage(OTHER, 2, 4))
+    assert actions_for(ME, first, ledger, set()) == [StartJob(7)]
+    assert actions_for(OTHER, first, ledger, set()) == []  # later stages wait for activations
+    moved = routed(ledger, 7, "JobRerouted", stage(ME, 0, 2), stage(COORD, 2, 4))
+    assert actions_for(ME, moved, ledger, {7}) == [AdoptRoute(7)]
+    assert actions_for(OTHER, moved, ledger, {7}) == [DropJob(7)]  # taken off the route
+    assert actions_for(ME, event("JobAborted", jobId=7, by=ME, reason="x"), ledger, {7}) == [DropJob(7)]
+
+
+def _deployment(market: str = "0x" + "ab" * 20) -> Deployment:
+    return Deployment(31337, "http://x", "ws://x", "http://ipfs", 5, "solc", {"JobMarket": ContractRecord(market, "h")})
+
+
+def test_state_survives_a_restart_and_refuses_another_deployment(tmp_path: Path):
+    state = AgentState(tmp_path, _deployment())
+    assert not state.acted_on((3, 0))
+    state.advance((3, 1))
+    state.settled(4, "submitted")
+    again = AgentState(tmp_path, _deployment())
+    assert again.acted_on((3, 1)) and again.acted_on((2, 9)) and not again.acted_on((3, 2))
+    assert again.submitted == [4]
+    other = AgentState(tmp_path, _deployment(market="0x" + "cd" * 20))
+    assert other.last == (-1, -1) and other.submitted == []
+
+
+def test_data_plane_app_refuses_unsigned_and_malformed_requests():
+    refused: dict[str, int] = {}
+
+    class Counter:
+        def labels(self, reason: str) -> Counter:
+            refused[reason] = refused.get(reason, 0) + 1
+            return self
+
+        def inc(self) -> None:
+            pass
+
+    agent = SimpleNamespace(
+        metrics=SimpleNamespace(refused=Counter(), registry=None),
+        health=lambda: {"ready": True},
+    )
+    client = TestClient(create_app(agent))  # type: ignore[arg-type]
+    assert client.get("/health").json() == {"ready": True}
+    response = client.post("/v1/jobs/1/stages/1", content=b"x", headers={"x-shardnet-signature": ""})
+    assert response.status_code == 401 and refused == {"bad-signature": 1}
+    response = client.post("/v1/jobs/1/receipt", content=b"{}", headers={"x-shardnet-signature": "0x00"})
+    assert response.status_code == 401
