@@ -8,17 +8,23 @@ import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 import {IJobMarket} from "./interfaces/IJobMarket.sol";
 import {IModelRegistry} from "./interfaces/IModelRegistry.sol";
 import {INodeRegistry} from "./interfaces/INodeRegistry.sol";
+import {NodeNotActive, NothingToWithdraw, TransferFailed} from "./interfaces/SharedErrors.sol";
+import {AddressArrays} from "./libraries/AddressArrays.sol";
 
 /// @title JobMarket
 /// @notice Clients post inference jobs with escrow; a coordinator routes each job through a
 /// chain of staked nodes that covers every block of the model; the result is accepted with
 /// one EIP-712 receipt per stage, and every payee withdraws its credit (pull payments).
+/// Each node's open, delivered and failed stages are recorded in the NodeRegistry as routes
+/// open and close.
 /// @dev Escrow invariant: address(this).balance == sum(job.escrow) + sum(account.credit).
 /// A job settles exactly once (Completed, Expired, Cancelled or Aborted), so it is never both paid
 /// and refunded. Routes are not stored: `routeHash` commits to the stages, which callers
 /// pass back in calldata (with the coordinator that routed) and which the `JobRouted` /
 /// `JobRerouted` events publish.
 contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP712 {
+    using AddressArrays for address[];
+
     // ---------------------------------------------------------------- constants
     bytes32 public constant COORDINATOR_ROLE = keccak256("COORDINATOR_ROLE");
     bytes32 public constant RECEIPT_TYPEHASH = keccak256(
@@ -101,10 +107,8 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
     function routeJob(uint256 jobId, Stage[] calldata stages) external onlyRole(COORDINATOR_ROLE) {
         Job storage job = _jobWithStatus(jobId, Status.Posted);
         if (block.timestamp > job.deadline) revert DeadlinePassed(jobId, job.deadline);
-        _checkRoute(jobId, job, stages);
-        for (uint256 i; i < stages.length; ++i) {
-            ++accounts[stages[i].node].openJobs;
-        }
+        address[] memory nodes = _checkRoute(jobId, job, stages);
+        nodeRegistry.openRoute(nodes);
         job.status = Status.Routed;
         job.routeHash = _routeHash(msg.sender, stages);
         emit JobRouted(jobId, msg.sender, stages);
@@ -121,25 +125,20 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
         Job storage job = _jobWithStatus(jobId, Status.Routed);
         if (block.timestamp > job.deadline) revert DeadlinePassed(jobId, job.deadline);
         if (_routeHash(oldCoordinator, oldStages) != job.routeHash) revert RouteMismatch(jobId);
-        _checkRoute(jobId, job, newStages);
+        address[] memory newNodes = _checkRoute(jobId, job, newStages);
+        address[] memory oldNodes = _nodes(oldStages);
         address[] memory failed = new address[](oldStages.length);
         uint256 nFailed;
         for (uint256 i; i < oldStages.length; ++i) {
             address node = oldStages[i].node;
-            Account storage acc = accounts[node];
-            --acc.openJobs;
             if (!_onRoute(node, newStages)) {
-                ++acc.jobsFailed;
                 failed[nFailed++] = node;
                 emit StageFailed(jobId, node);
             }
         }
-        for (uint256 i; i < newStages.length; ++i) {
-            ++accounts[newStages[i].node].openJobs;
-        }
-        assembly {
-            mstore(failed, nFailed)
-        }
+        failed = failed.truncate(nFailed);
+        nodeRegistry.closeRoute(oldNodes, false, failed);
+        nodeRegistry.openRoute(newNodes);
         job.routeHash = _routeHash(msg.sender, newStages);
         emit JobRerouted(jobId, msg.sender, newStages, failed);
     }
@@ -166,13 +165,11 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
         uint256 paid;
         for (uint256 i; i < stages.length; ++i) {
             Stage calldata s = stages[i];
-            Account storage acc = accounts[s.node];
-            --acc.openJobs;
-            ++acc.jobsDone;
-            acc.credit += s.fee;
+            accounts[s.node].credit += s.fee;
             paid += s.fee;
             emit StagePaid(jobId, s.node, i, s.fee);
         }
+        nodeRegistry.closeRoute(_nodes(stages), true, new address[](0));
         uint256 cut = paid * coordinatorFeeBps / 10_000;
         if (cut != 0) {
             accounts[coordinator].credit += uint128(cut);
@@ -201,20 +198,14 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
                 revert ReceiptCountMismatch(jobId, delivered.length, stages.length);
             }
             _verifyReceipts(jobId, stages, delivered);
-            for (uint256 i; i < stages.length; ++i) {
-                Account storage acc = accounts[stages[i].node];
-                --acc.openJobs;
-                if (i >= delivered.length) {
-                    ++acc.jobsFailed;
-                    failed[nFailed++] = stages[i].node;
-                    emit StageFailed(jobId, stages[i].node);
-                }
+            for (uint256 i = delivered.length; i < stages.length; ++i) {
+                failed[nFailed++] = stages[i].node;
+                emit StageFailed(jobId, stages[i].node);
             }
+            failed = failed.truncate(nFailed);
+            nodeRegistry.closeRoute(_nodes(stages), false, failed);
         } else if (stages.length != 0) {
             revert RouteMismatch(jobId);
-        }
-        assembly {
-            mstore(failed, nFailed)
         }
         job.status = Status.Expired;
         _refund(jobId, job);
@@ -233,9 +224,7 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
         } else if (status == Status.Routed) {
             if (_routeHash(coordinator, stages) != job.routeHash) revert RouteMismatch(jobId);
             if (msg.sender != coordinator && !_onRoute(msg.sender, stages)) revert NotOnRoute(jobId, msg.sender);
-            for (uint256 i; i < stages.length; ++i) {
-                --accounts[stages[i].node].openJobs;
-            }
+            nodeRegistry.closeRoute(_nodes(stages), false, new address[](0));
         } else {
             revert WrongStatus(jobId, status, Status.Routed);
         }
@@ -246,10 +235,11 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
 
     /// @notice Send the caller everything credited to it (stage fees, coordinator cuts, refunds).
     function withdraw() external nonReentrant {
-        Account storage acc = accounts[msg.sender];
-        uint256 amount = acc.credit;
+        Account storage account = accounts[msg.sender];
+        uint256 amount = account.credit;
         if (amount == 0) revert NothingToWithdraw(msg.sender);
-        acc.credit = 0;
+        account.credit = 0;
+        account.withdrawn += uint128(amount);
         emit Withdrawn(msg.sender, amount);
         (bool ok,) = msg.sender.call{value: amount}("");
         if (!ok) revert TransferFailed(msg.sender, amount);
@@ -258,10 +248,6 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
     // ---------------------------------------------------------------- views
     function getJob(uint256 jobId) external view returns (Job memory) {
         return _job(jobId);
-    }
-
-    function openJobs(address node) external view returns (uint256) {
-        return accounts[node].openJobs;
     }
 
     /// @notice The EIP-712 digest a stage node signs for its receipt.
@@ -295,10 +281,15 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
         if (job.status != need) revert WrongStatus(jobId, job.status, need);
     }
 
-    function _checkRoute(uint256 jobId, Job storage job, Stage[] calldata stages) private view {
+    /// @dev Reverts unless `stages` is a valid route for the job; returns the stages' nodes.
+    function _checkRoute(uint256 jobId, Job storage job, Stage[] calldata stages)
+        private
+        view
+        returns (address[] memory nodes)
+    {
         uint256 n = stages.length;
         if (n == 0) revert EmptyRoute(jobId);
-        address[] memory nodes = new address[](n);
+        nodes = new address[](n);
         uint32[] memory starts = new uint32[](n);
         uint32[] memory ends = new uint32[](n);
         uint32 next;
@@ -348,6 +339,13 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
 
     function _routeHash(address coordinator, Stage[] calldata stages) private pure returns (bytes20) {
         return bytes20(keccak256(abi.encode(coordinator, stages)));
+    }
+
+    function _nodes(Stage[] calldata stages) private pure returns (address[] memory nodes) {
+        nodes = new address[](stages.length);
+        for (uint256 i; i < stages.length; ++i) {
+            nodes[i] = stages[i].node;
+        }
     }
 
     function _onRoute(address node, Stage[] calldata stages) private pure returns (bool) {

@@ -4,12 +4,16 @@ pragma solidity ^0.8.24;
 import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
 import {IModelRegistry} from "./interfaces/IModelRegistry.sol";
 import {INodeRegistry} from "./interfaces/INodeRegistry.sol";
+import {NodeNotActive} from "./interfaces/SharedErrors.sol";
+import {AddressArrays} from "./libraries/AddressArrays.sol";
 
 /// @title ModelRegistry
 /// @notice Models (their IPFS manifests) and shard assignments: which node serves which
 /// consecutive blocks. Coordinators assign, nodes confirm once they fetched and verified.
 /// @dev Model ids start at 1. A node holds at most one span per model.
 contract ModelRegistry is IModelRegistry, AccessControl {
+    using AddressArrays for address[];
+
     // ---------------------------------------------------------------- constants
     bytes32 public constant COORDINATOR_ROLE = keccak256("COORDINATOR_ROLE");
 
@@ -103,11 +107,11 @@ contract ModelRegistry is IModelRegistry, AccessControl {
         return _model(modelId);
     }
 
-    /// @notice Block count and price, reverting for unknown or deprecated models (used by the market).
-    function blockCountOf(uint256 modelId) external view returns (uint32, uint56) {
+    /// @notice Block count of a model that takes jobs, reverting for unknown or deprecated models.
+    function blockCountOf(uint256 modelId) external view returns (uint32) {
         Model storage m = _model(modelId);
         if (m.deprecated) revert ModelIsDeprecated(modelId);
-        return (m.blockCount, m.pricePerBlock);
+        return m.blockCount;
     }
 
     /// @notice For the market, in one call: block count and price of an active model, and a bit
@@ -139,9 +143,7 @@ contract ModelRegistry is IModelRegistry, AccessControl {
             Assignment storage a = _assignments[modelId][all[i]];
             if (a.confirmed && a.start <= blockIndex && blockIndex < a.end) nodes[k++] = all[i];
         }
-        assembly {
-            mstore(nodes, k)
-        }
+        return nodes.truncate(k);
     }
 
     function assignedNodes(uint256 modelId) external view returns (address[] memory) {

@@ -4,17 +4,23 @@ pragma solidity ^0.8.24;
 import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 import {INodeRegistry} from "./interfaces/INodeRegistry.sol";
-import {IJobMarket} from "./interfaces/IJobMarket.sol";
+import {NothingToWithdraw, TransferFailed} from "./interfaces/SharedErrors.sol";
 
 /// @title NodeRegistry
 /// @notice Node operators stake native ETH to serve model blocks. Unstaking is two-step
 /// (request, then withdraw after `unstakeCooldown`), and stake cannot be requested out while
-/// the node sits on the route of an open job.
+/// the node sits on the route of an open job. Each node's reputation (open, delivered and failed
+/// stages) lives here too; only the market records it, as routes open and close.
 /// @dev Slashed funds leave the node's stake (then its pending unstake) and are credited to
 /// `treasury`, which withdraws them with `withdrawSlashed` (pull payment). Invariant:
 /// address(this).balance == sum(stake) + sum(pendingUnstake) + slashedBalance.
-/// Reputation counters (jobs done / failed) are kept by the market next to each node's
-/// payout account, where they cost no extra storage write; `reputationOf` reads them.
+///
+/// | who | may |
+/// | --- | --- |
+/// | anyone | register (with stake >= minStake), add stake, update its profile, unstake in two steps |
+/// | the market | record routes opening and closing (`openRoute`, `closeRoute`), slash |
+/// | a verifier (SLASHER_ROLE) | slash |
+/// | the treasury's admin | set parameters, wire the market once; anyone sends slashed funds to the treasury |
 contract NodeRegistry is INodeRegistry, AccessControl, ReentrancyGuardTransient {
     // ---------------------------------------------------------------- constants
     /// @notice May slash: the market, and verifiers (re-execution committees).
@@ -24,10 +30,16 @@ contract NodeRegistry is INodeRegistry, AccessControl, ReentrancyGuardTransient 
     uint256 public minStake;
     uint64 public unstakeCooldown; // seconds
     address public treasury;
-    IJobMarket public market;
+    address public market; // the JobMarket: records routes (reputation, open-job locks) and may slash
     uint256 public slashedBalance; // wei owed to the treasury
     mapping(address => Node) private _nodes;
     address[] public nodeList;
+
+    // ---------------------------------------------------------------- modifiers
+    modifier onlyMarket() {
+        if (msg.sender != market) revert NotMarket(msg.sender);
+        _;
+    }
 
     // ---------------------------------------------------------------- constructor
     constructor(address admin, uint256 minStake_, uint64 unstakeCooldown_, address treasury_) {
@@ -41,8 +53,8 @@ contract NodeRegistry is INodeRegistry, AccessControl, ReentrancyGuardTransient 
     // ---------------------------------------------------------------- admin
     /// @notice Wire the market once; it becomes a slasher and the source of open-job locks.
     function setMarket(address market_) external onlyRole(DEFAULT_ADMIN_ROLE) {
-        if (address(market) != address(0)) revert MarketAlreadySet(address(market));
-        market = IJobMarket(market_);
+        if (market != address(0)) revert MarketAlreadySet(market);
+        market = market_;
         _grantRole(SLASHER_ROLE, market_);
         emit MarketSet(market_);
     }
@@ -99,8 +111,7 @@ contract NodeRegistry is INodeRegistry, AccessControl, ReentrancyGuardTransient 
         Node storage n = _registered(msg.sender);
         if (amount == 0) revert ZeroAmount();
         if (amount > n.stake) revert UnstakeExceedsStake(msg.sender, amount, n.stake);
-        uint256 open = address(market) == address(0) ? 0 : market.openJobs(msg.sender);
-        if (open != 0) revert UnstakeWhileOnOpenRoute(msg.sender, open);
+        if (n.openJobs != 0) revert UnstakeWhileOnOpenRoute(msg.sender, n.openJobs);
         uint256 remaining = n.stake - amount;
         if (remaining != 0 && remaining < minStake) revert UnstakeLeavesDust(msg.sender, remaining, minStake);
         n.stake = uint128(remaining);
@@ -118,6 +129,26 @@ contract NodeRegistry is INodeRegistry, AccessControl, ReentrancyGuardTransient 
         n.pendingUnstake = 0;
         emit UnstakeWithdrawn(msg.sender, amount);
         _send(msg.sender, amount);
+    }
+
+    // ---------------------------------------------------------------- the market
+    /// @inheritdoc INodeRegistry
+    function openRoute(address[] calldata nodes) external onlyMarket {
+        for (uint256 i; i < nodes.length; ++i) {
+            ++_nodes[nodes[i]].openJobs;
+        }
+    }
+
+    /// @inheritdoc INodeRegistry
+    function closeRoute(address[] calldata nodes, bool delivered, address[] calldata failed) external onlyMarket {
+        for (uint256 i; i < nodes.length; ++i) {
+            Node storage n = _nodes[nodes[i]];
+            --n.openJobs;
+            if (delivered) ++n.jobsDone;
+        }
+        for (uint256 i; i < failed.length; ++i) {
+            ++_nodes[failed[i]].jobsFailed;
+        }
     }
 
     // ---------------------------------------------------------------- slashing
@@ -169,9 +200,8 @@ contract NodeRegistry is INodeRegistry, AccessControl, ReentrancyGuardTransient 
 
     /// @notice (jobs done, jobs failed, open jobs) as recorded by the market.
     function reputationOf(address node) external view returns (uint32 done, uint32 failed, uint32 open) {
-        if (address(market) == address(0)) return (0, 0, 0);
-        (, uint32 o, uint32 d, uint32 f) = JobMarketAccounts(address(market)).accounts(node);
-        return (d, f, o);
+        Node storage n = _nodes[node];
+        return (n.jobsDone, n.jobsFailed, n.openJobs);
     }
 
     // ---------------------------------------------------------------- internal
@@ -191,9 +221,4 @@ contract NodeRegistry is INodeRegistry, AccessControl, ReentrancyGuardTransient 
         (bool ok,) = to.call{value: amount}("");
         if (!ok) revert TransferFailed(to, amount);
     }
-}
-
-/// @dev The public getter of JobMarket.accounts, as the registry reads it.
-interface JobMarketAccounts {
-    function accounts(address) external view returns (uint128 credit, uint32 openJobs, uint32 jobsDone, uint32 jobsFailed);
 }

@@ -19,4 +19,7 @@ def unpack(body: bytes) -> tuple[dict[str, Any], bytes]:
     (n,) = struct.unpack_from("<I", body)
     if 4 + n > len(body):
         raise ValueError("message header runs past the body")
-    return json.loads(body[4 : 4 + n]), body[4 + n :]
+    header = json.loads(body[4 : 4 + n])
+    if not isinstance(header, dict):
+        raise ValueError("message header is not a JSON object")
+    return header, body[4 + n :]

@@ -66,7 +66,7 @@ def reconcile(chain: Chain, ledger: Ledger, label: Label = events_label) -> list
         check(label("job", job_id), "client", rec.client, job.client)
     check("JobMarket", "job count", len(ledger.jobs), c.market.job_count())
     for address, account in sorted(ledger.accounts.items()):
-        acct = c.market.account(address)
+        acct = c.account(address)
         for field in ("credit", "open_jobs", "jobs_done", "jobs_failed"):
             check(label("account", address), field, getattr(account, field), getattr(acct, field))
     for address, node in sorted(ledger.nodes.items()):

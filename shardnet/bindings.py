@@ -15,7 +15,18 @@ from shardnet.chain import Chain
 from shardnet.contract_errors import ContractRevert
 from shardnet.errors import ShardnetError
 from shardnet.events import Event, EventDecoder
-from shardnet.protocol import Account, Assignment, Hardware, Job, JobStatus, Model, NodeInfo, Receipt, Stage
+from shardnet.protocol import (
+    Account,
+    Assignment,
+    Hardware,
+    Job,
+    JobStatus,
+    Model,
+    NodeInfo,
+    Receipt,
+    Reputation,
+    Stage,
+)
 from shardnet.receipts import ReceiptDomain
 
 ZERO_ADDRESS = "0x" + "00" * 20
@@ -105,19 +116,20 @@ class NodeRegistry(_Binding):
             unlock_at=s[1],
             registered_at=s[2],
             pending_unstake=s[3],
-            hardware=Hardware(*s[4]),
-            endpoint=s[5],
-            data_key=bytes(s[6]),
+            reputation=Reputation(open_jobs=s[4], jobs_done=s[5], jobs_failed=s[6]),
+            hardware=Hardware(*s[7]),
+            endpoint=s[8],
+            data_key=bytes(s[9]),
         )
 
     def nodes(self) -> list[str]:
         count = self._call(self.contract.functions.nodeCount())
         return [self._call(self.contract.functions.nodeList(i)) for i in range(count)]
 
-    def reputation(self, node: str) -> tuple[int, int, int]:
-        """(jobs done, jobs failed, open jobs)."""
+    def reputation(self, node: str) -> Reputation:
+        """Open, delivered and failed stages, as the market recorded them."""
         done, failed, open_jobs = self._call(self.contract.functions.reputationOf(node))
-        return int(done), int(failed), int(open_jobs)
+        return Reputation(open_jobs=int(open_jobs), jobs_done=int(done), jobs_failed=int(failed))
 
 
 class ModelRegistry(_Binding):
@@ -269,8 +281,10 @@ class JobMarket(_Binding):
     def job_count(self) -> int:
         return int(self._call(self.contract.functions.jobCount()))
 
-    def account(self, who: str) -> Account:
-        return Account(*self._call(self.contract.functions.accounts(who)))
+    def credit(self, who: str) -> int:
+        """Wei credited to `who` (stage fees, coordinator cuts, refunds), withdrawable."""
+        credit, _withdrawn = self._call(self.contract.functions.accounts(who))
+        return int(credit)
 
     def coordinator_fee_bps(self) -> int:
         return int(self._call(self.contract.functions.coordinatorFeeBps()))
@@ -305,3 +319,8 @@ class Contracts:
         self.nodes = NodeRegistry(chain)
         self.models = ModelRegistry(chain)
         self.market = JobMarket(chain)
+
+    def account(self, who: str) -> Account:
+        """What the chain holds for an account: its credit in the market and, for a node, its
+        reputation in the node registry."""
+        return Account(self.market.credit(who), *self.nodes.reputation(who))

@@ -35,8 +35,9 @@ from shardnet.deployment import Deployment
 from shardnet.errors import IndexerError
 from shardnet.events import Event, EventReader
 from shardnet.index_queries import IndexQueries
-from shardnet.ledger import AccountRecord, JobRecord, Ledger, NodeRecord
-from shardnet.protocol import Assignment, Hardware, JobStatus, Model, Receipt, Stage
+from shardnet.index_rows import load_job, load_ledger, write_job, write_state
+from shardnet.ledger import Ledger
+from shardnet.protocol import JobStatus
 
 SCHEMA_VERSION = 2
 
@@ -103,14 +104,6 @@ def to_json(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [to_json(v) for v in value]
     return value
-
-
-def _hex(b: bytes | None) -> str | None:
-    return None if b is None else "0x" + bytes(b).hex()
-
-
-def _unhex(s: str) -> bytes:
-    return bytes.fromhex(s.removeprefix("0x"))
 
 
 def default_path(chain: Chain) -> Path:
@@ -242,14 +235,14 @@ class Index(IndexQueries):
     def ledger(self) -> Ledger:
         """The derived state as a Ledger: accounts, nodes and models loaded; jobs loaded on demand."""
         if self._ledger is None:
-            self._ledger = _load_ledger(self.db)
+            self._ledger = load_ledger(self.db)
         return self._ledger
 
     def _store(self, batch: list[tuple[Event, int]], end: int) -> None:
         ledger = self.ledger()
         touched = {e.args["jobId"] for e, _ in batch if "jobId" in e.args}
         for job_id in touched - ledger.jobs.keys():
-            record = _load_job(self.db, job_id)
+            record = load_job(self.db, job_id)
             if record is not None:
                 ledger.jobs[job_id] = record
         posted: dict[int, tuple[int, int]] = {}
@@ -278,9 +271,9 @@ class Index(IndexQueries):
                 ],
             )
             for job_id in sorted(touched):
-                _write_job(self.db, ledger.jobs[job_id], posted.get(job_id), end)
+                write_job(self.db, ledger.jobs[job_id], posted.get(job_id), end)
             if batch:
-                _write_state(self.db, ledger)
+                write_state(self.db, ledger)
             self.db.execute("UPDATE meta SET value = ? WHERE key = 'next_block'", (str(end + 1),))
             self.db.execute("COMMIT")
         except BaseException:
@@ -294,180 +287,12 @@ class Index(IndexQueries):
     # ------------------------------------------------------------------ the derived state, for audits
     def state(self) -> Ledger:
         """The derived tables, all jobs included, as a Ledger (for `shardnet.audit.reconcile`)."""
-        ledger = _load_ledger(self.db)
+        ledger = load_ledger(self.db)
         for row in self.db.execute("SELECT job_id FROM jobs"):
-            job = _load_job(self.db, row[0])
+            job = load_job(self.db, row[0])
             if job is not None:
                 ledger.jobs[row[0]] = job
         return ledger
-
-
-# ---------------------------------------------------------------------- rows <-> ledger
-def _write_job(db: sqlite3.Connection, job: JobRecord, posted: tuple[int, int] | None, block: int) -> None:
-    if posted is None:
-        posted = db.execute("SELECT posted_block, posted_time FROM jobs WHERE job_id = ?", (job.job_id,)).fetchone()
-    db.execute(
-        "INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            job.job_id,
-            job.client,
-            job.model_id,
-            job.status.name.lower(),
-            job.input_cid,
-            job.params.hex(),
-            str(job.max_fee),
-            job.deadline,
-            str(job.escrow),
-            job.coordinator,
-            job.output_cid,
-            str(sum(job.payouts.values())),
-            str(job.refunded),
-            job.reroutes,
-            job.abort_reason,
-            posted[0],
-            posted[1],
-            block,
-        ),
-    )
-    db.execute("DELETE FROM job_stages WHERE job_id = ?", (job.job_id,))
-    receipts: list[Receipt | None] = list(job.receipts) or [None] * len(job.route)
-    db.executemany(
-        "INSERT INTO job_stages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [
-            (job.job_id, k, s.node, s.start, s.end, str(s.fee), *_receipt_row(r))
-            for k, (s, r) in enumerate(zip(job.route, receipts, strict=True))
-        ],
-    )
-    db.execute("DELETE FROM payouts WHERE job_id = ?", (job.job_id,))
-    db.executemany(
-        "INSERT INTO payouts VALUES (?, ?, ?)",
-        [(job.job_id, payee, str(amount)) for payee, amount in job.payouts.items()],
-    )
-    db.execute("DELETE FROM job_failures WHERE job_id = ?", (job.job_id,))
-    db.executemany(
-        "INSERT INTO job_failures VALUES (?, ?, ?)", [(job.job_id, k, node) for k, node in enumerate(job.failed_nodes)]
-    )
-
-
-def _receipt_row(r: Receipt | None) -> tuple[str | None, str | None, str | None]:
-    return (None, None, None) if r is None else (_hex(r.input_hash), _hex(r.output_hash), _hex(r.signature))
-
-
-def _write_state(db: sqlite3.Connection, ledger: Ledger) -> None:
-    db.executemany(
-        "INSERT OR REPLACE INTO accounts VALUES (?, ?, ?, ?, ?, ?)",
-        [
-            (a, str(r.credit), r.open_jobs, r.jobs_done, r.jobs_failed, str(r.withdrawn))
-            for a, r in ledger.accounts.items()
-        ],
-    )
-    db.executemany(
-        "INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        [
-            (
-                a,
-                str(r.stake),
-                str(r.pending_unstake),
-                str(r.slashed),
-                ledger.endpoints.get(a),
-                *(ledger.hardware.get(a) or (None, None, None)),
-            )
-            for a, r in ledger.nodes.items()
-        ],
-    )
-    db.executemany(
-        "INSERT OR REPLACE INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        [
-            (
-                m.model_id,
-                m.owner,
-                m.name,
-                m.manifest_cid,
-                m.block_count,
-                str(m.price_per_block),
-                int(m.deprecated),
-                _hex(m.blocks_root),
-            )
-            for m in ledger.models.values()
-        ],
-    )
-    db.execute("DELETE FROM assignments")
-    db.executemany(
-        "INSERT INTO assignments VALUES (?, ?, ?, ?, ?, ?)",
-        [
-            (m, node, a.start, a.end, int(a.confirmed), a.assigned_by)
-            for m, nodes in ledger.assignments.items()
-            for node, a in nodes.items()
-        ],
-    )
-    db.execute("UPDATE meta SET value = ? WHERE key = 'slashed_balance'", (str(ledger.slashed_balance),))
-
-
-def _load_ledger(db: sqlite3.Connection) -> Ledger:
-    ledger = Ledger()
-    for r in db.execute("SELECT * FROM accounts"):
-        ledger.accounts[r["address"]] = AccountRecord(
-            int(r["credit"]), r["open_jobs"], r["jobs_done"], r["jobs_failed"], int(r["withdrawn"])
-        )
-    for r in db.execute("SELECT * FROM nodes"):
-        ledger.nodes[r["address"]] = NodeRecord(int(r["stake"]), int(r["pending_unstake"]), int(r["slashed"]))
-        if r["endpoint"] is not None:
-            ledger.endpoints[r["address"]] = r["endpoint"]
-        if r["memory_mb"] is not None:
-            ledger.hardware[r["address"]] = Hardware(r["memory_mb"], r["compute_score"], r["bandwidth_mbps"])
-    for r in db.execute("SELECT * FROM models"):
-        ledger.models[r["model_id"]] = Model(
-            r["model_id"],
-            r["owner"],
-            r["block_count"],
-            bool(r["deprecated"]),
-            int(r["price_per_block"]),
-            _unhex(r["blocks_root"]),
-            r["name"],
-            r["manifest_cid"],
-        )
-    for r in db.execute("SELECT * FROM assignments"):
-        ledger.assignments[r["model_id"]][r["node"]] = Assignment(
-            r["start"], r["end"], bool(r["confirmed"]), r["assigned_by"]
-        )
-    ledger.slashed_balance = int(db.execute("SELECT value FROM meta WHERE key = 'slashed_balance'").fetchone()[0])
-    return ledger
-
-
-def _load_job(db: sqlite3.Connection, job_id: int) -> JobRecord | None:
-    r = db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-    if r is None:
-        return None
-    stages = db.execute("SELECT * FROM job_stages WHERE job_id = ? ORDER BY stage", (job_id,)).fetchall()
-    job = JobRecord(
-        job_id,
-        r["client"],
-        r["model_id"],
-        r["input_cid"],
-        bytes.fromhex(r["params"]),
-        int(r["max_fee"]),
-        r["deadline"],
-        status=JobStatus[r["status"].upper()],
-        escrow=int(r["escrow"]),
-        coordinator=r["coordinator"],
-        reroutes=r["reroutes"],
-        output_cid=r["output_cid"],
-        refunded=int(r["refunded"]),
-        abort_reason=r["abort_reason"],
-    )
-    job.route = [Stage(s["node"], s["start"], s["end"], int(s["fee"])) for s in stages]
-    if stages and stages[0]["signature"] is not None:
-        job.receipts = [
-            Receipt(_unhex(s["input_hash"]), _unhex(s["output_hash"]), _unhex(s["signature"])) for s in stages
-        ]
-    job.payouts = {
-        p["payee"]: int(p["amount"])
-        for p in db.execute("SELECT payee, amount FROM payouts WHERE job_id = ?", (job_id,))
-    }
-    job.failed_nodes = [
-        f[0] for f in db.execute("SELECT node FROM job_failures WHERE job_id = ? ORDER BY seq", (job_id,))
-    ]
-    return job
 
 
 def open_index(chain: Chain, path: Path | str | None = None, sync: bool = True) -> Index:

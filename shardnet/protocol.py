@@ -46,6 +46,7 @@ class NodeInfo:
     pending_unstake: int  # wei
     unlock_at: int  # unix seconds
     registered_at: int  # unix seconds
+    reputation: Reputation
     hardware: Hardware
     endpoint: str
     data_key: bytes
@@ -116,9 +117,17 @@ class Job:
     route_hash: bytes  # first 20 bytes of keccak256(abi.encode(coordinator, stages))
 
 
+class Reputation(NamedTuple):
+    """A node's record, kept by the NodeRegistry as the market opens and closes routes."""
+
+    open_jobs: int  # routed jobs not yet settled that name the node
+    jobs_done: int  # stages delivered on completed jobs
+    jobs_failed: int  # stages that did not deliver (expired or rerouted away)
+
+
 @dataclass(frozen=True)
 class Account:
-    credit: int  # wei withdrawable
+    credit: int  # wei withdrawable from the market
     open_jobs: int
     jobs_done: int
     jobs_failed: int

@@ -97,7 +97,7 @@ def script(world: World) -> History:
     h.slashed[nodes[2].address] = ETHER // 4
     world.contracts.nodes.request_unstake(ETHER, account=nodes[3])  # leaves the network
     for who in (nodes[0], clients[0]):
-        credit = market.account(who.address).credit
+        credit = market.credit(who.address)
         market.withdraw(account=who)
         h.withdrawn[who.address] = credit
     return h

@@ -161,7 +161,7 @@ def make_machine(chain: Chain):
             assert w3.eth.get_balance(self.c.nodes.address) == stakes + self.c.nodes.slashed_balance()
             escrows = sum(self.c.market.job(j).escrow for j in self.jobs)
             people = [dev_account(i).address for i in (*NODE_IDS, *CLIENT_IDS, 1)]
-            credits = sum(self.c.market.account(a).credit for a in people)
+            credits = sum(self.c.market.credit(a) for a in people)
             assert w3.eth.get_balance(self.c.market.address) == escrows + credits
 
         @invariant()

@@ -70,7 +70,7 @@ def test_replayed_events_equal_contract_state(world):
 
     everyone = {a.address for a in nodes} | {client.address, dev_account(13).address, w.coordinator.address}
     for who in everyone:
-        acct = c.market.account(who)
+        acct = c.account(who)
         rec = ledger.accounts[who]
         assert (rec.credit, rec.open_jobs, rec.jobs_done, rec.jobs_failed) == (
             acct.credit,

@@ -61,10 +61,10 @@ def test_full_job_pays_each_stage_and_refunds_rest(s):
     paid = sum(st.fee for st in stages)
     cut = paid * s.market.coordinator_fee_bps() // 10_000
     for st in stages:
-        acct = s.market.account(st.node)
+        acct = s.world.contracts.account(st.node)
         assert (acct.credit, acct.open_jobs, acct.jobs_done) == (st.fee, 0, 1)
-    assert s.market.account(s.world.coordinator.address).credit == cut
-    assert s.market.account(s.client.address).credit == MAX_FEE - paid - cut
+    assert s.world.contracts.account(s.world.coordinator.address).credit == cut
+    assert s.world.contracts.account(s.client.address).credit == MAX_FEE - paid - cut
     j = s.market.job(job)
     assert (j.status, j.escrow) == (JobStatus.COMPLETED, 0)
     # every payee withdraws exactly its credit
@@ -92,7 +92,7 @@ def test_cancel_before_routing(s):
     job = s.post()
     s.market.cancel_job(job, account=s.client)
     assert s.market.job(job).status == JobStatus.CANCELLED
-    assert s.market.account(s.client.address).credit == MAX_FEE
+    assert s.world.contracts.account(s.client.address).credit == MAX_FEE
     other = s.post()
     with reverts("NotClient", jobId=other, caller=dev_account(13).address):
         s.market.cancel_job(other, account=dev_account(13))
@@ -109,9 +109,9 @@ def test_expire_routed_job_records_failures_of_silent_stages(s):
     receipt = s.market.expire_job(job, COORD, stages, delivered, account=dev_account(13))
     expired = [e for e in s.market.events_in(receipt) if e.name == "JobExpired"][0]
     assert expired.args["failedNodes"] == [stages[1].node, stages[2].node]
-    assert s.market.account(s.client.address).credit == MAX_FEE
-    assert [s.market.account(st.node).jobs_failed for st in stages] == [0, 1, 1]
-    assert [s.market.account(st.node).open_jobs for st in stages] == [0, 0, 0]
+    assert s.world.contracts.account(s.client.address).credit == MAX_FEE
+    assert [s.world.contracts.account(st.node).jobs_failed for st in stages] == [0, 1, 1]
+    assert [s.world.contracts.account(st.node).open_jobs for st in stages] == [0, 0, 0]
     with reverts("WrongStatus", have=JobStatus.EXPIRED):
         s.market.expire_job(job, COORD, stages, [], account=dev_account(13))
 
@@ -121,7 +121,7 @@ def test_expire_posted_job(s):
     s.world.advance(100)
     s.market.expire_job(job, account=dev_account(13))
     assert s.market.job(job).status == JobStatus.EXPIRED
-    assert s.market.account(s.client.address).credit == MAX_FEE
+    assert s.world.contracts.account(s.client.address).credit == MAX_FEE
 
 
 def test_reroute_replaces_failed_stage(s):
@@ -133,12 +133,12 @@ def test_reroute_replaces_failed_stage(s):
     receipt = s.market.reroute_job(job, COORD, stages, new, account=s.world.coordinator)
     [event] = [e for e in s.market.events_in(receipt) if e.name == "JobRerouted"]
     assert event.args["failedNodes"] == [stages[1].node]
-    assert s.market.account(stages[1].node).jobs_failed == 1
-    assert s.market.account(stages[1].node).open_jobs == 0
+    assert s.world.contracts.account(stages[1].node).jobs_failed == 1
+    assert s.world.contracts.account(stages[1].node).open_jobs == 0
     with reverts("RouteMismatch", jobId=job):  # the old route is no longer valid
         s.market.submit_result(job, COORD, stages, "QmO", s.world.receipts(job, stages, "QmO"), account=spare)
     s.market.submit_result(job, COORD, new, "QmO", s.world.receipts(job, new, "QmO"), account=spare)
-    assert s.market.account(spare.address).credit == new[1].fee
+    assert s.world.contracts.account(spare.address).credit == new[1].fee
 
 
 def test_forged_receipt_wrong_signer(s):
@@ -273,11 +273,11 @@ def test_reentrant_or_rejecting_withdraw_loses_nothing(s, mode):
     _as_attacker(s, attacker, fns.postJob(s.model, "Qm", b"", MAX_FEE, deadline), value=MAX_FEE)
     job = s.market.job_count()
     _as_attacker(s, attacker, fns.cancelJob(job))
-    assert s.market.account(attacker.address).credit == MAX_FEE
+    assert s.world.contracts.account(attacker.address).credit == MAX_FEE
     balance = s.world.chain.w3.eth.get_balance(s.market.address)
     with reverts("TransferFailed", to=attacker.address, amount=MAX_FEE):
         _as_attacker(s, attacker, fns.withdraw())
-    assert s.market.account(attacker.address).credit == MAX_FEE
+    assert s.world.contracts.account(attacker.address).credit == MAX_FEE
     assert s.world.chain.w3.eth.get_balance(s.market.address) == balance
 
 
@@ -295,9 +295,9 @@ def test_abort_refunds_client_without_blaming_nodes(s):
     [event] = [e for e in s.market.events_in(receipt) if e.name == "JobAborted"]
     assert event.args["reason"] == "input is not valid JSON" and event.args["by"] == s.nodes[0].address
     assert s.market.job(job).status == JobStatus.ABORTED
-    assert s.market.account(s.client.address).credit == MAX_FEE
-    assert [s.market.account(st.node).open_jobs for st in stages] == [0, 0, 0]
-    assert [s.market.account(st.node).jobs_failed for st in stages] == [0, 0, 0]
+    assert s.world.contracts.account(s.client.address).credit == MAX_FEE
+    assert [s.world.contracts.account(st.node).open_jobs for st in stages] == [0, 0, 0]
+    assert [s.world.contracts.account(st.node).jobs_failed for st in stages] == [0, 0, 0]
     with reverts("WrongStatus", have=JobStatus.ABORTED):
         s.market.abort_job(job, COORD, stages, "again", account=s.nodes[0])
     posted = s.post()

@@ -210,7 +210,7 @@ def test_books_reconcile_with_events(net):
     credits = sum(acct.credit for acct in ledger.accounts.values())
     assert net.chain.w3.eth.get_balance(net.c.market.address) == escrows + credits
     for node in (dev_account(i).address for i in (2, 3, 4)):
-        assert ledger.accounts[node].credit == net.c.market.account(node).credit
+        assert ledger.accounts[node].credit == net.c.market.credit(node)
         assert ledger.accounts[node].open_jobs == 0
 
 

@@ -3,7 +3,7 @@
 import pytest
 
 from shardnet.chain import dev_account
-from shardnet.protocol import Hardware
+from shardnet.protocol import Hardware, Reputation
 from shardnet.scenario import ETHER
 from tests.helpers import deploy_attacker, reverts
 
@@ -113,7 +113,25 @@ def test_unstake_while_on_open_route(world, nodes):
     world.contracts.market.route_job(job, world.stages(node_accts, spans, 10**9), account=world.coordinator)
     with reverts("UnstakeWhileOnOpenRoute", node=node_accts[1].address, openJobs=1):
         nodes.request_unstake(ETHER, account=node_accts[1])
-    assert nodes.reputation(node_accts[1].address) == (0, 0, 1)
+    assert nodes.reputation(node_accts[1].address) == Reputation(open_jobs=1, jobs_done=0, jobs_failed=0)
+
+
+def test_only_the_market_records_routes(world, nodes):
+    """A node on an open route cannot clear its own open-job lock (to unstake before it can be
+    held to account), nor can anyone else write a node's reputation."""
+    node_accts = world.register_nodes(3)
+    model = world.register_model(6)
+    spans = world.assign_even(model, node_accts, 6)
+    job = world.post(model, dev_account(12), ETHER)
+    world.contracts.market.route_job(job, world.stages(node_accts, spans, 10**9), account=world.coordinator)
+    me = node_accts[1]
+    close = nodes.contract.functions.closeRoute([me.address], True, [])
+    with reverts("NotMarket", caller=me.address):
+        world.chain.transact(close, account=me)
+    with reverts("NotMarket", caller=world.admin.address):
+        world.chain.transact(nodes.contract.functions.openRoute([me.address]), account=world.admin)
+    assert nodes.reputation(me.address) == Reputation(open_jobs=1, jobs_done=0, jobs_failed=0)
+    assert nodes.node(me.address).reputation == nodes.reputation(me.address)
 
 
 def test_slash_exceeds_stake(world, nodes, op):

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 pragma solidity ^0.8.24;
 
+import {NodeNotActive, NothingToWithdraw, TransferFailed} from "./SharedErrors.sol";
+
 /// @title IJobMarket
 /// @notice Inference jobs with escrow: post, route through staked nodes, pay per signed receipt.
 interface IJobMarket {
@@ -33,6 +35,13 @@ interface IJobMarket {
         bytes signature; // 65-byte secp256k1 signature over the EIP-712 digest
     }
 
+    /// @dev One slot per account. `withdrawn` keeps the slot non-zero once an account has been
+    /// paid out, so crediting it again costs a warm write, not a fresh one.
+    struct Account {
+        uint128 credit; // wei withdrawable: stage fees, coordinator cuts, refunds
+        uint128 withdrawn; // wei withdrawn so far
+    }
+
     /// @dev Two slots. The route lives in calldata and events only: `routeHash` is the first 20
     /// bytes of keccak256(abi.encode(coordinator, stages)) of the current route, so the
     /// coordinator that routed the job and its stages are passed back by whoever settles it.
@@ -43,14 +52,6 @@ interface IJobMarket {
         uint32 modelId;
         Status status;
         bytes20 routeHash;
-    }
-
-    /// @dev One slot per account: money owed plus the node counters the market maintains.
-    struct Account {
-        uint128 credit; // wei withdrawable by this account
-        uint32 openJobs; // routed jobs not yet settled that name this node
-        uint32 jobsDone; // stages delivered with a valid receipt on a completed job
-        uint32 jobsFailed; // stages that did not deliver (expired or rerouted away)
     }
 
     // ---------------------------------------------------------------- events
@@ -88,7 +89,6 @@ interface IJobMarket {
     error EmptyRoute(uint256 jobId);
     error IncompleteCover(uint256 jobId, uint256 stage, uint32 expectedStart, uint32 start);
     error SpanNotConfirmed(uint256 jobId, address node, uint32 start, uint32 end);
-    error NodeNotActive(address node);
     error StageFeeBelowPrice(uint256 stage, uint256 fee, uint256 minFee);
     error FeeExceedsEscrow(uint256 jobId, uint256 total, uint256 escrow);
     error RouteMismatch(uint256 jobId);
@@ -98,11 +98,6 @@ interface IJobMarket {
     error OutputHashMismatch(uint256 jobId);
     error DeadlinePassed(uint256 jobId, uint40 deadline);
     error DeadlineNotPassed(uint256 jobId, uint40 deadline);
-    error NothingToWithdraw(address account);
-    error TransferFailed(address to, uint256 amount);
     error InvalidParameter(string name);
     error NotOnRoute(uint256 jobId, address caller);
-
-    // ---------------------------------------------------------------- views
-    function openJobs(address node) external view returns (uint256);
 }

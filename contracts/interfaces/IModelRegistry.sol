@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 pragma solidity ^0.8.24;
 
+import {NodeNotActive} from "./SharedErrors.sol";
+
 /// @title IModelRegistry
 /// @notice Models published to IPFS and the shard assignments that say which node serves which blocks.
 interface IModelRegistry {
@@ -48,13 +50,12 @@ interface IModelRegistry {
     error InvalidBlockCount(uint32 blockCount);
     error EmptyManifestCid();
     error InvalidSpan(uint32 start, uint32 end, uint32 blockCount);
-    error NodeNotActive(address node);
     error NoAssignment(uint256 modelId, address node);
     error AlreadyConfirmed(uint256 modelId, address node);
     error NotNodeOrCoordinator(address caller);
 
     // ---------------------------------------------------------------- views
-    function blockCountOf(uint256 modelId) external view returns (uint32 blockCount, uint56 pricePerBlock);
+    function blockCountOf(uint256 modelId) external view returns (uint32 blockCount);
     function routeInfo(uint256 modelId, address[] calldata nodes, uint32[] calldata starts, uint32[] calldata ends)
         external
         view

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 pragma solidity ^0.8.24;
 
+import {NothingToWithdraw, TransferFailed} from "./SharedErrors.sol";
+
 /// @title INodeRegistry
 /// @notice Staked node operators: registration, hardware profile, two-step unstake, slashing.
 interface INodeRegistry {
@@ -12,12 +14,16 @@ interface INodeRegistry {
         uint32 bandwidthMbps; // network bandwidth, Mbit/s
     }
 
-    /// @dev Slot 0 (stake, unlockAt, registeredAt) is all `isActive` reads.
+    /// @dev Slot 0 (stake, unlockAt, registeredAt) is all `isActive` reads; slot 1 holds the
+    /// pending unstake and the reputation counters the market records as routes open and close.
     struct Node {
         uint128 stake; // wei backing the node
         uint64 unlockAt; // unix time when pendingUnstake may be withdrawn
         uint64 registeredAt; // unix time of registration, 0 = not registered
         uint128 pendingUnstake; // wei requested out, still slashable until withdrawn
+        uint32 openJobs; // routed jobs not yet settled that name this node
+        uint32 jobsDone; // stages delivered with a valid receipt on a completed job
+        uint32 jobsFailed; // stages that did not deliver (expired or rerouted away)
         Hardware hardware;
         string endpoint; // data-plane base URL, e.g. http://10.0.0.5:7001
         bytes dataKey; // data-plane public key (the address or pubkey that signs requests)
@@ -46,11 +52,17 @@ interface INodeRegistry {
     error UnstakeExceedsStake(address node, uint256 requested, uint256 stake);
     error UnstakeWhileOnOpenRoute(address node, uint256 openJobs);
     error UnstakeLeavesDust(address node, uint256 remaining, uint256 minStake);
-    error NothingToWithdraw(address account);
     error CooldownNotOver(address node, uint64 unlockAt, uint64 nowTs);
     error SlashExceedsStake(address node, uint256 amount, uint256 available);
-    error TransferFailed(address to, uint256 amount);
     error MarketAlreadySet(address market);
+    error NotMarket(address caller);
+
+    // ---------------------------------------------------------------- the market
+    /// @notice A route naming `nodes` was recorded: each has one more open job.
+    function openRoute(address[] calldata nodes) external;
+    /// @notice A route naming `nodes` settled or was replaced: each has one open job less; each
+    /// delivered a stage if `delivered`; each of `failed` failed one.
+    function closeRoute(address[] calldata nodes, bool delivered, address[] calldata failed) external;
 
     // ---------------------------------------------------------------- views
     function isActive(address node) external view returns (bool);

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from shardnet.cli import _as_json, main
+from shardnet.cli.root import _as_json, main
 
 
 # ---------------------------------------------------------------------- audit (auditors)

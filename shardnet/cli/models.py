@@ -6,7 +6,7 @@ import json
 
 import click
 
-from shardnet.cli import _as_json, main
+from shardnet.cli.root import _as_json, main
 
 
 # ---------------------------------------------------------------------- models
