@@ -174,7 +174,7 @@ class IndexQueries:
         job["timeline"] = self.timeline("job_id = ?", (job_id,))
         return job
 
-    def timeline(self, where: str, params: tuple) -> list[dict[str, Any]]:
+    def timeline(self, where: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
         return [
             {
                 "block": e["block"],

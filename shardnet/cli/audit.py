@@ -8,13 +8,21 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from shardnet.cli.root import _as_json, main
+
+if TYPE_CHECKING:
+    from shardnet.chain import Chain
+    from shardnet.indexer import Index
+    from shardnet.ledger import Ledger
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 # ---------------------------------------------------------------------- audit (auditors)
@@ -23,7 +31,7 @@ def audit() -> None:
     """Audits from public chain data (any RPC URL + the deployment file)."""
 
 
-def _rpc_options(fn):
+def _rpc_options(fn: F) -> F:
     fn = click.option("--no-sync", is_flag=True, help="query the index as it is; do not read new blocks")(fn)
     fn = click.option(
         "--db",
@@ -33,7 +41,7 @@ def _rpc_options(fn):
     return click.option("--rpc-url", help="JSON-RPC endpoint (default: from the deployment file)")(fn)
 
 
-def _index(rpc_url, db, no_sync):
+def _index(rpc_url: str | None, db: Path | None, no_sync: bool) -> Index:
     from shardnet.chain import Chain
     from shardnet.deployment import Deployment
     from shardnet.indexer import open_index
@@ -60,7 +68,7 @@ def _print_events(title: str, events: list[dict[str, Any]]) -> None:
         click.echo(f"  {_when(e['time'])}  block {e['block']:>6}  {e['event']:<16} {e['what']}")
 
 
-def _emit(data, as_json: bool, table) -> None:
+def _emit(data: Any, as_json: bool, table: Callable[[Any], None]) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:
@@ -69,7 +77,7 @@ def _emit(data, as_json: bool, table) -> None:
 
 @audit.command("sync")
 @_rpc_options
-def audit_sync(rpc_url, db, no_sync) -> None:
+def audit_sync(rpc_url: str | None, db: Path | None, no_sync: bool) -> None:
     """Bring the index up to the chain head (every other command does this first)."""
     from shardnet.chain import Chain
     from shardnet.deployment import Deployment
@@ -93,14 +101,25 @@ def audit_sync(rpc_url, db, no_sync) -> None:
 @click.option("--from-block", type=int, help="only jobs posted at or after this block")
 @click.option("--to-block", type=int, help="only jobs posted at or before this block")
 @_as_json
-def audit_jobs(rpc_url, db, no_sync, model_id, client, node, status, from_block, to_block, as_json) -> None:
+def audit_jobs(
+    rpc_url: str | None,
+    db: Path | None,
+    no_sync: bool,
+    model_id: int | None,
+    client: str | None,
+    node: str | None,
+    status: str | None,
+    from_block: int | None,
+    to_block: int | None,
+    as_json: bool,
+) -> None:
     """Every job, rebuilt from events."""
     client = client and _address(client, "--client")
     node = node and _address(node, "--node")
     with _index(rpc_url, db, no_sync) as index:
         rows = index.jobs(model_id, client, node, status, from_block, to_block)
 
-    def table(rows):
+    def table(rows: Any) -> None:
         click.echo(
             f"{'job':>5} {'status':<10} {'model':>5} {'client':<42} {'stages':>6} {'paid wei':>14} {'refunded':>18}"
         )
@@ -117,7 +136,7 @@ def audit_jobs(rpc_url, db, no_sync, model_id, client, node, status, from_block,
 @click.argument("job_id", type=int)
 @_rpc_options
 @_as_json
-def audit_job(job_id, rpc_url, db, no_sync, as_json) -> None:
+def audit_job(job_id: int, rpc_url: str | None, db: Path | None, no_sync: bool, as_json: bool) -> None:
     """One job's full timeline: posted, routed, rerouted, receipts, result, payouts, refund."""
     with _index(rpc_url, db, no_sync) as index:
         job, count = index.job(job_id), index.job_count()
@@ -127,7 +146,7 @@ def audit_job(job_id, rpc_url, db, no_sync, as_json) -> None:
             f"job {job_id} does not exist on this deployment ({known}); list them with 'shardnet audit jobs'"
         )
 
-    def table(j):
+    def table(j: Any) -> None:
         click.echo(f"job {j['job']}: {j['status']}  model {j['model']}  client {j['client']}")
         click.echo(f"max fee {j['max_fee']} wei, escrow left {j['escrow']}, paid {j['paid']}, refunded {j['refunded']}")
         if j["abort_reason"]:
@@ -151,7 +170,7 @@ def audit_job(job_id, rpc_url, db, no_sync, as_json) -> None:
 @click.argument("address")
 @_rpc_options
 @_as_json
-def audit_node(address, rpc_url, db, no_sync, as_json) -> None:
+def audit_node(address: str, rpc_url: str | None, db: Path | None, no_sync: bool, as_json: bool) -> None:
     """A node's stake history, spans, jobs, earnings, failures and slashes."""
     address = _address(address, "ADDRESS")
     with _index(rpc_url, db, no_sync) as index:
@@ -161,7 +180,7 @@ def audit_node(address, rpc_url, db, no_sync, as_json) -> None:
             f"{address} never registered as a node on this deployment; list nodes with 'shardnet audit network'"
         )
 
-    def table(n):
+    def table(n: Any) -> None:
         for key in (
             "node",
             "endpoint",
@@ -196,7 +215,7 @@ def audit_node(address, rpc_url, db, no_sync, as_json) -> None:
 @click.argument("model_id", type=int)
 @_rpc_options
 @_as_json
-def audit_model(model_id, rpc_url, db, no_sync, as_json) -> None:
+def audit_model(model_id: int, rpc_url: str | None, db: Path | None, no_sync: bool, as_json: bool) -> None:
     """A model's record, span assignments, block coverage, jobs and fees."""
     with _index(rpc_url, db, no_sync) as index:
         info, count = index.model(model_id), index.model_count()
@@ -206,7 +225,7 @@ def audit_model(model_id, rpc_url, db, no_sync, as_json) -> None:
             f"{count}); list them with 'shardnet audit network'"
         )
 
-    def table(m):
+    def table(m: Any) -> None:
         click.echo(f"model {m['model']}: {m['name']}{' (deprecated)' if m['deprecated'] else ''}  owner {m['owner']}")
         click.echo(f"manifest {m['manifest_cid']}, {m['block_count']} blocks, {m['price_per_block']} wei per block")
         for a in m["assignments"]:
@@ -222,12 +241,12 @@ def audit_model(model_id, rpc_url, db, no_sync, as_json) -> None:
 @audit.command("network")
 @_rpc_options
 @_as_json
-def audit_network(rpc_url, db, no_sync, as_json) -> None:
+def audit_network(rpc_url: str | None, db: Path | None, no_sync: bool, as_json: bool) -> None:
     """Nodes, models and totals."""
     with _index(rpc_url, db, no_sync) as index:
         info = {**index.summary(), "node_list": index.nodes(), "model_list": index.models()}
 
-    def table(n):
+    def table(n: Any) -> None:
         click.echo(
             f"indexed to block {n['next_block'] - 1}: {n['events']} events, {n['jobs']} jobs {n['jobs_by_status']}"
         )
@@ -243,7 +262,14 @@ def audit_network(rpc_url, db, no_sync, as_json) -> None:
     _emit(info, as_json, table)
 
 
-def _check(rpc_url, db, no_sync, find, describe, ok_message) -> None:
+def _check(
+    rpc_url: str | None,
+    db: Path | None,
+    no_sync: bool,
+    find: Callable[[Chain, Ledger], list[Any]],
+    describe: Callable[[Any], str],
+    ok_message: Callable[[Ledger], str],
+) -> None:
     """Run one audit over the index; print each problem, exit 2 if any."""
     with _index(rpc_url, db, no_sync) as index:
         ledger = index.state()
@@ -257,7 +283,7 @@ def _check(rpc_url, db, no_sync, find, describe, ok_message) -> None:
 
 @audit.command("reconcile")
 @_rpc_options
-def audit_reconcile(rpc_url, db, no_sync) -> None:
+def audit_reconcile(rpc_url: str | None, db: Path | None, no_sync: bool) -> None:
     """Compare every balance and job in the index (rebuilt from events) with contract state;
     exit 2 on any difference, naming the index row."""
     from shardnet.audit import index_label, reconcile
@@ -277,7 +303,7 @@ def audit_reconcile(rpc_url, db, no_sync) -> None:
 
 @audit.command("verify-receipts")
 @_rpc_options
-def audit_verify_receipts(rpc_url, db, no_sync) -> None:
+def audit_verify_receipts(rpc_url: str | None, db: Path | None, no_sync: bool) -> None:
     """Re-check every receipt's EIP-712 signature and hash chain."""
     from shardnet.audit import verify_receipts
 
@@ -304,7 +330,7 @@ def audit_verify_receipts(rpc_url, db, no_sync) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8090, show_default=True, type=int)
 @click.option("--interval", default=1.0, show_default=True, type=float, help="seconds between index syncs")
-def explorer(rpc_url, db, host, port, interval) -> None:
+def explorer(rpc_url: str | None, db: Path | None, host: str, port: int, interval: float) -> None:
     """Serve the read-only web explorer (network, jobs, nodes, models; live as blocks arrive)."""
     import uvicorn
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from shardnet.cli.root import _as_json, main
+
+if TYPE_CHECKING:
+    from shardnet.client import JobResult
 
 
 # ---------------------------------------------------------------------- jobs (clients)
@@ -41,22 +45,22 @@ def job() -> None:
 @click.option("--no-wait", is_flag=True, help="print the job id and return")
 @_as_json
 def job_submit(
-    model_id,
-    kind,
-    prompt,
-    texts,
-    input_ids,
-    max_new_tokens,
-    temperature,
-    top_k,
-    top_p,
-    seed,
-    max_fee,
-    ttl,
-    dev_account,
-    key,
-    no_wait,
-    as_json,
+    model_id: int,
+    kind: str,
+    prompt: str | None,
+    texts: tuple[str, ...],
+    input_ids: str | None,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    seed: int,
+    max_fee: str,
+    ttl: int,
+    dev_account: int,
+    key: str | None,
+    no_wait: bool,
+    as_json: bool,
 ) -> None:
     """Post a job with escrow, wait for it, print output, receipts and payouts."""
     from eth_account import Account
@@ -76,7 +80,7 @@ def job_submit(
     if kind == "embed":
         if not texts:
             raise click.BadParameter("embed jobs need at least one --text", param_hint="--text")
-        job_input = {"texts": list(texts)}
+        job_input: dict[str, Any] = {"texts": list(texts)}
     elif input_ids:
         try:
             job_input = {"input_ids": [int(i) for i in input_ids.split(",")]}
@@ -98,7 +102,7 @@ def job_submit(
 @job.command("status")
 @click.argument("job_id", type=int)
 @_as_json
-def job_status(job_id, as_json) -> None:
+def job_status(job_id: int, as_json: bool) -> None:
     """A job's status, route, receipts, payouts (and the abort reason, if any)."""
     import json as _json
 
@@ -112,7 +116,7 @@ def job_status(job_id, as_json) -> None:
     _print_job(JobResult(record, output), as_json)
 
 
-def _print_job(result, as_json: bool) -> None:
+def _print_job(result: JobResult, as_json: bool) -> None:
     r = result.record
     if as_json:
         click.echo(

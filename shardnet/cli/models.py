@@ -43,7 +43,17 @@ def _ipfs_api(ipfs_api: str | None) -> str:
 )
 @click.option("--price-per-block", type=int, default=10**9, show_default=True, help="wei per block per job")
 @click.option("--key-index", type=int, default=0, show_default=True, help="devnet account that owns the model")
-def model_publish(source, quant, block_size, seed, name, ipfs_api, register, price_per_block, key_index) -> None:
+def model_publish(
+    source: str,
+    quant: str,
+    block_size: int,
+    seed: int,
+    name: str | None,
+    ipfs_api: str | None,
+    register: bool,
+    price_per_block: int,
+    key_index: int,
+) -> None:
     """Cut SOURCE (a preset, 'minilm', or a transformers model directory) into blocks on IPFS."""
     from shardnet.model.architectures import PRESETS
     from shardnet.model.loading import load_model
@@ -79,7 +89,7 @@ def model_publish(source, quant, block_size, seed, name, ipfs_api, register, pri
 @click.argument("model_ref")
 @click.option("--ipfs-api", help="Kubo RPC API URL (default: from the deployment file)")
 @_as_json
-def model_inspect(model_ref, ipfs_api, as_json) -> None:
+def model_inspect(model_ref: str, ipfs_api: str | None, as_json: bool) -> None:
     """Show a model's manifest: MODEL_REF is a manifest CID or an on-chain model id."""
     from shardnet.model.manifest import fetch_manifest
     from shardnet.storage import IpfsClient

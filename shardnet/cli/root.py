@@ -9,15 +9,18 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from shardnet.errors import ShardnetError
 
+if TYPE_CHECKING:
+    from shardnet.devnet import DevnetSettings
+
 
 class _Group(click.Group):
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except ShardnetError as exc:
@@ -31,10 +34,10 @@ def main() -> None:
 
 
 # ---------------------------------------------------------------------- devnet
-def _devnet_settings(home, chain_port, ipfs_port):
+def _devnet_settings(home: Path | None, chain_port: int | None, ipfs_port: int | None) -> DevnetSettings:
     from shardnet.devnet import DevnetSettings
 
-    overrides = {
+    overrides: dict[str, Any] = {
         k: v for k, v in {"home": home, "chain_port": chain_port, "ipfs_port": ipfs_port}.items() if v is not None
     }
     return DevnetSettings(**overrides)
@@ -72,7 +75,7 @@ def devnet() -> None:
 @_chain_port
 @_ipfs_port
 @_as_json
-def devnet_up(home, chain_port, ipfs_port, as_json) -> None:
+def devnet_up(home: Path | None, chain_port: int | None, ipfs_port: int | None, as_json: bool) -> None:
     """Start the chain and IPFS (if not running), deploy contracts (if needed)."""
     from shardnet import devnet as dn
 
@@ -90,7 +93,7 @@ def devnet_up(home, chain_port, ipfs_port, as_json) -> None:
 @devnet.command("status")
 @_home
 @_as_json
-def devnet_status(home, as_json) -> None:
+def devnet_status(home: Path | None, as_json: bool) -> None:
     """Chain id, block number, contract addresses, IPFS peer id."""
     from shardnet import devnet as dn
 
@@ -99,7 +102,7 @@ def devnet_status(home, as_json) -> None:
 
 @devnet.command("down")
 @_home
-def devnet_down(home) -> None:
+def devnet_down(home: Path | None) -> None:
     """Stop the processes 'devnet up' started (state is kept for the next 'up')."""
     from shardnet import devnet as dn
 
@@ -115,7 +118,7 @@ def contracts() -> None:
 
 @contracts.command("compile")
 @click.option("--force", is_flag=True, help="recompile even if sources did not change")
-def contracts_compile(force) -> None:
+def contracts_compile(force: bool) -> None:
     """Compile contracts/ (cached by source hash) into build/contracts/."""
     from shardnet import compiler
 

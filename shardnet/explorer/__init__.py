@@ -9,8 +9,10 @@ connection (WAL: readers see whole committed block ranges, never half of one).""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +96,8 @@ def create_app(chain: Chain, db_path: Path, interval_s: float = 1.0) -> FastAPI:
     syncer = Syncer(db_path, chain, interval_s)
     reader = Index(db_path, chain)
 
-    async def lifespan(app):
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         syncer.start()
         yield
         syncer.stop()
@@ -102,7 +105,7 @@ def create_app(chain: Chain, db_path: Path, interval_s: float = 1.0) -> FastAPI:
 
     app = FastAPI(title="shardnet explorer", lifespan=lifespan)
 
-    def page(request: Request, template: str, status_code: int = 200, **context) -> HTMLResponse:
+    def page(request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
         context |= {"head": reader.next_block - 1, "sync_error": syncer.error, "chain_id": chain.chain_id}
         return TEMPLATES.TemplateResponse(request, template, context, status_code=status_code)
 
@@ -113,7 +116,7 @@ def create_app(chain: Chain, db_path: Path, interval_s: float = 1.0) -> FastAPI:
         return Web3.to_checksum_address(value) if Web3.is_address(value) else None
 
     @app.get("/", response_class=HTMLResponse)
-    async def network(request: Request):
+    async def network(request: Request) -> HTMLResponse:
         return page(
             request,
             "network.html",
@@ -131,7 +134,7 @@ def create_app(chain: Chain, db_path: Path, interval_s: float = 1.0) -> FastAPI:
         model: int | None = None,
         client: str | None = None,
         node: str | None = None,
-    ):
+    ) -> HTMLResponse:
         if status and status not in STATUSES:
             return not_found(request, f"unknown status {status!r}; use one of {', '.join(STATUSES)}", 400)
         for name, value in (("client", client), ("node", node)):
@@ -141,7 +144,7 @@ def create_app(chain: Chain, db_path: Path, interval_s: float = 1.0) -> FastAPI:
         return page(request, "jobs.html", jobs=rows, status=status, statuses=STATUSES)
 
     @app.get("/jobs/{job_id}", response_class=HTMLResponse)
-    async def job(request: Request, job_id: str):
+    async def job(request: Request, job_id: str) -> HTMLResponse:
         if not job_id.isdigit():
             return not_found(request, f"job id {job_id!r} is not a number", 400)
         record = reader.job(int(job_id))
@@ -150,7 +153,7 @@ def create_app(chain: Chain, db_path: Path, interval_s: float = 1.0) -> FastAPI:
         return page(request, "job.html", job=record)
 
     @app.get("/nodes/{address}", response_class=HTMLResponse)
-    async def node(request: Request, address: str):
+    async def node(request: Request, address: str) -> HTMLResponse:
         checksummed = address_or_none(address)
         if checksummed is None:
             return not_found(request, f"{address!r} is not an address: use 0x followed by 40 hex digits", 400)
@@ -160,7 +163,7 @@ def create_app(chain: Chain, db_path: Path, interval_s: float = 1.0) -> FastAPI:
         return page(request, "node.html", node=record)
 
     @app.get("/models/{model_id}", response_class=HTMLResponse)
-    async def model(request: Request, model_id: str):
+    async def model(request: Request, model_id: str) -> HTMLResponse:
         record = reader.model(int(model_id)) if model_id.isdigit() else None
         if record is None:
             return not_found(request, f"model {model_id} does not exist on this deployment")
@@ -168,21 +171,21 @@ def create_app(chain: Chain, db_path: Path, interval_s: float = 1.0) -> FastAPI:
 
     # ------------------------------------------------------------------ JSON, for scripts and live updates
     @app.get("/api/summary")
-    async def api_summary():
+    async def api_summary() -> dict[str, Any]:
         return {**reader.summary(), "sync_error": syncer.error}
 
     @app.get("/api/jobs/{job_id}")
-    async def api_job(job_id: int):
+    async def api_job(job_id: int) -> JSONResponse:
         record = reader.job(job_id)
         if record is None:
             raise HTTPException(404, f"job {job_id} does not exist (yet)")
         return JSONResponse(record)
 
     @app.get("/api/stream")
-    async def stream(request: Request):
+    async def stream(request: Request) -> StreamingResponse:
         """Server-sent events: one `{"block": n}` message whenever new blocks are indexed."""
 
-        async def events():
+        async def events() -> AsyncIterator[str]:
             last = None
             while not await request.is_disconnected():
                 head = reader.next_block - 1

@@ -7,11 +7,13 @@ and which of the three runner families it uses.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import transformers
+from transformers import PretrainedConfig, PreTrainedModel
 
 from shardnet.errors import ModelError
 
@@ -63,7 +65,7 @@ ARCHS: dict[str, Arch] = {
 }
 
 
-def arch_for(config) -> Arch:
+def arch_for(config: PretrainedConfig) -> Arch:
     try:
         return ARCHS[config.model_type]
     except KeyError:
@@ -73,8 +75,9 @@ def arch_for(config) -> Arch:
         ) from None
 
 
-def model_class(arch: Arch):
-    return getattr(transformers, arch.model_class)
+def model_class(arch: Arch) -> type[PreTrainedModel]:
+    cls: type[PreTrainedModel] = getattr(transformers, arch.model_class)
+    return cls
 
 
 def get_module(root: torch.nn.Module, path: str) -> torch.nn.Module:
@@ -84,17 +87,17 @@ def get_module(root: torch.nn.Module, path: str) -> torch.nn.Module:
     return module
 
 
-def num_layers(config) -> int:
+def num_layers(config: PretrainedConfig) -> int:
     return int(config.num_hidden_layers)
 
 
-def num_blocks(config) -> int:
+def num_blocks(config: PretrainedConfig) -> int:
     """Embeddings + layers + final."""
     return num_layers(config) + 2
 
 
 # Small seeded configs, for tests, demos and benchmarks (nothing is downloaded).
-PRESETS = {
+PRESETS: dict[str, Callable[[], PretrainedConfig]] = {
     "tiny-llama": lambda: transformers.LlamaConfig(
         vocab_size=512,
         hidden_size=64,
@@ -155,13 +158,14 @@ PRESETS = {
 }
 
 
-def build_model(config, seed: int = 0) -> torch.nn.Module:
+def build_model(config: PretrainedConfig, seed: int = 0) -> torch.nn.Module:
     """The whole model from a config, weights drawn from a seeded generator, eval mode, fp32."""
     torch.manual_seed(seed)
-    return model_class(arch_for(config))(config).float().eval()
+    model: torch.nn.Module = model_class(arch_for(config))(config)
+    return model.float().eval()
 
 
-def block_paths(arch: Arch, config, block: int) -> tuple[str, ...]:
+def block_paths(arch: Arch, config: PretrainedConfig, block: int) -> tuple[str, ...]:
     """Module paths (in the whole model) that make up `block`."""
     layers = num_layers(config)
     if block == 0:
@@ -173,7 +177,7 @@ def block_paths(arch: Arch, config, block: int) -> tuple[str, ...]:
     raise ModelError(f"block {block} out of range: the model has {layers + 2} blocks")
 
 
-def block_state(model: torch.nn.Module, config, block: int) -> dict[str, torch.Tensor]:
+def block_state(model: torch.nn.Module, config: PretrainedConfig, block: int) -> dict[str, torch.Tensor]:
     """Every parameter and buffer of `block`, keyed by its name in the whole model."""
     arch = arch_for(config)
     out: dict[str, torch.Tensor] = {}

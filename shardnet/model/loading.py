@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 import transformers
@@ -36,9 +37,9 @@ def load_model(source: str, seed: int = 0) -> tuple[torch.nn.Module, Path | None
             "directory with a config.json"
         )
     config = transformers.AutoConfig.from_pretrained(path)
-    model = model_class(arch_for(config)).from_pretrained(path, dtype=torch.float32)
+    model: torch.nn.Module = model_class(arch_for(config)).from_pretrained(path, dtype=torch.float32)
     return model.eval(), path
 
 
-def load_tokenizer(path: Path):
+def load_tokenizer(path: Path) -> Any:
     return transformers.AutoTokenizer.from_pretrained(path)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import struct
+from typing import Any
 
 import torch
 
@@ -57,12 +58,12 @@ def compress_state(
     mode: str,
     block_size: int = DEFAULT_BLOCK_SIZE,
     threshold: float = DEFAULT_OUTLIER_THRESHOLD,
-) -> tuple[dict[str, torch.Tensor], dict]:
+) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, Any]]]:
     """Encode a block's tensors for storage. Returns (tensors to save, per-tensor metadata)."""
     if mode not in QUANT_MODES:
         raise ModelError(f"quantization '{mode}' unknown; use one of {QUANT_MODES}")
     out: dict[str, torch.Tensor] = {}
-    meta: dict[str, dict] = {}
+    meta: dict[str, dict[str, Any]] = {}
     for name, t in tensors.items():
         if mode == "fp16" and t.dtype.is_floating_point:
             out[name] = t.half().contiguous()
@@ -89,7 +90,7 @@ def compress_state(
     return out, meta
 
 
-def decompress_state(stored: dict[str, torch.Tensor], meta: dict[str, dict]) -> dict[str, torch.Tensor]:
+def decompress_state(stored: dict[str, torch.Tensor], meta: dict[str, dict[str, Any]]) -> dict[str, torch.Tensor]:
     """Inverse of compress_state: fp32 tensors keyed by their original names."""
     out = {}
     for name, entry in meta.items():

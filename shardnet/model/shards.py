@@ -95,7 +95,9 @@ def verify_block(entry: dict[str, Any], data: bytes) -> None:
         )
 
 
-def fetch_span(ipfs: IpfsClient, manifest: Manifest, span: Span, timeout: float = 60) -> dict[int, dict]:
+def fetch_span(
+    ipfs: IpfsClient, manifest: Manifest, span: Span, timeout: float = 60
+) -> dict[int, dict[str, torch.Tensor]]:
     """Fetch, verify and decode exactly the blocks of `span`."""
     out = {}
     for index in range(span.start, span.end):

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
-from transformers import DynamicCache
+from transformers import DynamicCache, PretrainedConfig
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 
 from shardnet.errors import BlockLoadError, ModelError
@@ -45,7 +46,7 @@ def _fill(module: nn.Module, prefix: str, tensors: dict[str, torch.Tensor], bloc
 
 
 class SpanModel(nn.Module):
-    def __init__(self, config, span: Span, blocks: dict[int, dict[str, torch.Tensor]]):
+    def __init__(self, config: PretrainedConfig, span: Span, blocks: dict[int, dict[str, torch.Tensor]]):
         super().__init__()
         self.config = config
         self.arch = arch_for(config)
@@ -122,7 +123,14 @@ class SpanModel(nn.Module):
             skip = self._number_layers(start)
             return self._forward(x, attention_mask, session, start, self.layer_list[skip:])
 
-    def _forward(self, x, attention_mask, session, start: int, layers: list[nn.Module]) -> torch.Tensor:
+    def _forward(
+        self,
+        x: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        session: Session | None,
+        start: int,
+        layers: list[nn.Module],
+    ) -> torch.Tensor:
         family = self.arch.family
         q = x.shape[1]
         seen = session.seen if session else 0
@@ -168,7 +176,8 @@ class SpanModel(nn.Module):
             else:
                 for layer in layers:
                     hidden = layer(hidden)
-            hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+            out: Any = hidden  # some layers return a tuple (hidden, ...)
+            hidden = out[0] if isinstance(out, tuple) else out
         if session is not None:
             session.seen += q
         return self._final(hidden, attention_mask) if self.has_final else hidden
@@ -176,22 +185,28 @@ class SpanModel(nn.Module):
     def _embed(self, x: torch.Tensor, position_ids: torch.Tensor | None) -> torch.Tensor:
         family = self.arch.family
         if family == "rope_decoder":
-            return self.part(self.arch.embed[0])(x)
+            return self._run(self.arch.embed[0], x)
         if family == "gpt2":
-            return self.part("transformer.wte")(x) + self.part("transformer.wpe")(position_ids)
+            return self._run("transformer.wte", x) + self._run("transformer.wpe", position_ids)
         if family == "bert":
-            return self.part("embeddings")(input_ids=x)
-        return self.part("vit.embeddings")(x)
+            return self._run("embeddings", input_ids=x)
+        return self._run("vit.embeddings", x)
 
     def _final(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         family = self.arch.family
         if family == "rope_decoder":
-            return self.part("lm_head")(self.part("model.norm")(hidden))
+            return self._run("lm_head", self._run("model.norm", hidden))
         if family == "gpt2":
-            return self.part("lm_head")(self.part("transformer.ln_f")(hidden))
+            return self._run("lm_head", self._run("transformer.ln_f", hidden))
         if family == "bert":
+            assert attention_mask is not None  # sentence embeddings always come with their mask
             return mean_pool(hidden, attention_mask)
-        return self.part("classifier")(self.part("vit.layernorm")(hidden)[:, 0])
+        return self._run("classifier", self._run("vit.layernorm", hidden)[:, 0])
+
+    def _run(self, path: str, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """Call the part of the model at `path`: [b, n, ...] in, [b, n, ...] out."""
+        out: torch.Tensor = self.part(path)(*args, **kwargs)
+        return out
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
