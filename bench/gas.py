@@ -58,7 +58,7 @@ def main() -> None:
         )
         nodes = world.register_nodes(3)
         model_receipt_block = chain.w3.eth.block_number
-        model = world.register_model(12)
+        model = world.register_model(12, price_per_block=10**12)
         register_model_gas = chain.w3.eth.get_transaction_receipt(
             chain.w3.eth.get_block(model_receipt_block + 1)["transactions"][0]
         )["gasUsed"]

@@ -60,7 +60,7 @@ class Sender:
 def write_history(world: World, jobs: int) -> None:
     market = world.contracts.market
     nodes = world.register_nodes(3)
-    model = world.register_model(12, name="bench-model")
+    model = world.register_model(12, price_per_block=10**12, name="bench-model")
     spans = world.assign_even(model, nodes, 12)
     stages = world.stages(nodes, spans, 10**12)
     clients = [dev_account(i) for i in range(12, 18)]
@@ -75,7 +75,7 @@ def write_history(world: World, jobs: int) -> None:
         out = f"QmOut{job}"
         hashes = [keccak(text=f"job{job}-{k}") for k in range(len(stages))] + [output_hash_of(out)]
         receipts = [
-            market.receipts.sign(n, job, k, s, hashes[k], hashes[k + 1])
+            market.receipts.sign(n, job, k, s, world.coordinator.address, hashes[k], hashes[k + 1])
             for k, (n, s) in enumerate(zip(nodes, stages, strict=True))
         ]
         sender.send(

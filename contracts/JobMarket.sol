@@ -22,14 +22,29 @@ import {AddressArrays} from "./libraries/AddressArrays.sol";
 /// and refunded. Routes are not stored: `routeHash` commits to the stages, which callers
 /// pass back in calldata (with the coordinator that routed) and which the `JobRouted` /
 /// `JobRerouted` events publish.
+///
+/// | who | may | when |
+/// | --- | --- | --- |
+/// | anyone | post a job with escrow | any time, on an active model |
+/// | the job's client | cancel it | while it is posted |
+/// | a coordinator (COORDINATOR_ROLE) | route it, at the model's price | while posted, before the deadline |
+/// | the coordinator that routed it | reroute it | while routed, before the deadline |
+/// | anyone (in practice the last stage) | submit the result with every stage's receipt | while routed, before the deadline |
+/// | anyone | expire it, with the receipts of the stages that delivered | after the deadline |
+/// | a node on its route, or its coordinator | abort it | while routed |
+/// | any coordinator | abort it | while posted |
+/// | any payee | withdraw its credit | any time |
 contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP712 {
     using AddressArrays for address[];
 
     // ---------------------------------------------------------------- constants
     bytes32 public constant COORDINATOR_ROLE = keccak256("COORDINATOR_ROLE");
     bytes32 public constant RECEIPT_TYPEHASH = keccak256(
-        "Receipt(uint256 jobId,uint256 stage,uint32 start,uint32 end,bytes32 inputHash,bytes32 outputHash)"
+        "Receipt(uint256 jobId,uint256 stage,uint32 start,uint32 end,uint128 fee,address coordinator,"
+        "bytes32 inputHash,bytes32 outputHash)"
     );
+    /// @notice A route has at most this many stages (the route checks keep one bit per stage).
+    uint256 public constant MAX_ROUTE_STAGES = 64;
     uint16 public constant MAX_COORDINATOR_FEE_BPS = 2_000;
 
     // ---------------------------------------------------------------- immutables
@@ -86,7 +101,8 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
             deadline: deadline,
             modelId: uint32(modelId),
             status: Status.Posted,
-            routeHash: bytes20(0)
+            routeHash: bytes20(0),
+            coordinatorFeeBps: 0
         });
         emit JobPosted(jobId, msg.sender, modelId, inputCid, params, maxFee, deadline);
     }
@@ -101,12 +117,15 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
     }
 
     // ---------------------------------------------------------------- coordinators
-    /// @notice Record the chain of nodes that will run the job. The stages must cover
-    /// [0, blockCount) contiguously, each within a confirmed span of an active node, each fee at
-    /// least the model's price for its blocks, and fees plus the coordinator's cut within escrow.
+    /// @notice Record the chain of nodes that will run the job. The stages (at most
+    /// MAX_ROUTE_STAGES) must cover [0, blockCount) contiguously, each within a confirmed span of
+    /// an active node, each fee exactly the model's price for its blocks (a coordinator chooses
+    /// routes, never prices), and fees plus the coordinator's cut (the rate in force now, fixed
+    /// for this job) within escrow.
     function routeJob(uint256 jobId, Stage[] calldata stages) external onlyRole(COORDINATOR_ROLE) {
         Job storage job = _jobWithStatus(jobId, Status.Posted);
         if (block.timestamp > job.deadline) revert DeadlinePassed(jobId, job.deadline);
+        job.coordinatorFeeBps = coordinatorFeeBps;
         address[] memory nodes = _checkRoute(jobId, job, stages);
         nodeRegistry.openRoute(nodes);
         job.status = Status.Routed;
@@ -115,7 +134,8 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
     }
 
     /// @notice Failover: replace the route of a routed job. Nodes of the old route that are not
-    /// on the new one are recorded as failed. Any coordinator may reroute; it takes the fee.
+    /// on the new one are recorded as failed. Only the coordinator that routed the job may
+    /// reroute it; the cut rate stays the one fixed at routing.
     function rerouteJob(
         uint256 jobId,
         address oldCoordinator,
@@ -125,6 +145,7 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
         Job storage job = _jobWithStatus(jobId, Status.Routed);
         if (block.timestamp > job.deadline) revert DeadlinePassed(jobId, job.deadline);
         if (_routeHash(oldCoordinator, oldStages) != job.routeHash) revert RouteMismatch(jobId);
+        if (msg.sender != oldCoordinator) revert NotRoutingCoordinator(jobId, msg.sender, oldCoordinator);
         address[] memory newNodes = _checkRoute(jobId, job, newStages);
         address[] memory oldNodes = _nodes(oldStages);
         address[] memory failed = new address[](oldStages.length);
@@ -157,7 +178,7 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
         if (block.timestamp > job.deadline) revert DeadlinePassed(jobId, job.deadline);
         if (_routeHash(coordinator, stages) != job.routeHash) revert RouteMismatch(jobId);
         if (receipts.length != stages.length) revert ReceiptCountMismatch(jobId, receipts.length, stages.length);
-        _verifyReceipts(jobId, stages, receipts);
+        _verifyReceipts(jobId, coordinator, stages, receipts);
         if (receipts[receipts.length - 1].outputHash != keccak256(bytes(outputCid))) revert OutputHashMismatch(jobId);
 
         job.status = Status.Completed;
@@ -170,7 +191,7 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
             emit StagePaid(jobId, s.node, i, s.fee);
         }
         nodeRegistry.closeRoute(_nodes(stages), true, new address[](0));
-        uint256 cut = paid * coordinatorFeeBps / 10_000;
+        uint256 cut = paid * job.coordinatorFeeBps / 10_000;
         if (cut != 0) {
             accounts[coordinator].credit += uint128(cut);
             emit CoordinatorPaid(jobId, coordinator, cut);
@@ -197,7 +218,7 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
             if (delivered.length > stages.length) {
                 revert ReceiptCountMismatch(jobId, delivered.length, stages.length);
             }
-            _verifyReceipts(jobId, stages, delivered);
+            _verifyReceipts(jobId, coordinator, stages, delivered);
             for (uint256 i = delivered.length; i < stages.length; ++i) {
                 failed[nFailed++] = stages[i].node;
                 emit StageFailed(jobId, stages[i].node);
@@ -250,16 +271,23 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
         return _job(jobId);
     }
 
-    /// @notice The EIP-712 digest a stage node signs for its receipt.
+    /// @notice The EIP-712 digest a stage node signs for its receipt: the job, its stage on the
+    /// route (index, span, fee), the coordinator that routed it, and the stage's hash chain.
     function receiptDigest(
         uint256 jobId,
         uint256 stage,
-        uint32 start,
-        uint32 end,
+        Stage calldata s,
+        address coordinator,
         bytes32 inputHash,
         bytes32 outputHash
     ) public view returns (bytes32) {
-        return _hashTypedDataV4(keccak256(abi.encode(RECEIPT_TYPEHASH, jobId, stage, start, end, inputHash, outputHash)));
+        return _hashTypedDataV4(
+            keccak256(
+                abi.encode(
+                    RECEIPT_TYPEHASH, jobId, stage, s.start, s.end, s.fee, coordinator, inputHash, outputHash
+                )
+            )
+        );
     }
 
     // ---------------------------------------------------------------- internal
@@ -289,6 +317,7 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
     {
         uint256 n = stages.length;
         if (n == 0) revert EmptyRoute(jobId);
+        if (n > MAX_ROUTE_STAGES) revert RouteTooLong(jobId, n, MAX_ROUTE_STAGES);
         nodes = new address[](n);
         uint32[] memory starts = new uint32[](n);
         uint32[] memory ends = new uint32[](n);
@@ -308,23 +337,29 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
             Stage calldata s = stages[i];
             if (unconfirmed & (1 << i) != 0) revert SpanNotConfirmed(jobId, s.node, s.start, s.end);
             if (inactive & (1 << i) != 0) revert NodeNotActive(s.node);
-            uint256 minFee = uint256(price) * (s.end - s.start);
-            if (s.fee < minFee) revert StageFeeBelowPrice(i, s.fee, minFee);
-            total += s.fee;
+            uint256 fee = uint256(price) * (s.end - s.start);
+            if (s.fee != fee) revert StageFeeMismatch(i, s.fee, fee);
+            total += fee;
         }
-        total += total * coordinatorFeeBps / 10_000;
+        total += total * job.coordinatorFeeBps / 10_000;
         if (total > job.escrow) revert FeeExceedsEscrow(jobId, total, job.escrow);
     }
 
     /// @dev Checks receipts[i] for stages[i], i < receipts.length: signer and input/output chain.
-    function _verifyReceipts(uint256 jobId, Stage[] calldata stages, Receipt[] calldata receipts) private view {
+    /// A signature that does not recover (address zero) never matches a stage.
+    function _verifyReceipts(uint256 jobId, address coordinator, Stage[] calldata stages, Receipt[] calldata receipts)
+        private
+        view
+    {
         for (uint256 i; i < receipts.length; ++i) {
             Receipt calldata r = receipts[i];
             if (i != 0 && r.inputHash != receipts[i - 1].outputHash) revert BrokenReceiptChain(jobId, i);
             Stage calldata s = stages[i];
-            bytes32 digest = receiptDigest(jobId, i, s.start, s.end, r.inputHash, r.outputHash);
-            (address signer,,) = ECDSA.tryRecover(digest, r.signature);
-            if (signer != s.node) revert InvalidReceiptSigner(jobId, i, s.node, signer);
+            bytes32 digest = receiptDigest(jobId, i, s, coordinator, r.inputHash, r.outputHash);
+            (address signer, ECDSA.RecoverError err,) = ECDSA.tryRecover(digest, r.signature);
+            if (err != ECDSA.RecoverError.NoError || signer == address(0) || signer != s.node) {
+                revert InvalidReceiptSigner(jobId, i, s.node, signer);
+            }
         }
     }
 

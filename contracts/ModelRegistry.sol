@@ -10,12 +10,22 @@ import {AddressArrays} from "./libraries/AddressArrays.sol";
 /// @title ModelRegistry
 /// @notice Models (their IPFS manifests) and shard assignments: which node serves which
 /// consecutive blocks. Coordinators assign, nodes confirm once they fetched and verified.
+/// Publishing is role-gated (PUBLISHER_ROLE, granted by the admin): every registered model costs
+/// coordinators gas to assign, so registering one is not free for anyone to spam.
 /// @dev Model ids start at 1. A node holds at most one span per model.
+///
+/// | who | may |
+/// | --- | --- |
+/// | a publisher (PUBLISHER_ROLE; the admin has it) | register a model |
+/// | the model's owner | deprecate it |
+/// | a coordinator (COORDINATOR_ROLE) | assign spans to active nodes, release any span |
+/// | the assigned node | confirm its span, release it |
 contract ModelRegistry is IModelRegistry, AccessControl {
     using AddressArrays for address[];
 
     // ---------------------------------------------------------------- constants
     bytes32 public constant COORDINATOR_ROLE = keccak256("COORDINATOR_ROLE");
+    bytes32 public constant PUBLISHER_ROLE = keccak256("PUBLISHER_ROLE");
 
     // ---------------------------------------------------------------- immutables
     INodeRegistry public immutable nodeRegistry;
@@ -29,6 +39,7 @@ contract ModelRegistry is IModelRegistry, AccessControl {
     // ---------------------------------------------------------------- constructor
     constructor(address admin, INodeRegistry nodeRegistry_) {
         _grantRole(DEFAULT_ADMIN_ROLE, admin);
+        _grantRole(PUBLISHER_ROLE, admin);
         nodeRegistry = nodeRegistry_;
     }
 
@@ -40,7 +51,7 @@ contract ModelRegistry is IModelRegistry, AccessControl {
         uint32 blockCount,
         bytes32 blocksRoot,
         uint56 pricePerBlock
-    ) external returns (uint256 modelId) {
+    ) external onlyRole(PUBLISHER_ROLE) returns (uint256 modelId) {
         if (blockCount == 0) revert InvalidBlockCount(blockCount);
         if (bytes(manifestCid).length == 0) revert EmptyManifestCid();
         modelId = ++modelCount;
@@ -123,6 +134,7 @@ contract ModelRegistry is IModelRegistry, AccessControl {
     {
         Model storage m = _model(modelId);
         if (m.deprecated) revert ModelIsDeprecated(modelId);
+        if (nodes.length > 256) revert TooManyStages(nodes.length, 256);
         for (uint256 i; i < nodes.length; ++i) {
             Assignment storage a = _assignments[modelId][nodes[i]];
             if (!a.confirmed || starts[i] < a.start || ends[i] > a.end) unconfirmedMask |= 1 << i;

@@ -183,6 +183,7 @@ contract NodeRegistry is INodeRegistry, AccessControl, ReentrancyGuardTransient 
 
     /// @notice Bit i set when nodes[i] is not active (one call for a whole route).
     function inactiveMask(address[] calldata nodes) external view returns (uint256 mask) {
+        if (nodes.length > 256) revert TooManyNodes(nodes.length, 256);
         uint256 need = minStake;
         for (uint256 i; i < nodes.length; ++i) {
             Node storage n = _nodes[nodes[i]];

@@ -131,8 +131,11 @@ class Coordinator:
                         await self._failover(node)
 
     async def _failover(self, dead: str) -> None:
+        """Reroute this coordinator's open jobs around `dead` (only the routing coordinator may)."""
         for job_id, job in list(self.ledger.jobs.items()):
-            if job.status != JobStatus.ROUTED or all(s.node != dead for s in job.route):
+            if job.status != JobStatus.ROUTED or job.coordinator != self.account.address:
+                continue
+            if all(s.node != dead for s in job.route):
                 continue
             old = job.route
             new = []

@@ -58,7 +58,7 @@ class Settlement:
         output = self.executor.output(run, final)
         cid = await asyncio.to_thread(self.ipfs.add, output, f"job-{job_id}-output.json")
         mine = self.receipts.sign(
-            self.account, job_id, run.stage, run.stages[run.stage], run.in_hash, output_hash_of(cid)
+            self.account, job_id, run.stage, run.stages[run.stage], run.coordinator, run.in_hash, output_hash_of(cid)
         )
         receipts = [await self._collect_receipt(run, stage) for stage in range(len(run.stages) - 1)]
         receipts.append(mine)
@@ -77,7 +77,7 @@ class Settlement:
             bytes.fromhex(data["output_hash"][2:]),
             bytes.fromhex(data["signature"][2:]),
         )
-        signer = self.receipts.signer(run.job_id, stage, run.stages[stage], receipt)
+        signer = self.receipts.signer(run.job_id, stage, run.stages[stage], run.coordinator, receipt)
         if signer != node:
             raise PeerError(f"stage {stage} returned a receipt signed by {signer}, not {node}")
         return receipt
@@ -90,7 +90,9 @@ class Settlement:
             return None, f"this node has no state for job {job_id}"
         if sender != job.route[-1].node:
             return None, "receipts go only to the job's last stage"
-        receipt = self.receipts.sign(self.account, job_id, run.stage, run.stages[run.stage], run.in_hash, run.out_hash)
+        receipt = self.receipts.sign(
+            self.account, job_id, run.stage, run.stages[run.stage], run.coordinator, run.in_hash, run.out_hash
+        )
         self.metrics.jobs.labels(run.params.kind, "served").inc()
         return {
             "stage": run.stage,

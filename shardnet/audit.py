@@ -93,6 +93,6 @@ def verify_receipts(chain: Chain, ledger: Ledger) -> list[str]:
     domain = Contracts(chain).market.receipts
     problems: list[str] = []
     for job_id, rec in sorted(ledger.jobs.items()):
-        if rec.receipts:
-            problems += domain.problems(job_id, rec.route, rec.receipts, rec.output_cid)
+        if rec.receipts and rec.coordinator is not None:
+            problems += domain.problems(job_id, rec.coordinator, rec.route, rec.receipts, rec.output_cid)
     return problems

@@ -168,6 +168,10 @@ class ModelRegistry(_Binding):
     def grant_coordinator(self, who: str, account: LocalAccount | None = None) -> dict[str, Any]:
         return self.grant_role("COORDINATOR_ROLE", who, account)
 
+    def grant_publisher(self, who: str, account: LocalAccount | None = None) -> dict[str, Any]:
+        """Let `who` register models (admin only)."""
+        return self.grant_role("PUBLISHER_ROLE", who, account)
+
     # views
     def model(self, model_id: int) -> Model:
         m = self._call(self.contract.functions.getModel(model_id))
@@ -276,6 +280,7 @@ class JobMarket(_Binding):
             model_id=j[3],
             status=JobStatus(j[4]),
             route_hash=bytes(j[5]),
+            coordinator_fee_bps=j[6],
         )
 
     def job_count(self) -> int:
@@ -290,11 +295,10 @@ class JobMarket(_Binding):
         return int(self._call(self.contract.functions.coordinatorFeeBps()))
 
     def receipt_digest(
-        self, job_id: int, stage: int, start: int, end: int, input_hash: bytes, output_hash: bytes
+        self, job_id: int, stage: int, span: Stage, coordinator: str, input_hash: bytes, output_hash: bytes
     ) -> bytes:
-        return bytes(
-            self._call(self.contract.functions.receiptDigest(job_id, stage, start, end, input_hash, output_hash))
-        )
+        fn = self.contract.functions.receiptDigest(job_id, stage, tuple(span), coordinator, input_hash, output_hash)
+        return bytes(self._call(fn))
 
 
 async def send_logged(

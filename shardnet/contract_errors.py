@@ -24,6 +24,8 @@ _HINTS = {
     "BadDeadline": "pick a deadline between now and now + JobMarket.maxJobDuration",
     "CooldownNotOver": "wait until unlockAt, then withdraw again",
     "UnstakeWhileOnOpenRoute": "wait until the node's open jobs settle, then request again",
+    "AccessControlUnauthorizedAccount": "this account lacks the role the call needs; ask the deployment's admin "
+    "to grant it (e.g. Contracts(chain).models.grant_publisher(address) to publish models)",
 }
 
 

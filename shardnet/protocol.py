@@ -115,6 +115,7 @@ class Job:
     model_id: int
     status: JobStatus
     route_hash: bytes  # first 20 bytes of keccak256(abi.encode(coordinator, stages))
+    coordinator_fee_bps: int  # the coordinator's cut, fixed when the job was routed
 
 
 class Reputation(NamedTuple):

@@ -28,6 +28,8 @@ RECEIPT_TYPES: dict[str, list[dict[str, str]]] = {
         {"name": "stage", "type": "uint256"},
         {"name": "start", "type": "uint32"},
         {"name": "end", "type": "uint32"},
+        {"name": "fee", "type": "uint128"},
+        {"name": "coordinator", "type": "address"},
         {"name": "inputHash", "type": "bytes32"},
         {"name": "outputHash", "type": "bytes32"},
     ]
@@ -54,31 +56,48 @@ class ReceiptDomain:
     def as_dict(self) -> dict[str, Any]:
         return {"name": "shardnet", "version": "1", "chainId": self.chain_id, "verifyingContract": self.market}
 
-    def _signable(self, job_id: int, stage: int, span: Stage, input_hash: bytes, output_hash: bytes) -> Any:
+    def _signable(
+        self, job_id: int, stage: int, span: Stage, coordinator: str, input_hash: bytes, output_hash: bytes
+    ) -> Any:
         message = {
             "jobId": job_id,
             "stage": stage,
             "start": span.start,
             "end": span.end,
+            "fee": span.fee,
+            "coordinator": Web3.to_checksum_address(coordinator),
             "inputHash": bytes(input_hash),
             "outputHash": bytes(output_hash),
         }
         return encode_typed_data(self.as_dict(), RECEIPT_TYPES, message)
 
     def sign(
-        self, account: LocalAccount, job_id: int, stage: int, span: Stage, input_hash: bytes, output_hash: bytes
+        self,
+        account: LocalAccount,
+        job_id: int,
+        stage: int,
+        span: Stage,
+        coordinator: str,
+        input_hash: bytes,
+        output_hash: bytes,
     ) -> Receipt:
-        """The receipt `account` signs for running `span` (the route's stage) of a job."""
-        signed = account.sign_message(self._signable(job_id, stage, span, input_hash, output_hash))
+        """The receipt `account` signs for running `span` (stage `stage` of the route that
+        `coordinator` recorded, fee included) of a job."""
+        signed = account.sign_message(self._signable(job_id, stage, span, coordinator, input_hash, output_hash))
         return Receipt(bytes(input_hash), bytes(output_hash), bytes(signed.signature))
 
-    def signer(self, job_id: int, stage: int, span: Stage, receipt: Receipt) -> str:
+    def signer(self, job_id: int, stage: int, span: Stage, coordinator: str, receipt: Receipt) -> str:
         """The address that signed `receipt`; raises ValueError for an unreadable signature."""
-        signable = self._signable(job_id, stage, span, receipt.input_hash, receipt.output_hash)
+        signable = self._signable(job_id, stage, span, coordinator, receipt.input_hash, receipt.output_hash)
         return str(Account.recover_message(signable, signature=bytes(receipt.signature)))
 
     def problems(
-        self, job_id: int, route: Sequence[Stage], receipts: Sequence[Receipt], output_cid: str | None
+        self,
+        job_id: int,
+        coordinator: str,
+        route: Sequence[Stage],
+        receipts: Sequence[Receipt],
+        output_cid: str | None,
     ) -> list[str]:
         """Every way a job's receipts fail what the contract checks: a signer other than the
         stage's node, a broken hash chain, a last output hash that is not keccak(output CID).
@@ -86,7 +105,7 @@ class ReceiptDomain:
         found: list[str] = []
         for k, (stage, receipt) in enumerate(zip(route, receipts, strict=False)):
             try:
-                signer = self.signer(job_id, k, stage, receipt)
+                signer = self.signer(job_id, k, stage, coordinator, receipt)
             except ValueError as exc:
                 found.append(f"job {job_id} stage {k}: unreadable signature ({exc})")
                 continue

@@ -78,15 +78,22 @@ class World:
         return [Stage(a.address, s, e, fee_per_block * (e - s)) for a, (s, e) in zip(nodes, spans, strict=True)]
 
     def receipts(
-        self, job_id: int, stages: list[Stage], output_cid: str, signers: list[LocalAccount] | None = None
+        self,
+        job_id: int,
+        stages: list[Stage],
+        output_cid: str,
+        signers: list[LocalAccount] | None = None,
+        coordinator: str | None = None,
     ) -> list[Receipt]:
-        """Valid chained receipts: stage k's input hash is stage k-1's output hash."""
+        """Valid chained receipts for a route `coordinator` (default: the world's) recorded:
+        stage k's input hash is stage k-1's output hash."""
+        coordinator = coordinator or self.coordinator.address
         signers = signers or [self.account_of(s.node) for s in stages]
         hashes = [keccak(text=f"job{job_id}-activations-{k}") for k in range(len(stages))] + [
             output_hash_of(output_cid)
         ]
         return [
-            self.contracts.market.receipts.sign(signers[k], job_id, k, s, hashes[k], hashes[k + 1])
+            self.contracts.market.receipts.sign(signers[k], job_id, k, s, coordinator, hashes[k], hashes[k + 1])
             for k, s in enumerate(stages)
         ]
 

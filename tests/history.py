@@ -36,7 +36,7 @@ def script(world: World) -> History:
     h = History()
     nodes = world.register_nodes(4)
     h.nodes = [n.address for n in nodes]
-    h.model = world.register_model(12, name="audit-model")
+    h.model = world.register_model(12, price_per_block=FEE_PER_BLOCK, name="audit-model")
     spans = world.assign_even(h.model, nodes[:3], 12)
     models.assign_shard(h.model, nodes[3].address, 4, 8, account=world.coordinator)
     models.confirm_shard(h.model, account=nodes[3])

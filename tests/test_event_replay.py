@@ -14,7 +14,7 @@ def test_replayed_events_equal_contract_state(world):
     c, w = world.contracts, world
     start = w.chain.w3.eth.block_number + 1
     nodes = w.register_nodes(4)
-    model = w.register_model(6)
+    model = w.register_model(6, price_per_block=10**12)
     spans = w.assign_even(model, nodes[:3], 6)
     c.models.assign_shard(model, nodes[3].address, 2, 4, account=w.coordinator)
     c.models.confirm_shard(model, account=nodes[3])

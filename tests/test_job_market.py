@@ -46,7 +46,7 @@ class Setup:
 @pytest.fixture
 def s(world):
     nodes = world.register_nodes(3)
-    model = world.register_model(6)
+    model = world.register_model(6, price_per_block=FEE_PER_BLOCK)
     spans = world.assign_even(model, nodes, 6)
     return Setup(world, nodes, model, spans, dev_account(CLIENT))
 
@@ -82,10 +82,21 @@ def test_digest_matches_local_eip712(s):
 
     from shardnet.receipts import RECEIPT_TYPES
 
-    msg = {"jobId": 7, "stage": 1, "start": 2, "end": 4, "inputHash": b"\1" * 32, "outputHash": b"\2" * 32}
+    coordinator = s.world.coordinator.address
+    msg = {
+        "jobId": 7,
+        "stage": 1,
+        "start": 2,
+        "end": 4,
+        "fee": 5,
+        "coordinator": coordinator,
+        "inputHash": b"\1" * 32,
+        "outputHash": b"\2" * 32,
+    }
     local = encode_typed_data(s.market.receipts.as_dict(), RECEIPT_TYPES, msg)
     digest = keccak(b"\x19" + local.version + local.header + local.body)
-    assert s.market.receipt_digest(7, 1, 2, 4, b"\1" * 32, b"\2" * 32) == digest
+    stage = Stage(s.nodes[1].address, 2, 4, 5)
+    assert s.market.receipt_digest(7, 1, stage, coordinator, b"\1" * 32, b"\2" * 32) == digest
 
 
 def test_cancel_before_routing(s):
@@ -172,10 +183,14 @@ def test_incomplete_cover_and_route_errors(s):
         s.market.route_job(job, [], account=coord)
     with reverts("SpanNotConfirmed", node=st[1].node, start=2, end=6):
         s.market.route_job(job, [st[0], st[1]._replace(end=6)], account=coord)
-    with reverts("StageFeeBelowPrice", stage=0, fee=1, minFee=2 * 10**9):
+    with reverts("StageFeeMismatch", stage=0, fee=1, price=2 * FEE_PER_BLOCK):
         s.market.route_job(job, [st[0]._replace(fee=1), *st[1:]], account=coord)
-    with reverts("FeeExceedsEscrow", jobId=job):
-        s.market.route_job(job, [st[0]._replace(fee=MAX_FEE), *st[1:]], account=coord)
+    # a coordinator cannot price a stage: 95% of the escrow to its own node is refused
+    with reverts("StageFeeMismatch", stage=0, fee=MAX_FEE * 95 // 100, price=2 * FEE_PER_BLOCK):
+        s.market.route_job(job, [st[0]._replace(fee=MAX_FEE * 95 // 100), *st[1:]], account=coord)
+    short = s.post(max_fee=6 * FEE_PER_BLOCK)  # covers the stage fees, not the coordinator's cut
+    with reverts("FeeExceedsEscrow", jobId=short):
+        s.market.route_job(short, st, account=coord)
     with reverts("AccessControlUnauthorizedAccount", account=s.nodes[0].address):
         s.market.route_job(job, st, account=s.nodes[0])
     with reverts("UnknownJob", jobId=999):
@@ -210,7 +225,7 @@ def test_submit_errors(s):
         s.market.submit_result(job, COORD, stages, "QmOther", good, account=s.nodes[2])
     broken = list(good)
     broken[1] = s.market.receipts.sign(
-        s.nodes[1], job, 1, stages[1], keccak(text="not what stage 0 sent"), good[1].output_hash
+        s.nodes[1], job, 1, stages[1], COORD, keccak(text="not what stage 0 sent"), good[1].output_hash
     )
     with reverts("BrokenReceiptChain", jobId=job, stage=1):
         s.market.submit_result(job, COORD, stages, "QmO", broken, account=s.nodes[2])

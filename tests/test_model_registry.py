@@ -14,6 +14,11 @@ def models(world):
 
 def test_register_and_deprecate(world, models):
     owner = dev_account(14)
+    count = models.model_count()
+    with reverts("AccessControlUnauthorizedAccount", account=owner.address):  # publishing is role-gated
+        models.register_model("spam", "QmSpam", 14, keccak(text="x"), 7, account=owner)
+    assert models.model_count() == count
+    models.grant_publisher(owner.address, account=world.admin)
     model_id = models.register_model("gpt2", "QmManifest", 14, keccak(text="x"), 7, account=owner)
     m = models.model(model_id)
     assert (m.owner, m.block_count, m.price_per_block, m.manifest_cid, m.name, m.deprecated) == (
@@ -52,11 +57,11 @@ def test_assign_confirm_release_and_query(world, models):
     assert len(models.assigned_nodes(model_id)) == 3
 
 
-def test_register_errors(models):
+def test_register_errors(world, models):
     with reverts("InvalidBlockCount", blockCount=0):
-        models.register_model("m", "Qm", 0, b"\0" * 32, 1, account=dev_account(14))
+        models.register_model("m", "Qm", 0, b"\0" * 32, 1, account=world.admin)
     with reverts("EmptyManifestCid"):
-        models.register_model("m", "", 4, b"\0" * 32, 1, account=dev_account(14))
+        models.register_model("m", "", 4, b"\0" * 32, 1, account=world.admin)
 
 
 def test_owner_and_unknown_errors(world, models):

@@ -26,7 +26,8 @@ interface IJobMarket {
     }
 
     /// @notice What a stage node signs (EIP-712 type `Receipt`), minus the fields the contract
-    /// already knows (jobId, stage index, span). `inputHash`/`outputHash` are keccak256 of the
+    /// already knows (jobId, stage index, span, fee, the routing coordinator): a receipt signed
+    /// for one route never pays on another. `inputHash`/`outputHash` are keccak256 of the
     /// activations that entered and left the stage; the last stage's `outputHash` is
     /// keccak256(bytes(outputCid)) and each stage's `inputHash` equals the previous `outputHash`.
     struct Receipt {
@@ -52,6 +53,7 @@ interface IJobMarket {
         uint32 modelId;
         Status status;
         bytes20 routeHash;
+        uint16 coordinatorFeeBps; // the coordinator's cut, fixed when the job is routed
     }
 
     // ---------------------------------------------------------------- events
@@ -89,7 +91,9 @@ interface IJobMarket {
     error EmptyRoute(uint256 jobId);
     error IncompleteCover(uint256 jobId, uint256 stage, uint32 expectedStart, uint32 start);
     error SpanNotConfirmed(uint256 jobId, address node, uint32 start, uint32 end);
-    error StageFeeBelowPrice(uint256 stage, uint256 fee, uint256 minFee);
+    error StageFeeMismatch(uint256 stage, uint256 fee, uint256 price);
+    error RouteTooLong(uint256 jobId, uint256 stages, uint256 max);
+    error NotRoutingCoordinator(uint256 jobId, address caller, address coordinator);
     error FeeExceedsEscrow(uint256 jobId, uint256 total, uint256 escrow);
     error RouteMismatch(uint256 jobId);
     error ReceiptCountMismatch(uint256 jobId, uint256 receipts, uint256 stages);

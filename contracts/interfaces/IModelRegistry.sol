@@ -53,6 +53,7 @@ interface IModelRegistry {
     error NoAssignment(uint256 modelId, address node);
     error AlreadyConfirmed(uint256 modelId, address node);
     error NotNodeOrCoordinator(address caller);
+    error TooManyStages(uint256 count, uint256 max);
 
     // ---------------------------------------------------------------- views
     function blockCountOf(uint256 modelId) external view returns (uint32 blockCount);

@@ -56,6 +56,7 @@ interface INodeRegistry {
     error SlashExceedsStake(address node, uint256 amount, uint256 available);
     error MarketAlreadySet(address market);
     error NotMarket(address caller);
+    error TooManyNodes(uint256 count, uint256 max);
 
     // ---------------------------------------------------------------- the market
     /// @notice A route naming `nodes` was recorded: each has one more open job.
