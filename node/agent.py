@@ -20,6 +20,7 @@ import uvicorn
 from node.executor import Executor
 from node.filter import AdoptRoute, DropJob, LoadSpan, StartJob, UnloadSpan, actions_for
 from node.metrics import NodeMetrics
+from node.misbehave import DEVNET_CHAIN_ID
 from node.peers import PeerClient
 from node.pipeline import StagePipeline
 from node.reporter import Reporter
@@ -31,6 +32,7 @@ from node.state import AgentState
 from shardnet.bindings import Contracts
 from shardnet.chain import Chain
 from shardnet.deployment import Deployment
+from shardnet.errors import ConfigError
 from shardnet.events import Event, EventReader, Listener
 from shardnet.ledger import Ledger
 from shardnet.protocol import Hardware
@@ -47,6 +49,11 @@ class NodeAgent:
         deployment = Deployment.load(settings.deployment)
         self.deploy_block = deployment.deploy_block
         chain = Chain.from_deployment(deployment, account=account)
+        if settings.misbehave and chain.chain_id != DEVNET_CHAIN_ID:
+            raise ConfigError(
+                f"misbehave={settings.misbehave!r} is for tests on the devnet (chain {DEVNET_CHAIN_ID}), and this is "
+                f"chain {chain.chain_id}; remove it from the node config"
+            )
         contracts = Contracts(chain)
         ipfs = IpfsClient(deployment.ipfs_api, timeout=settings.ipfs_timeout_s)
         self.ledger = Ledger()

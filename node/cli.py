@@ -25,3 +25,72 @@ def node_run(config_path: Path) -> None:
     settings = NodeSettings.load(config_path)
     logs.setup(f"node:{settings.listen_port}")
     run_until_signal(run_node(settings))
+
+
+@node.command("verify")
+@click.argument("job_id", type=int)
+@click.option("--deployment", "deployment_path", type=click.Path(path_type=Path), help="deployment file")
+@click.option("--rpc-url", help="JSON-RPC endpoint (default: from the deployment file)")
+@click.option("--json", "as_json", is_flag=True, help="print JSON for scripts")
+def node_verify(job_id: int, deployment_path: Path | None, rpc_url: str | None, as_json: bool) -> None:
+    """Re-run every stage of completed job JOB_ID from its transcripts on IPFS, as a verification
+    committee member would, and say which stage (if any) did not compute what it claimed; exit 2
+    if one did not."""
+    import json
+    import sys
+
+    from node.executor import Executor
+    from node.verifier import check_job
+    from shardnet.bindings import Contracts
+    from shardnet.chain import Chain
+    from shardnet.client import Client
+    from shardnet.deployment import Deployment
+    from shardnet.jobs import JobParams
+    from shardnet.protocol import JobStatus
+    from shardnet.storage import IpfsClient
+
+    deployment = Deployment.load(deployment_path)
+    ipfs = IpfsClient(deployment.ipfs_api)
+    chain = Chain.from_deployment(deployment, rpc_url=rpc_url)
+    record = Client(chain, ipfs).history(job_id)
+    if record.status != JobStatus.COMPLETED or record.output_cid is None or record.coordinator is None:
+        raise click.ClickException(
+            f"job {job_id} is {record.status.name.lower()}; only completed jobs have stages to check"
+        )
+    model = Contracts(chain).models.model(record.model_id)
+    output = json.loads(ipfs.cat(record.output_cid, timeout=20))
+    verdicts = check_job(
+        Executor(ipfs, 20.0),
+        job_id,
+        record.model_id,
+        model.manifest_cid,
+        record.input_cid,
+        record.route,
+        record.coordinator,
+        JobParams.decode(record.params),
+        [(r.input_hash, r.output_hash) for r in record.receipts],
+        output,
+    )
+    rows = [
+        {
+            "stage": k,
+            "node": s.node,
+            "blocks": [s.start, s.end],
+            "honest": v.honest,
+            "reason": v.reason,
+            "worst_relative_error": v.worst_error,
+            "messages": v.messages,
+        }
+        for k, (s, v) in enumerate(zip(record.route, verdicts, strict=True))
+    ]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            verdict = "honest" if row["honest"] else f"DISHONEST: {row['reason']}"
+            click.echo(
+                f"stage {row['stage']}  blocks {row['blocks']}  node {row['node']}  {verdict}  "
+                f"(worst error {row['worst_relative_error']:.1e} over {row['messages']} messages)"
+            )
+    if not all(v.honest for v in verdicts):
+        sys.exit(2)

@@ -54,9 +54,20 @@ class JobRun:
     generator: torch.Generator | None = None
     attention_mask: torch.Tensor | None = None
     timing: dict[str, Any] = field(default_factory=dict)  # picked_up_at, t0 (unix s), carried stage to stage
-    sent_log: list[bytes] = field(default_factory=list)  # every message sent to the next stage, for replay
+    sent_log: list[bytes] = field(default_factory=list)  # every message sent to the next stage (replay, transcript)
+    received_log: list[bytes] = field(default_factory=list)  # every message that entered the stage (transcript)
     expected_step: int = 0  # next activation step this stage has not processed yet
     stalled: bool = False  # the next stage is unreachable: waiting for the coordinator to reroute
+
+    def receive(self, body: bytes) -> None:
+        """A message entered the stage: it joins the input hash chain and the transcript."""
+        self.in_hash = fold(self.in_hash, body)
+        self.received_log.append(body)
+
+    def emit(self, body: bytes) -> None:
+        """An activation message left for the next stage: output hash chain and transcript."""
+        self.out_hash = fold(self.out_hash, body)
+        self.sent_log.append(body)
 
     @property
     def is_first(self) -> bool:
@@ -153,7 +164,7 @@ class Executor:
         if kind == "embed" and arch.family != "bert":
             raise JobInputError(f"model {run.model_id} ({arch.model_type}) does not make sentence embeddings")
         data = parse_input(run.params, raw)
-        run.in_hash = fold(ZERO_HASH, raw)
+        run.receive(raw)
         tok = loaded.tokenizer
         if kind == "embed":
             if tok is None:
@@ -179,12 +190,17 @@ class Executor:
             return float("inf")
         return self.ms_per_block * (run.loaded.span.end - run.stages[run.stage].start)
 
-    def run_span(self, run: JobRun, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def run_span(self, run: JobRun, x: torch.Tensor, mask: torch.Tensor | None, measure: bool = True) -> torch.Tensor:
+        """Run the job's stage on `x` ([b, n] ids at stage 0, else [b, n, hidden]). `measure`:
+        count it in this node's own speed (not when re-running another node's stage)."""
         loaded = run.loaded
         session = run.session if run.params.kind == "generate" else None
         started = time.perf_counter()
         entry = run.stages[run.stage].start
         out = loaded.model(x, attention_mask=mask, session=session, start=entry)
+        result: torch.Tensor = out
+        if not measure:
+            return result
         elapsed = time.perf_counter() - started
         if self.slowdown > 1:  # emulating a slower machine (devnet / tests): take `slowdown` times as long
             time.sleep(elapsed * (self.slowdown - 1))
@@ -192,7 +208,6 @@ class Executor:
         ms = elapsed * 1000 / max(1, loaded.span.end - entry)
         self.ms_per_block = ms if self.ms_per_block is None else 0.8 * self.ms_per_block + 0.2 * ms
         self.calls += 1
-        result: torch.Tensor = out
         return result
 
     def next_token(self, run: JobRun, logits: torch.Tensor) -> tuple[int, bool]:
@@ -204,8 +219,9 @@ class Executor:
         eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
         return token, len(run.tokens) >= run.params.max_new_tokens or token in eos_ids
 
-    def output(self, run: JobRun, final: torch.Tensor | None) -> bytes:
-        """Last stage: the job output as JSON bytes (what goes to IPFS), with data-plane timings."""
+    def output(self, run: JobRun, final: torch.Tensor | None, transcripts: list[str]) -> bytes:
+        """Last stage: the job output as JSON bytes (what goes to IPFS), with every stage's
+        transcript CID and data-plane timings."""
         kind = run.params.kind
         timing = dict(run.timing)
         if "t0" in timing:
@@ -227,4 +243,4 @@ class Executor:
             }
         else:
             out = {"kind": kind, "shape": list(final.shape), "output": final.tolist()}
-        return json.dumps({**out, "timing": timing}).encode()
+        return json.dumps({**out, "transcripts": transcripts, "timing": timing}).encode()

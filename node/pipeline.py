@@ -20,6 +20,7 @@ from node.executor import Executor, JobRun
 from node.filter import my_stage
 from node.messages import pack, unpack
 from node.metrics import NodeMetrics
+from node.misbehave import corrupt_activation, corrupt_token
 from node.peers import PeerClient
 from node.settings import NodeSettings
 from node.settlement import Settlement
@@ -28,7 +29,6 @@ from shardnet.jobs import JobParams
 from shardnet.ledger import Ledger
 from shardnet.model.quant import decode_activation, encode_activation
 from shardnet.protocol import JobStatus
-from shardnet.receipts import fold
 from shardnet.storage import IpfsClient
 
 # Decode steps expected to take at most this long run on the event loop itself. Handing a
@@ -121,24 +121,27 @@ class StagePipeline:
         else:
             out = await asyncio.to_thread(self.executor.run_span, run, x, mask)
         self.metrics.stage_seconds.labels(run.params.kind).observe(time.perf_counter() - started)
+        if self.settings.misbehave:
+            out = corrupt_activation(self.settings.misbehave, x, out)
         if not run.is_last:
             header: dict[str, Any] = {"kind": "act", "step": run.step, "timing": run.timing}
             if mask is not None:
                 header["mask"] = mask.tolist()
             body = pack(header, encode_activation(out, run.params.wire))
-            run.out_hash = fold(run.out_hash, body)
+            run.emit(body)
             run.step += 1
-            run.sent_log.append(body)
             if not run.stalled:
                 await self.send(run, run.stage + 1, body)
             return
         if run.params.kind == "generate":
             token, done = self.executor.next_token(run, out)
+            if self.settings.misbehave:
+                token = run.tokens[-1] = corrupt_token(self.settings.misbehave, token, out.shape[-1])
             if not done:
                 body = pack({"kind": "tokens", "step": run.step, "ids": [token]})
                 run.step += 1
                 if run.is_first:  # a one-stage route loops locally
-                    run.in_hash = fold(run.in_hash, body)
+                    run.receive(body)
                     await self.step(run, torch.tensor([[token]]), None)
                 else:
                     await self.send(run, 0, body)
@@ -249,7 +252,7 @@ class StagePipeline:
                     if header["step"] < run.expected_step:
                         continue  # a replay after failover: already processed here
                     run.expected_step = header["step"] + 1
-                run.in_hash = fold(run.in_hash, body)
+                run.receive(body)
                 if header["kind"] == "tokens":
                     await self.step(run, torch.tensor([header["ids"]]), None)
                 else:

@@ -42,7 +42,7 @@ def create_app(agent: NodeAgent) -> FastAPI:
         sender = await _sender(request, body)
         if sender is None:
             return JSONResponse({"error": "missing or invalid x-shardnet-signature"}, status_code=401)
-        result, reason = agent.settlement.receipt_for(job_id, sender)
+        result, reason = await agent.settlement.receipt_for(job_id, sender)
         if result is None:
             return JSONResponse({"error": reason}, status_code=403)
         return JSONResponse(result)

@@ -9,6 +9,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from node.misbehave import Misbehaviour
 from shardnet.errors import ConfigError
 
 
@@ -37,6 +38,9 @@ class NodeSettings(BaseModel):
     # emulate a slower machine on a devnet: every span forward takes this many times as long
     # (1 = as fast as this machine goes). For testing heterogeneous swarms on one host.
     slowdown: float = Field(1.0, ge=1.0)
+    # tests and benches of verification only (refused on any chain but the devnet's): serve
+    # garbage | lazy | perturb | wrong_token instead of the honest result
+    misbehave: Misbehaviour = ""
 
     @model_validator(mode="after")
     def _one_key(self) -> NodeSettings:

@@ -23,6 +23,7 @@ from shardnet.ledger import Ledger
 from shardnet.protocol import Receipt
 from shardnet.receipts import ReceiptDomain, output_hash_of
 from shardnet.storage import IpfsClient
+from shardnet.transcripts import Transcript
 
 log = logging.getLogger("shardnet.node")
 
@@ -51,16 +52,23 @@ class Settlement:
         self.metrics = metrics
 
     async def finalize(self, run: JobRun, final: torch.Tensor | None) -> None:
-        """Last stage: output to IPFS, every stage's receipt, then `submitResult`."""
+        """Last stage: every earlier stage's receipt and transcript, this stage's transcript, the
+        output (listing every transcript) to IPFS, then `submitResult`."""
         job_id = run.job_id
         if job_id in self.state.submitted:
             return
-        output = self.executor.output(run, final)
+        receipts: list[Receipt] = []
+        transcripts: list[str] = []
+        for stage in range(len(run.stages) - 1):
+            receipt, transcript = await self._collect_receipt(run, stage)
+            receipts.append(receipt)
+            transcripts.append(transcript)
+        transcripts.append(await self._publish_transcript(run))
+        output = self.executor.output(run, final, transcripts)
         cid = await asyncio.to_thread(self.ipfs.add, output, f"job-{job_id}-output.json")
         mine = self.receipts.sign(
             self.account, job_id, run.stage, run.stages[run.stage], run.coordinator, run.in_hash, output_hash_of(cid)
         )
-        receipts = [await self._collect_receipt(run, stage) for stage in range(len(run.stages) - 1)]
         receipts.append(mine)
         if await self.reporter.submit_result(job_id, run.coordinator, run.stages, cid, receipts):
             self.state.settled(job_id, "submitted")
@@ -68,7 +76,14 @@ class Settlement:
             log.info("job %d done: output %s", job_id, cid, extra={"job": job_id})
         self.finish(job_id)
 
-    async def _collect_receipt(self, run: JobRun, stage: int) -> Receipt:
+    async def _publish_transcript(self, run: JobRun) -> str:
+        """Put what this stage received (and, but for the last stage, sent) on IPFS, pinned."""
+        sent = () if run.is_last else tuple(run.sent_log)
+        data = Transcript(tuple(run.received_log), sent).encode()
+        name = f"job-{run.job_id}-stage-{run.stage}-transcript"
+        return str(await asyncio.to_thread(self.ipfs.add, data, name))
+
+    async def _collect_receipt(self, run: JobRun, stage: int) -> tuple[Receipt, str]:
         node = run.stages[stage].node
         response = await self.peers.post(self.ledger.endpoints[node], f"/v1/jobs/{run.job_id}/receipt", b"{}")
         data = response.json()
@@ -80,10 +95,13 @@ class Settlement:
         signer = self.receipts.signer(run.job_id, stage, run.stages[stage], run.coordinator, receipt)
         if signer != node:
             raise PeerError(f"stage {stage} returned a receipt signed by {signer}, not {node}")
-        return receipt
+        transcript = data.get("transcript")
+        if not isinstance(transcript, str) or not transcript:
+            raise PeerError(f"stage {stage} returned no transcript CID with its receipt")
+        return receipt, transcript
 
-    def receipt_for(self, job_id: int, sender: str) -> tuple[dict[str, Any] | None, str]:
-        """This stage's signed receipt, for the job's last stage only."""
+    async def receipt_for(self, job_id: int, sender: str) -> tuple[dict[str, Any] | None, str]:
+        """This stage's signed receipt and its transcript's CID, for the job's last stage only."""
         job = self.ledger.jobs.get(job_id)
         run = self.executor.jobs.get(job_id)
         if job is None or run is None:
@@ -93,9 +111,11 @@ class Settlement:
         receipt = self.receipts.sign(
             self.account, job_id, run.stage, run.stages[run.stage], run.coordinator, run.in_hash, run.out_hash
         )
+        transcript = await self._publish_transcript(run)
         self.metrics.jobs.labels(run.params.kind, "served").inc()
         return {
             "stage": run.stage,
+            "transcript": transcript,
             "input_hash": "0x" + receipt.input_hash.hex(),
             "output_hash": "0x" + receipt.output_hash.hex(),
             "signature": "0x" + receipt.signature.hex(),

@@ -7,14 +7,18 @@ compare. Differences are reported with where they are (which job, which account,
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from shardnet.bindings import Contracts
 from shardnet.chain import Chain
+from shardnet.errors import StorageError
 from shardnet.events import EventReader
 from shardnet.ledger import Ledger
+from shardnet.storage import IpfsClient
+from shardnet.transcripts import Transcript, TranscriptError
 
 
 @dataclass(frozen=True)
@@ -95,4 +99,33 @@ def verify_receipts(chain: Chain, ledger: Ledger) -> list[str]:
     for job_id, rec in sorted(ledger.jobs.items()):
         if rec.receipts and rec.coordinator is not None:
             problems += domain.problems(job_id, rec.coordinator, rec.route, rec.receipts, rec.output_cid)
+    return problems
+
+
+def verify_transcripts(ledger: Ledger, ipfs: IpfsClient, timeout_s: float = 10.0) -> list[str]:
+    """Every completed job's stage transcripts (listed in its output on IPFS) against its receipts:
+    each transcript's hash chain must give its stage's receipt hashes, and stage 0's first message
+    must be the job's input. Only hashes are compared here; re-running the stages is a node's job
+    (`shardnet node verify`). Returns the problems found (a transcript no longer on IPFS is one)."""
+    problems: list[str] = []
+    for job_id, rec in sorted(ledger.jobs.items()):
+        if not rec.receipts or rec.output_cid is None:
+            continue
+        try:
+            output = json.loads(ipfs.cat(rec.output_cid, timeout=timeout_s))
+            cids = output.get("transcripts") if isinstance(output, dict) else None
+            if not isinstance(cids, list) or len(cids) != len(rec.route):
+                problems.append(f"job {job_id}: its output lists no transcript per stage")
+                continue
+            for k, (cid, receipt) in enumerate(zip(cids, rec.receipts, strict=True)):
+                transcript = Transcript.decode(ipfs.cat(cid, timeout=timeout_s))
+                last = k == len(rec.route) - 1
+                if transcript.input_hash != receipt.input_hash:
+                    problems.append(f"job {job_id} stage {k}: transcript {cid} does not give the receipt's input hash")
+                elif not last and transcript.output_hash != receipt.output_hash:
+                    problems.append(f"job {job_id} stage {k}: transcript {cid} does not give the receipt's output hash")
+                elif k == 0 and transcript.received[:1] != (ipfs.cat(rec.input_cid, timeout=timeout_s),):
+                    problems.append(f"job {job_id} stage 0: transcript {cid} starts with another input than the job's")
+        except (StorageError, TranscriptError, ValueError) as exc:
+            problems.append(f"job {job_id}: transcripts unreadable ({exc})")
     return problems

@@ -78,6 +78,7 @@ class Network:
             f'dev_account = {2 + i}\ndeployment = "{self.deployment_path}"\nlisten_port = {self.node_ports[i]}\n'
             f'state_dir = "{self.home / f"node{i}-state"}"\nipfs_timeout_s = {self.ipfs_timeout_s}\n'
             f"slowdown = {extra.get('slowdown', 1.0)}\n"
+            f'misbehave = "{extra.get("misbehave", "")}"\n'
             f"[hardware]\nmemory_mb = {4096 * (i + 1)}\ncompute_score = {extra.get('compute_score', 10)}\n"
             f"bandwidth_mbps = 1000\n"
         )

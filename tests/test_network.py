@@ -294,3 +294,47 @@ def test_audit_and_job_cli(net):
     assert missing.returncode == 1 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
     status = run_cli("job", "status", "1", env=env)
     assert status.returncode == 0 and "job 1:" in status.stdout
+
+
+def test_every_honest_stage_passes_re_execution(net):
+    """A committee member re-running each stage from its transcript finds every honest stage
+    within tolerance: decoders and encoders, generation, embeddings and forward, int8 and fp32."""
+    from node.executor import Executor
+    from node.verifier import TOLERANCE, check_job
+
+    jobs = []
+    for source, job_input, kind in (
+        ("tiny-gpt2", {"input_ids": [11, 12, 13]}, "generate"),
+        ("tiny-llama", {"input_ids": [4, 8, 15, 16]}, "generate"),
+        ("tiny-llama", {"input_ids": [23, 42]}, "forward"),
+        ("minilm", {"texts": ["a sentence", "another, longer sentence"]}, "embed"),
+    ):
+        for wire in ("int8", "fp32"):
+            params = JobParams(kind=kind, wire=wire, max_new_tokens=6)
+            jobs.append((source, params, net.client.submit(net.models[source][0], job_input, params, MAX_FEE)))
+    executor = Executor(net.ipfs, 10.0)
+    checked, worst = 0, 0.0
+    for source, params, job_id in jobs:
+        result = net.client.wait(job_id, timeout_s=180)
+        r = result.record
+        assert result.status == JobStatus.COMPLETED and result.output is not None and r.coordinator is not None
+        receipts = [(x.input_hash, x.output_hash) for x in r.receipts]
+        for k, verdict in enumerate(
+            check_job(
+                executor,
+                job_id,
+                r.model_id,
+                net.models[source][1],
+                r.input_cid,
+                r.route,
+                r.coordinator,
+                params,
+                receipts,
+                result.output,
+            )
+        ):
+            assert verdict.honest, (source, params.kind, params.wire, k, verdict)
+            checked += 1
+            worst = max(worst, verdict.worst_error)
+    print(f"honest stages re-run: {checked}, worst relative error {worst:.2e} (tolerance {TOLERANCE:.0e})")
+    assert checked == 3 * len(jobs) and worst < TOLERANCE / 2

@@ -320,6 +320,34 @@ def audit_verify_receipts(rpc_url: str | None, db: Path | None, no_sync: bool) -
     )
 
 
+@audit.command("verify-transcripts")
+@_rpc_options
+@click.option("--ipfs-api", help="Kubo RPC API URL (default: from the deployment file)")
+@click.option("--timeout", type=float, default=10.0, show_default=True, help="seconds to wait for each IPFS read")
+def audit_verify_transcripts(
+    rpc_url: str | None, db: Path | None, no_sync: bool, ipfs_api: str | None, timeout: float
+) -> None:
+    """Fetch every completed job's stage transcripts from IPFS and check each against its receipt's
+    hash chain (stage 0's also against the job input); exit 2 naming each job and stage that fails.
+    Re-running the stages themselves: `shardnet node verify JOB`."""
+    from shardnet.audit import verify_transcripts
+    from shardnet.storage import IpfsClient
+
+    def find(chain: Chain, ledger: Ledger) -> list[str]:
+        assert chain.deployment is not None  # the index is bound to a deployment
+        with IpfsClient(ipfs_api or chain.deployment.ipfs_api) as ipfs:
+            return verify_transcripts(ledger, ipfs, timeout)
+
+    _check(
+        rpc_url,
+        db,
+        no_sync,
+        find,
+        lambda p: f"BAD {p}",
+        lambda ledger: f"ok: the transcripts of {sum(1 for j in ledger.jobs.values() if j.receipts)} jobs match",
+    )
+
+
 @main.command("explorer")
 @click.option("--rpc-url", help="JSON-RPC endpoint (default: from the deployment file)")
 @click.option(

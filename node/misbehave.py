@@ -1,0 +1,32 @@
+"""Deliberate misbehaviour, for tests and benches of verification only: a node started with
+`misbehave = "..."` on the devnet corrupts what it serves in one of these ways. The agent
+refuses the setting on any chain but the devnet's.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+DEVNET_CHAIN_ID = 31337
+Misbehaviour = Literal["", "garbage", "lazy", "perturb", "wrong_token"]
+MODES: tuple[Misbehaviour, ...] = ("garbage", "lazy", "perturb", "wrong_token")
+
+
+def corrupt_activation(mode: Misbehaviour, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """What a misbehaving stage sends instead of `out` (its honest output for input `x`)."""
+    if mode == "garbage":  # random activations of the right shape and scale
+        return torch.randn_like(out) * out.std()
+    if mode == "lazy" and x.shape == out.shape:  # skip its blocks: pass the input on unchanged
+        return x.to(out.dtype)
+    if mode == "perturb":  # noise of about 1% of the activation norm
+        noise = torch.randn_like(out)
+        noisy: torch.Tensor = out + noise * (0.01 * out.norm() / noise.norm())
+        return noisy
+    return out
+
+
+def corrupt_token(mode: Misbehaviour, token: int, vocab_size: int) -> int:
+    """The token a misbehaving last stage returns instead of `token`."""
+    return (token + 1) % vocab_size if mode == "wrong_token" else token

@@ -1,0 +1,181 @@
+"""Re-executing another node's stage from its transcript: the check a verification committee
+member runs before it votes.
+
+The stage is re-run with this node's own executor (the code that serves jobs), message by
+message, from what the stage received. Every activation it claims to have sent is compared with
+the recomputed one passed through the same wire encoding (int8 / fp16 / fp32): honest machines
+differ only by float summation order (thread counts, batching), which moves a handful of int8
+codes by one step, far below `TOLERANCE`; corrupting an activation by 1% of its norm does not.
+The last stage's claim is the job output: sampled tokens must match exactly (greedy: up to a
+near-tie of the two logits), final tensors within `TOLERANCE`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from node.executor import Executor, JobRun, LoadedSpan
+from node.messages import unpack
+from shardnet.errors import JobInputError, ShardnetError
+from shardnet.jobs import JobParams
+from shardnet.model.quant import decode_activation, encode_activation
+from shardnet.model.span import Session
+from shardnet.protocol import Span, Stage
+from shardnet.transcripts import Transcript
+
+TOLERANCE = 2e-3  # relative L2 error: honest stages measured up to 2.5e-4; 1% noise is 1e-2
+GREEDY_TIE = 1e-4  # logits this close (relative) are a tie: either token is honest
+
+
+@dataclass(frozen=True)
+class Verdict:
+    honest: bool
+    reason: str  # where and how the stage's claim departs from the re-run ("" when honest)
+    worst_error: float  # largest relative error seen over the stage's messages
+    messages: int  # messages re-run
+
+
+@dataclass(frozen=True)
+class StageClaim:
+    """One stage of a completed job, as the chain and IPFS record it."""
+
+    job_id: int
+    model_id: int
+    stage: int
+    route: list[Stage]
+    coordinator: str
+    params: JobParams
+    transcript: Transcript
+    output: dict[str, Any] | None  # the job output JSON (the last stage's claim)
+
+
+def relative_error(claimed: torch.Tensor, recomputed: torch.Tensor) -> float:
+    if claimed.shape != recomputed.shape:
+        return float("inf")
+    scale = float(recomputed.float().norm()) or 1.0
+    return float((claimed.float() - recomputed.float()).norm()) / scale
+
+
+def verify_stage(executor: Executor, loaded: LoadedSpan, claim: StageClaim) -> Verdict:
+    """Re-run `claim`'s stage on `loaded` (a span covering it) and judge its claims."""
+    params = claim.params
+    session = loaded.model.new_session() if params.kind == "generate" else Session()
+    run = JobRun(claim.job_id, claim.model_id, claim.stage, claim.route, claim.coordinator, params, session, loaded)
+    if params.kind == "generate":
+        run.generator = torch.Generator().manual_seed(params.seed)
+    sent = list(claim.transcript.sent)
+    worst = 0.0
+
+    def verdict(reason: str) -> Verdict:
+        return Verdict(not reason, reason, worst, len(claim.transcript.received))
+
+    for i, body in enumerate(claim.transcript.received):
+        try:
+            x, mask = _input(executor, run, i, body)
+        except (ShardnetError, ValueError, KeyError) as exc:
+            return verdict(f"message {i} cannot be re-run: {exc}")
+        out = executor.run_span(run, x, mask, measure=False)
+        if not run.is_last:
+            if i >= len(sent):
+                return verdict(f"message {i}: the stage sent nothing for it")
+            claimed = decode_activation(unpack(sent[i])[1])
+            mine = decode_activation(encode_activation(out, params.wire))
+            worst = max(worst, relative_error(claimed, mine))
+            if worst > TOLERANCE:
+                return verdict(f"message {i}: activation differs by {worst:.2e} (tolerance {TOLERANCE:.0e})")
+            continue
+        reason = _check_last(run, executor, i, out, claim.output)
+        if reason:
+            return verdict(reason)
+        if params.kind != "generate":
+            worst = max(worst, _final_error(params.kind, out, claim.output))
+            if worst > TOLERANCE:
+                return verdict(f"output differs by {worst:.2e} (tolerance {TOLERANCE:.0e})")
+    if not run.is_last and len(sent) != len(claim.transcript.received):
+        return verdict(f"the stage sent {len(sent)} messages for {len(claim.transcript.received)} received")
+    if run.is_last and params.kind == "generate" and claim.output is not None:
+        if len(run.tokens) != len(claim.output.get("tokens", [])):
+            return verdict(
+                f"the output has {len(claim.output.get('tokens', []))} tokens; the re-run made {len(run.tokens)}"
+            )
+    return verdict("")
+
+
+def _input(executor: Executor, run: JobRun, i: int, body: bytes) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if run.is_first and i == 0:  # the raw job input
+        ids, mask = executor.first_input(run, body)
+        run.attention_mask = mask
+        return ids, mask
+    header, payload = unpack(body)
+    if header.get("kind") == "tokens":
+        return torch.tensor([header["ids"]]), None
+    mask = torch.tensor(header["mask"]) if "mask" in header else None
+    return decode_activation(payload), mask
+
+
+def _check_last(run: JobRun, executor: Executor, i: int, out: torch.Tensor, output: dict[str, Any] | None) -> str:
+    if output is None:
+        return "no job output to check the last stage against"
+    if run.params.kind != "generate":
+        return ""
+    claimed_tokens = output.get("tokens")
+    if not isinstance(claimed_tokens, list) or i >= len(claimed_tokens):
+        return f"step {i}: the output has no token for it"
+    token, _ = executor.next_token(run, out)
+    claimed = claimed_tokens[i]
+    if claimed == token:
+        return ""
+    logits = out[0, -1].float()
+    if run.params.temperature == 0 and isinstance(claimed, int) and 0 <= claimed < logits.numel():
+        gap = float(logits[token] - logits[claimed]) / (float(logits.abs().max()) or 1.0)
+        if gap <= GREEDY_TIE:  # a near-tie that float order can flip: both are honest
+            run.tokens[-1] = claimed
+            return ""
+    return f"step {i}: token {claimed!r} claimed, the re-run gives {token}"
+
+
+def _final_error(kind: str, out: torch.Tensor, output: dict[str, Any] | None) -> float:
+    if output is None:
+        raise JobInputError("no job output to check the last stage against")
+    if kind == "embed":
+        return relative_error(torch.tensor(output["embeddings"]), out)
+    recomputed = out[:, -1] if out.dim() == 3 else out
+    return relative_error(torch.tensor(output["output"]), recomputed)
+
+
+def check_job(
+    executor: Executor,
+    job_id: int,
+    model_id: int,
+    manifest_cid: str,
+    input_cid: str,
+    record_route: list[Stage],
+    coordinator: str,
+    params: JobParams,
+    receipts: list[tuple[bytes, bytes]],
+    output: dict[str, Any],
+) -> list[Verdict]:
+    """Check every stage of a completed job the way a committee would: each transcript (from
+    IPFS, listed in the output) against its receipt's hash chain and, for stage 0, against the
+    job input; then re-run each stage on its span, fetched and verified from IPFS.
+    `receipts` are the (inputHash, outputHash) pairs of the submitted receipts."""
+    transcripts = output.get("transcripts")
+    if not isinstance(transcripts, list) or len(transcripts) != len(record_route):
+        return [Verdict(False, "the output lists no transcript per stage", float("inf"), 0)] * len(record_route)
+    verdicts: list[Verdict] = []
+    for k, (stage, cid, (input_hash, output_hash)) in enumerate(zip(record_route, transcripts, receipts, strict=True)):
+        transcript = Transcript.decode(executor.ipfs.cat(cid, timeout=executor.ipfs_timeout_s))
+        last = k == len(record_route) - 1
+        if transcript.input_hash != input_hash or (not last and transcript.output_hash != output_hash):
+            verdicts.append(Verdict(False, f"stage {k}: transcript {cid} does not match its receipt", 0.0, 0))
+            continue
+        if k == 0 and transcript.received[:1] != (executor.ipfs.cat(input_cid, timeout=executor.ipfs_timeout_s),):
+            verdicts.append(Verdict(False, "stage 0: the transcript's input is not the job's input", 0.0, 0))
+            continue
+        loaded = executor.load(model_id, manifest_cid, Span(stage.start, stage.end))
+        claim = StageClaim(job_id, model_id, k, record_route, coordinator, params, transcript, output)
+        verdicts.append(verify_stage(executor, loaded, claim))
+    return verdicts
