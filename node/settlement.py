@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import torch
@@ -57,6 +58,7 @@ class Settlement:
         job_id = run.job_id
         if job_id in self.state.submitted:
             return
+        run.timing["done"] = time.time()  # the data plane's part ends here; receipts are settlement
         receipts: list[Receipt] = []
         transcripts: list[str] = []
         for stage in range(len(run.stages) - 1):
