@@ -10,6 +10,7 @@ shuts everything down.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 from typing import Any
@@ -53,6 +54,18 @@ def _show(result: JobResult) -> None:
         f"    coordinator paid {r.payouts.get(r.coordinator or '', 0):,} wei; client refunded {r.refunded:,} wei; "
         f"output {r.output_cid}"
     )
+
+
+def _verify(net: Network, job_id: int) -> None:
+    """What a verification committee member does: re-run every stage of the job from the
+    transcripts on IPFS (the node package's own command, run as an operator would)."""
+    command = [sys.executable, "-m", "shardnet.cli", "node", "verify", str(job_id)]
+    checked = subprocess.run(
+        [*command, "--deployment", str(net.deployment_path)], capture_output=True, text=True, timeout=300
+    )
+    print(f"\nre-running every stage of job {job_id} from its transcripts on IPFS (shardnet node verify {job_id}):")
+    for line in (checked.stdout or checked.stderr).splitlines():
+        print(f"  {line}")
 
 
 def _audit(net: Network) -> None:
@@ -126,6 +139,7 @@ def run() -> None:
         result = client.wait(client.submit(models["demo-gpt2"], {"prompt": prompt}, params, MAX_FEE), timeout_s=120)
         print(f"  prompt: {prompt!r}\n  output: {_output(result)['text']!r}")
         _show(result)
+        _verify(net, result.record.job_id)
         _audit(net)
         print(f"\ndone in {time.monotonic() - started:.0f} s")
     finally:

@@ -33,3 +33,5 @@ def test_demo_job_completes_and_answers_sensibly(tmp_path):
     assert "houseplants" in ranking[0]  # the person-judgeable answer: the plant-care sentence ranks first
     assert out.count("    stage ") == 6  # two jobs, three receipts each
     assert "output: '" in out  # the generation produced text
+    verified = out.split("from its transcripts on IPFS")[1].splitlines()[1:4]
+    assert len(verified) == 3 and all("honest" in line and "DISHONEST" not in line for line in verified), verified
