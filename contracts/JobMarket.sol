@@ -30,9 +30,10 @@ import {AddressArrays} from "./libraries/AddressArrays.sol";
 /// | a coordinator (COORDINATOR_ROLE) | route it, at the model's price | while posted, before the deadline |
 /// | the coordinator that routed it | reroute it | while routed, before the deadline |
 /// | anyone (in practice the last stage) | submit the result with every stage's receipt | while routed, before the deadline |
-/// | anyone | expire it, with the receipts of the stages that delivered | after the deadline |
-/// | a node on its route, or its coordinator | abort it | while routed |
-/// | any coordinator | abort it | while posted |
+/// | anyone (in practice each stage) | claim a stage's delivery with that stage's receipt | routed, within CLAIM_WINDOW after the deadline |
+/// | anyone | expire it: delivered stages paid, the others recorded failed | posted: after the deadline; routed: after the claim window |
+/// | a node on its route, or its coordinator | abort it | while routed, before the deadline |
+/// | any coordinator | abort it | while posted, before the deadline |
 /// | any payee | withdraw its credit | any time |
 contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP712 {
     using AddressArrays for address[];
@@ -45,6 +46,9 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
     );
     /// @notice A route has at most this many stages (the route checks keep one bit per stage).
     uint256 public constant MAX_ROUTE_STAGES = 64;
+    /// @notice After the deadline of a routed job that did not complete, its stages have this
+    /// long to prove delivery with their own receipts; only then may it expire.
+    uint256 public constant CLAIM_WINDOW = 10 minutes;
     uint16 public constant MAX_COORDINATOR_FEE_BPS = 2_000;
 
     // ---------------------------------------------------------------- immutables
@@ -57,6 +61,7 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
     uint256 public jobCount;
     mapping(uint256 => Job) private _jobs;
     mapping(address => Account) public accounts;
+    mapping(uint256 => uint64) private _claimed; // job -> bit i set when stage i proved delivery
 
     // ---------------------------------------------------------------- constructor
     constructor(
@@ -200,13 +205,36 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
         _refund(jobId, job);
     }
 
+    /// @notice After the deadline of a routed job that did not complete, and within CLAIM_WINDOW,
+    /// a stage proves it delivered: its own receipt for its stage of the current route (anyone
+    /// may send it). Stages that prove delivery are paid when the job expires; the others are
+    /// recorded failed. Whoever expires the job chooses nothing.
+    function claimDelivery(
+        uint256 jobId,
+        address coordinator,
+        Stage[] calldata stages,
+        uint256 stage,
+        Receipt calldata receipt
+    ) external {
+        Job storage job = _jobWithStatus(jobId, Status.Routed);
+        if (block.timestamp <= job.deadline) revert DeadlineNotPassed(jobId, job.deadline);
+        uint256 closesAt = uint256(job.deadline) + CLAIM_WINDOW;
+        if (block.timestamp > closesAt) revert ClaimWindowClosed(jobId, closesAt);
+        if (_routeHash(coordinator, stages) != job.routeHash) revert RouteMismatch(jobId);
+        if (stage >= stages.length) revert NoSuchStage(jobId, stage, stages.length);
+        uint64 bit = uint64(1) << stage; // routes have at most MAX_ROUTE_STAGES = 64 stages
+        if (_claimed[jobId] & bit != 0) revert AlreadyClaimed(jobId, stage);
+        _verifyReceipt(jobId, coordinator, stages[stage], stage, receipt);
+        _claimed[jobId] |= bit;
+        emit DeliveryClaimed(jobId, stages[stage].node, stage);
+    }
+
     // ---------------------------------------------------------------- anyone
-    /// @notice After the deadline, settle an unfinished job: the whole escrow goes back to the
-    /// client. For a routed job, pass its stages and the receipts of the stages that did deliver
-    /// (a prefix, possibly empty); every other stage is recorded as failed.
-    function expireJob(uint256 jobId, address coordinator, Stage[] calldata stages, Receipt[] calldata delivered)
-        external
-    {
+    /// @notice Settle a job that did not complete. A posted job expires after its deadline (pass
+    /// no stages): the whole escrow goes back to the client. A routed job expires once the
+    /// claim window after its deadline is over (pass its route): each stage that proved
+    /// delivery is paid its fee, every other stage is recorded failed, the client gets the rest.
+    function expireJob(uint256 jobId, address coordinator, Stage[] calldata stages) external {
         Job storage job = _job(jobId);
         Status status = job.status;
         if (status != Status.Posted && status != Status.Routed) revert WrongStatus(jobId, status, Status.Routed);
@@ -214,15 +242,24 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
         address[] memory failed = new address[](stages.length);
         uint256 nFailed;
         if (status == Status.Routed) {
+            uint256 closesAt = uint256(job.deadline) + CLAIM_WINDOW;
+            if (block.timestamp <= closesAt) revert ClaimWindowOpen(jobId, closesAt);
             if (_routeHash(coordinator, stages) != job.routeHash) revert RouteMismatch(jobId);
-            if (delivered.length > stages.length) {
-                revert ReceiptCountMismatch(jobId, delivered.length, stages.length);
+            uint64 claimed = _claimed[jobId];
+            uint256 paid;
+            for (uint256 i; i < stages.length; ++i) {
+                Stage calldata s = stages[i];
+                if (claimed & (uint64(1) << i) != 0) {
+                    accounts[s.node].credit += s.fee;
+                    paid += s.fee;
+                    emit StagePaid(jobId, s.node, i, s.fee);
+                } else {
+                    failed[nFailed++] = s.node;
+                    emit StageFailed(jobId, s.node);
+                }
             }
-            _verifyReceipts(jobId, coordinator, stages, delivered);
-            for (uint256 i = delivered.length; i < stages.length; ++i) {
-                failed[nFailed++] = stages[i].node;
-                emit StageFailed(jobId, stages[i].node);
-            }
+            delete _claimed[jobId];
+            job.escrow -= uint96(paid);
             failed = failed.truncate(nFailed);
             nodeRegistry.closeRoute(_nodes(stages), false, failed);
         } else if (stages.length != 0) {
@@ -240,6 +277,8 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
     function abortJob(uint256 jobId, address coordinator, Stage[] calldata stages, string calldata reason) external {
         Job storage job = _job(jobId);
         Status status = job.status;
+        // past the deadline a job settles by expiry, where stages that delivered are paid
+        if (block.timestamp > job.deadline) revert DeadlinePassed(jobId, job.deadline);
         if (status == Status.Posted) {
             if (!hasRole(COORDINATOR_ROLE, msg.sender)) revert NotOnRoute(jobId, msg.sender);
         } else if (status == Status.Routed) {
@@ -346,7 +385,6 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
     }
 
     /// @dev Checks receipts[i] for stages[i], i < receipts.length: signer and input/output chain.
-    /// A signature that does not recover (address zero) never matches a stage.
     function _verifyReceipts(uint256 jobId, address coordinator, Stage[] calldata stages, Receipt[] calldata receipts)
         private
         view
@@ -354,12 +392,20 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
         for (uint256 i; i < receipts.length; ++i) {
             Receipt calldata r = receipts[i];
             if (i != 0 && r.inputHash != receipts[i - 1].outputHash) revert BrokenReceiptChain(jobId, i);
-            Stage calldata s = stages[i];
-            bytes32 digest = receiptDigest(jobId, i, s, coordinator, r.inputHash, r.outputHash);
-            (address signer, ECDSA.RecoverError err,) = ECDSA.tryRecover(digest, r.signature);
-            if (err != ECDSA.RecoverError.NoError || signer == address(0) || signer != s.node) {
-                revert InvalidReceiptSigner(jobId, i, s.node, signer);
-            }
+            _verifyReceipt(jobId, coordinator, stages[i], i, r);
+        }
+    }
+
+    /// @dev Reverts unless `r` is signed by stage `i`'s node for that stage of this route. A
+    /// signature that does not recover (address zero) never matches a stage.
+    function _verifyReceipt(uint256 jobId, address coordinator, Stage calldata s, uint256 i, Receipt calldata r)
+        private
+        view
+    {
+        bytes32 digest = receiptDigest(jobId, i, s, coordinator, r.inputHash, r.outputHash);
+        (address signer, ECDSA.RecoverError err,) = ECDSA.tryRecover(digest, r.signature);
+        if (err != ECDSA.RecoverError.NoError || signer == address(0) || signer != s.node) {
+            revert InvalidReceiptSigner(jobId, i, s.node, signer);
         }
     }
 

@@ -89,6 +89,7 @@ class StagePipeline:
             params = JobParams.decode(job.params)
             run = self.executor.begin(job_id, job.model_id, stage, list(job.route), job.coordinator or "", params)
             self.metrics.open_jobs.inc()
+            self.spawn(self.settlement.claim_when_overdue(job_id))
         return run
 
     # ------------------------------------------------------------------ stage 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from eth_account.signers.local import LocalAccount
@@ -13,6 +14,7 @@ from shardnet.bindings import Contracts, send_logged
 from shardnet.protocol import Hardware, Receipt, Stage
 
 log = logging.getLogger("shardnet.node.reporter")
+CLAIM_GAS = 250_000  # claimDelivery: one receipt check and one storage write, with room to spare
 
 
 class Reporter:
@@ -55,6 +57,22 @@ class Reporter:
                 stages,
                 output_cid,
                 receipts,
+            )
+            is not None
+        )
+
+    async def claim_delivery(
+        self, job_id: int, coordinator: str, stages: list[Stage], stage: int, receipt: Receipt
+    ) -> bool:
+        return (
+            await self._do(
+                f"claimDelivery({job_id}, stage {stage})",
+                partial(self.c.market.claim_delivery, gas=CLAIM_GAS),  # sent unsimulated: see the binding
+                job_id,
+                coordinator,
+                stages,
+                stage,
+                receipt,
             )
             is not None
         )

@@ -21,12 +21,14 @@ from node.state import AgentState
 from shardnet.bindings import ZERO_ADDRESS
 from shardnet.errors import PeerError
 from shardnet.ledger import Ledger
-from shardnet.protocol import Receipt
+from shardnet.protocol import JobStatus, Receipt
 from shardnet.receipts import ReceiptDomain, output_hash_of
 from shardnet.storage import IpfsClient
 from shardnet.transcripts import Transcript
 
 log = logging.getLogger("shardnet.node")
+CLAIM_DELAY_S = 2.0  # after the deadline, before a stage claims delivery (chain time must be past it)
+CLAIM_TRIES = 5
 
 
 class Settlement:
@@ -128,11 +130,33 @@ class Settlement:
         if job_id in self.state.aborted:
             return
         job = self.ledger.jobs[job_id]
+        if time.time() > job.deadline:  # past the deadline a job settles by expiry: keep the run to claim
+            log.warning("job %d: %s; past its deadline, so it will expire", job_id, reason, extra={"job": job_id})
+            return
         log.warning("aborting job %d: %s", job_id, reason, extra={"job": job_id})
         if await self.reporter.abort_job(job_id, job.coordinator or ZERO_ADDRESS, job.route, reason):
             self.state.settled(job_id, "aborted")
         self.metrics.jobs.labels("unknown", "aborted").inc()
         self.finish(job_id)
+
+    async def claim_when_overdue(self, job_id: int) -> None:
+        """If a job this stage worked on is still routed past its deadline, prove the stage
+        delivered (its own receipt) so the expiry pays it instead of blaming it. The last stage
+        delivers by submitting the result, so it never claims."""
+        job = self.ledger.jobs[job_id]
+        await asyncio.sleep(max(0.0, job.deadline - time.time()) + CLAIM_DELAY_S)
+        for _ in range(CLAIM_TRIES):
+            job = self.ledger.jobs[job_id]
+            run = self.executor.jobs.get(job_id)
+            if job.status != JobStatus.ROUTED or run is None or run.is_last or not run.sent_log:
+                return
+            receipt = self.receipts.sign(
+                self.account, job_id, run.stage, run.stages[run.stage], run.coordinator, run.in_hash, run.out_hash
+            )
+            if await self.reporter.claim_delivery(job_id, run.coordinator, run.stages, run.stage, receipt):
+                log.info("job %d is overdue: claimed delivery of stage %d", job_id, run.stage, extra={"job": job_id})
+                return
+            await asyncio.sleep(CLAIM_DELAY_S)  # the chain's clock may lag this one by a block
 
     def finish(self, job_id: int) -> None:
         if self.executor.jobs.pop(job_id, None) is not None:

@@ -46,8 +46,10 @@ class _Binding:
         self.address = self.contract.address
         self._decoder = EventDecoder(chain.abis)
 
-    def _tx(self, fn: ContractFunction, value: int = 0, account: LocalAccount | None = None) -> dict[str, Any]:
-        return self.chain.transact(fn, value=value, account=account)
+    def _tx(
+        self, fn: ContractFunction, value: int = 0, account: LocalAccount | None = None, gas: int | None = None
+    ) -> dict[str, Any]:
+        return self.chain.transact(fn, value=value, account=account, gas=gas)
 
     def _call(self, fn: ContractFunction) -> Any:
         return self.chain.call(fn)
@@ -239,19 +241,36 @@ class JobMarket(_Binding):
             account,
         )
 
+    def claim_delivery(
+        self,
+        job_id: int,
+        coordinator: str,
+        stages: Sequence[Stage],
+        stage: int,
+        receipt: Receipt,
+        account: LocalAccount | None = None,
+        gas: int | None = None,
+    ) -> dict[str, Any]:
+        """A stage of an unfinished routed job proves it delivered (after the deadline, within the
+        claim window): its own receipt for that stage of the route `coordinator` recorded. With
+        `gas`, the call is sent without simulating it first: on a chain that mines only on demand
+        the latest block's clock can lag the deadline the claim depends on."""
+        fn = self.contract.functions.claimDelivery(job_id, coordinator, _abi(stages), stage, tuple(receipt))
+        return self._tx(fn, 0, account, gas)
+
     def expire_job(
         self,
         job_id: int,
         coordinator: str = ZERO_ADDRESS,
         stages: Sequence[Stage] = (),
-        delivered: Sequence[Receipt] = (),
         account: LocalAccount | None = None,
     ) -> dict[str, Any]:
-        return self._tx(
-            self.contract.functions.expireJob(job_id, coordinator, _abi(stages), _abi(delivered)),
-            0,
-            account,
-        )
+        """Settle an unfinished job: a posted one after its deadline (no route), a routed one after
+        the claim window (its route): delivered stages paid, the others recorded failed."""
+        return self._tx(self.contract.functions.expireJob(job_id, coordinator, _abi(stages)), 0, account)
+
+    def claim_window_s(self) -> int:
+        return int(self._call(self.contract.functions.CLAIM_WINDOW()))
 
     def abort_job(
         self, job_id: int, coordinator: str, stages: list[Stage], reason: str, account: LocalAccount | None = None

@@ -82,12 +82,15 @@ def script(world: World) -> History:
     market.abort_job(job, ZERO_ADDRESS, [], h.aborted_reason, account=world.coordinator)
     h.status[job], h.refunds[job] = "aborted", MAX_FEE
 
-    job = world.post(h.model, clients[0], MAX_FEE, ttl_s=100)  # expired: only stage 0 delivered
+    job = world.post(h.model, clients[0], MAX_FEE, ttl_s=100)  # expired: only stage 0 proved delivery
     stages = world.stages(nodes[:3], spans, FEE_PER_BLOCK)
     market.route_job(job, stages, account=world.coordinator)
     world.advance(200)
-    market.expire_job(job, coord, stages, world.receipts(job, stages, "QmNever")[:1], account=clients[0])
-    h.status[job], h.refunds[job], h.routes[job] = "expired", MAX_FEE, stages
+    market.claim_delivery(job, coord, stages, 0, world.receipts(job, stages, "QmNever")[0], account=nodes[0])
+    world.advance(market.claim_window_s())
+    market.expire_job(job, coord, stages, account=clients[0])
+    h.status[job], h.refunds[job], h.routes[job] = "expired", MAX_FEE - stages[0].fee, stages
+    h.payouts[job] = {stages[0].node: stages[0].fee}
     h.failed[job] = [nodes[1].address, nodes[2].address]
 
     complete(*routed(clients[1]))  # one more after the trouble

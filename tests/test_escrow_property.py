@@ -82,7 +82,7 @@ def make_machine(chain: Chain):
             max_fee = fee * 10**13
             job = self._try(self.world.post, self.model, dev_account(c), max_fee, ttl)
             if job:
-                self.jobs[job] = {"max_fee": max_fee, "stages": None, "paid": 0, "refunded": 0}
+                self.jobs[job] = {"max_fee": max_fee, "stages": None, "paid": 0, "refunded": 0, "claimed": set()}
 
         @precondition(lambda self: self.jobs)
         @rule(data=st.data(), split=st.booleans())
@@ -117,6 +117,17 @@ def make_machine(chain: Chain):
                 job,
             )
 
+        @precondition(lambda self: any(j["stages"] for j in self.jobs.values()))
+        @rule(data=st.data())
+        def claim(self, data):
+            job = data.draw(st.sampled_from(sorted(j for j, v in self.jobs.items() if v["stages"])))
+            stages = self.jobs[job]["stages"]
+            k = data.draw(st.integers(0, len(stages) - 1))
+            receipt = self.world.receipts(job, stages, "QmOut")[k]
+            coordinator = self.world.coordinator.address
+            if self._try(self.c.market.claim_delivery, job, coordinator, stages, k, receipt, account=self.world.admin):
+                self.jobs[job]["claimed"].add(k)
+
         @precondition(lambda self: self.jobs)
         @rule(data=st.data(), wait=st.integers(0, 700))
         def expire(self, data, wait):
@@ -126,7 +137,7 @@ def make_machine(chain: Chain):
             stages = self.jobs[job]["stages"] or []
             self._record(
                 self._try(
-                    self.c.market.expire_job, job, self.world.coordinator.address, stages, [], account=self.world.admin
+                    self.c.market.expire_job, job, self.world.coordinator.address, stages, account=self.world.admin
                 ),
                 job,
             )
@@ -169,8 +180,10 @@ def make_machine(chain: Chain):
             for job_id, j in self.jobs.items():
                 job = self.c.market.job(job_id)
                 assert j["paid"] + j["refunded"] + job.escrow == j["max_fee"]
-                if job.status in (JobStatus.EXPIRED, JobStatus.CANCELLED, JobStatus.ABORTED):
+                if job.status in (JobStatus.CANCELLED, JobStatus.ABORTED):
                     assert j["paid"] == 0 and j["refunded"] == j["max_fee"]
+                if job.status == JobStatus.EXPIRED:  # the stages that proved delivery are paid, no more
+                    assert j["paid"] == sum(j["stages"][k].fee for k in j["claimed"]) if j["stages"] else j["paid"] == 0
                 if job.status == JobStatus.COMPLETED:
                     assert j["paid"] > 0 and job.escrow == 0
 

@@ -39,7 +39,10 @@ def test_replayed_events_equal_contract_state(world):
     open_job = w.post(model, dev_account(13), 10**15)
     c.market.route_job(open_job, stages, account=w.coordinator)
     w.advance(200)
-    c.market.expire_job(expired, COORD, stages, w.receipts(expired, stages, "QmC")[:2], account=client)
+    for k, receipt in enumerate(w.receipts(expired, stages, "QmC")[:2]):  # two stages prove delivery
+        c.market.claim_delivery(expired, COORD, stages, k, receipt, account=nodes[k])
+    w.advance(c.market.claim_window_s())
+    c.market.expire_job(expired, COORD, stages, account=client)
 
     c.nodes.grant_slasher(w.admin.address, account=w.admin)
     c.nodes.slash(nodes[3].address, ETHER // 3, "mismatch", account=w.admin)

@@ -111,20 +111,52 @@ def test_cancel_before_routing(s):
         s.market.cancel_job(job, account=s.client)
 
 
-def test_expire_routed_job_records_failures_of_silent_stages(s):
+def test_expire_pays_stages_that_proved_delivery_and_blames_the_rest(s):
     job, stages = s.routed(ttl=100)
+    receipts = s.world.receipts(job, stages, "QmOut")
     with reverts("DeadlineNotPassed", jobId=job):
-        s.market.expire_job(job, COORD, stages, [], account=dev_account(13))
+        s.market.claim_delivery(job, COORD, stages, 0, receipts[0], account=s.nodes[0])
+    with reverts("DeadlineNotPassed", jobId=job):
+        s.market.expire_job(job, COORD, stages, account=dev_account(13))
     s.world.advance(200)
-    delivered = s.world.receipts(job, stages, "QmOut")[:1]  # only stage 0 delivered
-    receipt = s.market.expire_job(job, COORD, stages, delivered, account=dev_account(13))
+    s.market.claim_delivery(job, COORD, stages, 0, receipts[0], account=s.nodes[0])  # stage 0 delivered
+    s.market.claim_delivery(job, COORD, stages, 1, receipts[1], account=dev_account(13))  # anyone may send it
+    with reverts("AlreadyClaimed", jobId=job, stage=1):
+        s.market.claim_delivery(job, COORD, stages, 1, receipts[1], account=s.nodes[1])
+    with reverts("InvalidReceiptSigner", jobId=job, stage=2):  # stage 1's receipt does not prove stage 2
+        s.market.claim_delivery(job, COORD, stages, 2, receipts[1], account=s.nodes[1])
+    with reverts("NoSuchStage", jobId=job, stage=3):
+        s.market.claim_delivery(job, COORD, stages, 3, receipts[1], account=s.nodes[1])
+    with reverts("ClaimWindowOpen", jobId=job):  # a stranger cannot expire it before stages could claim
+        s.market.expire_job(job, COORD, stages, account=dev_account(13))
+    s.world.advance(s.market.claim_window_s())
+    with reverts("ClaimWindowClosed", jobId=job):
+        s.market.claim_delivery(job, COORD, stages, 2, receipts[2], account=s.nodes[2])
+    receipt = s.market.expire_job(job, COORD, stages, account=dev_account(13))
     expired = [e for e in s.market.events_in(receipt) if e.name == "JobExpired"][0]
-    assert expired.args["failedNodes"] == [stages[1].node, stages[2].node]
-    assert s.world.contracts.account(s.client.address).credit == MAX_FEE
-    assert [s.world.contracts.account(st.node).jobs_failed for st in stages] == [0, 1, 1]
+    assert expired.args["failedNodes"] == [stages[2].node]
+    paid = stages[0].fee + stages[1].fee
+    assert [s.market.credit(st.node) for st in stages] == [stages[0].fee, stages[1].fee, 0]
+    assert s.market.credit(s.client.address) == MAX_FEE - paid  # the client pays for delivered stages only
+    assert [s.world.contracts.account(st.node).jobs_failed for st in stages] == [0, 0, 1]
     assert [s.world.contracts.account(st.node).open_jobs for st in stages] == [0, 0, 0]
     with reverts("WrongStatus", have=JobStatus.EXPIRED):
-        s.market.expire_job(job, COORD, stages, [], account=dev_account(13))
+        s.market.expire_job(job, COORD, stages, account=dev_account(13))
+
+
+def test_a_stranger_cannot_choose_whom_an_expiry_blames(s):
+    """Expiring with no claims blames every stage only because none proved delivery; a caller
+    cannot leave out receipts that were claimed."""
+    job, stages = s.routed(ttl=100)
+    receipts = s.world.receipts(job, stages, "QmOut")
+    s.world.advance(200)
+    for k in range(3):
+        s.market.claim_delivery(job, COORD, stages, k, receipts[k], account=s.nodes[k])
+    s.world.advance(s.market.claim_window_s())
+    receipt = s.market.expire_job(job, COORD, stages, account=dev_account(13))
+    expired = [e for e in s.market.events_in(receipt) if e.name == "JobExpired"][0]
+    assert expired.args["failedNodes"] == []
+    assert [s.world.contracts.account(st.node).jobs_failed for st in stages] == [0, 0, 0]
 
 
 def test_expire_posted_job(s):

@@ -76,6 +76,7 @@ interface IJobMarket {
     event JobCancelled(uint256 indexed jobId);
     event JobAborted(uint256 indexed jobId, address indexed by, string reason);
     event StageFailed(uint256 indexed jobId, address indexed node);
+    event DeliveryClaimed(uint256 indexed jobId, address indexed node, uint256 stage);
     event Withdrawn(address indexed account, uint256 amount);
     event ParametersSet(uint16 coordinatorFeeBps, uint40 maxJobDuration);
 
@@ -104,4 +105,8 @@ interface IJobMarket {
     error DeadlineNotPassed(uint256 jobId, uint40 deadline);
     error InvalidParameter(string name);
     error NotOnRoute(uint256 jobId, address caller);
+    error ClaimWindowClosed(uint256 jobId, uint256 closedAt);
+    error ClaimWindowOpen(uint256 jobId, uint256 closesAt);
+    error NoSuchStage(uint256 jobId, uint256 stage, uint256 stages);
+    error AlreadyClaimed(uint256 jobId, uint256 stage);
 }

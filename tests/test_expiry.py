@@ -1,0 +1,62 @@
+"""A job whose last stage dies with no replica to take over expires on the real stack, and the
+stages that did their part are paid for it: they prove delivery with their own receipts after
+the deadline (nobody chooses for them), and only the dead stage is recorded failed."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from shardnet.chain import dev_account
+from shardnet.client import Client
+from shardnet.events import EventReader
+from shardnet.jobs import JobParams
+from shardnet.localnet import Network
+from shardnet.protocol import JobStatus
+
+pytestmark = pytest.mark.stack  # starts its own chain, IPFS daemon and node processes
+
+MAX_FEE = 10**15
+
+
+def test_overdue_job_pays_the_stages_that_delivered(tmp_path):
+    net = Network(tmp_path / "net").start()
+    try:
+        model_id, _ = net.publish("tiny-gpt2")
+        net.wait_confirmed(model_id, 3)
+        client = Client.from_deployment(dev_account(12), net.deployment)
+        params = JobParams(kind="generate", max_new_tokens=64)
+        job_id = client.submit(model_id, {"input_ids": [3, 1, 4]}, params, MAX_FEE, ttl_s=15)
+        deadline = time.monotonic() + 30
+        while not (record := client.history(job_id)).route:
+            assert time.monotonic() < deadline, "the job was never routed"
+            time.sleep(0.05)
+        last = record.route[-1].node
+        net.kill(f"node{[dev_account(2 + i).address for i in range(3)].index(last)}")  # no replica holds its span
+
+        reader = EventReader(net.chain, [net.c.market.address])
+        deadline = time.monotonic() + 90
+        while True:  # stages 0 and 1 claim delivery once the deadline has passed
+            claims = [
+                e for e in reader.fetch(net.deployment.deploy_block, reader.head()) if e.name == "DeliveryClaimed"
+            ]
+            if len({e.args["stage"] for e in claims if e.args["jobId"] == job_id}) == 2:
+                break
+            assert time.monotonic() < deadline, f"stages did not claim delivery: {client.history(job_id)}"
+            time.sleep(0.5)
+        assert client.history(job_id).status == JobStatus.ROUTED  # no abort after the deadline
+
+        provider = net.chain.w3.provider
+        provider.make_request("evm_increaseTime", [net.c.market.claim_window_s() + 1])  # type: ignore[arg-type]
+        provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+        net.c.market.expire_job(job_id, record.coordinator, record.route, account=dev_account(13))
+        done = client.history(job_id)
+        assert done.status == JobStatus.EXPIRED
+        assert done.failed_nodes == [last]
+        assert done.payouts == {s.node: s.fee for s in record.route[:2]}
+        assert done.refunded == MAX_FEE - sum(s.fee for s in record.route[:2])
+        assert net.c.nodes.reputation(last).jobs_failed == 1
+        assert [net.c.nodes.reputation(s.node).jobs_failed for s in record.route[:2]] == [0, 0]
+    finally:
+        net.stop()
