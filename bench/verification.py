@@ -54,23 +54,9 @@ def run_jobs(net: Network, client: Client, model_id: int, count: int) -> list[tu
     return [(params, client.wait(job_id, timeout_s=300)) for params, job_id in jobs]
 
 
-def check(net: Network, manifest_cid: str, params: JobParams, result: JobResult) -> list:
-    r = result.record
-    assert result.status == JobStatus.COMPLETED and result.output is not None and r.coordinator is not None
-    executor = Executor(net.ipfs, 20.0)
-    receipts = [(x.input_hash, x.output_hash) for x in r.receipts]
-    return check_job(
-        executor,
-        r.job_id,
-        r.model_id,
-        manifest_cid,
-        r.input_cid,
-        r.route,
-        r.coordinator,
-        params,
-        receipts,
-        result.output,
-    )
+def check(net: Network, manifest_cid: str, result: JobResult) -> list:
+    assert result.status == JobStatus.COMPLETED and result.output is not None
+    return check_job(Executor(net.ipfs, 20.0), result.record, manifest_cid, result.output)
 
 
 def compute_ratio(net: Network, manifest_cid: str, params: JobParams, result: JobResult) -> float:
@@ -110,7 +96,7 @@ def main() -> None:
         net, model_id, manifest_cid, client = network(Path(tmp) / "honest", {})
         try:
             honest = run_jobs(net, client, model_id, HONEST_JOBS)
-            verdicts = [v for params, result in honest for v in check(net, manifest_cid, params, result)]
+            verdicts = [v for params, result in honest for v in check(net, manifest_cid, result)]
             params = JobParams(kind="forward", wire="int8")
             long_prompt = {"input_ids": [(7 * j) % 400 + 1 for j in range(RATIO_TOKENS)]}
             long_job = client.wait(client.submit(model_id, long_prompt, params, MAX_FEE), timeout_s=300)
@@ -129,7 +115,7 @@ def main() -> None:
             try:
                 for params, result in run_jobs(net, client, model_id, CHEAT_JOBS):
                     route = result.record.route
-                    for k, verdict in enumerate(check(net, manifest_cid, params, result)):
+                    for k, verdict in enumerate(check(net, manifest_cid, result)):
                         if corrupts(mode, k, len(route), params.kind):
                             caught.setdefault(mode, []).append(not verdict.honest)
             finally:

@@ -45,7 +45,6 @@ def node_verify(job_id: int, deployment_path: Path | None, rpc_url: str | None, 
     from shardnet.chain import Chain
     from shardnet.client import Client
     from shardnet.deployment import Deployment
-    from shardnet.jobs import JobParams
     from shardnet.protocol import JobStatus
     from shardnet.storage import IpfsClient
 
@@ -59,18 +58,7 @@ def node_verify(job_id: int, deployment_path: Path | None, rpc_url: str | None, 
         )
     model = Contracts(chain).models.model(record.model_id)
     output = json.loads(ipfs.cat(record.output_cid, timeout=20))
-    verdicts = check_job(
-        Executor(ipfs, 20.0),
-        job_id,
-        record.model_id,
-        model.manifest_cid,
-        record.input_cid,
-        record.route,
-        record.coordinator,
-        JobParams.decode(record.params),
-        [(r.input_hash, r.output_hash) for r in record.receipts],
-        output,
-    )
+    verdicts = check_job(Executor(ipfs, 20.0), record, model.manifest_cid, output)
     rows = [
         {
             "stage": k,

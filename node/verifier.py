@@ -21,10 +21,11 @@ from node.executor import Executor, JobRun, LoadedSpan
 from node.messages import unpack
 from shardnet.errors import JobInputError, ShardnetError
 from shardnet.jobs import JobParams
+from shardnet.ledger import JobRecord
 from shardnet.model.quant import decode_activation, encode_activation
 from shardnet.model.span import Session
 from shardnet.protocol import Span, Stage
-from shardnet.transcripts import Transcript
+from shardnet.transcripts import Transcript, mismatch
 
 TOLERANCE = 2e-3  # relative L2 error: honest stages measured up to 2.5e-4; 1% noise is 1e-2
 GREEDY_TIE = 1e-4  # logits this close (relative) are a tie: either token is honest
@@ -146,36 +147,26 @@ def _final_error(kind: str, out: torch.Tensor, output: dict[str, Any] | None) ->
     return relative_error(torch.tensor(output["output"]), recomputed)
 
 
-def check_job(
-    executor: Executor,
-    job_id: int,
-    model_id: int,
-    manifest_cid: str,
-    input_cid: str,
-    record_route: list[Stage],
-    coordinator: str,
-    params: JobParams,
-    receipts: list[tuple[bytes, bytes]],
-    output: dict[str, Any],
-) -> list[Verdict]:
+def check_job(executor: Executor, record: JobRecord, manifest_cid: str, output: dict[str, Any]) -> list[Verdict]:
     """Check every stage of a completed job the way a committee would: each transcript (from
-    IPFS, listed in the output) against its receipt's hash chain and, for stage 0, against the
-    job input; then re-run each stage on its span, fetched and verified from IPFS.
-    `receipts` are the (inputHash, outputHash) pairs of the submitted receipts."""
-    transcripts = output.get("transcripts")
-    if not isinstance(transcripts, list) or len(transcripts) != len(record_route):
-        return [Verdict(False, "the output lists no transcript per stage", float("inf"), 0)] * len(record_route)
+    IPFS, listed in the output) against its receipt (and stage 0's against the job input), then
+    each stage re-run on its span, fetched and verified from IPFS. One verdict per stage."""
+    route, cids = record.route, output.get("transcripts")
+    if not isinstance(cids, list) or len(cids) != len(route) or len(record.receipts) != len(route):
+        return [Verdict(False, "the job has no transcript and receipt per stage", float("inf"), 0)] * len(route)
+    params = JobParams.decode(record.params)
+    read = executor.ipfs.cat
     verdicts: list[Verdict] = []
-    for k, (stage, cid, (input_hash, output_hash)) in enumerate(zip(record_route, transcripts, receipts, strict=True)):
-        transcript = Transcript.decode(executor.ipfs.cat(cid, timeout=executor.ipfs_timeout_s))
-        last = k == len(record_route) - 1
-        if transcript.input_hash != input_hash or (not last and transcript.output_hash != output_hash):
-            verdicts.append(Verdict(False, f"stage {k}: transcript {cid} does not match its receipt", 0.0, 0))
+    for k, (stage, cid, receipt) in enumerate(zip(route, cids, record.receipts, strict=True)):
+        transcript = Transcript.decode(read(cid, timeout=executor.ipfs_timeout_s))
+        job_input = read(record.input_cid, timeout=executor.ipfs_timeout_s) if k == 0 else None
+        reason = mismatch(transcript, receipt, k == len(route) - 1, job_input)
+        if reason:
+            verdicts.append(Verdict(False, f"stage {k}: transcript {cid}: {reason}", 0.0, 0))
             continue
-        if k == 0 and transcript.received[:1] != (executor.ipfs.cat(input_cid, timeout=executor.ipfs_timeout_s),):
-            verdicts.append(Verdict(False, "stage 0: the transcript's input is not the job's input", 0.0, 0))
-            continue
-        loaded = executor.load(model_id, manifest_cid, Span(stage.start, stage.end))
-        claim = StageClaim(job_id, model_id, k, record_route, coordinator, params, transcript, output)
+        loaded = executor.load(record.model_id, manifest_cid, Span(stage.start, stage.end))
+        claim = StageClaim(
+            record.job_id, record.model_id, k, route, record.coordinator or "", params, transcript, output
+        )
         verdicts.append(verify_stage(executor, loaded, claim))
     return verdicts

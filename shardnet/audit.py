@@ -18,7 +18,7 @@ from shardnet.errors import StorageError
 from shardnet.events import EventReader
 from shardnet.ledger import Ledger
 from shardnet.storage import IpfsClient
-from shardnet.transcripts import Transcript, TranscriptError
+from shardnet.transcripts import Transcript, TranscriptError, mismatch
 
 
 @dataclass(frozen=True)
@@ -119,13 +119,10 @@ def verify_transcripts(ledger: Ledger, ipfs: IpfsClient, timeout_s: float = 10.0
                 continue
             for k, (cid, receipt) in enumerate(zip(cids, rec.receipts, strict=True)):
                 transcript = Transcript.decode(ipfs.cat(cid, timeout=timeout_s))
-                last = k == len(rec.route) - 1
-                if transcript.input_hash != receipt.input_hash:
-                    problems.append(f"job {job_id} stage {k}: transcript {cid} does not give the receipt's input hash")
-                elif not last and transcript.output_hash != receipt.output_hash:
-                    problems.append(f"job {job_id} stage {k}: transcript {cid} does not give the receipt's output hash")
-                elif k == 0 and transcript.received[:1] != (ipfs.cat(rec.input_cid, timeout=timeout_s),):
-                    problems.append(f"job {job_id} stage 0: transcript {cid} starts with another input than the job's")
+                job_input = ipfs.cat(rec.input_cid, timeout=timeout_s) if k == 0 else None
+                reason = mismatch(transcript, receipt, k == len(rec.route) - 1, job_input)
+                if reason:
+                    problems.append(f"job {job_id} stage {k}: transcript {cid}: {reason}")
         except (StorageError, TranscriptError, ValueError) as exc:
             problems.append(f"job {job_id}: transcripts unreadable ({exc})")
     return problems

@@ -14,6 +14,7 @@ import struct
 from dataclasses import dataclass
 
 from shardnet.errors import ShardnetError
+from shardnet.protocol import Receipt
 from shardnet.receipts import ZERO_HASH, fold
 
 MAGIC = b"shardnet-transcript/1\n"
@@ -66,6 +67,19 @@ class Transcript:
         if offset != len(data):
             raise TranscriptError(f"{len(data) - offset} bytes after the last message")
         return cls(tuple(bodies[:n_received]), tuple(bodies[n_received:]))
+
+
+def mismatch(transcript: Transcript, receipt: Receipt, last: bool, job_input: bytes | None = None) -> str:
+    """Why `transcript` is not what its stage's `receipt` signed ("" when it is): its hash chains
+    must give the receipt's input hash and (but for the last stage, whose output hash is the job
+    output's) output hash; stage 0's first message must be the job input (`job_input`)."""
+    if transcript.input_hash != receipt.input_hash:
+        return "its messages in do not give the receipt's input hash"
+    if not last and transcript.output_hash != receipt.output_hash:
+        return "its messages out do not give the receipt's output hash"
+    if job_input is not None and transcript.received[:1] != (job_input,):
+        return "its first message is not the job's input"
+    return ""
 
 
 def _chain(bodies: tuple[bytes, ...]) -> bytes:

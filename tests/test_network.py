@@ -318,21 +318,7 @@ def test_every_honest_stage_passes_re_execution(net):
         result = net.client.wait(job_id, timeout_s=180)
         r = result.record
         assert result.status == JobStatus.COMPLETED and result.output is not None and r.coordinator is not None
-        receipts = [(x.input_hash, x.output_hash) for x in r.receipts]
-        for k, verdict in enumerate(
-            check_job(
-                executor,
-                job_id,
-                r.model_id,
-                net.models[source][1],
-                r.input_cid,
-                r.route,
-                r.coordinator,
-                params,
-                receipts,
-                result.output,
-            )
-        ):
+        for k, verdict in enumerate(check_job(executor, r, net.models[source][1], result.output)):
             assert verdict.honest, (source, params.kind, params.wire, k, verdict)
             checked += 1
             worst = max(worst, verdict.worst_error)
