@@ -16,7 +16,7 @@ from eth_account.signers.local import LocalAccount
 
 from coordinator.planner import ModelSpec, NodeSpec, evaluate, plan, plan_pipeline
 from coordinator.router import Candidate, RouteWeights, route, route_cost
-from shardnet.bindings import Contracts, send_logged
+from shardnet.bindings import ZERO_ADDRESS, Contracts, send_logged
 from shardnet.chain import Chain
 from shardnet.deployment import Deployment
 from shardnet.errors import JobInputError
@@ -40,6 +40,7 @@ TRIGGERS = {
 
 PLANNERS = ("pipeline", "throughput")
 UNDECLARED = Hardware(4096, 10, 0)  # what the planner assumes of a node with no profile event yet
+EXPIRY_ATTEMPTS = 3  # expireJob tries per overdue job (events settle it in the ledger on success)
 
 
 class Coordinator:
@@ -71,6 +72,7 @@ class Coordinator:
         self.failed: set[str] = set()  # nodes that stopped answering probes
         self.probe_failures: dict[str, int] = {}
         self.probe_interval_s = 0.5
+        self.expiry_interval_s = 2.0  # how often overdue jobs are looked for
         self.rtt_ms: dict[str, float] = {}  # probe round trip per node (moving average)
         self.ms_per_block: dict[str, float] = {}  # compute per block, as each node measures it while serving
         self.planner, self.replicas, self.min_stages = planner, replicas, min_stages
@@ -84,7 +86,7 @@ class Coordinator:
             self.ledger.apply(event)
         await self.reconcile()
         log.info("coordinator %s caught up at block %d", self.account.address, self.listener.last_key[0])
-        tasks = [asyncio.create_task(self._probe_loop())]
+        tasks = [asyncio.create_task(self._probe_loop()), asyncio.create_task(self._expiry_loop())]
         if self.planner == "throughput":
             tasks.append(asyncio.create_task(self._rebalance_loop()))
         try:
@@ -95,6 +97,31 @@ class Coordinator:
         finally:
             for task in tasks:
                 task.cancel()
+
+    # ------------------------------------------------------------------ expiry
+    async def _expiry_loop(self) -> None:
+        """Settle overdue jobs so no escrow stays locked: a posted job once its deadline passed, a
+        routed one once the claim window after it closed (the stages that proved delivery are
+        paid, the others recorded failed). Judged by the chain's clock, the one the contract uses."""
+        claim_window = await asyncio.to_thread(self.c.market.claim_window_s)
+        attempts: dict[int, int] = {}
+        while True:
+            await asyncio.sleep(self.expiry_interval_s)
+            block = await asyncio.to_thread(self.chain.w3.eth.get_block, "latest")
+            now = int(block["timestamp"])
+            for job_id, job in list(self.ledger.jobs.items()):
+                if attempts.get(job_id, 0) >= EXPIRY_ATTEMPTS:
+                    continue
+                if job.status == JobStatus.POSTED and now > job.deadline:
+                    route: list[Stage] = []
+                elif job.status == JobStatus.ROUTED and now > job.deadline + claim_window and job.coordinator:
+                    route = job.route
+                else:
+                    continue
+                attempts[job_id] = attempts.get(job_id, 0) + 1  # bounded: a refusal is logged, not repeated forever
+                coordinator = job.coordinator or ZERO_ADDRESS
+                if await self._tx(f"expireJob({job_id})", self.c.market.expire_job, job_id, coordinator, route):
+                    log.info("job %d expired", job_id)
 
     # ------------------------------------------------------------------ failover
     async def _probe_loop(self) -> None:
