@@ -25,7 +25,7 @@ from pathlib import Path
 
 from node.executor import Executor
 from node.messages import unpack
-from node.verifier import TOLERANCE, StageClaim, check_job, verify_stage
+from node.verifier import TOLERANCE, SpanCache, StageClaim, check_job, verify_stage
 from shardnet.chain import dev_account
 from shardnet.client import Client, JobResult
 from shardnet.jobs import JobParams
@@ -54,9 +54,9 @@ def run_jobs(net: Network, client: Client, model_id: int, count: int) -> list[tu
     return [(params, client.wait(job_id, timeout_s=300)) for params, job_id in jobs]
 
 
-def check(net: Network, manifest_cid: str, result: JobResult) -> list:
+def check(net: Network, manifest_cid: str, result: JobResult, spans: SpanCache) -> list:
     assert result.status == JobStatus.COMPLETED and result.output is not None
-    return check_job(Executor(net.ipfs, 20.0), result.record, manifest_cid, result.output)
+    return check_job(Executor(net.ipfs, 20.0), result.record, manifest_cid, result.output, spans)
 
 
 def compute_ratio(net: Network, manifest_cid: str, params: JobParams, result: JobResult) -> float:
@@ -94,9 +94,10 @@ def network(home: Path, modes: dict[int, str]) -> tuple[Network, int, str, Clien
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="shardnet-bench-verify-") as tmp:
         net, model_id, manifest_cid, client = network(Path(tmp) / "honest", {})
+        spans: SpanCache = {}  # per network: model ids repeat across devnets
         try:
             honest = run_jobs(net, client, model_id, HONEST_JOBS)
-            verdicts = [v for params, result in honest for v in check(net, manifest_cid, result)]
+            verdicts = [v for params, result in honest for v in check(net, manifest_cid, result, spans)]
             params = JobParams(kind="forward", wire="int8")
             long_prompt = {"input_ids": [(7 * j) % 400 + 1 for j in range(RATIO_TOKENS)]}
             long_job = client.wait(client.submit(model_id, long_prompt, params, MAX_FEE), timeout_s=300)
@@ -112,10 +113,11 @@ def main() -> None:
         caught: dict[str, list[bool]] = {}
         for mode in MODES:  # every node misbehaves the same way, so the mode is tried at every position
             net, model_id, manifest_cid, client = network(Path(tmp) / mode, dict.fromkeys(range(3), mode))
+            spans = {}
             try:
                 for params, result in run_jobs(net, client, model_id, CHEAT_JOBS):
                     route = result.record.route
-                    for k, verdict in enumerate(check(net, manifest_cid, result)):
+                    for k, verdict in enumerate(check(net, manifest_cid, result, spans)):
                         if corrupts(mode, k, len(route), params.kind):
                             caught.setdefault(mode, []).append(not verdict.honest)
             finally:

@@ -147,10 +147,21 @@ def _final_error(kind: str, out: torch.Tensor, output: dict[str, Any] | None) ->
     return relative_error(torch.tensor(output["output"]), recomputed)
 
 
-def check_job(executor: Executor, record: JobRecord, manifest_cid: str, output: dict[str, Any]) -> list[Verdict]:
+SpanCache = dict[tuple[int, Span], LoadedSpan]  # (model id, span) -> loaded, for checking many jobs
+
+
+def check_job(
+    executor: Executor,
+    record: JobRecord,
+    manifest_cid: str,
+    output: dict[str, Any],
+    spans: SpanCache | None = None,
+) -> list[Verdict]:
     """Check every stage of a completed job the way a committee would: each transcript (from
     IPFS, listed in the output) against its receipt (and stage 0's against the job input), then
-    each stage re-run on its span, fetched and verified from IPFS. One verdict per stage."""
+    each stage re-run on its span, fetched and verified from IPFS. One verdict per stage. Pass
+    the same `spans` when checking many jobs: each span is then fetched and loaded once."""
+    spans = {} if spans is None else spans
     route, cids = record.route, output.get("transcripts")
     if not isinstance(cids, list) or len(cids) != len(route) or len(record.receipts) != len(route):
         return [Verdict(False, "the job has no transcript and receipt per stage", float("inf"), 0)] * len(route)
@@ -164,7 +175,8 @@ def check_job(executor: Executor, record: JobRecord, manifest_cid: str, output: 
         if reason:
             verdicts.append(Verdict(False, f"stage {k}: transcript {cid}: {reason}", 0.0, 0))
             continue
-        loaded = executor.load(record.model_id, manifest_cid, Span(stage.start, stage.end))
+        key = (record.model_id, Span(stage.start, stage.end))
+        loaded = spans.get(key) or spans.setdefault(key, executor.load(key[0], manifest_cid, key[1]))
         claim = StageClaim(
             record.job_id, record.model_id, k, route, record.coordinator or "", params, transcript, output
         )

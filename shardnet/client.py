@@ -64,7 +64,7 @@ class Client:
         reader = self.job_events
         topic = "0x" + to_bytes(job_id).rjust(32, b"\0").hex()
         ledger = Ledger()
-        for event in reader.fetch(reader.next_block, reader.head(), topics=[None, topic]):
+        for event in reader.fetch(reader.start_block, reader.head(), topics=[None, topic]):
             if event.args.get("jobId") == job_id:
                 ledger.apply(event)
         if job_id not in ledger.jobs:

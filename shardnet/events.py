@@ -137,6 +137,7 @@ class EventReader:
         default_start = (
             start_block if start_block is not None else (chain.deployment.deploy_block if chain.deployment else 0)
         )
+        self.start_block = default_start  # the first block this reader's deployment has events in
         self.next_block = self._load_height(default_start)
 
     def head(self) -> int:

@@ -312,13 +312,13 @@ def test_every_honest_stage_passes_re_execution(net):
         for wire in ("int8", "fp32"):
             params = JobParams(kind=kind, wire=wire, max_new_tokens=6)
             jobs.append((source, params, net.client.submit(net.models[source][0], job_input, params, MAX_FEE)))
-    executor = Executor(net.ipfs, 10.0)
+    executor, spans = Executor(net.ipfs, 10.0), {}
     checked, worst = 0, 0.0
     for source, params, job_id in jobs:
         result = net.client.wait(job_id, timeout_s=180)
         r = result.record
         assert result.status == JobStatus.COMPLETED and result.output is not None and r.coordinator is not None
-        for k, verdict in enumerate(check_job(executor, r, net.models[source][1], result.output)):
+        for k, verdict in enumerate(check_job(executor, r, net.models[source][1], result.output, spans)):
             assert verdict.honest, (source, params.kind, params.wire, k, verdict)
             checked += 1
             worst = max(worst, verdict.worst_error)
