@@ -5,7 +5,9 @@ import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
+import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 import {IJobMarket} from "./interfaces/IJobMarket.sol";
+import {AuditCase, IVerifier} from "./interfaces/IVerifier.sol";
 import {IModelRegistry} from "./interfaces/IModelRegistry.sol";
 import {INodeRegistry} from "./interfaces/INodeRegistry.sol";
 import {NodeNotActive, NothingToWithdraw, TransferFailed} from "./interfaces/SharedErrors.sol";
@@ -14,14 +16,20 @@ import {AddressArrays} from "./libraries/AddressArrays.sol";
 /// @title JobMarket
 /// @notice Clients post inference jobs with escrow; a coordinator routes each job through a
 /// chain of staked nodes that covers every block of the model; the result is accepted with
-/// one EIP-712 receipt per stage, and every payee withdraws its credit (pull payments).
-/// Each node's open, delivered and failed stages are recorded in the NodeRegistry as routes
-/// open and close.
-/// @dev Escrow invariant: address(this).balance == sum(job.escrow) + sum(account.credit).
+/// one EIP-712 receipt per stage. Nothing is paid before it could be checked: stage fees and the
+/// coordinator's cut are credited as *pending* and become withdrawable only once the job's audit
+/// window has passed; until then an audit drawn by chain randomness, or a challenge anyone opens
+/// with a bond, sends the stage to a re-execution committee (the Verifier), which takes the fee
+/// back for the client when the stage is found wrong.
+/// @dev Pending credit lives in two buckets per account, one per settlement epoch
+/// (`epochLength` seconds): what is credited in epoch e is withdrawable from epoch e + 2, so at
+/// least one epoch (longer than the audit window) after the job was submitted. Escrow invariant:
+/// address(this).balance == sum(job.escrow of unsettled jobs) + sum(account credit + buckets).
 /// A job settles exactly once (Completed, Expired, Cancelled or Aborted), so it is never both paid
 /// and refunded. Routes are not stored: `routeHash` commits to the stages, which callers
 /// pass back in calldata (with the coordinator that routed) and which the `JobRouted` /
-/// `JobRerouted` events publish.
+/// `JobRerouted` events publish. Failed stages are recorded in the NodeRegistry; delivered
+/// ones only in events, so a job that goes well writes nothing there.
 ///
 /// | who | may | when |
 /// | --- | --- | --- |
@@ -30,11 +38,14 @@ import {AddressArrays} from "./libraries/AddressArrays.sol";
 /// | a coordinator (COORDINATOR_ROLE) | route it, at the model's price | while posted, before the deadline |
 /// | the coordinator that routed it | reroute it | while routed, before the deadline |
 /// | anyone (in practice the last stage) | submit the result with every stage's receipt | while routed, before the deadline |
+/// | anyone (in practice node agents) | draw the job's audits (`drawAudits`) | completed, after its block, within the challenge window |
+/// | anyone (the client, an auditor) | challenge a stage with a bond | completed, within the challenge window |
+/// | the verifier | take a stage's fee back for the client (`revoke`) | when its committee finds the stage wrong |
 /// | anyone (in practice each stage) | claim a stage's delivery with that stage's receipt | routed, within CLAIM_WINDOW after the deadline |
 /// | anyone | expire it: delivered stages paid, the others recorded failed | posted: after the deadline; routed: after the claim window |
 /// | a node on its route, or its coordinator | abort it | while routed, before the deadline |
 /// | any coordinator | abort it | while posted, before the deadline |
-/// | any payee | withdraw its credit | any time |
+/// | any payee | withdraw its credit (pending credit once its epoch has matured) | any time |
 contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP712 {
     using AddressArrays for address[];
 
@@ -50,59 +61,84 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
     /// long to prove delivery with their own receipts; only then may it expire.
     uint256 public constant CLAIM_WINDOW = 10 minutes;
     uint16 public constant MAX_COORDINATOR_FEE_BPS = 2_000;
+    uint16 public constant BPS = 10_000;
+    uint8 public constant MAX_COMMITTEE = 15;
+    uint64 private constant DRAWN = uint64(1) << 63; // in _stageBits: the job's audits were drawn
 
     // ---------------------------------------------------------------- immutables
     INodeRegistry public immutable nodeRegistry;
     IModelRegistry public immutable modelRegistry;
+    /// @notice Seconds per settlement epoch: pending credit of epoch e is withdrawable from e + 2.
+    uint256 public immutable epochLength;
 
     // ---------------------------------------------------------------- storage
-    uint16 public coordinatorFeeBps; // coordinator's cut, on top of the stage fees
-    uint40 public maxJobDuration; // seconds a deadline may lie in the future
+    Terms public terms; // one slot: fee rate, deadlines, audit rate, windows, committee
     uint256 public jobCount;
+    IVerifier public verifier; // set once by the admin
     mapping(uint256 => Job) private _jobs;
-    mapping(address => Account) public accounts;
-    mapping(uint256 => uint64) private _claimed; // job -> bit i set when stage i proved delivery
+    mapping(address => Account) private _accounts;
+    /// @dev job -> bits. Routed past its deadline: bit i when stage i proved delivery. Completed:
+    /// bit i when stage i is under audit, and DRAWN once the audit draw was made.
+    mapping(uint256 => uint64) private _stageBits;
 
     // ---------------------------------------------------------------- constructor
     constructor(
         address admin,
         INodeRegistry nodeRegistry_,
         IModelRegistry modelRegistry_,
-        uint16 coordinatorFeeBps_,
-        uint40 maxJobDuration_
+        uint256 epochLength_,
+        Terms memory terms_
     ) EIP712("shardnet", "1") {
         _grantRole(DEFAULT_ADMIN_ROLE, admin);
         nodeRegistry = nodeRegistry_;
         modelRegistry = modelRegistry_;
-        _setParameters(coordinatorFeeBps_, maxJobDuration_);
+        if (epochLength_ == 0 || epochLength_ > type(uint32).max) revert InvalidParameter("epochLength");
+        epochLength = epochLength_;
+        _setTerms(terms_);
     }
 
     // ---------------------------------------------------------------- admin
-    function setParameters(uint16 coordinatorFeeBps_, uint40 maxJobDuration_) external onlyRole(DEFAULT_ADMIN_ROLE) {
-        _setParameters(coordinatorFeeBps_, maxJobDuration_);
+    /// @notice Change the market's terms. Jobs already routed keep their cut rate and audit rate.
+    function setTerms(Terms calldata terms_) external onlyRole(DEFAULT_ADMIN_ROLE) {
+        _setTerms(terms_);
+    }
+
+    /// @notice Wire the verifier once (it is deployed after the market).
+    function setVerifier(IVerifier verifier_) external onlyRole(DEFAULT_ADMIN_ROLE) {
+        if (address(verifier) != address(0)) revert VerifierAlreadySet(address(verifier));
+        verifier = verifier_;
+        emit VerifierSet(address(verifier_));
     }
 
     // ---------------------------------------------------------------- clients
     /// @notice Post a job on `modelId` with `msg.value == maxFee` held in escrow until it settles.
     /// @param params job parameters for the nodes (UTF-8 JSON: kind, max_new_tokens, ...).
+    /// @param auditBps the chance, in basis points, that each stage is re-executed by a committee;
+    /// the network's minimum applies when it is higher. A client pays for more checking with it:
+    /// each audited stage costs `committeeSize * verifyFeeBps` of its fee on top.
     function postJob(
         uint256 modelId,
         string calldata inputCid,
         bytes calldata params,
         uint256 maxFee,
-        uint40 deadline
+        uint40 deadline,
+        uint16 auditBps
     ) external payable returns (uint256 jobId) {
         if (msg.value != maxFee) revert EscrowMismatch(msg.value, maxFee);
         if (maxFee == 0) revert ZeroFee();
-        if (maxFee > type(uint96).max) revert FeeTooLarge(maxFee);
+        if (maxFee > type(uint80).max) revert FeeTooLarge(maxFee);
         if (bytes(inputCid).length == 0) revert EmptyInputCid();
-        uint256 latest = block.timestamp + maxJobDuration;
+        if (auditBps > BPS) revert InvalidParameter("auditBps");
+        Terms memory t = terms;
+        uint256 latest = block.timestamp + t.maxJobDuration;
         if (deadline <= block.timestamp || deadline > latest) revert BadDeadline(deadline, block.timestamp + 1, latest);
         modelRegistry.blockCountOf(modelId); // reverts for unknown or deprecated models
+        if (auditBps < t.minAuditBps) auditBps = t.minAuditBps;
         jobId = ++jobCount;
         _jobs[jobId] = Job({
             client: msg.sender,
-            escrow: uint96(maxFee),
+            escrow: uint80(maxFee),
+            auditBps: auditBps,
             deadline: deadline,
             modelId: uint32(modelId),
             status: Status.Posted,
@@ -130,9 +166,8 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
     function routeJob(uint256 jobId, Stage[] calldata stages) external onlyRole(COORDINATOR_ROLE) {
         Job storage job = _jobWithStatus(jobId, Status.Posted);
         if (block.timestamp > job.deadline) revert DeadlinePassed(jobId, job.deadline);
-        job.coordinatorFeeBps = coordinatorFeeBps;
-        address[] memory nodes = _checkRoute(jobId, job, stages);
-        nodeRegistry.openRoute(nodes);
+        job.coordinatorFeeBps = terms.coordinatorFeeBps;
+        _checkRoute(jobId, job, stages);
         job.status = Status.Routed;
         job.routeHash = _routeHash(msg.sender, stages);
         emit JobRouted(jobId, msg.sender, stages);
@@ -151,8 +186,7 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
         if (block.timestamp > job.deadline) revert DeadlinePassed(jobId, job.deadline);
         if (_routeHash(oldCoordinator, oldStages) != job.routeHash) revert RouteMismatch(jobId);
         if (msg.sender != oldCoordinator) revert NotRoutingCoordinator(jobId, msg.sender, oldCoordinator);
-        address[] memory newNodes = _checkRoute(jobId, job, newStages);
-        address[] memory oldNodes = _nodes(oldStages);
+        _checkRoute(jobId, job, newStages);
         address[] memory failed = new address[](oldStages.length);
         uint256 nFailed;
         for (uint256 i; i < oldStages.length; ++i) {
@@ -163,15 +197,16 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
             }
         }
         failed = failed.truncate(nFailed);
-        nodeRegistry.closeRoute(oldNodes, false, failed);
-        nodeRegistry.openRoute(newNodes);
+        if (nFailed != 0) nodeRegistry.recordFailures(jobId, failed);
         job.routeHash = _routeHash(msg.sender, newStages);
         emit JobRerouted(jobId, msg.sender, newStages, failed);
     }
 
     // ---------------------------------------------------------------- nodes
-    /// @notice Accept the result of a routed job with one signed receipt per stage; credit each
-    /// stage its fee, the coordinator its cut, and the client the rest of the escrow.
+    /// @notice Accept the result of a routed job with one signed receipt per stage. Each stage's
+    /// fee and the coordinator's cut are credited as pending (withdrawable once the audit window
+    /// is over); the client gets the rest of the escrow back now, except the reserve that pays
+    /// a committee should a stage be audited, which it gets back with the same delay.
     function submitResult(
         uint256 jobId,
         address coordinator,
@@ -186,23 +221,116 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
         _verifyReceipts(jobId, coordinator, stages, receipts);
         if (receipts[receipts.length - 1].outputHash != keccak256(bytes(outputCid))) revert OutputHashMismatch(jobId);
 
-        job.status = Status.Completed;
         emit ResultSubmitted(jobId, msg.sender, outputCid, receipts);
+        uint256 epoch = block.timestamp / epochLength;
         uint256 paid;
         for (uint256 i; i < stages.length; ++i) {
             Stage calldata s = stages[i];
-            accounts[s.node].credit += s.fee;
+            _pay(s.node, s.fee, epoch);
             paid += s.fee;
             emit StagePaid(jobId, s.node, i, s.fee);
         }
-        nodeRegistry.closeRoute(_nodes(stages), true, new address[](0));
-        uint256 cut = paid * job.coordinatorFeeBps / 10_000;
+        uint256 cut = paid * job.coordinatorFeeBps / BPS;
         if (cut != 0) {
-            accounts[coordinator].credit += uint128(cut);
+            _pay(coordinator, cut, epoch);
             emit CoordinatorPaid(jobId, coordinator, cut);
         }
-        job.escrow -= uint96(paid + cut);
-        _refund(jobId, job);
+        uint256 left = job.escrow - paid - cut;
+        uint256 reserve = _auditReserve(job.auditBps, paid, terms);
+        if (reserve > left) reserve = left;
+        // once completed, `deadline` and `escrow` record when the result came: the audit window
+        // runs from this time, and the audit draw is seeded by this block's hash
+        job.status = Status.Completed;
+        job.deadline = uint40(block.timestamp);
+        job.escrow = uint80(block.number);
+        Account memory a = _rolled(_accounts[job.client], epoch);
+        a.credit += uint80(left - reserve);
+        a.current += uint80(reserve);
+        _accounts[job.client] = a;
+        emit JobRefunded(jobId, job.client, left);
+    }
+
+    // ---------------------------------------------------------------- audits
+    /// @notice Stages of a completed job drawn for audit (bit i = stage i): a pure function of the
+    /// hash of the block its result was submitted in, so nobody who sends the result can see or
+    /// steer it. Zero once that block hash is out of reach (256 blocks later).
+    function auditedStages(uint256 jobId, uint256 stageCount) public view returns (uint64 mask) {
+        Job storage job = _jobWithStatus(jobId, Status.Completed);
+        bytes32 seed = blockhash(job.escrow);
+        if (seed == bytes32(0)) return 0;
+        uint256 rate = job.auditBps;
+        for (uint256 i; i < stageCount && i < MAX_ROUTE_STAGES; ++i) {
+            if (uint256(keccak256(abi.encode(seed, jobId, i))) % BPS < rate) mask |= uint64(1) << i;
+        }
+    }
+
+    /// @notice Open the audits drawn for a completed job (anyone may, once; node agents do as soon
+    /// as they see the draw): each drawn stage goes to a committee, paid from the client's reserve.
+    function drawAudits(uint256 jobId, address coordinator, Stage[] calldata stages) external nonReentrant {
+        Job storage job = _jobWithStatus(jobId, Status.Completed);
+        if (_routeHash(coordinator, stages) != job.routeHash) revert RouteMismatch(jobId);
+        _checkAuditWindow(jobId, job);
+        uint64 bits = _stageBits[jobId];
+        if (bits & DRAWN != 0) revert AlreadyDrawn(jobId);
+        if (block.number <= job.escrow) revert DrawNotReady(jobId, job.escrow);
+        uint64 mask = auditedStages(jobId, stages.length);
+        if (mask == 0) revert NothingDrawn(jobId);
+        _stageBits[jobId] = bits | mask | DRAWN;
+        bytes32 seed = keccak256(abi.encode(blockhash(job.escrow), jobId, "committee"));
+        for (uint256 i; i < stages.length; ++i) {
+            if (mask & (uint64(1) << i) != 0 && bits & (uint64(1) << i) == 0) {
+                _openDrawn(job, AuditCase(jobId, uint8(i), stages[i].node, uint96(stages[i].fee), job.client, coordinator, address(0)), seed);
+            }
+        }
+    }
+
+    /// @dev A drawn audit: its committee is paid from the client's reserve.
+    function _openDrawn(Job storage job, AuditCase memory c, bytes32 seed) private {
+        Terms memory t = terms;
+        uint256 budget = _clawback(c.client, uint256(c.fee) * t.committeeSize * t.verifyFeeBps / BPS, job.deadline / epochLength);
+        emit AuditDrawn(c.jobId, c.stage, c.node, budget);
+        verifier.open{value: budget}(c, keccak256(abi.encode(seed, c.stage)));
+    }
+
+    /// @notice Anyone who believes a stage of a completed job is wrong sends it to a committee,
+    /// with a bond of at least the verifier's `challengeBond`, within the challenge window. The
+    /// bond pays the committee when the stage is found right; it comes back doubled from the
+    /// cheater's slash when it is found wrong.
+    function challenge(uint256 jobId, address coordinator, Stage[] calldata stages, uint256 stage)
+        external
+        payable
+        nonReentrant
+    {
+        Job storage job = _jobWithStatus(jobId, Status.Completed);
+        if (_routeHash(coordinator, stages) != job.routeHash) revert RouteMismatch(jobId);
+        _checkAuditWindow(jobId, job);
+        if (stage >= stages.length) revert NoSuchStage(jobId, stage, stages.length);
+        uint256 bond = verifier.challengeBond();
+        if (msg.value < bond) revert BondTooSmall(msg.value, bond);
+        uint64 bit = uint64(1) << stage;
+        uint64 bits = _stageBits[jobId];
+        if (bits & bit != 0) revert AlreadyUnderAudit(jobId, stage);
+        _stageBits[jobId] = bits | bit;
+        Stage calldata s = stages[stage];
+        emit StageChallenged(jobId, stage, s.node, msg.sender, msg.value);
+        verifier.open{value: msg.value}(
+            AuditCase(jobId, uint8(stage), s.node, uint96(s.fee), job.client, coordinator, msg.sender),
+            keccak256(abi.encode(blockhash(block.number - 1), jobId, stage, msg.sender))
+        );
+    }
+
+    /// @notice The verifier found stage `c.stage` of job `c.jobId` wrong: take its fee back from
+    /// the node's (still pending) credit, and the coordinator's cut on it, and credit them to the
+    /// client now. Returns what was taken back; the verifier makes up any shortfall from the slash.
+    function revoke(AuditCase calldata c) external override returns (uint256 recovered) {
+        if (msg.sender != address(verifier)) revert NotVerifier(msg.sender);
+        Job storage job = _jobWithStatus(c.jobId, Status.Completed);
+        uint256 epoch = job.deadline / epochLength;
+        uint256 fromNode = _clawback(c.node, c.fee, epoch);
+        uint256 fromCoordinator = _clawback(c.coordinator, uint256(c.fee) * job.coordinatorFeeBps / BPS, epoch);
+        recovered = fromNode + fromCoordinator;
+        _accounts[c.client].credit += uint80(recovered);
+        emit StageRevoked(c.jobId, c.stage, c.node, fromNode, fromCoordinator);
     }
 
     /// @notice After the deadline of a routed job that did not complete, and within CLAIM_WINDOW,
@@ -223,9 +351,9 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
         if (_routeHash(coordinator, stages) != job.routeHash) revert RouteMismatch(jobId);
         if (stage >= stages.length) revert NoSuchStage(jobId, stage, stages.length);
         uint64 bit = uint64(1) << stage; // routes have at most MAX_ROUTE_STAGES = 64 stages
-        if (_claimed[jobId] & bit != 0) revert AlreadyClaimed(jobId, stage);
+        if (_stageBits[jobId] & bit != 0) revert AlreadyClaimed(jobId, stage);
         _verifyReceipt(jobId, coordinator, stages[stage], stage, receipt);
-        _claimed[jobId] |= bit;
+        _stageBits[jobId] |= bit;
         emit DeliveryClaimed(jobId, stages[stage].node, stage);
     }
 
@@ -245,12 +373,12 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
             uint256 closesAt = uint256(job.deadline) + CLAIM_WINDOW;
             if (block.timestamp <= closesAt) revert ClaimWindowOpen(jobId, closesAt);
             if (_routeHash(coordinator, stages) != job.routeHash) revert RouteMismatch(jobId);
-            uint64 claimed = _claimed[jobId];
+            uint64 claimed = _stageBits[jobId];
             uint256 paid;
             for (uint256 i; i < stages.length; ++i) {
                 Stage calldata s = stages[i];
                 if (claimed & (uint64(1) << i) != 0) {
-                    accounts[s.node].credit += s.fee;
+                    _accounts[s.node].credit += uint80(s.fee);
                     paid += s.fee;
                     emit StagePaid(jobId, s.node, i, s.fee);
                 } else {
@@ -258,10 +386,10 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
                     emit StageFailed(jobId, s.node);
                 }
             }
-            delete _claimed[jobId];
-            job.escrow -= uint96(paid);
+            delete _stageBits[jobId];
+            job.escrow -= uint80(paid);
             failed = failed.truncate(nFailed);
-            nodeRegistry.closeRoute(_nodes(stages), false, failed);
+            if (nFailed != 0) nodeRegistry.recordFailures(jobId, failed);
         } else if (stages.length != 0) {
             revert RouteMismatch(jobId);
         }
@@ -284,7 +412,6 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
         } else if (status == Status.Routed) {
             if (_routeHash(coordinator, stages) != job.routeHash) revert RouteMismatch(jobId);
             if (msg.sender != coordinator && !_onRoute(msg.sender, stages)) revert NotOnRoute(jobId, msg.sender);
-            nodeRegistry.closeRoute(_nodes(stages), false, new address[](0));
         } else {
             revert WrongStatus(jobId, status, Status.Routed);
         }
@@ -293,13 +420,14 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
         emit JobAborted(jobId, msg.sender, reason);
     }
 
-    /// @notice Send the caller everything credited to it (stage fees, coordinator cuts, refunds).
+    /// @notice Send the caller everything withdrawable (refunds, and stage fees and coordinator
+    /// cuts whose audit window is over).
     function withdraw() external nonReentrant {
-        Account storage account = accounts[msg.sender];
-        uint256 amount = account.credit;
+        Account memory a = _rolled(_accounts[msg.sender], block.timestamp / epochLength);
+        uint256 amount = a.credit;
         if (amount == 0) revert NothingToWithdraw(msg.sender);
-        account.credit = 0;
-        account.withdrawn += uint128(amount);
+        a.credit = 0;
+        _accounts[msg.sender] = a;
         emit Withdrawn(msg.sender, amount);
         (bool ok,) = msg.sender.call{value: amount}("");
         if (!ok) revert TransferFailed(msg.sender, amount);
@@ -308,6 +436,23 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
     // ---------------------------------------------------------------- views
     function getJob(uint256 jobId) external view returns (Job memory) {
         return _job(jobId);
+    }
+
+    /// @notice What `who` may withdraw now, what is pending (credited, not yet past its audit
+    /// window), and when the pending part becomes withdrawable in full.
+    function balanceOf(address who) external view returns (uint256 withdrawable, uint256 pending, uint256 pendingUntil) {
+        uint256 epoch = block.timestamp / epochLength;
+        Account memory a = _rolled(_accounts[who], epoch);
+        withdrawable = a.credit;
+        pending = uint256(a.current) + a.previous;
+        if (a.current != 0) pendingUntil = (epoch + 2) * epochLength;
+        else if (a.previous != 0) pendingUntil = (epoch + 1) * epochLength;
+    }
+
+    /// @notice The longest a node's stake must stay slashable after it asks to leave: a job routed
+    /// now may run to its deadline, be claimed, and be audited in the epochs after it settles.
+    function settlementHorizon() external view returns (uint256) {
+        return uint256(terms.maxJobDuration) + CLAIM_WINDOW + 2 * epochLength;
     }
 
     /// @notice The EIP-712 digest a stage node signs for its receipt: the job, its stage on the
@@ -330,12 +475,75 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
     }
 
     // ---------------------------------------------------------------- internal
-    function _setParameters(uint16 coordinatorFeeBps_, uint40 maxJobDuration_) private {
-        if (coordinatorFeeBps_ > MAX_COORDINATOR_FEE_BPS) revert InvalidParameter("coordinatorFeeBps");
-        if (maxJobDuration_ == 0) revert InvalidParameter("maxJobDuration");
-        coordinatorFeeBps = coordinatorFeeBps_;
-        maxJobDuration = maxJobDuration_;
-        emit ParametersSet(coordinatorFeeBps_, maxJobDuration_);
+    function _setTerms(Terms memory t) private {
+        if (t.coordinatorFeeBps > MAX_COORDINATOR_FEE_BPS) revert InvalidParameter("coordinatorFeeBps");
+        if (t.maxJobDuration == 0) revert InvalidParameter("maxJobDuration");
+        if (t.minAuditBps > BPS) revert InvalidParameter("minAuditBps");
+        if (t.committeeSize == 0 || t.committeeSize > MAX_COMMITTEE) revert InvalidParameter("committeeSize");
+        if (t.commitPeriod == 0 || t.revealPeriod == 0) revert InvalidParameter("commitPeriod/revealPeriod");
+        // an audit opened at the end of the challenge window must be settled before the fees it
+        // may take back become withdrawable (one epoch after submission at the earliest)
+        if (uint256(t.challengeWindow) + t.commitPeriod + t.revealPeriod > epochLength) {
+            revert InvalidParameter("challengeWindow + commitPeriod + revealPeriod must fit in epochLength");
+        }
+        terms = t;
+        emit TermsSet(t);
+    }
+
+    /// @dev What a job keeps back from its client's refund to pay committees: the verifiers' pay
+    /// for every stage, were each audited (nothing when the job is never audited).
+    function _auditReserve(uint16 auditBps, uint256 fees, Terms memory t) private pure returns (uint256) {
+        if (auditBps == 0) return 0;
+        return fees * t.committeeSize * t.verifyFeeBps / BPS;
+    }
+
+    function _checkAuditWindow(uint256 jobId, Job storage job) private view {
+        uint256 closesAt = uint256(job.deadline) + terms.challengeWindow;
+        if (block.timestamp > closesAt) revert AuditWindowClosed(jobId, closesAt);
+    }
+
+    /// @dev `a` brought to `epoch`: buckets two or more epochs old become withdrawable credit.
+    function _rolled(Account memory a, uint256 epoch) private pure returns (Account memory) {
+        uint16 tag = uint16(epoch);
+        if (a.epoch == tag) return a;
+        if (a.epoch == uint16(epoch - 1)) {
+            a.credit += a.previous;
+            a.previous = a.current;
+        } else {
+            a.credit += a.previous + a.current;
+            a.previous = 0;
+        }
+        a.current = 0;
+        a.epoch = tag;
+        return a;
+    }
+
+    /// @dev Credit `amount` to `who` as pending in `epoch` (the current one).
+    function _pay(address who, uint256 amount, uint256 epoch) private {
+        Account memory a = _rolled(_accounts[who], epoch);
+        a.current += SafeCast.toUint80(amount);
+        _accounts[who] = a;
+    }
+
+    /// @dev Take back up to `amount` credited to `who` in `epoch` (its pending bucket, then its
+    /// withdrawable credit); returns what was taken. The ETH stays in this contract for the caller.
+    function _clawback(address who, uint256 amount, uint256 epoch) private returns (uint256 taken) {
+        uint256 nowEpoch = block.timestamp / epochLength;
+        Account memory a = _rolled(_accounts[who], nowEpoch);
+        uint80 want = SafeCast.toUint80(amount);
+        uint80 take;
+        if (epoch == nowEpoch) {
+            take = want < a.current ? want : a.current;
+            a.current -= take;
+        } else if (epoch + 1 == nowEpoch) {
+            take = want < a.previous ? want : a.previous;
+            a.previous -= take;
+        }
+        uint80 rest = want - take;
+        uint80 more = rest < a.credit ? rest : a.credit;
+        a.credit -= more;
+        _accounts[who] = a;
+        return uint256(take) + more;
     }
 
     function _job(uint256 jobId) private view returns (Job storage job) {
@@ -348,16 +556,12 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
         if (job.status != need) revert WrongStatus(jobId, job.status, need);
     }
 
-    /// @dev Reverts unless `stages` is a valid route for the job; returns the stages' nodes.
-    function _checkRoute(uint256 jobId, Job storage job, Stage[] calldata stages)
-        private
-        view
-        returns (address[] memory nodes)
-    {
+    /// @dev Reverts unless `stages` is a valid route for the job.
+    function _checkRoute(uint256 jobId, Job storage job, Stage[] calldata stages) private view {
         uint256 n = stages.length;
         if (n == 0) revert EmptyRoute(jobId);
         if (n > MAX_ROUTE_STAGES) revert RouteTooLong(jobId, n, MAX_ROUTE_STAGES);
-        nodes = new address[](n);
+        address[] memory nodes = new address[](n);
         uint32[] memory starts = new uint32[](n);
         uint32[] memory ends = new uint32[](n);
         uint32 next;
@@ -380,7 +584,8 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
             if (s.fee != fee) revert StageFeeMismatch(i, s.fee, fee);
             total += fee;
         }
-        total += total * job.coordinatorFeeBps / 10_000;
+        Terms memory t = terms;
+        total += total * job.coordinatorFeeBps / BPS + _auditReserve(job.auditBps, total, t);
         if (total > job.escrow) revert FeeExceedsEscrow(jobId, total, job.escrow);
     }
 
@@ -414,19 +619,12 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
         uint256 amount = job.escrow;
         if (amount == 0) return;
         job.escrow = 0;
-        accounts[job.client].credit += uint128(amount);
+        _accounts[job.client].credit += uint80(amount);
         emit JobRefunded(jobId, job.client, amount);
     }
 
     function _routeHash(address coordinator, Stage[] calldata stages) private pure returns (bytes20) {
         return bytes20(keccak256(abi.encode(coordinator, stages)));
-    }
-
-    function _nodes(Stage[] calldata stages) private pure returns (address[] memory nodes) {
-        nodes = new address[](stages.length);
-        for (uint256 i; i < stages.length; ++i) {
-            nodes[i] = stages[i].node;
-        }
     }
 
     function _onRoute(address node, Stage[] calldata stages) private pure returns (bool) {

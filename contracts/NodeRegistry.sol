@@ -6,40 +6,40 @@ import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/Reentrancy
 import {INodeRegistry} from "./interfaces/INodeRegistry.sol";
 import {NothingToWithdraw, TransferFailed} from "./interfaces/SharedErrors.sol";
 
+/// @dev The one thing the registry reads from the market.
+interface IJobMarketHorizon {
+    function settlementHorizon() external view returns (uint256);
+}
+
 /// @title NodeRegistry
 /// @notice Node operators stake native ETH to serve model blocks. Unstaking is two-step
-/// (request, then withdraw after `unstakeCooldown`), and stake cannot be requested out while
-/// the node sits on the route of an open job. Each node's reputation (open, delivered and failed
-/// stages) lives here too; only the market records it, as routes open and close.
-/// @dev Slashed funds leave the node's stake (then its pending unstake) and are credited to
-/// `treasury`, which withdraws them with `withdrawSlashed` (pull payment). Invariant:
-/// address(this).balance == sum(stake) + sum(pendingUnstake) + slashedBalance.
+/// (request, then withdraw after a cooldown). The cooldown is never shorter than the market's
+/// settlement horizon (the longest job, its claim window and its audit window), so stake asked
+/// out stays slashable until every job the node could be on has been checked. Failed stages are
+/// counted here (the market and the verifier record them); delivered stages are counted from
+/// the market's events, so a job that goes well writes nothing here.
+/// @dev Slashed funds leave the node's stake (then its pending unstake) and go to the slasher
+/// (the Verifier), which pays the wronged client, the committee and the treasury. Invariant:
+/// address(this).balance == sum(stake) + sum(pendingUnstake).
 ///
 /// | who | may |
 /// | --- | --- |
 /// | anyone | register (with stake >= minStake), add stake, update its profile, unstake in two steps |
-/// | the market | record routes opening and closing (`openRoute`, `closeRoute`), slash |
-/// | a verifier (SLASHER_ROLE) | slash |
-/// | the treasury's admin | set parameters, wire the market once; anyone sends slashed funds to the treasury |
+/// | a judge (SLASHER_ROLE: the market, the verifier) | record failed stages (`recordFailures`) |
+/// | the verifier (SLASHER_ROLE) | slash; the slashed ETH is sent to it |
+/// | the admin | set parameters, wire the market once |
 contract NodeRegistry is INodeRegistry, AccessControl, ReentrancyGuardTransient {
     // ---------------------------------------------------------------- constants
-    /// @notice May slash: the market, and verifiers (re-execution committees).
+    /// @notice May record failed stages and slash: the market and the verifier.
     bytes32 public constant SLASHER_ROLE = keccak256("SLASHER_ROLE");
 
     // ---------------------------------------------------------------- storage
     uint256 public minStake;
     uint64 public unstakeCooldown; // seconds
     address public treasury;
-    address public market; // the JobMarket: records routes (reputation, open-job locks) and may slash
-    uint256 public slashedBalance; // wei owed to the treasury
+    address public market; // the JobMarket: its settlement horizon bounds the unstake cooldown
     mapping(address => Node) private _nodes;
     address[] public nodeList;
-
-    // ---------------------------------------------------------------- modifiers
-    modifier onlyMarket() {
-        if (msg.sender != market) revert NotMarket(msg.sender);
-        _;
-    }
 
     // ---------------------------------------------------------------- constructor
     constructor(address admin, uint256 minStake_, uint64 unstakeCooldown_, address treasury_) {
@@ -51,7 +51,8 @@ contract NodeRegistry is INodeRegistry, AccessControl, ReentrancyGuardTransient 
     }
 
     // ---------------------------------------------------------------- admin
-    /// @notice Wire the market once; it becomes a slasher and the source of open-job locks.
+    /// @notice Wire the market once; it may record failed stages, and its settlement horizon
+    /// becomes the shortest unstake cooldown.
     function setMarket(address market_) external onlyRole(DEFAULT_ADMIN_ROLE) {
         if (market != address(0)) revert MarketAlreadySet(market);
         market = market_;
@@ -106,17 +107,17 @@ contract NodeRegistry is INodeRegistry, AccessControl, ReentrancyGuardTransient 
     }
 
     /// @notice Step one of unstaking: move `amount` out of the active stake. It stays slashable
-    /// until withdrawn. What remains must be 0 (leaving) or at least `minStake`.
+    /// until withdrawn, after `cooldown()`: every job the node may be on settles and is checked
+    /// before then. What remains must be 0 (leaving) or at least `minStake`.
     function requestUnstake(uint256 amount) external {
         Node storage n = _registered(msg.sender);
         if (amount == 0) revert ZeroAmount();
         if (amount > n.stake) revert UnstakeExceedsStake(msg.sender, amount, n.stake);
-        if (n.openJobs != 0) revert UnstakeWhileOnOpenRoute(msg.sender, n.openJobs);
         uint256 remaining = n.stake - amount;
         if (remaining != 0 && remaining < minStake) revert UnstakeLeavesDust(msg.sender, remaining, minStake);
         n.stake = uint128(remaining);
         n.pendingUnstake += uint128(amount);
-        n.unlockAt = uint64(block.timestamp) + unstakeCooldown;
+        n.unlockAt = uint64(block.timestamp + cooldown());
         emit UnstakeRequested(msg.sender, amount, remaining, n.unlockAt);
     }
 
@@ -131,48 +132,31 @@ contract NodeRegistry is INodeRegistry, AccessControl, ReentrancyGuardTransient 
         _send(msg.sender, amount);
     }
 
-    // ---------------------------------------------------------------- the market
+    // ---------------------------------------------------------------- judges
     /// @inheritdoc INodeRegistry
-    function openRoute(address[] calldata nodes) external onlyMarket {
+    function recordFailures(uint256 jobId, address[] calldata nodes) external onlyRole(SLASHER_ROLE) {
         for (uint256 i; i < nodes.length; ++i) {
-            ++_nodes[nodes[i]].openJobs;
+            ++_nodes[nodes[i]].jobsFailed;
+            emit FailureRecorded(nodes[i], jobId, msg.sender);
         }
     }
 
     /// @inheritdoc INodeRegistry
-    function closeRoute(address[] calldata nodes, bool delivered, address[] calldata failed) external onlyMarket {
-        for (uint256 i; i < nodes.length; ++i) {
-            Node storage n = _nodes[nodes[i]];
-            --n.openJobs;
-            if (delivered) ++n.jobsDone;
-        }
-        for (uint256 i; i < failed.length; ++i) {
-            ++_nodes[failed[i]].jobsFailed;
-        }
-    }
-
-    // ---------------------------------------------------------------- slashing
-    /// @notice Take `amount` from `node` (active stake first, then pending unstake) and credit
-    /// it to the treasury. Only the market or a verifier.
-    function slash(address node, uint256 amount, string calldata reason) external onlyRole(SLASHER_ROLE) {
+    function slash(address node, uint256 amount, string calldata reason)
+        external
+        onlyRole(SLASHER_ROLE)
+        nonReentrant
+        returns (uint256 taken)
+    {
         Node storage n = _registered(node);
         if (amount == 0) revert ZeroAmount();
         uint256 available = uint256(n.stake) + n.pendingUnstake;
-        if (amount > available) revert SlashExceedsStake(node, amount, available);
-        uint256 fromStake = amount <= n.stake ? amount : n.stake;
+        taken = amount < available ? amount : available;
+        uint256 fromStake = taken <= n.stake ? taken : n.stake;
         n.stake -= uint128(fromStake);
-        n.pendingUnstake -= uint128(amount - fromStake);
-        slashedBalance += amount;
-        emit NodeSlashed(node, msg.sender, amount, reason);
-    }
-
-    /// @notice Send everything slashed so far to the treasury.
-    function withdrawSlashed() external nonReentrant {
-        uint256 amount = slashedBalance;
-        if (amount == 0) revert NothingToWithdraw(treasury);
-        slashedBalance = 0;
-        emit SlashedFundsWithdrawn(treasury, amount);
-        _send(treasury, amount);
+        n.pendingUnstake -= uint128(taken - fromStake);
+        emit NodeSlashed(node, msg.sender, taken, reason);
+        if (taken != 0) _send(msg.sender, taken);
     }
 
     // ---------------------------------------------------------------- views
@@ -199,10 +183,42 @@ contract NodeRegistry is INodeRegistry, AccessControl, ReentrancyGuardTransient 
         return nodeList.length;
     }
 
-    /// @notice (jobs done, jobs failed, open jobs) as recorded by the market.
-    function reputationOf(address node) external view returns (uint32 done, uint32 failed, uint32 open) {
-        Node storage n = _nodes[node];
-        return (n.jobsDone, n.jobsFailed, n.openJobs);
+    /// @notice Stages the node failed (expired, rerouted away, aborted, or an audit it did not
+    /// answer), as the market and the verifier recorded them.
+    function failuresOf(address node) external view returns (uint32) {
+        return _nodes[node].jobsFailed;
+    }
+
+    /// @notice How long an unstake request waits: the admin's cooldown, but never less than the
+    /// market's settlement horizon.
+    function cooldown() public view returns (uint256) {
+        uint256 horizon = market == address(0) ? 0 : IJobMarketHorizon(market).settlementHorizon();
+        return unstakeCooldown > horizon ? unstakeCooldown : horizon;
+    }
+
+    /// @inheritdoc INodeRegistry
+    function drawActive(bytes32 seed, uint256 count, address exclude)
+        external
+        view
+        returns (address[] memory drawn)
+    {
+        uint256 total = nodeList.length;
+        address[] memory pool = new address[](total);
+        uint256 n;
+        uint256 need = minStake;
+        for (uint256 i; i < total; ++i) {
+            address a = nodeList[i];
+            uint256 stake = _nodes[a].stake;
+            if (a != exclude && stake >= need && stake != 0) pool[n++] = a;
+        }
+        if (count > n) count = n;
+        drawn = new address[](count);
+        for (uint256 i; i < count; ++i) {
+            // partial Fisher-Yates over the eligible nodes
+            uint256 j = i + uint256(keccak256(abi.encode(seed, i))) % (n - i);
+            (pool[i], pool[j]) = (pool[j], pool[i]);
+            drawn[i] = pool[i];
+        }
     }
 
     // ---------------------------------------------------------------- internal

@@ -1,5 +1,5 @@
-"""The node agent: listener -> filter -> pipeline (executor) -> settlement (reporter), wired in
-one place.
+"""The node agent: listener -> filter -> pipeline (executor) -> settlement (reporter), and the
+committee (checking others' stages), wired in one place.
 
 Long-lived tasks: the event listener (from the saved position), the data-plane server, and
 one worker per running job. Model math runs in threads (or inline for short decode steps) so
@@ -17,8 +17,18 @@ from typing import Any
 import torch
 import uvicorn
 
+from node.committee import Committee
 from node.executor import Executor
-from node.filter import AdoptRoute, DropJob, LoadSpan, StartJob, UnloadSpan, actions_for
+from node.filter import (
+    AdoptRoute,
+    DropJob,
+    LoadSpan,
+    OpenAudits,
+    ServeOnCommittee,
+    StartJob,
+    UnloadSpan,
+    actions_for,
+)
 from node.metrics import NodeMetrics
 from node.misbehave import DEVNET_CHAIN_ID
 from node.peers import PeerClient
@@ -86,6 +96,7 @@ class NodeAgent:
             self.metrics,
             self.spawn,
         )
+        self.committee = Committee(account, chain, contracts, self.ledger, self.executor, settings.misbehave)
         self.listener = Listener(EventReader(chain), deployment.ws_url, settings.poll_interval_s)
         self.ready = False
 
@@ -159,6 +170,11 @@ class NodeAgent:
                     self.spawn(self.pipeline.rerouted(job_id))
                 case DropJob(job_id):
                     self.pipeline.drop(job_id)
+                case OpenAudits(job_id, result_block):
+                    if self.ready:  # a result seen while catching up is long past its draw
+                        self.spawn(self.committee.open_audits(job_id, result_block))
+                case ServeOnCommittee(audit_id):
+                    self.spawn(self.committee.serve(audit_id))
 
     def health(self) -> dict[str, Any]:
         return {

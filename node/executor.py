@@ -89,8 +89,10 @@ class Executor:
         self.calls = 0
 
     # ------------------------------------------------------------------ spans
-    def load(self, model_id: int, manifest_cid: str, span: Span) -> LoadedSpan:
-        """Fetch, verify and load the blocks of `span` (and the tokenizer at the ends)."""
+    def load(self, model_id: int, manifest_cid: str, span: Span, serve: bool = True) -> LoadedSpan:
+        """Fetch, verify and load the blocks of `span` (and the tokenizer at the ends). With
+        `serve`, it becomes the span this node serves for the model; a span loaded to check
+        another node's stage (`serve=False`) never replaces it."""
         manifest = fetch_manifest(self.ipfs, manifest_cid, timeout=self.ipfs_timeout_s)
         blocks = fetch_span(self.ipfs, manifest, span, timeout=self.ipfs_timeout_s)
         model = SpanModel(manifest.config, span, blocks)
@@ -98,7 +100,8 @@ class Executor:
         if manifest.data.get("tokenizer") and (model.has_embed or model.has_final):
             tokenizer = self._tokenizer(manifest)
         loaded = LoadedSpan(model_id, manifest, span, model, tokenizer)
-        self.spans[model_id] = loaded
+        if serve:
+            self.spans[model_id] = loaded
         return loaded
 
     def _tokenizer(self, manifest: Manifest) -> Any:

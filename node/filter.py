@@ -56,7 +56,22 @@ class DropJob:
     job_id: int
 
 
-Action = LoadSpan | UnloadSpan | StartJob | AdoptRoute | DropJob
+@dataclass(frozen=True)
+class OpenAudits:
+    """A job completed: open its audits if its result was drawn (every node checks)."""
+
+    job_id: int
+    result_block: int
+
+
+@dataclass(frozen=True)
+class ServeOnCommittee:
+    """This node was drawn onto an audit's committee."""
+
+    audit_id: int
+
+
+Action = LoadSpan | UnloadSpan | StartJob | AdoptRoute | DropJob | OpenAudits | ServeOnCommittee
 
 
 def actions_for(address: str, event: Event, ledger: Ledger, running: Container[int]) -> list[Action]:
@@ -75,6 +90,10 @@ def actions_for(address: str, event: Event, ledger: Ledger, running: Container[i
         if event.name == "JobRouted" and stage == 0:
             return [StartJob(job_id)]
         return []
+    if event.name == "ResultSubmitted":
+        return [DropJob(a["jobId"]), OpenAudits(a["jobId"], event.block_number)]
     if event.name in SETTLED:
         return [DropJob(a["jobId"])]
+    if event.name == "AuditOpened" and address in a["members"]:
+        return [ServeOnCommittee(a["auditId"])]
     return []

@@ -1,6 +1,7 @@
 """Deliberate misbehaviour, for tests and benches of verification only: a node started with
-`misbehave = "..."` on the devnet corrupts what it serves in one of these ways. The agent
-refuses the setting on any chain but the devnet's.
+`misbehave = "..."` on the devnet corrupts what it serves in one of these ways, or (lie_vote,
+absent) votes against its own check or never reveals its vote on a committee. The agent refuses
+the setting on any chain but the devnet's.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from typing import Literal
 import torch
 
 DEVNET_CHAIN_ID = 31337
-Misbehaviour = Literal["", "garbage", "lazy", "perturb", "wrong_token"]
-MODES: tuple[Misbehaviour, ...] = ("garbage", "lazy", "perturb", "wrong_token")
+Misbehaviour = Literal["", "garbage", "lazy", "perturb", "wrong_token", "lie_vote", "absent"]
+MODES: tuple[Misbehaviour, ...] = ("garbage", "lazy", "perturb", "wrong_token")  # what a stage serves
+COMMITTEE_MODES: tuple[Misbehaviour, ...] = ("lie_vote", "absent")  # how a committee member votes
 
 
 def corrupt_activation(mode: Misbehaviour, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:

@@ -39,7 +39,8 @@ class NodeSettings(BaseModel):
     # (1 = as fast as this machine goes). For testing heterogeneous swarms on one host.
     slowdown: float = Field(1.0, ge=1.0)
     # tests and benches of verification only (refused on any chain but the devnet's): serve
-    # garbage | lazy | perturb | wrong_token instead of the honest result
+    # garbage | lazy | perturb | wrong_token instead of the honest result, or on committees
+    # lie_vote (vote against its own check) | absent (commit, never reveal)
     misbehave: Misbehaviour = ""
 
     @model_validator(mode="after")

@@ -162,23 +162,39 @@ def check_job(
     each stage re-run on its span, fetched and verified from IPFS. One verdict per stage. Pass
     the same `spans` when checking many jobs: each span is then fetched and loaded once."""
     spans = {} if spans is None else spans
+    return [check_stage(executor, record, manifest_cid, output, k, spans) for k in range(len(record.route))]
+
+
+def check_stage(
+    executor: Executor,
+    record: JobRecord,
+    manifest_cid: str,
+    output: dict[str, Any],
+    k: int,
+    spans: SpanCache,
+) -> Verdict:
+    """Check stage `k` of a completed job: its transcript (from IPFS, listed in the output)
+    against its receipt (and stage 0's against the job input), then the stage re-run on its span,
+    fetched and verified from IPFS (kept in `spans`). A transcript that cannot be read or does
+    not match what the stage signed is a dishonest claim: the stage owes the evidence."""
     route, cids = record.route, output.get("transcripts")
     if not isinstance(cids, list) or len(cids) != len(route) or len(record.receipts) != len(route):
-        return [Verdict(False, "the job has no transcript and receipt per stage", float("inf"), 0)] * len(route)
-    params = JobParams.decode(record.params)
-    read = executor.ipfs.cat
-    verdicts: list[Verdict] = []
-    for k, (stage, cid, receipt) in enumerate(zip(route, cids, record.receipts, strict=True)):
-        transcript = Transcript.decode(read(cid, timeout=executor.ipfs_timeout_s))
-        job_input = read(record.input_cid, timeout=executor.ipfs_timeout_s) if k == 0 else None
-        reason = mismatch(transcript, receipt, k == len(route) - 1, job_input)
-        if reason:
-            verdicts.append(Verdict(False, f"stage {k}: transcript {cid}: {reason}", 0.0, 0))
-            continue
-        key = (record.model_id, Span(stage.start, stage.end))
-        loaded = spans.get(key) or spans.setdefault(key, executor.load(key[0], manifest_cid, key[1]))
-        claim = StageClaim(
-            record.job_id, record.model_id, k, route, record.coordinator or "", params, transcript, output
-        )
-        verdicts.append(verify_stage(executor, loaded, claim))
-    return verdicts
+        return Verdict(False, "the job has no transcript and receipt per stage", float("inf"), 0)
+    try:
+        params = JobParams.decode(record.params)
+    except JobInputError as exc:
+        return Verdict(False, f"the job's params cannot be read: {exc}", float("inf"), 0)
+    read, timeout = executor.ipfs.cat, executor.ipfs_timeout_s
+    stage, cid = route[k], cids[k]
+    try:
+        transcript = Transcript.decode(read(cid, timeout=timeout))
+        job_input = read(record.input_cid, timeout=timeout) if k == 0 else None
+    except (ShardnetError, ValueError) as exc:
+        return Verdict(False, f"stage {k}: transcript {cid} cannot be read: {exc}", float("inf"), 0)
+    reason = mismatch(transcript, record.receipts[k], k == len(route) - 1, job_input)
+    if reason:
+        return Verdict(False, f"stage {k}: transcript {cid}: {reason}", 0.0, 0)
+    key = (record.model_id, Span(stage.start, stage.end))
+    loaded = spans.get(key) or spans.setdefault(key, executor.load(key[0], manifest_cid, key[1], serve=False))
+    claim = StageClaim(record.job_id, record.model_id, k, route, record.coordinator or "", params, transcript, output)
+    return verify_stage(executor, loaded, claim)

@@ -66,28 +66,29 @@ def reconcile(chain: Chain, ledger: Ledger, label: Label = events_label) -> list
     for job_id, rec in sorted(ledger.jobs.items()):
         job = c.market.job(job_id)
         check(label("job", job_id), "status", rec.status.name.lower(), job.status.name.lower())
-        check(label("job", job_id), "escrow", rec.escrow, job.escrow)
+        check(label("job", job_id), "escrow", rec.escrow, job.held)
         check(label("job", job_id), "client", rec.client, job.client)
     check("JobMarket", "job count", len(ledger.jobs), c.market.job_count())
     for address, account in sorted(ledger.accounts.items()):
         acct = c.account(address)
-        for field in ("credit", "open_jobs", "jobs_done", "jobs_failed"):
-            check(label("account", address), field, getattr(account, field), getattr(acct, field))
+        check(label("account", address), "credit", account.credit, acct.credit + acct.pending)
+        check(label("account", address), "jobs_failed", account.jobs_failed, acct.jobs_failed)
+        check(label("account", address), "rewards", account.rewards, c.verifier.credit(address))
     for address, node in sorted(ledger.nodes.items()):
         info = c.nodes.node(address)
         check(label("node", address), "stake", node.stake, info.stake)
         check(label("node", address), "pending_unstake", node.pending_unstake, info.pending_unstake)
-    check("NodeRegistry", "slashed balance", ledger.slashed_balance, c.nodes.slashed_balance())
+    check(
+        "Verifier",
+        "ETH balance (open audits + rewards)",
+        ledger.verifier_held,
+        chain.w3.eth.get_balance(c.verifier.address),
+    )
     escrows = sum(r.escrow for r in ledger.jobs.values())
     credits = sum(r.credit for r in ledger.accounts.values())
     check("JobMarket", "ETH balance (escrows + credits)", escrows + credits, chain.w3.eth.get_balance(c.market.address))
     stakes = sum(n.stake + n.pending_unstake for n in ledger.nodes.values())
-    check(
-        "NodeRegistry",
-        "ETH balance (stakes + slashed)",
-        stakes + ledger.slashed_balance,
-        chain.w3.eth.get_balance(c.nodes.address),
-    )
+    check("NodeRegistry", "ETH balance (stakes)", stakes, chain.w3.eth.get_balance(c.nodes.address))
     return diffs
 
 

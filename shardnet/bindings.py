@@ -1,4 +1,4 @@
-"""Typed Python bindings for the three contracts. Every write simulates first (a revert raises
+"""Typed Python bindings for the contracts. Every write simulates first (a revert raises
 the contract's named error from `shardnet.contract_errors`), then signs and sends."""
 
 from __future__ import annotations
@@ -18,14 +18,16 @@ from shardnet.events import Event, EventDecoder
 from shardnet.protocol import (
     Account,
     Assignment,
+    Audit,
     Hardware,
     Job,
     JobStatus,
     Model,
     NodeInfo,
     Receipt,
-    Reputation,
     Stage,
+    Terms,
+    Vote,
 )
 from shardnet.receipts import ReceiptDomain
 
@@ -89,9 +91,6 @@ class NodeRegistry(_Binding):
     def slash(self, node: str, amount: int, reason: str, account: LocalAccount | None = None) -> dict[str, Any]:
         return self._tx(self.contract.functions.slash(node, amount, reason), 0, account)
 
-    def withdraw_slashed(self, account: LocalAccount | None = None) -> dict[str, Any]:
-        return self._tx(self.contract.functions.withdrawSlashed(), 0, account)
-
     def grant_slasher(self, who: str, account: LocalAccount | None = None) -> dict[str, Any]:
         return self.grant_role("SLASHER_ROLE", who, account)
 
@@ -107,8 +106,9 @@ class NodeRegistry(_Binding):
     def min_stake(self) -> int:
         return int(self._call(self.contract.functions.minStake()))
 
-    def slashed_balance(self) -> int:
-        return int(self._call(self.contract.functions.slashedBalance()))
+    def cooldown_s(self) -> int:
+        """How long an unstake request waits (never less than the market's settlement horizon)."""
+        return int(self._call(self.contract.functions.cooldown()))
 
     def node(self, node: str) -> NodeInfo:
         s = self._call(self.contract.functions.getNode(node))
@@ -118,20 +118,19 @@ class NodeRegistry(_Binding):
             unlock_at=s[1],
             registered_at=s[2],
             pending_unstake=s[3],
-            reputation=Reputation(open_jobs=s[4], jobs_done=s[5], jobs_failed=s[6]),
-            hardware=Hardware(*s[7]),
-            endpoint=s[8],
-            data_key=bytes(s[9]),
+            jobs_failed=s[4],
+            hardware=Hardware(*s[5]),
+            endpoint=s[6],
+            data_key=bytes(s[7]),
         )
 
     def nodes(self) -> list[str]:
         count = self._call(self.contract.functions.nodeCount())
         return [self._call(self.contract.functions.nodeList(i)) for i in range(count)]
 
-    def reputation(self, node: str) -> Reputation:
-        """Open, delivered and failed stages, as the market recorded them."""
-        done, failed, open_jobs = self._call(self.contract.functions.reputationOf(node))
-        return Reputation(open_jobs=int(open_jobs), jobs_done=int(done), jobs_failed=int(failed))
+    def failures(self, node: str) -> int:
+        """Stages the node failed, as the market and the verifier recorded them."""
+        return int(self._call(self.contract.functions.failuresOf(node)))
 
 
 class ModelRegistry(_Binding):
@@ -207,9 +206,13 @@ class JobMarket(_Binding):
         max_fee: int,
         deadline: int,
         account: LocalAccount | None = None,
+        audit_bps: int = 0,
     ) -> int:
+        """Post a job; `audit_bps` asks for more audits than the network's minimum (0..10000)."""
         receipt = self._tx(
-            self.contract.functions.postJob(model_id, input_cid, params, max_fee, deadline), max_fee, account
+            self.contract.functions.postJob(model_id, input_cid, params, max_fee, deadline, audit_bps),
+            max_fee,
+            account,
         )
         return int(next(e.args["jobId"] for e in self.events_in(receipt) if e.name == "JobPosted"))
 
@@ -280,10 +283,37 @@ class JobMarket(_Binding):
     def withdraw(self, account: LocalAccount | None = None) -> dict[str, Any]:
         return self._tx(self.contract.functions.withdraw(), 0, account)
 
-    def set_parameters(
-        self, coordinator_fee_bps: int, max_job_duration_s: int, account: LocalAccount | None = None
+    def set_terms(self, terms: Terms, account: LocalAccount | None = None) -> dict[str, Any]:
+        return self._tx(self.contract.functions.setTerms(tuple(vars(terms).values())), 0, account)
+
+    def audited_stages(self, job_id: int, stage_count: int) -> int:
+        """Bit i set when stage i of a completed job was drawn for audit (0 once out of reach)."""
+        return int(self._call(self.contract.functions.auditedStages(job_id, stage_count)))
+
+    def draw_audits(
+        self,
+        job_id: int,
+        coordinator: str,
+        stages: Sequence[Stage],
+        account: LocalAccount | None = None,
+        gas: int | None = None,
     ) -> dict[str, Any]:
-        return self._tx(self.contract.functions.setParameters(coordinator_fee_bps, max_job_duration_s), 0, account)
+        """Open the committees for the stages drawn for audit (anyone may, once). With `gas`, sent
+        without simulating: on a chain that mines only on demand, the block after the result may
+        not exist yet when this is sent (the draw needs the result block's hash)."""
+        return self._tx(self.contract.functions.drawAudits(job_id, coordinator, _abi(stages)), 0, account, gas)
+
+    def challenge(
+        self,
+        job_id: int,
+        coordinator: str,
+        stages: Sequence[Stage],
+        stage: int,
+        bond: int,
+        account: LocalAccount | None = None,
+    ) -> dict[str, Any]:
+        """Send a stage of a completed job to a committee, with `bond` wei (>= challengeBond)."""
+        return self._tx(self.contract.functions.challenge(job_id, coordinator, _abi(stages), stage), bond, account)
 
     def grant_coordinator(self, who: str, account: LocalAccount | None = None) -> dict[str, Any]:
         return self.grant_role("COORDINATOR_ROLE", who, account)
@@ -295,23 +325,35 @@ class JobMarket(_Binding):
             job_id,
             client=j[0],
             escrow=j[1],
-            deadline=j[2],
-            model_id=j[3],
-            status=JobStatus(j[4]),
-            route_hash=bytes(j[5]),
-            coordinator_fee_bps=j[6],
+            audit_bps=j[2],
+            deadline=j[3],
+            model_id=j[4],
+            status=JobStatus(j[5]),
+            route_hash=bytes(j[6]),
+            coordinator_fee_bps=j[7],
         )
 
     def job_count(self) -> int:
         return int(self._call(self.contract.functions.jobCount()))
 
+    def balance(self, who: str) -> tuple[int, int, int]:
+        """(withdrawable now, pending, unix time when all pending is withdrawable; 0 if none)."""
+        withdrawable, pending, until = self._call(self.contract.functions.balanceOf(who))
+        return int(withdrawable), int(pending), int(until)
+
     def credit(self, who: str) -> int:
-        """Wei credited to `who` (stage fees, coordinator cuts, refunds), withdrawable."""
-        credit, _withdrawn = self._call(self.contract.functions.accounts(who))
-        return int(credit)
+        """Wei credited to `who` (stage fees, coordinator cuts, refunds): withdrawable plus pending."""
+        withdrawable, pending, _ = self.balance(who)
+        return withdrawable + pending
+
+    def terms(self) -> Terms:
+        return Terms(*self._call(self.contract.functions.terms()))
+
+    def epoch_length_s(self) -> int:
+        return int(self._call(self.contract.functions.epochLength()))
 
     def coordinator_fee_bps(self) -> int:
-        return int(self._call(self.contract.functions.coordinatorFeeBps()))
+        return self.terms().coordinator_fee_bps
 
     def receipt_digest(
         self, job_id: int, stage: int, span: Stage, coordinator: str, input_hash: bytes, output_hash: bytes
@@ -334,16 +376,83 @@ async def send_logged(
     return None
 
 
+class Verifier(_Binding):
+    name = "Verifier"
+
+    def commit(self, audit_id: int, commitment: bytes, account: LocalAccount | None = None) -> dict[str, Any]:
+        return self._tx(self.contract.functions.commit(audit_id, commitment), 0, account)
+
+    def reveal(
+        self,
+        audit_id: int,
+        vote: Vote,
+        salt: bytes,
+        account: LocalAccount | None = None,
+        gas: int | None = None,
+    ) -> dict[str, Any]:
+        """With `gas`, sent without simulating (the reveal may open by the chain's clock)."""
+        return self._tx(self.contract.functions.reveal(audit_id, int(vote), salt), 0, account, gas)
+
+    def resolve(self, audit_id: int, account: LocalAccount | None = None, gas: int | None = None) -> dict[str, Any]:
+        return self._tx(self.contract.functions.resolve(audit_id), 0, account, gas)
+
+    def withdraw(self, account: LocalAccount | None = None) -> dict[str, Any]:
+        return self._tx(self.contract.functions.withdraw(), 0, account)
+
+    def set_penalties(
+        self,
+        min_slash: int,
+        slash_multiple: int,
+        member_penalty: int,
+        challenge_bond: int,
+        account: LocalAccount | None = None,
+    ) -> dict[str, Any]:
+        fn = self.contract.functions.setPenalties((min_slash, slash_multiple, member_penalty, challenge_bond))
+        return self._tx(fn, 0, account)
+
+    # views
+    def audit(self, audit_id: int) -> Audit:
+        a = self._call(self.contract.functions.getAudit(audit_id))
+        c = a[0]
+        return Audit(audit_id, c[0], c[1], c[2], c[3], c[4], c[5], c[6], *a[1:])
+
+    def audit_count(self) -> int:
+        return int(self._call(self.contract.functions.auditCount()))
+
+    def members(self, audit_id: int) -> list[str]:
+        return list(self._call(self.contract.functions.membersOf(audit_id)))
+
+    def ballot(self, audit_id: int, member: str) -> tuple[bytes, Vote]:
+        commitment, vote = self._call(self.contract.functions.ballotOf(audit_id, member))
+        return bytes(commitment), Vote(vote)
+
+    def commitment(self, audit_id: int, member: str, vote: Vote, salt: bytes) -> bytes:
+        return bytes(self._call(self.contract.functions.commitmentOf(audit_id, member, int(vote), salt)))
+
+    def credit(self, who: str) -> int:
+        return int(self._call(self.contract.functions.credit(who)))
+
+    def penalties(self) -> tuple[int, int, int, int]:
+        """(minSlash, slashMultiple, memberPenalty, challengeBond)."""
+        p = self._call(self.contract.functions.penalties())
+        return int(p[0]), int(p[1]), int(p[2]), int(p[3])
+
+    def challenge_bond(self) -> int:
+        return int(self._call(self.contract.functions.challengeBond()))
+
+
 class Contracts:
-    """The three bindings of one deployment."""
+    """The bindings of one deployment."""
 
     def __init__(self, chain: Chain):
         self.chain = chain
         self.nodes = NodeRegistry(chain)
         self.models = ModelRegistry(chain)
         self.market = JobMarket(chain)
+        self.verifier = Verifier(chain)
 
     def account(self, who: str) -> Account:
-        """What the chain holds for an account: its credit in the market and, for a node, its
-        reputation in the node registry."""
-        return Account(self.market.credit(who), *self.nodes.reputation(who))
+        """What the chain holds for an account: its balance in the market and, for a node, its
+        failed stages in the node registry."""
+        withdrawable, pending, until = self.market.balance(who)
+        return Account(withdrawable, pending, until, self.nodes.failures(who))

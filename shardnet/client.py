@@ -57,7 +57,9 @@ class Client:
         params.validate()
         input_cid = self.ipfs.add(json.dumps(job_input).encode(), name="job-input.json")
         deadline = self.chain.w3.eth.get_block("latest")["timestamp"] + ttl_s
-        return self.c.market.post_job(model_id, input_cid, params.encode(), max_fee, deadline)
+        return self.c.market.post_job(
+            model_id, input_cid, params.encode(), max_fee, deadline, audit_bps=params.audit_bps
+        )
 
     def history(self, job_id: int) -> JobRecord:
         """The job's whole history, rebuilt from its events (every JobMarket event indexes jobId)."""

@@ -24,11 +24,12 @@ from shardnet.errors import CompileError
 from shardnet.protocol import CONTRACTS
 
 SETTINGS = {
-    "optimizer": {"enabled": True, "runs": 1000},
+    "optimizer": {"enabled": True, "runs": 200},
     "evmVersion": "cancun",
     "viaIR": False,
     "outputSelection": {"*": {"*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object"]}},
 }
+MAX_RUNTIME_BYTES = 24_576  # EIP-170: the most runtime code a chain accepts for one contract
 _IMPORT = re.compile(r'^\s*import\s+(?:[^"\']*from\s+)?["\']([^"\']+)["\']\s*;', re.MULTILINE)
 
 
@@ -122,6 +123,12 @@ def compile_contracts(force: bool = False) -> dict[str, Artifact]:
         for name, data in contracts.items():
             if unit != f"{name}.sol" or name not in CONTRACTS:
                 continue
+            runtime = len(data["evm"]["deployedBytecode"]["object"]) // 2
+            if runtime > MAX_RUNTIME_BYTES:
+                raise CompileError(
+                    f"{name} compiles to {runtime} bytes of runtime code; chains refuse more than "
+                    f"{MAX_RUNTIME_BYTES} (EIP-170): move code out of it"
+                )
             artifact = Artifact(name, data["abi"], "0x" + data["evm"]["bytecode"]["object"], source_hash, version)
             (out_dir / f"{name}.json").write_text(json.dumps(artifact.__dict__, indent=1))
             artifacts[name] = artifact

@@ -48,6 +48,18 @@ class DevnetSettings(BaseSettings):
     unstake_cooldown_s: int = 600  # NodeRegistry unstake cooldown, seconds
     coordinator_fee_bps: int = 500  # JobMarket coordinator cut, basis points of stage fees
     max_job_duration_s: int = 86_400  # JobMarket: how far a deadline may lie ahead, seconds
+    # checking (short on the devnet): fees are withdrawable 1-2 epochs after the result
+    epoch_length_s: int = 60  # JobMarket settlement epoch; must hold the three windows below
+    challenge_window_s: int = 20  # after a result: audits are drawn and challenges opened
+    commit_period_s: int = 15  # a committee commits its votes
+    reveal_period_s: int = 15  # then reveals them
+    min_audit_bps: int = 1_000  # the network's audit rate: each stage re-executed with 10% chance
+    committee_size: int = 3  # members per audited stage (fewer if the network is smaller)
+    verify_fee_bps: int = 2_000  # each member earns 20% of the audited stage's fee
+    min_slash_wei: int = ETHER // 10  # a node found wrong loses at least this...
+    slash_multiple: int = 100  # ...or 100x the stage's fee
+    member_penalty_wei: int = ETHER // 100  # a member outvoted by the majority loses this
+    challenge_bond_wei: int = ETHER // 1000  # the least bond a challenger puts up
     start_timeout_s: float = Field(30.0)  # how long to wait for each service to answer
 
 
@@ -197,7 +209,7 @@ def _deployment_current(path: Path, chain: Chain, artifacts: dict[str, compiler.
 
 
 def deploy_contracts(chain: Chain, settings: DevnetSettings, ipfs_api: str, ws_url: str) -> Deployment:
-    """Deploy and wire the three contracts with dev account 0 as admin and 1 as coordinator."""
+    """Deploy and wire the contracts with dev account 0 as admin and 1 as coordinator."""
     artifacts = compiler.compile_contracts()
     admin, coordinator = dev_account(0), dev_account(1)
     chain.account = admin
@@ -211,13 +223,22 @@ def deploy_contracts(chain: Chain, settings: DevnetSettings, ipfs_api: str, ws_u
         admin.address,
         nodes_addr,
         models_addr,
-        settings.coordinator_fee_bps,
-        settings.max_job_duration_s,
+        settings.epoch_length_s,
+        market_terms(settings),
+    )
+    verifier_addr, _ = chain.deploy(
+        artifacts["Verifier"],
+        admin.address,
+        market_addr,
+        nodes_addr,
+        (settings.min_slash_wei, settings.slash_multiple, settings.member_penalty_wei, settings.challenge_bond_wei),
     )
     nodes = chain.contract("NodeRegistry", nodes_addr)
     models = chain.contract("ModelRegistry", models_addr)
     market = chain.contract("JobMarket", market_addr)
     chain.transact(nodes.functions.setMarket(market_addr))
+    chain.transact(nodes.functions.grantRole(chain.call(nodes.functions.SLASHER_ROLE()), verifier_addr))
+    chain.transact(market.functions.setVerifier(verifier_addr))
     role = chain.call(models.functions.COORDINATOR_ROLE())
     chain.transact(models.functions.grantRole(role, coordinator.address))
     chain.transact(market.functions.grantRole(role, coordinator.address))
@@ -233,7 +254,22 @@ def deploy_contracts(chain: Chain, settings: DevnetSettings, ipfs_api: str, ws_u
             "NodeRegistry": ContractRecord(nodes_addr, artifacts["NodeRegistry"].artifact_hash),
             "ModelRegistry": ContractRecord(models_addr, artifacts["ModelRegistry"].artifact_hash),
             "JobMarket": ContractRecord(market_addr, artifacts["JobMarket"].artifact_hash),
+            "Verifier": ContractRecord(verifier_addr, artifacts["Verifier"].artifact_hash),
         },
+    )
+
+
+def market_terms(settings: DevnetSettings) -> tuple[int, ...]:
+    """The JobMarket's `Terms` tuple from the settings, in the struct's order."""
+    return (
+        settings.coordinator_fee_bps,
+        settings.max_job_duration_s,
+        settings.min_audit_bps,
+        settings.challenge_window_s,
+        settings.commit_period_s,
+        settings.reveal_period_s,
+        settings.committee_size,
+        settings.verify_fee_bps,
     )
 
 

@@ -4,9 +4,11 @@ fit SQLite's 64-bit integers); hashes and signatures are 0x-hex."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
+from dataclasses import asdict
 
-from shardnet.ledger import AccountRecord, JobRecord, Ledger, NodeRecord
+from shardnet.ledger import AccountRecord, AuditRecord, JobRecord, Ledger, NodeRecord
 from shardnet.protocol import Assignment, Hardware, JobStatus, Model, Receipt, Stage
 
 
@@ -70,10 +72,17 @@ def _receipt_row(r: Receipt | None) -> tuple[str | None, str | None, str | None]
 
 def write_state(db: sqlite3.Connection, ledger: Ledger) -> None:
     db.executemany(
-        "INSERT OR REPLACE INTO accounts VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT OR REPLACE INTO accounts VALUES (?, ?, ?, ?, ?, ?, ?)",
         [
-            (a, str(r.credit), r.open_jobs, r.jobs_done, r.jobs_failed, str(r.withdrawn))
+            (a, str(r.credit), r.open_jobs, r.jobs_done, r.jobs_failed, str(r.withdrawn), str(r.rewards))
             for a, r in ledger.accounts.items()
+        ],
+    )
+    db.executemany(
+        "INSERT OR REPLACE INTO audits VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [
+            (a.audit_id, a.job_id, a.node, int(a.resolved), int(a.upheld), str(a.slashed), json.dumps(asdict(a)))
+            for a in ledger.audits.values()
         ],
     )
     db.executemany(
@@ -115,15 +124,19 @@ def write_state(db: sqlite3.Connection, ledger: Ledger) -> None:
             for node, a in nodes.items()
         ],
     )
-    db.execute("UPDATE meta SET value = ? WHERE key = 'slashed_balance'", (str(ledger.slashed_balance),))
+    db.execute("UPDATE meta SET value = ? WHERE key = 'verifier_held'", (str(ledger.verifier_held),))
 
 
 def load_ledger(db: sqlite3.Connection) -> Ledger:
     ledger = Ledger()
     for r in db.execute("SELECT * FROM accounts"):
         ledger.accounts[r["address"]] = AccountRecord(
-            int(r["credit"]), r["open_jobs"], r["jobs_done"], r["jobs_failed"], int(r["withdrawn"])
+            int(r["credit"]), r["open_jobs"], r["jobs_done"], r["jobs_failed"], int(r["withdrawn"]), int(r["rewards"])
         )
+    for r in db.execute("SELECT record FROM audits"):
+        data = json.loads(r["record"])
+        data["paid"] = [tuple(p) for p in data["paid"]]
+        ledger.audits[data["audit_id"]] = AuditRecord(**data)
     for r in db.execute("SELECT * FROM nodes"):
         ledger.nodes[r["address"]] = NodeRecord(int(r["stake"]), int(r["pending_unstake"]), int(r["slashed"]))
         if r["endpoint"] is not None:
@@ -145,7 +158,7 @@ def load_ledger(db: sqlite3.Connection) -> Ledger:
         ledger.assignments[r["model_id"]][r["node"]] = Assignment(
             r["start"], r["end"], bool(r["confirmed"]), r["assigned_by"]
         )
-    ledger.slashed_balance = int(db.execute("SELECT value FROM meta WHERE key = 'slashed_balance'").fetchone()[0])
+    ledger.verifier_held = int(db.execute("SELECT value FROM meta WHERE key = 'verifier_held'").fetchone()[0])
     return ledger
 
 

@@ -7,7 +7,7 @@ are in `shardnet.index_queries`):
 - `events`: every decoded event, keyed by (block, log index), with its block time. This is the
   public record; re-indexing from scratch gives the same rows.
 - derived state (`jobs`, `job_stages`, `payouts`, `job_failures`, `accounts`, `nodes`, `models`,
-  `assignments`, `meta.slashed_balance`): what `shardnet.ledger.Ledger` computes from those
+  `assignments`, `audits`, `meta.verifier_held`): what `shardnet.ledger.Ledger` computes from those
   events. Queries read these.
 
 The height (`meta.next_block`) moves in the same transaction as the rows, so an index killed at
@@ -39,7 +39,7 @@ from shardnet.index_rows import load_job, load_ledger, write_job, write_state
 from shardnet.ledger import Ledger
 from shardnet.protocol import JobStatus
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -72,7 +72,11 @@ CREATE TABLE IF NOT EXISTS job_failures (job_id INTEGER NOT NULL, seq INTEGER NO
 CREATE INDEX IF NOT EXISTS job_failures_node ON job_failures (node);
 CREATE TABLE IF NOT EXISTS accounts (
     address TEXT PRIMARY KEY, credit TEXT NOT NULL, open_jobs INTEGER NOT NULL, jobs_done INTEGER NOT NULL,
-    jobs_failed INTEGER NOT NULL, withdrawn TEXT NOT NULL);
+    jobs_failed INTEGER NOT NULL, withdrawn TEXT NOT NULL, rewards TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS audits (
+    audit_id INTEGER PRIMARY KEY, job_id INTEGER NOT NULL, node TEXT NOT NULL, resolved INTEGER NOT NULL,
+    upheld INTEGER NOT NULL, slashed TEXT NOT NULL, record TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS audits_job ON audits (job_id);
 CREATE TABLE IF NOT EXISTS nodes (
     address TEXT PRIMARY KEY, stake TEXT NOT NULL, pending_unstake TEXT NOT NULL, slashed TEXT NOT NULL,
     endpoint TEXT, memory_mb INTEGER, compute_score INTEGER, bandwidth_mbps INTEGER);
@@ -156,7 +160,7 @@ class Index(IndexQueries):
                 self.db.executemany("INSERT INTO meta VALUES (?, ?)", list(expected.items()))
                 self.db.executemany(
                     "INSERT INTO meta VALUES (?, ?)",
-                    [("next_block", str(deployment.deploy_block)), ("slashed_balance", "0")],
+                    [("next_block", str(deployment.deploy_block)), ("verifier_held", "0")],
                 )
             return
         for key, value in expected.items():

@@ -37,6 +37,13 @@ class JobParams:
     route_trust: float = 0.0
     min_reputation: float = 0.0
     avoid: tuple[str, ...] = ()
+    # checking: the chance each stage is re-executed by a committee, at least the network's
+    # minimum; a higher rate costs committee_size * verify_fee_bps of each audited stage's fee
+    audit_rate: float = 0.0
+
+    @property
+    def audit_bps(self) -> int:
+        return round(self.audit_rate * 10_000)
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()
@@ -97,6 +104,8 @@ class JobParams:
                 bad(field, "use a weight >= 0")
         if (r := number("min_reputation")) is None or not 0 <= r <= 1:
             bad("min_reputation", "use a number in 0..1")
+        if (a := number("audit_rate")) is None or not 0 <= a <= 1:
+            bad("audit_rate", "use a number in 0..1 (1 = every stage audited)")
         avoid = v["avoid"]
         if not isinstance(avoid, tuple) or not all(
             isinstance(a, str) and len(a) == 42 and a.startswith("0x") for a in avoid

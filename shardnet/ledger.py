@@ -48,11 +48,32 @@ class NodeRecord:
 
 @dataclass
 class AccountRecord:
-    credit: int = 0
-    open_jobs: int = 0
-    jobs_done: int = 0
-    jobs_failed: int = 0
+    credit: int = 0  # wei credited in the market (withdrawable or still pending), not withdrawn
+    open_jobs: int = 0  # routed jobs not yet settled that name the node
+    jobs_done: int = 0  # stages delivered on completed jobs
+    jobs_failed: int = 0  # failures the NodeRegistry recorded
     withdrawn: int = 0
+    rewards: int = 0  # wei credited in the Verifier (verification pay, refunds, bonds back)
+
+
+@dataclass
+class AuditRecord:
+    audit_id: int
+    job_id: int
+    stage: int
+    node: str
+    members: list[str]
+    commit_deadline: int
+    reveal_deadline: int
+    challenger: str
+    votes: dict[str, int] = field(default_factory=dict)  # member -> Vote (1 correct, 2 wrong)
+    committed: list[str] = field(default_factory=list)
+    resolved: bool = False
+    upheld: bool = False
+    slashed: int = 0  # wei the stage's node lost
+    absent: list[str] = field(default_factory=list)
+    outvoted: dict[str, int] = field(default_factory=dict)  # member -> wei it lost
+    paid: list[tuple[str, int, str]] = field(default_factory=list)  # (to, wei, why)
 
 
 def stage_of(s: Args) -> Stage:
@@ -72,7 +93,9 @@ class Ledger:
         self.jobs: dict[int, JobRecord] = {}
         self.nodes: dict[str, NodeRecord] = defaultdict(NodeRecord)
         self.accounts: dict[str, AccountRecord] = defaultdict(AccountRecord)
-        self.slashed_balance = 0
+        self.verifier_held = 0  # wei in the Verifier: open audits' budgets and unwithdrawn rewards
+        self.verifier: str | None = None  # its address (VerifierSet)
+        self.audits: dict[int, AuditRecord] = {}
         self.models: dict[int, Model] = {}
         self.endpoints: dict[str, str] = {}  # node -> data-plane URL
         self.hardware: dict[str, Hardware] = {}
@@ -114,10 +137,11 @@ class Ledger:
         node.stake -= from_stake
         node.pending_unstake -= amount - from_stake
         node.slashed += amount
-        self.slashed_balance += amount
+        if a["by"] == self.verifier:
+            self.verifier_held += amount  # slashed stake goes to the slasher (the Verifier)
 
-    def _on_SlashedFundsWithdrawn(self, a: Args) -> None:
-        self.slashed_balance -= a["amount"]
+    def _on_FailureRecorded(self, a: Args) -> None:
+        self.accounts[a["node"]].jobs_failed += 1
 
     # ------------------------------------------------------------------ ModelRegistry
     def _on_ModelRegistered(self, a: Args) -> None:
@@ -186,8 +210,7 @@ class Ledger:
         self._set_route(job, a["coordinator"], a["stages"])
 
     def _on_StageFailed(self, a: Args) -> None:
-        self.accounts[a["node"]].jobs_failed += 1
-        self.jobs[a["jobId"]].failed_nodes.append(a["node"])
+        self.jobs[a["jobId"]].failed_nodes.append(a["node"])  # counted by FailureRecorded
 
     def _on_ResultSubmitted(self, a: Args) -> None:
         job = self.jobs[a["jobId"]]
@@ -238,3 +261,62 @@ class Ledger:
         account = self.accounts[a["account"]]
         account.credit -= a["amount"]
         account.withdrawn += a["amount"]
+
+    # ------------------------------------------------------------------ audits
+    def _on_VerifierSet(self, a: Args) -> None:
+        self.verifier = a["verifier"]
+
+    def _on_AuditDrawn(self, a: Args) -> None:
+        job = self.jobs[a["jobId"]]
+        self.accounts[job.client].credit -= a["budget"]  # the committee's pay, from the client's reserve
+        job.refunded -= a["budget"]
+        self.verifier_held += a["budget"]
+
+    def _on_StageChallenged(self, a: Args) -> None:
+        self.verifier_held += a["bond"]
+
+    def _on_StageRevoked(self, a: Args) -> None:
+        job = self.jobs[a["jobId"]]
+        for payee, amount in ((a["node"], a["fromNode"]), (job.coordinator, a["fromCoordinator"])):
+            if payee is not None and amount:
+                self.accounts[payee].credit -= amount
+                job.payouts[payee] = job.payouts.get(payee, 0) - amount
+        back = a["fromNode"] + a["fromCoordinator"]
+        self.accounts[job.client].credit += back
+        job.refunded += back
+
+    def _on_AuditOpened(self, a: Args) -> None:
+        self.audits[a["auditId"]] = AuditRecord(
+            a["auditId"],
+            a["jobId"],
+            a["stage"],
+            a["node"],
+            list(a["members"]),
+            a["commitDeadline"],
+            a["revealDeadline"],
+            a["challenger"],
+        )
+
+    def _on_VoteCommitted(self, a: Args) -> None:
+        self.audits[a["auditId"]].committed.append(a["member"])
+
+    def _on_VoteRevealed(self, a: Args) -> None:
+        self.audits[a["auditId"]].votes[a["member"]] = a["vote"]
+
+    def _on_MemberAbsent(self, a: Args) -> None:
+        self.audits[a["auditId"]].absent.append(a["member"])
+
+    def _on_MemberOutvoted(self, a: Args) -> None:
+        self.audits[a["auditId"]].outvoted[a["member"]] = a["slashed"]
+
+    def _on_AuditPaid(self, a: Args) -> None:
+        self.accounts[a["to"]].rewards += a["amount"]
+        self.audits[a["auditId"]].paid.append((a["to"], a["amount"], a["why"]))
+
+    def _on_AuditResolved(self, a: Args) -> None:
+        audit = self.audits[a["auditId"]]
+        audit.resolved, audit.upheld, audit.slashed = True, a["upheld"], a["slashed"]
+
+    def _on_RewardWithdrawn(self, a: Args) -> None:
+        self.accounts[a["account"]].rewards -= a["amount"]
+        self.verifier_held -= a["amount"]

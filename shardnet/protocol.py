@@ -14,7 +14,7 @@ from typing import NamedTuple
 from shardnet.errors import ModelError
 
 # The project's contracts, in deployment order: the one place that lists them.
-CONTRACTS = ("NodeRegistry", "ModelRegistry", "JobMarket")
+CONTRACTS = ("NodeRegistry", "ModelRegistry", "JobMarket", "Verifier")
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class NodeInfo:
     pending_unstake: int  # wei
     unlock_at: int  # unix seconds
     registered_at: int  # unix seconds
-    reputation: Reputation
+    jobs_failed: int  # stages failed (expired, rerouted away, audits not answered)
     hardware: Hardware
     endpoint: str
     data_key: bytes
@@ -108,27 +108,80 @@ class JobStatus(IntEnum):
 
 @dataclass(frozen=True)
 class Job:
+    """A job as the market stores it. Once COMPLETED the escrow is paid out, and the contract
+    keeps in `deadline` the time the result was submitted and in `escrow` its block number
+    (see `submitted_at` and `result_block`)."""
+
     job_id: int
     client: str
     escrow: int  # wei still held
+    audit_bps: int  # chance per stage of an audit, in basis points
     deadline: int  # unix seconds
     model_id: int
     status: JobStatus
     route_hash: bytes  # first 20 bytes of keccak256(abi.encode(coordinator, stages))
     coordinator_fee_bps: int  # the coordinator's cut, fixed when the job was routed
 
+    @property
+    def submitted_at(self) -> int | None:
+        return self.deadline if self.status == JobStatus.COMPLETED else None
 
-class Reputation(NamedTuple):
-    """A node's record, kept by the NodeRegistry as the market opens and closes routes."""
+    @property
+    def result_block(self) -> int | None:
+        return self.escrow if self.status == JobStatus.COMPLETED else None
 
-    open_jobs: int  # routed jobs not yet settled that name the node
-    jobs_done: int  # stages delivered on completed jobs
-    jobs_failed: int  # stages that did not deliver (expired or rerouted away)
+    @property
+    def held(self) -> int:
+        """Wei the market still holds for this job (0 once it settled)."""
+        return self.escrow if self.status in (JobStatus.POSTED, JobStatus.ROUTED) else 0
 
 
 @dataclass(frozen=True)
 class Account:
-    credit: int  # wei withdrawable from the market
-    open_jobs: int
-    jobs_done: int
-    jobs_failed: int
+    credit: int  # wei withdrawable from the market now
+    pending: int  # wei credited, withdrawable once its audit window is over
+    pending_until: int  # unix seconds when all of `pending` is withdrawable (0: none pending)
+    jobs_failed: int  # stages failed, as the NodeRegistry records them
+
+
+@dataclass(frozen=True)
+class Terms:
+    """The JobMarket's terms (one slot on-chain), in the struct's order."""
+
+    coordinator_fee_bps: int
+    max_job_duration: int
+    min_audit_bps: int
+    challenge_window: int
+    commit_period: int
+    reveal_period: int
+    committee_size: int
+    verify_fee_bps: int
+
+
+class Vote(IntEnum):
+    NONE = 0
+    CORRECT = 1
+    WRONG = 2
+
+
+@dataclass(frozen=True)
+class Audit:
+    """One stage sent to a committee (Verifier.getAudit)."""
+
+    audit_id: int
+    job_id: int
+    stage: int
+    node: str
+    fee: int
+    client: str
+    coordinator: str
+    challenger: str  # zero address for a drawn audit
+    budget: int
+    commit_deadline: int
+    reveal_deadline: int
+    size: int
+    committed: int
+    revealed: int
+    wrong_votes: int
+    resolved: bool
+    upheld: bool

@@ -67,11 +67,17 @@ class World:
         return spans
 
     def post(
-        self, model_id: int, client: LocalAccount, max_fee: int, ttl_s: int = 3600, input_cid: str = "QmInput"
+        self,
+        model_id: int,
+        client: LocalAccount,
+        max_fee: int,
+        ttl_s: int = 3600,
+        input_cid: str = "QmInput",
+        audit_bps: int = 0,
     ) -> int:
         deadline = self.chain.w3.eth.get_block("latest")["timestamp"] + ttl_s
         return self.contracts.market.post_job(
-            model_id, input_cid, b'{"kind":"forward"}', max_fee, deadline, account=client
+            model_id, input_cid, b'{"kind":"forward"}', max_fee, deadline, account=client, audit_bps=audit_bps
         )
 
     def stages(self, nodes: list[LocalAccount], spans: list[tuple[int, int]], fee_per_block: int) -> list[Stage]:

@@ -99,6 +99,7 @@ def script(world: World) -> History:
     world.contracts.nodes.slash(nodes[2].address, ETHER // 4, "served a wrong output", account=world.admin)
     h.slashed[nodes[2].address] = ETHER // 4
     world.contracts.nodes.request_unstake(ETHER, account=nodes[3])  # leaves the network
+    world.advance(2 * market.epoch_length_s())  # every fee is past its audit window
     for who in (nodes[0], clients[0]):
         credit = market.credit(who.address)
         market.withdraw(account=who)

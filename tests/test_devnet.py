@@ -11,6 +11,7 @@ import pytest
 from shardnet import devnet as dn
 from shardnet.chain import Chain, dev_account
 from shardnet.errors import PortInUse
+from shardnet.protocol import CONTRACTS
 from tests.conftest import devnet_settings, run_cli
 
 pytestmark = pytest.mark.stack  # starts its own chain, IPFS daemon or node processes
@@ -53,7 +54,7 @@ def test_up_status_down_and_survive_sigkill(tmp_path):
     assert info["chain_id"] == 31337
     assert info["block_number"] >= 6  # three deployments + wiring
     assert info["ipfs_peer_id"].startswith("12D3")
-    assert set(info["contracts"]) == {"NodeRegistry", "ModelRegistry", "JobMarket"}
+    assert set(info["contracts"]) == set(CONTRACTS)
 
     # write some state, then kill Anvil without letting it save on exit
     chain = Chain(info["rpc_url"], account=dev_account(5))

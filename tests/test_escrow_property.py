@@ -1,14 +1,19 @@
 """Stateful property test: random register / stake / post / route / submit / expire / cancel /
-abort / withdraw / unstake / slash sequences on the real Anvil; after every step the contracts hold
-exactly stakes + escrows + unwithdrawn credits, to the wei, and no job pays out more than its
-escrow or is both paid and fully refunded."""
+abort / withdraw / unstake / slash sequences, with audits drawn, challenges, committee votes
+(committed, revealed, any way), resolutions and delayed credits, on the real Anvil. After every
+step the contracts hold exactly stakes, escrows, credits (withdrawable and pending), open audit
+budgets and rewards, to the wei; no job pays out more than its escrow or is both paid and fully
+refunded."""
+
+import os
 
 import hypothesis.strategies as st
 from hypothesis import HealthCheck, settings
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from shardnet.chain import Chain, dev_account
 from shardnet.contract_errors import ContractRevert
+from shardnet.errors import TransactionFailed
 from shardnet.protocol import Hardware, JobStatus, Stage
 from shardnet.scenario import ETHER, World
 
@@ -16,6 +21,7 @@ BLOCKS = 4
 NODE_IDS = range(13, 17)
 CLIENT_IDS = (17, 18)
 PAY_EVENTS = ("StagePaid", "CoordinatorPaid")
+TREASURY = 0  # the devnet admin
 
 
 def make_machine(chain: Chain):
@@ -28,6 +34,8 @@ def make_machine(chain: Chain):
             self.model = self.world.register_model(BLOCKS, price_per_block=10**9)
             self.c.nodes.grant_slasher(self.world.admin.address, account=self.world.admin)
             self.jobs: dict[int, dict] = {}
+            self.ballots: dict[tuple[int, str], tuple[int, bytes]] = {}  # (audit, member) -> (vote, salt)
+            self.first_audit = self.c.verifier.audit_count() + 1
             self.steps = 0
 
         def teardown(self):
@@ -38,17 +46,25 @@ def make_machine(chain: Chain):
             self.steps += 1
             try:
                 return fn(*args, **kwargs)
-            except ContractRevert:
+            except (ContractRevert, TransactionFailed):  # refused in simulation, or reverted when mined
                 return None  # a refused step must leave the books as they were: the invariants check it
 
         def _record(self, receipt, job_id=None):
             for event in self.c.market.events_in(receipt) if receipt else []:
                 jid = event.args.get("jobId", job_id)
                 if jid in self.jobs:
+                    j = self.jobs[jid]
                     if event.name in PAY_EVENTS:
-                        self.jobs[jid]["paid"] += event.args["amount"]
+                        j["paid"] += event.args["amount"]
                     elif event.name == "JobRefunded":
-                        self.jobs[jid]["refunded"] += event.args["amount"]
+                        j["refunded"] += event.args["amount"]
+                    elif event.name == "AuditDrawn":  # the committee's pay leaves the client's reserve
+                        j["refunded"] -= event.args["budget"]
+                        j["verification"] += event.args["budget"]
+                    elif event.name == "StageRevoked":  # a stage found wrong: its fee back to the client
+                        back = event.args["fromNode"] + event.args["fromCoordinator"]
+                        j["paid"] -= back
+                        j["refunded"] += back
 
         @rule(i=st.sampled_from(NODE_IDS), extra=st.integers(0, 2))
         def register(self, i, extra):
@@ -60,6 +76,38 @@ def make_machine(chain: Chain):
                     self.c.models.assign_shard, self.model, acct.address, 0, BLOCKS, account=self.world.coordinator
                 )
                 self._try(self.c.models.confirm_shard, self.model, account=acct)
+
+        @initialize()
+        def network(self):
+            """Every run starts from a network that can serve, so audits and votes are reached."""
+            for i in NODE_IDS:
+                self.register(i, 0)
+
+        @rule(
+            data=st.data(),
+            c=st.sampled_from(CLIENT_IDS),
+            a=st.sampled_from(NODE_IDS),
+            audit=st.sampled_from([5_000, 10_000]),
+        )
+        def full_job(self, data, c, a, audit):
+            """Post, route, submit, draw and (half the time) run the committee in one step:
+            completed, audited jobs are what the verifier's rules need."""
+            before = self.c.verifier.audit_count()
+            self.post(c, 5, 600, audit)
+            job = max(self.jobs)
+            stages = [Stage(dev_account(a).address, 0, BLOCKS, 4 * 10**9)]
+            if self.jobs[job]["stages"] is None and self._try(
+                self.c.market.route_job, job, stages, account=self.world.coordinator
+            ):
+                self.jobs[job]["stages"] = stages
+                receipts = self.world.receipts(job, stages, "QmOut")
+                submit = self.c.market.submit_result
+                coordinator = self.world.coordinator.address
+                result = self._try(submit, job, coordinator, stages, "QmOut", receipts, account=dev_account(a))
+                self._record(result, job)
+                self.draw_audits(job)
+                if self.c.verifier.audit_count() > before and data.draw(st.booleans()):
+                    self.committee_round(data, audit=self.c.verifier.audit_count())
 
         @rule(i=st.sampled_from(NODE_IDS), amount=st.integers(1, 3))
         def add_stake(self, i, amount):
@@ -77,12 +125,24 @@ def make_machine(chain: Chain):
         def slash(self, i, amount):
             self._try(self.c.nodes.slash, dev_account(i).address, amount * ETHER // 4, "test", account=self.world.admin)
 
-        @rule(c=st.sampled_from(CLIENT_IDS), fee=st.integers(1, 5), ttl=st.integers(60, 600))
-        def post(self, c, fee, ttl):
+        @rule(
+            c=st.sampled_from(CLIENT_IDS),
+            fee=st.integers(1, 5),
+            ttl=st.integers(60, 600),
+            audit=st.sampled_from([0, 5_000, 10_000]),
+        )
+        def post(self, c, fee, ttl, audit):
             max_fee = fee * 10**13
-            job = self._try(self.world.post, self.model, dev_account(c), max_fee, ttl)
+            job = self._try(self.world.post, self.model, dev_account(c), max_fee, ttl, audit_bps=audit)
             if job:
-                self.jobs[job] = {"max_fee": max_fee, "stages": None, "paid": 0, "refunded": 0, "claimed": set()}
+                self.jobs[job] = {
+                    "max_fee": max_fee,
+                    "stages": None,
+                    "paid": 0,
+                    "refunded": 0,
+                    "verification": 0,
+                    "claimed": set(),
+                }
 
         @precondition(lambda self: self.jobs)
         @rule(data=st.data(), split=st.booleans())
@@ -91,9 +151,9 @@ def make_machine(chain: Chain):
             nodes = [dev_account(i).address for i in NODE_IDS]
             a, b = data.draw(st.sampled_from(nodes)), data.draw(st.sampled_from(nodes))
             stages = (
-                [Stage(a, 0, 2, 3 * 10**12), Stage(b, 2, BLOCKS, 3 * 10**12)]
+                [Stage(a, 0, 2, 2 * 10**9), Stage(b, 2, BLOCKS, 2 * 10**9)]
                 if split
-                else [Stage(a, 0, BLOCKS, 5 * 10**12)]
+                else [Stage(a, 0, BLOCKS, 4 * 10**9)]
             )
             if self._try(self.c.market.route_job, job, stages, account=self.world.coordinator):
                 self.jobs[job]["stages"] = stages
@@ -159,9 +219,100 @@ def make_machine(chain: Chain):
                 job,
             )
 
-        @rule(who=st.sampled_from([*NODE_IDS, *CLIENT_IDS, 1]))
-        def withdraw(self, who):
-            self._try(self.c.market.withdraw, account=dev_account(who))
+        def _completed(self):
+            return sorted(j for j, v in self.jobs.items() if v["stages"] and v["paid"])
+
+        @precondition(lambda self: self._completed())
+        @rule(data=st.data())
+        def draw_one(self, data):
+            self.draw_audits(data.draw(st.sampled_from(self._completed())))
+
+        def draw_audits(self, job_pick):
+            job = job_pick
+            coordinator = self.world.coordinator.address
+            receipt = self._try(
+                self.c.market.draw_audits,
+                job,
+                coordinator,
+                self.jobs[job]["stages"],
+                account=self.world.admin,
+                gas=2_000_000,
+            )
+            self._record(receipt, job)
+
+        @precondition(lambda self: self._completed())
+        @rule(data=st.data(), who=st.sampled_from([*CLIENT_IDS, *NODE_IDS]), bond=st.integers(0, 3))
+        def challenge(self, data, who, bond):
+            job = data.draw(st.sampled_from(self._completed()))
+            stages = self.jobs[job]["stages"]
+            k = data.draw(st.integers(0, len(stages)))  # one past the last stage: refused
+            coordinator = self.world.coordinator.address
+            self._try(self.c.market.challenge, job, coordinator, stages, k, bond * 10**15, account=dev_account(who))
+
+        def _audits(self):
+            return range(self.first_audit, self.c.verifier.audit_count() + 1)
+
+        @precondition(lambda self: len(self._audits()))
+        @rule(data=st.data())
+        def committee_round(self, data, audit=None):
+            """A whole round of one audit: each member votes either way or stays away, then it resolves."""
+            audit = audit or data.draw(st.sampled_from(list(self._audits())))
+            members = self.c.verifier.members(audit)
+            mine = {dev_account(i).address for i in NODE_IDS}
+            choices = data.draw(st.lists(st.sampled_from([0, 1, 2]), min_size=len(members), max_size=len(members)))
+            for member, vote in zip(members, choices, strict=True):
+                if vote and member in mine:
+                    salt = os.urandom(32)
+                    commitment = self.c.verifier.commitment(audit, member, vote, salt)
+                    if self._try(self.c.verifier.commit, audit, commitment, account=self.world.account_of(member)):
+                        self.ballots[(audit, member)] = (vote, salt)
+                        Escrow.votes += 1
+            for member in members:
+                if (audit, member) in self.ballots:
+                    vote, salt = self.ballots[(audit, member)]
+                    self._try(self.c.verifier.reveal, audit, vote, salt, account=self.world.account_of(member))
+            self.resolve(audit, wait=40)
+
+        @precondition(lambda self: len(self._audits()))
+        @rule(data=st.data(), wrong=st.booleans())
+        def commit(self, data, wrong):
+            audit = data.draw(st.sampled_from(list(self._audits())))
+            mine = [dev_account(i).address for i in NODE_IDS]
+            members = [m for m in self.c.verifier.members(audit) if m in mine] or mine[:1]  # or a stranger
+            member = data.draw(st.sampled_from(members))
+            vote, salt = (2 if wrong else 1), os.urandom(32)
+            commitment = self.c.verifier.commitment(audit, member, vote, salt)
+            if self._try(self.c.verifier.commit, audit, commitment, account=self.world.account_of(member)):
+                self.ballots[(audit, member)] = (vote, salt)
+                Escrow.votes += 1
+
+        @precondition(lambda self: self.ballots)
+        @rule(data=st.data(), lie=st.booleans())
+        def reveal(self, data, lie):
+            audit, member = data.draw(st.sampled_from(sorted(self.ballots)))
+            vote, salt = self.ballots[(audit, member)]
+            vote = 3 - vote if lie else vote  # a reveal that differs from the commitment is refused
+            self._try(self.c.verifier.reveal, audit, vote, salt, account=self.world.account_of(member))
+
+        @precondition(lambda self: len(self._audits()))
+        @rule(data=st.data(), wait=st.sampled_from([0, 0, 40]))
+        def resolve_one(self, data, wait):
+            self.resolve(data.draw(st.sampled_from(list(self._audits()))), wait)
+
+        def resolve(self, audit_pick, wait):
+            audit = audit_pick
+            if wait:
+                self.world.advance(wait)
+            receipt = self._try(self.c.verifier.resolve, audit, account=self.world.admin)
+            self._record(receipt)  # a stage found wrong: StageRevoked
+            if receipt:
+                Escrow.resolved += 1
+                Escrow.upheld += self.c.verifier.audit(audit).upheld
+
+        @rule(who=st.sampled_from([*NODE_IDS, *CLIENT_IDS, 1, TREASURY]), verifier=st.booleans())
+        def withdraw(self, who, verifier):
+            target = self.c.verifier if verifier else self.c.market
+            self._try(target.withdraw, account=dev_account(who))
 
         @invariant()
         def books_balance_to_the_wei(self):
@@ -169,25 +320,29 @@ def make_machine(chain: Chain):
             stakes = sum(
                 n.stake + n.pending_unstake for n in map(self.c.nodes.node, [dev_account(i).address for i in NODE_IDS])
             )
-            assert w3.eth.get_balance(self.c.nodes.address) == stakes + self.c.nodes.slashed_balance()
-            escrows = sum(self.c.market.job(j).escrow for j in self.jobs)
-            people = [dev_account(i).address for i in (*NODE_IDS, *CLIENT_IDS, 1)]
+            assert w3.eth.get_balance(self.c.nodes.address) == stakes
+            escrows = sum(self.c.market.job(j).held for j in self.jobs)
+            people = [dev_account(i).address for i in (*NODE_IDS, *CLIENT_IDS, 1, TREASURY)]
             credits = sum(self.c.market.credit(a) for a in people)
             assert w3.eth.get_balance(self.c.market.address) == escrows + credits
+            audits = [self.c.verifier.audit(a) for a in self._audits()]
+            budgets = sum(a.budget for a in audits if not a.resolved)
+            rewards = sum(self.c.verifier.credit(a) for a in people)
+            assert w3.eth.get_balance(self.c.verifier.address) == budgets + rewards
 
         @invariant()
         def no_job_paid_and_refunded(self):
             for job_id, j in self.jobs.items():
                 job = self.c.market.job(job_id)
-                assert j["paid"] + j["refunded"] + job.escrow == j["max_fee"]
+                assert j["paid"] + j["refunded"] + j["verification"] + job.held == j["max_fee"]
                 if job.status in (JobStatus.CANCELLED, JobStatus.ABORTED):
                     assert j["paid"] == 0 and j["refunded"] == j["max_fee"]
                 if job.status == JobStatus.EXPIRED:  # the stages that proved delivery are paid, no more
                     assert j["paid"] == sum(j["stages"][k].fee for k in j["claimed"]) if j["stages"] else j["paid"] == 0
                 if job.status == JobStatus.COMPLETED:
-                    assert j["paid"] > 0 and job.escrow == 0
+                    assert j["paid"] >= 0 and job.held == 0
 
-    Escrow.total_steps = 0
+    Escrow.total_steps = Escrow.resolved = Escrow.votes = Escrow.upheld = 0
     return Escrow
 
 
@@ -195,7 +350,7 @@ def test_escrow_invariants_hold_over_random_steps(chain):
     machine = make_machine(chain)
     settings_ = settings(
         max_examples=10,
-        stateful_step_count=25,
+        stateful_step_count=30,
         deadline=None,
         derandomize=False,
         suppress_health_check=list(HealthCheck),
@@ -203,5 +358,8 @@ def test_escrow_invariants_hold_over_random_steps(chain):
     test_case = machine.TestCase
     test_case.settings = settings_
     test_case().runTest()
-    print(f"stateful steps run: {machine.total_steps}")
+    print(
+        f"stateful steps run: {machine.total_steps}, votes: {machine.votes}, "
+        f"audits resolved: {machine.resolved} ({machine.upheld} found the stage wrong)"
+    )
     assert machine.total_steps >= 200

@@ -58,7 +58,7 @@ def test_overdue_job_pays_the_stages_that_delivered(tmp_path):
         assert done.failed_nodes == [last]
         assert done.payouts == {s.node: s.fee for s in record.route[:2]}
         assert done.refunded == MAX_FEE - sum(s.fee for s in record.route[:2])
-        assert net.c.nodes.reputation(last).jobs_failed == 1
-        assert [net.c.nodes.reputation(s.node).jobs_failed for s in record.route[:2]] == [0, 0]
+        assert net.c.nodes.failures(last) == 1
+        assert [net.c.nodes.failures(s.node) for s in record.route[:2]] == [0, 0]
     finally:
         net.stop()

@@ -1,7 +1,7 @@
 """JobMarket on the real Anvil: post, route, reroute, submit, expire, cancel, withdraw, and every
 custom error (forged and replayed receipts, incomplete covers, double submits, reentrancy)."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 from eth_utils import keccak
@@ -51,7 +51,7 @@ def s(world):
     return Setup(world, nodes, model, spans, dev_account(CLIENT))
 
 
-def test_full_job_pays_each_stage_and_refunds_rest(s):
+def test_full_job_pays_each_stage_after_its_audit_window_and_refunds_rest(s):
     job, stages = s.routed()
     assert s.market.job(job).status == JobStatus.ROUTED
     receipts = s.world.receipts(job, stages, "QmOutput")
@@ -59,14 +59,26 @@ def test_full_job_pays_each_stage_and_refunds_rest(s):
     names = [e.name for e in s.market.events_in(receipt)]
     assert names == ["ResultSubmitted", "StagePaid", "StagePaid", "StagePaid", "CoordinatorPaid", "JobRefunded"]
     paid = sum(st.fee for st in stages)
-    cut = paid * s.market.coordinator_fee_bps() // 10_000
+    terms = s.market.terms()
+    cut = paid * terms.coordinator_fee_bps // 10_000
+    reserve = paid * terms.committee_size * terms.verify_fee_bps // 10_000  # the network audits every job
+    # fees and the cut are pending: nothing is withdrawable before the audit window is over
     for st in stages:
         acct = s.world.contracts.account(st.node)
-        assert (acct.credit, acct.open_jobs, acct.jobs_done) == (st.fee, 0, 1)
-    assert s.world.contracts.account(s.world.coordinator.address).credit == cut
-    assert s.world.contracts.account(s.client.address).credit == MAX_FEE - paid - cut
+        assert (acct.credit, acct.pending, acct.jobs_failed) == (0, st.fee, 0)
+        with reverts("NothingToWithdraw", account=st.node):
+            s.market.withdraw(account=s.world.account_of(st.node))
+    assert s.world.contracts.account(s.world.coordinator.address).pending == cut
+    client = s.world.contracts.account(s.client.address)
+    assert (client.credit, client.pending) == (MAX_FEE - paid - cut - reserve, reserve)
     j = s.market.job(job)
-    assert (j.status, j.escrow) == (JobStatus.COMPLETED, 0)
+    assert (j.status, j.held, j.result_block) == (JobStatus.COMPLETED, 0, receipt["blockNumber"])
+    epoch = s.market.epoch_length_s()
+    s.world.advance(epoch)  # one epoch on: still pending unless the job landed right at an epoch's end
+    assert s.world.contracts.account(stages[0].node).pending in (0, stages[0].fee)
+    s.world.advance(epoch)
+    assert s.world.contracts.account(stages[0].node).credit == stages[0].fee
+    assert s.world.contracts.account(s.client.address).credit == MAX_FEE - paid - cut
     # every payee withdraws exactly its credit
     w3 = s.world.chain.w3
     for acct in s.nodes:
@@ -139,7 +151,6 @@ def test_expire_pays_stages_that_proved_delivery_and_blames_the_rest(s):
     assert [s.market.credit(st.node) for st in stages] == [stages[0].fee, stages[1].fee, 0]
     assert s.market.credit(s.client.address) == MAX_FEE - paid  # the client pays for delivered stages only
     assert [s.world.contracts.account(st.node).jobs_failed for st in stages] == [0, 0, 1]
-    assert [s.world.contracts.account(st.node).open_jobs for st in stages] == [0, 0, 0]
     with reverts("WrongStatus", have=JobStatus.EXPIRED):
         s.market.expire_job(job, COORD, stages, account=dev_account(13))
 
@@ -177,11 +188,10 @@ def test_reroute_replaces_failed_stage(s):
     [event] = [e for e in s.market.events_in(receipt) if e.name == "JobRerouted"]
     assert event.args["failedNodes"] == [stages[1].node]
     assert s.world.contracts.account(stages[1].node).jobs_failed == 1
-    assert s.world.contracts.account(stages[1].node).open_jobs == 0
     with reverts("RouteMismatch", jobId=job):  # the old route is no longer valid
         s.market.submit_result(job, COORD, stages, "QmO", s.world.receipts(job, stages, "QmO"), account=spare)
     s.market.submit_result(job, COORD, new, "QmO", s.world.receipts(job, new, "QmO"), account=spare)
-    assert s.world.contracts.account(spare.address).credit == new[1].fee
+    assert s.market.credit(spare.address) == new[1].fee
 
 
 def test_forged_receipt_wrong_signer(s):
@@ -274,8 +284,14 @@ def test_submit_errors(s):
 def test_post_errors(s):
     m, w3 = s.market, s.world.chain.w3
     deadline = w3.eth.get_block("latest")["timestamp"] + 100
-    call = m.contract.functions.postJob
+    post = m.contract.functions.postJob
+
+    def call(*args):
+        return post(*args, 0)
+
     tx = s.world.chain.transact
+    with reverts("InvalidParameter", name="auditBps"):
+        tx(post(s.model, "Qm", b"", 5, deadline, 10_001), value=5, account=s.client)
     with reverts("EscrowMismatch", sent=5, maxFee=6):
         tx(call(s.model, "Qm", b"", 6, deadline), value=5, account=s.client)
     with reverts("ZeroFee"):
@@ -288,19 +304,26 @@ def test_post_errors(s):
         tx(call(s.model, "Qm", b"", 5, deadline + 10**7), value=5, account=s.client)
     with reverts("UnknownModel", modelId=77):
         tx(call(77, "Qm", b"", 5, deadline), value=5, account=s.client)
-    huge = 2**96
+    huge = 2**80
     w3.provider.make_request("anvil_setBalance", [s.client.address, hex(2 * huge)])
     with reverts("FeeTooLarge", maxFee=huge):
         tx(call(s.model, "Qm", b"", huge, deadline), value=huge, account=s.client)
 
 
-def test_parameters_and_withdraw_errors(s):
+def test_terms_and_withdraw_errors(s):
     admin = s.world.admin
+    terms = s.market.terms()
     with reverts("InvalidParameter", name="coordinatorFeeBps"):
-        s.market.set_parameters(5000, 100, account=admin)
+        s.market.set_terms(replace(terms, coordinator_fee_bps=5000), account=admin)
     with reverts("InvalidParameter", name="maxJobDuration"):
-        s.market.set_parameters(100, 0, account=admin)
-    s.market.set_parameters(100, 1000, account=admin)
+        s.market.set_terms(replace(terms, max_job_duration=0), account=admin)
+    with reverts("InvalidParameter", name="committeeSize"):
+        s.market.set_terms(replace(terms, committee_size=0), account=admin)
+    with reverts("InvalidParameter"):  # an audit must settle before the fees it may take back are paid out
+        s.market.set_terms(replace(terms, challenge_window=s.market.epoch_length_s()), account=admin)
+    with reverts("AccessControlUnauthorizedAccount"):
+        s.market.set_terms(terms, account=s.client)
+    s.market.set_terms(replace(terms, coordinator_fee_bps=100, max_job_duration=1000), account=admin)
     assert s.market.coordinator_fee_bps() == 100
     with reverts("NothingToWithdraw", account=dev_account(13).address):
         s.market.withdraw(account=dev_account(13))
@@ -317,7 +340,7 @@ def test_reentrant_or_rejecting_withdraw_loses_nothing(s, mode):
     s.world.chain.transact(attacker.functions.setMode(mode))
     deadline = s.world.chain.w3.eth.get_block("latest")["timestamp"] + 100
     fns = s.market.contract.functions
-    _as_attacker(s, attacker, fns.postJob(s.model, "Qm", b"", MAX_FEE, deadline), value=MAX_FEE)
+    _as_attacker(s, attacker, fns.postJob(s.model, "Qm", b"", MAX_FEE, deadline, 0), value=MAX_FEE)
     job = s.market.job_count()
     _as_attacker(s, attacker, fns.cancelJob(job))
     assert s.world.contracts.account(attacker.address).credit == MAX_FEE
@@ -343,7 +366,6 @@ def test_abort_refunds_client_without_blaming_nodes(s):
     assert event.args["reason"] == "input is not valid JSON" and event.args["by"] == s.nodes[0].address
     assert s.market.job(job).status == JobStatus.ABORTED
     assert s.world.contracts.account(s.client.address).credit == MAX_FEE
-    assert [s.world.contracts.account(st.node).open_jobs for st in stages] == [0, 0, 0]
     assert [s.world.contracts.account(st.node).jobs_failed for st in stages] == [0, 0, 0]
     with reverts("WrongStatus", have=JobStatus.ABORTED):
         s.market.abort_job(job, COORD, stages, "again", account=s.nodes[0])

@@ -3,7 +3,7 @@
 import pytest
 
 from shardnet.chain import dev_account
-from shardnet.protocol import Hardware, Reputation
+from shardnet.protocol import Hardware
 from shardnet.scenario import ETHER
 from tests.helpers import deploy_attacker, reverts
 
@@ -42,7 +42,7 @@ def test_two_step_unstake(world, nodes, op):
     assert (info.stake, info.pending_unstake) == (ETHER, 2 * ETHER)
     with reverts("CooldownNotOver", node=op.address):
         nodes.withdraw_unstaked(account=op)
-    world.advance(601)
+    world.advance(nodes.cooldown_s() + 1)
     before = world.chain.w3.eth.get_balance(op.address)
     receipt = nodes.withdraw_unstaked(account=op)
     gas = receipt["gasUsed"] * receipt["effectiveGasPrice"]
@@ -53,19 +53,22 @@ def test_two_step_unstake(world, nodes, op):
     assert not nodes.is_active(op.address)
 
 
-def test_slash_credits_treasury(world, nodes, op):
+def test_slash_sends_the_stake_to_the_slasher(world, nodes, op):
     nodes.register("http://a", HW, b"", 2 * ETHER, account=op)
     nodes.request_unstake(ETHER, account=op)  # pending unstake stays slashable
     nodes.grant_slasher(world.admin.address, account=world.admin)
+    w3 = world.chain.w3
+    before = w3.eth.get_balance(world.admin.address)
     receipt = nodes.slash(op.address, ETHER + ETHER // 2, "wrong output", account=world.admin)
+    gas = receipt["gasUsed"] * receipt["effectiveGasPrice"]
     assert nodes.events_in(receipt)[0].args["reason"] == "wrong output"
     info = nodes.node(op.address)
     assert (info.stake, info.pending_unstake) == (0, ETHER // 2)
-    assert nodes.slashed_balance() == ETHER + ETHER // 2
-    treasury_before = world.chain.w3.eth.get_balance(world.admin.address)
-    receipt = nodes.withdraw_slashed(account=dev_account(13))  # anyone may trigger; funds go to treasury
-    assert world.chain.w3.eth.get_balance(world.admin.address) == treasury_before + ETHER + ETHER // 2
-    assert nodes.slashed_balance() == 0
+    assert w3.eth.get_balance(world.admin.address) == before + ETHER + ETHER // 2 - gas
+    # a slash larger than what is left takes what is left
+    receipt = nodes.slash(op.address, 5 * ETHER, "again", account=world.admin)
+    assert nodes.events_in(receipt)[0].args["amount"] == ETHER // 2
+    assert w3.eth.get_balance(nodes.address) == 0
 
 
 def test_slash_by_unauthorised_caller(world, nodes, op):
@@ -105,40 +108,34 @@ def test_unstake_errors(nodes, op):
         nodes.withdraw_unstaked(account=op)
 
 
-def test_unstake_while_on_open_route(world, nodes):
+def test_unstake_waits_out_every_job_the_node_may_be_on(world, nodes):
+    """A node on an open route may ask to leave, but its stake stays slashable until every job it
+    could be on has passed its deadline, its claim window and its audit window."""
     node_accts = world.register_nodes(3)
     model = world.register_model(6)
     spans = world.assign_even(model, node_accts, 6)
     job = world.post(model, dev_account(12), ETHER)
     world.contracts.market.route_job(job, world.stages(node_accts, spans, 10**9), account=world.coordinator)
-    with reverts("UnstakeWhileOnOpenRoute", node=node_accts[1].address, openJobs=1):
-        nodes.request_unstake(ETHER, account=node_accts[1])
-    assert nodes.reputation(node_accts[1].address) == Reputation(open_jobs=1, jobs_done=0, jobs_failed=0)
+    market = world.contracts.market
+    horizon = market.terms().max_job_duration + market.claim_window_s() + 2 * market.epoch_length_s()
+    assert nodes.cooldown_s() >= horizon
+    receipt = nodes.request_unstake(ETHER, account=node_accts[1])
+    now = world.chain.w3.eth.get_block(receipt["blockNumber"])["timestamp"]
+    assert nodes.node(node_accts[1].address).unlock_at == now + nodes.cooldown_s()
+    world.advance(horizon - 10)
+    with reverts("CooldownNotOver", node=node_accts[1].address):
+        nodes.withdraw_unstaked(account=node_accts[1])
 
 
-def test_only_the_market_records_routes(world, nodes):
-    """A node on an open route cannot clear its own open-job lock (to unstake before it can be
-    held to account), nor can anyone else write a node's reputation."""
-    node_accts = world.register_nodes(3)
-    model = world.register_model(6)
-    spans = world.assign_even(model, node_accts, 6)
-    job = world.post(model, dev_account(12), ETHER)
-    world.contracts.market.route_job(job, world.stages(node_accts, spans, 10**9), account=world.coordinator)
-    me = node_accts[1]
-    close = nodes.contract.functions.closeRoute([me.address], True, [])
-    with reverts("NotMarket", caller=me.address):
-        world.chain.transact(close, account=me)
-    with reverts("NotMarket", caller=world.admin.address):
-        world.chain.transact(nodes.contract.functions.openRoute([me.address]), account=world.admin)
-    assert nodes.reputation(me.address) == Reputation(open_jobs=1, jobs_done=0, jobs_failed=0)
-    assert nodes.node(me.address).reputation == nodes.reputation(me.address)
-
-
-def test_slash_exceeds_stake(world, nodes, op):
-    nodes.register("http://a", HW, b"", ETHER, account=op)
-    nodes.grant_slasher(world.admin.address, account=world.admin)
-    with reverts("SlashExceedsStake", amount=2 * ETHER, available=ETHER):
-        nodes.slash(op.address, 2 * ETHER, "x", account=world.admin)
+def test_only_judges_record_failures_or_slash(world, nodes):
+    """Nobody but the market and the verifier writes a node's failures or takes its stake."""
+    me = world.register_nodes(1)[0]
+    record = nodes.contract.functions.recordFailures(1, [me.address])
+    with reverts("AccessControlUnauthorizedAccount", account=me.address):
+        world.chain.transact(record, account=me)
+    with reverts("AccessControlUnauthorizedAccount", account=world.admin.address):
+        world.chain.transact(record, account=world.admin)
+    assert nodes.failures(me.address) == nodes.node(me.address).jobs_failed == 0
 
 
 def test_market_set_once(world, nodes):
@@ -153,7 +150,7 @@ def test_transfer_failed_keeps_pending_unstake(world, nodes):
     world.chain.transact(attacker.functions.exec(nodes.address, register), value=ETHER)
     unstake = nodes.contract.functions.requestUnstake(ETHER)._encode_transaction_data()
     world.chain.transact(attacker.functions.exec(nodes.address, unstake))
-    world.advance(601)
+    world.advance(nodes.cooldown_s() + 1)
     withdraw = nodes.contract.functions.withdrawUnstaked()._encode_transaction_data()
     with reverts("TransferFailed", to=attacker.address, amount=ETHER):
         world.chain.transact(attacker.functions.exec(nodes.address, withdraw))

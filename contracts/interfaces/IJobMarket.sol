@@ -2,6 +2,7 @@
 pragma solidity ^0.8.24;
 
 import {NodeNotActive, NothingToWithdraw, TransferFailed} from "./SharedErrors.sol";
+import {AuditCase} from "./IVerifier.sol";
 
 /// @title IJobMarket
 /// @notice Inference jobs with escrow: post, route through staked nodes, pay per signed receipt.
@@ -36,20 +37,40 @@ interface IJobMarket {
         bytes signature; // 65-byte secp256k1 signature over the EIP-712 digest
     }
 
-    /// @dev One slot per account. `withdrawn` keeps the slot non-zero once an account has been
-    /// paid out, so crediting it again costs a warm write, not a fresh one.
+    /// @dev One slot per account. Stage fees and cuts enter `current` (the epoch `epoch`, mod
+    /// 2^16), move to `previous` the next epoch and to `credit` the one after; refunds go to
+    /// `credit` directly. The epoch tag keeps the slot non-zero, so crediting it again is a warm
+    /// write.
     struct Account {
-        uint128 credit; // wei withdrawable: stage fees, coordinator cuts, refunds
-        uint128 withdrawn; // wei withdrawn so far
+        uint80 credit; // wei withdrawable now
+        uint80 current; // wei credited in epoch `epoch`, still open to audits
+        uint80 previous; // wei credited in epoch `epoch - 1`, still open to audits
+        uint16 epoch;
+    }
+
+    /// @notice The market's terms, one slot (the admin sets them; routed jobs keep their rates).
+    struct Terms {
+        uint16 coordinatorFeeBps; // coordinator's cut, on top of the stage fees
+        uint40 maxJobDuration; // seconds a deadline may lie in the future
+        uint16 minAuditBps; // the network's audit rate: the least chance each stage is re-executed
+        uint32 challengeWindow; // seconds after a result during which audits are drawn and challenges opened
+        uint32 commitPeriod; // seconds a committee has to commit its votes
+        uint32 revealPeriod; // then to reveal them
+        uint8 committeeSize; // members drawn per audited stage (fewer when the network is smaller)
+        uint16 verifyFeeBps; // each member's pay, in basis points of the audited stage's fee
     }
 
     /// @dev Two slots. The route lives in calldata and events only: `routeHash` is the first 20
     /// bytes of keccak256(abi.encode(coordinator, stages)) of the current route, so the
     /// coordinator that routed the job and its stages are passed back by whoever settles it.
+    /// Once Completed, the escrow has been paid out and two fields record when the result came:
+    /// `deadline` is the time it was submitted (the audit window runs from it) and `escrow` the
+    /// number of its block (whose hash seeds the audit draw).
     struct Job {
         address client;
-        uint96 escrow; // wei held for this job until it settles
-        uint40 deadline;
+        uint80 escrow; // wei held for this job until it settles (Completed: the result's block)
+        uint16 auditBps; // chance per stage of an audit: the client's, at least the network's
+        uint40 deadline; // (Completed: the result's time)
         uint32 modelId;
         Status status;
         bytes20 routeHash;
@@ -78,7 +99,15 @@ interface IJobMarket {
     event StageFailed(uint256 indexed jobId, address indexed node);
     event DeliveryClaimed(uint256 indexed jobId, address indexed node, uint256 stage);
     event Withdrawn(address indexed account, uint256 amount);
-    event ParametersSet(uint16 coordinatorFeeBps, uint40 maxJobDuration);
+    event TermsSet(Terms terms);
+    event VerifierSet(address verifier);
+    event AuditDrawn(uint256 indexed jobId, uint256 stage, address indexed node, uint256 budget);
+    event StageChallenged(
+        uint256 indexed jobId, uint256 stage, address indexed node, address indexed challenger, uint256 bond
+    );
+    event StageRevoked(
+        uint256 indexed jobId, uint256 stage, address indexed node, uint256 fromNode, uint256 fromCoordinator
+    );
 
     // ---------------------------------------------------------------- errors
     error UnknownJob(uint256 jobId);
@@ -109,4 +138,31 @@ interface IJobMarket {
     error ClaimWindowOpen(uint256 jobId, uint256 closesAt);
     error NoSuchStage(uint256 jobId, uint256 stage, uint256 stages);
     error AlreadyClaimed(uint256 jobId, uint256 stage);
+    error VerifierAlreadySet(address verifier);
+    error NotVerifier(address caller);
+    error AuditWindowClosed(uint256 jobId, uint256 closedAt);
+    error AlreadyDrawn(uint256 jobId);
+    error DrawNotReady(uint256 jobId, uint256 resultBlock);
+    error NothingDrawn(uint256 jobId);
+    error BondTooSmall(uint256 sent, uint256 bond);
+    error AlreadyUnderAudit(uint256 jobId, uint256 stage);
+
+    // ---------------------------------------------------------------- the verifier
+    /// @notice Take a stage's fee (and the coordinator's cut on it) back for the client.
+    function revoke(AuditCase calldata c) external returns (uint256 recovered);
+    function epochLength() external view returns (uint256);
+    function getJob(uint256 jobId) external view returns (Job memory);
+    function terms()
+        external
+        view
+        returns (
+            uint16 coordinatorFeeBps,
+            uint40 maxJobDuration,
+            uint16 minAuditBps,
+            uint32 challengeWindow,
+            uint32 commitPeriod,
+            uint32 revealPeriod,
+            uint8 committeeSize,
+            uint16 verifyFeeBps
+        );
 }

@@ -15,15 +15,13 @@ interface INodeRegistry {
     }
 
     /// @dev Slot 0 (stake, unlockAt, registeredAt) is all `isActive` reads; slot 1 holds the
-    /// pending unstake and the reputation counters the market records as routes open and close.
+    /// pending unstake and the failed-stage counter (delivered stages are counted from events).
     struct Node {
         uint128 stake; // wei backing the node
         uint64 unlockAt; // unix time when pendingUnstake may be withdrawn
         uint64 registeredAt; // unix time of registration, 0 = not registered
         uint128 pendingUnstake; // wei requested out, still slashable until withdrawn
-        uint32 openJobs; // routed jobs not yet settled that name this node
-        uint32 jobsDone; // stages delivered with a valid receipt on a completed job
-        uint32 jobsFailed; // stages that did not deliver (expired or rerouted away)
+        uint32 jobsFailed; // stages it failed: expired, rerouted away, aborted, audits not answered
         Hardware hardware;
         string endpoint; // data-plane base URL, e.g. http://10.0.0.5:7001
         bytes dataKey; // data-plane public key (the address or pubkey that signs requests)
@@ -38,7 +36,7 @@ interface INodeRegistry {
     event UnstakeRequested(address indexed node, uint256 amount, uint256 stake, uint64 unlockAt);
     event UnstakeWithdrawn(address indexed node, uint256 amount);
     event NodeSlashed(address indexed node, address indexed by, uint256 amount, string reason);
-    event SlashedFundsWithdrawn(address indexed treasury, uint256 amount);
+    event FailureRecorded(address indexed node, uint256 indexed jobId, address indexed by);
     event MarketSet(address indexed market);
     event ParametersSet(uint256 minStake, uint64 unstakeCooldown, address treasury);
 
@@ -50,23 +48,23 @@ interface INodeRegistry {
     error EmptyEndpoint();
     error ZeroAmount();
     error UnstakeExceedsStake(address node, uint256 requested, uint256 stake);
-    error UnstakeWhileOnOpenRoute(address node, uint256 openJobs);
     error UnstakeLeavesDust(address node, uint256 remaining, uint256 minStake);
     error CooldownNotOver(address node, uint64 unlockAt, uint64 nowTs);
-    error SlashExceedsStake(address node, uint256 amount, uint256 available);
     error MarketAlreadySet(address market);
-    error NotMarket(address caller);
     error TooManyNodes(uint256 count, uint256 max);
 
-    // ---------------------------------------------------------------- the market
-    /// @notice A route naming `nodes` was recorded: each has one more open job.
-    function openRoute(address[] calldata nodes) external;
-    /// @notice A route naming `nodes` settled or was replaced: each has one open job less; each
-    /// delivered a stage if `delivered`; each of `failed` failed one.
-    function closeRoute(address[] calldata nodes, bool delivered, address[] calldata failed) external;
+    // ---------------------------------------------------------------- judges
+    /// @notice Each of `nodes` failed a stage of job `jobId` (or an audit of it).
+    function recordFailures(uint256 jobId, address[] calldata nodes) external;
+    /// @notice Take up to `amount` from `node` (active stake first, then pending unstake) and send
+    /// it to the caller; returns what was taken (less than `amount` when the stake runs out).
+    function slash(address node, uint256 amount, string calldata reason) external returns (uint256 taken);
 
     // ---------------------------------------------------------------- views
     function isActive(address node) external view returns (bool);
     function inactiveMask(address[] calldata nodes) external view returns (uint256);
     function minStake() external view returns (uint256);
+    function treasury() external view returns (address);
+    /// @notice Up to `count` distinct active nodes other than `exclude`, drawn uniformly by `seed`.
+    function drawActive(bytes32 seed, uint256 count, address exclude) external view returns (address[] memory);
 }

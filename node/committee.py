@@ -1,0 +1,155 @@
+"""The node as a checker of others: it opens the audits drawn for completed jobs, and when it is
+drawn onto a committee it re-runs the stage from its transcript, commits a hash of its vote,
+reveals it, and resolves the audit.
+
+Every node sees every result. The draw is a function of the result block's hash
+(`shardnet.audits`), so each node knows at once whether a job was drawn; the nodes take turns in
+an order that depends on the job, so usually one transaction opens the audits. Committee work
+is paid by the Verifier, and a member that does not reveal is recorded failed, so a node does
+this for its own sake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from functools import partial
+from typing import Any
+
+from eth_abi.abi import encode
+from eth_account.signers.local import LocalAccount
+from eth_utils.crypto import keccak
+
+from node.executor import Executor
+from node.misbehave import Misbehaviour
+from node.verifier import SpanCache, Verdict, check_stage
+from shardnet.audits import audited_stages
+from shardnet.bindings import Contracts, send_logged
+from shardnet.chain import Chain
+from shardnet.errors import ShardnetError
+from shardnet.ledger import Ledger
+from shardnet.protocol import JobStatus, Vote
+
+log = logging.getLogger("shardnet.node.committee")
+DRAW_GAS = 3_000_000  # drawAudits: up to every stage, each drawing a committee over the node list
+REVEAL_GAS = 200_000
+RESOLVE_GAS = 1_500_000  # slashes, a take-back through the market, a credit per member
+TURN_S = 1.5  # how long each node waits for the ones before it to open a job's audits
+POLL_S = 0.5
+MAX_SPANS = 4  # spans kept loaded for checking
+
+
+def commitment(audit_id: int, member: str, vote: Vote, salt: bytes) -> bytes:
+    """What a member commits: keccak256(abi.encode(auditId, member, vote, salt)), as the Verifier."""
+    return bytes(keccak(encode(["uint256", "address", "uint8", "bytes32"], [audit_id, member, int(vote), salt])))
+
+
+class Committee:
+    def __init__(
+        self,
+        account: LocalAccount,
+        chain: Chain,
+        contracts: Contracts,
+        ledger: Ledger,
+        executor: Executor,
+        misbehave: Misbehaviour,
+    ):
+        self.account = account
+        self.address = account.address
+        self.chain = chain
+        self.c = contracts
+        self.ledger = ledger
+        self.executor = executor
+        self.misbehave = misbehave
+        self.spans: SpanCache = {}
+        self.verdicts: dict[int, Verdict] = {}  # audit -> this node's verdict (for logs and tests)
+
+    async def _send(self, what: str, fn: Any, *args: Any) -> dict[str, Any] | None:
+        return await send_logged(log, what, fn, *args, account=self.account)
+
+    def _now(self) -> int:
+        return int(self.chain.w3.eth.get_block("latest")["timestamp"])
+
+    # ------------------------------------------------------------------ opening audits
+    async def open_audits(self, job_id: int, result_block: int) -> None:
+        """If the job's result was drawn for audit, open its committees (unless another node does
+        first: each waits its turn, in an order that depends on the job)."""
+        job = self.ledger.jobs.get(job_id)
+        if job is None or job.coordinator is None or not job.route:
+            return
+        chain_job = await asyncio.to_thread(self.c.market.job, job_id)
+        block = await asyncio.to_thread(self.chain.w3.eth.get_block, result_block)
+        mask = audited_stages(bytes(block["hash"]), job_id, len(job.route), chain_job.audit_bps)
+        if not mask:
+            return
+        nodes = sorted(self.ledger.nodes, key=lambda a: keccak(text=f"{job_id}:{a}"))
+        turn = nodes.index(self.address) if self.address in nodes else len(nodes)
+        await asyncio.sleep(turn * TURN_S)
+        if any(name == "AuditDrawn" for _, name in self.ledger.jobs[job_id].history):
+            return
+        log.info("job %d: stages %s drawn for audit; opening", job_id, bin(mask)[2:][::-1], extra={"job": job_id})
+        draw = partial(self.c.market.draw_audits, gas=DRAW_GAS)
+        await self._send(f"drawAudits({job_id})", draw, job_id, job.coordinator, job.route)
+
+    # ------------------------------------------------------------------ serving on a committee
+    async def serve(self, audit_id: int) -> None:
+        """Check the audited stage, commit, reveal, resolve."""
+        audit = self.ledger.audits[audit_id]
+        verdict = await asyncio.to_thread(self._check, audit.job_id, audit.stage)
+        self.verdicts[audit_id] = verdict
+        vote = Vote.CORRECT if verdict.honest else Vote.WRONG
+        if self.misbehave == "lie_vote":
+            vote = Vote.WRONG if vote == Vote.CORRECT else Vote.CORRECT
+        log.info(
+            "audit %d (job %d stage %d): voting %s%s",
+            audit_id,
+            audit.job_id,
+            audit.stage,
+            vote.name.lower(),
+            f" ({verdict.reason})" if verdict.reason else "",
+            extra={"job": audit.job_id},
+        )
+        salt = os.urandom(32)
+        sealed = commitment(audit_id, self.address, vote, salt)
+        done = await self._send(f"commit(audit {audit_id})", self.c.verifier.commit, audit_id, sealed)
+        if done is None or self.misbehave == "absent":
+            return
+        # reveal once every member committed, or the commit period is over (by the chain's clock)
+        now = await asyncio.to_thread(self._now)
+        while len(audit.committed) < len(audit.members) and now <= audit.commit_deadline:
+            await asyncio.sleep(POLL_S)
+            now = await asyncio.to_thread(self._now)
+        reveal = partial(self.c.verifier.reveal, gas=REVEAL_GAS)
+        if await self._send(f"reveal(audit {audit_id})", reveal, audit_id, vote, salt) is None:
+            return
+        while len(audit.votes) < len(audit.members) and await asyncio.to_thread(self._now) <= audit.reveal_deadline:
+            await asyncio.sleep(POLL_S)
+        await asyncio.sleep(self._turn(audit_id) * TURN_S)  # one member resolves, usually
+        if not audit.resolved:
+            resolve = partial(self.c.verifier.resolve, gas=RESOLVE_GAS)
+            await self._send(f"resolve(audit {audit_id})", resolve, audit_id)
+
+    def _turn(self, audit_id: int) -> int:
+        members = self.ledger.audits[audit_id].members
+        return members.index(self.address) if self.address in members else 0
+
+    def _check(self, job_id: int, stage: int) -> Verdict:
+        job = self.ledger.jobs[job_id]
+        if job.status != JobStatus.COMPLETED or job.output_cid is None:
+            return Verdict(False, "the job has no result to check", float("inf"), 0)
+        manifest = self.ledger.models[job.model_id].manifest_cid
+        try:
+            output = json.loads(self.executor.ipfs.cat(job.output_cid, timeout=self.executor.ipfs_timeout_s))
+        except (ShardnetError, ValueError) as exc:
+            return Verdict(False, f"the job output cannot be read: {exc}", float("inf"), 0)
+        if not isinstance(output, dict):
+            return Verdict(False, "the job output is not a JSON object", float("inf"), 0)
+        if len(self.spans) >= MAX_SPANS:
+            self.spans.clear()
+        started = time.perf_counter()
+        verdict = check_stage(self.executor, job, manifest, output, stage, self.spans)
+        log.debug("checked job %d stage %d in %.2f s", job_id, stage, time.perf_counter() - started)
+        return verdict

@@ -1,0 +1,91 @@
+"""Audits on the real stack: node processes draw the audits of completed jobs, re-run the audited
+stages from their transcripts, commit and reveal their votes, and resolve. A node serving
+garbage is found wrong and slashed, its fee goes back to the client, the committee is paid; a
+member that lies is outvoted and loses its penalty; honest stages stand and are paid after the
+audit window."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from shardnet.audit import reconcile
+from shardnet.chain import dev_account
+from shardnet.client import Client
+from shardnet.events import EventReader
+from shardnet.jobs import JobParams
+from shardnet.ledger import Ledger
+from shardnet.localnet import Network
+from shardnet.protocol import JobStatus
+
+pytestmark = pytest.mark.stack  # starts its own chain, IPFS daemon and node processes
+
+MAX_FEE = 10**15
+CHEAT, LIAR = 0, 3  # node indices: serves garbage; votes against its own check
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory):
+    network = Network(
+        tmp_path_factory.mktemp("audits"),
+        nodes=4,
+        node_overrides={CHEAT: {"misbehave": "garbage"}, LIAR: {"misbehave": "lie_vote"}},
+    ).start()
+    network.model_id, network.manifest_cid = network.publish("tiny-gpt2")
+    network.wait_confirmed(network.model_id, 4)
+    network.client = Client.from_deployment(dev_account(12), network.deployment)
+    yield network
+    network.stop()
+
+
+def wait_resolved(net: Network, job_id: int, timeout_s: float = 120) -> Ledger:
+    """The chain's events until every audit of `job_id` resolved."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        ledger = Ledger()
+        for event in EventReader(net.chain).poll():
+            ledger.apply(event)
+        audits = [a for a in ledger.audits.values() if a.job_id == job_id]
+        if audits and all(a.resolved for a in audits):
+            return ledger
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id}: audits {audits} not resolved; logs in {net.home}")
+        time.sleep(0.5)
+
+
+def test_a_cheating_stage_is_caught_slashed_and_refunded_and_a_liar_outvoted(net):
+    cheat, liar = dev_account(2 + CHEAT).address, dev_account(2 + LIAR).address
+    spans = {n: net.c.models.assignment(net.model_id, n) for n in net.c.models.assigned_nodes(net.model_id)}
+    # route through the cheater: avoid every other node that serves its blocks
+    rivals = tuple(
+        n for n, a in spans.items() if n != cheat and a.start < spans[cheat].end and spans[cheat].start < a.end
+    )
+    params = JobParams(kind="forward", wire="fp32", audit_rate=1.0, avoid=rivals)
+    stake_before = {n: net.c.nodes.node(n).stake for n in spans}
+    job_id = net.client.submit(net.model_id, {"input_ids": [3, 1, 4, 1, 5]}, params, MAX_FEE)
+    result = net.client.wait(job_id, timeout_s=120)
+    assert result.status == JobStatus.COMPLETED, result.record.abort_reason
+    route = result.record.route
+    assert cheat in [s.node for s in route]
+    ledger = wait_resolved(net, job_id)
+    audits = sorted((a for a in ledger.audits.values() if a.job_id == job_id), key=lambda a: a.stage)
+    assert [a.stage for a in audits] == list(range(len(route)))  # audit rate 1: every stage
+    for audit in audits:
+        assert audit.node == route[audit.stage].node and audit.node not in audit.members
+        assert audit.upheld == (audit.node == cheat), audit  # the garbage stage, and only it, is found wrong
+        if liar in audit.members:  # the liar voted against the majority and paid for it
+            assert audit.votes[liar] == (1 if audit.upheld else 2) and audit.outvoted[liar] > 0
+    cheater_audit = next(a for a in audits if a.upheld)
+    assert cheater_audit.slashed > 0
+    assert net.c.nodes.node(cheat).stake == stake_before[cheat] - cheater_audit.slashed
+    # the client got the cheater's fee (and the cut on it) back; honest stages keep theirs
+    job = ledger.jobs[job_id]
+    assert "StageRevoked" in [name for _, name in job.history]
+    assert job.payouts[cheat] == 0
+    assert [job.payouts[s.node] for s in route if s.node != cheat] == [s.fee for s in route if s.node != cheat]
+    # members on the majority were paid for the work from the client's reserve; the liar never
+    paid = {to for a in audits for to, _, why in a.paid if why == "verification"}
+    assert paid and liar not in paid
+    # and the books still balance to the wei, the Verifier's included
+    assert reconcile(net.chain, ledger) == []
