@@ -1,24 +1,32 @@
 """Gas per contract operation, measured on a private devnet (real Anvil, real contracts).
 
-Prints one `name: value` line per figure. `gas_job_3_stages_total` is one whole job on a
-running network: post + route + submit with 3 receipts + the 3 stage withdrawals, for a job
-whose nodes and client have served or posted before (their account slots are warm, as on any
-network past its first job). `gas_job_3_stages_total_first_job` is the same for the very
-first job of fresh accounts (one-time storage initialisation included).
+Prints one `name: value` line per figure. `gas_job_3_stages_total` is one whole unaudited job on
+a running network: post + route + submit with 3 receipts + the 3 stage withdrawals (after the
+audit window), for a job whose nodes and client have served or posted before (their account
+slots are warm, as on any network past its first job). `gas_job_3_stages_total_first_job` is
+the same for the very first job of fresh accounts (one-time storage initialisation included).
+`gas_audit_per_stage` is what checking one stage costs everyone together: its share of the draw,
+three members' commits and reveals, and the resolution (the stage found right).
 """
 
 from __future__ import annotations
 
+import os
+from dataclasses import replace
+
 from shardnet import devnet as dn
 from shardnet.chain import Chain, dev_account
-from shardnet.protocol import Hardware
+from shardnet.protocol import Hardware, Vote
 from shardnet.scenario import ETHER, World
 
 TARGET_TOTAL = 400_000
 COORD = dev_account(1).address  # the devnet coordinator
 
 
-def one_job(world: World, model: int, nodes, spans, client) -> dict[str, int]:
+OUTPUT = "QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn"
+
+
+def post_route_submit(world: World, model: int, nodes, spans, client, audit_bps: int) -> tuple[int, list[dict]]:
     market = world.contracts.market
     stages = world.stages(nodes, spans, 10**12)
     deadline = world.chain.w3.eth.get_block("latest")["timestamp"] + 3600
@@ -29,16 +37,22 @@ def one_job(world: World, model: int, nodes, spans, client) -> dict[str, int]:
             b'{"kind":"generate","max_new_tokens":32}',
             10**15,
             deadline,
+            audit_bps,
         ),
         value=10**15,
         account=client,
     )
     job = market.job_count()
     route = market.route_job(job, stages, account=world.coordinator)
-    receipts = world.receipts(job, stages, "QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn")
-    submit = market.submit_result(
-        job, COORD, stages, "QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn", receipts, account=nodes[-1]
-    )
+    receipts = world.receipts(job, stages, OUTPUT)
+    submit = market.submit_result(job, COORD, stages, OUTPUT, receipts, account=nodes[-1])
+    return job, [post, route, submit]
+
+
+def one_job(world: World, model: int, nodes, spans, client) -> dict[str, int]:
+    market = world.contracts.market
+    _, (post, route, submit) = post_route_submit(world, model, nodes, spans, client, 0)
+    world.advance(2 * market.epoch_length_s())  # the audit window is over: fees are withdrawable
     withdrawals = [market.withdraw(account=n)["gasUsed"] for n in nodes]
     return {
         "post": post["gasUsed"],
@@ -70,8 +84,12 @@ def main() -> None:
         world.contracts.models.confirm_shard(model, account=nodes[2])
         spans = [(0, 4), (4, 8), (8, 12)]
         client = dev_account(12)
+        market = world.contracts.market
+        market.set_terms(replace(market.terms(), min_audit_bps=0), account=world.admin)  # an unaudited job
         first = one_job(world, model, nodes, spans, client)
         steady = one_job(world, model, nodes, spans, client)
+        world.register_nodes(6)  # committees of three from the nodes off the stage
+        audit = audited_stage(world, model, nodes, spans, client)
 
     print(f"gas_register_node: {register['gasUsed']}")
     print(f"gas_register_model: {register_model_gas}")
@@ -84,6 +102,36 @@ def main() -> None:
     print(f"gas_job_3_stages_total: {steady['total']}")
     print(f"gas_job_3_stages_total_first_job: {first['total']}")
     print(f"gas_job_3_stages_total_vs_target: {steady['total'] / TARGET_TOTAL:.3f}")
+    print(f"gas_audit_draw_per_stage: {audit['draw']}")
+    print(f"gas_audit_commit: {audit['commit']}")
+    print(f"gas_audit_reveal: {audit['reveal']}")
+    print(f"gas_audit_resolve: {audit['resolve']}")
+    print(f"gas_audit_per_stage: {audit['total']}")
+
+
+def audited_stage(world: World, model: int, nodes, spans, client) -> dict[str, int]:
+    """A job audited at every stage; gas of the draw (per stage) and of one stage's committee."""
+    market, verifier = world.contracts.market, world.contracts.verifier
+    job, _ = post_route_submit(world, model, nodes, spans, client, 10_000)
+    first = verifier.audit_count() + 1
+    stages = world.stages(nodes, spans, 10**12)
+    draw = market.draw_audits(job, COORD, stages, account=world.admin, gas=3_000_000)["gasUsed"] // len(stages)
+    members = verifier.members(first)
+    salts = {m: os.urandom(32) for m in members}
+    commits = [
+        verifier.commit(first, verifier.commitment(first, m, Vote.CORRECT, salts[m]), account=world.account_of(m))
+        for m in members
+    ]
+    reveals = [verifier.reveal(first, Vote.CORRECT, salts[m], account=world.account_of(m)) for m in members]
+    resolve = verifier.resolve(first, account=world.admin)["gasUsed"]
+    commit, reveal = (sum(r["gasUsed"] for r in rs) for rs in (commits, reveals))
+    return {
+        "draw": draw,
+        "commit": commit // len(members),
+        "reveal": reveal // len(members),
+        "resolve": resolve,
+        "total": draw + commit + reveal + resolve,
+    }
 
 
 if __name__ == "__main__":

@@ -221,22 +221,17 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
         _verifyReceipts(jobId, coordinator, stages, receipts);
         if (receipts[receipts.length - 1].outputHash != keccak256(bytes(outputCid))) revert OutputHashMismatch(jobId);
 
-        emit ResultSubmitted(jobId, msg.sender, outputCid, receipts);
         uint256 epoch = block.timestamp / epochLength;
         uint256 paid;
         for (uint256 i; i < stages.length; ++i) {
             Stage calldata s = stages[i];
             _pay(s.node, s.fee, epoch);
             paid += s.fee;
-            emit StagePaid(jobId, s.node, i, s.fee);
         }
         uint256 cut = paid * job.coordinatorFeeBps / BPS;
-        if (cut != 0) {
-            _pay(coordinator, cut, epoch);
-            emit CoordinatorPaid(jobId, coordinator, cut);
-        }
+        if (cut != 0) _pay(coordinator, cut, epoch);
         uint256 left = job.escrow - paid - cut;
-        uint256 reserve = _auditReserve(job.auditBps, paid, terms);
+        uint256 reserve = _auditReserve(job.auditBps, paid);
         if (reserve > left) reserve = left;
         // once completed, `deadline` and `escrow` record when the result came: the audit window
         // runs from this time, and the audit draw is seeded by this block's hash
@@ -247,7 +242,7 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
         a.credit += uint80(left - reserve);
         a.current += uint80(reserve);
         _accounts[job.client] = a;
-        emit JobRefunded(jobId, job.client, left);
+        emit ResultSubmitted(jobId, outputCid, receipts, cut, left);
     }
 
     // ---------------------------------------------------------------- audits
@@ -422,7 +417,9 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
 
     /// @notice Send the caller everything withdrawable (refunds, and stage fees and coordinator
     /// cuts whose audit window is over).
-    function withdraw() external nonReentrant {
+    function withdraw() external {
+        // checks-effects-interactions: the credit is zeroed before the transfer, so a payee that
+        // re-enters finds nothing left (tests/test_job_market.py tries it)
         Account memory a = _rolled(_accounts[msg.sender], block.timestamp / epochLength);
         uint256 amount = a.credit;
         if (amount == 0) revert NothingToWithdraw(msg.sender);
@@ -492,8 +489,9 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
 
     /// @dev What a job keeps back from its client's refund to pay committees: the verifiers' pay
     /// for every stage, were each audited (nothing when the job is never audited).
-    function _auditReserve(uint16 auditBps, uint256 fees, Terms memory t) private pure returns (uint256) {
+    function _auditReserve(uint16 auditBps, uint256 fees) private view returns (uint256) {
         if (auditBps == 0) return 0;
+        Terms storage t = terms;
         return fees * t.committeeSize * t.verifyFeeBps / BPS;
     }
 
@@ -584,8 +582,7 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
             if (s.fee != fee) revert StageFeeMismatch(i, s.fee, fee);
             total += fee;
         }
-        Terms memory t = terms;
-        total += total * job.coordinatorFeeBps / BPS + _auditReserve(job.auditBps, total, t);
+        total += total * job.coordinatorFeeBps / BPS + _auditReserve(job.auditBps, total);
         if (total > job.escrow) revert FeeExceedsEscrow(jobId, total, job.escrow);
     }
 

@@ -4,8 +4,14 @@ through the `shardnet.commands` entry point, so the shared package never imports
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from eth_account.signers.local import LocalAccount
+
+    from shardnet.bindings import Contracts
 
 
 @click.group()
@@ -82,3 +88,75 @@ def node_verify(job_id: int, deployment_path: Path | None, rpc_url: str | None, 
             )
     if not all(v.honest for v in verdicts):
         sys.exit(2)
+
+
+def _operator(config_path: Path) -> tuple[Contracts, LocalAccount]:
+    """(Contracts bound to the node's account, its address) from the node's config."""
+    from node.settings import NodeSettings
+    from shardnet.bindings import Contracts
+    from shardnet.chain import Chain
+    from shardnet.deployment import Deployment
+
+    settings = NodeSettings.load(config_path)
+    account = settings.account()
+    chain = Chain.from_deployment(Deployment.load(settings.deployment), account=account)
+    return Contracts(chain), account
+
+
+@node.command("earnings")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True, help="node.toml")
+@click.option("--json", "as_json", is_flag=True, help="print JSON for scripts")
+def node_earnings(config_path: Path, as_json: bool) -> None:
+    """What this node may withdraw now, what is still pending (in its audit window) and until
+    when, its committee pay, its stake and its failures."""
+    import json
+    import time
+
+    contracts, account = _operator(config_path)
+    address = account.address
+    withdrawable, pending, until = contracts.market.balance(address)
+    info = contracts.nodes.node(address)
+    row: dict[str, str | int] = {
+        "node": address,
+        "withdrawable_wei": withdrawable,
+        "pending_wei": pending,
+        "pending_until": until,
+        "committee_pay_wei": contracts.verifier.credit(address),
+        "stake_wei": info.stake,
+        "pending_unstake_wei": info.pending_unstake,
+        "unlock_at": info.unlock_at,
+        "jobs_failed": info.jobs_failed,
+    }
+    if as_json:
+        click.echo(json.dumps(row, indent=2))
+        return
+    for key, value in row.items():
+        if key == "pending_until" and until:
+            value = f"{until} (in {max(0, until - int(time.time()))} s)"
+        click.echo(f"{key:<22}{value}")
+
+
+@node.command("withdraw")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True, help="node.toml")
+@click.option("--json", "as_json", is_flag=True, help="print JSON for scripts")
+def node_withdraw(config_path: Path, as_json: bool) -> None:
+    """Send this node everything withdrawable: stage fees past their audit window (JobMarket) and
+    committee pay (Verifier)."""
+    import json
+
+    contracts, account = _operator(config_path)
+    address = account.address
+    sent: dict[str, int] = {}
+    if (credit := contracts.market.balance(address)[0]) != 0:
+        contracts.market.withdraw()
+        sent["market"] = credit
+    if (credit := contracts.verifier.credit(address)) != 0:
+        contracts.verifier.withdraw()
+        sent["verifier"] = credit
+    pending = contracts.market.balance(address)
+    if as_json:
+        click.echo(json.dumps({"withdrawn_wei": sent, "pending_wei": pending[1], "pending_until": pending[2]}))
+    elif not sent:
+        click.echo(f"nothing to withdraw yet; {pending[1]} wei pending until {pending[2] or '-'}")
+    else:
+        click.echo(", ".join(f"withdrew {v} wei from the {k}" for k, v in sent.items()))

@@ -1,11 +1,13 @@
 """`make demo`: the network doing its main job on the embedded devnet.
 
-Brings the devnet up (Anvil + IPFS + contracts), starts a coordinator and three staked node
-processes, publishes two models to IPFS (the real all-MiniLM-L6-v2 weights, and a small
-seeded GPT-2 over the same vocabulary), lets the coordinator assign spans and the nodes fetch,
-verify and confirm them, then runs real jobs posted on-chain with escrow: a similarity query
-a person can judge, and a generation. Prints outputs, per-stage receipts and payouts, and
-shuts everything down.
+Brings the devnet up (Anvil + IPFS + contracts), starts a coordinator and four staked node
+processes (the fourth started with the devnet-only `misbehave = "garbage"`, to show what
+happens to a cheater), publishes two models to IPFS (the real all-MiniLM-L6-v2 weights, and a
+small seeded GPT-2 over the same vocabulary), lets the coordinator assign spans and the nodes
+fetch, verify and confirm them, then runs real jobs posted on-chain with escrow: a similarity
+query a person can judge, a generation audited at every stage by committees of the other
+nodes, and a job routed through the cheater, which its committee finds wrong and slashes.
+Prints outputs, per-stage receipts, payouts, votes and verdicts, and shuts everything down.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from shardnet import devnet
 from shardnet.chain import dev_account
 from shardnet.client import Client, JobResult
 from shardnet.errors import ShardnetError
+from shardnet.events import EventReader
 from shardnet.jobs import JobParams
+from shardnet.ledger import AuditRecord, Ledger
 from shardnet.localnet import Network
 
 QUERY = "How do I keep my plants healthy?"
@@ -32,6 +36,8 @@ CANDIDATES = [
     "Compilers translate source code into machine instructions.",
 ]
 MAX_FEE = 10**15  # 0.001 ETH escrow per job
+NODES = 4
+CHEAT = 3  # node index started with misbehave = "garbage"
 
 
 def _output(result: JobResult) -> dict[str, Any]:
@@ -68,12 +74,40 @@ def _verify(net: Network, job_id: int) -> None:
         print(f"  {line}")
 
 
+def _audits_of(net: Network, job_id: int, timeout_s: float = 120) -> list[AuditRecord]:
+    """The job's audits once every one resolved (node agents draw, vote and resolve them)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        ledger = Ledger()
+        for event in EventReader(net.chain).poll():
+            ledger.apply(event)
+        audits = sorted((a for a in ledger.audits.values() if a.job_id == job_id), key=lambda a: a.stage)
+        if audits and all(a.resolved for a in audits):
+            return audits
+        if time.monotonic() > deadline:
+            raise ShardnetError(f"job {job_id}: its audits did not resolve in {timeout_s:.0f} s; logs in {net.home}")
+        time.sleep(0.5)
+
+
+def _show_audits(net: Network, job_id: int) -> None:
+    names: dict[str, str] = {dev_account(2 + i).address: f"node {i + 1}" for i in range(NODES)}
+    for a in _audits_of(net, job_id):
+        votes = ", ".join(f"{names.get(m, m[:10])} {['-', 'correct', 'wrong'][a.votes.get(m, 0)]}" for m in a.members)
+        verdict = f"WRONG: {names.get(a.node)} slashed {a.slashed / 10**18:g} ETH" if a.upheld else "right"
+        paid = sum(amount for _, amount, why in a.paid if why == "verification")
+        print(
+            f"    audit {a.audit_id}: stage {a.stage} ({names.get(a.node)}) — votes {votes} — {verdict}; "
+            f"committee paid {paid:,} wei"
+        )
+
+
 def _audit(net: Network) -> None:
     """What an auditor does: index every event, check the books against contract state and
     every receipt's signature."""
     from shardnet.audit import index_label, reconcile, verify_receipts
     from shardnet.indexer import Index
 
+    net.settled_ledger()  # audits are settled in the background: wait until the network is at rest
     path = net.home / "demo-index.sqlite"
     path.unlink(missing_ok=True)
     with Index(path, net.chain) as index:
@@ -92,20 +126,26 @@ def _audit(net: Network) -> None:
 def run() -> None:
     started = time.monotonic()
     settings = devnet.DevnetSettings()
-    net = Network(devnet.DevnetPaths.default(settings).home / "demo", devnet_settings=settings)
-    print("starting the devnet, a coordinator and three node processes...")
+    net = Network(
+        devnet.DevnetPaths.default(settings).home / "demo",
+        nodes=NODES,
+        devnet_settings=settings,
+        node_overrides={CHEAT: {"misbehave": "garbage"}},
+    )
+    print("starting the devnet, a coordinator and four node processes (node 4 serves garbage, on purpose)...")
     net.start()
+    cheat = dev_account(2 + CHEAT).address
     try:
         print(
             f"  chain {net.deployment.rpc_url}, IPFS {net.deployment.ipfs_api}; nodes "
-            + ", ".join(dev_account(2 + i).address[:10] + "…" for i in range(3))
+            + ", ".join(f"{i + 1}: {dev_account(2 + i).address[:10]}…" for i in range(NODES))
         )
         models = {}
         for source in ("minilm", "demo-gpt2"):
             models[source], cid = net.publish(source)
             print(f"  published {source} as model {models[source]} (int8 shards, manifest {cid})")
         for model_id in models.values():
-            net.wait_confirmed(model_id, 3)
+            net.wait_confirmed(model_id, NODES)
         for source, model_id in models.items():
             spans = sorted(
                 (net.c.models.assignment(model_id, n).start, net.c.models.assignment(model_id, n).end, n[:10])
@@ -119,8 +159,11 @@ def run() -> None:
         poster = dev_account(12)
         client = Client.from_deployment(poster, net.deployment)
         print(f"\njob 1 — similarity (MiniLM), posted by {poster.address[:10]}… with 0.001 ETH escrow")
+        honest = (cheat,)  # the everyday jobs avoid the cheater; the last one goes through it
         result = client.wait(
-            client.submit(models["minilm"], {"texts": [QUERY, *CANDIDATES]}, JobParams(kind="embed"), MAX_FEE),
+            client.submit(
+                models["minilm"], {"texts": [QUERY, *CANDIDATES]}, JobParams(kind="embed", avoid=honest), MAX_FEE
+            ),
             timeout_s=120,
         )
         emb = torch.tensor(_output(result)["embeddings"])
@@ -132,14 +175,32 @@ def run() -> None:
 
         print(
             "\njob 2 — generation (GPT-2 shape with seeded random weights, so the words are noise; sampled "
-            "with temperature 0.9, top-k 40, seed 7, reproducibly)"
+            "with temperature 0.9, top-k 40, seed 7, reproducibly), audit_rate 1.0: every stage is re-run by a "
+            "committee drawn from the other nodes, which commits, reveals and settles its votes on-chain"
         )
         prompt = "the network of ordinary machines"
-        params = JobParams(kind="generate", max_new_tokens=12, temperature=0.9, top_k=40, seed=7)
+        params = JobParams(
+            kind="generate", max_new_tokens=12, temperature=0.9, top_k=40, seed=7, audit_rate=1.0, avoid=honest
+        )
         result = client.wait(client.submit(models["demo-gpt2"], {"prompt": prompt}, params, MAX_FEE), timeout_s=120)
         print(f"  prompt: {prompt!r}\n  output: {_output(result)['text']!r}")
         _show(result)
+        _show_audits(net, result.record.job_id)
         _verify(net, result.record.job_id)
+
+        rivals = net.rivals(models["demo-gpt2"], cheat)
+        stake = net.c.nodes.node(cheat).stake
+        print("\njob 3 — the same generation routed through node 4, which serves garbage activations")
+        params = JobParams(kind="generate", max_new_tokens=12, seed=7, audit_rate=1.0, avoid=rivals)
+        result = client.wait(client.submit(models["demo-gpt2"], {"prompt": prompt}, params, MAX_FEE), timeout_s=120)
+        print(f"  output: {_output(result)['text']!r}")
+        _show(result)
+        _show_audits(net, result.record.job_id)
+        after = net.c.nodes.node(cheat).stake
+        print(
+            f"  node 4's stake: {stake / 10**18:g} ETH -> {after / 10**18:g} ETH; its fee went back to the client, "
+            f"whose credit is now {net.c.market.credit(poster.address):,} wei"
+        )
         _audit(net)
         print(f"\ndone in {time.monotonic() - started:.0f} s")
     finally:

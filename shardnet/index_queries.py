@@ -32,7 +32,10 @@ def describe(name: str, args: dict[str, Any]) -> str:
         case "JobRerouted":
             return f"rerouted by {a['coordinator']}; replaced {', '.join(a['failedNodes']) or 'none'}"
         case "ResultSubmitted":
-            return f"result {a['outputCid']} submitted by {a['submitter']} with {len(a['receipts'])} receipts"
+            return (
+                f"result {a['outputCid']} submitted with {len(a['receipts'])} receipts; coordinator cut "
+                f"{a['coordinatorCut']} wei, {a['refund']} wei back to the client"
+            )
         case "StagePaid":
             return f"stage {a['stage']} paid {a['amount']} wei to {a['node']}"
         case "CoordinatorPaid":
@@ -65,6 +68,14 @@ def describe(name: str, args: dict[str, Any]) -> str:
             return f"released its span of model {a['modelId']}"
         case "Withdrawn":
             return f"{a['account']} withdrew {a['amount']} wei"
+        case "AuditDrawn":
+            return f"stage {a['stage']} ({a['node']}) drawn for audit; committee budget {a['budget']} wei"
+        case "StageChallenged":
+            return f"stage {a['stage']} ({a['node']}) challenged by {a['challenger']} with a {a['bond']} wei bond"
+        case "StageRevoked":
+            return f"stage {a['stage']} found wrong: {a['fromNode'] + a['fromCoordinator']} wei back to the client"
+        case "FailureRecorded":
+            return f"failure recorded for job {a['jobId']} by {a['by']}"
     return name
 
 
@@ -76,6 +87,7 @@ def _job_summary(row: sqlite3.Row) -> dict[str, Any]:
         "client": row["client"],
         "paid": int(row["paid"]),
         "refunded": int(row["refunded"]),
+        "verification": int(row["verification"]),
         "posted_block": row["posted_block"],
         "posted_time": row["posted_time"],
     }
@@ -319,6 +331,45 @@ class IndexQueries:
             bucket["jobs"] += 1
             bucket["fees"] += int(paid)
         return out
+
+    def audits(self, job_id: int | None = None, node: str | None = None) -> list[dict[str, Any]]:
+        """Audits (drawn or challenged), oldest first: the stage, its committee, each revealed vote
+        (1 correct, 2 wrong), the verdict, what the node lost, who was outvoted or absent, who was
+        paid. `node` keeps those it was judged in or sat on."""
+        sql = "SELECT record FROM audits"
+        params: tuple[Any, ...] = ()
+        if job_id is not None:
+            sql, params = sql + " WHERE job_id = ?", (job_id,)
+        out = []
+        for row in self.db.execute(sql + " ORDER BY audit_id", params):
+            a = json.loads(row["record"])
+            if node is not None and node != a["node"] and node not in a["members"]:
+                continue
+            a["verdict"] = ("wrong" if a["upheld"] else "right") if a["resolved"] else "open"
+            a["votes"] = {m: {1: "correct", 2: "wrong"}.get(v, "?") for m, v in a["votes"].items()}
+            out.append(a)
+        return out
+
+    def losses(self) -> list[dict[str, Any]]:
+        """Per address, what audits cost it: stake slashed for a stage found wrong, penalties for
+        votes against the majority, reveals it missed. Biggest loss first."""
+        by: dict[str, dict[str, Any]] = {}
+
+        def entry(address: str) -> dict[str, Any]:
+            return by.setdefault(
+                address, {"address": address, "slashed_as_stage": 0, "outvoted_penalties": 0, "audits_missed": 0}
+            )
+
+        for a in self.audits():
+            if a["upheld"]:
+                entry(a["node"])["slashed_as_stage"] += int(a["slashed"])
+            for member, amount in a["outvoted"].items():
+                entry(member)["outvoted_penalties"] += int(amount)
+            for member in a["absent"]:
+                entry(member)["audits_missed"] += 1
+        for e in by.values():
+            e["lost"] = e["slashed_as_stage"] + e["outvoted_penalties"]
+        return sorted(by.values(), key=lambda e: (-e["lost"], -e["audits_missed"], e["address"]))
 
     def summary(self) -> dict[str, Any]:
         by_status = {r[0]: r[1] for r in self.db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status")}

@@ -24,7 +24,7 @@ def write_job(db: sqlite3.Connection, job: JobRecord, posted: tuple[int, int] | 
     if posted is None:
         posted = db.execute("SELECT posted_block, posted_time FROM jobs WHERE job_id = ?", (job.job_id,)).fetchone()
     db.execute(
-        "INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             job.job_id,
             job.client,
@@ -39,6 +39,7 @@ def write_job(db: sqlite3.Connection, job: JobRecord, posted: tuple[int, int] | 
             job.output_cid,
             str(sum(job.payouts.values())),
             str(job.refunded),
+            str(job.verification),
             job.reroutes,
             job.abort_reason,
             posted[0],
@@ -181,6 +182,7 @@ def load_job(db: sqlite3.Connection, job_id: int) -> JobRecord | None:
         reroutes=r["reroutes"],
         output_cid=r["output_cid"],
         refunded=int(r["refunded"]),
+        verification=int(r["verification"]),
         abort_reason=r["abort_reason"],
     )
     job.route = [Stage(s["node"], s["start"], s["end"], int(s["fee"])) for s in stages]

@@ -54,7 +54,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     job_id INTEGER PRIMARY KEY, client TEXT NOT NULL, model_id INTEGER NOT NULL, status TEXT NOT NULL,
     input_cid TEXT NOT NULL, params TEXT NOT NULL, max_fee TEXT NOT NULL, deadline INTEGER NOT NULL,
     escrow TEXT NOT NULL, coordinator TEXT, output_cid TEXT, paid TEXT NOT NULL, refunded TEXT NOT NULL,
-    reroutes INTEGER NOT NULL, abort_reason TEXT, posted_block INTEGER NOT NULL, posted_time INTEGER NOT NULL,
+    verification TEXT NOT NULL, reroutes INTEGER NOT NULL, abort_reason TEXT, posted_block INTEGER NOT NULL,
+    posted_time INTEGER NOT NULL,
     updated_block INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS jobs_client ON jobs (client);
 CREATE INDEX IF NOT EXISTS jobs_model ON jobs (model_id);

@@ -34,6 +34,7 @@ class JobRecord:
     receipts: list[Receipt] = field(default_factory=list)
     payouts: dict[str, int] = field(default_factory=dict)  # payee -> wei
     refunded: int = 0
+    verification: int = 0  # wei of the client's reserve paid to audit committees
     failed_nodes: list[str] = field(default_factory=list)
     abort_reason: str | None = None
     history: list[tuple[int, str]] = field(default_factory=list)  # (block, event name)
@@ -213,6 +214,8 @@ class Ledger:
         self.jobs[a["jobId"]].failed_nodes.append(a["node"])  # counted by FailureRecorded
 
     def _on_ResultSubmitted(self, a: Args) -> None:
+        """One event settles the job: each stage of the route is paid its fee, the coordinator
+        its cut, the client the rest (stage fees and cut pending until the audit window is over)."""
         job = self.jobs[a["jobId"]]
         job.status = JobStatus.COMPLETED
         job.output_cid = a["outputCid"]
@@ -220,6 +223,10 @@ class Ledger:
         for stage in job.route:
             self.accounts[stage.node].open_jobs -= 1
             self.accounts[stage.node].jobs_done += 1
+            self._pay(job.job_id, stage.node, stage.fee)
+        if a["coordinatorCut"] and job.coordinator is not None:
+            self._pay(job.job_id, job.coordinator, a["coordinatorCut"])
+        self._on_JobRefunded({"jobId": job.job_id, "client": job.client, "amount": a["refund"]})
 
     def _pay(self, job_id: int, payee: str, amount: int) -> None:
         job = self.jobs[job_id]
@@ -270,6 +277,7 @@ class Ledger:
         job = self.jobs[a["jobId"]]
         self.accounts[job.client].credit -= a["budget"]  # the committee's pay, from the client's reserve
         job.refunded -= a["budget"]
+        job.verification += a["budget"]
         self.verifier_held += a["budget"]
 
     def _on_StageChallenged(self, a: Args) -> None:

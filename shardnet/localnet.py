@@ -16,6 +16,8 @@ from shardnet import devnet as dn
 from shardnet.bindings import Contracts
 from shardnet.chain import Chain, dev_account
 from shardnet.deployment import Deployment
+from shardnet.events import EventReader
+from shardnet.ledger import Ledger
 from shardnet.model.loading import load_model
 from shardnet.model.shards import publish
 from shardnet.storage import IpfsClient
@@ -44,7 +46,8 @@ class Network:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.node_ports: list[int] = []
         self.coordinator_args = list(coordinator_args)
-        self.node_overrides = node_overrides or {}  # node index -> {"slowdown": .., "compute_score": ..}
+        # node index -> {"slowdown", "compute_score", "misbehave", "stake_wei", "torch_threads"}
+        self.node_overrides = node_overrides or {}
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> Network:
@@ -79,6 +82,7 @@ class Network:
             f'state_dir = "{self.home / f"node{i}-state"}"\nipfs_timeout_s = {self.ipfs_timeout_s}\n'
             f"slowdown = {extra.get('slowdown', 1.0)}\n"
             f'misbehave = "{extra.get("misbehave", "")}"\n'
+            f"stake_wei = {extra.get('stake_wei', 10**18)}\ntorch_threads = {extra.get('torch_threads', 1)}\n"
             f"[hardware]\nmemory_mb = {4096 * (i + 1)}\ncompute_score = {extra.get('compute_score', 10)}\n"
             f"bandwidth_mbps = 1000\n"
         )
@@ -145,6 +149,31 @@ class Network:
             source, manifest.cid, len(manifest.blocks), manifest.blocks_root, price_per_block, account=dev_account(0)
         )
         return model_id, manifest.cid
+
+    def settled_ledger(self, quiet_s: float = 3.0, timeout_s: float = 120) -> Ledger:
+        """The chain's events once the network is at rest: every audit resolved and no new event
+        for `quiet_s` (node agents open, vote on and resolve audits in the background, so contract
+        state moves for a while after the last job completes)."""
+        deadline = time.monotonic() + timeout_s
+        last, since = (-1, -1), time.monotonic()
+        while True:
+            ledger = Ledger()
+            for event in EventReader(self.chain).poll():
+                ledger.apply(event)
+            if ledger.last_key != last:
+                last, since = ledger.last_key, time.monotonic()
+            elif all(a.resolved for a in ledger.audits.values()) and time.monotonic() - since >= quiet_s:
+                return ledger
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the network did not come to rest in {timeout_s:.0f} s; logs in {self.home}")
+            time.sleep(0.5)
+
+    def rivals(self, model_id: int, node: str) -> tuple[str, ...]:
+        """The other nodes whose span of the model overlaps `node`'s: a job that avoids them is
+        routed through `node` (how tests and the demo send work to a chosen node)."""
+        assigned = {n: self.c.models.assignment(model_id, n) for n in self.c.models.assigned_nodes(model_id)}
+        mine = assigned[node]
+        return tuple(n for n, a in assigned.items() if n != node and a.start < mine.end and mine.start < a.end)
 
     def wait_confirmed(self, model_id: int, spans: int, timeout_s: float = 120) -> None:
         deadline = time.monotonic() + timeout_s

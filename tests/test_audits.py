@@ -6,6 +6,7 @@ audit window."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -18,6 +19,7 @@ from shardnet.jobs import JobParams
 from shardnet.ledger import Ledger
 from shardnet.localnet import Network
 from shardnet.protocol import JobStatus
+from tests.conftest import run_cli
 
 pytestmark = pytest.mark.stack  # starts its own chain, IPFS daemon and node processes
 
@@ -56,13 +58,9 @@ def wait_resolved(net: Network, job_id: int, timeout_s: float = 120) -> Ledger:
 
 def test_a_cheating_stage_is_caught_slashed_and_refunded_and_a_liar_outvoted(net):
     cheat, liar = dev_account(2 + CHEAT).address, dev_account(2 + LIAR).address
-    spans = {n: net.c.models.assignment(net.model_id, n) for n in net.c.models.assigned_nodes(net.model_id)}
     # route through the cheater: avoid every other node that serves its blocks
-    rivals = tuple(
-        n for n, a in spans.items() if n != cheat and a.start < spans[cheat].end and spans[cheat].start < a.end
-    )
-    params = JobParams(kind="forward", wire="fp32", audit_rate=1.0, avoid=rivals)
-    stake_before = {n: net.c.nodes.node(n).stake for n in spans}
+    params = JobParams(kind="forward", wire="fp32", audit_rate=1.0, avoid=net.rivals(net.model_id, cheat))
+    stake_before = net.c.nodes.node(cheat).stake
     job_id = net.client.submit(net.model_id, {"input_ids": [3, 1, 4, 1, 5]}, params, MAX_FEE)
     result = net.client.wait(job_id, timeout_s=120)
     assert result.status == JobStatus.COMPLETED, result.record.abort_reason
@@ -78,7 +76,7 @@ def test_a_cheating_stage_is_caught_slashed_and_refunded_and_a_liar_outvoted(net
             assert audit.votes[liar] == (1 if audit.upheld else 2) and audit.outvoted[liar] > 0
     cheater_audit = next(a for a in audits if a.upheld)
     assert cheater_audit.slashed > 0
-    assert net.c.nodes.node(cheat).stake == stake_before[cheat] - cheater_audit.slashed
+    assert net.c.nodes.node(cheat).stake == stake_before - cheater_audit.slashed
     # the client got the cheater's fee (and the cut on it) back; honest stages keep theirs
     job = ledger.jobs[job_id]
     assert "StageRevoked" in [name for _, name in job.history]
@@ -88,4 +86,38 @@ def test_a_cheating_stage_is_caught_slashed_and_refunded_and_a_liar_outvoted(net
     paid = {to for a in audits for to, _, why in a.paid if why == "verification"}
     assert paid and liar not in paid
     # and the books still balance to the wei, the Verifier's included
-    assert reconcile(net.chain, ledger) == []
+    assert reconcile(net.chain, net.settled_ledger()) == []
+    # an auditor sees it all from the command line
+    env = {"SHARDNET_DEPLOYMENT": str(net.deployment_path)}
+    shown = json.loads(run_cli("audit", "audits", "--job", str(job_id), "--json", env=env).stdout)
+    assert [(a["stage"], a["verdict"]) for a in shown] == [(a.stage, "wrong" if a.upheld else "right") for a in audits]
+    losses = json.loads(run_cli("audit", "losses", "--json", env=env).stdout)
+    assert losses[0]["address"] == cheat and losses[0]["slashed_as_stage"] == cheater_audit.slashed
+    assert any(e["address"] == liar and e["outvoted_penalties"] > 0 for e in losses)
+
+
+def test_an_operator_sees_pending_earnings_and_withdraws_them_after_the_window(net):
+    """`shardnet node earnings` / `withdraw`: fees wait out the audit window, then come out."""
+    ledger = Ledger()
+    for event in EventReader(net.chain).poll():
+        ledger.apply(event)
+    served = {s.node for job in ledger.jobs.values() for s in job.route}
+    honest = next(i for i in range(4) if i != CHEAT and dev_account(2 + i).address in served)
+    config = str(net.home / f"node{honest}.toml")
+    before = json.loads(run_cli("node", "earnings", "--config", config, "--json").stdout)
+    assert before["pending_wei"] > 0 and before["pending_until"] > 0
+    early = json.loads(run_cli("node", "withdraw", "--config", config, "--json").stdout)
+    assert "market" not in early["withdrawn_wei"]  # nothing of the market's is withdrawable yet
+    net.chain.w3.provider.make_request("evm_increaseTime", [2 * net.c.market.epoch_length_s()])
+    net.chain.w3.provider.make_request("evm_mine", [])
+    address = dev_account(2 + honest).address
+    done = json.loads(run_cli("node", "withdraw", "--config", config, "--json").stdout)
+    assert done["withdrawn_wei"]["market"] >= before["pending_wei"] and done["pending_wei"] == 0
+    sent = [
+        e.args["amount"]
+        for e in EventReader(net.chain).poll()
+        if e.name == "Withdrawn" and e.args["account"] == address
+    ]
+    assert sent[-1] == done["withdrawn_wei"]["market"]  # the ETH left the market for the operator
+    after = json.loads(run_cli("node", "earnings", "--config", config, "--json").stdout)
+    assert (after["withdrawable_wei"], after["committee_pay_wei"]) == (0, 0)

@@ -31,7 +31,11 @@ def test_demo_job_completes_and_answers_sensibly(tmp_path):
     assert "network stopped" in out
     ranking = out.split("query: ")[1].splitlines()[1:5]
     assert "houseplants" in ranking[0]  # the person-judgeable answer: the plant-care sentence ranks first
-    assert out.count("    stage ") == 6  # two jobs, three receipts each
+    assert out.count("    stage ") == 9  # three jobs, three receipts each
+    # job 2 is audited at every stage and found right; job 3, through the garbage node, is caught
+    job2, job3 = out.split("\njob 2")[1].split("\njob 3")
+    assert job2.count("    audit ") == 3 and "WRONG" not in job2
+    assert "WRONG: node 4 slashed" in job3 and "node 4's stake: 1 ETH -> 0.9 ETH" in job3
     assert "output: '" in out  # the generation produced text
     verified = out.split("from its transcripts on IPFS")[1].splitlines()[1:4]
     assert len(verified) == 3 and all("honest" in line and "DISHONEST" not in line for line in verified), verified

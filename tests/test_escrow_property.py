@@ -56,6 +56,9 @@ def make_machine(chain: Chain):
                     j = self.jobs[jid]
                     if event.name in PAY_EVENTS:
                         j["paid"] += event.args["amount"]
+                    elif event.name == "ResultSubmitted":  # the route's fees, the cut, the change
+                        j["paid"] += sum(s.fee for s in j["stages"]) + event.args["coordinatorCut"]
+                        j["refunded"] += event.args["refund"]
                     elif event.name == "JobRefunded":
                         j["refunded"] += event.args["amount"]
                     elif event.name == "AuditDrawn":  # the committee's pay leaves the client's reserve

@@ -71,7 +71,7 @@ def test_replayed_events_equal_contract_state(world):
     assert ledger.jobs[rerouted].route[1][0] == nodes[3].address and ledger.jobs[rerouted].reroutes == 1
     assert ledger.jobs[expired].failed_nodes == [stages[2].node]
     assert ledger.jobs[open_job].status == JobStatus.ROUTED
-    assert ledger.jobs[done].history[0][1] == "JobPosted" and ledger.jobs[done].history[-1][1] == "JobRefunded"
+    assert ledger.jobs[done].history[0][1] == "JobPosted" and ledger.jobs[done].history[-1][1] == "ResultSubmitted"
 
     everyone = {a.address for a in nodes} | {client.address, dev_account(13).address, w.coordinator.address}
     for who in everyone:

@@ -57,7 +57,7 @@ def test_full_job_pays_each_stage_after_its_audit_window_and_refunds_rest(s):
     receipts = s.world.receipts(job, stages, "QmOutput")
     receipt = s.market.submit_result(job, COORD, stages, "QmOutput", receipts, account=s.nodes[-1])
     names = [e.name for e in s.market.events_in(receipt)]
-    assert names == ["ResultSubmitted", "StagePaid", "StagePaid", "StagePaid", "CoordinatorPaid", "JobRefunded"]
+    assert names == ["ResultSubmitted"]  # one event settles it: the route says who is paid what
     paid = sum(st.fee for st in stages)
     terms = s.market.terms()
     cut = paid * terms.coordinator_fee_bps // 10_000

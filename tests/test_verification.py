@@ -26,9 +26,10 @@ MODES = {0: "garbage", 1: "perturb", 2: "wrong_token"}
 
 @pytest.fixture(scope="module")
 def cheats(tmp_path_factory):
-    network = Network(
-        tmp_path_factory.mktemp("cheats"), node_overrides={i: {"misbehave": m} for i, m in MODES.items()}
-    ).start()
+    # staked well above the minimum: audits (10% of stages on the devnet) slash these cheaters, and
+    # they must stay active for the checks below
+    overrides = {i: {"misbehave": m, "stake_wei": 10 * 10**18} for i, m in MODES.items()}
+    network = Network(tmp_path_factory.mktemp("cheats"), node_overrides=overrides).start()
     network.model_id, network.manifest_cid = network.publish("tiny-gpt2")
     network.wait_confirmed(network.model_id, 3)
     network.client = Client.from_deployment(dev_account(12), network.deployment)

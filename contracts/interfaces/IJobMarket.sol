@@ -89,7 +89,13 @@ interface IJobMarket {
     );
     event JobRouted(uint256 indexed jobId, address indexed coordinator, Stage[] stages);
     event JobRerouted(uint256 indexed jobId, address indexed coordinator, Stage[] stages, address[] failedNodes);
-    event ResultSubmitted(uint256 indexed jobId, address indexed submitter, string outputCid, Receipt[] receipts);
+    /// @notice The result is accepted: each stage of the route is credited its fee and the
+    /// coordinator `coordinatorCut` (pending until the audit window is over), the client `refund`
+    /// (of which a reserve for audits comes back with the same delay). One event, not one per
+    /// payee: the route (JobRouted / JobRerouted) names each stage's node and fee.
+    event ResultSubmitted(
+        uint256 indexed jobId, string outputCid, Receipt[] receipts, uint256 coordinatorCut, uint256 refund
+    );
     event StagePaid(uint256 indexed jobId, address indexed node, uint256 stage, uint256 amount);
     event CoordinatorPaid(uint256 indexed jobId, address indexed coordinator, uint256 amount);
     event JobRefunded(uint256 indexed jobId, address indexed client, uint256 amount);

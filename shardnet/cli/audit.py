@@ -211,6 +211,56 @@ def audit_node(address: str, rpc_url: str | None, db: Path | None, no_sync: bool
     _emit(info, as_json, table)
 
 
+@audit.command("audits")
+@click.option("--job", "job_id", type=int, help="only this job's audits")
+@click.option("--node", help="only audits this node was judged in or sat on")
+@_rpc_options
+@_as_json
+def audit_audits(
+    job_id: int | None, node: str | None, rpc_url: str | None, db: Path | None, no_sync: bool, as_json: bool
+) -> None:
+    """Audits and challenges: each stage checked, its committee, the votes, the verdict, the slash."""
+    node = _address(node, "--node") if node else None
+    with _index(rpc_url, db, no_sync) as index:
+        rows = index.audits(job_id, node)
+
+    def table(audits: list[dict[str, Any]]) -> None:
+        if not audits:
+            click.echo("no audits yet")
+        for a in audits:
+            how = f"challenged by {a['challenger']}" if int(a["challenger"], 16) else "drawn"
+            click.echo(
+                f"audit {a['audit_id']}: job {a['job_id']} stage {a['stage']} ({a['node']}), {how}: "
+                f"found {a['verdict']}" + (f", slashed {a['slashed']} wei" if a["upheld"] else "")
+            )
+            for member in a["members"]:
+                vote = a["votes"].get(member, "no reveal" if member in a["committed"] else "no vote")
+                extra = f", outvoted: lost {a['outvoted'][member]} wei" if member in a["outvoted"] else ""
+                click.echo(f"    {member}  {vote}{extra}")
+
+    _emit(rows, as_json, table)
+
+
+@audit.command("losses")
+@_rpc_options
+@_as_json
+def audit_losses(rpc_url: str | None, db: Path | None, no_sync: bool, as_json: bool) -> None:
+    """What cheating and careless voting cost each address: slashes, penalties, missed reveals."""
+    with _index(rpc_url, db, no_sync) as index:
+        rows = index.losses()
+
+    def table(losses: list[dict[str, Any]]) -> None:
+        if not losses:
+            click.echo("nobody has lost anything to an audit")
+        click.echo(f"{'address':<42} {'slashed as stage':>18} {'outvoted':>18} {'missed':>6}")
+        for e in losses:
+            click.echo(
+                f"{e['address']:<42} {e['slashed_as_stage']:>18} {e['outvoted_penalties']:>18} {e['audits_missed']:>6}"
+            )
+
+    _emit(rows, as_json, table)
+
+
 @audit.command("model")
 @click.argument("model_id", type=int)
 @_rpc_options

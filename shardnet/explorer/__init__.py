@@ -150,7 +150,7 @@ def create_app(chain: Chain, db_path: Path, interval_s: float = 1.0) -> FastAPI:
         record = reader.job(int(job_id))
         if record is None:
             return not_found(request, f"job {job_id} does not exist (yet): {reader.job_count()} jobs are indexed")
-        return page(request, "job.html", job=record)
+        return page(request, "job.html", job=record, audits=reader.audits(int(job_id)))
 
     @app.get("/nodes/{address}", response_class=HTMLResponse)
     async def node(request: Request, address: str) -> HTMLResponse:
