@@ -145,7 +145,7 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
             routeHash: bytes20(0),
             coordinatorFeeBps: 0
         });
-        emit JobPosted(jobId, msg.sender, modelId, inputCid, params, maxFee, deadline);
+        emit JobPosted(jobId, msg.sender, modelId, inputCid, params, maxFee, deadline, auditBps);
     }
 
     /// @notice Withdraw a job that no coordinator has routed yet; the escrow is credited back.

@@ -345,7 +345,8 @@ class Coordinator:
                     log.info("job %d waits: no confirmed cover of model %d yet", job_id, job.model_id)
                     self.unroutable_logged.add(job_id)
                 continue
-            cost = route_cost(cheapest, self.fee_bps)
+            fee_bps, reserve_bps = self._rates(job)
+            cost = route_cost(cheapest, fee_bps, reserve_bps)
             if cost > job.max_fee:
                 await self._abort(
                     job_id,
@@ -358,7 +359,7 @@ class Coordinator:
                 latency=params.route_latency,
                 price=params.route_price,
                 trust=params.route_trust,
-                max_fee=job.max_fee * 10_000 // (10_000 + self.fee_bps),
+                max_fee=job.max_fee * 10_000 // (10_000 + fee_bps + reserve_bps),
                 min_reputation=params.min_reputation,
                 avoid=frozenset(params.avoid),
             )
@@ -369,6 +370,15 @@ class Coordinator:
             if await self._tx(f"routeJob({job_id})", self.c.market.route_job, job_id, stages):
                 job.status = JobStatus.ROUTED  # the JobRouted event confirms it shortly
                 log.info("job %d routed through %d stages", job_id, len(stages))
+
+    def _rates(self, job: JobRecord) -> tuple[int, int]:
+        """The cut rate a route would get now, and the audit reserve rate the job needs (both in
+        basis points of the stage fees), from the market's terms as its events last set them."""
+        terms = self.ledger.terms
+        if terms is None:
+            return self.fee_bps, 0
+        reserve = terms.committee_size * terms.verify_fee_bps if job.audit_bps else 0
+        return terms.coordinator_fee_bps, reserve
 
     async def _abort(self, job_id: int, job: JobRecord, reason: str) -> None:
         await self._tx(f"abortJob({job_id})", self.c.market.abort_job, job_id, self.account.address, [], reason)

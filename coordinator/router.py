@@ -140,6 +140,8 @@ def route_any(
     return route(candidates, blocks, RouteWeights(latency=1.0), whole_spans=True)
 
 
-def route_cost(stages: list[Stage], coordinator_fee_bps: int) -> int:
+def route_cost(stages: list[Stage], coordinator_fee_bps: int, reserve_bps: int = 0) -> int:
+    """What the market needs in escrow to route `stages`: the fees, the coordinator's cut, and
+    for a job that may be audited the committees' reserve (`reserve_bps` of the fees)."""
     fees = sum(s.fee for s in stages)
-    return fees + fees * coordinator_fee_bps // 10_000
+    return fees + fees * coordinator_fee_bps // 10_000 + fees * reserve_bps // 10_000

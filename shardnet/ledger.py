@@ -11,7 +11,18 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from shardnet.events import Event
-from shardnet.protocol import Assignment, Hardware, JobStatus, Model, Receipt, Route, Stage
+from shardnet.protocol import Assignment, Hardware, JobStatus, Model, Receipt, Route, Stage, Terms
+
+TERMS_FIELDS = (  # the JobMarket's Terms struct, in order (event args are keyed by these names)
+    "coordinatorFeeBps",
+    "maxJobDuration",
+    "minAuditBps",
+    "challengeWindow",
+    "commitPeriod",
+    "revealPeriod",
+    "committeeSize",
+    "verifyFeeBps",
+)
 
 Args = dict[str, Any]
 
@@ -27,6 +38,7 @@ class JobRecord:
     deadline: int
     status: JobStatus = JobStatus.POSTED
     escrow: int = 0
+    audit_bps: int = 0  # chance per stage of an audit (the client's rate, at least the network's)
     coordinator: str | None = None
     route: Route = field(default_factory=list)
     reroutes: int = 0
@@ -96,6 +108,7 @@ class Ledger:
         self.accounts: dict[str, AccountRecord] = defaultdict(AccountRecord)
         self.verifier_held = 0  # wei in the Verifier: open audits' budgets and unwithdrawn rewards
         self.verifier: str | None = None  # its address (VerifierSet)
+        self.terms: Terms | None = None  # the market's terms in force (TermsSet)
         self.audits: dict[int, AuditRecord] = {}
         self.models: dict[int, Model] = {}
         self.endpoints: dict[str, str] = {}  # node -> data-plane URL
@@ -190,6 +203,7 @@ class Ledger:
             a["maxFee"],
             a["deadline"],
             escrow=a["maxFee"],
+            audit_bps=a["auditBps"],
         )
 
     def _set_route(self, job: JobRecord, coordinator: str, stages: list[Args]) -> None:
@@ -270,6 +284,9 @@ class Ledger:
         account.withdrawn += a["amount"]
 
     # ------------------------------------------------------------------ audits
+    def _on_TermsSet(self, a: Args) -> None:
+        self.terms = Terms(*(a["terms"][name] for name in TERMS_FIELDS))
+
     def _on_VerifierSet(self, a: Args) -> None:
         self.verifier = a["verifier"]
 

@@ -331,3 +331,18 @@ def test_every_honest_stage_passes_re_execution(net):
             worst = max(worst, verdict.worst_error)
     print(f"honest stages re-run: {checked}, worst relative error {worst:.2e} (tolerance {TOLERANCE:.0e})")
     assert checked == 3 * len(jobs) and worst < TOLERANCE / 2
+
+
+def test_the_exact_route_cost_with_the_audit_reserve_is_enough_and_a_wei_less_is_refused(net):
+    """The escrow a job needs: stage fees, the coordinator's cut, and (a job that may be audited)
+    the committees' reserve; the coordinator says what it costs when it is short."""
+    model_id, _ = net.models["tiny-gpt2"]
+    model, terms = net.c.models.model(model_id), net.c.market.terms()
+    fees = model.block_count * model.price_per_block
+    cost = fees + fees * terms.coordinator_fee_bps // 10_000
+    cost += fees * terms.committee_size * terms.verify_fee_bps // 10_000  # the network audits every job
+    params = JobParams(kind="forward")
+    exact = net.client.wait(net.client.submit(model_id, {"input_ids": [1, 2]}, params, cost), timeout_s=120)
+    assert exact.status == JobStatus.COMPLETED, exact.record.abort_reason
+    short = net.client.wait(net.client.submit(model_id, {"input_ids": [1, 2]}, params, cost - 1), timeout_s=120)
+    assert short.status == JobStatus.ABORTED and f">= {cost}" in (short.record.abort_reason or "")

@@ -35,7 +35,17 @@ def routed(ledger: Ledger, job_id: int, name: str, *stages: dict[str, object]) -
 
 def posted(ledger: Ledger, job_id: int) -> None:
     ledger.apply(
-        event("JobPosted", jobId=job_id, client=OTHER, modelId=1, inputCid="Qm", params=b"{}", maxFee=9, deadline=99)
+        event(
+            "JobPosted",
+            jobId=job_id,
+            client=OTHER,
+            modelId=1,
+            inputCid="Qm",
+            params=b"{}",
+            maxFee=9,
+            deadline=99,
+            auditBps=0,
+        )
     )
 
 

@@ -85,7 +85,8 @@ interface IJobMarket {
         string inputCid,
         bytes params,
         uint256 maxFee,
-        uint40 deadline
+        uint40 deadline,
+        uint16 auditBps
     );
     event JobRouted(uint256 indexed jobId, address indexed coordinator, Stage[] stages);
     event JobRerouted(uint256 indexed jobId, address indexed coordinator, Stage[] stages, address[] failedNodes);
