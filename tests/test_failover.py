@@ -8,6 +8,7 @@ import pytest
 
 from shardnet.chain import dev_account
 from shardnet.client import Client
+from shardnet.events import EventReader
 from shardnet.jobs import JobParams
 from shardnet.localnet import Network
 from shardnet.protocol import JobStatus
@@ -99,7 +100,13 @@ def test_middle_stage_killed_mid_generation(net4):
     assert result.record.route[1][0] != middle
     assert middle not in result.record.payouts  # the dead stage is not paid; nobody is paid twice
     assert sorted(result.record.payouts) == sorted({s[0] for s in result.record.route} | {result.record.coordinator})
-    assert net4.c.nodes.failures(middle) == 1
+    # recorded failed for this job once (an audit it cannot answer, dead, is another record)
+    recorded = [
+        e.args["node"]
+        for e in EventReader(net4.chain).poll()
+        if e.name == "FailureRecorded" and e.args["jobId"] == job_id
+    ]
+    assert recorded == [middle] and net4.c.nodes.failures(middle) >= 1
     lost_s = (result.output["timing"]["data_plane_ms"] - undisturbed.output["timing"]["data_plane_ms"]) / 1000
     print(f"time lost to the failover: {lost_s:.2f} s (bound 5 s; 1-2 s when the machine is idle)")
     assert lost_s < 5
