@@ -24,7 +24,7 @@ from node.misbehave import corrupt_activation, corrupt_token
 from node.peers import PeerClient
 from node.settings import NodeSettings
 from node.settlement import Settlement
-from shardnet.errors import JobInputError, PeerError, StorageError
+from shardnet.errors import JobInputError, PeerError, ShardnetError, StorageError
 from shardnet.jobs import JobParams
 from shardnet.ledger import Ledger
 from shardnet.model.quant import decode_activation, encode_activation
@@ -111,7 +111,11 @@ class StagePipeline:
         run.attention_mask = mask
         run.prompt_len = ids.shape[1]
         run.timing = {"picked_up_at": picked_up_at, "t0": time.time()}
-        await self.step(run, ids, mask)
+        try:
+            await self.step(run, ids, mask)
+        except (ShardnetError, RuntimeError, IndexError, ValueError) as exc:  # e.g. longer than the model's context
+            log.warning("job %d: stage 0 could not run its input: %s", job_id, exc, extra={"job": job_id})
+            await self.settlement.abort(job_id, f"stage 0 could not run the input: {type(exc).__name__}: {exc}")
 
     # ------------------------------------------------------------------ every stage
     async def step(self, run: JobRun, x: torch.Tensor, mask: torch.Tensor | None) -> None:

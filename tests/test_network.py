@@ -346,3 +346,14 @@ def test_the_exact_route_cost_with_the_audit_reserve_is_enough_and_a_wei_less_is
     assert exact.status == JobStatus.COMPLETED, exact.record.abort_reason
     short = net.client.wait(net.client.submit(model_id, {"input_ids": [1, 2]}, params, cost - 1), timeout_s=120)
     assert short.status == JobStatus.ABORTED and f">= {cost}" in (short.record.abort_reason or "")
+
+
+def test_an_input_longer_than_the_models_context_is_refunded_with_a_reason(net):
+    """Stage 0 cannot run 300 tokens through a model with 256 positions: the job is aborted with
+    the reason at once (not left to hang until its deadline), and the network keeps serving."""
+    model_id, _ = net.models["tiny-gpt2"]
+    params = JobParams(kind="forward")
+    long = net.client.wait(net.client.submit(model_id, {"input_ids": [1] * 300}, params, MAX_FEE), timeout_s=60)
+    assert long.status == JobStatus.ABORTED and "stage 0 could not run the input" in (long.record.abort_reason or "")
+    ok = net.client.wait(net.client.submit(model_id, {"input_ids": [1, 2]}, params, MAX_FEE), timeout_s=60)
+    assert ok.status == JobStatus.COMPLETED
