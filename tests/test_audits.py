@@ -32,7 +32,8 @@ def net(tmp_path_factory):
     network = Network(
         tmp_path_factory.mktemp("audits"),
         nodes=4,
-        node_overrides={CHEAT: {"misbehave": "garbage"}, LIAR: {"misbehave": "lie_vote"}},
+        # the cheater has stake to spare, so it stays active (and routable) after its first slash
+        node_overrides={CHEAT: {"misbehave": "garbage", "stake_wei": 5 * 10**18}, LIAR: {"misbehave": "lie_vote"}},
     ).start()
     network.model_id, network.manifest_cid = network.publish("tiny-gpt2")
     network.wait_confirmed(network.model_id, 4)
@@ -94,6 +95,30 @@ def test_a_cheating_stage_is_caught_slashed_and_refunded_and_a_liar_outvoted(net
     losses = json.loads(run_cli("audit", "losses", "--json", env=env).stdout)
     assert losses[0]["address"] == cheat and losses[0]["slashed_as_stage"] == cheater_audit.slashed
     assert any(e["address"] == liar and e["outvoted_penalties"] > 0 for e in losses)
+
+
+def test_a_client_challenges_a_stage_from_the_command_line_and_is_rewarded(net):
+    """`shardnet job challenge`: an unaudited job's cheating stage, sent to a committee with a
+    bond, is found wrong; the client gets its fee back and its bond twice over."""
+    from dataclasses import replace
+
+    net.c.market.set_terms(replace(net.c.market.terms(), min_audit_bps=0))  # nothing drawn by chance
+    cheat = dev_account(2 + CHEAT).address
+    params = JobParams(kind="forward", wire="int8", avoid=net.rivals(net.model_id, cheat))
+    result = net.client.wait(net.client.submit(net.model_id, {"input_ids": [2, 7, 1]}, params, MAX_FEE), timeout_s=120)
+    assert result.status == JobStatus.COMPLETED
+    stage = next(k for k, s in enumerate(result.record.route) if s.node == cheat)
+    env = {"SHARDNET_DEPLOYMENT": str(net.deployment_path)}
+    shown = run_cli("job", "challenge", str(result.record.job_id), str(stage), "--json", env=env)
+    assert shown.returncode == 0, shown.stderr
+    audit_id = json.loads(shown.stdout)["audit_id"]
+    ledger = wait_resolved(net, result.record.job_id)
+    audit = ledger.audits[audit_id]
+    assert audit.upheld and audit.challenger == net.client.c.chain.account.address
+    bond = net.c.verifier.challenge_bond()
+    assert (net.client.c.chain.account.address, 2 * bond, "bond back and reward") in audit.paid
+    again = run_cli("job", "challenge", str(result.record.job_id), str(stage), env=env)
+    assert again.returncode != 0 and "AlreadyUnderAudit" in again.stderr
 
 
 def test_an_operator_sees_pending_earnings_and_withdraws_them_after_the_window(net):

@@ -39,6 +39,13 @@ def job() -> None:
 @click.option("--top-p", type=float, default=1.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--max-fee", default="0.001eth", show_default=True, help="escrow: wei, or with a unit (gwei, eth)")
+@click.option(
+    "--audit-rate",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="chance each stage is re-run by a committee (0..1; at least the network's rate)",
+)
 @click.option("--ttl", type=int, default=600, show_default=True, help="seconds until the job may be expired")
 @click.option("--dev-account", type=int, default=12, show_default=True, help="devnet account that pays")
 @click.option("--key", help="0x private key (instead of --dev-account)")
@@ -56,6 +63,7 @@ def job_submit(
     top_p: float,
     seed: int,
     max_fee: str,
+    audit_rate: float,
     ttl: int,
     dev_account: int,
     key: str | None,
@@ -71,7 +79,13 @@ def job_submit(
     from shardnet.jobs import JobParams
 
     params = JobParams(
-        kind=kind, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
+        kind=kind,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        audit_rate=audit_rate,
     )
     try:
         params.validate()
@@ -97,6 +111,43 @@ def job_submit(
         return
     click.echo(f"job {job_id} posted; waiting...", err=True)
     _print_job(client.wait(job_id, timeout_s=ttl + 30), as_json)
+
+
+@job.command("challenge")
+@click.argument("job_id", type=int)
+@click.argument("stage", type=int)
+@click.option("--bond", help="wei, or with a unit (gwei, eth); default: the verifier's least bond")
+@click.option("--dev-account", type=int, default=12, show_default=True, help="devnet account that pays the bond")
+@click.option("--key", help="0x private key (instead of --dev-account)")
+@_as_json
+def job_challenge(job_id: int, stage: int, bond: str | None, dev_account: int, key: str | None, as_json: bool) -> None:
+    """Send STAGE of completed job JOB_ID to a committee of other nodes, with a bond, within the
+    job's challenge window. Found wrong: the node is slashed, its fee refunded to the client and
+    the bond returned twice over; found right: the bond pays the committee and the node."""
+    from eth_account import Account
+
+    from shardnet.chain import dev_account as dev
+    from shardnet.client import Client
+
+    client = Client.from_deployment(Account.from_key(key) if key else dev(dev_account))
+    record = client.history(job_id)
+    if record.coordinator is None or not record.route or record.output_cid is None:
+        raise click.ClickException(
+            f"job {job_id} is {record.status.name.lower()}; only completed jobs can be challenged"
+        )
+    if not 0 <= stage < len(record.route):
+        raise click.BadParameter(f"job {job_id} has stages 0..{len(record.route) - 1}", param_hint="STAGE")
+    amount = _wei(bond) if bond else client.c.verifier.challenge_bond()
+    receipt = client.c.market.challenge(job_id, record.coordinator, record.route, stage, amount)
+    opened = [e.args["auditId"] for e in client.c.verifier.events_in(receipt) if e.name == "AuditOpened"]
+    row = {"job_id": job_id, "stage": stage, "node": record.route[stage].node, "bond": amount, "audit_id": opened[0]}
+    if as_json:
+        click.echo(json.dumps(row))
+    else:
+        click.echo(
+            f"challenged stage {stage} of job {job_id} ({row['node']}) with {amount} wei: audit {row['audit_id']}; "
+            f"follow it with 'shardnet audit audits --job {job_id}'"
+        )
 
 
 @job.command("status")
