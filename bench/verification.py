@@ -154,11 +154,11 @@ def main() -> None:
             ratio = compute_ratio(net, manifest_cid, params, long_job)
         finally:
             net.stop()
-        print(f"honest_stages_checked: {len(audits)}")
+        print(f"honest_stages_checked: {len(audits)}", flush=True)
         print(f"false_slash_rate: {sum(a.upheld for a in audits) / len(audits):.4f}")
         print(f"honest_worst_relative_error: {max(v.worst_error for v in verdicts):.2e}")
         print(f"tolerance: {TOLERANCE:.0e}")
-        print(f"verify_compute_ratio: {ratio:.3f}")
+        print(f"verify_compute_ratio: {ratio:.3f}", flush=True)
 
         caught: dict[str, list[bool]] = {}
         for mode in MODES:  # every node misbehaves the same way, so the mode is tried at every position
@@ -174,6 +174,8 @@ def main() -> None:
                             caught.setdefault(mode, []).append(a.upheld and a.slashed > 0)
             finally:
                 net.stop()
+            hits = caught.get(mode, [])
+            print(f"detection_rate_{mode}: {sum(hits) / max(1, len(hits)):.3f} ({len(hits)} stages)", flush=True)
         liar, absent = dev_account(2 + 2).address, dev_account(2 + 3).address
         overrides = {2: {"misbehave": "lie_vote"}, 3: {"misbehave": "absent"}}
         net, model_id, manifest_cid, client = network(Path(tmp) / "committee", 4, overrides)
@@ -187,8 +189,9 @@ def main() -> None:
                         caught.setdefault("absent", []).append(absent in a.absent)
         finally:
             net.stop()
-        for mode, hits in sorted(caught.items()):
-            print(f"detection_rate_{mode}: {sum(hits) / len(hits):.3f} ({len(hits)} stages or seats)")
+        for mode in ("lie_vote", "absent"):
+            hits = caught.get(mode, [])
+            print(f"detection_rate_{mode}: {sum(hits) / max(1, len(hits)):.3f} ({len(hits)} committee seats)")
         print(f"detection_rate_min: {min(sum(h) / len(h) for h in caught.values()):.3f}")
 
     size = terms.committee_size

@@ -19,11 +19,16 @@ _HINTS = {
     "InsufficientStake": "send at least the minimum stake (NodeRegistry.minStake) with the call",
     "UnknownModel": "check the model id with 'shardnet audit network' or the ModelRegistered events",
     "UnknownJob": "check the job id with 'shardnet job status' or the JobPosted events",
-    "NothingToWithdraw": "nothing is credited to this account yet",
+    "NothingToWithdraw": "nothing is withdrawable yet: stage fees wait out the job's audit window "
+    "('shardnet node earnings' says until when)",
     "EscrowMismatch": "send exactly maxFee as the transaction value",
-    "BadDeadline": "pick a deadline between now and now + JobMarket.maxJobDuration",
+    "BadDeadline": "pick a deadline between now and now + the market's terms().maxJobDuration",
     "CooldownNotOver": "wait until unlockAt, then withdraw again",
-    "UnstakeWhileOnOpenRoute": "wait until the node's open jobs settle, then request again",
+    "FeeExceedsEscrow": "post with a max fee covering the stage fees, the coordinator's cut and, for a job that "
+    "may be audited, the committees' reserve (committeeSize x verifyFeeBps of the fees)",
+    "AuditWindowClosed": "audits and challenges are open only within the market's challengeWindow after the result",
+    "BondTooSmall": "send at least the verifier's challengeBond with the challenge",
+    "RevealNotOpen": "reveal once every member committed or the commit period is over",
     "AccessControlUnauthorizedAccount": "this account lacks the role the call needs; ask the deployment's admin "
     "to grant it (e.g. Contracts(chain).models.grant_publisher(address) to publish models)",
 }
