@@ -50,7 +50,7 @@ from shardnet.transcripts import Transcript
 
 MODEL = "tiny-gpt2"
 HONEST_JOBS = 100  # x 3 stages
-CHEAT_JOBS = 20  # per misbehaviour
+CHEAT_JOBS = 30  # per misbehaviour (20 of them generate: wrong_token corrupts only those)
 MODES = ("garbage", "lazy", "perturb", "wrong_token")
 BATCH = 10  # jobs in flight at once
 STAKE = 10 * 10**18  # enough for a slash per stage per job

@@ -43,7 +43,7 @@ import {AddressArrays} from "./libraries/AddressArrays.sol";
 /// | the verifier | take a stage's fee back for the client (`revoke`) | when its committee finds the stage wrong |
 /// | anyone (in practice each stage) | claim a stage's delivery with that stage's receipt | routed, within CLAIM_WINDOW after the deadline |
 /// | anyone | expire it: delivered stages paid, the others recorded failed | posted: after the deadline; routed: after the claim window |
-/// | a node on its route, or its coordinator | abort it | while routed, before the deadline |
+/// | its route's first stage, or its coordinator | abort it | while routed, before the deadline |
 /// | any coordinator | abort it | while posted, before the deadline |
 /// | any payee | withdraw its credit (pending credit once its epoch has matured) | any time |
 contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP712 {
@@ -395,8 +395,11 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
 
     /// @notice Give up on a job that cannot be served as posted (its input is missing or
     /// malformed, its parameters out of range): the whole escrow goes back to the client and
-    /// nobody's record is marked failed. Callable by a node on the current route or by the
-    /// coordinator that routed it; a job not yet routed, by any coordinator.
+    /// nobody's record is marked failed. Callable by the route's first stage (the only stage that
+    /// reads the client's input) or by the coordinator that routed it; a job not yet routed, by
+    /// any coordinator. A later stage cannot abort: it could do so after the work is done, for a
+    /// full refund with nobody paid; a job it cannot finish expires instead, where the stages that
+    /// delivered are paid and the others recorded failed.
     function abortJob(uint256 jobId, address coordinator, Stage[] calldata stages, string calldata reason) external {
         Job storage job = _job(jobId);
         Status status = job.status;
@@ -406,7 +409,10 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
             if (!hasRole(COORDINATOR_ROLE, msg.sender)) revert NotOnRoute(jobId, msg.sender);
         } else if (status == Status.Routed) {
             if (_routeHash(coordinator, stages) != job.routeHash) revert RouteMismatch(jobId);
-            if (msg.sender != coordinator && !_onRoute(msg.sender, stages)) revert NotOnRoute(jobId, msg.sender);
+            if (msg.sender != coordinator && msg.sender != stages[0].node) {
+                if (_onRoute(msg.sender, stages)) revert OnlyFirstStageAborts(jobId, msg.sender);
+                revert NotOnRoute(jobId, msg.sender);
+            }
         } else {
             revert WrongStatus(jobId, status, Status.Routed);
         }

@@ -130,6 +130,11 @@ class Settlement:
         if job_id in self.state.aborted:
             return
         job = self.ledger.jobs[job_id]
+        if job.route and job.route[0].node != self.account.address:
+            # only the first stage (or the coordinator) may abort a routed job: this one will
+            # expire, and the stages that delivered claim their fee
+            log.warning("job %d: %s; it will expire (only stage 0 may abort)", job_id, reason, extra={"job": job_id})
+            return
         if time.time() > job.deadline:  # past the deadline a job settles by expiry: keep the run to claim
             log.warning("job %d: %s; past its deadline, so it will expire", job_id, reason, extra={"job": job_id})
             return

@@ -27,6 +27,8 @@ _HINTS = {
     "FeeExceedsEscrow": "post with a max fee covering the stage fees, the coordinator's cut and, for a job that "
     "may be audited, the committees' reserve (committeeSize x verifyFeeBps of the fees)",
     "AuditWindowClosed": "audits and challenges are open only within the market's challengeWindow after the result",
+    "OnlyFirstStageAborts": "a later stage cannot abort; a job it cannot finish expires, and stages that "
+    "delivered claim their fee",
     "BondTooSmall": "send at least the verifier's challengeBond with the challenge",
     "RevealNotOpen": "reveal once every member committed or the commit period is over",
     "AccessControlUnauthorizedAccount": "this account lacks the role the call needs; ask the deployment's admin "

@@ -84,3 +84,17 @@ def test_routes_cannot_outgrow_the_checks(w: World):
     with reverts("TooManyStages", count=257, max=256):
         w.chain.call(w.contracts.models.contract.functions.routeInfo(model, many, [0] * 257, [1] * 257))
     assert w.contracts.market.job(job).status == JobStatus.POSTED
+
+
+def test_a_later_stage_cannot_abort_for_a_free_refund(w: World):
+    """The last stage (say, colluding with the client) cannot abort a job once the work is done
+    for a full refund with nobody paid: only the first stage, which reads the client's input, or
+    the coordinator may abort. A job a later stage cannot finish expires; delivered stages are paid."""
+    job, stages, nodes = _routed(w)
+    market = w.contracts.market
+    for later in (nodes[1], nodes[2]):
+        with reverts("OnlyFirstStageAborts", jobId=job, caller=later.address):
+            market.abort_job(job, COORD.address, stages, "input is malformed", account=later)
+    assert market.job(job).status == JobStatus.ROUTED
+    market.abort_job(job, COORD.address, stages, "input is not JSON", account=nodes[0])
+    assert market.job(job).status == JobStatus.ABORTED

@@ -141,6 +141,7 @@ interface IJobMarket {
     error DeadlineNotPassed(uint256 jobId, uint40 deadline);
     error InvalidParameter(string name);
     error NotOnRoute(uint256 jobId, address caller);
+    error OnlyFirstStageAborts(uint256 jobId, address caller);
     error ClaimWindowClosed(uint256 jobId, uint256 closedAt);
     error ClaimWindowOpen(uint256 jobId, uint256 closesAt);
     error NoSuchStage(uint256 jobId, uint256 stage, uint256 stages);
