@@ -10,7 +10,7 @@ import click
 from shardnet.cli.root import _as_json, main
 
 if TYPE_CHECKING:
-    from shardnet.client import JobResult
+    from shardnet.client import Client, JobResult
 
 
 # ---------------------------------------------------------------------- jobs (clients)
@@ -113,6 +113,53 @@ def job_submit(
     _print_job(client.wait(job_id, timeout_s=ttl + 30), as_json)
 
 
+def _client(dev_account: int, key: str | None) -> tuple[Client, str]:
+    """A client signing with the key (or devnet account), and its address."""
+    from eth_account import Account
+
+    from shardnet.chain import dev_account as dev
+    from shardnet.client import Client
+
+    account = Account.from_key(key) if key else dev(dev_account)
+    return Client.from_deployment(account), account.address
+
+
+@job.command("cancel")
+@click.argument("job_id", type=int)
+@click.option("--dev-account", type=int, default=12, show_default=True, help="devnet account that posted it")
+@click.option("--key", help="0x private key (instead of --dev-account)")
+def job_cancel(job_id: int, dev_account: int, key: str | None) -> None:
+    """Cancel a job no coordinator has routed yet; its escrow is credited back to you at once
+    (then 'shardnet job withdraw')."""
+    client, address = _client(dev_account, key)
+    client.c.market.cancel_job(job_id)
+    click.echo(f"job {job_id} cancelled; {client.c.market.balance(address)[0]} wei withdrawable")
+
+
+@job.command("withdraw")
+@click.option("--dev-account", type=int, default=12, show_default=True, help="devnet account to pay out")
+@click.option("--key", help="0x private key (instead of --dev-account)")
+@_as_json
+def job_withdraw(dev_account: int, key: str | None, as_json: bool) -> None:
+    """Send you what the market and the verifier hold for you: refunds, returned audit reserves,
+    challenge rewards."""
+    client, address = _client(dev_account, key)
+    sent: dict[str, int] = {}
+    if (credit := client.c.market.balance(address)[0]) != 0:
+        client.c.market.withdraw()
+        sent["market"] = credit
+    if (credit := client.c.verifier.credit(address)) != 0:
+        client.c.verifier.withdraw()
+        sent["verifier"] = credit
+    _, pending, until = client.c.market.balance(address)
+    if as_json:
+        click.echo(json.dumps({"withdrawn_wei": sent, "pending_wei": pending, "pending_until": until}))
+    elif not sent:
+        click.echo(f"nothing to withdraw yet; {pending} wei pending until {until or '-'}")
+    else:
+        click.echo(", ".join(f"withdrew {v} wei from the {k}" for k, v in sent.items()))
+
+
 @job.command("challenge")
 @click.argument("job_id", type=int)
 @click.argument("stage", type=int)
@@ -124,12 +171,7 @@ def job_challenge(job_id: int, stage: int, bond: str | None, dev_account: int, k
     """Send STAGE of completed job JOB_ID to a committee of other nodes, with a bond, within the
     job's challenge window. Found wrong: the node is slashed, its fee refunded to the client and
     the bond returned twice over; found right: the bond pays the committee and the node."""
-    from eth_account import Account
-
-    from shardnet.chain import dev_account as dev
-    from shardnet.client import Client
-
-    client = Client.from_deployment(Account.from_key(key) if key else dev(dev_account))
+    client, _ = _client(dev_account, key)
     record = client.history(job_id)
     if record.coordinator is None or not record.route or record.output_cid is None:
         raise click.ClickException(

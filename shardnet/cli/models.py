@@ -23,6 +23,44 @@ def _ipfs_api(ipfs_api: str | None) -> str:
     return Deployment.load().ipfs_api
 
 
+@model.command("list")
+@_as_json
+def model_list(as_json: bool) -> None:
+    """Models registered on-chain: id, name, blocks, price per block, confirmed spans per block."""
+    from shardnet.bindings import Contracts
+    from shardnet.chain import Chain
+    from shardnet.deployment import Deployment
+
+    contracts = Contracts(Chain.from_deployment(Deployment.load()))
+    rows = []
+    for model_id in range(1, contracts.models.model_count() + 1):
+        m = contracts.models.model(model_id)
+        assigned = [contracts.models.assignment(model_id, n) for n in contracts.models.assigned_nodes(model_id)]
+        cover = [sum(a.confirmed and a.start <= b < a.end for a in assigned) for b in range(m.block_count)]
+        rows.append(
+            {
+                "model_id": model_id,
+                "name": m.name,
+                "blocks": m.block_count,
+                "price_per_block_wei": m.price_per_block,
+                "deprecated": m.deprecated,
+                "manifest_cid": m.manifest_cid,
+                "min_replicas": min(cover) if cover else 0,
+            }
+        )
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no models registered yet; publish one with 'shardnet model publish SOURCE --register'")
+    for r in rows:
+        state = "deprecated" if r["deprecated"] else f"served by >= {r['min_replicas']} node(s) per block"
+        click.echo(
+            f"{r['model_id']:>3}  {r['name']:<20} {r['blocks']:>4} blocks  "
+            f"{r['price_per_block_wei']} wei/block  {state}"
+        )
+
+
 @model.command("publish")
 @click.argument("source")
 @click.option(
