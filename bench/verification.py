@@ -40,9 +40,8 @@ from node.messages import unpack
 from node.verifier import TOLERANCE, SpanCache, StageClaim, check_job, verify_stage
 from shardnet.chain import dev_account
 from shardnet.client import Client, JobResult
-from shardnet.events import EventReader
 from shardnet.jobs import JobParams
-from shardnet.ledger import AuditRecord, Ledger
+from shardnet.ledger import AuditRecord
 from shardnet.localnet import Network
 from shardnet.model.quant import decode_activation, encode_activation
 from shardnet.protocol import JobStatus, Span
@@ -77,23 +76,9 @@ def run_jobs(net: Network, client: Client, model_id: int, count: int) -> list[tu
     return done
 
 
-def audits_of(net: Network, job_ids: list[int], timeout_s: float = 300) -> dict[int, list[AuditRecord]]:
-    """Each job's audits, by job, once every one of them resolved."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        ledger = Ledger()
-        for event in EventReader(net.chain).poll():
-            ledger.apply(event)
-        by_job: dict[int, list[AuditRecord]] = {j: [] for j in job_ids}
-        for a in ledger.audits.values():
-            if a.job_id in by_job:
-                by_job[a.job_id].append(a)
-        stages = {j: len(ledger.jobs[j].route) for j in job_ids}
-        if all(len(by_job[j]) == stages[j] and all(a.resolved for a in by_job[j]) for j in job_ids):
-            return by_job
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"audits of jobs {job_ids} did not all resolve; logs in {net.home}")
-        time.sleep(1.0)
+def audits_of(net: Network, job_ids: list[int]) -> dict[int, list[AuditRecord]]:
+    """Each job's audits, one per stage, once every one of them resolved."""
+    return net.resolved_audits(job_ids, every_stage=True, timeout_s=300)[1]
 
 
 def check(net: Network, manifest_cid: str, result: JobResult, spans: SpanCache) -> list:

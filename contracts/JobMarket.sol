@@ -316,13 +316,16 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
 
     /// @notice The verifier found stage `c.stage` of job `c.jobId` wrong: take its fee back from
     /// the node's (still pending) credit, and the coordinator's cut on it, and credit them to the
-    /// client now. Returns what was taken back; the verifier makes up any shortfall from the slash.
-    function revoke(AuditCase calldata c) external override returns (uint256 recovered) {
+    /// client now. Returns what was taken back and what the client was owed (fee and cut); the
+    /// verifier makes up any shortfall from the slash.
+    function revoke(AuditCase calldata c) external override returns (uint256 recovered, uint256 owed) {
         if (msg.sender != address(verifier)) revert NotVerifier(msg.sender);
         Job storage job = _jobWithStatus(c.jobId, Status.Completed);
         uint256 epoch = job.deadline / epochLength;
+        uint256 cut = uint256(c.fee) * job.coordinatorFeeBps / BPS;
+        owed = uint256(c.fee) + cut;
         uint256 fromNode = _clawback(c.node, c.fee, epoch);
-        uint256 fromCoordinator = _clawback(c.coordinator, uint256(c.fee) * job.coordinatorFeeBps / BPS, epoch);
+        uint256 fromCoordinator = _clawback(c.coordinator, cut, epoch);
         recovered = fromNode + fromCoordinator;
         _accounts[c.client].credit += uint80(recovered);
         emit StageRevoked(c.jobId, c.stage, c.node, fromNode, fromCoordinator);

@@ -175,8 +175,7 @@ contract Verifier is IVerifier, AccessControl, ReentrancyGuardTransient {
             if (amount < p.minSlash) amount = p.minSlash;
             slashed = nodeRegistry.slash(c.node, amount, "audit: stage output found wrong");
             pot += slashed;
-            uint256 owed = uint256(c.fee) + uint256(c.fee) * market.getJob(c.jobId).coordinatorFeeBps / BPS;
-            uint256 recovered = market.revoke(c);
+            (uint256 recovered, uint256 owed) = market.revoke(c);
             if (owed > recovered) pot -= _pay(auditId, c.client, owed - recovered, pot, "refund not recovered");
         }
         uint256 committeePaid;
@@ -239,10 +238,6 @@ contract Verifier is IVerifier, AccessControl, ReentrancyGuardTransient {
         if (paid == 0) return 0;
         credit[to] += paid;
         emit AuditPaid(auditId, to, paid, why);
-    }
-
-    function _cutBps(uint256 jobId) private view returns (uint256) {
-        return market.getJob(jobId).coordinatorFeeBps;
     }
 
     function _audit(uint256 auditId) private view returns (Audit storage a) {

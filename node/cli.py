@@ -146,13 +146,7 @@ def node_withdraw(config_path: Path, as_json: bool) -> None:
 
     contracts, account = _operator(config_path)
     address = account.address
-    sent: dict[str, int] = {}
-    if (credit := contracts.market.balance(address)[0]) != 0:
-        contracts.market.withdraw()
-        sent["market"] = credit
-    if (credit := contracts.verifier.credit(address)) != 0:
-        contracts.verifier.withdraw()
-        sent["verifier"] = credit
+    sent = contracts.withdraw_all(address)
     pending = contracts.market.balance(address)
     if as_json:
         click.echo(json.dumps({"withdrawn_wei": sent, "pending_wei": pending[1], "pending_until": pending[2]}))

@@ -89,9 +89,10 @@ class Committee:
         job = self.ledger.jobs.get(job_id)
         if job is None or job.coordinator is None or not job.route:
             return
-        chain_job = await asyncio.to_thread(self.c.market.job, job_id)
+        if not job.audit_bps:
+            return
         block = await asyncio.to_thread(self.chain.w3.eth.get_block, result_block)
-        mask = audited_stages(bytes(block["hash"]), job_id, len(job.route), chain_job.audit_bps)
+        mask = audited_stages(bytes(block["hash"]), job_id, len(job.route), job.audit_bps)
         if not mask:
             return
         nodes = sorted(self.ledger.nodes, key=lambda a: keccak(text=f"{job_id}:{a}"))

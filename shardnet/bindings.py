@@ -451,6 +451,19 @@ class Contracts:
         self.market = JobMarket(chain)
         self.verifier = Verifier(chain)
 
+    def withdraw_all(self, who: str, account: LocalAccount | None = None) -> dict[str, int]:
+        """Send `who` (signing as `account`) everything withdrawable: from the market (refunds, and
+        fees past their audit window) and from the verifier (committee pay, bonds, rewards).
+        Returns the wei sent, by contract ("market", "verifier")."""
+        sent: dict[str, int] = {}
+        if (credit := self.market.balance(who)[0]) != 0:
+            self.market.withdraw(account=account)
+            sent["market"] = credit
+        if (credit := self.verifier.credit(who)) != 0:
+            self.verifier.withdraw(account=account)
+            sent["verifier"] = credit
+        return sent
+
     def account(self, who: str) -> Account:
         """What the chain holds for an account: its balance in the market and, for a node, its
         failed stages in the node registry."""

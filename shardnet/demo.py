@@ -23,9 +23,7 @@ from shardnet import devnet
 from shardnet.chain import dev_account
 from shardnet.client import Client, JobResult
 from shardnet.errors import ShardnetError
-from shardnet.events import EventReader
 from shardnet.jobs import JobParams
-from shardnet.ledger import AuditRecord, Ledger
 from shardnet.localnet import Network
 
 QUERY = "How do I keep my plants healthy?"
@@ -74,24 +72,9 @@ def _verify(net: Network, job_id: int) -> None:
         print(f"  {line}")
 
 
-def _audits_of(net: Network, job_id: int, timeout_s: float = 120) -> list[AuditRecord]:
-    """The job's audits once every one resolved (node agents draw, vote and resolve them)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        ledger = Ledger()
-        for event in EventReader(net.chain).poll():
-            ledger.apply(event)
-        audits = sorted((a for a in ledger.audits.values() if a.job_id == job_id), key=lambda a: a.stage)
-        if audits and all(a.resolved for a in audits):
-            return audits
-        if time.monotonic() > deadline:
-            raise ShardnetError(f"job {job_id}: its audits did not resolve in {timeout_s:.0f} s; logs in {net.home}")
-        time.sleep(0.5)
-
-
 def _show_audits(net: Network, job_id: int) -> None:
     names: dict[str, str] = {dev_account(2 + i).address: f"node {i + 1}" for i in range(NODES)}
-    for a in _audits_of(net, job_id):
+    for a in net.resolved_audits([job_id])[1][job_id]:
         votes = ", ".join(f"{names.get(m, m[:10])} {['-', 'correct', 'wrong'][a.votes.get(m, 0)]}" for m in a.members)
         verdict = f"WRONG: {names.get(a.node)} slashed {a.slashed / 10**18:g} ETH" if a.upheld else "right"
         paid = sum(amount for _, amount, why in a.paid if why == "verification")

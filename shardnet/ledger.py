@@ -240,7 +240,7 @@ class Ledger:
             self._pay(job.job_id, stage.node, stage.fee)
         if a["coordinatorCut"] and job.coordinator is not None:
             self._pay(job.job_id, job.coordinator, a["coordinatorCut"])
-        self._on_JobRefunded({"jobId": job.job_id, "client": job.client, "amount": a["refund"]})
+        self._refund(job, a["refund"])
 
     def _pay(self, job_id: int, payee: str, amount: int) -> None:
         job = self.jobs[job_id]
@@ -255,10 +255,12 @@ class Ledger:
         self._pay(a["jobId"], a["coordinator"], a["amount"])
 
     def _on_JobRefunded(self, a: Args) -> None:
-        job = self.jobs[a["jobId"]]
-        job.escrow -= a["amount"]
-        job.refunded += a["amount"]
-        self.accounts[a["client"]].credit += a["amount"]
+        self._refund(self.jobs[a["jobId"]], a["amount"])
+
+    def _refund(self, job: JobRecord, amount: int) -> None:
+        job.escrow -= amount
+        job.refunded += amount
+        self.accounts[job.client].credit += amount
 
     def _close(self, job_id: int, status: JobStatus) -> JobRecord:
         """Settle a job without payouts: a routed job's nodes are no longer on an open route."""

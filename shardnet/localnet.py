@@ -17,7 +17,7 @@ from shardnet.bindings import Contracts
 from shardnet.chain import Chain, dev_account
 from shardnet.deployment import Deployment
 from shardnet.events import EventReader
-from shardnet.ledger import Ledger
+from shardnet.ledger import AuditRecord, Ledger
 from shardnet.model.loading import load_model
 from shardnet.model.shards import publish
 from shardnet.storage import IpfsClient
@@ -150,6 +150,13 @@ class Network:
         )
         return model_id, manifest.cid
 
+    def ledger(self) -> Ledger:
+        """Every event of the deployment so far, applied to a fresh ledger."""
+        ledger = Ledger()
+        for event in EventReader(self.chain).poll():
+            ledger.apply(event)
+        return ledger
+
     def settled_ledger(self, quiet_s: float = 3.0, timeout_s: float = 120) -> Ledger:
         """The chain's events once the network is at rest: every audit resolved and no new event
         for `quiet_s` (node agents open, vote on and resolve audits in the background, so contract
@@ -157,15 +164,36 @@ class Network:
         deadline = time.monotonic() + timeout_s
         last, since = (-1, -1), time.monotonic()
         while True:
-            ledger = Ledger()
-            for event in EventReader(self.chain).poll():
-                ledger.apply(event)
+            ledger = self.ledger()
             if ledger.last_key != last:
                 last, since = ledger.last_key, time.monotonic()
             elif all(a.resolved for a in ledger.audits.values()) and time.monotonic() - since >= quiet_s:
                 return ledger
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the network did not come to rest in {timeout_s:.0f} s; logs in {self.home}")
+            time.sleep(0.5)
+
+    def resolved_audits(
+        self, job_ids: list[int], every_stage: bool = False, timeout_s: float = 120
+    ) -> tuple[Ledger, dict[int, list[AuditRecord]]]:
+        """The ledger and each job's audits (by stage) once each job has audits, all resolved
+        (with `every_stage`, one per stage of its route)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            ledger = self.ledger()
+            by_job: dict[int, list[AuditRecord]] = {j: [] for j in job_ids}
+            for audit in sorted(ledger.audits.values(), key=lambda a: a.stage):
+                if audit.job_id in by_job:
+                    by_job[audit.job_id].append(audit)
+            if all(
+                audits
+                and all(a.resolved for a in audits)
+                and (not every_stage or len(audits) == len(ledger.jobs[j].route))
+                for j, audits in by_job.items()
+            ):
+                return ledger, by_job
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"audits of jobs {job_ids} did not all resolve; logs in {self.home}")
             time.sleep(0.5)
 
     def rivals(self, model_id: int, node: str) -> tuple[str, ...]:

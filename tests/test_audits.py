@@ -7,7 +7,6 @@ audit window."""
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
@@ -42,19 +41,9 @@ def net(tmp_path_factory):
     network.stop()
 
 
-def wait_resolved(net: Network, job_id: int, timeout_s: float = 120) -> Ledger:
-    """The chain's events until every audit of `job_id` resolved."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        ledger = Ledger()
-        for event in EventReader(net.chain).poll():
-            ledger.apply(event)
-        audits = [a for a in ledger.audits.values() if a.job_id == job_id]
-        if audits and all(a.resolved for a in audits):
-            return ledger
-        if time.monotonic() > deadline:
-            raise AssertionError(f"job {job_id}: audits {audits} not resolved; logs in {net.home}")
-        time.sleep(0.5)
+def wait_resolved(net: Network, job_id: int) -> Ledger:
+    """The chain's events once every audit of `job_id` resolved."""
+    return net.resolved_audits([job_id])[0]
 
 
 def test_a_cheating_stage_is_caught_slashed_and_refunded_and_a_liar_outvoted(net):
@@ -123,9 +112,7 @@ def test_a_client_challenges_a_stage_from_the_command_line_and_is_rewarded(net):
 
 def test_an_operator_sees_pending_earnings_and_withdraws_them_after_the_window(net):
     """`shardnet node earnings` / `withdraw`: fees wait out the audit window, then come out."""
-    ledger = Ledger()
-    for event in EventReader(net.chain).poll():
-        ledger.apply(event)
+    ledger = net.ledger()
     served = {s.node for job in ledger.jobs.values() for s in job.route}
     honest = next(i for i in range(4) if i != CHEAT and dev_account(2 + i).address in served)
     config = str(net.home / f"node{honest}.toml")

@@ -157,7 +157,7 @@ interface IJobMarket {
 
     // ---------------------------------------------------------------- the verifier
     /// @notice Take a stage's fee (and the coordinator's cut on it) back for the client.
-    function revoke(AuditCase calldata c) external returns (uint256 recovered);
+    function revoke(AuditCase calldata c) external returns (uint256 recovered, uint256 owed);
     function epochLength() external view returns (uint256);
     function getJob(uint256 jobId) external view returns (Job memory);
     function terms()

@@ -144,13 +144,7 @@ def job_withdraw(dev_account: int, key: str | None, as_json: bool) -> None:
     """Send you what the market and the verifier hold for you: refunds, returned audit reserves,
     challenge rewards."""
     client, address = _client(dev_account, key)
-    sent: dict[str, int] = {}
-    if (credit := client.c.market.balance(address)[0]) != 0:
-        client.c.market.withdraw()
-        sent["market"] = credit
-    if (credit := client.c.verifier.credit(address)) != 0:
-        client.c.verifier.withdraw()
-        sent["verifier"] = credit
+    sent = client.c.withdraw_all(address)
     _, pending, until = client.c.market.balance(address)
     if as_json:
         click.echo(json.dumps({"withdrawn_wei": sent, "pending_wei": pending, "pending_until": until}))
