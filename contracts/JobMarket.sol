@@ -41,9 +41,9 @@ import {AddressArrays} from "./libraries/AddressArrays.sol";
 /// | anyone (in practice node agents) | draw the job's audits (`drawAudits`) | completed, after its block, within the challenge window |
 /// | anyone (the client, an auditor) | challenge a stage with a bond | completed, within the challenge window |
 /// | the verifier | take a stage's fee back for the client (`revoke`) | when its committee finds the stage wrong |
-/// | anyone (in practice each stage) | claim a stage's delivery with that stage's receipt | routed, within CLAIM_WINDOW after the deadline |
-/// | anyone | expire it: delivered stages paid, the others recorded failed | posted: after the deadline; routed: after the claim window |
-/// | its route's first stage, or its coordinator | abort it | while routed, before the deadline |
+/// | anyone (in practice each stage) | claim a stage's delivery with that stage's receipt | routed or aborting, within CLAIM_WINDOW after the deadline (an abort's time) |
+/// | anyone | expire it: delivered stages paid, the others recorded failed | posted: after the deadline; routed or aborting: after the claim window |
+/// | its route's first stage, or its coordinator | abort it: it settles like an expiry, from now | while routed, before the deadline |
 /// | any coordinator | abort it | while posted, before the deadline |
 /// | any payee | withdraw its credit (pending credit once its epoch has matured) | any time |
 contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP712 {
@@ -331,8 +331,8 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
         emit StageRevoked(c.jobId, c.stage, c.node, fromNode, fromCoordinator);
     }
 
-    /// @notice After the deadline of a routed job that did not complete, and within CLAIM_WINDOW,
-    /// a stage proves it delivered: its own receipt for its stage of the current route (anyone
+    /// @notice After the deadline of a routed job that did not complete (or after its abort), and
+    /// within CLAIM_WINDOW, a stage proves it delivered: its own receipt for its stage of the current route (anyone
     /// may send it). Stages that prove delivery are paid when the job expires; the others are
     /// recorded failed. Whoever expires the job chooses nothing.
     function claimDelivery(
@@ -342,8 +342,14 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
         uint256 stage,
         Receipt calldata receipt
     ) external {
-        Job storage job = _jobWithStatus(jobId, Status.Routed);
-        if (block.timestamp <= job.deadline) revert DeadlineNotPassed(jobId, job.deadline);
+        Job storage job = _job(jobId);
+        if (job.status != Status.Routed && job.status != Status.Aborting) {
+            revert WrongStatus(jobId, job.status, Status.Routed);
+        }
+        // an aborting job's deadline is its abort's time: claims are open from then on
+        if (job.status == Status.Routed && block.timestamp <= job.deadline) {
+            revert DeadlineNotPassed(jobId, job.deadline);
+        }
         uint256 closesAt = uint256(job.deadline) + CLAIM_WINDOW;
         if (block.timestamp > closesAt) revert ClaimWindowClosed(jobId, closesAt);
         if (_routeHash(coordinator, stages) != job.routeHash) revert RouteMismatch(jobId);
@@ -360,14 +366,21 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
     /// no stages): the whole escrow goes back to the client. A routed job expires once the
     /// claim window after its deadline is over (pass its route): each stage that proved
     /// delivery is paid its fee, every other stage is recorded failed, the client gets the rest.
+    /// An aborted routed job settles the same way once the claim window after its abort is over,
+    /// except that when no stage claimed, nobody is recorded failed (the input was at fault);
+    /// it ends Aborted.
     function expireJob(uint256 jobId, address coordinator, Stage[] calldata stages) external {
         Job storage job = _job(jobId);
         Status status = job.status;
-        if (status != Status.Posted && status != Status.Routed) revert WrongStatus(jobId, status, Status.Routed);
-        if (block.timestamp <= job.deadline) revert DeadlineNotPassed(jobId, job.deadline);
+        if (status != Status.Posted && status != Status.Routed && status != Status.Aborting) {
+            revert WrongStatus(jobId, status, Status.Routed);
+        }
+        if (status != Status.Aborting && block.timestamp <= job.deadline) {
+            revert DeadlineNotPassed(jobId, job.deadline);
+        }
         address[] memory failed = new address[](stages.length);
         uint256 nFailed;
-        if (status == Status.Routed) {
+        if (status != Status.Posted) {
             uint256 closesAt = uint256(job.deadline) + CLAIM_WINDOW;
             if (block.timestamp <= closesAt) revert ClaimWindowOpen(jobId, closesAt);
             if (_routeHash(coordinator, stages) != job.routeHash) revert RouteMismatch(jobId);
@@ -379,7 +392,7 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
                     _accounts[s.node].credit += uint80(s.fee);
                     paid += s.fee;
                     emit StagePaid(jobId, s.node, i, s.fee);
-                } else {
+                } else if (claimed != 0 || status == Status.Routed) {
                     failed[nFailed++] = s.node;
                     emit StageFailed(jobId, s.node);
                 }
@@ -391,18 +404,19 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
         } else if (stages.length != 0) {
             revert RouteMismatch(jobId);
         }
-        job.status = Status.Expired;
+        job.status = status == Status.Aborting ? Status.Aborted : Status.Expired;
         _refund(jobId, job);
         emit JobExpired(jobId, failed);
     }
 
     /// @notice Give up on a job that cannot be served as posted (its input is missing or
-    /// malformed, its parameters out of range): the whole escrow goes back to the client and
-    /// nobody's record is marked failed. Callable by the route's first stage (the only stage that
-    /// reads the client's input) or by the coordinator that routed it; a job not yet routed, by
-    /// any coordinator. A later stage cannot abort: it could do so after the work is done, for a
-    /// full refund with nobody paid; a job it cannot finish expires instead, where the stages that
-    /// delivered are paid and the others recorded failed.
+    /// malformed, its parameters out of range). A job not yet routed (any coordinator may abort
+    /// it): the whole escrow goes back to the client at once. A routed job (its route's first
+    /// stage, the only one that reads the client's input, or the coordinator that routed it may
+    /// abort it): it becomes Aborting and settles like an expiry from now on, so an abort never
+    /// takes the pay of stages that already did their work. Each stage that delivered claims
+    /// within CLAIM_WINDOW and is paid; if none did, the input was at fault and nobody is recorded
+    /// failed; if some did, the silent ones are. A later stage cannot abort at all.
     function abortJob(uint256 jobId, address coordinator, Stage[] calldata stages, string calldata reason) external {
         Job storage job = _job(jobId);
         Status status = job.status;
@@ -416,12 +430,16 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
                 if (_onRoute(msg.sender, stages)) revert OnlyFirstStageAborts(jobId, msg.sender);
                 revert NotOnRoute(jobId, msg.sender);
             }
+            job.status = Status.Aborting;
+            job.deadline = uint40(block.timestamp);
+            emit JobAborted(jobId, msg.sender, reason, job.deadline);
+            return;
         } else {
             revert WrongStatus(jobId, status, Status.Routed);
         }
         job.status = Status.Aborted;
         _refund(jobId, job);
-        emit JobAborted(jobId, msg.sender, reason);
+        emit JobAborted(jobId, msg.sender, reason, job.deadline);
     }
 
     /// @notice Send the caller everything withdrawable (refunds, and stage fees and coordinator

@@ -102,7 +102,8 @@ class Coordinator:
     async def _expiry_loop(self) -> None:
         """Settle overdue jobs so no escrow stays locked: a posted job once its deadline passed, a
         routed one once the claim window after it closed (the stages that proved delivery are
-        paid, the others recorded failed). Judged by the chain's clock, the one the contract uses."""
+        paid, the others recorded failed), and an aborted routed job the same way once the claim
+        window after its abort closed. Judged by the chain's clock, the one the contract uses."""
         claim_window = await asyncio.to_thread(self.c.market.claim_window_s)
         attempts: dict[int, int] = {}
         while True:
@@ -114,7 +115,7 @@ class Coordinator:
                     continue
                 if job.status == JobStatus.POSTED and now > job.deadline:
                     route: list[Stage] = []
-                elif job.status == JobStatus.ROUTED and now > job.deadline + claim_window and job.coordinator:
+                elif job.status in (JobStatus.ROUTED, JobStatus.ABORTING) and now > job.deadline + claim_window:
                     route = job.route
                 else:
                     continue

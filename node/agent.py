@@ -21,6 +21,7 @@ from node.committee import Committee
 from node.executor import Executor
 from node.filter import (
     AdoptRoute,
+    ClaimAborted,
     DropJob,
     LoadSpan,
     OpenAudits,
@@ -84,6 +85,7 @@ class NodeAgent:
             self.reporter,
             self.state,
             self.metrics,
+            settings.misbehave,
         )
         self.pipeline = StagePipeline(
             self.address,
@@ -170,6 +172,8 @@ class NodeAgent:
                     self.spawn(self.pipeline.rerouted(job_id))
                 case DropJob(job_id):
                     self.pipeline.drop(job_id)
+                case ClaimAborted(job_id):
+                    self.spawn(self.pipeline.claim_aborted(job_id))
                 case OpenAudits(job_id, result_block):
                     if self.ready:  # a result seen while catching up is long past its draw
                         self.spawn(self.committee.open_audits(job_id, result_block))

@@ -7,6 +7,7 @@ that entered and left the stage, which the stage signs as its receipt.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import tempfile
 import time
@@ -22,7 +23,7 @@ from shardnet.jobs import JobParams
 from shardnet.model.manifest import Manifest, fetch_manifest
 from shardnet.model.shards import fetch_span
 from shardnet.model.span import Session, SpanModel
-from shardnet.protocol import Span, Stage
+from shardnet.protocol import Receipt, Span, Stage
 from shardnet.receipts import ZERO_HASH, fold
 from shardnet.storage import IpfsClient
 
@@ -58,6 +59,9 @@ class JobRun:
     received_log: list[bytes] = field(default_factory=list)  # every message that entered the stage (transcript)
     expected_step: int = 0  # next activation step this stage has not processed yet
     stalled: bool = False  # the next stage is unreachable: waiting for the coordinator to reroute
+    final_receipt: Receipt | None = None  # last stage: its own receipt for the output, once made
+    progress: asyncio.Event = field(default_factory=asyncio.Event)  # last stage: set on each new token
+    ended: bool = False  # last stage: no token will follow (the output is made, or the job is over)
 
     def receive(self, body: bytes) -> None:
         """A message entered the stage: it joins the input hash chain and the transcript."""

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from shardnet.events import Event
 from shardnet.ledger import Ledger
-from shardnet.protocol import Route, Span
+from shardnet.protocol import JobStatus, Route, Span
 
 SETTLED = ("ResultSubmitted", "JobExpired", "JobAborted", "JobCancelled")
 
@@ -57,6 +57,13 @@ class DropJob:
 
 
 @dataclass(frozen=True)
+class ClaimAborted:
+    """A job this node worked on was aborted while routed: claim its delivery, then forget it."""
+
+    job_id: int
+
+
+@dataclass(frozen=True)
 class OpenAudits:
     """A job completed: open its audits if its result was drawn (every node checks)."""
 
@@ -71,7 +78,7 @@ class ServeOnCommittee:
     audit_id: int
 
 
-Action = LoadSpan | UnloadSpan | StartJob | AdoptRoute | DropJob | OpenAudits | ServeOnCommittee
+Action = LoadSpan | UnloadSpan | StartJob | AdoptRoute | DropJob | ClaimAborted | OpenAudits | ServeOnCommittee
 
 
 def actions_for(address: str, event: Event, ledger: Ledger, running: Container[int]) -> list[Action]:
@@ -92,6 +99,8 @@ def actions_for(address: str, event: Event, ledger: Ledger, running: Container[i
         return []
     if event.name == "ResultSubmitted":
         return [DropJob(a["jobId"]), OpenAudits(a["jobId"], event.block_number)]
+    if event.name == "JobAborted" and a["jobId"] in running and ledger.jobs[a["jobId"]].status == JobStatus.ABORTING:
+        return [ClaimAborted(a["jobId"])]
     if event.name in SETTLED:
         return [DropJob(a["jobId"])]
     if event.name == "AuditOpened" and address in a["members"]:

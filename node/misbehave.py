@@ -1,7 +1,9 @@
 """Deliberate misbehaviour, for tests and benches of verification only: a node started with
 `misbehave = "..."` on the devnet corrupts what it serves in one of these ways, or (lie_vote,
-absent) votes against its own check or never reveals its vote on a committee. The agent refuses
-the setting on any chain but the devnet's.
+absent) votes against its own check or never reveals its vote on a committee, or (abort_late) as
+stage 0 aborts a job once its work is done, when the last stage asks for its receipt (what a
+stage colluding with the client would do for a free result). The agent refuses the setting on any
+chain but the devnet's.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import Literal
 import torch
 
 DEVNET_CHAIN_ID = 31337
-Misbehaviour = Literal["", "garbage", "lazy", "perturb", "wrong_token", "lie_vote", "absent"]
+Misbehaviour = Literal["", "garbage", "lazy", "perturb", "wrong_token", "lie_vote", "absent", "abort_late"]
 MODES: tuple[Misbehaviour, ...] = ("garbage", "lazy", "perturb", "wrong_token")  # what a stage serves
 COMMITTEE_MODES: tuple[Misbehaviour, ...] = ("lie_vote", "absent")  # how a committee member votes
 

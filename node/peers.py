@@ -17,8 +17,8 @@ from typing import Any
 import aiohttp
 from eth_account.signers.local import LocalAccount
 
-from node.signing import sign_request
 from shardnet.errors import PeerError
+from shardnet.signing import sign_request
 
 log = logging.getLogger("shardnet.node.peers")
 

@@ -78,6 +78,11 @@ class StagePipeline:
         self.settlement.finish(job_id)
         self.queues.pop(job_id, None)
 
+    async def claim_aborted(self, job_id: int) -> None:
+        """The job was aborted after this stage may have done its part: claim it, then forget it."""
+        self.queues.pop(job_id, None)
+        await self.settlement.claim_aborted(job_id)
+
     def begin(self, job_id: int) -> JobRun:
         """This node's state for a job, created on its first message (params decoded once, here)."""
         run = self.executor.jobs.get(job_id)
@@ -142,6 +147,8 @@ class StagePipeline:
             token, done = self.executor.next_token(run, out)
             if self.settings.misbehave:
                 token = run.tokens[-1] = corrupt_token(self.settings.misbehave, token, out.shape[-1])
+            run.ended = done
+            run.progress.set()  # the client's token stream, if it listens, sends it now
             if not done:
                 body = pack({"kind": "tokens", "step": run.step, "ids": [token]})
                 run.step += 1

@@ -8,7 +8,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from node.signing import recover_sender
+from shardnet.signing import recover_sender
 
 if TYPE_CHECKING:
     from node.agent import NodeAgent

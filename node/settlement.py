@@ -15,6 +15,7 @@ from eth_account.signers.local import LocalAccount
 
 from node.executor import Executor, JobRun
 from node.metrics import NodeMetrics
+from node.misbehave import Misbehaviour
 from node.peers import PeerClient
 from node.reporter import Reporter
 from node.state import AgentState
@@ -43,6 +44,7 @@ class Settlement:
         reporter: Reporter,
         state: AgentState,
         metrics: NodeMetrics,
+        misbehave: Misbehaviour = "",
     ):
         self.account = account
         self.receipts = receipts
@@ -53,6 +55,7 @@ class Settlement:
         self.reporter = reporter
         self.state = state
         self.metrics = metrics
+        self.misbehave = misbehave
 
     async def finalize(self, run: JobRun, final: torch.Tensor | None) -> None:
         """Last stage: every earlier stage's receipt and transcript, this stage's transcript, the
@@ -74,10 +77,13 @@ class Settlement:
             self.account, job_id, run.stage, run.stages[run.stage], run.coordinator, run.in_hash, output_hash_of(cid)
         )
         receipts.append(mine)
+        run.final_receipt = mine
         if await self.reporter.submit_result(job_id, run.coordinator, run.stages, cid, receipts):
             self.state.settled(job_id, "submitted")
             self.metrics.jobs.labels(run.params.kind, "completed").inc()
             log.info("job %d done: output %s", job_id, cid, extra={"job": job_id})
+        elif self.ledger.jobs[job_id].status == JobStatus.ABORTING:
+            await self._claim(run, mine, "aborted before its result was submitted")
         self.finish(job_id)
 
     async def _publish_transcript(self, run: JobRun) -> str:
@@ -112,6 +118,9 @@ class Settlement:
             return None, f"this node has no state for job {job_id}"
         if sender != job.route[-1].node:
             return None, "receipts go only to the job's last stage"
+        if self.misbehave == "abort_late" and run.is_first:
+            await self.abort(job_id, "input is malformed")  # a lie: the work is done
+            return None, "this stage aborted the job"
         receipt = self.receipts.sign(
             self.account, job_id, run.stage, run.stages[run.stage], run.coordinator, run.in_hash, run.out_hash
         )
@@ -126,7 +135,8 @@ class Settlement:
         }, ""
 
     async def abort(self, job_id: int, reason: str) -> None:
-        """Give up on a job this node cannot serve: refund the client on-chain, with the reason."""
+        """Give up on a job this node cannot serve, with the reason: the client is refunded for
+        every stage that did not deliver."""
         if job_id in self.state.aborted:
             return
         job = self.ledger.jobs[job_id]
@@ -139,10 +149,15 @@ class Settlement:
             log.warning("job %d: %s; past its deadline, so it will expire", job_id, reason, extra={"job": job_id})
             return
         log.warning("aborting job %d: %s", job_id, reason, extra={"job": job_id})
-        if await self.reporter.abort_job(job_id, job.coordinator or ZERO_ADDRESS, job.route, reason):
+        aborted = await self.reporter.abort_job(job_id, job.coordinator or ZERO_ADDRESS, job.route, reason)
+        if aborted:
             self.state.settled(job_id, "aborted")
         self.metrics.jobs.labels("unknown", "aborted").inc()
-        self.finish(job_id)
+        run = self.executor.jobs.get(job_id)
+        if not aborted or run is None or not run.sent_log:
+            self.finish(job_id)
+        # else: it sent activations on before giving up, so it claims them like the later stages
+        # do once the abort is seen (ClaimAborted)
 
     async def claim_when_overdue(self, job_id: int) -> None:
         """If a job this stage worked on is still routed past its deadline, prove the stage
@@ -163,6 +178,32 @@ class Settlement:
                 return
             await asyncio.sleep(CLAIM_DELAY_S)  # the chain's clock may lag this one by a block
 
+    async def claim_aborted(self, job_id: int) -> None:
+        """A job this stage worked on was aborted: if the stage delivered (sent activations on, or,
+        as the last stage, made the output), claim it, so the abort does not take its fee."""
+        run = self.executor.jobs.get(job_id)
+        if run is not None:
+            if run.is_last and run.final_receipt is not None:
+                receipt = run.final_receipt
+            elif run.sent_log or run.is_last and "done" in run.timing:  # sent on, or made the output
+                receipt = self.receipts.sign(
+                    self.account, job_id, run.stage, run.stages[run.stage], run.coordinator, run.in_hash, run.out_hash
+                )
+            else:
+                receipt = None
+            if receipt is not None:
+                await self._claim(run, receipt, "aborted")
+        self.finish(job_id)
+
+    async def _claim(self, run: JobRun, receipt: Receipt, why: str) -> None:
+        job_id = run.job_id
+        if await self.reporter.claim_delivery(job_id, run.coordinator, run.stages, run.stage, receipt):
+            log.info("job %d was %s: claimed delivery of stage %d", job_id, why, run.stage, extra={"job": job_id})
+
     def finish(self, job_id: int) -> None:
+        run = self.executor.jobs.get(job_id)
+        if run is not None:
+            run.ended = True
+            run.progress.set()  # a token stream still open ends
         if self.executor.jobs.pop(job_id, None) is not None:
             self.metrics.open_jobs.dec()

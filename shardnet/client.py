@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Container
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,8 @@ from shardnet.protocol import JobStatus
 from shardnet.storage import IpfsClient
 
 SETTLED = (JobStatus.COMPLETED, JobStatus.EXPIRED, JobStatus.CANCELLED, JobStatus.ABORTED)
+# no result will come: settled, or aborted while routed (its refund follows the claim window)
+ENDED = (*SETTLED, JobStatus.ABORTING)
 
 
 @dataclass
@@ -36,6 +39,11 @@ class JobResult:
     @property
     def status(self) -> JobStatus:
         return self.record.status
+
+    @property
+    def aborted(self) -> bool:
+        """Aborted, settled or still open to its stages' delivery claims."""
+        return self.record.status in (JobStatus.ABORTED, JobStatus.ABORTING)
 
 
 class Client:
@@ -76,11 +84,15 @@ class Client:
             )
         return ledger.jobs[job_id]
 
-    def wait(self, job_id: int, timeout_s: float = 300, poll_s: float = 0.2) -> JobResult:
+    def wait(
+        self, job_id: int, timeout_s: float = 300, poll_s: float = 0.2, until: Container[JobStatus] = ENDED
+    ) -> JobResult:
+        """The job once its status is one of `until`: by default once it has ended (no result will
+        come, though an aborted routed job settles later); `until=SETTLED` waits for the money too."""
         deadline = time.monotonic() + timeout_s
         while True:
             record = self.history(job_id)
-            if record.status in SETTLED:
+            if record.status in until:
                 output = None
                 if record.output_cid:
                     output = json.loads(self.ipfs.cat(record.output_cid))

@@ -272,10 +272,17 @@ class Ledger:
         return job
 
     def _on_JobExpired(self, a: Args) -> None:
-        self._close(a["jobId"], JobStatus.EXPIRED)
+        """Settles an overdue job, or an aborted routed job once its stages could claim delivery."""
+        aborting = self.jobs[a["jobId"]].status == JobStatus.ABORTING
+        self._close(a["jobId"], JobStatus.ABORTED if aborting else JobStatus.EXPIRED)
 
     def _on_JobAborted(self, a: Args) -> None:
-        self._close(a["jobId"], JobStatus.ABORTED).abort_reason = a["reason"]
+        """A posted job is settled at once (its refund follows); a routed one is ABORTING until it
+        settles by expiry, its deadline now the abort's time."""
+        routed = self.jobs[a["jobId"]].status == JobStatus.ROUTED
+        job = self._close(a["jobId"], JobStatus.ABORTING if routed else JobStatus.ABORTED)
+        job.abort_reason = a["reason"]
+        job.deadline = a["deadline"]
 
     def _on_JobCancelled(self, a: Args) -> None:
         self.jobs[a["jobId"]].status = JobStatus.CANCELLED

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from web3.types import RPCEndpoint
+
 from shardnet import devnet as dn
 from shardnet.bindings import Contracts
 from shardnet.chain import Chain, dev_account
@@ -149,6 +151,13 @@ class Network:
             source, manifest.cid, len(manifest.blocks), manifest.blocks_root, price_per_block, account=dev_account(0)
         )
         return model_id, manifest.cid
+
+    def advance(self, seconds: int) -> None:
+        """Move the chain's clock forward and mine a block, so the latest block shows the new time
+        (the coordinator's expiry sweep reads it)."""
+        provider = self.chain.w3.provider
+        provider.make_request(RPCEndpoint("evm_increaseTime"), [seconds])
+        provider.make_request(RPCEndpoint("evm_mine"), [])
 
     def ledger(self) -> Ledger:
         """Every event of the deployment so far, applied to a fresh ledger."""

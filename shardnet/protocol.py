@@ -104,6 +104,7 @@ class JobStatus(IntEnum):
     EXPIRED = 4
     CANCELLED = 5
     ABORTED = 6
+    ABORTING = 7  # a routed job was aborted: its stages may claim delivery, then it settles as ABORTED
 
 
 @dataclass(frozen=True)

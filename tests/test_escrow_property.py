@@ -338,9 +338,11 @@ def make_machine(chain: Chain):
             for job_id, j in self.jobs.items():
                 job = self.c.market.job(job_id)
                 assert j["paid"] + j["refunded"] + j["verification"] + job.held == j["max_fee"]
-                if job.status in (JobStatus.CANCELLED, JobStatus.ABORTED):
+                if job.status == JobStatus.CANCELLED:
                     assert j["paid"] == 0 and j["refunded"] == j["max_fee"]
-                if job.status == JobStatus.EXPIRED:  # the stages that proved delivery are paid, no more
+                if job.status == JobStatus.ABORTING:  # open to delivery claims: nothing paid out yet
+                    assert j["paid"] == j["refunded"] == 0 and job.held == j["max_fee"]
+                if job.status in (JobStatus.EXPIRED, JobStatus.ABORTED):  # the stages that proved delivery are paid
                     assert j["paid"] == sum(j["stages"][k].fee for k in j["claimed"]) if j["stages"] else j["paid"] == 0
                 if job.status == JobStatus.COMPLETED:
                     assert j["paid"] >= 0 and job.held == 0

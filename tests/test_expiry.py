@@ -48,9 +48,7 @@ def test_overdue_job_pays_the_stages_that_delivered(tmp_path):
             time.sleep(0.5)
         assert client.history(job_id).status == JobStatus.ROUTED  # no abort after the deadline
 
-        provider = net.chain.w3.provider
-        provider.make_request("evm_increaseTime", [net.c.market.claim_window_s() + 1])  # type: ignore[arg-type]
-        provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+        net.advance(net.c.market.claim_window_s() + 1)
         deadline = time.monotonic() + 30
         while (done := client.history(job_id)).status != JobStatus.EXPIRED:  # the coordinator expires it
             assert time.monotonic() < deadline, f"nobody expired the job: {done}"
@@ -67,5 +65,44 @@ def test_overdue_job_pays_the_stages_that_delivered(tmp_path):
             if e.name == "FailureRecorded" and e.args["jobId"] == job_id
         ]
         assert recorded == [last]
+    finally:
+        net.stop()
+
+
+def test_an_abort_after_the_work_is_done_still_pays_the_stages(tmp_path):
+    """Stage 0, colluding with the client, aborts the job once every stage has done its work (when
+    the last stage asks for its receipt) so that the client would get the result for nothing. The
+    abort only opens the claim window: every stage that delivered claims on its own, and once
+    the window is over the coordinator settles the job: the stages are paid, the client gets back
+    only what they did not earn."""
+    every_stage_0_aborts_late = {i: {"misbehave": "abort_late"} for i in range(3)}
+    net = Network(tmp_path / "net", node_overrides=every_stage_0_aborts_late).start()
+    try:
+        model_id, _ = net.publish("tiny-gpt2")
+        net.wait_confirmed(model_id, 3)
+        client = Client.from_deployment(dev_account(12), net.deployment)
+        params = JobParams(kind="generate", max_new_tokens=4)
+        job_id = client.submit(model_id, {"input_ids": [3, 1, 4]}, params, MAX_FEE)
+        aborted = client.wait(job_id, timeout_s=60)
+        assert aborted.status == JobStatus.ABORTING and aborted.record.abort_reason == "input is malformed"
+        route = aborted.record.route
+        assert len(route) == 3
+
+        reader = EventReader(net.chain, [net.c.market.address])
+        deadline = time.monotonic() + 30
+        while True:  # every stage delivered, so every stage claims
+            events = reader.fetch(net.deployment.deploy_block, reader.head())
+            claimed = {e.args["stage"] for e in events if e.name == "DeliveryClaimed" and e.args["jobId"] == job_id}
+            if claimed == {0, 1, 2}:
+                break
+            assert time.monotonic() < deadline, f"stages claimed only {claimed}: logs in {net.home}"
+            time.sleep(0.5)
+
+        net.advance(net.c.market.claim_window_s() + 1)
+        done = client.wait(job_id, timeout_s=30, until=(JobStatus.ABORTED,))  # the coordinator settles it
+        fees = sum(s.fee for s in route)
+        assert done.record.payouts == {s.node: s.fee for s in route}
+        assert done.record.refunded == MAX_FEE - fees  # no free result: the client pays every stage
+        assert done.record.failed_nodes == []
     finally:
         net.stop()

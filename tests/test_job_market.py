@@ -357,20 +357,34 @@ def test_stage_is_the_abi_tuple():
     assert output_hash_of("QmX") == keccak(text="QmX")
 
 
-def test_abort_refunds_client_without_blaming_nodes(s):
+def test_abort_of_a_routed_job_refunds_client_without_blaming_nodes_when_no_stage_delivered(s):
+    """Stage 0 gives up on the input: the job is aborting, open to delivery claims for the claim
+    window; nobody claimed, so the client gets all its escrow back and nobody is recorded failed."""
     job, stages = s.routed()
     with reverts("NotOnRoute", jobId=job, caller=dev_account(13).address):
         s.market.abort_job(job, COORD, stages, "nope", account=dev_account(13))
     receipt = s.market.abort_job(job, COORD, stages, "input is not valid JSON", account=s.nodes[0])
     [event] = [e for e in s.market.events_in(receipt) if e.name == "JobAborted"]
     assert event.args["reason"] == "input is not valid JSON" and event.args["by"] == s.nodes[0].address
+    assert s.market.job(job).status == JobStatus.ABORTING
+    assert event.args["deadline"] == s.market.job(job).deadline  # the abort's time
+    with reverts("WrongStatus", have=JobStatus.ABORTING):
+        s.market.abort_job(job, COORD, stages, "again", account=s.nodes[0])
+    with reverts("WrongStatus", have=JobStatus.ABORTING):  # no result after an abort
+        s.market.submit_result(job, COORD, stages, "QmO", s.world.receipts(job, stages, "QmO"), account=s.nodes[2])
+    with reverts("ClaimWindowOpen", jobId=job):
+        s.market.expire_job(job, COORD, stages, account=dev_account(13))
+    assert s.world.contracts.account(s.client.address).credit == 0
+    s.world.advance(s.market.claim_window_s() + 1)
+    receipt = s.market.expire_job(job, COORD, stages, account=dev_account(13))
+    [expired] = [e for e in s.market.events_in(receipt) if e.name == "JobExpired"]
+    assert expired.args["failedNodes"] == []
     assert s.market.job(job).status == JobStatus.ABORTED
     assert s.world.contracts.account(s.client.address).credit == MAX_FEE
     assert [s.world.contracts.account(st.node).jobs_failed for st in stages] == [0, 0, 0]
-    with reverts("WrongStatus", have=JobStatus.ABORTED):
-        s.market.abort_job(job, COORD, stages, "again", account=s.nodes[0])
     posted = s.post()
     with reverts("NotOnRoute", jobId=posted):
         s.market.abort_job(posted, COORD, [], "x", account=s.nodes[0])
     s.market.abort_job(posted, COORD, [], "unknown input CID", account=s.world.coordinator)
-    assert s.market.job(posted).status == JobStatus.ABORTED
+    assert s.market.job(posted).status == JobStatus.ABORTED  # not routed: settled at once
+    assert s.world.contracts.account(s.client.address).credit == 2 * MAX_FEE

@@ -96,5 +96,24 @@ def test_a_later_stage_cannot_abort_for_a_free_refund(w: World):
         with reverts("OnlyFirstStageAborts", jobId=job, caller=later.address):
             market.abort_job(job, COORD.address, stages, "input is malformed", account=later)
     assert market.job(job).status == JobStatus.ROUTED
+
+
+def test_the_first_stage_cannot_abort_after_the_work_for_a_free_refund(w: World):
+    """Stage 0 (say, colluding with the client) sees the last token loop back and aborts before the
+    result is submitted. The abort only opens the claim window: the later stages prove delivery
+    and are paid; the client gets back only what the silent stage 0 did not earn, and stage 0 is
+    recorded failed."""
+    job, stages, nodes = _routed(w)
+    market = w.contracts.market
+    client = dev_account(12).address
+    receipts = w.receipts(job, stages, "QmOut")
     market.abort_job(job, COORD.address, stages, "input is not JSON", account=nodes[0])
+    assert market.job(job).status == JobStatus.ABORTING
+    market.claim_delivery(job, COORD.address, stages, 1, receipts[1], account=nodes[1])
+    market.claim_delivery(job, COORD.address, stages, 2, receipts[2], account=nodes[2])
+    w.advance(market.claim_window_s() + 1)
+    market.expire_job(job, COORD.address, stages, account=dev_account(13))
     assert market.job(job).status == JobStatus.ABORTED
+    assert [market.credit(s.node) for s in stages] == [0, stages[1].fee, stages[2].fee]
+    assert market.credit(client) == MAX_FEE - stages[1].fee - stages[2].fee
+    assert [w.contracts.nodes.failures(s.node) for s in stages] == [1, 0, 0]

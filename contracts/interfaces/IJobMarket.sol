@@ -15,7 +15,8 @@ interface IJobMarket {
         Completed,
         Expired,
         Cancelled,
-        Aborted
+        Aborted,
+        Aborting // a routed job was aborted: its stages may claim delivery, then it settles as Aborted
     }
 
     /// @notice One hop of a route: `node` runs blocks [start, end) for `fee` wei.
@@ -102,7 +103,10 @@ interface IJobMarket {
     event JobRefunded(uint256 indexed jobId, address indexed client, uint256 amount);
     event JobExpired(uint256 indexed jobId, address[] failedNodes);
     event JobCancelled(uint256 indexed jobId);
-    event JobAborted(uint256 indexed jobId, address indexed by, string reason);
+    /// @notice `deadline` is the job's deadline from now on: the abort's time for a routed job (its
+    /// stages may claim delivery for CLAIM_WINDOW after it, then it settles), unchanged for a
+    /// posted one (settled at once).
+    event JobAborted(uint256 indexed jobId, address indexed by, string reason, uint40 deadline);
     event StageFailed(uint256 indexed jobId, address indexed node);
     event DeliveryClaimed(uint256 indexed jobId, address indexed node, uint256 stage);
     event Withdrawn(address indexed account, uint256 amount);

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from shardnet.cli.root import _as_json, main
+from shardnet.protocol import JobStatus
 
 if TYPE_CHECKING:
     from shardnet.chain import Chain
@@ -97,7 +98,7 @@ def audit_sync(rpc_url: str | None, db: Path | None, no_sync: bool) -> None:
 @click.option("--model", "model_id", type=int, help="only jobs on this model")
 @click.option("--client", help="only jobs posted by this address")
 @click.option("--node", help="only jobs routed through this node")
-@click.option("--status", type=click.Choice(["posted", "routed", "completed", "expired", "cancelled", "aborted"]))
+@click.option("--status", type=click.Choice([s.name.lower() for s in JobStatus if s.value]))
 @click.option("--from-block", type=int, help="only jobs posted at or after this block")
 @click.option("--to-block", type=int, help="only jobs posted at or before this block")
 @_as_json

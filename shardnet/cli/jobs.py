@@ -233,6 +233,12 @@ def _print_job(result: JobResult, as_json: bool) -> None:
     click.echo(f"job {r.job_id}: {r.status.name.lower()}  (model {r.model_id}, escrow {r.max_fee} wei)")
     if r.abort_reason:
         click.echo(f"reason: {r.abort_reason}")
+    if r.status.name == "ABORTING":
+        click.echo(
+            "aborted while routed: its stages may claim what they delivered during the claim window "
+            "(JobMarket.CLAIM_WINDOW) after the abort; then the job settles, and what no stage earned "
+            "comes back to you ('shardnet job withdraw')"
+        )
     out = result.output or {}
     if out.get("kind") == "generate":
         click.echo(f"output: {out.get('text')!r}" if out.get("text") is not None else f"tokens: {out['tokens']}")

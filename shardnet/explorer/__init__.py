@@ -26,7 +26,7 @@ from shardnet.errors import ShardnetError
 from shardnet.indexer import Index
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
-STATUSES = ("posted", "routed", "completed", "expired", "cancelled", "aborted")
+STATUSES = ("posted", "routed", "completed", "expired", "cancelled", "aborted", "aborting")
 
 
 def _eth(wei: int) -> str:

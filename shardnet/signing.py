@@ -1,6 +1,7 @@
 """Data-plane request signatures: every request between stages is signed by the sender's
 operator key (EIP-191 over a digest of the job, the path and the body), and a receiver
-accepts it only from the node its job's on-chain route names."""
+accepts it only from the node its job's on-chain route names. A client signs its request for
+its job's token stream the same way, with the key that posted the job."""
 
 from __future__ import annotations
 
