@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,7 +18,7 @@ import torch
 from node.inputs import parse_input, sample_next
 from shardnet.errors import JobInputError
 from shardnet.jobs import JobParams
-from shardnet.model.manifest import Manifest, fetch_manifest
+from shardnet.model.manifest import Manifest, fetch_manifest, fetch_tokenizer
 from shardnet.model.shards import fetch_span
 from shardnet.model.span import Session, SpanModel
 from shardnet.protocol import Receipt, Span, Stage
@@ -109,12 +107,7 @@ class Executor:
         return loaded
 
     def _tokenizer(self, manifest: Manifest) -> Any:
-        import transformers
-
-        folder = Path(tempfile.mkdtemp(prefix="shardnet-tok-"))
-        for name, cid in manifest.data["tokenizer"].items():
-            (folder / name).write_bytes(self.ipfs.cat(cid, timeout=self.ipfs_timeout_s))
-        return transformers.AutoTokenizer.from_pretrained(folder)
+        return fetch_tokenizer(self.ipfs, manifest, self.ipfs_timeout_s)
 
     def unload(self, model_id: int) -> None:
         self.spans.pop(model_id, None)

@@ -213,7 +213,8 @@ class StagePipeline:
                 return
 
     # ------------------------------------------------------------------ incoming messages
-    async def _wait_for_route(self, job_id: int) -> bool:
+    async def wait_for_route(self, job_id: int) -> bool:
+        """True once the job's route is known here (the chain event may reach a peer first)."""
         job = self.ledger.jobs.get(job_id)
         if job is not None and job.route:
             return True
@@ -230,7 +231,7 @@ class StagePipeline:
 
     async def accept(self, job_id: int, stage: int, sender: str, body: bytes) -> tuple[bool, str]:
         """A data-plane message arrived: accept it only from the stage the on-chain route names."""
-        if not await self._wait_for_route(job_id):
+        if not await self.wait_for_route(job_id):
             return False, f"job {job_id} has no route on-chain"
         job = self.ledger.jobs[job_id]
         if job.status != JobStatus.ROUTED:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from node import streams
 from shardnet.signing import recover_sender
 
 if TYPE_CHECKING:
@@ -46,6 +48,25 @@ def create_app(agent: NodeAgent) -> FastAPI:
         if result is None:
             return JSONResponse({"error": reason}, status_code=403)
         return JSONResponse(result)
+
+    @app.post("/v1/jobs/{job_id}/tokens")
+    async def tokens(job_id: int, request: Request) -> Response:
+        """The job's tokens as they are generated, to the client that posted it (node/streams.py).
+        Body: `{"from": n}` to start at the n-th token (after a reconnect)."""
+        body = await request.body()
+        sender = await _sender(request, body)
+        if sender is None:
+            return JSONResponse({"error": "missing or invalid x-shardnet-signature"}, status_code=401)
+        try:
+            start = int(json.loads(body or b"{}").get("from", 0))
+        except (ValueError, TypeError, AttributeError):
+            return JSONResponse({"error": 'body must be JSON {"from": <token index>}'}, status_code=400)
+        await agent.pipeline.wait_for_route(job_id)
+        reason = streams.refusal(agent.ledger, agent.address, job_id, sender)
+        if reason is not None:
+            return JSONResponse({"error": reason}, status_code=403)
+        lines = streams.token_lines(agent.ledger, agent.executor, job_id, max(0, start))
+        return StreamingResponse(lines, media_type="application/x-ndjson")
 
     @app.get("/health")
     async def health() -> dict[str, Any]:

@@ -7,9 +7,10 @@ result = client.wait(job_id)
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
-from collections.abc import Container
+from collections.abc import AsyncIterator, Callable, Container
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,16 +20,19 @@ from eth_utils.conversions import to_bytes
 from shardnet.bindings import Contracts
 from shardnet.chain import Chain
 from shardnet.deployment import Deployment
-from shardnet.errors import JobTimeout, ShardnetError
+from shardnet.errors import JobTimeout, ShardnetError, StreamMismatch
 from shardnet.events import EventReader
 from shardnet.jobs import JobParams
 from shardnet.ledger import JobRecord, Ledger
 from shardnet.protocol import JobStatus
+from shardnet.signing import sign_request
 from shardnet.storage import IpfsClient
 
 SETTLED = (JobStatus.COMPLETED, JobStatus.EXPIRED, JobStatus.CANCELLED, JobStatus.ABORTED)
 # no result will come: settled, or aborted while routed (its refund follows the claim window)
 ENDED = (*SETTLED, JobStatus.ABORTING)
+STREAM_POLL_S = 0.1  # waiting for a job's route, and backing off after a broken stream
+STREAM_RETRIES = 5
 
 
 @dataclass
@@ -69,6 +73,15 @@ class Client:
             model_id, input_cid, params.encode(), max_fee, deadline, audit_bps=params.audit_bps
         )
 
+    def cost(self, model_id: int) -> int:
+        """Wei a job on `model_id` needs in escrow today: every block at the model's price, the
+        coordinator's cut, and the reserve that pays a committee should a stage be audited (the
+        coordinator refuses less; what is not spent comes back)."""
+        model, terms = self.c.models.model(model_id), self.c.market.terms()
+        fees = model.block_count * model.price_per_block
+        reserve_bps = terms.committee_size * terms.verify_fee_bps
+        return fees + fees * terms.coordinator_fee_bps // 10_000 + fees * reserve_bps // 10_000
+
     def history(self, job_id: int) -> JobRecord:
         """The job's whole history, rebuilt from its events (every JobMarket event indexes jobId)."""
         reader = self.job_events
@@ -83,6 +96,74 @@ class Client:
                 f"(jobs so far: {self.c.market.job_count()})"
             )
         return ledger.jobs[job_id]
+
+    async def token_stream(self, job_id: int, timeout_s: float = 300) -> AsyncIterator[list[int]]:
+        """A generation's tokens while the job runs, straight from its last stage (node/streams.py),
+        as lists of new tokens. The request is signed with this client's key: only the client that
+        posted the job may listen. Follows a reroute of the last stage, resuming where it was. A
+        preview: the on-chain result is the truth (`stream` checks the two are equal)."""
+        import httpx
+
+        account = self.chain.account
+        if account is None:
+            raise ShardnetError("streaming needs the key that posted the job: pass an account to the Client")
+        got, failures = 0, 0
+        deadline = time.monotonic() + timeout_s
+        path = f"/v1/jobs/{job_id}/tokens"
+        async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None)) as http:
+            while True:
+                record = await asyncio.to_thread(self.history, job_id)
+                if record.status in ENDED:
+                    return
+                if time.monotonic() > deadline:
+                    raise JobTimeout(f"job {job_id} streamed {got} tokens in {timeout_s:.0f} s and is not done")
+                if not record.route:
+                    await asyncio.sleep(STREAM_POLL_S)
+                    continue
+                node = await asyncio.to_thread(self.c.nodes.node, record.route[-1].node)
+                body = json.dumps({"from": got}).encode()
+                try:
+                    async with http.stream(
+                        "POST",
+                        node.endpoint.rstrip("/") + path,
+                        content=body,
+                        headers=sign_request(account, path, body),
+                    ) as response:
+                        if response.status_code != 200:
+                            raise ShardnetError(f"HTTP {response.status_code}: {(await response.aread())[:300]!r}")
+                        async for line in response.aiter_lines():
+                            message = json.loads(line) if line.strip() else {}
+                            if message.get("tokens"):
+                                got += len(message["tokens"])
+                                yield list(message["tokens"])
+                            if message.get("done"):
+                                return
+                except (httpx.HTTPError, ShardnetError, ValueError) as exc:
+                    failures += 1
+                    if failures > STREAM_RETRIES:
+                        raise ShardnetError(
+                            f"the token stream of job {job_id} from {node.endpoint} failed {failures} times "
+                            f"({exc}); the result will still be on-chain: 'shardnet job status {job_id}'"
+                        ) from None
+                    await asyncio.sleep(STREAM_POLL_S * failures)
+
+    def stream(
+        self, job_id: int, on_tokens: Callable[[list[int]], None], timeout_s: float = 300
+    ) -> tuple[JobResult, list[int]]:
+        """Stream a generation (`on_tokens` gets each batch of new tokens), then wait for its
+        on-chain result and check the streamed tokens equal it."""
+
+        async def consume() -> list[int]:
+            streamed: list[int] = []
+            async for tokens in self.token_stream(job_id, timeout_s):
+                streamed += tokens
+                on_tokens(tokens)
+            return streamed
+
+        streamed = asyncio.run(consume())
+        result = self.wait(job_id, timeout_s)
+        check_stream(result, streamed)
+        return result, streamed
 
     def wait(
         self, job_id: int, timeout_s: float = 300, poll_s: float = 0.2, until: Container[JobStatus] = ENDED
@@ -103,3 +184,16 @@ class Client:
                     f"check it later with 'shardnet job status {job_id}'"
                 )
             time.sleep(poll_s)
+
+
+def check_stream(result: JobResult, streamed: list[int]) -> None:
+    """Raise if a completed generation's on-chain output differs from the tokens streamed."""
+    if result.status != JobStatus.COMPLETED or result.output is None:
+        return
+    final = result.output.get("tokens")
+    if final != streamed:
+        raise StreamMismatch(
+            f"job {result.record.job_id}: the last stage streamed {streamed} but its on-chain output "
+            f"{result.record.output_cid} holds {final}; the output is the result (challenge the stage "
+            "with 'shardnet job challenge' if you doubt it)"
+        )

@@ -79,5 +79,9 @@ class JobTimeout(ShardnetError):
     """A job did not settle within the time the caller waits for it."""
 
 
+class StreamMismatch(ShardnetError):
+    """The tokens a last stage streamed differ from the output it submitted on-chain."""
+
+
 class IndexerError(ShardnetError):
     """The index could not be opened or brought up to date; the message names the fix."""

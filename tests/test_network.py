@@ -23,6 +23,7 @@ from shardnet.model.quant import decode_activation, encode_activation
 from shardnet.model.shards import fetch_span
 from shardnet.model.span import SpanModel
 from shardnet.protocol import JobStatus, Span
+from tests.conftest import run_cli
 
 pytestmark = pytest.mark.stack  # starts its own chain, IPFS daemon or node processes
 
@@ -289,8 +290,6 @@ def test_auditor_reconciles_and_verifies_receipts(net):
 
 
 def test_audit_and_job_cli(net):
-    from tests.conftest import run_cli
-
     env = {"SHARDNET_DEPLOYMENT": str(net.deployment_path)}
     model_id, _ = net.models["tiny-gpt2"]
     net.client.wait(net.client.submit(model_id, {"input_ids": [5]}, JobParams(max_new_tokens=2), MAX_FEE))
@@ -364,3 +363,38 @@ def test_an_input_longer_than_the_models_context_is_refunded_with_a_reason(net):
     assert long.aborted and "stage 0 could not run the input" in (long.record.abort_reason or "")
     ok = net.client.wait(net.client.submit(model_id, {"input_ids": [1, 2]}, params, MAX_FEE), timeout_s=60)
     assert ok.status == JobStatus.COMPLETED
+
+
+def test_a_generation_streams_its_tokens_to_its_client_only_and_they_equal_the_result(net):
+    """The last stage streams each token to the client that posted the job while the job runs;
+    the streamed tokens equal the on-chain output, from Python and from `job submit --stream`;
+    any other key is refused."""
+    import httpx
+
+    from shardnet.signing import sign_request
+
+    model_id, _ = net.models["tiny-gpt2"]
+    job_id = net.client.submit(model_id, {"input_ids": [5, 6, 7]}, JobParams(max_new_tokens=12), MAX_FEE)
+    batches: list[list[int]] = []
+    result, streamed = net.client.stream(job_id, batches.append, timeout_s=120)
+    assert result.status == JobStatus.COMPLETED, result.record.abort_reason
+    assert streamed == result.output["tokens"] and len(streamed) == 12
+    assert len(batches) >= 2  # tokens came while the job ran, not in one piece at the end
+
+    last = net.c.nodes.node(result.record.route[-1].node).endpoint
+    path, body = f"/v1/jobs/{job_id}/tokens", b"{}"
+    stranger = httpx.post(last + path, content=body, headers=sign_request(dev_account(13), path, body))
+    assert stranger.status_code == 403 and "only the client" in stranger.json()["error"]
+    unsigned = httpx.post(last + path, content=body)
+    assert unsigned.status_code == 401
+
+    env = {"SHARDNET_DEPLOYMENT": str(net.deployment_path)}
+    args = ["job", "submit", "--model", str(model_id), "--input-ids", "5,6,7", "--max-new-tokens", "12"]
+    out = run_cli(*args, "--stream", "--json", env=env, timeout=180)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    chunks = [json.loads(line)["tokens"] for line in lines if line.startswith('{"tokens"')]
+    job = json.loads("\n".join(line for line in lines if not line.startswith('{"tokens"')))
+    assert (
+        [t for chunk in chunks for t in chunk] == job["output"]["tokens"] == streamed
+    )  # greedy: same prompt, same tokens

@@ -50,6 +50,7 @@ def job() -> None:
 @click.option("--dev-account", type=int, default=12, show_default=True, help="devnet account that pays")
 @click.option("--key", help="0x private key (instead of --dev-account)")
 @click.option("--no-wait", is_flag=True, help="print the job id and return")
+@click.option("--stream", is_flag=True, help="generate: print tokens as the last stage makes them")
 @_as_json
 def job_submit(
     model_id: int,
@@ -68,6 +69,7 @@ def job_submit(
     dev_account: int,
     key: str | None,
     no_wait: bool,
+    stream: bool,
     as_json: bool,
 ) -> None:
     """Post a job with escrow, wait for it, print output, receipts and payouts."""
@@ -110,7 +112,38 @@ def job_submit(
         click.echo(job_id)
         return
     click.echo(f"job {job_id} posted; waiting...", err=True)
+    if stream:
+        _print_job(_stream(client, model_id, job_id, ttl + 30, as_json), as_json)
+        return
     _print_job(client.wait(job_id, timeout_s=ttl + 30), as_json)
+
+
+def _stream(client: Client, model_id: int, job_id: int, timeout_s: float, as_json: bool) -> JobResult:
+    """Print a generation's tokens as they come (text when the model has a tokenizer; JSON lines
+    with --json), then return the on-chain result, checked equal to what was streamed."""
+    from shardnet.model.manifest import fetch_manifest, fetch_tokenizer
+
+    manifest = fetch_manifest(client.ipfs, client.c.models.model(model_id).manifest_cid)
+    tokenizer = None if as_json else fetch_tokenizer(client.ipfs, manifest)
+    streamed: list[int] = []
+    shown = ""
+
+    def show(tokens: list[int]) -> None:
+        nonlocal shown
+        streamed.extend(tokens)
+        if as_json:
+            click.echo(json.dumps({"tokens": tokens}))
+        elif tokenizer is None:
+            click.echo(" ".join(map(str, tokens)) + " ", nl=False)
+        else:
+            text = tokenizer.decode(streamed, skip_special_tokens=True)
+            click.echo(text[len(shown) :], nl=False)
+            shown = text
+
+    result, _ = client.stream(job_id, show, timeout_s)
+    if not as_json:
+        click.echo()
+    return result
 
 
 def _client(dev_account: int, key: str | None) -> tuple[Client, str]:

@@ -60,3 +60,19 @@ def fetch_manifest(ipfs: IpfsClient, cid: str, timeout: float = 30) -> Manifest:
     if blocks_root([b["cid"] for b in data["blocks"]]).hex() != data["blocks_root"][2:]:
         raise ShardVerificationError(f"manifest {cid}: blocks_root does not match its block CIDs")
     return Manifest(data, cid)
+
+
+def fetch_tokenizer(ipfs: IpfsClient, manifest: Manifest, timeout: float = 30) -> Any | None:
+    """The model's transformers tokenizer, from the files its manifest lists (None without any)."""
+    files = manifest.data.get("tokenizer") or {}
+    if not files:
+        return None
+    import tempfile
+    from pathlib import Path
+
+    import transformers
+
+    folder = Path(tempfile.mkdtemp(prefix="shardnet-tok-"))
+    for name, cid in files.items():
+        (folder / name).write_bytes(ipfs.cat(cid, timeout=timeout))
+    return transformers.AutoTokenizer.from_pretrained(folder)

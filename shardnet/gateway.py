@@ -1,0 +1,445 @@
+"""An OpenAI-compatible HTTP gateway: apps written against the OpenAI API use the network unchanged.
+
+`/v1/models`, `/v1/completions`, `/v1/chat/completions` (with `stream: true` as server-sent
+events) and `/v1/embeddings`. Each request becomes an on-chain job paid from the gateway's
+wallet, escrowing exactly what the model's route costs today (what is not spent comes back to
+the wallet). Callers authenticate with an API key (`Authorization: Bearer KEY`); each key has a
+budget in wei, and what each key spent is kept in a file beside the key file, so budgets hold
+across restarts. Models are named by their on-chain name or id. Chat prompts go through the
+model tokenizer's chat template. Errors use OpenAI's error object.
+
+Streaming: the job's last stage streams tokens to the gateway (the client that posted the job)
+while it runs; when the job completes, the gateway checks the streamed tokens equal the
+on-chain output and, if they do not, ends the stream with an error event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from shardnet.client import Client, JobResult, check_stream
+from shardnet.errors import JobTimeout, ShardnetError, StreamMismatch
+from shardnet.jobs import JobParams
+from shardnet.model.manifest import fetch_manifest, fetch_tokenizer
+from shardnet.protocol import JobStatus
+
+log = logging.getLogger("shardnet.gateway")
+DEFAULT_MAX_TOKENS = 16
+JOB_TIMEOUT_S = 300
+
+
+class ApiError(Exception):
+    """An error the caller sees in OpenAI's format."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        kind: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ):
+        super().__init__(message)
+        self.status, self.message, self.kind, self.param, self.code = status, message, kind, param, code
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(
+            {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}},
+            status_code=self.status,
+        )
+
+
+# ---------------------------------------------------------------------- API keys and budgets
+class KeyBook:
+    """API keys with a budget each (wei), from a JSON file `{"keys": {"KEY": {"budget_wei": N}}}`;
+    what each key spent lives in `<file>.spent.json`. A request reserves its escrow first and is
+    charged what the job actually paid out once it ends."""
+
+    def __init__(self, path: Path):
+        try:
+            data = json.loads(path.read_text())
+            self.budgets = {str(k): int(v["budget_wei"]) for k, v in data["keys"].items()}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ShardnetError(
+                f"cannot read API keys from {path} ({exc}); write it as "
+                '{"keys": {"sk-...": {"budget_wei": 100000000000000000}}}'
+            ) from None
+        self.spent_path = path.with_name(path.name + ".spent.json")
+        self.spent: dict[str, int] = json.loads(self.spent_path.read_text()) if self.spent_path.exists() else {}
+        self.reserved: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def check(self, header: str | None) -> str:
+        key = (header or "").removeprefix("Bearer ").strip()
+        if key not in self.budgets:
+            raise ApiError(
+                401,
+                "invalid API key: pass one from the gateway's key file as 'Authorization: Bearer KEY'",
+                "authentication_error",
+                code="invalid_api_key",
+            )
+        return key
+
+    def reserve(self, key: str, amount: int) -> None:
+        with self._lock:
+            left = self.budgets[key] - self.spent.get(key, 0) - self.reserved.get(key, 0)
+            if amount > left:
+                raise ApiError(
+                    429,
+                    f"this key's budget has {left} wei left and the job needs {amount} wei in escrow; "
+                    "ask the gateway's operator to raise it",
+                    "insufficient_quota",
+                    code="insufficient_quota",
+                )
+            self.reserved[key] = self.reserved.get(key, 0) + amount
+
+    def settle(self, key: str, reserved: int, charged: int) -> None:
+        with self._lock:
+            self.reserved[key] -= reserved
+            self.spent[key] = self.spent.get(key, 0) + charged
+            tmp = self.spent_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.spent))
+            tmp.replace(self.spent_path)
+
+
+# ---------------------------------------------------------------------- models
+@dataclass
+class ServedModel:
+    model_id: int
+    name: str
+    owner: str
+    tokenizer: Any | None
+
+
+class Models:
+    """On-chain models by name or id, with their tokenizers (fetched from IPFS once)."""
+
+    def __init__(self, client: Client):
+        self.client = client
+        self._cache: dict[int, ServedModel] = {}
+
+    def listing(self) -> list[dict[str, Any]]:
+        out = []
+        for model_id in range(1, self.client.c.models.model_count() + 1):
+            m = self.client.c.models.model(model_id)
+            if not m.deprecated:
+                out.append(
+                    {
+                        "id": m.name or str(model_id),
+                        "object": "model",
+                        "created": 0,
+                        "owned_by": m.owner,
+                        "shardnet_model_id": model_id,
+                        "blocks": m.block_count,
+                    }
+                )
+        return out
+
+    def resolve(self, name: object) -> ServedModel:
+        if not isinstance(name, str) or not name:
+            raise ApiError(400, "'model' is required: a model's on-chain name or id (see /v1/models)", param="model")
+        count = self.client.c.models.model_count()
+        model_id = int(name) if name.isdigit() else None
+        if model_id is None:
+            model_id = next((i for i in range(count, 0, -1) if self.client.c.models.model(i).name == name), None)
+        if model_id is None or not 1 <= model_id <= count:
+            raise ApiError(
+                404,
+                f"model {name!r} is not registered on this network; see /v1/models",
+                param="model",
+                code="model_not_found",
+            )
+        if model_id not in self._cache:
+            m = self.client.c.models.model(model_id)
+            manifest = fetch_manifest(self.client.ipfs, m.manifest_cid)
+            self._cache[model_id] = ServedModel(
+                model_id, m.name or str(model_id), m.owner, fetch_tokenizer(self.client.ipfs, manifest)
+            )
+        return self._cache[model_id]
+
+
+# ---------------------------------------------------------------------- the app
+class Gateway:
+    def __init__(self, client: Client, keys: KeyBook, job_timeout_s: float = JOB_TIMEOUT_S):
+        self.client = client
+        self.keys = keys
+        self.models = Models(client)
+        self.job_timeout_s = job_timeout_s
+
+    async def run_job(self, key: str, model: ServedModel, job_input: dict[str, Any], params: JobParams) -> int:
+        """Post the job (escrow from the gateway's wallet, reserved against the key's budget)."""
+        try:
+            params.validate()
+        except ShardnetError as exc:
+            raise ApiError(400, str(exc)) from None
+        cost = await asyncio.to_thread(self.client.cost, model.model_id)
+        self.keys.reserve(key, cost)
+        try:
+            job_id = await asyncio.to_thread(
+                self.client.submit, model.model_id, job_input, params, cost, int(self.job_timeout_s)
+            )
+        except Exception:
+            self.keys.settle(key, cost, 0)
+            raise
+        asyncio.get_running_loop().create_task(self._charge(key, cost, job_id))
+        return job_id
+
+    async def _charge(self, key: str, reserved: int, job_id: int) -> None:
+        """Charge the key what the job paid out (escrow less refunds) once it ends."""
+        charged = reserved
+        try:
+            result = await asyncio.to_thread(self.client.wait, job_id, self.job_timeout_s + 60)
+            charged = reserved - result.record.refunded
+        except ShardnetError as exc:
+            log.warning("job %d: charging the whole escrow (%s)", job_id, exc)
+        self.keys.settle(key, reserved, max(0, charged))
+
+    async def result(self, job_id: int) -> JobResult:
+        try:
+            result = await asyncio.to_thread(self.client.wait, job_id, self.job_timeout_s)
+        except JobTimeout as exc:
+            raise ApiError(504, str(exc), "timeout", code="job_timeout") from None
+        if result.status != JobStatus.COMPLETED or result.output is None:
+            raise ApiError(
+                502,
+                f"job {job_id} ended {result.status.name.lower()}: {result.record.abort_reason or ''}",
+                "server_error",
+                code="job_failed",
+            )
+        return result
+
+
+def _params(body: dict[str, Any]) -> JobParams:
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens")) or DEFAULT_MAX_TOKENS
+    temperature = body.get("temperature")
+    return JobParams(
+        kind="generate",
+        max_new_tokens=int(max_tokens),
+        temperature=float(1.0 if temperature is None else temperature),
+        top_p=float(body.get("top_p") or 1.0),
+        seed=int(body.get("seed") or 0),
+    )
+
+
+def _chat_prompt(model: ServedModel, messages: object) -> str:
+    if not (
+        isinstance(messages, list)
+        and messages
+        and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in messages
+        )
+    ):
+        raise ApiError(
+            400, "'messages' must be a non-empty list of {role, content} objects with string content", param="messages"
+        )
+    tok = model.tokenizer
+    if tok is not None and getattr(tok, "chat_template", None):
+        return str(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    # a model without a chat template: a plain transcript, ending where the assistant speaks
+    return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+
+
+def _finish_reason(model: ServedModel, tokens: list[int], max_tokens: int) -> str:
+    eos = getattr(model.tokenizer, "eos_token_id", None)
+    return "stop" if tokens and (tokens[-1] == eos or len(tokens) < max_tokens) else "length"
+
+
+def _decode(model: ServedModel, tokens: list[int]) -> str:
+    if model.tokenizer is None:
+        return " ".join(map(str, tokens))
+    return str(model.tokenizer.decode(tokens, skip_special_tokens=True))
+
+
+def _prompt_tokens(model: ServedModel, prompt: str) -> int:
+    return len(model.tokenizer(prompt)["input_ids"]) if model.tokenizer is not None else 0
+
+
+def create_app(gateway: Gateway) -> FastAPI:
+    app = FastAPI(title="shardnet gateway (OpenAI-compatible)", docs_url=None, redoc_url=None)
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(ShardnetError)
+    async def shardnet_error(_: Request, exc: ShardnetError) -> JSONResponse:
+        return ApiError(502, str(exc), "server_error").response()
+
+    async def _body(request: Request) -> tuple[str, dict[str, Any]]:
+        key = gateway.keys.check(request.headers.get("authorization"))
+        try:
+            body = await request.json()
+        except ValueError:
+            raise ApiError(400, "the request body must be a JSON object") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "the request body must be a JSON object")
+        return key, body
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> dict[str, Any]:
+        gateway.keys.check(request.headers.get("authorization"))
+        return {"object": "list", "data": await asyncio.to_thread(gateway.models.listing)}
+
+    @app.post("/v1/completions", response_model=None)
+    async def completions(request: Request) -> Response | dict[str, Any]:
+        key, body = await _body(request)
+        model = await asyncio.to_thread(gateway.models.resolve, body.get("model"))
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+            prompt = prompt[0]
+        if isinstance(prompt, str) and prompt:
+            job_input: dict[str, Any] = {"prompt": prompt}
+            prompt_tokens = _prompt_tokens(model, prompt)
+        elif isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+            job_input, prompt_tokens = {"input_ids": prompt}, len(prompt)
+        else:
+            raise ApiError(400, "'prompt' must be a non-empty string or a list of token ids", param="prompt")
+        params = _params(body)
+        job_id = await gateway.run_job(key, model, job_input, params)
+        ident, created = f"cmpl-{job_id}", int(time.time())
+        if body.get("stream"):
+
+            def chunk(text: str, finish: str | None) -> dict[str, Any]:
+                return {
+                    "id": ident,
+                    "object": "text_completion",
+                    "created": created,
+                    "model": model.name,
+                    "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
+                }
+
+            return _sse(gateway, model, job_id, params.max_new_tokens, chunk, first=None)
+        result = await gateway.result(job_id)
+        tokens = list(result.output["tokens"]) if result.output else []
+        return {
+            "id": ident,
+            "object": "text_completion",
+            "created": created,
+            "model": model.name,
+            "choices": [
+                {
+                    "index": 0,
+                    "text": _decode(model, tokens),
+                    "logprobs": None,
+                    "finish_reason": _finish_reason(model, tokens, params.max_new_tokens),
+                }
+            ],
+            "usage": _usage(prompt_tokens, len(tokens)),
+            "shardnet": {"job_id": job_id, "output_cid": result.record.output_cid},
+        }
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat(request: Request) -> Response | dict[str, Any]:
+        key, body = await _body(request)
+        model = await asyncio.to_thread(gateway.models.resolve, body.get("model"))
+        prompt = _chat_prompt(model, body.get("messages"))
+        params = _params(body)
+        job_id = await gateway.run_job(key, model, {"prompt": prompt}, params)
+        ident, created = f"chatcmpl-{job_id}", int(time.time())
+        if body.get("stream"):
+
+            def chunk(text: str | None, finish: str | None) -> dict[str, Any]:
+                delta = {"role": "assistant", "content": ""} if text is None else {"content": text} if text else {}
+                return {
+                    "id": ident,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": model.name,
+                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+                }
+
+            return _sse(gateway, model, job_id, params.max_new_tokens, chunk, first=chunk(None, None))
+        result = await gateway.result(job_id)
+        tokens = list(result.output["tokens"]) if result.output else []
+        return {
+            "id": ident,
+            "object": "chat.completion",
+            "created": created,
+            "model": model.name,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": _decode(model, tokens)},
+                    "logprobs": None,
+                    "finish_reason": _finish_reason(model, tokens, params.max_new_tokens),
+                }
+            ],
+            "usage": _usage(_prompt_tokens(model, prompt), len(tokens)),
+            "shardnet": {"job_id": job_id, "output_cid": result.record.output_cid},
+        }
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request) -> dict[str, Any]:
+        key, body = await _body(request)
+        model = await asyncio.to_thread(gateway.models.resolve, body.get("model"))
+        texts = body.get("input")
+        texts = [texts] if isinstance(texts, str) else texts
+        if not (isinstance(texts, list) and texts and all(isinstance(t, str) and t for t in texts)):
+            raise ApiError(400, "'input' must be a non-empty string or a list of non-empty strings", param="input")
+        if body.get("encoding_format") not in (None, "float"):
+            raise ApiError(400, "only encoding_format 'float' is served", param="encoding_format")
+        job_id = await gateway.run_job(key, model, {"texts": texts}, JobParams(kind="embed"))
+        result = await gateway.result(job_id)
+        vectors = result.output["embeddings"] if result.output else []
+        used = sum(_prompt_tokens(model, t) for t in texts)
+        return {
+            "object": "list",
+            "model": model.name,
+            "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
+            "usage": {"prompt_tokens": used, "total_tokens": used},
+            "shardnet": {"job_id": job_id, "output_cid": result.record.output_cid},
+        }
+
+    return app
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def _sse(gateway: Gateway, model: ServedModel, job_id: int, max_tokens: int, chunk: Any, first: Any) -> Response:
+    """Server-sent events: the text of each streamed token batch, then the finish reason, then
+    `[DONE]`. The streamed tokens are checked against the on-chain result before the end."""
+
+    async def events() -> AsyncIterator[bytes]:
+        if first is not None:
+            yield _event(first)
+        streamed: list[int] = []
+        shown = ""
+        try:
+            async for tokens in gateway.client.token_stream(job_id, gateway.job_timeout_s):
+                streamed += tokens
+                text = _decode(model, streamed)
+                if text[len(shown) :]:
+                    yield _event(chunk(text[len(shown) :], None))
+                shown = text
+            result = await gateway.result(job_id)
+            check_stream(result, streamed)
+        except (ApiError, StreamMismatch, ShardnetError) as exc:
+            error = exc if isinstance(exc, ApiError) else ApiError(502, str(exc), "server_error")
+            yield _event({"error": {"message": error.message, "type": error.kind, "code": error.code}})
+            return
+        yield _event(chunk("", _finish_reason(model, streamed, max_tokens)))
+        yield b"data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
+def _event(obj: object) -> bytes:
+    return b"data: " + json.dumps(obj).encode() + b"\n\n"
