@@ -16,6 +16,7 @@ on-chain output and, if they do not, ends the stream with an error event.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import threading
@@ -388,8 +389,9 @@ def create_app(gateway: Gateway) -> FastAPI:
         texts = [texts] if isinstance(texts, str) else texts
         if not (isinstance(texts, list) and texts and all(isinstance(t, str) and t for t in texts)):
             raise ApiError(400, "'input' must be a non-empty string or a list of non-empty strings", param="input")
-        if body.get("encoding_format") not in (None, "float"):
-            raise ApiError(400, "only encoding_format 'float' is served", param="encoding_format")
+        encoding = body.get("encoding_format") or "float"
+        if encoding not in ("float", "base64"):
+            raise ApiError(400, "encoding_format must be 'float' or 'base64'", param="encoding_format")
         job_id = await gateway.run_job(key, model, {"texts": texts}, JobParams(kind="embed"))
         result = await gateway.result(job_id)
         vectors = result.output["embeddings"] if result.output else []
@@ -397,12 +399,23 @@ def create_app(gateway: Gateway) -> FastAPI:
         return {
             "object": "list",
             "model": model.name,
-            "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
+            "data": [
+                {"object": "embedding", "index": i, "embedding": _encode(v, encoding)} for i, v in enumerate(vectors)
+            ],
             "usage": {"prompt_tokens": used, "total_tokens": used},
             "shardnet": {"job_id": job_id, "output_cid": result.record.output_cid},
         }
 
     return app
+
+
+def _encode(vector: list[float], encoding: str) -> list[float] | str:
+    """A vector as floats, or as base64 of little-endian float32 (what the openai client asks for)."""
+    if encoding == "float":
+        return vector
+    import numpy as np
+
+    return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:

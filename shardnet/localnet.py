@@ -121,8 +121,26 @@ class Network:
             stdout=log,
             stderr=log,
             start_new_session=True,
-            env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+            env={**os.environ, "TOKENIZERS_PARALLELISM": "false", "SHARDNET_DEPLOYMENT": str(self.deployment_path)},
         )
+
+    def start_gateway(self, keys: Path, dev_account_index: int = 13, timeout_s: float = 60) -> str:
+        """Start `shardnet gateway` paying from a devnet account; returns its base URL (…/v1)."""
+        import httpx
+
+        port = free_port()
+        self.start_process(
+            "gateway", ["gateway", "--keys", str(keys), "--port", str(port), "--dev-account", str(dev_account_index)]
+        )
+        url = f"http://127.0.0.1:{port}/v1"
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(url + "/models", timeout=2)
+                return url
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise RuntimeError(f"the gateway did not start; see {self.home / 'gateway.log'}")
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> bool:
         """Stop a process; returns whether it exited on `sig` (a SIGKILL follows after 15 s)."""
