@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from shardnet.cli.keys import key_options, load_account
+
 
 @click.group()
 def coordinator() -> None:
@@ -14,8 +16,7 @@ def coordinator() -> None:
 
 
 @coordinator.command("run")
-@click.option("--dev-account", type=int, default=1, show_default=True, help="devnet account index of the coordinator")
-@click.option("--key", help="0x private key (instead of --dev-account)")
+@key_options(default_dev_account=1)
 @click.option("--deployment", "deployment_path", type=click.Path(path_type=Path), help="deployment file")
 @click.option(
     "--planner",
@@ -50,8 +51,8 @@ def coordinator() -> None:
     help="apply a re-plan when it lifts the slowest block by this factor",
 )
 def coordinator_run(
+    keystore: Path | None,
     dev_account: int,
-    key: str | None,
     deployment_path: Path | None,
     planner: str,
     replicas: int,
@@ -60,15 +61,12 @@ def coordinator_run(
     rebalance_factor: float,
 ) -> None:
     """Assign spans, route posted jobs and reroute around dead nodes, from chain events."""
-    from eth_account import Account
-
     from coordinator.daemon import Coordinator
     from shardnet import logs
-    from shardnet.chain import dev_account as dev
     from shardnet.deployment import Deployment
 
     logs.setup("coordinator")
-    account = Account.from_key(key) if key else dev(dev_account)
+    account = load_account(keystore, dev_account)
     from shardnet.process import run_until_signal
 
     run_until_signal(

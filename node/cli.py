@@ -4,7 +4,7 @@ through the `shardnet.commands` entry point, so the shared package never imports
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -154,3 +154,117 @@ def node_withdraw(config_path: Path, as_json: bool) -> None:
         click.echo(f"nothing to withdraw yet; {pending[1]} wei pending until {pending[2] or '-'}")
     else:
         click.echo(", ".join(f"withdrew {v} wei from the {k}" for k, v in sent.items()))
+
+
+@node.command("status")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True, help="node.toml")
+@click.option("--json", "as_json", is_flag=True, help="print JSON for scripts")
+def node_status(config_path: Path, as_json: bool) -> None:
+    """Everything about this node in one place: whether its agent answers, its stake and unstake,
+    its spans, the jobs it is running, its earnings and its failures."""
+    import json
+
+    import httpx
+
+    contracts, account = _operator(config_path)
+    address = account.address
+    info = contracts.nodes.node(address)
+    withdrawable, pending, until = contracts.market.balance(address)
+    spans: list[dict[str, Any]] = []
+    for model_id in range(1, contracts.models.model_count() + 1):
+        a = contracts.models.assignment(model_id, address)
+        if a.end:
+            spans.append({"model_id": model_id, "blocks": [a.start, a.end], "confirmed": a.confirmed})
+    try:
+        health = httpx.get(info.endpoint.rstrip("/") + "/health", timeout=3).json()
+    except (httpx.HTTPError, ValueError):
+        health = None
+    row = {
+        "node": address,
+        "registered": info.registered_at > 0,
+        "active": contracts.nodes.is_active(address),
+        "endpoint": info.endpoint,
+        "alive": health is not None,
+        "jobs_in_progress": health.get("jobs_in_progress") if health else None,
+        "stake_wei": info.stake,
+        "pending_unstake_wei": info.pending_unstake,
+        "unlock_at": info.unlock_at,
+        "spans": spans,
+        "withdrawable_wei": withdrawable,
+        "pending_wei": pending,
+        "pending_until": until,
+        "committee_pay_wei": contracts.verifier.credit(address),
+        "jobs_failed": info.jobs_failed,
+    }
+    if as_json:
+        click.echo(json.dumps(row, indent=2))
+        return
+    alive = f"answering at {info.endpoint}" if health else f"NOT answering at {info.endpoint or '(none)'}"
+    click.echo(f"node {address}: {'active' if row['active'] else 'inactive'}, agent {alive}")
+    if health:
+        click.echo(f"  jobs in progress: {row['jobs_in_progress']}")
+    click.echo(f"  stake {info.stake / 1e18:g} ETH; unstaking {info.pending_unstake / 1e18:g} ETH")
+    for span in spans:
+        state = "confirmed" if span["confirmed"] else "assigned, not yet confirmed"
+        start, end = span["blocks"]
+        click.echo(f"  model {span['model_id']}: blocks [{start},{end}) {state}")
+    click.echo(
+        f"  earnings: {withdrawable} wei withdrawable, {pending} wei pending, {row['committee_pay_wei']} wei "
+        f"committee pay; stages failed: {info.jobs_failed}"
+    )
+
+
+@node.command("stake")
+@click.argument("amount")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True, help="node.toml")
+def node_stake(amount: str, config_path: Path) -> None:
+    """Add AMOUNT (wei, or e.g. 0.5eth) to this node's stake."""
+    from shardnet.cli.root import parse_wei
+
+    contracts, account = _operator(config_path)
+    contracts.nodes.add_stake(parse_wei(amount))
+    click.echo(f"stake is now {contracts.nodes.node(account.address).stake} wei")
+
+
+@node.command("unstake")
+@click.argument("amount")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True, help="node.toml")
+def node_unstake(amount: str, config_path: Path) -> None:
+    """Start taking AMOUNT of stake back: it stays slashable for the cooldown (longer than any job
+    and its audit window), then 'shardnet node exit' withdraws it."""
+    from shardnet.cli.root import parse_wei
+
+    contracts, account = _operator(config_path)
+    contracts.nodes.request_unstake(parse_wei(amount))
+    info = contracts.nodes.node(account.address)
+    click.echo(
+        f"unstaking {info.pending_unstake} wei, withdrawable from {info.unlock_at} (unix time); stake left {info.stake}"
+    )
+
+
+@node.command("exit")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True, help="node.toml")
+def node_exit(config_path: Path) -> None:
+    """Leave the network: the first run unstakes everything (the node stops being routed); once
+    the cooldown is over, the next run sends the stake back. Collect earnings with 'node withdraw'."""
+    import time
+
+    contracts, account = _operator(config_path)
+    info = contracts.nodes.node(account.address)
+    # the chain's clock decides (an idle devnet's last block may be older than this machine's)
+    now = max(int(time.time()), int(contracts.chain.w3.eth.get_block("latest")["timestamp"]))
+    if info.stake:
+        contracts.nodes.request_unstake(info.stake)
+        info = contracts.nodes.node(account.address)
+        click.echo(
+            f"unstaking all {info.pending_unstake} wei; run 'shardnet node exit' again after {info.unlock_at} "
+            f"(in {max(0, info.unlock_at - now)} s) to withdraw it; stop the agent once its jobs end"
+        )
+    elif info.pending_unstake and now < info.unlock_at:
+        click.echo(f"{info.pending_unstake} wei unlocks at {info.unlock_at} (in {info.unlock_at - now} s)")
+    elif info.pending_unstake:
+        amount = info.pending_unstake
+        contracts.nodes.withdraw_unstaked()
+        click.echo(f"withdrew {amount} wei of stake; this node has left the network")
+    else:
+        click.echo("nothing staked or unstaking: this node has already left")

@@ -6,7 +6,8 @@ happens to a cheater), publishes two models to IPFS (the real all-MiniLM-L6-v2 w
 small seeded GPT-2 over the same vocabulary), lets the coordinator assign spans and the nodes
 fetch, verify and confirm them, then runs real jobs posted on-chain with escrow: a similarity
 query a person can judge, a generation audited at every stage by committees of the other
-nodes, and a job routed through the cheater, which its committee finds wrong and slashes.
+nodes, a job routed through the cheater, which its committee finds wrong and slashes, and a
+chat reply streamed to the official openai package through the OpenAI-compatible gateway.
 Prints outputs, per-stage receipts, payouts, votes and verdicts, and shuts everything down.
 """
 
@@ -106,6 +107,39 @@ def _audit(net: Network) -> None:
     print("  browse it: .venv/bin/shardnet devnet up && .venv/bin/shardnet explorer   (http://127.0.0.1:8090)")
 
 
+def _chat(net: Network) -> None:
+    """What an existing app does: the official openai package, pointed at `shardnet gateway`,
+    streams a chat reply; the gateway turns it into an on-chain job paid from its own wallet."""
+    import json
+
+    import openai
+
+    keys = net.home / "gateway-keys.json"
+    keys.write_text(json.dumps({"keys": {"sk-demo": {"budget_wei": 10**17}}}))
+    wallet = dev_account(13)
+    url = net.start_gateway(keys, dev_account_index=13)
+    print(f"\njob 4 — a streamed chat from the openai package through 'shardnet gateway' at {url}")
+    api = openai.OpenAI(base_url=url, api_key="sk-demo", max_retries=0, timeout=120)
+    question = "what can a network of ordinary machines do?"
+    stream = api.chat.completions.create(
+        model="demo-gpt2", messages=[{"role": "user", "content": question}], max_tokens=12, temperature=0, stream=True
+    )
+    print(f"  user: {question}\n  assistant (streamed as the last stage makes each token):", end="", flush=True)
+    text, job_id = "", 0
+    for chunk in stream:
+        job_id = int(chunk.id.split("-")[-1])
+        piece = chunk.choices[0].delta.content if chunk.choices else None
+        if piece:
+            text += piece
+            print(piece, end="", flush=True)
+    result = Client.from_deployment(wallet, net.deployment).wait(job_id, timeout_s=120)
+    same = _output(result)["text"] == text
+    print(
+        f"\n  job {job_id}, paid from the gateway's wallet {wallet.address[:10]}…; the on-chain output "
+        f"{'equals' if same else 'DIFFERS FROM'} the stream"
+    )
+
+
 def run() -> None:
     started = time.monotonic()
     settings = devnet.DevnetSettings()
@@ -184,6 +218,7 @@ def run() -> None:
             f"  node 4's stake: {stake / 10**18:g} ETH -> {after / 10**18:g} ETH; its fee went back to the client, "
             f"whose credit is now {net.c.market.credit(poster.address):,} wei"
         )
+        _chat(net)
         _audit(net)
         print(f"\ndone in {time.monotonic() - started:.0f} s")
     finally:

@@ -39,3 +39,5 @@ def test_demo_job_completes_and_answers_sensibly(tmp_path):
     assert "output: '" in out  # the generation produced text
     verified = out.split("from its transcripts on IPFS")[1].splitlines()[1:4]
     assert len(verified) == 3 and all("honest" in line and "DISHONEST" not in line for line in verified), verified
+    # job 4: an app's streamed chat through the OpenAI-compatible gateway equals the on-chain output
+    assert "the on-chain output equals the stream" in out.split("\njob 4")[1]

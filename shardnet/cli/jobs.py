@@ -3,25 +3,19 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from shardnet.cli.root import _as_json, main
+from shardnet.cli.keys import key_options, load_account
+from shardnet.cli.root import _as_json, main, parse_wei
 
 if TYPE_CHECKING:
     from shardnet.client import Client, JobResult
 
 
 # ---------------------------------------------------------------------- jobs (clients)
-def _wei(text: str) -> int:
-    text = text.strip().lower()
-    for unit, factor in (("eth", 10**18), ("gwei", 10**9), ("wei", 1)):
-        if text.endswith(unit):
-            return int(float(text[: -len(unit)]) * factor)
-    return int(text)
-
-
 @main.group()
 def job() -> None:
     """Jobs (clients)."""
@@ -47,8 +41,7 @@ def job() -> None:
     help="chance each stage is re-run by a committee (0..1; at least the network's rate)",
 )
 @click.option("--ttl", type=int, default=600, show_default=True, help="seconds until the job may be expired")
-@click.option("--dev-account", type=int, default=12, show_default=True, help="devnet account that pays")
-@click.option("--key", help="0x private key (instead of --dev-account)")
+@key_options(default_dev_account=12)
 @click.option("--no-wait", is_flag=True, help="print the job id and return")
 @click.option("--stream", is_flag=True, help="generate: print tokens as the last stage makes them")
 @_as_json
@@ -66,16 +59,13 @@ def job_submit(
     max_fee: str,
     audit_rate: float,
     ttl: int,
+    keystore: Path | None,
     dev_account: int,
-    key: str | None,
     no_wait: bool,
     stream: bool,
     as_json: bool,
 ) -> None:
     """Post a job with escrow, wait for it, print output, receipts and payouts."""
-    from eth_account import Account
-
-    from shardnet.chain import dev_account as dev
     from shardnet.client import Client
     from shardnet.errors import JobInputError
     from shardnet.jobs import JobParams
@@ -106,8 +96,8 @@ def job_submit(
         raise click.BadParameter(f"{kind} jobs need --prompt or --input-ids", param_hint="--prompt")
     else:
         job_input = {"prompt": prompt} if kind == "generate" else {"text": prompt}
-    client = Client.from_deployment(Account.from_key(key) if key else dev(dev_account))
-    job_id = client.submit(model_id, job_input, params, _wei(max_fee), ttl)
+    client = Client.from_deployment(load_account(keystore, dev_account))
+    job_id = client.submit(model_id, job_input, params, parse_wei(max_fee), ttl)
     if no_wait:
         click.echo(job_id)
         return
@@ -146,37 +136,32 @@ def _stream(client: Client, model_id: int, job_id: int, timeout_s: float, as_jso
     return result
 
 
-def _client(dev_account: int, key: str | None) -> tuple[Client, str]:
-    """A client signing with the key (or devnet account), and its address."""
-    from eth_account import Account
-
-    from shardnet.chain import dev_account as dev
+def _client(keystore: Path | None, dev_account: int) -> tuple[Client, str]:
+    """A client signing with the keystore, SHARDNET_KEY or devnet account, and its address."""
     from shardnet.client import Client
 
-    account = Account.from_key(key) if key else dev(dev_account)
+    account = load_account(keystore, dev_account)
     return Client.from_deployment(account), account.address
 
 
 @job.command("cancel")
 @click.argument("job_id", type=int)
-@click.option("--dev-account", type=int, default=12, show_default=True, help="devnet account that posted it")
-@click.option("--key", help="0x private key (instead of --dev-account)")
-def job_cancel(job_id: int, dev_account: int, key: str | None) -> None:
+@key_options(default_dev_account=12)
+def job_cancel(job_id: int, keystore: Path | None, dev_account: int) -> None:
     """Cancel a job no coordinator has routed yet; its escrow is credited back to you at once
     (then 'shardnet job withdraw')."""
-    client, address = _client(dev_account, key)
+    client, address = _client(keystore, dev_account)
     client.c.market.cancel_job(job_id)
     click.echo(f"job {job_id} cancelled; {client.c.market.balance(address)[0]} wei withdrawable")
 
 
 @job.command("withdraw")
-@click.option("--dev-account", type=int, default=12, show_default=True, help="devnet account to pay out")
-@click.option("--key", help="0x private key (instead of --dev-account)")
+@key_options(default_dev_account=12)
 @_as_json
-def job_withdraw(dev_account: int, key: str | None, as_json: bool) -> None:
+def job_withdraw(keystore: Path | None, dev_account: int, as_json: bool) -> None:
     """Send you what the market and the verifier hold for you: refunds, returned audit reserves,
     challenge rewards."""
-    client, address = _client(dev_account, key)
+    client, address = _client(keystore, dev_account)
     sent = client.c.withdraw_all(address)
     _, pending, until = client.c.market.balance(address)
     if as_json:
@@ -191,14 +176,15 @@ def job_withdraw(dev_account: int, key: str | None, as_json: bool) -> None:
 @click.argument("job_id", type=int)
 @click.argument("stage", type=int)
 @click.option("--bond", help="wei, or with a unit (gwei, eth); default: the verifier's least bond")
-@click.option("--dev-account", type=int, default=12, show_default=True, help="devnet account that pays the bond")
-@click.option("--key", help="0x private key (instead of --dev-account)")
+@key_options(default_dev_account=12)
 @_as_json
-def job_challenge(job_id: int, stage: int, bond: str | None, dev_account: int, key: str | None, as_json: bool) -> None:
+def job_challenge(
+    job_id: int, stage: int, bond: str | None, keystore: Path | None, dev_account: int, as_json: bool
+) -> None:
     """Send STAGE of completed job JOB_ID to a committee of other nodes, with a bond, within the
     job's challenge window. Found wrong: the node is slashed, its fee refunded to the client and
     the bond returned twice over; found right: the bond pays the committee and the node."""
-    client, _ = _client(dev_account, key)
+    client, _ = _client(keystore, dev_account)
     record = client.history(job_id)
     if record.coordinator is None or not record.route or record.output_cid is None:
         raise click.ClickException(
@@ -206,7 +192,7 @@ def job_challenge(job_id: int, stage: int, bond: str | None, dev_account: int, k
         )
     if not 0 <= stage < len(record.route):
         raise click.BadParameter(f"job {job_id} has stages 0..{len(record.route) - 1}", param_hint="STAGE")
-    amount = _wei(bond) if bond else client.c.verifier.challenge_bond()
+    amount = parse_wei(bond) if bond else client.c.verifier.challenge_bond()
     receipt = client.c.market.challenge(job_id, record.coordinator, record.route, stage, amount)
     opened = [e.args["auditId"] for e in client.c.verifier.events_in(receipt) if e.name == "AuditOpened"]
     row = {"job_id": job_id, "stage": stage, "node": record.route[stage].node, "bond": amount, "audit_id": opened[0]}

@@ -124,3 +124,17 @@ def contracts_compile(force: bool) -> None:
 
     for name, artifact in compiler.compile_contracts(force=force).items():
         click.echo(f"{name:<14} {len(artifact.bytecode) // 2 - 1:>6} bytes  {artifact.compiler}")
+
+
+def parse_wei(text: str) -> int:
+    """An amount of ether: wei, or with a unit ("0.5eth", "20gwei", "1000wei")."""
+    from decimal import Decimal, InvalidOperation
+
+    value = text.strip().lower()
+    try:
+        for unit, factor in (("gwei", 10**9), ("eth", 10**18), ("wei", 1)):
+            if value.endswith(unit):
+                return int(Decimal(value[: -len(unit)]) * factor)
+        return int(value)
+    except (ValueError, InvalidOperation):
+        raise click.BadParameter(f"{text!r} is not an amount; write wei, or e.g. 0.5eth or 20gwei") from None
