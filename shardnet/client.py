@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from eth_account.signers.local import LocalAccount
+from eth_utils.abi import event_abi_to_log_topic
 from eth_utils.conversions import to_bytes
 
 from shardnet.bindings import Contracts
@@ -72,6 +73,14 @@ class Client:
         return self.c.market.post_job(
             model_id, input_cid, params.encode(), max_fee, deadline, audit_bps=params.audit_bps
         )
+
+    def jobs_of(self, client: str) -> list[JobRecord]:
+        """Every job `client` posted, oldest first, each rebuilt from its events."""
+        reader = self.job_events
+        posted = "0x" + event_abi_to_log_topic(self.c.market.contract.events.JobPosted.abi).hex().removeprefix("0x")
+        who = "0x" + bytes.fromhex(client.removeprefix("0x")).rjust(32, b"\0").hex()
+        events = reader.fetch(reader.start_block, reader.head(), topics=[posted, None, who])
+        return [self.history(e.args["jobId"]) for e in events if e.name == "JobPosted"]
 
     def cost(self, model_id: int) -> int:
         """Wei a job on `model_id` needs in escrow today: every block at the model's price, the

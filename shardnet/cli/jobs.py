@@ -155,6 +155,38 @@ def job_cancel(job_id: int, keystore: Path | None, dev_account: int) -> None:
     click.echo(f"job {job_id} cancelled; {client.c.market.balance(address)[0]} wei withdrawable")
 
 
+@job.command("list")
+@key_options(default_dev_account=12)
+@_as_json
+def job_list(keystore: Path | None, dev_account: int, as_json: bool) -> None:
+    """Your jobs (posted by your key): status, model, escrow, what was paid and refunded."""
+    client, address = _client(keystore, dev_account)
+    rows = [
+        {
+            "job_id": r.job_id,
+            "status": r.status.name.lower(),
+            "model_id": r.model_id,
+            "max_fee_wei": r.max_fee,
+            "paid_wei": sum(r.payouts.values()),
+            "refunded_wei": r.refunded,
+            "output_cid": r.output_cid,
+            "abort_reason": r.abort_reason,
+        }
+        for r in client.jobs_of(address)
+    ]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo(f"no jobs posted by {address} yet; post one with 'shardnet job submit'")
+    for row in rows:
+        click.echo(
+            f"{row['job_id']:>5}  {row['status']:<10} model {row['model_id']:<4} escrow {row['max_fee_wei']} wei, "
+            f"paid {row['paid_wei']}, refunded {row['refunded_wei']}"
+            + (f"  ({row['abort_reason']})" if row["abort_reason"] else "")
+        )
+
+
 @job.command("withdraw")
 @key_options(default_dev_account=12)
 @_as_json
