@@ -22,7 +22,7 @@ module.exports = {
   solidity: {
     version: SOLC_VERSION,
     // keep in step with shardnet/compiler.py SETTINGS
-    settings: { optimizer: { enabled: true, runs: 1000 }, evmVersion: "cancun" },
+    settings: { optimizer: { enabled: true, runs: 200 }, evmVersion: "cancun" },
   },
   paths: {
     sources: "./contracts",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from shardnet.cli.keys import key_options, load_account
+from shardnet.keys import key_options, load_account
 
 
 @click.group()

@@ -217,54 +217,77 @@ def node_status(config_path: Path, as_json: bool) -> None:
 @node.command("stake")
 @click.argument("amount")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), required=True, help="node.toml")
-def node_stake(amount: str, config_path: Path) -> None:
+@click.option("--json", "as_json", is_flag=True, help="print JSON for scripts")
+def node_stake(amount: str, config_path: Path, as_json: bool) -> None:
     """Add AMOUNT (wei, or e.g. 0.5eth) to this node's stake."""
     from shardnet.cli.root import parse_wei
 
     contracts, account = _operator(config_path)
     contracts.nodes.add_stake(parse_wei(amount))
-    click.echo(f"stake is now {contracts.nodes.node(account.address).stake} wei")
+    _stake_report(contracts, account.address, as_json, "stake is now {stake} wei")
 
 
 @node.command("unstake")
 @click.argument("amount")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), required=True, help="node.toml")
-def node_unstake(amount: str, config_path: Path) -> None:
+@click.option("--json", "as_json", is_flag=True, help="print JSON for scripts")
+def node_unstake(amount: str, config_path: Path, as_json: bool) -> None:
     """Start taking AMOUNT of stake back: it stays slashable for the cooldown (longer than any job
     and its audit window), then 'shardnet node exit' withdraws it."""
     from shardnet.cli.root import parse_wei
 
     contracts, account = _operator(config_path)
     contracts.nodes.request_unstake(parse_wei(amount))
-    info = contracts.nodes.node(account.address)
-    click.echo(
-        f"unstaking {info.pending_unstake} wei, withdrawable from {info.unlock_at} (unix time); stake left {info.stake}"
+    _stake_report(
+        contracts,
+        account.address,
+        as_json,
+        "unstaking {pending_unstake_wei} wei, withdrawable from {unlock_at} (unix time); stake left {stake} wei",
     )
+
+
+def _stake_report(contracts: Contracts, address: str, as_json: bool, text: str, **extra: Any) -> None:
+    """The node's stake after a command: `text` (formatted with the fields) or one JSON object."""
+    import json
+
+    info = contracts.nodes.node(address)
+    row = {
+        "node": address,
+        "stake": info.stake,
+        "pending_unstake_wei": info.pending_unstake,
+        "unlock_at": info.unlock_at,
+        "active": contracts.nodes.is_active(address),
+        **extra,
+    }
+    click.echo(json.dumps(row) if as_json else text.format(**row))
 
 
 @node.command("exit")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), required=True, help="node.toml")
-def node_exit(config_path: Path) -> None:
+@click.option("--json", "as_json", is_flag=True, help="print JSON for scripts")
+def node_exit(config_path: Path, as_json: bool) -> None:
     """Leave the network: the first run unstakes everything (the node stops being routed); once
     the cooldown is over, the next run sends the stake back. Collect earnings with 'node withdraw'."""
     import time
 
     contracts, account = _operator(config_path)
-    info = contracts.nodes.node(account.address)
+    address, withdrawn = account.address, 0
+    info = contracts.nodes.node(address)
     # the chain's clock decides (an idle devnet's last block may be older than this machine's)
     now = max(int(time.time()), int(contracts.chain.w3.eth.get_block("latest")["timestamp"]))
     if info.stake:
         contracts.nodes.request_unstake(info.stake)
-        info = contracts.nodes.node(account.address)
-        click.echo(
-            f"unstaking all {info.pending_unstake} wei; run 'shardnet node exit' again after {info.unlock_at} "
-            f"(in {max(0, info.unlock_at - now)} s) to withdraw it; stop the agent once its jobs end"
+        unlock_at = contracts.nodes.node(address).unlock_at
+        text = (
+            "unstaking all {pending_unstake_wei} wei; run 'shardnet node exit' again after {unlock_at} "
+            f"(in {max(0, unlock_at - now)} s) to withdraw it; stop the agent once its jobs end"
         )
     elif info.pending_unstake and now < info.unlock_at:
-        click.echo(f"{info.pending_unstake} wei unlocks at {info.unlock_at} (in {info.unlock_at - now} s)")
+        text = f"{{pending_unstake_wei}} wei unlocks at {{unlock_at}} (in {info.unlock_at - now} s)"
     elif info.pending_unstake:
-        amount = info.pending_unstake
+        withdrawn = info.pending_unstake
         contracts.nodes.withdraw_unstaked()
-        click.echo(f"withdrew {amount} wei of stake; this node has left the network")
+        text = "withdrew {withdrawn_wei} wei of stake; this node has left the network"
     else:
-        click.echo("nothing staked or unstaking: this node has already left")
+        text = "nothing staked or unstaking: this node has already left"
+    _stake_report(contracts, address, as_json, text, withdrawn_wei=withdrawn)

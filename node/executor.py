@@ -86,6 +86,7 @@ class Executor:
         self.ipfs_timeout_s = ipfs_timeout_s
         self.spans: dict[int, LoadedSpan] = {}  # model id -> the span this node serves now
         self.jobs: dict[int, JobRun] = {}
+        self.retired: dict[int, LoadedSpan] = {}  # per model, the span served before the last move
         self.slowdown = slowdown
         self.ms_per_block: float | None = None  # measured: moving average of compute per block per call
         self.calls = 0
@@ -103,14 +104,23 @@ class Executor:
             tokenizer = self._tokenizer(manifest)
         loaded = LoadedSpan(model_id, manifest, span, model, tokenizer)
         if serve:
+            self._retire(model_id)
             self.spans[model_id] = loaded
         return loaded
+
+    def _retire(self, model_id: int) -> None:
+        """Keep the span being replaced for routes planned before the move: a job routed through
+        the old span may reach this node after the new one is loaded (one per model, until the
+        next move)."""
+        old = self.spans.pop(model_id, None)
+        if old is not None:
+            self.retired[model_id] = old
 
     def _tokenizer(self, manifest: Manifest) -> Any:
         return fetch_tokenizer(self.ipfs, manifest, self.ipfs_timeout_s)
 
     def unload(self, model_id: int) -> None:
-        self.spans.pop(model_id, None)
+        self._retire(model_id)
 
     def _span_for(self, model_id: int, stage: Stage) -> LoadedSpan:
         """The loaded span a job's stage runs on: the current one, or one a running job still
@@ -124,12 +134,16 @@ class Executor:
                 and (loaded.span.start <= stage.start < stage.end == loaded.span.end)
             )
 
-        current = self.spans[model_id]
+        current = self.spans.get(model_id)
         if serves(current):
+            assert current is not None
             return current
-        for run in self.jobs.values():
-            if serves(run.loaded):
-                return run.loaded
+        for loaded in (self.retired.get(model_id), *(run.loaded for run in self.jobs.values())):
+            if serves(loaded):
+                assert loaded is not None
+                return loaded
+        if current is None:
+            raise JobInputError(f"this node no longer serves model {model_id}")
         return current
 
     # ------------------------------------------------------------------ jobs

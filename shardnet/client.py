@@ -175,13 +175,23 @@ class Client:
         return result, streamed
 
     def wait(
-        self, job_id: int, timeout_s: float = 300, poll_s: float = 0.2, until: Container[JobStatus] = ENDED
+        self,
+        job_id: int,
+        timeout_s: float = 300,
+        poll_s: float = 0.2,
+        until: Container[JobStatus] = ENDED,
+        on_change: Callable[[JobRecord], None] | None = None,
     ) -> JobResult:
         """The job once its status is one of `until`: by default once it has ended (no result will
-        come, though an aborted routed job settles later); `until=SETTLED` waits for the money too."""
+        come, though an aborted routed job settles later); `until=SETTLED` waits for the money too.
+        `on_change` sees the record each time its status or route changes (progress for people)."""
         deadline = time.monotonic() + timeout_s
+        seen: tuple[JobStatus, int] | None = None
         while True:
             record = self.history(job_id)
+            if on_change is not None and (record.status, record.reroutes) != seen:
+                seen = (record.status, record.reroutes)
+                on_change(record)
             if record.status in until:
                 output = None
                 if record.output_cid:

@@ -15,12 +15,13 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+from eth_account.signers.local import LocalAccount
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -208,10 +209,19 @@ def _deployment_current(path: Path, chain: Chain, artifacts: dict[str, compiler.
     return deployment
 
 
-def deploy_contracts(chain: Chain, settings: DevnetSettings, ipfs_api: str, ws_url: str) -> Deployment:
-    """Deploy and wire the contracts with dev account 0 as admin and 1 as coordinator."""
+def deploy_contracts(
+    chain: Chain,
+    settings: DevnetSettings,
+    ipfs_api: str,
+    ws_url: str,
+    admin: LocalAccount | None = None,
+    coordinators: Sequence[str] | None = None,
+) -> Deployment:
+    """Deploy and wire the contracts, `admin` (default: dev account 0) holding every admin role
+    and each of `coordinators` (default: dev account 1) the coordinator role."""
     artifacts = compiler.compile_contracts()
-    admin, coordinator = dev_account(0), dev_account(1)
+    admin = admin or dev_account(0)
+    coordinators = [dev_account(1).address] if coordinators is None else list(coordinators)
     chain.account = admin
     first_block = chain.w3.eth.block_number + 1
     nodes_addr, _ = chain.deploy(
@@ -240,8 +250,9 @@ def deploy_contracts(chain: Chain, settings: DevnetSettings, ipfs_api: str, ws_u
     chain.transact(nodes.functions.grantRole(chain.call(nodes.functions.SLASHER_ROLE()), verifier_addr))
     chain.transact(market.functions.setVerifier(verifier_addr))
     role = chain.call(models.functions.COORDINATOR_ROLE())
-    chain.transact(models.functions.grantRole(role, coordinator.address))
-    chain.transact(market.functions.grantRole(role, coordinator.address))
+    for coordinator in coordinators:
+        chain.transact(models.functions.grantRole(role, coordinator))
+        chain.transact(market.functions.grantRole(role, coordinator))
     version = next(iter(artifacts.values())).compiler
     return Deployment(
         chain_id=chain.chain_id,
@@ -274,17 +285,23 @@ def market_terms(settings: DevnetSettings) -> tuple[int, ...]:
 
 
 def ensure_deployed(
-    rpc_url: str, ws_url: str, ipfs_api: str, deployment_path: Path, settings: DevnetSettings | None = None
+    rpc_url: str,
+    ws_url: str,
+    ipfs_api: str,
+    deployment_path: Path,
+    settings: DevnetSettings | None = None,
+    admin: LocalAccount | None = None,
+    coordinators: Sequence[str] | None = None,
 ) -> tuple[Deployment, bool]:
-    """Reuse the deployment file when it matches the chain and the sources, else deploy. Returns
-    (deployment, deployed_now)."""
+    """Reuse the deployment file when it matches the chain and the sources (attach), else deploy
+    and write it. Works on any EVM JSON-RPC chain. Returns (deployment, deployed_now)."""
     settings = settings or DevnetSettings()
     chain = Chain(rpc_url)
     artifacts = compiler.compile_contracts()
     current = _deployment_current(deployment_path, chain, artifacts)
     if current is not None:
         return current, False
-    deployment = deploy_contracts(chain, settings, ipfs_api, ws_url)
+    deployment = deploy_contracts(chain, settings, ipfs_api, ws_url, admin, coordinators)
     deployment.save(deployment_path)
     return deployment, True
 

@@ -18,6 +18,7 @@ import requests
 from shardnet import devnet as dn
 from shardnet.chain import Chain, dev_account
 from shardnet.deployment import Deployment
+from shardnet.explorer import amount_text
 from shardnet.indexer import Index, IndexerError
 from shardnet.scenario import World
 from tests.conftest import REPO, SHARDNET, devnet_settings, free_port, run_cli
@@ -286,6 +287,10 @@ def test_explorer_in_headless_chromium(scripted, explorer):
         page.goto(explorer)
         expect(page.get_by_test_id("job-count")).to_have_text(str(len(h.status)))
         expect(page.get_by_test_id("chart")).to_be_visible()
+        # registered is not alive: no agent runs behind these nodes' endpoints
+        some_node = next(iter(h.routes[next(iter(h.rerouted))])).node
+        page.reload()
+        expect(page.get_by_test_id(f"alive-{some_node}")).to_contain_text("never seen", timeout=10_000)
         expect(page.get_by_test_id("models")).to_contain_text("audit-model")
         page.get_by_role("link", name="jobs", exact=True).click()  # the list, then the job
         expect(page).to_have_url(f"{explorer}/jobs")
@@ -295,9 +300,13 @@ def test_explorer_in_headless_chromium(scripted, explorer):
         for k, stage in enumerate(h.routes[job_id]):
             row = page.get_by_test_id(f"stage-{k}")
             expect(row).to_contain_text(stage.node)
-            expect(page.get_by_test_id(f"stage-paid-{k}")).to_have_text(str(h.payouts[job_id][stage.node]))
-        expect(page.get_by_test_id("paid")).to_have_text(f"{sum(h.payouts[job_id].values())} wei")
-        expect(page.get_by_test_id("refunded")).to_have_text(f"{h.refunds[job_id]} wei")
+            paid = h.payouts[job_id][stage.node]
+            expect(page.get_by_test_id(f"stage-paid-{k}")).to_have_text(amount_text(paid))
+        # amounts in ETH or gwei, each with its exact wei on hover
+        paid = page.get_by_test_id("paid").locator("span")
+        expect(paid).to_have_text(amount_text(sum(h.payouts[job_id].values())))
+        expect(paid).to_have_attribute("title", f"{sum(h.payouts[job_id].values())} wei")
+        expect(page.get_by_test_id("refunded")).to_have_text(amount_text(h.refunds[job_id]))
         expect(page.get_by_test_id("timeline")).to_contain_text("JobRerouted")
         page.screenshot(path=OUTPUT / "explorer-job.png", full_page=True)
 

@@ -398,3 +398,26 @@ def test_a_generation_streams_its_tokens_to_its_client_only_and_they_equal_the_r
     assert (
         [t for chunk in chunks for t in chunk] == job["output"]["tokens"] == streamed
     )  # greedy: same prompt, same tokens
+
+
+def test_the_explorer_shows_live_nodes_and_a_jobs_input_and_output(net, tmp_path):
+    """The explorer probes each node's agent (all alive here) and reads a job's input and output
+    from IPFS, showing the prompt's tokens and the generated text and tokens."""
+    from fastapi.testclient import TestClient
+
+    from shardnet.explorer import create_app
+
+    model_id, _ = net.models["tiny-gpt2"]
+    done = net.client.wait(net.client.submit(model_id, {"input_ids": [9, 8, 7]}, JobParams(max_new_tokens=4), MAX_FEE))
+    app = create_app(net.chain, tmp_path / "explorer.sqlite", 0.2, ipfs=net.ipfs, probe_interval_s=0.5)
+    with TestClient(app) as explorer:
+        deadline = time.monotonic() + 30
+        while f"#{done.record.job_id}" not in (home := explorer.get("/").text) or home.count(">alive<") < 3:
+            assert time.monotonic() < deadline, "the explorer did not index the job and probe the nodes"
+            time.sleep(0.3)
+        page = explorer.get(f"/jobs/{done.record.job_id}").text
+        assert 'tokens (3): <span class="mono">9 8 7</span>' in page  # the input, from IPFS
+        generated = " ".join(map(str, done.output["tokens"]))
+        assert f'tokens ({len(done.output["tokens"])}): <span class="mono">{generated}</span>' in page
+        node = done.record.route[0].node
+        assert ">alive<" in explorer.get(f"/nodes/{node}").text

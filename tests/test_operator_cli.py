@@ -32,8 +32,8 @@ def test_status_stake_unstake_and_exit(devnet, world, tmp_path):
     human = run_cli("node", "status", "--config", str(config), env=env)
     assert "stake 1 ETH" in human.stdout and f"model {model}: blocks [0,4) confirmed" in human.stdout
 
-    assert run_cli("node", "stake", "0.5eth", "--config", str(config), env=env).returncode == 0
-    assert status()["stake_wei"] == ETHER + ETHER // 2
+    staked = json.loads(run_cli("node", "stake", "0.5eth", "--config", str(config), "--json", env=env).stdout)
+    assert staked["stake"] == status()["stake_wei"] == ETHER + ETHER // 2
     bad = run_cli("node", "stake", "lots", "--config", str(config), env=env)
     assert bad.returncode != 0 and "not an amount" in bad.stderr
     assert run_cli("node", "unstake", "0.5eth", "--config", str(config), env=env).returncode == 0
@@ -54,3 +54,4 @@ def test_status_stake_unstake_and_exit(devnet, world, tmp_path):
     assert status()["pending_unstake_wei"] == 0
     gone = run_cli("node", "exit", "--config", str(config), env=env)
     assert "already left" in gone.stdout
+    assert json.loads(run_cli("node", "exit", "--config", str(config), "--json", env=env).stdout)["stake"] == 0

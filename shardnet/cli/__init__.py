@@ -9,7 +9,7 @@ from importlib.metadata import entry_points
 
 import click
 
-from shardnet.cli import audit, gateway, jobs, models  # noqa: F401  (each registers its group on the root)
+from shardnet.cli import audit, deploy, gateway, jobs, models  # noqa: F401  (each registers its group on the root)
 from shardnet.cli.root import main
 
 

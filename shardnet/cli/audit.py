@@ -410,15 +410,18 @@ def audit_verify_transcripts(
 @click.option("--port", default=8090, show_default=True, type=int)
 @click.option("--interval", default=1.0, show_default=True, type=float, help="seconds between index syncs")
 def explorer(rpc_url: str | None, db: Path | None, host: str, port: int, interval: float) -> None:
-    """Serve the read-only web explorer (network, jobs, nodes, models; live as blocks arrive)."""
+    """Serve the read-only web explorer (network, jobs, nodes, models; live as blocks arrive):
+    which node agents answer, amounts in ETH or gwei (wei on hover), job inputs and outputs."""
     import uvicorn
 
     from shardnet.chain import Chain
     from shardnet.deployment import Deployment
     from shardnet.explorer import create_app
     from shardnet.indexer import default_path
+    from shardnet.storage import IpfsClient
 
-    chain = Chain.from_deployment(Deployment.load(), rpc_url=rpc_url)
-    app = create_app(chain, db or default_path(chain), interval)
+    deployment = Deployment.load()
+    chain = Chain.from_deployment(deployment, rpc_url=rpc_url)
+    app = create_app(chain, db or default_path(chain), interval, ipfs=IpfsClient(deployment.ipfs_api))
     click.echo(f"explorer on http://{host}:{port} (indexing {chain.rpc_url})", err=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from shardnet.cli.keys import key_options, load_account
 from shardnet.cli.root import main
+from shardnet.keys import key_options, load_account
 
 
 @main.command("gateway")

@@ -8,11 +8,12 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from shardnet.cli.keys import key_options, load_account
 from shardnet.cli.root import _as_json, main, parse_wei
+from shardnet.keys import key_options, load_account
 
 if TYPE_CHECKING:
     from shardnet.client import Client, JobResult
+    from shardnet.ledger import JobRecord
 
 
 # ---------------------------------------------------------------------- jobs (clients)
@@ -101,11 +102,22 @@ def job_submit(
     if no_wait:
         click.echo(job_id)
         return
-    click.echo(f"job {job_id} posted; waiting...", err=True)
+    click.echo(f"job {job_id} posted; waiting for a coordinator to route it...", err=True)
     if stream:
         _print_job(_stream(client, model_id, job_id, ttl + 30, as_json), as_json)
         return
-    _print_job(client.wait(job_id, timeout_s=ttl + 30), as_json)
+    _print_job(client.wait(job_id, timeout_s=ttl + 30, on_change=_progress), as_json)
+
+
+def _progress(record: JobRecord) -> None:
+    """One line on stderr each time the job moves on."""
+    status = record.status.name.lower()
+    if status == "routed":
+        hops = " -> ".join(f"{s.node[:8]}… [{s.start},{s.end})" for s in record.route)
+        again = f" (rerouted {record.reroutes}x)" if record.reroutes else ""
+        click.echo(f"routed{again} through {len(record.route)} stages: {hops}; running...", err=True)
+    elif status != "posted":
+        click.echo(f"{status}", err=True)
 
 
 def _stream(client: Client, model_id: int, job_id: int, timeout_s: float, as_json: bool) -> JobResult:
@@ -147,12 +159,17 @@ def _client(keystore: Path | None, dev_account: int) -> tuple[Client, str]:
 @job.command("cancel")
 @click.argument("job_id", type=int)
 @key_options(default_dev_account=12)
-def job_cancel(job_id: int, keystore: Path | None, dev_account: int) -> None:
+@_as_json
+def job_cancel(job_id: int, keystore: Path | None, dev_account: int, as_json: bool) -> None:
     """Cancel a job no coordinator has routed yet; its escrow is credited back to you at once
     (then 'shardnet job withdraw')."""
     client, address = _client(keystore, dev_account)
     client.c.market.cancel_job(job_id)
-    click.echo(f"job {job_id} cancelled; {client.c.market.balance(address)[0]} wei withdrawable")
+    withdrawable = client.c.market.balance(address)[0]
+    if as_json:
+        click.echo(json.dumps({"job_id": job_id, "status": "cancelled", "withdrawable_wei": withdrawable}))
+    else:
+        click.echo(f"job {job_id} cancelled; {withdrawable} wei withdrawable")
 
 
 @job.command("list")

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,26 +20,41 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup
 from web3 import Web3
 
 from shardnet.chain import Chain
 from shardnet.errors import ShardnetError
+from shardnet.explorer.live import Prober, summarise
 from shardnet.indexer import Index
+from shardnet.storage import IpfsClient
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
 STATUSES = ("posted", "routed", "completed", "expired", "cancelled", "aborted", "aborting")
 
 
-def _eth(wei: int) -> str:
-    return f"{wei / 10**18:.6f} ETH" if wei >= 10**12 else f"{wei} wei"
+def amount_text(wei: int) -> str:
+    """An amount for people: ETH from a thousandth of one, gwei from a millionth of one, else wei."""
+    if abs(wei) >= 10**15:
+        return f"{wei / 10**18:.6g} ETH"
+    if abs(wei) >= 10**6:
+        return f"{wei / 10**9:.6g} gwei"
+    return f"{wei} wei"
+
+
+def _amount(wei: int) -> Markup:
+    """The amount for people, with the exact wei on hover."""
+    return Markup('<span class="amount" title="{} wei">{}</span>').format(wei, amount_text(wei))
 
 
 def _short(address: str | None) -> str:
     return f"{address[:8]}…{address[-4:]}" if address else "—"
 
 
-TEMPLATES.env.filters["eth"] = _eth
 TEMPLATES.env.filters["short"] = _short
+TEMPLATES.env.filters["amount"] = _amount
+TEMPLATES.env.filters["amount_text"] = amount_text
+TEMPLATES.env.filters["clock"] = lambda t: time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
 
 
 class Syncer:
@@ -92,16 +108,30 @@ def activity_svg(buckets: list[dict[str, Any]], width: int = 720, height: int = 
     }
 
 
-def create_app(chain: Chain, db_path: Path, interval_s: float = 1.0) -> FastAPI:
+def create_app(
+    chain: Chain, db_path: Path, interval_s: float = 1.0, ipfs: IpfsClient | None = None, probe_interval_s: float = 5.0
+) -> FastAPI:
+    """The explorer over the index at `db_path` (kept at the chain head), reading job inputs and
+    outputs from `ipfs` and probing every node's agent each `probe_interval_s` (0: never)."""
     syncer = Syncer(db_path, chain, interval_s)
     reader = Index(db_path, chain)
+    probe_reader = Index(db_path, chain)  # the prober's own connection, used from its thread only
+    prober = Prober(lambda: {n["node"]: n["endpoint"] for n in probe_reader.nodes()}, probe_interval_s)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         syncer.start()
+        if probe_interval_s:
+            prober.start()
         yield
+        if probe_interval_s:
+            prober.stop()
         syncer.stop()
         reader.close()
+        probe_reader.close()
+
+    def live_nodes() -> list[dict[str, Any]]:
+        return [{**n, **prober.liveness(n["node"])} for n in reader.nodes()]
 
     app = FastAPI(title="shardnet explorer", lifespan=lifespan)
 
@@ -121,7 +151,7 @@ def create_app(chain: Chain, db_path: Path, interval_s: float = 1.0) -> FastAPI:
             request,
             "network.html",
             summary=reader.summary(),
-            nodes=reader.nodes(),
+            nodes=live_nodes(),
             models=reader.models(),
             jobs=reader.jobs(limit=15, newest_first=True),
             chart=activity_svg(reader.activity()),
@@ -150,7 +180,10 @@ def create_app(chain: Chain, db_path: Path, interval_s: float = 1.0) -> FastAPI:
         record = reader.job(int(job_id))
         if record is None:
             return not_found(request, f"job {job_id} does not exist (yet): {reader.job_count()} jobs are indexed")
-        return page(request, "job.html", job=record, audits=reader.audits(int(job_id)))
+        content = await asyncio.to_thread(
+            lambda: {"input": summarise(ipfs, record["input_cid"]), "output": summarise(ipfs, record["output_cid"])}
+        )
+        return page(request, "job.html", job=record, audits=reader.audits(int(job_id)), content=content)
 
     @app.get("/nodes/{address}", response_class=HTMLResponse)
     async def node(request: Request, address: str) -> HTMLResponse:
@@ -160,7 +193,7 @@ def create_app(chain: Chain, db_path: Path, interval_s: float = 1.0) -> FastAPI:
         record = reader.node(checksummed)
         if record is None:
             return not_found(request, f"{checksummed} never registered as a node on this deployment")
-        return page(request, "node.html", node=record)
+        return page(request, "node.html", node=record, live=prober.liveness(checksummed))
 
     @app.get("/models/{model_id}", response_class=HTMLResponse)
     async def model(request: Request, model_id: str) -> HTMLResponse:
