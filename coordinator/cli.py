@@ -50,6 +50,20 @@ def coordinator() -> None:
     show_default=True,
     help="apply a re-plan when it lifts the slowest block by this factor",
 )
+@click.option(
+    "--replan-after",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    help="seconds a node may be down before its spans are planned away (shorter outages are rerouted around)",
+)
+@click.option(
+    "--confirm-timeout",
+    type=click.FloatRange(min=1),
+    default=300.0,
+    show_default=True,
+    help="seconds a node has to confirm an assigned span before it is planned away",
+)
 def coordinator_run(
     keystore: Path | None,
     dev_account: int,
@@ -59,6 +73,8 @@ def coordinator_run(
     min_stages: int,
     rebalance_interval: float,
     rebalance_factor: float,
+    replan_after: float,
+    confirm_timeout: float,
 ) -> None:
     """Assign spans, route posted jobs and reroute around dead nodes, from chain events."""
     from coordinator.daemon import Coordinator
@@ -78,5 +94,7 @@ def coordinator_run(
             min_stages=min_stages,
             rebalance_interval_s=rebalance_interval,
             rebalance_factor=rebalance_factor,
+            replan_after_s=replan_after,
+            confirm_timeout_s=confirm_timeout,
         ).run()
     )

@@ -59,6 +59,8 @@ class Coordinator:
         min_stages: int = 3,
         rebalance_interval_s: float = 10.0,
         rebalance_factor: float = 1.2,
+        confirm_timeout_s: float = 300.0,
+        replan_after_s: float = 60.0,
     ):
         self.deployment = deployment
         self.account = account
@@ -80,10 +82,20 @@ class Coordinator:
         self.block_mb: dict[int, tuple[float, ...]] = {}  # model -> memory per block (from its manifest)
         self.planned_nodes: dict[int, frozenset[str]] = {}  # model -> usable nodes when last planned
         self.sent: dict[tuple[int, str], Span] = {}  # (model, node) -> span last assigned by this process
+        self.assigned_at: dict[tuple[int, str], float] = {}  # (model, node) -> when its span was assigned
+        self.confirm_timeout_s = confirm_timeout_s  # an unconfirmed span is planned away after this
+        self.replan_after_s = replan_after_s  # a node down this long has its spans planned away
+        self.down_since: dict[str, float] = {}  # node -> when it was found down
+        self.replanned: set[str] = set()  # down nodes whose spans were planned away
 
     async def run(self) -> None:
+        import aiohttp
+
         async for event in self.listener.catch_up(self.deployment.deploy_block):
             self.ledger.apply(event)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0)) as http:
+            for _ in range(2):  # registered is not alive: find the nodes that answer before planning
+                await self._probe_round(http)
         await self.reconcile()
         log.info("coordinator %s caught up at block %d", self.account.address, self.listener.last_key[0])
         tasks = [asyncio.create_task(self._probe_loop()), asyncio.create_task(self._expiry_loop())]
@@ -126,37 +138,58 @@ class Coordinator:
 
     # ------------------------------------------------------------------ failover
     async def _probe_loop(self) -> None:
-        """Probe every node (round-trip times feed the router); a node on an open route that
-        misses two probes in a row is replaced."""
+        """Probe every registered node: round-trip times feed the router; a node that misses two
+        probes in a row is down (not planned over or routed through until it answers again), and
+        its open routes are rerouted."""
         import aiohttp
 
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0)) as http:
             while True:
                 await asyncio.sleep(self.probe_interval_s)
-                busy = {s.node for j in self.ledger.jobs.values() if j.status == JobStatus.ROUTED for s in j.route}
-                for node in sorted(set(self.ledger.endpoints) - self.failed):
-                    started = time.perf_counter()
-                    health = {}
-                    try:
-                        async with http.get(self.ledger.endpoints[node].rstrip("/") + "/health") as response:
-                            alive = response.status == 200
-                            if alive:
-                                health = await response.json()
-                    except (TimeoutError, aiohttp.ClientError, KeyError, ValueError):
-                        alive = False
+                if await self._probe_round(http):
+                    await self.reconcile()  # a node went down or came back: plan again
+
+    async def _probe_round(self, http: Any) -> bool:
+        """One probe of every node; True when the set of down nodes changed."""
+        import aiohttp
+
+        busy = {s.node for j in self.ledger.jobs.values() if j.status == JobStatus.ROUTED for s in j.route}
+        changed = False
+        for node in sorted(self.ledger.endpoints):
+            started = time.perf_counter()
+            health = {}
+            try:
+                async with http.get(self.ledger.endpoints[node].rstrip("/") + "/health") as response:
+                    alive = response.status == 200
                     if alive:
-                        rtt = (time.perf_counter() - started) * 1000
-                        self.rtt_ms[node] = 0.7 * self.rtt_ms.get(node, rtt) + 0.3 * rtt
-                        measured = health.get("ms_per_block") if isinstance(health, dict) else None
-                        if isinstance(measured, int | float) and measured > 0:
-                            self.ms_per_block[node] = float(measured)
-                    if node not in busy:
-                        continue
-                    self.probe_failures[node] = 0 if alive else self.probe_failures.get(node, 0) + 1
-                    if self.probe_failures[node] >= 2:
-                        self.failed.add(node)
-                        log.warning("node %s stopped answering; rerouting its jobs", node)
-                        await self._failover(node)
+                        health = await response.json()
+            except (TimeoutError, aiohttp.ClientError, KeyError, ValueError):
+                alive = False
+            if alive:
+                rtt = (time.perf_counter() - started) * 1000
+                self.rtt_ms[node] = 0.7 * self.rtt_ms.get(node, rtt) + 0.3 * rtt
+                measured = health.get("ms_per_block") if isinstance(health, dict) else None
+                if isinstance(measured, int | float) and measured > 0:
+                    self.ms_per_block[node] = float(measured)
+                self.probe_failures[node] = 0
+                if node in self.failed:
+                    self.failed.discard(node)
+                    self.down_since.pop(node, None)
+                    changed = True
+                    log.info("node %s answers again", node)
+                continue
+            self.probe_failures[node] = self.probe_failures.get(node, 0) + 1
+            if self.probe_failures[node] >= 2 and node not in self.failed:
+                self.failed.add(node)
+                self.down_since[node] = time.monotonic()
+                log.warning("node %s stopped answering%s", node, "; rerouting its jobs" if node in busy else "")
+                if node in busy:
+                    await self._failover(node)
+            if node in self.failed and node not in self.replanned and self._gone(node):
+                self.replanned.add(node)
+                changed = True  # down long enough: plan its spans away
+        self.replanned &= self.failed
+        return changed
 
     async def _failover(self, dead: str) -> None:
         """Reroute this coordinator's open jobs around `dead` (only the routing coordinator may)."""
@@ -204,20 +237,48 @@ class Coordinator:
             if model.deprecated:
                 continue
             if self.planner == "throughput":
-                usable = frozenset(n for n in active if n not in self.failed)
-                assigned = set(self.ledger.assignments.get(model_id, {}))
-                if usable != self.planned_nodes.get(model_id) and (usable - assigned or assigned - usable):
+                usable = frozenset(n for n in active if not self._gone(n))
+                holders = set(self.ledger.assignments.get(model_id, {}))
+                if usable != self.planned_nodes.get(model_id) and (usable - holders or holders - usable):
                     await self._rebalance(model_id, force=True)  # a node joined or left
                 continue
-            if self.ledger.assignments.get(model_id):
+            live = [n for n in active if not self._gone(n) and not self._stale(model_id, n)]
+            assigned = self.ledger.assignments.get(model_id, {})
+            if assigned and all(n in live for n in assigned):
                 continue
-            spans = plan_pipeline([n for n in active if n not in self.failed], model.block_count, self.min_stages)
+            if assigned and frozenset(live) == self.planned_nodes.get(model_id):
+                continue  # planned over these nodes already; wait for the events
+            gone = sorted(set(assigned) - set(live))
+            if gone:
+                log.warning("model %d: %s down or never confirmed; planning again", model_id, ", ".join(gone))
+            spans = plan_pipeline(live, model.block_count, self.min_stages)
+            self.planned_nodes[model_id] = frozenset(live)
             for node, span in spans.items():
-                await self._tx(
+                if assigned.get(node) is not None and assigned[node].span == span:
+                    continue
+                if await self._tx(
                     f"assignShard({model_id}, {node})", self.c.models.assign_shard, model_id, node, span.start, span.end
-                )
+                ):
+                    self.assigned_at[(model_id, node)] = time.monotonic()
+            for node in sorted(set(assigned) - set(spans)):
+                await self._tx(f"releaseShard({model_id}, {node})", self.c.models.release_shard, model_id, node)
             if spans:
                 log.info("model %d: assigned %d spans", model_id, len(spans))
+
+    def _gone(self, node: str) -> bool:
+        """Down for longer than `replan_after_s`: long enough to plan its spans away (a shorter
+        outage, such as a restart, is covered by rerouting to replicas)."""
+        since = self.down_since.get(node)
+        return since is not None and time.monotonic() - since > self.replan_after_s
+
+    def _stale(self, model_id: int, node: str) -> bool:
+        """A span assigned to `node` and still unconfirmed after `confirm_timeout_s` (timed from
+        when this process assigned it or first saw it)."""
+        a = self.ledger.assignments.get(model_id, {}).get(node)
+        if a is None or a.confirmed:
+            return False
+        since = self.assigned_at.setdefault((model_id, node), time.monotonic())
+        return time.monotonic() - since > self.confirm_timeout_s
 
     # ------------------------------------------------------------------ planning from measurements
     def node_specs(self, nodes: list[str]) -> list[NodeSpec]:
@@ -271,7 +332,7 @@ class Coordinator:
         (`force`) or when it lifts the bottleneck by `rebalance_factor`. Only changed spans are
         sent (assignShard / releaseShard); a moved node reloads and confirms, and routes use
         confirmed spans only, so running jobs keep the spans they were routed on."""
-        usable = sorted(set(self.ledger.active_nodes(self.min_stake)) - self.failed)
+        usable = sorted(n for n in self.ledger.active_nodes(self.min_stake) if not self._gone(n))
         if not usable:
             return
         spec = await self._model_spec(model_id)
@@ -295,7 +356,7 @@ class Coordinator:
                 f"assignShard({model_id}, {node})", self.c.models.assign_shard, model_id, node, span.start, span.end
             ):
                 self.sent[(model_id, node)] = span
-        for node in sorted(set(current) - set(new.spans)):
+        for node in sorted(set(self.ledger.assignments.get(model_id, {})) - set(new.spans)):  # down ones too
             await self._tx(f"releaseShard({model_id}, {node})", self.c.models.release_shard, model_id, node)
         if moves:
             log.info(

@@ -113,6 +113,10 @@ class StagePipeline:
         except StorageError as exc:
             await self.settlement.abort(job_id, f"input {job.input_cid} could not be read from IPFS: {exc}")
             return
+        too_long = context_overflow(run, ids.shape[1])
+        if too_long:
+            await self.settlement.abort(job_id, too_long)
+            return
         run.attention_mask = mask
         run.prompt_len = ids.shape[1]
         run.timing = {"picked_up_at": picked_up_at, "t0": time.time()}
@@ -278,3 +282,20 @@ class StagePipeline:
                 return
             if job_id not in self.executor.jobs:
                 return
+
+
+def context_overflow(run: JobRun, prompt_len: int) -> str | None:
+    """Why the job cannot fit the model's context (positions for the prompt and, for a
+    generation, every fed-back token but the last), or None."""
+    limit = getattr(run.loaded.manifest.config, "max_position_embeddings", None)
+    generate = run.params.kind == "generate"
+    need = prompt_len + (run.params.max_new_tokens - 1 if generate else 0)
+    if not isinstance(limit, int) or need <= limit:
+        return None
+    if generate:
+        fits = max(0, limit - prompt_len + 1)
+        return (
+            f"the prompt's {prompt_len} tokens plus max_new_tokens {run.params.max_new_tokens} exceed the model's "
+            f"context of {limit} positions; shorten the prompt or lower max_new_tokens to {fits}"
+        )
+    return f"the input's {prompt_len} tokens exceed the model's context of {limit} positions; shorten it"

@@ -30,6 +30,8 @@ from shardnet.transcripts import Transcript
 log = logging.getLogger("shardnet.node")
 CLAIM_DELAY_S = 2.0  # after the deadline, before a stage claims delivery (chain time must be past it)
 CLAIM_TRIES = 5
+SUBMIT_TRIES = 3  # a refused result is sent again this many times in all, backing off
+SUBMIT_BACKOFF_S = 1.0
 
 
 class Settlement:
@@ -78,11 +80,24 @@ class Settlement:
         )
         receipts.append(mine)
         run.final_receipt = mine
-        if await self.reporter.submit_result(job_id, run.coordinator, run.stages, cid, receipts):
-            self.state.settled(job_id, "submitted")
-            self.metrics.jobs.labels(run.params.kind, "completed").inc()
-            log.info("job %d done: output %s", job_id, cid, extra={"job": job_id})
-        elif self.ledger.jobs[job_id].status == JobStatus.ABORTING:
+        for attempt in range(SUBMIT_TRIES):
+            if await self.reporter.submit_result(job_id, run.coordinator, run.stages, cid, receipts):
+                self.state.settled(job_id, "submitted")
+                self.metrics.jobs.labels(run.params.kind, "completed").inc()
+                log.info("job %d done: output %s", job_id, cid, extra={"job": job_id})
+                break
+            if self.ledger.jobs[job_id].status != JobStatus.ROUTED or time.time() > self.ledger.jobs[job_id].deadline:
+                break
+            await asyncio.sleep(SUBMIT_BACKOFF_S * 2**attempt)  # a transient refusal (RPC, nonce) may pass
+        else:
+            log.warning(
+                "job %d: the result was refused %d times; this stage claims its delivery once the job is overdue",
+                job_id,
+                SUBMIT_TRIES,
+                extra={"job": job_id},
+            )
+            return  # the run stays, for claim_when_overdue
+        if self.ledger.jobs[job_id].status == JobStatus.ABORTING:
             await self._claim(run, mine, "aborted before its result was submitted")
         self.finish(job_id)
 
@@ -162,17 +177,24 @@ class Settlement:
     async def claim_when_overdue(self, job_id: int) -> None:
         """If a job this stage worked on is still routed past its deadline, prove the stage
         delivered (its own receipt) so the expiry pays it instead of blaming it. The last stage
-        delivers by submitting the result, so it never claims."""
+        delivers by submitting the result; it claims only when that was refused."""
         job = self.ledger.jobs[job_id]
         await asyncio.sleep(max(0.0, job.deadline - time.time()) + CLAIM_DELAY_S)
         for _ in range(CLAIM_TRIES):
             job = self.ledger.jobs[job_id]
             run = self.executor.jobs.get(job_id)
-            if job.status != JobStatus.ROUTED or run is None or run.is_last or not run.sent_log:
+            if job.status != JobStatus.ROUTED or run is None:
                 return
-            receipt = self.receipts.sign(
-                self.account, job_id, run.stage, run.stages[run.stage], run.coordinator, run.in_hash, run.out_hash
-            )
+            if run.is_last:
+                if run.final_receipt is None:
+                    return
+                receipt = run.final_receipt
+            elif not run.sent_log:
+                return
+            else:
+                receipt = self.receipts.sign(
+                    self.account, job_id, run.stage, run.stages[run.stage], run.coordinator, run.in_hash, run.out_hash
+                )
             if await self.reporter.claim_delivery(job_id, run.coordinator, run.stages, run.stage, receipt):
                 log.info("job %d is overdue: claimed delivery of stage %d", job_id, run.stage, extra={"job": job_id})
                 return

@@ -34,6 +34,9 @@ SETTLED = (JobStatus.COMPLETED, JobStatus.EXPIRED, JobStatus.CANCELLED, JobStatu
 ENDED = (*SETTLED, JobStatus.ABORTING)
 STREAM_POLL_S = 0.1  # waiting for a job's route, and backing off after a broken stream
 STREAM_RETRIES = 5
+WHY_AFTER_S = 5.0  # a job unrouted this long gets an explanation (on_waiting)...
+WHY_EVERY_S = 10.0  # ...looked at again this often
+PROBE_TIMEOUT_S = 1.0
 
 
 @dataclass
@@ -81,6 +84,35 @@ class Client:
         who = "0x" + bytes.fromhex(client.removeprefix("0x")).rjust(32, b"\0").hex()
         events = reader.fetch(reader.start_block, reader.head(), topics=[posted, None, who])
         return [self.history(e.args["jobId"]) for e in events if e.name == "JobPosted"]
+
+    def why_waiting(self, record: JobRecord) -> str:
+        """Why a posted job is not routed yet, as the network looks now: the blocks of its model
+        that no active node whose agent answers holds in a confirmed span, or else that routing
+        is up to a coordinator."""
+        import httpx
+
+        model = self.c.models.model(record.model_id)
+        if model.deprecated:
+            return f"model {record.model_id} is deprecated: no coordinator routes jobs to it; cancel the job"
+        covered = [0] * model.block_count
+        with httpx.Client(timeout=PROBE_TIMEOUT_S) as http:
+            for node in self.c.models.assigned_nodes(record.model_id):
+                a = self.c.models.assignment(record.model_id, node)
+                if not a.confirmed or not self.c.nodes.is_active(node):
+                    continue
+                try:
+                    alive = http.get(self.c.nodes.node(node).endpoint.rstrip("/") + "/health").status_code == 200
+                except httpx.HTTPError:
+                    alive = False
+                for block in range(a.start, a.end) if alive else ():
+                    covered[block] += 1
+        missing = [b for b, n in enumerate(covered) if n == 0]
+        if missing:
+            return (
+                f"unroutable for now: blocks {_ranges(missing)} of model {record.model_id} have no live node with a "
+                f"confirmed span; it is routed once nodes serve them (it expires at {record.deadline}, unix time)"
+            )
+        return "every block has a live node serving it: waiting for a coordinator to route the job"
 
     def cost(self, model_id: int) -> int:
         """Wei a job on `model_id` needs in escrow today: every block at the model's price, the
@@ -181,17 +213,28 @@ class Client:
         poll_s: float = 0.2,
         until: Container[JobStatus] = ENDED,
         on_change: Callable[[JobRecord], None] | None = None,
+        on_waiting: Callable[[str], None] | None = None,
     ) -> JobResult:
         """The job once its status is one of `until`: by default once it has ended (no result will
         come, though an aborted routed job settles later); `until=SETTLED` waits for the money too.
-        `on_change` sees the record each time its status or route changes (progress for people)."""
+        `on_change` sees the record each time its status or route changes (progress for people);
+        `on_waiting` gets why a job stays unrouted (`why_waiting`), whenever that changes."""
         deadline = time.monotonic() + timeout_s
         seen: tuple[JobStatus, int] | None = None
+        started, explained, last_reason = time.monotonic(), 0.0, ""
         while True:
             record = self.history(job_id)
             if on_change is not None and (record.status, record.reroutes) != seen:
                 seen = (record.status, record.reroutes)
                 on_change(record)
+            now = time.monotonic()
+            if on_waiting is not None and record.status == JobStatus.POSTED and now - started > WHY_AFTER_S:
+                if now - explained > WHY_EVERY_S:
+                    explained = now
+                    reason = self.why_waiting(record)
+                    if reason != last_reason:
+                        last_reason = reason
+                        on_waiting(reason)
             if record.status in until:
                 output = None
                 if record.output_cid:
@@ -216,3 +259,17 @@ def check_stream(result: JobResult, streamed: list[int]) -> None:
             f"{result.record.output_cid} holds {final}; the output is the result (challenge the stage "
             "with 'shardnet job challenge' if you doubt it)"
         )
+
+
+def _ranges(blocks: list[int]) -> str:
+    """[0, 1, 2, 5] -> "[0,3) [5,6)"."""
+    out: list[str] = []
+    start = prev = blocks[0]
+    for b in [*blocks[1:], None]:
+        if b is not None and b == prev + 1:
+            prev = b
+            continue
+        out.append(f"[{start},{prev + 1})")
+        if b is not None:
+            start = prev = b
+    return " ".join(out)

@@ -38,3 +38,57 @@ def test_model_list_cancel_and_withdraw(devnet, world):
     assert world.contracts.market.balance(CLIENT.address)[0] == 0
     nothing = run_cli("job", "withdraw", env=env)
     assert nothing.returncode == 0 and "nothing to withdraw" in nothing.stdout
+
+
+def test_a_waiting_client_is_told_which_blocks_lack_a_live_node(devnet, world):
+    """No coordinator routes here: the client sees why, from the chain and the nodes' agents."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from shardnet.client import Client, _ranges
+    from shardnet.protocol import Hardware
+
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        live, silent = dev_account(9), world.node(0)
+        world.register_nodes(1)  # its endpoint answers nothing
+        nodes = world.contracts.nodes
+        nodes.register(f"http://127.0.0.1:{server.server_port}", Hardware(4096, 10, 100), b"\x01", 10**18, account=live)
+        model = world.register_model(6, name="why-model")
+        models = world.contracts.models
+        for node, (start, end) in ((live, (0, 2)), (silent, (2, 4))):
+            models.assign_shard(model, node.address, start, end, account=world.coordinator)
+            models.confirm_shard(model, account=node)
+        job = world.post(model, CLIENT, 10**15)
+        client = Client(world.chain, None)  # type: ignore[arg-type]  # reads the chain and probes only
+        why = client.why_waiting(client.history(job))
+        assert "blocks [2,6) of model" in why and "no live node with a confirmed span" in why
+        assert _ranges([0, 1, 2, 5, 7, 8]) == "[0,3) [5,6) [7,9)"
+    finally:
+        server.shutdown()
+
+
+def test_model_publish_registers_with_a_key_from_the_environment(devnet, world):
+    """A model owner's job: cut a model into blocks on IPFS and register it, signing with a key
+    from the environment (never on the command line)."""
+    admin = dev_account(0)
+    env = {
+        "SHARDNET_DEPLOYMENT": str(DevnetPaths.default(devnet["settings"]).deployment),
+        "SHARDNET_KEY": "0x" + bytes(admin.key).hex(),
+    }
+    out = run_cli("model", "publish", "tiny-gpt2", "--register", "--name", "env-key-model", env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    model_id = int(next(line.split()[-1] for line in out.stdout.splitlines() if line.startswith("model id")))
+    model = world.contracts.models.model(model_id)
+    assert (model.name, model.owner, model.block_count) == ("env-key-model", admin.address, 6)
+    bad = run_cli("model", "publish", "tiny-gpt2", "--register", env={**env, "SHARDNET_KEY": "0x1234"})
+    assert bad.returncode != 0 and "SHARDNET_KEY is not a private key" in bad.stderr

@@ -360,7 +360,10 @@ def test_an_input_longer_than_the_models_context_is_refunded_with_a_reason(net):
     model_id, _ = net.models["tiny-gpt2"]
     params = JobParams(kind="forward")
     long = net.client.wait(net.client.submit(model_id, {"input_ids": [1] * 300}, params, MAX_FEE), timeout_s=60)
-    assert long.aborted and "stage 0 could not run the input" in (long.record.abort_reason or "")
+    assert long.aborted and "300 tokens exceed the model's context of 256" in (long.record.abort_reason or "")
+    generate = JobParams(kind="generate", max_new_tokens=60)
+    over = net.client.wait(net.client.submit(model_id, {"input_ids": [1] * 200}, generate, MAX_FEE), timeout_s=60)
+    assert over.aborted and "lower max_new_tokens to 57" in (over.record.abort_reason or "")
     ok = net.client.wait(net.client.submit(model_id, {"input_ids": [1, 2]}, params, MAX_FEE), timeout_s=60)
     assert ok.status == JobStatus.COMPLETED
 
@@ -374,12 +377,16 @@ def test_a_generation_streams_its_tokens_to_its_client_only_and_they_equal_the_r
     from shardnet.signing import sign_request
 
     model_id, _ = net.models["tiny-gpt2"]
-    job_id = net.client.submit(model_id, {"input_ids": [5, 6, 7]}, JobParams(max_new_tokens=12), MAX_FEE)
-    batches: list[list[int]] = []
-    result, streamed = net.client.stream(job_id, batches.append, timeout_s=120)
+    job_id = net.client.submit(model_id, {"input_ids": [5, 6, 7]}, JobParams(max_new_tokens=24), MAX_FEE)
+    unsettled: list[bool] = []  # for each batch: was the job still running (no result on-chain)?
+
+    def on_tokens(tokens: list[int]) -> None:
+        unsettled.append(net.client.history(job_id).status == JobStatus.ROUTED)
+
+    result, streamed = net.client.stream(job_id, on_tokens, timeout_s=120)
     assert result.status == JobStatus.COMPLETED, result.record.abort_reason
-    assert streamed == result.output["tokens"] and len(streamed) == 12
-    assert len(batches) >= 2  # tokens came while the job ran, not in one piece at the end
+    assert streamed == result.output["tokens"] and len(streamed) == 24
+    assert unsettled and unsettled[0]  # tokens came before the result was on-chain
 
     last = net.c.nodes.node(result.record.route[-1].node).endpoint
     path, body = f"/v1/jobs/{job_id}/tokens", b"{}"
@@ -389,7 +396,7 @@ def test_a_generation_streams_its_tokens_to_its_client_only_and_they_equal_the_r
     assert unsigned.status_code == 401
 
     env = {"SHARDNET_DEPLOYMENT": str(net.deployment_path)}
-    args = ["job", "submit", "--model", str(model_id), "--input-ids", "5,6,7", "--max-new-tokens", "12"]
+    args = ["job", "submit", "--model", str(model_id), "--input-ids", "5,6,7", "--max-new-tokens", "24"]
     out = run_cli(*args, "--stream", "--json", env=env, timeout=180)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()

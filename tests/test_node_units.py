@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 from fastapi.testclient import TestClient
 
-from node.filter import AdoptRoute, DropJob, LoadSpan, StartJob, UnloadSpan, actions_for, my_stage
+from node.filter import AdoptRoute, ClaimAborted, DropJob, LoadSpan, StartJob, UnloadSpan, actions_for, my_stage
 from node.server import create_app
 from node.state import AgentState
 from shardnet.deployment import ContractRecord, Deployment
@@ -70,7 +70,14 @@ def test_filter_maps_each_event_to_what_this_node_does():
     moved = routed(ledger, 7, "JobRerouted", stage(ME, 0, 2), stage(COORD, 2, 4))
     assert actions_for(ME, moved, ledger, {7}) == [AdoptRoute(7)]
     assert actions_for(OTHER, moved, ledger, {7}) == [DropJob(7)]  # taken off the route
-    assert actions_for(ME, event("JobAborted", jobId=7, by=ME, reason="x"), ledger, {7}) == [DropJob(7)]
+    aborted = event("JobAborted", jobId=7, by=ME, reason="x", deadline=50)
+    ledger.apply(aborted)  # routed: aborting, open to delivery claims until the claim window closes
+    assert actions_for(ME, aborted, ledger, {7}) == [ClaimAborted(7)]  # it ran a stage: claim, then drop
+    assert actions_for(ME, aborted, ledger, set()) == [DropJob(7)]  # nothing of it here
+    posted(ledger, 8)
+    refused = event("JobAborted", jobId=8, by=COORD, reason="y", deadline=99)
+    ledger.apply(refused)  # never routed: settled at once
+    assert ledger.jobs[8].status.name == "ABORTED" and actions_for(ME, refused, ledger, {8}) == [DropJob(8)]
 
 
 def _deployment(market: str = "0x" + "ab" * 20) -> Deployment:

@@ -106,7 +106,8 @@ def job_submit(
     if stream:
         _print_job(_stream(client, model_id, job_id, ttl + 30, as_json), as_json)
         return
-    _print_job(client.wait(job_id, timeout_s=ttl + 30, on_change=_progress), as_json)
+    waiting = lambda why: click.echo(why, err=True)  # noqa: E731
+    _print_job(client.wait(job_id, timeout_s=ttl + 30, on_change=_progress, on_waiting=waiting), as_json)
 
 
 def _progress(record: JobRecord) -> None:

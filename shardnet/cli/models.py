@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
 from shardnet.cli.root import _as_json, main
+from shardnet.keys import key_options, load_account
 
 
 # ---------------------------------------------------------------------- models
@@ -77,10 +79,10 @@ def model_list(as_json: bool) -> None:
 @click.option(
     "--register/--no-register",
     default=False,
-    help="also record the model in ModelRegistry (owner: --key-index dev account on the devnet)",
+    help="also record the model in ModelRegistry, owned by the signing key (--keystore, SHARDNET_KEY or --dev-account)",
 )
 @click.option("--price-per-block", type=int, default=10**9, show_default=True, help="wei per block per job")
-@click.option("--key-index", type=int, default=0, show_default=True, help="devnet account that owns the model")
+@key_options(default_dev_account=0)
 def model_publish(
     source: str,
     quant: str,
@@ -90,7 +92,8 @@ def model_publish(
     ipfs_api: str | None,
     register: bool,
     price_per_block: int,
-    key_index: int,
+    keystore: Path | None,
+    dev_account: int,
 ) -> None:
     """Cut SOURCE (a preset, 'minilm', or a transformers model directory) into blocks on IPFS."""
     from shardnet.model.architectures import PRESETS
@@ -100,6 +103,7 @@ def model_publish(
 
     if block_size < 1:
         raise click.BadParameter("must be >= 1", param_hint="--block-size")
+    account = load_account(keystore, dev_account) if register else None  # a bad key fails before any work
     try:
         loaded, tokenizer_dir = load_model(source, seed)
     except ValueError as exc:
@@ -111,11 +115,11 @@ def model_publish(
     click.echo(f"blocks    {len(manifest.blocks)} ({total / 1e6:.2f} MB, {quant}, block size {block_size})")
     if source in PRESETS:
         click.echo(f"seed      {seed}")
-    if register:
+    if account is not None:
         from shardnet.bindings import ModelRegistry
-        from shardnet.chain import Chain, dev_account
+        from shardnet.chain import Chain
 
-        chain = Chain.from_deployment(account=dev_account(key_index))
+        chain = Chain.from_deployment(account=account)
         assert manifest.cid is not None  # publish() returns the manifest with its CID
         model_id = ModelRegistry(chain).register_model(
             name or source, manifest.cid, len(manifest.blocks), manifest.blocks_root, price_per_block
