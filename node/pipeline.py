@@ -265,10 +265,9 @@ class StagePipeline:
             try:
                 run = self.begin(job_id)
                 header, payload = unpack(body)
-                if header["kind"] == "act":
-                    if header["step"] < run.expected_step:
-                        continue  # a replay after failover: already processed here
-                    run.expected_step = header["step"] + 1
+                if header["step"] < run.expected_step:
+                    continue  # a replay (after failover, or resent by anyone): already processed here
+                run.expected_step = header["step"] + 1
                 run.receive(body)
                 if header["kind"] == "tokens":
                     await self.step(run, torch.tensor([header["ids"]]), None)

@@ -16,8 +16,25 @@ if TYPE_CHECKING:
     from node.agent import NodeAgent
 
 
+MAX_BODY_BYTES = 64 << 20  # one activation message: 2048 positions x 8192 hidden in fp32
+
+
 def create_app(agent: NodeAgent) -> FastAPI:
     app = FastAPI(title="shardnet node", docs_url=None, redoc_url=None)
+
+    async def _bounded_body(request: Request) -> bytes | None:
+        """The request body, or None when it is over MAX_BODY_BYTES: refused from its declared
+        length before anything is read, or as soon as a chunked body passes the limit."""
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            return None
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     async def _sender(request: Request, body: bytes) -> str | None:
         signature = request.headers.get("x-shardnet-signature", "")
@@ -27,7 +44,10 @@ def create_app(agent: NodeAgent) -> FastAPI:
 
     @app.post("/v1/jobs/{job_id}/stages/{stage}")
     async def activations(job_id: int, stage: int, request: Request) -> JSONResponse:
-        body = await request.body()
+        body = await _bounded_body(request)
+        if body is None:
+            agent.metrics.refused.labels("too-large").inc()
+            return JSONResponse({"error": f"message over {MAX_BODY_BYTES} bytes"}, status_code=413)
         sender = await _sender(request, body)
         if sender is None:
             agent.metrics.refused.labels("bad-signature").inc()
@@ -40,7 +60,7 @@ def create_app(agent: NodeAgent) -> FastAPI:
 
     @app.post("/v1/jobs/{job_id}/receipt")
     async def receipt(job_id: int, request: Request) -> JSONResponse:
-        body = await request.body()
+        body = await _bounded_body(request) or b""
         sender = await _sender(request, body)
         if sender is None:
             return JSONResponse({"error": "missing or invalid x-shardnet-signature"}, status_code=401)
@@ -53,7 +73,7 @@ def create_app(agent: NodeAgent) -> FastAPI:
     async def tokens(job_id: int, request: Request) -> Response:
         """The job's tokens as they are generated, to the client that posted it (node/streams.py).
         Body: `{"from": n}` to start at the n-th token (after a reconnect)."""
-        body = await request.body()
+        body = await _bounded_body(request) or b""
         sender = await _sender(request, body)
         if sender is None:
             return JSONResponse({"error": "missing or invalid x-shardnet-signature"}, status_code=401)

@@ -164,10 +164,8 @@ def run() -> None:
         for model_id in models.values():
             net.wait_confirmed(model_id, NODES)
         for source, model_id in models.items():
-            spans = sorted(
-                (net.c.models.assignment(model_id, n).start, net.c.models.assignment(model_id, n).end, n[:10])
-                for n in net.c.models.assigned_nodes(model_id)
-            )
+            assignments = {n: net.c.models.assignment(model_id, n) for n in net.c.models.assigned_nodes(model_id)}
+            spans = sorted((a.start, a.end, n[:10]) for n, a in assignments.items() if a.confirmed)  # seen confirmed
             print(
                 f"  {source}: " + ", ".join(f"[{s},{e}) on {n}…" for s, e, n in spans) + " — fetched, verified, "
                 "confirmed on-chain"

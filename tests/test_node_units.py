@@ -117,3 +117,48 @@ def test_data_plane_app_refuses_unsigned_and_malformed_requests():
     assert response.status_code == 401 and refused == {"bad-signature": 1}
     response = client.post("/v1/jobs/1/receipt", content=b"{}", headers={"x-shardnet-signature": "0x00"})
     assert response.status_code == 401
+
+
+def test_oversize_messages_are_refused_before_they_are_read():
+    from node.server import MAX_BODY_BYTES
+
+    agent = SimpleNamespace(
+        metrics=SimpleNamespace(refused=SimpleNamespace(labels=lambda r: SimpleNamespace(inc=lambda: None)))
+    )
+    client = TestClient(create_app(agent))  # type: ignore[arg-type]
+    declared = client.post("/v1/jobs/1/stages/1", content=b"x", headers={"content-length": str(MAX_BODY_BYTES + 1)})
+    assert declared.status_code == 413
+
+    def chunks():  # no length declared: refused once the limit is passed
+        for _ in range(MAX_BODY_BYTES // (1 << 20) + 2):
+            yield b"\0" * (1 << 20)
+
+    streamed = client.post("/v1/jobs/1/stages/1", content=chunks())
+    assert streamed.status_code == 413
+
+
+def test_malformed_activations_are_refused_with_the_reason():
+    import struct
+
+    import pytest
+    import torch
+
+    from shardnet.errors import ModelError
+    from shardnet.model.quant import decode_activation, encode_activation
+
+    x = torch.randn(1, 3, 8)
+    for wire in ("int8", "fp16", "fp32"):
+        good = encode_activation(x, wire)
+        assert decode_activation(good).shape == (1, 3, 8)
+        with pytest.raises(ModelError, match="needs"):
+            decode_activation(good[:-1])  # truncated
+    head = b'{"mode": "fp32", "shape": [100000, 100000, 100000]}'
+    with pytest.raises(ModelError, match="over the limit"):
+        decode_activation(struct.pack("<I", len(head)) + head)
+    head = b'{"mode": "fp32", "shape": [-1, 3]}'
+    with pytest.raises(ModelError, match="positive"):
+        decode_activation(struct.pack("<I", len(head)) + head)
+    with pytest.raises(ModelError, match="does not fit"):
+        decode_activation(struct.pack("<I", 10**6) + b"{}")
+    with pytest.raises(ModelError, match="not valid"):
+        decode_activation(struct.pack("<I", 2) + b"[]")

@@ -124,15 +124,48 @@ def encode_activation(t: torch.Tensor, mode: str = "int8", block_size: int = DEF
     return struct.pack("<I", len(head)) + head + payload
 
 
+MAX_ACTIVATION_ELEMENTS = 1 << 28  # 1 GiB of fp32: no stage sends more in one message
+MAX_HEADER_BYTES = 4096
+
+
 def decode_activation(data: bytes) -> torch.Tensor:
+    """The hidden states `encode_activation` wrote. Every field is checked against the bytes that
+    came (shape, mode, block layout, exact payload size) before anything is allocated, so a
+    malformed or hostile message is refused with `ModelError` naming what is wrong."""
+    if len(data) < 4:
+        raise ModelError("activation message shorter than its 4-byte header length")
     (n,) = struct.unpack_from("<I", data)
-    header = json.loads(data[4 : 4 + n])
+    if n > MAX_HEADER_BYTES or 4 + n > len(data):
+        raise ModelError(f"activation header of {n} bytes does not fit the {len(data)}-byte message")
+    try:
+        header = json.loads(data[4 : 4 + n])
+        mode, shape = header["mode"], tuple(header["shape"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelError(f"activation header is not valid: {exc}") from None
+    if mode not in WIRE_MODES:
+        raise ModelError(f"activation wire mode {mode!r} unknown; one of {WIRE_MODES}")
+    if not (1 <= len(shape) <= 4 and all(isinstance(d, int) and d > 0 for d in shape)):
+        raise ModelError(f"activation shape {list(shape)} is not 1 to 4 positive sizes")
+    numel = 1
+    for dim in shape:
+        numel *= dim
+    if numel > MAX_ACTIVATION_ELEMENTS:
+        raise ModelError(f"activation of {numel} elements is over the limit of {MAX_ACTIVATION_ELEMENTS}")
     body = memoryview(data)[4 + n :]
-    shape = tuple(header["shape"])
-    if header["mode"] == "int8":
-        blocks = header["blocks"]
+    if mode == "int8":
+        blocks, block_size = header.get("blocks"), header.get("block_size")
+        if not (isinstance(blocks, int) and isinstance(block_size, int) and block_size > 0):
+            raise ModelError("int8 activation without a valid block layout")
+        if blocks != -(-numel // block_size) or len(body) != blocks * (4 + block_size):
+            raise ModelError(
+                f"int8 activation of shape {list(shape)} needs {-(-numel // block_size)} blocks of {block_size} "
+                f"({-(-numel // block_size) * (4 + block_size)} bytes); got {blocks} blocks, {len(body)} bytes"
+            )
         scales = torch.frombuffer(bytearray(body[: 4 * blocks]), dtype=torch.float32)
-        codes = torch.frombuffer(bytearray(body[4 * blocks :]), dtype=torch.int8).view(blocks, header["block_size"])
+        codes = torch.frombuffer(bytearray(body[4 * blocks :]), dtype=torch.int8).view(blocks, block_size)
         return dequantize_blockwise(codes, scales, shape)
-    dtype = torch.float32 if header["mode"] == "fp32" else torch.float16
+    width = 4 if mode == "fp32" else 2
+    if len(body) != numel * width:
+        raise ModelError(f"{mode} activation of shape {list(shape)} needs {numel * width} bytes; got {len(body)}")
+    dtype = torch.float32 if mode == "fp32" else torch.float16
     return torch.frombuffer(bytearray(body), dtype=dtype).reshape(shape).float()
