@@ -222,14 +222,25 @@ class Gateway:
 
 
 def _params(body: dict[str, Any]) -> JobParams:
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens")) or DEFAULT_MAX_TOKENS
-    temperature = body.get("temperature")
+    """Job params from an OpenAI request; a field of the wrong type is refused naming it (ranges
+    are checked by `JobParams.validate`)."""
+
+    def number(field: str, default: float, integral: bool = False) -> Any:
+        value = body.get(field)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float) or integral and not isinstance(value, int):
+            kind = "an integer" if integral else "a number"
+            raise ApiError(400, f"'{field}' must be {kind}, not {value!r}", param=field)
+        return value
+
+    tokens_field = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     return JobParams(
         kind="generate",
-        max_new_tokens=int(max_tokens),
-        temperature=float(1.0 if temperature is None else temperature),
-        top_p=float(body.get("top_p") or 1.0),
-        seed=int(body.get("seed") or 0),
+        max_new_tokens=number(tokens_field, DEFAULT_MAX_TOKENS, integral=True),
+        temperature=float(number("temperature", 1.0)),
+        top_p=float(number("top_p", 1.0)),
+        seed=number("seed", 0, integral=True),
     )
 
 

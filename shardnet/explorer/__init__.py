@@ -30,6 +30,7 @@ from shardnet.indexer import Index
 from shardnet.storage import IpfsClient
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
+MAX_ID = 1 << 63  # ids at or above this cannot be in the index (SQLite integers are 64-bit)
 STATUSES = ("posted", "routed", "completed", "expired", "cancelled", "aborted", "aborting")
 
 
@@ -165,6 +166,8 @@ def create_app(
         client: str | None = None,
         node: str | None = None,
     ) -> HTMLResponse:
+        if model is not None and not 0 <= model < MAX_ID:
+            return not_found(request, f"model {model} does not exist on this deployment", 404)
         if status and status not in STATUSES:
             return not_found(request, f"unknown status {status!r}; use one of {', '.join(STATUSES)}", 400)
         for name, value in (("client", client), ("node", node)):
@@ -177,6 +180,8 @@ def create_app(
     async def job(request: Request, job_id: str) -> HTMLResponse:
         if not job_id.isdigit():
             return not_found(request, f"job id {job_id!r} is not a number", 400)
+        if int(job_id) >= MAX_ID:
+            return not_found(request, f"job {job_id} does not exist: {reader.job_count()} jobs are indexed")
         record = reader.job(int(job_id))
         if record is None:
             return not_found(request, f"job {job_id} does not exist (yet): {reader.job_count()} jobs are indexed")
@@ -197,7 +202,7 @@ def create_app(
 
     @app.get("/models/{model_id}", response_class=HTMLResponse)
     async def model(request: Request, model_id: str) -> HTMLResponse:
-        record = reader.model(int(model_id)) if model_id.isdigit() else None
+        record = reader.model(int(model_id)) if model_id.isdigit() and int(model_id) < MAX_ID else None
         if record is None:
             return not_found(request, f"model {model_id} does not exist on this deployment")
         return page(request, "model.html", model=record)
@@ -209,7 +214,7 @@ def create_app(
 
     @app.get("/api/jobs/{job_id}")
     async def api_job(job_id: int) -> JSONResponse:
-        record = reader.job(job_id)
+        record = reader.job(job_id) if 0 <= job_id < MAX_ID else None
         if record is None:
             raise HTTPException(404, f"job {job_id} does not exist (yet)")
         return JSONResponse(record)
