@@ -177,6 +177,7 @@ class Gateway:
         self.keys = keys
         self.models = Models(client)
         self.job_timeout_s = job_timeout_s
+        self._charging: set[asyncio.Task[None]] = set()
 
     async def run_job(self, key: str, model: ServedModel, job_input: dict[str, Any], params: JobParams) -> int:
         """Post the job (escrow from the gateway's wallet, reserved against the key's budget)."""
@@ -193,7 +194,9 @@ class Gateway:
         except Exception:
             self.keys.settle(key, cost, 0)
             raise
-        asyncio.get_running_loop().create_task(self._charge(key, cost, job_id))
+        task = asyncio.get_running_loop().create_task(self._charge(key, cost, job_id))
+        self._charging.add(task)  # held until done: the loop keeps only weak references to tasks
+        task.add_done_callback(self._charging.discard)
         return job_id
 
     async def _charge(self, key: str, reserved: int, job_id: int) -> None:

@@ -161,6 +161,39 @@ def test_mixed_decomposition_keeps_outlier_columns_exact():
     assert (back - w).abs().mean() < (plain - w).abs().mean() / 5
 
 
+def test_outliers_are_taken_along_the_input_axis_whatever_the_layout():
+    """GPT-2's Conv1D stores [in, out]: an outlier input is a row there, kept exact in fp16."""
+    w = torch.randn(128, 64) * 0.02
+    w[7, :] *= 400  # an outlier input channel
+    stored, meta = compress_state({"c.weight": w}, "int8-mixed", 64, input_axes={"c.weight": 0})
+    back = decompress_state(stored, meta)["c.weight"]
+    assert meta["c.weight"]["outliers"] == 1 and meta["c.weight"]["axis"] == 0
+    assert torch.allclose(back[7, :], w[7, :].half().float())
+    stored, wrong = compress_state({"c.weight": w}, "int8-mixed", 64)  # read as if [out, in]
+    assert wrong["c.weight"].get("outliers", 0) != 1  # the wrong axis misses the outlier input
+    assert (back - w).abs().mean() < (decompress_state(stored, wrong)["c.weight"] - w).abs().mean() / 2
+
+
+def test_gpt2_conv1d_weights_are_known_to_publish_as_input_first():
+    from shardnet.model.architectures import PRESETS, build_model
+    from shardnet.model.shards import input_axes
+
+    axes = input_axes(build_model(PRESETS["tiny-gpt2"]()))
+    assert axes["transformer.h.0.attn.c_attn.weight"] == 0 and axes["transformer.h.3.mlp.c_proj.weight"] == 0
+    assert "lm_head.weight" not in axes  # an nn.Linear: [out, in], the default
+
+
+def test_stacked_expert_weights_are_quantized():
+    """A mixture of experts' 3-D expert tensors are int8 too: at most 0.3 of their fp32 bytes."""
+    experts = torch.randn(8, 64, 32) * 0.02
+    stored, meta = compress_state({"experts.down_proj": experts}, "int8-mixed", 64)
+    assert meta["experts.down_proj"]["enc"] == "int8"
+    size = sum(t.numel() * t.element_size() for t in stored.values())
+    assert size <= 0.3 * experts.numel() * 4
+    back = decompress_state(stored, meta)["experts.down_proj"]
+    assert back.shape == experts.shape and (back - experts).abs().max() < experts.abs().max() / 100
+
+
 @pytest.mark.parametrize("mode, ratio", [("fp32", 1.0), ("fp16", 0.5), ("int8", 0.27)])
 def test_activation_wire_roundtrip(mode, ratio):
     h = torch.randn(2, 128, 256)

@@ -49,8 +49,10 @@ def outlier_columns(weight: torch.Tensor, threshold: float = DEFAULT_OUTLIER_THR
     return torch.nonzero(col_max > threshold * col_max.median().clamp(min=1e-12)).flatten()
 
 
-def _is_matrix(t: torch.Tensor) -> bool:
-    return t.dim() == 2 and t.numel() >= 1024 and t.dtype.is_floating_point
+def _is_weight(t: torch.Tensor) -> bool:
+    """A weight worth quantizing: floating point, 2-D (matrices) or 3-D (the stacked expert
+    matrices of a mixture of experts), at least 1024 values."""
+    return t.dim() in (2, 3) and t.numel() >= 1024 and t.dtype.is_floating_point
 
 
 def compress_state(
@@ -58,8 +60,14 @@ def compress_state(
     mode: str,
     block_size: int = DEFAULT_BLOCK_SIZE,
     threshold: float = DEFAULT_OUTLIER_THRESHOLD,
+    input_axes: dict[str, int] | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, Any]]]:
-    """Encode a block's tensors for storage. Returns (tensors to save, per-tensor metadata)."""
+    """Encode a block's tensors for storage. Returns (tensors to save, per-tensor metadata).
+
+    Every floating-point weight of 2 or more dimensions is quantized blockwise (int8 modes).
+    int8-mixed keeps outlier input channels of a matrix in fp16: `input_axes[name]` is the
+    axis that indexes the inputs (1 for `nn.Linear`'s [out, in], the default; 0 for GPT-2's
+    `Conv1D` [in, out]). Stacked expert weights (3-D) are quantized without outliers."""
     if mode not in QUANT_MODES:
         raise ModelError(f"quantization '{mode}' unknown; use one of {QUANT_MODES}")
     out: dict[str, torch.Tensor] = {}
@@ -69,20 +77,23 @@ def compress_state(
             out[name] = t.half().contiguous()
             meta[name] = {"enc": "fp16"}
             continue
-        if mode in ("none", "fp16") or not _is_matrix(t):
+        if mode in ("none", "fp16") or not _is_weight(t):
             out[name] = t.contiguous()
             meta[name] = {"enc": "raw"}
             continue
         weight = t.float()
-        entry = {"enc": "int8", "shape": list(t.shape), "block_size": block_size}
-        if mode == "int8-mixed":
-            cols = outlier_columns(weight, threshold)
+        entry: dict[str, Any] = {"enc": "int8", "shape": list(t.shape), "block_size": block_size}
+        if mode == "int8-mixed" and weight.dim() == 2:
+            axis = (input_axes or {}).get(name, 1)
+            as_linear = weight if axis == 1 else weight.T  # [out, in] either way
+            cols = outlier_columns(as_linear, threshold)
             if cols.numel():
                 out[f"{name}::outlier_idx"] = cols.to(torch.int32)
-                out[f"{name}::outlier_cols"] = weight[:, cols].half().contiguous()
-                weight = weight.clone()
-                weight[:, cols] = 0
-                entry = {**entry, "enc": "int8-mixed", "outliers": int(cols.numel())}
+                out[f"{name}::outlier_cols"] = as_linear[:, cols].half().contiguous()
+                as_linear = as_linear.clone()
+                as_linear[:, cols] = 0
+                weight = as_linear if axis == 1 else as_linear.T.contiguous()
+                entry = {**entry, "enc": "int8-mixed", "outliers": int(cols.numel()), "axis": axis}
         codes, scales = quantize_blockwise(weight, block_size)
         out[f"{name}::q"] = codes
         out[f"{name}::scale"] = scales
@@ -100,7 +111,11 @@ def decompress_state(stored: dict[str, torch.Tensor], meta: dict[str, dict[str, 
         weight = dequantize_blockwise(stored[f"{name}::q"], stored[f"{name}::scale"], tuple(entry["shape"]))
         if entry["enc"] == "int8-mixed":
             cols = stored[f"{name}::outlier_idx"].long()
-            weight[:, cols] = stored[f"{name}::outlier_cols"].float()
+            kept = stored[f"{name}::outlier_cols"].float()
+            if entry.get("axis", 1) == 1:
+                weight[:, cols] = kept
+            else:  # Conv1D layout [in, out]: the outlier inputs are rows
+                weight[cols, :] = kept.T
         out[name] = weight
     return out
 

@@ -27,9 +27,23 @@ from shardnet.storage import IpfsClient
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 
 
-def encode_block(tensors: dict[str, torch.Tensor], quant: str, block_size: int, threshold: float) -> bytes:
-    stored, meta = compress_state(tensors, quant, block_size, threshold)
+def encode_block(
+    tensors: dict[str, torch.Tensor],
+    quant: str,
+    block_size: int,
+    threshold: float,
+    input_axes: dict[str, int] | None = None,
+) -> bytes:
+    stored, meta = compress_state(tensors, quant, block_size, threshold, input_axes)
     return st_save(stored, metadata={"shardnet": json.dumps(meta)})
+
+
+def input_axes(model: torch.nn.Module) -> dict[str, int]:
+    """For each matrix weight whose inputs are not on its last axis, that axis: GPT-2's `Conv1D`
+    stores [in, out], where `nn.Linear` stores [out, in]. Outliers are kept per input channel."""
+    from transformers.pytorch_utils import Conv1D
+
+    return {f"{name}.weight": 0 for name, module in model.named_modules() if isinstance(module, Conv1D)}
 
 
 def decode_block(data: bytes) -> dict[str, torch.Tensor]:
@@ -55,8 +69,9 @@ def publish(
     config: Any = model.config
     arch_for(config)
     blocks: list[dict[str, Any]] = []
+    axes = input_axes(model)
     for index in range(num_blocks(config)):
-        encoded = encode_block(block_state(model, config, index), quant, block_size, threshold)
+        encoded = encode_block(block_state(model, config, index), quant, block_size, threshold, axes)
         cid = ipfs.add(encoded, name=f"{name}-block{index:03d}.safetensors", progress=progress)
         blocks.append(
             {
