@@ -71,7 +71,6 @@ class Coordinator:
         self.min_stake = self.c.nodes.min_stake()
         self.fee_bps = self.c.market.coordinator_fee_bps()
         self.unroutable_logged: set[int] = set()
-        self.failed: set[str] = set()  # nodes that stopped answering probes
         self.probe_failures: dict[str, int] = {}
         self.probe_interval_s = 0.5
         self.expiry_interval_s = 2.0  # how often overdue jobs are looked for
@@ -85,7 +84,7 @@ class Coordinator:
         self.assigned_at: dict[tuple[int, str], float] = {}  # (model, node) -> when its span was assigned
         self.confirm_timeout_s = confirm_timeout_s  # an unconfirmed span is planned away after this
         self.replan_after_s = replan_after_s  # a node down this long has its spans planned away
-        self.down_since: dict[str, float] = {}  # node -> when it was found down
+        self.down_since: dict[str, float] = {}  # nodes down (missed two probes in a row) -> since when
         self.replanned: set[str] = set()  # down nodes whose spans were planned away
 
     async def run(self) -> None:
@@ -172,23 +171,21 @@ class Coordinator:
                 if isinstance(measured, int | float) and measured > 0:
                     self.ms_per_block[node] = float(measured)
                 self.probe_failures[node] = 0
-                if node in self.failed:
-                    self.failed.discard(node)
-                    self.down_since.pop(node, None)
+                if node in self.down_since:
+                    del self.down_since[node]
                     changed = True
                     log.info("node %s answers again", node)
                 continue
             self.probe_failures[node] = self.probe_failures.get(node, 0) + 1
-            if self.probe_failures[node] >= 2 and node not in self.failed:
-                self.failed.add(node)
+            if self.probe_failures[node] >= 2 and node not in self.down_since:
                 self.down_since[node] = time.monotonic()
                 log.warning("node %s stopped answering%s", node, "; rerouting its jobs" if node in busy else "")
                 if node in busy:
                     await self._failover(node)
-            if node in self.failed and node not in self.replanned and self._gone(node):
+            if node not in self.replanned and self._gone(node):
                 self.replanned.add(node)
                 changed = True  # down long enough: plan its spans away
-        self.replanned &= self.failed
+        self.replanned &= self.down_since.keys()
         return changed
 
     async def _failover(self, dead: str) -> None:
@@ -218,7 +215,7 @@ class Coordinator:
                     log.info("job %d rerouted around %s", job_id, dead)
 
     def _replica(self, model_id: int, stage: Stage, on_route: set[str]) -> str | None:
-        active = set(self.ledger.active_nodes(self.min_stake)) - self.failed
+        active = set(self.ledger.active_nodes(self.min_stake)) - self.down_since.keys()
         for node, a in sorted(self.ledger.confirmed(model_id).items()):
             if node in active and node not in on_route and a.start <= stage.start and a.end == stage.end:
                 return node
@@ -387,7 +384,7 @@ class Coordinator:
 
     async def _route_jobs(self) -> None:
         now = time.time()
-        usable = set(self.ledger.active_nodes(self.min_stake)) - self.failed
+        usable = set(self.ledger.active_nodes(self.min_stake)) - self.down_since.keys()
         specs = {s.address: s for s in self.node_specs(sorted(usable))}  # once per pass, not per job
         for job_id, job in list(self.ledger.jobs.items()):
             if job.status != JobStatus.POSTED or job.deadline <= now:

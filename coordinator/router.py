@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from shardnet.jobs import escrow_needed
 from shardnet.protocol import Assignment, Stage
 
 
@@ -141,7 +142,5 @@ def route_any(
 
 
 def route_cost(stages: list[Stage], coordinator_fee_bps: int, reserve_bps: int = 0) -> int:
-    """What the market needs in escrow to route `stages`: the fees, the coordinator's cut, and
-    for a job that may be audited the committees' reserve (`reserve_bps` of the fees)."""
-    fees = sum(s.fee for s in stages)
-    return fees + fees * coordinator_fee_bps // 10_000 + fees * reserve_bps // 10_000
+    """What the market needs in escrow to route `stages` (`shardnet.jobs.escrow_needed`)."""
+    return escrow_needed(sum(s.fee for s in stages), coordinator_fee_bps, reserve_bps)

@@ -136,9 +136,7 @@ class Settlement:
         if self.misbehave == "abort_late" and run.is_first:
             await self.abort(job_id, "input is malformed")  # a lie: the work is done
             return None, "this stage aborted the job"
-        receipt = self.receipts.sign(
-            self.account, job_id, run.stage, run.stages[run.stage], run.coordinator, run.in_hash, run.out_hash
-        )
+        receipt = self._own_receipt(run)
         transcript = await self._publish_transcript(run)
         self.metrics.jobs.labels(run.params.kind, "served").inc()
         return {
@@ -185,16 +183,9 @@ class Settlement:
             run = self.executor.jobs.get(job_id)
             if job.status != JobStatus.ROUTED or run is None:
                 return
-            if run.is_last:
-                if run.final_receipt is None:
-                    return
-                receipt = run.final_receipt
-            elif not run.sent_log:
+            receipt = self._delivery_receipt(run)
+            if receipt is None:
                 return
-            else:
-                receipt = self.receipts.sign(
-                    self.account, job_id, run.stage, run.stages[run.stage], run.coordinator, run.in_hash, run.out_hash
-                )
             if await self.reporter.claim_delivery(job_id, run.coordinator, run.stages, run.stage, receipt):
                 log.info("job %d is overdue: claimed delivery of stage %d", job_id, run.stage, extra={"job": job_id})
                 return
@@ -204,18 +195,25 @@ class Settlement:
         """A job this stage worked on was aborted: if the stage delivered (sent activations on, or,
         as the last stage, made the output), claim it, so the abort does not take its fee."""
         run = self.executor.jobs.get(job_id)
-        if run is not None:
-            if run.is_last and run.final_receipt is not None:
-                receipt = run.final_receipt
-            elif run.sent_log or run.is_last and "done" in run.timing:  # sent on, or made the output
-                receipt = self.receipts.sign(
-                    self.account, job_id, run.stage, run.stages[run.stage], run.coordinator, run.in_hash, run.out_hash
-                )
-            else:
-                receipt = None
-            if receipt is not None:
-                await self._claim(run, receipt, "aborted")
+        receipt = self._delivery_receipt(run) if run is not None else None
+        if run is not None and receipt is not None:
+            await self._claim(run, receipt, "aborted")
         self.finish(job_id)
+
+    def _own_receipt(self, run: JobRun) -> Receipt:
+        """This stage's receipt over what entered and left it so far."""
+        return self.receipts.sign(
+            self.account, run.job_id, run.stage, run.stages[run.stage], run.coordinator, run.in_hash, run.out_hash
+        )
+
+    def _delivery_receipt(self, run: JobRun) -> Receipt | None:
+        """The receipt that proves this stage delivered, or None if it did not: a stage that sent
+        activations on, or a last stage that made the output (its receipt for the output)."""
+        if run.is_last and run.final_receipt is not None:
+            return run.final_receipt
+        if run.sent_log or run.is_last and "done" in run.timing:
+            return self._own_receipt(run)
+        return None
 
     async def _claim(self, run: JobRun, receipt: Receipt, why: str) -> None:
         job_id = run.job_id

@@ -23,7 +23,7 @@ from shardnet.chain import Chain
 from shardnet.deployment import Deployment
 from shardnet.errors import JobTimeout, ShardnetError, StreamMismatch
 from shardnet.events import EventReader
-from shardnet.jobs import JobParams
+from shardnet.jobs import JobParams, escrow_needed
 from shardnet.ledger import JobRecord, Ledger
 from shardnet.protocol import JobStatus
 from shardnet.signing import sign_request
@@ -120,8 +120,7 @@ class Client:
         coordinator refuses less; what is not spent comes back)."""
         model, terms = self.c.models.model(model_id), self.c.market.terms()
         fees = model.block_count * model.price_per_block
-        reserve_bps = terms.committee_size * terms.verify_fee_bps
-        return fees + fees * terms.coordinator_fee_bps // 10_000 + fees * reserve_bps // 10_000
+        return escrow_needed(fees, terms.coordinator_fee_bps, terms.committee_size * terms.verify_fee_bps)
 
     def history(self, job_id: int) -> JobRecord:
         """The job's whole history, rebuilt from its events (every JobMarket event indexes jobId)."""

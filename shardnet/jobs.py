@@ -111,3 +111,9 @@ class JobParams:
             isinstance(a, str) and len(a) == 42 and a.startswith("0x") for a in avoid
         ):
             bad("avoid", "use a list of 0x-prefixed node addresses")
+
+
+def escrow_needed(fees: int, coordinator_fee_bps: int, reserve_bps: int = 0) -> int:
+    """What the market needs in escrow for stage fees `fees`: the fees, the coordinator's cut,
+    and for a job that may be audited the committees' reserve (`reserve_bps` of the fees)."""
+    return fees + fees * coordinator_fee_bps // 10_000 + fees * reserve_bps // 10_000

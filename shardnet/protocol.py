@@ -133,8 +133,9 @@ class Job:
 
     @property
     def held(self) -> int:
-        """Wei the market still holds for this job (0 once it settled)."""
-        return self.escrow if self.status in (JobStatus.POSTED, JobStatus.ROUTED) else 0
+        """Wei the market still holds for this job (0 once it settled; an aborting job still holds
+        its escrow until its claim window closes)."""
+        return self.escrow if self.status in (JobStatus.POSTED, JobStatus.ROUTED, JobStatus.ABORTING) else 0
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from shardnet.audit import reconcile
 from shardnet.chain import dev_account
 from shardnet.client import Client
 from shardnet.events import EventReader
@@ -98,6 +99,7 @@ def test_an_abort_after_the_work_is_done_still_pays_the_stages(tmp_path):
             assert time.monotonic() < deadline, f"stages claimed only {claimed}: logs in {net.home}"
             time.sleep(0.5)
 
+        assert reconcile(net.chain, net.ledger()) == []  # the aborting job's escrow is still held, to the wei
         net.advance(net.c.market.claim_window_s() + 1)
         done = client.wait(job_id, timeout_s=30, until=(JobStatus.ABORTED,))  # the coordinator settles it
         fees = sum(s.fee for s in route)

@@ -34,6 +34,20 @@ def test_hardhat_compiles_the_same_abis_offline():
         assert sorted(map(key, hardhat_abi)) == sorted(map(key, ours))
 
 
+def _wait_for_chain(url: str, proc: subprocess.Popen, timeout_s: float, what: str) -> None:
+    """Until the chain at `url` answers; kills `proc` and fails if it exits or takes too long."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            Chain(url, timeout=1)
+            return
+        except ChainUnavailable:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError(f"{what} did not start") from None
+            time.sleep(0.2)
+
+
 @pytest.fixture
 def hardhat_node():
     port = free_port()
@@ -46,16 +60,7 @@ def hardhat_node():
         start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            Chain(url, timeout=1)
-            break
-        except ChainUnavailable:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise RuntimeError("hardhat node did not start") from None
-            time.sleep(0.3)
+    _wait_for_chain(url, proc, 60, "hardhat node")
     yield url
     os.killpg(proc.pid, 9)
     proc.wait()
@@ -107,14 +112,7 @@ def test_deploy_command_on_an_anvil_apart_from_the_devnet(tmp_path):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                Chain(url, timeout=1)
-                break
-            except ChainUnavailable:
-                assert time.monotonic() < deadline and proc.poll() is None, "anvil did not start"
-                time.sleep(0.2)
+        _wait_for_chain(url, proc, 30, "anvil")
         _deploy_and_attach(url, tmp_path, 4242)
     finally:
         os.killpg(proc.pid, 9)

@@ -19,11 +19,8 @@ import asyncio
 import base64
 import json
 import logging
-import threading
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -31,143 +28,15 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from shardnet.client import Client, JobResult, check_stream
 from shardnet.errors import JobTimeout, ShardnetError, StreamMismatch
+from shardnet.gateway.accounts import ApiError, KeyBook
+from shardnet.gateway.models import Models, ServedModel
 from shardnet.jobs import JobParams
-from shardnet.model.manifest import fetch_manifest, fetch_tokenizer
 from shardnet.protocol import JobStatus
 
+__all__ = ["ApiError", "Gateway", "KeyBook", "Models", "ServedModel", "create_app"]
 log = logging.getLogger("shardnet.gateway")
 DEFAULT_MAX_TOKENS = 16
 JOB_TIMEOUT_S = 300
-
-
-class ApiError(Exception):
-    """An error the caller sees in OpenAI's format."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        kind: str = "invalid_request_error",
-        param: str | None = None,
-        code: str | None = None,
-    ):
-        super().__init__(message)
-        self.status, self.message, self.kind, self.param, self.code = status, message, kind, param, code
-
-    def response(self) -> JSONResponse:
-        return JSONResponse(
-            {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}},
-            status_code=self.status,
-        )
-
-
-# ---------------------------------------------------------------------- API keys and budgets
-class KeyBook:
-    """API keys with a budget each (wei), from a JSON file `{"keys": {"KEY": {"budget_wei": N}}}`;
-    what each key spent lives in `<file>.spent.json`. A request reserves its escrow first and is
-    charged what the job actually paid out once it ends."""
-
-    def __init__(self, path: Path):
-        try:
-            data = json.loads(path.read_text())
-            self.budgets = {str(k): int(v["budget_wei"]) for k, v in data["keys"].items()}
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ShardnetError(
-                f"cannot read API keys from {path} ({exc}); write it as "
-                '{"keys": {"sk-...": {"budget_wei": 100000000000000000}}}'
-            ) from None
-        self.spent_path = path.with_name(path.name + ".spent.json")
-        self.spent: dict[str, int] = json.loads(self.spent_path.read_text()) if self.spent_path.exists() else {}
-        self.reserved: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def check(self, header: str | None) -> str:
-        key = (header or "").removeprefix("Bearer ").strip()
-        if key not in self.budgets:
-            raise ApiError(
-                401,
-                "invalid API key: pass one from the gateway's key file as 'Authorization: Bearer KEY'",
-                "authentication_error",
-                code="invalid_api_key",
-            )
-        return key
-
-    def reserve(self, key: str, amount: int) -> None:
-        with self._lock:
-            left = self.budgets[key] - self.spent.get(key, 0) - self.reserved.get(key, 0)
-            if amount > left:
-                raise ApiError(
-                    429,
-                    f"this key's budget has {left} wei left and the job needs {amount} wei in escrow; "
-                    "ask the gateway's operator to raise it",
-                    "insufficient_quota",
-                    code="insufficient_quota",
-                )
-            self.reserved[key] = self.reserved.get(key, 0) + amount
-
-    def settle(self, key: str, reserved: int, charged: int) -> None:
-        with self._lock:
-            self.reserved[key] -= reserved
-            self.spent[key] = self.spent.get(key, 0) + charged
-            tmp = self.spent_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.spent))
-            tmp.replace(self.spent_path)
-
-
-# ---------------------------------------------------------------------- models
-@dataclass
-class ServedModel:
-    model_id: int
-    name: str
-    owner: str
-    tokenizer: Any | None
-
-
-class Models:
-    """On-chain models by name or id, with their tokenizers (fetched from IPFS once)."""
-
-    def __init__(self, client: Client):
-        self.client = client
-        self._cache: dict[int, ServedModel] = {}
-
-    def listing(self) -> list[dict[str, Any]]:
-        out = []
-        for model_id in range(1, self.client.c.models.model_count() + 1):
-            m = self.client.c.models.model(model_id)
-            if not m.deprecated:
-                out.append(
-                    {
-                        "id": m.name or str(model_id),
-                        "object": "model",
-                        "created": 0,
-                        "owned_by": m.owner,
-                        "shardnet_model_id": model_id,
-                        "blocks": m.block_count,
-                    }
-                )
-        return out
-
-    def resolve(self, name: object) -> ServedModel:
-        if not isinstance(name, str) or not name:
-            raise ApiError(400, "'model' is required: a model's on-chain name or id (see /v1/models)", param="model")
-        count = self.client.c.models.model_count()
-        model_id = int(name) if name.isdigit() else None
-        if model_id is None:
-            model_id = next((i for i in range(count, 0, -1) if self.client.c.models.model(i).name == name), None)
-        if model_id is None or not 1 <= model_id <= count:
-            raise ApiError(
-                404,
-                f"model {name!r} is not registered on this network; see /v1/models",
-                param="model",
-                code="model_not_found",
-            )
-        if model_id not in self._cache:
-            m = self.client.c.models.model(model_id)
-            manifest = fetch_manifest(self.client.ipfs, m.manifest_cid)
-            self._cache[model_id] = ServedModel(
-                model_id, m.name or str(model_id), m.owner, fetch_tokenizer(self.client.ipfs, manifest)
-            )
-        return self._cache[model_id]
 
 
 # ---------------------------------------------------------------------- the app
