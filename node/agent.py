@@ -98,7 +98,9 @@ class NodeAgent:
             self.metrics,
             self.spawn,
         )
-        self.committee = Committee(account, chain, contracts, self.ledger, self.executor, settings.misbehave)
+        self.committee = Committee(
+            account, chain, contracts, self.ledger, self.executor, settings.misbehave, self.state
+        )
         self.listener = Listener(EventReader(chain), deployment.ws_url, settings.poll_interval_s)
         self.ready = False
 
@@ -142,6 +144,8 @@ class NodeAgent:
             self._on_event(event)
         await self.spans.reconcile()
         self.ready = True
+        for audit_id in self.committee.unresolved():
+            self.spawn(self.committee.serve(audit_id))
         log.info("caught up at block %d", self.listener.last_key[0])
         async for event in self.listener.stream(self.listener.last_key[0] + 1):
             self._on_event(event)

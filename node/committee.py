@@ -25,6 +25,7 @@ from eth_utils.crypto import keccak
 
 from node.executor import Executor
 from node.misbehave import Misbehaviour
+from node.state import AgentState
 from node.verifier import SpanCache, Verdict, check_stage
 from shardnet.audits import audited_stages
 from shardnet.bindings import Contracts, send_logged
@@ -41,6 +42,8 @@ TURN_S = 1.5  # how long each node waits for the ones before it to open a job's 
 POLL_S = 0.5
 CLOCK_SLACK_S = 2.0  # wall-clock margin before a deadline counts as passed when no block says so
 MAX_SPANS = 4  # spans kept loaded for checking
+TRIES = 4  # a commit, reveal or resolve refused is sent again, backing off from RETRY_S
+RETRY_S = 1.0
 
 
 def commitment(audit_id: int, member: str, vote: Vote, salt: bytes) -> bytes:
@@ -57,6 +60,7 @@ class Committee:
         ledger: Ledger,
         executor: Executor,
         misbehave: Misbehaviour,
+        state: AgentState,
     ):
         self.account = account
         self.address = account.address
@@ -67,20 +71,16 @@ class Committee:
         self.misbehave = misbehave
         self.spans: SpanCache = {}
         self.verdicts: dict[int, Verdict] = {}  # audit -> this node's verdict (for logs and tests)
+        self.state = state  # votes are saved before they are committed
+        self.serving: set[int] = set()  # audits being served now (a restart's resume never doubles one)
 
     async def _send(self, what: str, fn: Any, *args: Any) -> dict[str, Any] | None:
         return await send_logged(log, what, fn, *args, account=self.account)
 
-    def _now(self) -> int:
-        return int(self.chain.w3.eth.get_block("latest")["timestamp"])
-
     async def _past(self, deadline: int) -> bool:
-        """Whether `deadline` has passed: by the latest block's clock, or by this machine's clock
-        with a margin (a chain that mines only on demand keeps its latest timestamp while idle; the
-        transaction sent next lands in a block stamped now)."""
-        if time.time() > deadline + CLOCK_SLACK_S:
-            return True
-        return await asyncio.to_thread(self._now) > deadline
+        """Whether the chain's clock has passed `deadline` (`Chain.past`: by the latest block, or
+        by this machine's clock shifted to the chain's when the chain is idle)."""
+        return await asyncio.to_thread(self.chain.past, deadline, CLOCK_SLACK_S)
 
     # ------------------------------------------------------------------ opening audits
     async def open_audits(self, job_id: int, result_block: int) -> None:
@@ -106,8 +106,38 @@ class Committee:
 
     # ------------------------------------------------------------------ serving on a committee
     async def serve(self, audit_id: int) -> None:
-        """Check the audited stage, commit, reveal, resolve."""
+        """Check the audited stage, commit, reveal, resolve. Each step is retried while it can
+        still count (a transaction refused by a busy RPC, a clock read early), and the vote is
+        saved before it is committed, so a node restarted mid-audit picks up where it was."""
         audit = self.ledger.audits[audit_id]
+        if audit_id in self.serving or audit.resolved:
+            return
+        self.serving.add(audit_id)
+        try:
+            sealed = await self._commit(audit_id)
+            if sealed is not None and self.misbehave != "absent":
+                await self._reveal(audit_id, *sealed)
+            await self._resolve(audit_id)
+        finally:
+            self.serving.discard(audit_id)
+            if self.ledger.audits[audit_id].resolved:  # (else a restart still holds the vote)
+                self.state.unseal(audit_id)
+
+    def unresolved(self) -> list[int]:
+        """The open audits this node sits on (after a restart it serves them again)."""
+        return [i for i, a in self.ledger.audits.items() if self.address in a.members and not a.resolved]
+
+    async def _commit(self, audit_id: int) -> tuple[Vote, bytes] | None:
+        """This node's vote and salt, committed now or before a restart (None: none committed)."""
+        audit = self.ledger.audits[audit_id]
+        if self.address in audit.committed:
+            saved = self.state.sealed.get(audit_id)
+            if saved is None:
+                log.warning("audit %d: committed before a restart that lost the vote; it cannot be revealed", audit_id)
+                return None
+            return Vote(saved[0]), bytes.fromhex(saved[1])
+        if await self._past(audit.commit_deadline):
+            return None
         verdict = await asyncio.to_thread(self._check, audit.job_id, audit.stage)
         self.verdicts[audit_id] = verdict
         vote = Vote.CORRECT if verdict.honest else Vote.WRONG
@@ -123,22 +153,47 @@ class Committee:
             extra={"job": audit.job_id},
         )
         salt = os.urandom(32)
+        self.state.seal(audit_id, int(vote), salt)
         sealed = commitment(audit_id, self.address, vote, salt)
-        done = await self._send(f"commit(audit {audit_id})", self.c.verifier.commit, audit_id, sealed)
-        if done is None or self.misbehave == "absent":
-            return
-        # reveal once every member committed, or the commit period is over (by the chain's clock)
+        for attempt in range(TRIES):
+            if await self._send(f"commit(audit {audit_id})", self.c.verifier.commit, audit_id, sealed) is not None:
+                if self.misbehave == "exit_after_commit":
+                    log.warning("audit %d: committed; exiting now (misbehave=exit_after_commit)", audit_id)
+                    os._exit(3)
+                return vote, salt
+            await asyncio.sleep(RETRY_S * 2**attempt)
+            if self.address in audit.committed:
+                return vote, salt
+            if await self._past(audit.commit_deadline):
+                break
+        return None
+
+    async def _reveal(self, audit_id: int, vote: Vote, salt: bytes) -> None:
+        """Reveal once every member committed, or the commit period is over (by the chain's clock)."""
+        audit = self.ledger.audits[audit_id]
         while len(audit.committed) < len(audit.members) and not await self._past(audit.commit_deadline):
             await asyncio.sleep(POLL_S)
         reveal = partial(self.c.verifier.reveal, gas=REVEAL_GAS)
-        if await self._send(f"reveal(audit {audit_id})", reveal, audit_id, vote, salt) is None:
-            return
+        for attempt in range(TRIES):
+            if self.address in audit.votes or audit.resolved or await self._past(audit.reveal_deadline):
+                return
+            if await self._send(f"reveal(audit {audit_id})", reveal, audit_id, vote, salt) is not None:
+                return
+            await asyncio.sleep(RETRY_S * 2**attempt)
+
+    async def _resolve(self, audit_id: int) -> None:
+        """Once every member revealed, or the reveal period is over, one member resolves (usually:
+        the others wait their turn, and each tries again while the audit stays open)."""
+        audit = self.ledger.audits[audit_id]
         while len(audit.votes) < len(audit.members) and not await self._past(audit.reveal_deadline):
             await asyncio.sleep(POLL_S)
-        await asyncio.sleep(self._turn(audit_id) * TURN_S)  # one member resolves, usually
-        if not audit.resolved:
-            resolve = partial(self.c.verifier.resolve, gas=RESOLVE_GAS)
+        await asyncio.sleep(self._turn(audit_id) * TURN_S)
+        resolve = partial(self.c.verifier.resolve, gas=RESOLVE_GAS)
+        for attempt in range(TRIES):
+            if audit.resolved:
+                return
             await self._send(f"resolve(audit {audit_id})", resolve, audit_id)
+            await asyncio.sleep(RETRY_S * 2**attempt)
 
     def _turn(self, audit_id: int) -> int:
         members = self.ledger.audits[audit_id].members

@@ -1,8 +1,9 @@
 """Deliberate misbehaviour, for tests and benches of verification only: a node started with
-`misbehave = "..."` on the devnet corrupts what it serves in one of these ways, or (lie_vote,
-absent) votes against its own check or never reveals its vote on a committee, or (abort_late) as
-stage 0 aborts a job once its work is done, when the last stage asks for its receipt (what a
-stage colluding with the client would do for a free result). The agent refuses the setting on any
+`misbehave = "..."` on the devnet corrupts what it serves in one of these ways; or, on a
+committee, votes against its own check (lie_vote), never reveals its vote (absent) or exits the
+moment its vote is committed, as a crash would (exit_after_commit); or (abort_late) as stage 0
+aborts a job once its work is done, when the last stage asks for its receipt (what a stage
+colluding with the client would do for a free result). The agent refuses the setting on any
 chain but the devnet's.
 """
 
@@ -13,9 +14,11 @@ from typing import Literal
 import torch
 
 DEVNET_CHAIN_ID = 31337
-Misbehaviour = Literal["", "garbage", "lazy", "perturb", "wrong_token", "lie_vote", "absent", "abort_late"]
+Misbehaviour = Literal[
+    "", "garbage", "lazy", "perturb", "wrong_token", "lie_vote", "absent", "exit_after_commit", "abort_late"
+]
 MODES: tuple[Misbehaviour, ...] = ("garbage", "lazy", "perturb", "wrong_token")  # what a stage serves
-COMMITTEE_MODES: tuple[Misbehaviour, ...] = ("lie_vote", "absent")  # how a committee member votes
+COMMITTEE_MODES: tuple[Misbehaviour, ...] = ("lie_vote", "absent", "exit_after_commit")  # how a committee member votes
 
 
 def corrupt_activation(mode: Misbehaviour, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:

@@ -29,6 +29,7 @@ from shardnet.transcripts import Transcript
 
 log = logging.getLogger("shardnet.node")
 CLAIM_DELAY_S = 2.0  # after the deadline, before a stage claims delivery (chain time must be past it)
+POLL_S, MAX_WAIT_S = 0.5, 30.0  # waiting for a deadline: how often the chain's clock is read, at least and at most
 CLAIM_TRIES = 5
 SUBMIT_TRIES = 3  # a refused result is sent again this many times in all, backing off
 SUBMIT_BACKOFF_S = 1.0
@@ -55,6 +56,7 @@ class Settlement:
         self.ipfs = ipfs
         self.peers = peers
         self.reporter = reporter
+        self.chain = reporter.c.chain
         self.state = state
         self.metrics = metrics
         self.misbehave = misbehave
@@ -86,7 +88,8 @@ class Settlement:
                 self.metrics.jobs.labels(run.params.kind, "completed").inc()
                 log.info("job %d done: output %s", job_id, cid, extra={"job": job_id})
                 break
-            if self.ledger.jobs[job_id].status != JobStatus.ROUTED or time.time() > self.ledger.jobs[job_id].deadline:
+            job = self.ledger.jobs[job_id]
+            if job.status != JobStatus.ROUTED or await self._past(job.deadline):
                 break
             await asyncio.sleep(SUBMIT_BACKOFF_S * 2**attempt)  # a transient refusal (RPC, nonce) may pass
         else:
@@ -158,7 +161,7 @@ class Settlement:
             # expire, and the stages that delivered claim their fee
             log.warning("job %d: %s; it will expire (only stage 0 may abort)", job_id, reason, extra={"job": job_id})
             return
-        if time.time() > job.deadline:  # past the deadline a job settles by expiry: keep the run to claim
+        if await self._past(job.deadline):  # past the deadline a job settles by expiry: keep the run to claim
             log.warning("job %d: %s; past its deadline, so it will expire", job_id, reason, extra={"job": job_id})
             return
         log.warning("aborting job %d: %s", job_id, reason, extra={"job": job_id})
@@ -177,7 +180,9 @@ class Settlement:
         delivered (its own receipt) so the expiry pays it instead of blaming it. The last stage
         delivers by submitting the result; it claims only when that was refused."""
         job = self.ledger.jobs[job_id]
-        await asyncio.sleep(max(0.0, job.deadline - time.time()) + CLAIM_DELAY_S)
+        while not await self._past(job.deadline, CLAIM_DELAY_S):
+            _, now = await asyncio.to_thread(self.chain.clock)
+            await asyncio.sleep(min(MAX_WAIT_S, max(POLL_S, job.deadline - now)))
         for _ in range(CLAIM_TRIES):
             job = self.ledger.jobs[job_id]
             run = self.executor.jobs.get(job_id)
@@ -190,6 +195,10 @@ class Settlement:
                 log.info("job %d is overdue: claimed delivery of stage %d", job_id, run.stage, extra={"job": job_id})
                 return
             await asyncio.sleep(CLAIM_DELAY_S)  # the chain's clock may lag this one by a block
+
+    async def _past(self, deadline: int, slack_s: float = 0.0) -> bool:
+        """Whether the chain's clock has passed `deadline` (see `Chain.past`)."""
+        return await asyncio.to_thread(self.chain.past, deadline, slack_s)
 
     async def claim_aborted(self, job_id: int) -> None:
         """A job this stage worked on was aborted: if the stage delivered (sent activations on, or,

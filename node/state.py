@@ -1,6 +1,6 @@
-"""What a node remembers across restarts: the position of the last event it acted on and the
-jobs it already settled, bound to one deployment (a state folder reused against another chain
-or redeployed contracts starts over)."""
+"""What a node remembers across restarts: the position of the last event it acted on, the
+jobs it already settled and the committee votes it committed, bound to one deployment (a state
+folder reused against another chain or redeployed contracts starts over)."""
 
 from __future__ import annotations
 
@@ -20,12 +20,14 @@ class AgentState:
         self.last: tuple[int, int] = (-1, -1)  # (block, log index) of the last event acted on
         self.submitted: list[int] = []  # jobs whose result this node submitted
         self.aborted: list[int] = []  # jobs this node aborted
+        self.sealed: dict[int, tuple[int, str]] = {}  # audit -> (vote, salt hex) committed, until resolved
         if self.path.exists():
             saved = json.loads(self.path.read_text())
             if saved.get("deployment") == self.identity:
                 self.last = (int(saved["last"][0]), int(saved["last"][1]))
                 self.submitted = list(saved.get("submitted", []))
                 self.aborted = list(saved.get("aborted", []))
+                self.sealed = {int(a): (int(v), str(salt)) for a, (v, salt) in saved.get("sealed", {}).items()}
             else:
                 log.warning("state in %s is for another deployment; starting over", self.path)
 
@@ -41,6 +43,15 @@ class AgentState:
         (self.submitted if how == "submitted" else self.aborted).append(job_id)
         self.save()
 
+    def seal(self, audit_id: int, vote: int, salt: bytes) -> None:
+        """Remember a committee vote before committing it, so a restart can still reveal it."""
+        self.sealed[audit_id] = (vote, salt.hex())
+        self.save()
+
+    def unseal(self, audit_id: int) -> None:
+        if self.sealed.pop(audit_id, None) is not None:
+            self.save()
+
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
@@ -49,6 +60,7 @@ class AgentState:
             "last": list(self.last),
             "submitted": self.submitted,
             "aborted": self.aborted,
+            "sealed": {str(a): list(v) for a, v in self.sealed.items()},
         }
         tmp.write_text(json.dumps(data))
         tmp.replace(self.path)

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from web3.types import BlockIdentifier
+
 from shardnet.bindings import Contracts
 from shardnet.chain import Chain
 from shardnet.errors import StorageError
@@ -34,9 +36,10 @@ class Difference:
 
 def build_ledger(chain: Chain) -> Ledger:
     """Every event since the deployment block, applied in chain order."""
-    ledger = Ledger()
-    for event in EventReader(chain).poll():
+    ledger, reader = Ledger(), EventReader(chain)
+    for event in reader.poll():
         ledger.apply(event)
+    ledger.block = reader.next_block - 1
     return ledger
 
 
@@ -55,8 +58,10 @@ def index_label(kind: str, key: Any) -> str:
 
 def reconcile(chain: Chain, ledger: Ledger, label: Label = events_label) -> list[Difference]:
     """Every balance and job field rebuilt from events (or read from the index, with
-    `label=index_label`), compared with contract state."""
-    c = Contracts(chain)
+    `label=index_label`), compared with contract state after the ledger's last block (so a
+    transaction mined meanwhile is not a difference)."""
+    block: BlockIdentifier = "latest" if ledger.block is None else ledger.block
+    c = Contracts(chain, block)
     diffs: list[Difference] = []
 
     def check(where: str, field: str, events_value: object, chain_value: object) -> None:
@@ -82,13 +87,18 @@ def reconcile(chain: Chain, ledger: Ledger, label: Label = events_label) -> list
         "Verifier",
         "ETH balance (open audits + rewards)",
         ledger.verifier_held,
-        chain.w3.eth.get_balance(c.verifier.address),
+        chain.w3.eth.get_balance(c.verifier.address, block),
     )
     escrows = sum(r.escrow for r in ledger.jobs.values())
     credits = sum(r.credit for r in ledger.accounts.values())
-    check("JobMarket", "ETH balance (escrows + credits)", escrows + credits, chain.w3.eth.get_balance(c.market.address))
+    check(
+        "JobMarket",
+        "ETH balance (escrows + credits)",
+        escrows + credits,
+        chain.w3.eth.get_balance(c.market.address, block),
+    )
     stakes = sum(n.stake + n.pending_unstake for n in ledger.nodes.values())
-    check("NodeRegistry", "ETH balance (stakes)", stakes, chain.w3.eth.get_balance(c.nodes.address))
+    check("NodeRegistry", "ETH balance (stakes)", stakes, chain.w3.eth.get_balance(c.nodes.address, block))
     return diffs
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from eth_account.signers.local import LocalAccount
 from web3.contract.contract import ContractFunction
+from web3.types import BlockIdentifier
 
 from shardnet.chain import Chain
 from shardnet.contract_errors import ContractRevert
@@ -42,8 +43,9 @@ def _abi(records: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
 class _Binding:
     name = ""
 
-    def __init__(self, chain: Chain, address: str | None = None):
+    def __init__(self, chain: Chain, address: str | None = None, block: BlockIdentifier = "latest"):
         self.chain = chain
+        self.block = block  # every read is of the state after this block
         self.contract = chain.contract(self.name, address)
         self.address = self.contract.address
         self._decoder = EventDecoder(chain.abis)
@@ -54,7 +56,7 @@ class _Binding:
         return self.chain.transact(fn, value=value, account=account, gas=gas)
 
     def _call(self, fn: ContractFunction) -> Any:
-        return self.chain.call(fn)
+        return self.chain.call(fn, self.block)
 
     def grant_role(self, role_name: str, who: str, account: LocalAccount | None = None) -> dict[str, Any]:
         """Grant the contract's `role_name` constant (e.g. COORDINATOR_ROLE) to `who` (admin only)."""
@@ -194,8 +196,8 @@ class ModelRegistry(_Binding):
 class JobMarket(_Binding):
     name = "JobMarket"
 
-    def __init__(self, chain: Chain, address: str | None = None):
-        super().__init__(chain, address)
+    def __init__(self, chain: Chain, address: str | None = None, block: BlockIdentifier = "latest"):
+        super().__init__(chain, address, block)
         self.receipts = ReceiptDomain(chain.chain_id, self.address)  # signs and checks this market's receipts
 
     def post_job(
@@ -442,14 +444,16 @@ class Verifier(_Binding):
 
 
 class Contracts:
-    """The bindings of one deployment."""
+    """The bindings of one deployment. Reads are of the latest state, or of the state after
+    `block` (an audit compares events up to a block with the state at that same block)."""
 
-    def __init__(self, chain: Chain):
+    def __init__(self, chain: Chain, block: BlockIdentifier = "latest"):
         self.chain = chain
-        self.nodes = NodeRegistry(chain)
-        self.models = ModelRegistry(chain)
-        self.market = JobMarket(chain)
-        self.verifier = Verifier(chain)
+        self.block = block
+        self.nodes = NodeRegistry(chain, block=block)
+        self.models = ModelRegistry(chain, block=block)
+        self.market = JobMarket(chain, block=block)
+        self.verifier = Verifier(chain, block=block)
 
     def withdraw_all(self, who: str, account: LocalAccount | None = None) -> dict[str, int]:
         """Send `who` (signing as `account`) everything withdrawable: from the market (refunds, and

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import AsyncIterator
 from functools import cache
 from typing import Any
@@ -60,6 +61,7 @@ class Chain:
         self.deployment = deployment
         self._abi_cache: list[dict[str, Any]] | None = None
         self._nonce_lock = threading.Lock()
+        self._ahead = float("-inf")  # the furthest the chain's clock was seen ahead of this machine's
         try:
             self.chain_id = self.w3.eth.chain_id
         except (requests.exceptions.RequestException, OSError) as exc:
@@ -84,6 +86,23 @@ class Chain:
         if self._abi_cache is None:
             self._abi_cache = compiler.all_abis()
         return self._abi_cache
+
+    # ------------------------------------------------------------------ the chain's clock
+    def clock(self) -> tuple[int, float]:
+        """The latest block's timestamp, and the chain's time now as well as it can be told: a
+        chain that mines on demand keeps its latest timestamp while idle, and a devnet's clock can
+        be moved ahead of this machine's, so the estimate is this machine's clock plus the furthest
+        ahead of it the chain was seen (the next block is stamped at least that)."""
+        stamp = int(self.w3.eth.get_block("latest")["timestamp"])
+        wall = time.time()
+        self._ahead = max(self._ahead, stamp - wall)
+        return stamp, max(float(stamp), wall + self._ahead)
+
+    def past(self, deadline: int, slack_s: float = 2.0) -> bool:
+        """Whether the chain's clock has passed `deadline`: a block says so, or the estimate is
+        past it by `slack_s` (so a transaction sent now lands in a block stamped after it)."""
+        stamp, now = self.clock()
+        return stamp > deadline or now > deadline + slack_s
 
     def contract(self, name: str, address: str | None = None) -> Contract:
         if address is None:

@@ -297,6 +297,7 @@ class Index(IndexQueries):
             job = load_job(self.db, row[0])
             if job is not None:
                 ledger.jobs[row[0]] = job
+        ledger.block = self.next_block - 1
         return ledger
 
 

@@ -108,6 +108,7 @@ class Ledger:
         self.accounts: dict[str, AccountRecord] = defaultdict(AccountRecord)
         self.verifier_held = 0  # wei in the Verifier: open audits' budgets and unwithdrawn rewards
         self.verifier: str | None = None  # its address (VerifierSet)
+        self.block: int | None = None  # the last block whose events are all applied (None: not known)
         self.terms: Terms | None = None  # the market's terms in force (TermsSet)
         self.audits: dict[int, AuditRecord] = {}
         self.models: dict[int, Model] = {}

@@ -15,10 +15,10 @@ from typing import Any
 from web3.types import RPCEndpoint
 
 from shardnet import devnet as dn
+from shardnet.audit import build_ledger
 from shardnet.bindings import Contracts
 from shardnet.chain import Chain, dev_account
 from shardnet.deployment import Deployment
-from shardnet.events import EventReader
 from shardnet.ledger import AuditRecord, Ledger
 from shardnet.model.loading import load_model
 from shardnet.model.shards import publish
@@ -179,10 +179,7 @@ class Network:
 
     def ledger(self) -> Ledger:
         """Every event of the deployment so far, applied to a fresh ledger."""
-        ledger = Ledger()
-        for event in EventReader(self.chain).poll():
-            ledger.apply(event)
-        return ledger
+        return build_ledger(self.chain)
 
     def settled_ledger(self, quiet_s: float = 3.0, timeout_s: float = 120) -> Ledger:
         """The chain's events once the network is at rest: every audit resolved and no new event

@@ -7,6 +7,8 @@ audit window."""
 from __future__ import annotations
 
 import json
+import signal
+import time
 
 import pytest
 
@@ -17,7 +19,7 @@ from shardnet.events import EventReader
 from shardnet.jobs import JobParams
 from shardnet.ledger import Ledger
 from shardnet.localnet import Network
-from shardnet.protocol import JobStatus
+from shardnet.protocol import JobStatus, Vote
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.stack  # starts its own chain, IPFS daemon and node processes
@@ -133,3 +135,42 @@ def test_an_operator_sees_pending_earnings_and_withdraws_them_after_the_window(n
     assert sent[-1] == done["withdrawn_wei"]["market"]  # the ETH left the market for the operator
     after = json.loads(run_cli("node", "earnings", "--config", config, "--json").stdout)
     assert (after["withdrawable_wei"], after["committee_pay_wei"]) == (0, 0)
+
+
+def test_a_member_restarted_between_commit_and_reveal_still_reveals(net):
+    """A committee member that dies the moment its vote is committed (misbehave
+    exit_after_commit) finds the vote it saved when it restarts, reveals it and the audit
+    resolves with it counted, not absent. The chain's clock runs ahead of this machine's here (the
+    operator test moved it on) and stands still while the chain is idle: deadlines still pass."""
+    member = 1  # honest
+    address, name = dev_account(2 + member).address, f"node{member}"
+    net.kill(name, signal.SIGTERM)
+    net.node_overrides[member] = {"misbehave": "exit_after_commit"}
+    net.start_node(member)
+    net.wait_ready(member)
+    proc = net.procs[name]
+    params = JobParams(kind="forward", wire="fp32", audit_rate=1.0)
+    for _ in range(6):  # every stage audited, by two of the three other nodes: it is drawn soon
+        job_id = net.client.submit(net.model_id, {"input_ids": [4, 2]}, params, MAX_FEE)
+        assert net.client.wait(job_id, timeout_s=120).status == JobStatus.COMPLETED
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            audits = [a for a in net.ledger().audits.values() if a.job_id == job_id]
+            if audits and all(a.resolved for a in audits):
+                break
+            time.sleep(0.5)
+        if proc.poll() is not None:
+            break
+    assert proc.poll() == 3, "the member was never drawn onto a committee"
+    net.procs.pop(name)
+    del net.node_overrides[member]
+    ledger = net.ledger()
+    (audit,) = [a for a in ledger.audits.values() if address in a.committed and not a.resolved]
+    assert address not in audit.votes  # it died between commit and reveal
+    net.start_node(member)
+    ledger, _ = net.resolved_audits([audit.job_id])
+    resolved = ledger.audits[audit.audit_id]
+    assert address not in resolved.absent  # revealed after the restart, and voted as it checked
+    assert resolved.votes[address] == (Vote.WRONG if resolved.upheld else Vote.CORRECT)
+    assert resolved.upheld == (resolved.node == dev_account(2 + CHEAT).address)
+    assert reconcile(net.chain, net.settled_ledger()) == []

@@ -1,6 +1,7 @@
 """Chain module on the real Anvil: named custom errors, event follower, websocket."""
 
 import asyncio
+import time
 
 import pytest
 
@@ -77,3 +78,21 @@ def test_websocket_subscription_delivers_logs(fresh_chain, deployment):
 
     log = asyncio.run(asyncio.wait_for(scenario(), 20))
     assert log["address"].lower() == nodes.address.lower()
+
+
+def test_the_chain_clock_runs_on_while_an_on_demand_chain_is_idle(fresh_chain):
+    """Anvil mines only on demand, so its latest timestamp stands still while idle, and a devnet's
+    clock can be moved ahead of this machine's: `Chain.past` (committee and claim deadlines) must
+    still see a deadline pass, which the latest block alone would not until someone mines."""
+    chain = Chain(fresh_chain.rpc_url)  # its own clock estimate, away from the session's
+    provider = chain.w3.provider
+    provider.make_request("evm_increaseTime", [600])
+    provider.make_request("evm_mine", [])
+    stamp, now = chain.clock()
+    assert now >= stamp >= time.time() + 590  # the chain runs ten minutes ahead
+    assert not chain.past(stamp + 1, slack_s=1.0)
+    time.sleep(2.5)
+    assert chain.clock()[0] == stamp  # no block since: the latest timestamp stood still
+    assert chain.past(stamp + 1, slack_s=1.0)  # yet the next block is stamped past the deadline
+    provider.make_request("evm_mine", [])
+    assert chain.clock()[0] > stamp + 1
