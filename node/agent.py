@@ -30,6 +30,7 @@ from node.filter import (
     UnloadSpan,
     actions_for,
 )
+from node.link import MAX_FRAME_BYTES, LinkClient, LinkKey, LinkServer
 from node.metrics import NodeMetrics
 from node.misbehave import DEVNET_CHAIN_ID
 from node.peers import PeerClient
@@ -73,7 +74,12 @@ class NodeAgent:
         self.tasks: set[asyncio.Task[None]] = set()
         self.executor = Executor(ipfs, settings.ipfs_timeout_s, settings.slowdown)
         self.reporter = Reporter(contracts, account)
-        self.peers = PeerClient(account, settings.peer_timeout_s, settings.peer_retries)
+        self.peers = PeerClient(account, settings.peer_timeout_s, settings.peer_retries)  # receipts
+        self.link_key = LinkKey.load_or_create(settings.state_dir)
+        market = deployment.address("JobMarket")
+        self.links = LinkClient(
+            self.address, self.link_key, chain.chain_id, market, settings.peer_timeout_s, settings.peer_retries
+        )
         self.spans = SpanManager(self.address, self.ledger, self.executor, self.reporter)
         self.settlement = Settlement(
             account,
@@ -93,13 +99,22 @@ class NodeAgent:
             self.ledger,
             self.executor,
             ipfs,
-            self.peers,
+            self.links,
             self.settlement,
             self.metrics,
             self.spawn,
         )
         self.committee = Committee(
             account, chain, contracts, self.ledger, self.executor, settings.misbehave, self.state
+        )
+        self.links_in = LinkServer(
+            self.address,
+            self.link_key,
+            chain.chain_id,
+            market,
+            self.ledger.data_keys.get,
+            self.pipeline.accept,
+            lambda reason: self.metrics.refused.labels(reason).inc(),
         )
         self.listener = Listener(EventReader(chain), deployment.ws_url, settings.poll_interval_s)
         self.ready = False
@@ -113,7 +128,10 @@ class NodeAgent:
         torch.set_num_threads(self.settings.torch_threads)
         hw = self.settings.hardware
         registered = await self.reporter.ensure_registered(
-            self.settings.url, Hardware(hw.memory_mb, hw.compute_score, hw.bandwidth_mbps), self.settings.stake_wei
+            self.settings.url,
+            Hardware(hw.memory_mb, hw.compute_score, hw.bandwidth_mbps),
+            self.link_key.public,
+            self.settings.stake_wei,
         )
         log.info(
             "node %s %s, serving %s",
@@ -122,7 +140,11 @@ class NodeAgent:
             self.settings.url,
         )
         config = uvicorn.Config(
-            create_app(self), host=self.settings.listen_host, port=self.settings.listen_port, log_level="warning"
+            create_app(self),
+            host=self.settings.listen_host,
+            port=self.settings.listen_port,
+            log_level="warning",
+            ws_max_size=MAX_FRAME_BYTES,
         )
         server = uvicorn.Server(config)
         server_task = asyncio.create_task(server.serve())
@@ -136,6 +158,7 @@ class NodeAgent:
                 task.cancel()
             await asyncio.gather(follow_task, server_task, return_exceptions=True)
             await self.peers.close()
+            await self.links.close()
             log.info("node stopped")
 
     async def _follow(self) -> None:

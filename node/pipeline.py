@@ -1,9 +1,9 @@
 """The stage pipeline: how a job moves through this node. Stage 0 reads the input and runs
 first; every other stage accepts activations only from the previous stage of the job's
-on-chain route, runs its span and sends the result on; the last stage samples tokens and
-loops them back to stage 0, or hands the output to settlement. When the next stage dies, the
-coordinator reroutes and this stage replays what it sent, so the replacement rebuilds its KV
-cache (Petals' trick).
+on-chain route (over an encrypted link, node.link), runs its span and sends the result on;
+the last stage samples tokens and loops them back to stage 0, or hands the output to
+settlement. When the next stage dies, the coordinator reroutes and this stage replays what it
+sent, so the replacement rebuilds its KV cache (Petals' trick).
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import torch
 
 from node.executor import Executor, JobRun
 from node.filter import my_stage
+from node.link import LinkClient
 from node.messages import pack, unpack
 from node.metrics import NodeMetrics
 from node.misbehave import corrupt_activation, corrupt_token
-from node.peers import PeerClient
 from node.settings import NodeSettings
 from node.settlement import Settlement
 from shardnet.errors import JobInputError, PeerError, ShardnetError, StorageError
@@ -50,7 +50,7 @@ class StagePipeline:
         ledger: Ledger,
         executor: Executor,
         ipfs: IpfsClient,
-        peers: PeerClient,
+        links: LinkClient,
         settlement: Settlement,
         metrics: NodeMetrics,
         spawn: Spawn,
@@ -60,7 +60,7 @@ class StagePipeline:
         self.ledger = ledger
         self.executor = executor
         self.ipfs = ipfs
-        self.peers = peers
+        self.links = links
         self.settlement = settlement
         self.metrics = metrics
         self.spawn = spawn
@@ -169,7 +169,8 @@ class StagePipeline:
     async def send(self, run: JobRun, stage: int, body: bytes) -> None:
         node = run.stages[stage].node
         try:
-            await self.peers.post(self.ledger.endpoints[node], f"/v1/jobs/{run.job_id}/stages/{stage}", body)
+            endpoint, key = self.ledger.endpoints[node], self.ledger.data_keys.get(node, b"")
+            await self.links.send(node, endpoint, key, run.job_id, stage, body)
             self.metrics.bytes_out.inc(len(body))
         except PeerError as exc:
             log.error("job %d: stage %d unreachable: %s", run.job_id, stage, exc, extra={"job": run.job_id})

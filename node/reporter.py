@@ -25,21 +25,14 @@ class Reporter:
     async def _do(self, what: str, fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any] | None:
         return await send_logged(log, what, fn, *args, account=self.account)
 
-    async def ensure_registered(self, endpoint: str, hardware: Hardware, stake: int) -> bool:
+    async def ensure_registered(self, endpoint: str, hardware: Hardware, data_key: bytes, stake: int) -> bool:
+        """Register this node, or bring its profile (endpoint, hardware, link key) up to date."""
         info = await asyncio.to_thread(self.c.nodes.node, self.account.address)
         if info.registered_at:
-            if info.endpoint != endpoint or info.hardware != hardware:
-                await self._do(
-                    "updateProfile",
-                    self.c.nodes.update_profile,
-                    endpoint,
-                    hardware,
-                    bytes.fromhex(self.account.address[2:]),
-                )
+            if (info.endpoint, info.hardware, info.data_key) != (endpoint, hardware, data_key):
+                await self._do("updateProfile", self.c.nodes.update_profile, endpoint, hardware, data_key)
             return False
-        await self._do(
-            "register", self.c.nodes.register, endpoint, hardware, bytes.fromhex(self.account.address[2:]), stake
-        )
+        await self._do("register", self.c.nodes.register, endpoint, hardware, data_key, stake)
         return True
 
     async def confirm_shard(self, model_id: int) -> bool:

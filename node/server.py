@@ -1,22 +1,28 @@
-"""Data-plane API (FastAPI): activations in, receipts out, metrics, health."""
+"""Data-plane API (FastAPI): the link other stages send activations and tokens over
+(a WebSocket, node.link), receipts out, the client's token stream, metrics, health."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request, Response, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from node import streams
+from node import link, streams
 from shardnet.signing import recover_sender
 
 if TYPE_CHECKING:
     from node.agent import NodeAgent
 
 
-MAX_BODY_BYTES = 64 << 20  # one activation message: 2048 positions x 8192 hidden in fp32
+MAX_BODY_BYTES = 64 << 10  # a receipt or token-stream request (activations go over links)
+HANDSHAKE_TIMEOUT_S = 10.0
+log = logging.getLogger("shardnet.node.server")
 
 
 def create_app(agent: NodeAgent) -> FastAPI:
@@ -36,31 +42,66 @@ def create_app(agent: NodeAgent) -> FastAPI:
             chunks.append(chunk)
         return b"".join(chunks)
 
+    def _too_large() -> JSONResponse:
+        agent.metrics.refused.labels("too-large").inc()
+        return JSONResponse({"error": f"request body over {MAX_BODY_BYTES} bytes"}, status_code=413)
+
     async def _sender(request: Request, body: bytes) -> str | None:
         signature = request.headers.get("x-shardnet-signature", "")
         claimed = request.headers.get("x-shardnet-from", "")
         sender = recover_sender(request.url.path, body, signature)
-        return sender if sender and sender.lower() == claimed.lower() else None
+        if sender and sender.lower() == claimed.lower():
+            return sender
+        agent.metrics.refused.labels("bad-signature").inc()
+        return None
 
-    @app.post("/v1/jobs/{job_id}/stages/{stage}")
-    async def activations(job_id: int, stage: int, request: Request) -> JSONResponse:
-        body = await _bounded_body(request)
-        if body is None:
-            agent.metrics.refused.labels("too-large").inc()
-            return JSONResponse({"error": f"message over {MAX_BODY_BYTES} bytes"}, status_code=413)
-        sender = await _sender(request, body)
-        if sender is None:
-            agent.metrics.refused.labels("bad-signature").inc()
-            return JSONResponse({"error": "missing or invalid x-shardnet-signature"}, status_code=401)
-        ok, reason = await agent.pipeline.accept(job_id, stage, sender, body)
-        if not ok:
-            agent.metrics.refused.labels("not-on-route").inc()
-            return JSONResponse({"error": reason}, status_code=403)
-        return JSONResponse({"accepted": True}, status_code=202)
+    @app.websocket(link.PATH)
+    async def link_in(ws: WebSocket) -> None:
+        """A link from another node (node.link): the Noise handshake, then frames, each acked."""
+        await ws.accept()
+        try:
+            first = await asyncio.wait_for(ws.receive(), HANDSHAKE_TIMEOUT_S)
+        except (TimeoutError, WebSocketDisconnect):
+            return
+        try:
+            opened = agent.links_in.handshake(first.get("bytes") or b"")
+        except Exception as exc:  # whatever a peer sends, the node keeps serving
+            log.exception("link handshake failed")
+            opened = f"handshake failed: {type(exc).__name__}"
+        if isinstance(opened, str):
+            agent.metrics.refused.labels("bad-handshake").inc()
+            log.warning("link refused: %s", opened)
+            with contextlib.suppress(WebSocketDisconnect):
+                await ws.close(code=1008, reason=opened[:120])
+            return
+        noise, sender, reply = opened
+        try:
+            await ws.send_bytes(reply)
+        except WebSocketDisconnect:
+            return
+        while True:
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            try:
+                ack = await agent.links_in.frame(noise, sender, message.get("bytes") or b"")
+            except Exception:  # whatever a peer sends, the node keeps serving
+                log.exception("link from %s: frame failed", sender)
+                ack = None
+            if ack is None:
+                with contextlib.suppress(WebSocketDisconnect):
+                    await ws.close(code=1008, reason="malformed frame")
+                return
+            try:
+                await ws.send_bytes(ack)
+            except WebSocketDisconnect:
+                return
 
     @app.post("/v1/jobs/{job_id}/receipt")
     async def receipt(job_id: int, request: Request) -> JSONResponse:
-        body = await _bounded_body(request) or b""
+        body = await _bounded_body(request)
+        if body is None:
+            return _too_large()
         sender = await _sender(request, body)
         if sender is None:
             return JSONResponse({"error": "missing or invalid x-shardnet-signature"}, status_code=401)
@@ -73,7 +114,9 @@ def create_app(agent: NodeAgent) -> FastAPI:
     async def tokens(job_id: int, request: Request) -> Response:
         """The job's tokens as they are generated, to the client that posted it (node/streams.py).
         Body: `{"from": n}` to start at the n-th token (after a reconnect)."""
-        body = await _bounded_body(request) or b""
+        body = await _bounded_body(request)
+        if body is None:
+            return _too_large()
         sender = await _sender(request, body)
         if sender is None:
             return JSONResponse({"error": "missing or invalid x-shardnet-signature"}, status_code=401)

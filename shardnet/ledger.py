@@ -113,6 +113,7 @@ class Ledger:
         self.audits: dict[int, AuditRecord] = {}
         self.models: dict[int, Model] = {}
         self.endpoints: dict[str, str] = {}  # node -> data-plane URL
+        self.data_keys: dict[str, bytes] = {}  # node -> its link key (node.link)
         self.hardware: dict[str, Hardware] = {}
         self.assignments: dict[int, dict[str, Assignment]] = defaultdict(dict)  # model -> node -> span
         self.last_key: tuple[int, int] = (-1, -1)  # (block, log index) of the last event applied
@@ -133,6 +134,7 @@ class Ledger:
 
     def _on_ProfileUpdated(self, a: Args) -> None:
         self.endpoints[a["node"]] = a["endpoint"]
+        self.data_keys[a["node"]] = bytes(a["dataKey"])
         self.hardware[a["node"]] = hardware_of(a["hardware"])
 
     def _on_StakeAdded(self, a: Args) -> None:

@@ -79,11 +79,12 @@ class Network:
     def node_config(self, i: int) -> Path:
         extra = self.node_overrides.get(i, {})
         path = self.home / f"node{i}.toml"
+        endpoint = f'endpoint = "{extra["endpoint"]}"\n' if "endpoint" in extra else ""  # e.g. behind a proxy
         path.write_text(
             f'dev_account = {2 + i}\ndeployment = "{self.deployment_path}"\nlisten_port = {self.node_ports[i]}\n'
             f'state_dir = "{self.home / f"node{i}-state"}"\nipfs_timeout_s = {self.ipfs_timeout_s}\n'
             f"slowdown = {extra.get('slowdown', 1.0)}\n"
-            f'misbehave = "{extra.get("misbehave", "")}"\n'
+            f'misbehave = "{extra.get("misbehave", "")}"\n{endpoint}'
             f"stake_wei = {extra.get('stake_wei', 10**18)}\ntorch_threads = {extra.get('torch_threads', 1)}\n"
             f"[hardware]\nmemory_mb = {4096 * (i + 1)}\ncompute_score = {extra.get('compute_score', 10)}\n"
             f"bandwidth_mbps = 1000\n"

@@ -58,3 +58,100 @@ def reverts(error_name: str, /, **expected_args):
             return handled
 
     return _Check()
+
+
+class Relay:
+    """A TCP relay to a local port that records every byte each connection sends, as an
+    eavesdropper placed between two nodes would see it; `replay` resends one connection's bytes
+    in a new connection, as an attacker who recorded it would."""
+
+    def __init__(self, target_port: int):
+        import socket
+        import threading
+
+        self.target_port = target_port
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.sent: list[bytearray] = []  # per connection: what the connecting side sent
+        self.answered: list[bytearray] = []  # and what the target answered
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:  # the target is down (restarting): so is the relay, for this connection
+                conn.close()
+                continue
+            sent, answered = bytearray(), bytearray()
+            self.sent.append(sent)
+            self.answered.append(answered)
+            threading.Thread(target=self._pump, args=(conn, upstream, sent), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, conn, answered), daemon=True).start()
+
+    @staticmethod
+    def _pump(src, dst, record: bytearray) -> None:
+        try:
+            while data := src.recv(1 << 16):
+                record += data
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(2)
+                except OSError:
+                    pass
+
+    def replay(self, index: int, wait_s: float = 2.0) -> bytes:
+        """Send connection `index`'s recorded bytes again to the target; returns its answer."""
+        import socket
+        import time
+
+        answer = bytearray()
+        recorded = bytes(self.sent[index])
+        head, _, rest = recorded.partition(b"\r\n\r\n")  # an HTTP request, then what followed its answer
+        with socket.create_connection(("127.0.0.1", self.target_port)) as conn:
+            conn.settimeout(0.5)
+            conn.sendall(head + b"\r\n\r\n")
+            while b"\r\n\r\n" not in answer:
+                answer += conn.recv(1 << 16)
+            for frame in _ws_frames(rest):  # one WebSocket message at a time, as its sender did
+                conn.sendall(frame)
+                time.sleep(0.2)
+            deadline = time.monotonic() + wait_s
+            while time.monotonic() < deadline:
+                try:
+                    data = conn.recv(1 << 16)
+                except TimeoutError:
+                    continue
+                if not data:
+                    break
+                answer += data
+        return bytes(answer)
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def _ws_frames(data: bytes) -> list[bytes]:
+    """Split a client's WebSocket byte stream into its frames (RFC 6455 section 5.2)."""
+    frames, at = [], 0
+    while at + 2 <= len(data):
+        n, head = data[at + 1] & 0x7F, 2
+        if n == 126:
+            n, head = int.from_bytes(data[at + 2 : at + 4], "big"), 4
+        elif n == 127:
+            n, head = int.from_bytes(data[at + 2 : at + 10], "big"), 10
+        head += 4 if data[at + 1] & 0x80 else 0  # the mask key
+        frames.append(data[at : at + head + n])
+        at += head + n
+    return frames

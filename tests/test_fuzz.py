@@ -106,9 +106,7 @@ headers = st.dictionaries(
     st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=140),
     max_size=3,
 )
-node_paths = st.sampled_from(
-    ["/v1/jobs/{}/stages/{}", "/v1/jobs/{}/receipt", "/v1/jobs/{}/tokens", "/health", "/v1/jobs/{}/stages/x"]
-)
+node_paths = st.sampled_from(["/v1/jobs/{}/receipt", "/v1/jobs/{}/tokens", "/health", "/v1/link", "/v1/jobs/{}/x/{}"])
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))

@@ -432,3 +432,58 @@ def test_the_explorer_shows_live_nodes_and_a_jobs_input_and_output(net, tmp_path
         assert f'tokens ({len(done.output["tokens"])}): <span class="mono">{generated}</span>' in page
         node = done.record.route[0].node
         assert ">alive<" in explorer.get(f"/nodes/{node}").text
+
+
+def _refused(net, i: int, reason: str) -> float:
+    """A node's count of data-plane messages refused for `reason` (its /metrics)."""
+    import httpx
+
+    text = httpx.get(f"http://127.0.0.1:{net.node_ports[i]}/metrics", timeout=5).text
+    line = f'shardnet_requests_refused_total{{reason="{reason}"}}'
+    return next((float(x.split()[-1]) for x in text.splitlines() if x.startswith(line)), 0.0)
+
+
+def test_a_relay_between_two_nodes_sees_only_ciphertext_and_its_replay_delivers_nothing(net):
+    """Stages talk over encrypted links (node/link.py). A node registered behind a relay, which
+    records every byte other nodes send it: a job through it completes, the relay sees no message
+    header, token or node address in the clear, and resending a recorded link is refused (its
+    frames do not decrypt under the fresh session) while the next job still completes."""
+    import signal
+
+    from tests.helpers import Relay
+
+    model_id, _ = net.models["tiny-gpt2"]
+    target = 1
+    address = dev_account(2 + target).address
+    relay = Relay(net.node_ports[target])
+    try:
+        net.kill(f"node{target}", signal.SIGTERM)
+        net.node_overrides[target] = {"endpoint": f"http://127.0.0.1:{relay.port}"}
+        net.start_node(target)
+        net.wait_ready(target)
+        assert net.c.nodes.node(address).endpoint.endswith(f":{relay.port}")
+        params = JobParams(max_new_tokens=4, wire="fp32", avoid=net.rivals(model_id, address))
+        job_id = net.client.submit(model_id, {"input_ids": [3, 1, 4, 1]}, params, MAX_FEE)
+        result = net.client.wait(job_id, timeout_s=120)
+        assert result.status == JobStatus.COMPLETED, result.record.abort_reason
+        route = [s.node for s in result.record.route]
+        assert address in route and len(route) > 1
+        links = [i for i, sent in enumerate(relay.sent) if sent.startswith(b"GET /v1/link")]
+        assert links, "no link passed the relay"
+        seen = b"".join(bytes(relay.sent[i]) + bytes(relay.answered[i]) for i in links)
+        clear = [b'"kind"', b'"step"', b'"tokens"', b'"chain"', b'"ack"', *(n.encode() for n in route)]
+        clear += [n[2:].lower().encode() for n in route]
+        assert [c for c in clear if c in seen] == []
+        before = _refused(net, target, "bad-frame")
+        answer = relay.replay(links[0])
+        assert answer.startswith(b"HTTP/1.1 101")  # the upgrade and the handshake are answered...
+        assert _refused(net, target, "bad-frame") == before + 1  # ...the first recorded frame is not
+        again = net.client.submit(model_id, {"input_ids": [2, 7]}, params, MAX_FEE)
+        assert net.client.wait(again, timeout_s=120).status == JobStatus.COMPLETED
+    finally:
+        relay.close()
+        net.node_overrides.pop(target, None)
+        if f"node{target}" in net.procs:
+            net.kill(f"node{target}", signal.SIGTERM)
+        net.start_node(target)
+        net.wait_ready(target)

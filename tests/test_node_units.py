@@ -113,10 +113,12 @@ def test_data_plane_app_refuses_unsigned_and_malformed_requests():
     )
     client = TestClient(create_app(agent))  # type: ignore[arg-type]
     assert client.get("/health").json() == {"ready": True}
-    response = client.post("/v1/jobs/1/stages/1", content=b"x", headers={"x-shardnet-signature": ""})
+    response = client.post("/v1/jobs/1/tokens", content=b"x", headers={"x-shardnet-signature": ""})
     assert response.status_code == 401 and refused == {"bad-signature": 1}
     response = client.post("/v1/jobs/1/receipt", content=b"{}", headers={"x-shardnet-signature": "0x00"})
-    assert response.status_code == 401
+    assert response.status_code == 401 and refused == {"bad-signature": 2}
+    gone = client.post("/v1/jobs/1/stages/1", content=b"x")  # activations travel only over links
+    assert gone.status_code == 404
 
 
 def test_oversize_messages_are_refused_before_they_are_read():
@@ -126,14 +128,14 @@ def test_oversize_messages_are_refused_before_they_are_read():
         metrics=SimpleNamespace(refused=SimpleNamespace(labels=lambda r: SimpleNamespace(inc=lambda: None)))
     )
     client = TestClient(create_app(agent))  # type: ignore[arg-type]
-    declared = client.post("/v1/jobs/1/stages/1", content=b"x", headers={"content-length": str(MAX_BODY_BYTES + 1)})
+    declared = client.post("/v1/jobs/1/receipt", content=b"x", headers={"content-length": str(MAX_BODY_BYTES + 1)})
     assert declared.status_code == 413
 
     def chunks():  # no length declared: refused once the limit is passed
-        for _ in range(MAX_BODY_BYTES // (1 << 20) + 2):
-            yield b"\0" * (1 << 20)
+        for _ in range(MAX_BODY_BYTES // (1 << 10) + 2):
+            yield b"\0" * (1 << 10)
 
-    streamed = client.post("/v1/jobs/1/stages/1", content=chunks())
+    streamed = client.post("/v1/jobs/1/tokens", content=chunks())
     assert streamed.status_code == 413
 
 

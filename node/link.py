@@ -1,0 +1,354 @@
+"""Links: one persistent, encrypted, mutually authenticated stream between each pair of
+neighbouring nodes, carrying every job's activations and tokens as binary frames.
+
+Transport: a WebSocket on the node's own port (`/v1/link`). It is message-framed and binary, it
+bounds a frame by its declared length before reading it (uvicorn's `ws_max_size`), a sender's
+`send` waits while the peer is not reading (back-pressure), and it crosses the proxies and load
+balancers an operator already runs for HTTP. A raw TCP or QUIC stream would need our own
+framing, or a dependency the rest of the stack does not use.
+
+Security: the Noise protocol framework (`Noise_IK_25519_ChaChaPoly_SHA256`, via the maintained
+`noiseprotocol` package on `cryptography`). Each node keeps an X25519 key in its state folder and
+registers its public half on-chain as its `dataKey`. The sender knows the receiver's key from the
+chain (IK: the receiver is authenticated by the handshake itself); the receiver learns the
+sender's key from the handshake and accepts it only if it is the key the chain holds for the node
+address the sender names. The handshake's prologue binds the session to the chain id and the
+market, and every frame names its chain, job, stage and recipient; the pipeline accepts a job's
+frame only from the stage the job's current on-chain route puts before this one, and drops a
+step it has already processed. Within a session, Noise's counter nonces refuse a replayed,
+reordered or truncated frame; a replayed session gets fresh keys from the receiver's new
+ephemeral key, so none of its old frames decrypt.
+
+Frame (after decryption): the `node.messages` format, header `{"id", "chain", "job", "stage",
+"to"}` and the stage message as payload; the receiver answers each frame with
+`{"ack": id, "ok": bool, "error"?}`. A send completes when the receiver queued the message.
+Noise messages are at most 65,535 bytes, so a frame is sealed in chunks, each prefixed by its
+4-byte length.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import struct
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+from noise.connection import Keypair, NoiseConnection
+from noise.exceptions import NoiseHandshakeError, NoiseInvalidMessage, NoiseValidationError, NoiseValueError
+
+from node.messages import pack, unpack
+from shardnet.errors import PeerError
+
+log = logging.getLogger("shardnet.node.link")
+
+PROTOCOL = b"Noise_IK_25519_ChaChaPoly_SHA256"
+PATH = "/v1/link"
+KEY_FILE = "link.key"
+CHUNK = 65535 - 16  # Noise's largest message, less the ChaChaPoly tag
+MAX_FRAME_BYTES = (64 << 20) + (1 << 20)  # one activation message (see node.server) and its chunking
+HANDSHAKE_BYTES = 4096
+STRIKES = 5  # malformed or misaddressed frames from one node before its links are refused for BAN_S
+BAN_S = 60.0
+
+# what noiseprotocol raises on input that is not a valid message for the session's state
+NOISE_ERRORS = (
+    NoiseInvalidMessage,
+    NoiseValueError,
+    NoiseHandshakeError,
+    NoiseValidationError,
+    InvalidTag,
+    ValueError,
+)
+Accept = Callable[[int, int, str, bytes], Awaitable[tuple[bool, str]]]
+
+
+def prologue(chain_id: int, market: str) -> bytes:
+    """What both ends mix into the handshake: a session is valid for this deployment only."""
+    return f"shardnet-link/1:{chain_id}:{market.lower()}".encode()
+
+
+class LinkKey:
+    """This node's X25519 link key, created on first start and kept in the state folder."""
+
+    def __init__(self, private: bytes):
+        self.private = private
+        key = X25519PrivateKey.from_private_bytes(private)
+        self.public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+    @classmethod
+    def load_or_create(cls, state_dir: Path) -> LinkKey:
+        path = Path(state_dir) / KEY_FILE
+        if path.exists():
+            raw = path.read_bytes()
+            if len(raw) == 32:
+                return cls(raw)
+            log.warning("%s is not a 32-byte X25519 key; making a new one", path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        raw = X25519PrivateKey.generate().private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(raw)
+        tmp.chmod(0o600)
+        tmp.replace(path)
+        return cls(raw)
+
+
+def seal(noise: NoiseConnection, plaintext: bytes) -> bytes:
+    """Encrypt a frame in Noise-sized chunks, each prefixed by its length."""
+    out = bytearray()
+    for i in range(0, max(len(plaintext), 1), CHUNK):
+        sealed = noise.encrypt(plaintext[i : i + CHUNK])
+        out += struct.pack("<I", len(sealed)) + sealed
+    return bytes(out)
+
+
+def unseal(noise: NoiseConnection, data: bytes) -> bytes:
+    """Decrypt a sealed frame; ValueError if it is truncated, padded, reordered or forged."""
+    out, at = bytearray(), 0
+    while at < len(data):
+        if at + 4 > len(data):
+            raise ValueError("frame ends inside a chunk length")
+        (n,) = struct.unpack_from("<I", data, at)
+        if n < 16 or n > CHUNK + 16 or at + 4 + n > len(data):
+            raise ValueError("frame chunk runs past the frame")
+        try:
+            out += noise.decrypt(data[at + 4 : at + 4 + n])
+        except NOISE_ERRORS:
+            raise ValueError("frame does not decrypt (replayed, reordered or forged)") from None
+        at += 4 + n
+    if not at:
+        raise ValueError("empty frame")
+    return bytes(out)
+
+
+class _Link:
+    """One open session to a peer: sends frames, matches acks to them."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, noise: NoiseConnection):
+        self.ws = ws
+        self.noise = noise
+        self.waiting: dict[int, asyncio.Future[tuple[bool, str]]] = {}
+        self.lock = asyncio.Lock()  # encryption order is send order
+        self.reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        try:
+            async for msg in self.ws:
+                if msg.type != aiohttp.WSMsgType.BINARY:
+                    break
+                header, _ = unpack(unseal(self.noise, msg.data))
+                future = self.waiting.pop(int(header["ack"]), None)
+                if future is not None and not future.done():
+                    future.set_result((bool(header.get("ok")), str(header.get("error", ""))))
+        except (ValueError, KeyError, TypeError, aiohttp.ClientError) as exc:
+            log.warning("link reader stopped: %s", exc)
+        finally:
+            self.fail(ConnectionError("link closed"))
+
+    def fail(self, exc: Exception) -> None:
+        for future in self.waiting.values():
+            if not future.done():
+                future.set_exception(exc)
+        self.waiting.clear()
+
+    @property
+    def closed(self) -> bool:
+        return self.ws.closed or self.reader.done()
+
+    async def send(self, frame_id: int, frame: bytes, timeout_s: float) -> tuple[bool, str]:
+        future: asyncio.Future[tuple[bool, str]] = asyncio.get_running_loop().create_future()
+        self.waiting[frame_id] = future
+        async with self.lock:
+            await self.ws.send_bytes(seal(self.noise, frame))
+        return await asyncio.wait_for(future, timeout_s)
+
+    async def close(self) -> None:
+        await self.ws.close()
+        self.reader.cancel()
+
+
+class LinkClient:
+    """Sends stage messages to other nodes over links, one per peer, opened on first use and
+    reopened after a failure; bounded retries with backoff, then the peer is banned a while."""
+
+    def __init__(
+        self,
+        address: str,
+        key: LinkKey,
+        chain_id: int,
+        market: str,
+        timeout_s: float,
+        retries: int,
+        ban_s: float = 30.0,
+    ):
+        self.address = address
+        self.key = key
+        self.chain_id = chain_id
+        self.prologue = prologue(chain_id, market)
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.ban_s = ban_s
+        self.links: dict[str, _Link] = {}
+        self.banned_until: dict[str, float] = {}
+        self._ids = itertools.count(1)
+        self._opening: dict[str, asyncio.Lock] = {}
+        self._session: aiohttp.ClientSession | None = None
+
+    async def close(self) -> None:
+        for link in list(self.links.values()):
+            await link.close()
+        if self._session is not None:
+            await self._session.close()
+
+    async def _open(self, node: str, endpoint: str, data_key: bytes) -> _Link:
+        async with self._opening.setdefault(node, asyncio.Lock()):
+            link = self.links.get(node)
+            if link is not None and not link.closed:
+                return link
+            if len(data_key) != 32:
+                raise PeerError(f"node {node} has no link key on-chain (its dataKey is {len(data_key)} bytes, not 32)")
+            if self._session is None:
+                self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
+            url = endpoint.rstrip("/").replace("http://", "ws://", 1).replace("https://", "wss://", 1) + PATH
+            ws = await self._session.ws_connect(
+                url, max_msg_size=MAX_FRAME_BYTES, timeout=aiohttp.ClientWSTimeout(ws_close=self.timeout_s)
+            )
+            noise = NoiseConnection.from_name(PROTOCOL)
+            noise.set_as_initiator()
+            noise.set_prologue(self.prologue)
+            noise.set_keypair_from_private_bytes(Keypair.STATIC, self.key.private)
+            noise.set_keypair_from_public_bytes(Keypair.REMOTE_STATIC, data_key)
+            noise.start_handshake()
+            await ws.send_bytes(noise.write_message(self.address.encode()))
+            reply = await asyncio.wait_for(ws.receive(), self.timeout_s)
+            if reply.type != aiohttp.WSMsgType.BINARY:
+                await ws.close()
+                raise PeerError(f"node {node} refused the link: {reply.extra or reply.type.name}")
+            try:
+                noise.read_message(reply.data)
+            except NOISE_ERRORS:
+                await ws.close()
+                raise PeerError(f"node {node} did not prove the key the chain holds for it") from None
+            link = self.links[node] = _Link(ws, noise)
+            return link
+
+    async def send(self, node: str, endpoint: str, data_key: bytes, job_id: int, stage: int, body: bytes) -> None:
+        """Deliver a stage message to `node` (stage `stage` of job `job_id`); returns when the
+        peer queued it. PeerError when it refused it, or failed `retries + 1` times."""
+        if self.banned_until.get(node, 0) > time.monotonic():
+            raise PeerError(f"peer {node} is banned for failing repeatedly; retry later")
+        frame_id = next(self._ids)
+        frame = pack({"id": frame_id, "chain": self.chain_id, "job": job_id, "stage": stage, "to": node}, body)
+        delay, reason = 0.25, ""
+        for attempt in range(self.retries + 1):
+            try:
+                link = await self._open(node, endpoint, data_key)
+                ok, error = await link.send(frame_id, frame, self.timeout_s)
+                if not ok:
+                    raise PeerError(f"node {node} refused the message for job {job_id} stage {stage}: {error}")
+                return
+            except (TimeoutError, ConnectionError, aiohttp.ClientError) as exc:
+                reason = f"{type(exc).__name__} {exc}".strip()
+                stale = self.links.pop(node, None)
+                if stale is not None:
+                    await stale.close()
+            if attempt < self.retries:
+                log.warning("link to %s failed (%s), retry %d in %.1f s", node, reason, attempt + 1, delay)
+                await asyncio.sleep(delay)
+                delay *= 2
+        self.banned_until[node] = time.monotonic() + self.ban_s
+        raise PeerError(f"peer {node} failed {self.retries + 1} times ({reason}); banned for {self.ban_s:.0f} s")
+
+
+class LinkServer:
+    """The receiving end: authenticates each link against the chain, then hands every frame
+    that names this node, this chain and a job to `accept` (the stage pipeline), in order."""
+
+    def __init__(
+        self,
+        address: str,
+        key: LinkKey,
+        chain_id: int,
+        market: str,
+        data_keys: Callable[[str], bytes | None],
+        accept: Accept,
+        refused: Callable[[str], None],
+    ):
+        self.address = address
+        self.key = key
+        self.chain_id = chain_id
+        self.prologue = prologue(chain_id, market)
+        self.data_keys = data_keys  # node address -> its dataKey on-chain
+        self.accept = accept
+        self.refused = refused  # counts a refusal by reason (metrics)
+        self.strikes: dict[str, int] = {}
+        self.banned_until: dict[str, float] = {}
+
+    def strike(self, node: str, reason: str) -> None:
+        """A frame that decrypted (so its sender holds the key) but is malformed or misaddressed
+        counts against that node; enough of them and its links are refused for a while."""
+        self.refused(reason)
+        self.strikes[node] = self.strikes.get(node, 0) + 1
+        if self.strikes[node] >= STRIKES:
+            self.banned_until[node], self.strikes[node] = time.monotonic() + BAN_S, 0
+            log.warning("links from %s refused for %.0f s: %d malformed frames", node, BAN_S, STRIKES)
+
+    def handshake(self, message: bytes) -> tuple[NoiseConnection, str, bytes] | str:
+        """The session, the sender's node address and the reply; or why the link is refused."""
+        if len(message) > HANDSHAKE_BYTES:
+            return "handshake too large"
+        noise = NoiseConnection.from_name(PROTOCOL)
+        noise.set_as_responder()
+        noise.set_prologue(self.prologue)
+        noise.set_keypair_from_private_bytes(Keypair.STATIC, self.key.private)
+        noise.start_handshake()
+        try:
+            claimed = bytes(noise.read_message(message)).decode()
+        except (*NOISE_ERRORS, UnicodeDecodeError):
+            return "handshake does not decrypt (not for this node's key, or another deployment)"
+        remote = noise.noise_protocol.handshake_state.rs.public_bytes
+        registered = self.data_keys(claimed)
+        if registered is None or registered != remote:
+            return f"the handshake's key is not the one the chain holds for {claimed[:42]}"
+        if self.banned_until.get(claimed, 0) > time.monotonic():
+            return f"links from {claimed} are refused for a while: too many malformed frames"
+        return noise, claimed, bytes(noise.write_message(b""))
+
+    async def frame(self, noise: NoiseConnection, sender: str, data: bytes) -> bytes | None:
+        """Handle one sealed frame: the sealed ack to send back, or None if the link must close
+        (a frame that does not decrypt leaves the session's nonces out of step)."""
+        try:
+            plaintext = unseal(noise, data)
+        except ValueError as exc:  # no strike: a replayed or forged frame need not come from `sender`
+            self.refused("bad-frame")
+            log.warning("link from %s: %s; closing it", sender, exc)
+            return None
+        try:  # it decrypted, so `sender` sent it: a malformed one counts against it
+            header, body = unpack(plaintext)
+        except ValueError as exc:
+            self.strike(sender, "malformed-frame")
+            log.warning("link from %s: malformed frame (%s); closing it", sender, exc)
+            return None
+        frame_id = header.get("id")
+        if not isinstance(frame_id, int):
+            self.strike(sender, "malformed-frame")
+            return None
+        job_id, stage = header.get("job"), header.get("stage")
+        if header.get("chain") != self.chain_id or str(header.get("to", "")).lower() != self.address.lower():
+            self.strike(sender, "wrong-recipient")
+            ok, error = False, f"frame is for {header.get('to')} on chain {header.get('chain')}, not this node"
+        elif not isinstance(job_id, int) or not isinstance(stage, int) or isinstance(job_id, bool):
+            self.strike(sender, "malformed-frame")
+            ok, error = False, "frame names no job and stage"
+        else:
+            ok, error = await self.accept(job_id, stage, sender, body)
+            if not ok:
+                self.refused("not-on-route")
+        reply = {"ack": frame_id, "ok": ok} | ({} if ok else {"error": error})
+        return seal(noise, pack(reply))

@@ -1,0 +1,216 @@
+"""Links between stages (node/link.py) over real sockets: a uvicorn server with the node's app
+and the node's link client. What arrives is what was sent, in order, from the node the chain
+names; a wrong key, no key, a wrong recipient, a replayed, reordered, truncated or oversize frame
+and a replayed session are each refused, and a malformed frame counts against its sender."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import aiohttp
+import pytest
+import uvicorn
+from noise.connection import Keypair, NoiseConnection
+
+from node.link import MAX_FRAME_BYTES, PATH, PROTOCOL, STRIKES, LinkClient, LinkKey, LinkServer, prologue, seal
+from node.messages import pack
+from node.server import create_app
+from shardnet.errors import PeerError
+from tests.conftest import free_port
+
+CHAIN, MARKET = 31337, "0x" + "ab" * 20
+SENDER, RECEIVER, OTHER = "0x" + "11" * 20, "0x" + "22" * 20, "0x" + "33" * 20
+
+
+class Refusals:
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def __call__(self, reason: str) -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+
+
+class Receiver:
+    """A node app on a free port whose link server records what it accepts."""
+
+    def __init__(self, keys: dict[str, bytes], ws_max_size: int = MAX_FRAME_BYTES):
+        self.key = _key()
+        self.accepted: list[tuple[int, int, str, bytes]] = []
+        self.refused = Refusals()
+        self.server_side = LinkServer(RECEIVER, self.key, CHAIN, MARKET, keys.get, self.accept, self.refused)
+        self.port = free_port()
+        agent = SimpleNamespace(links_in=self.server_side, metrics=SimpleNamespace(refused=_Labels(self.refused)))
+        config = uvicorn.Config(
+            create_app(agent),  # type: ignore[arg-type]
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            ws_max_size=ws_max_size,
+        )
+        self.server = uvicorn.Server(config)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    async def accept(self, job_id: int, stage: int, sender: str, body: bytes) -> tuple[bool, str]:
+        if job_id == 404:
+            return False, "job 404 has no route on-chain"
+        self.accepted.append((job_id, stage, sender, body))
+        return True, ""
+
+    async def __aenter__(self) -> Receiver:
+        self.task = asyncio.create_task(self.server.serve())
+        while not self.server.started:
+            await asyncio.sleep(0.02)
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self.server.should_exit = True
+        await self.task
+
+
+class _Labels:
+    def __init__(self, refused: Refusals):
+        self.refused = refused
+
+    def labels(self, reason: str) -> SimpleNamespace:
+        return SimpleNamespace(inc=lambda: self.refused(reason))
+
+
+def _key() -> LinkKey:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
+    return LinkKey(X25519PrivateKey.generate().private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption()))
+
+
+def _client(key: LinkKey, address: str = SENDER) -> LinkClient:
+    return LinkClient(address, key, CHAIN, MARKET, timeout_s=5, retries=0, ban_s=0)
+
+
+async def _raw_session(url: str, key: LinkKey, remote: bytes, address: str = SENDER):
+    """A hand-driven link (to send what a node's client never would); returns (ws, noise, msg1)."""
+    session = aiohttp.ClientSession()
+    ws = await session.ws_connect(url.replace("http", "ws") + PATH)
+    noise = NoiseConnection.from_name(PROTOCOL)
+    noise.set_as_initiator()
+    noise.set_prologue(prologue(CHAIN, MARKET))
+    noise.set_keypair_from_private_bytes(Keypair.STATIC, key.private)
+    noise.set_keypair_from_public_bytes(Keypair.REMOTE_STATIC, remote)
+    noise.start_handshake()
+    first = bytes(noise.write_message(address.encode()))
+    await ws.send_bytes(first)
+    noise.read_message((await ws.receive()).data)
+    return session, ws, noise, first
+
+
+def _frame(frame_id: int, job: int = 1, stage: int = 1, to: str = RECEIVER, body: bytes = b"m") -> bytes:
+    return pack({"id": frame_id, "chain": CHAIN, "job": job, "stage": stage, "to": to}, body)
+
+
+async def _closed(ws: aiohttp.ClientWebSocketResponse) -> int | None:
+    message = await asyncio.wait_for(ws.receive(), 5)
+    assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
+    return ws.close_code
+
+
+@pytest.mark.asyncio
+async def test_frames_arrive_in_order_from_the_node_the_chain_names_and_large_ones_are_chunked():
+    mine = _key()
+    async with Receiver({SENDER: mine.public}) as rx:
+        client = _client(mine)
+        big = bytes(range(256)) * (3 << 12)  # 3 MiB: about 48 Noise messages
+        for body in [b"a", big, b"c"]:
+            await client.send(RECEIVER, rx.url, rx.key.public, 7, 1, body)
+        assert [(j, s, who, b) for j, s, who, b in rx.accepted] == [(7, 1, SENDER, b) for b in [b"a", big, b"c"]]
+        assert len(client.links) == 1  # one persistent link carried them all
+        with pytest.raises(PeerError, match="has no route"):  # the pipeline's refusal comes back with its reason
+            await client.send(RECEIVER, rx.url, rx.key.public, 404, 1, b"x")
+        await client.close()
+
+
+@pytest.mark.asyncio
+async def test_a_key_the_chain_does_not_hold_and_a_keyless_peer_are_refused():
+    mine, impostor = _key(), _key()
+    async with Receiver({SENDER: mine.public}) as rx:
+        with pytest.raises(PeerError, match="refused the link"):  # right address, wrong key
+            await _client(impostor).send(RECEIVER, rx.url, rx.key.public, 1, 1, b"x")
+        with pytest.raises(PeerError, match="refused the link"):  # an address with no key on-chain
+            await _client(mine, OTHER).send(RECEIVER, rx.url, rx.key.public, 1, 1, b"x")
+        async with aiohttp.ClientSession() as session:  # no Noise at all
+            ws = await session.ws_connect(rx.url.replace("http", "ws") + PATH)
+            await ws.send_bytes(b"GET /secrets please")
+            assert await _closed(ws) == 1008
+        with pytest.raises(PeerError, match="refused the link"):  # sealed to another key than the receiver's
+            await _client(mine).send(RECEIVER, rx.url, _key().public, 1, 1, b"x")
+        assert rx.accepted == [] and rx.refused.counts["bad-handshake"] == 4, rx.refused.counts
+
+
+@pytest.mark.asyncio
+async def test_wrong_recipient_replayed_reordered_and_truncated_frames_are_refused():
+    mine = _key()
+    async with Receiver({SENDER: mine.public}) as rx:
+        session, ws, noise, _ = await _raw_session(rx.url, mine, rx.key.public)
+        await ws.send_bytes(seal(noise, _frame(1, to=OTHER)))  # for another node: refused, link stays
+        assert (await ws.receive()).type == aiohttp.WSMsgType.BINARY
+        assert rx.accepted == [] and rx.refused.counts == {"wrong-recipient": 1}
+        sealed = seal(noise, _frame(2))
+        await ws.send_bytes(sealed)
+        await ws.receive()
+        await ws.send_bytes(sealed)  # the same frame again: its nonce is spent
+        assert await _closed(ws) == 1008
+        assert len(rx.accepted) == 1
+        await session.close()
+
+        session, ws, noise, _ = await _raw_session(rx.url, mine, rx.key.public)
+        seal(noise, _frame(3))  # sealed, never sent...
+        await ws.send_bytes(seal(noise, _frame(4)))  # ...so this one arrives out of order
+        assert await _closed(ws) == 1008
+        await session.close()
+
+        session, ws, noise, _ = await _raw_session(rx.url, mine, rx.key.public)
+        await ws.send_bytes(seal(noise, _frame(5))[:-3])  # truncated
+        assert await _closed(ws) == 1008
+        await session.close()
+        assert len(rx.accepted) == 1 and rx.refused.counts["bad-frame"] == 3
+
+
+@pytest.mark.asyncio
+async def test_a_recorded_session_replayed_whole_delivers_nothing():
+    mine = _key()
+    async with Receiver({SENDER: mine.public}) as rx:
+        session, ws, noise, first = await _raw_session(rx.url, mine, rx.key.public)
+        frame = seal(noise, _frame(1))
+        await ws.send_bytes(frame)
+        await ws.receive()
+        await session.close()
+        assert len(rx.accepted) == 1
+        async with aiohttp.ClientSession() as again:  # an eavesdropper resends both messages
+            ws = await again.ws_connect(rx.url.replace("http", "ws") + PATH)
+            await ws.send_bytes(first)
+            await ws.receive()  # the receiver answers with a fresh ephemeral key...
+            await ws.send_bytes(frame)  # ...so the recorded frame no longer decrypts
+            assert await _closed(ws) == 1008
+        assert len(rx.accepted) == 1
+
+
+@pytest.mark.asyncio
+async def test_an_oversize_frame_is_refused_from_its_length_and_repeated_garbage_bans_the_sender():
+    mine = _key()
+    async with Receiver({SENDER: mine.public}, ws_max_size=1 << 20) as rx:
+        session, ws, noise, _ = await _raw_session(rx.url, mine, rx.key.public)
+        await ws.send_bytes(seal(noise, _frame(1, body=b"\0" * (2 << 20))))
+        assert await _closed(ws) == 1009  # message too big: refused before it is read
+        await session.close()
+        session, ws, noise, _ = await _raw_session(rx.url, mine, rx.key.public)
+        await ws.send_bytes(b"\x00\x00\x00\x00")  # does not decrypt: refused, but no strike (a replay could)
+        assert await _closed(ws) == 1008
+        await session.close()
+        for _ in range(STRIKES):  # well sealed, so surely from the sender, and malformed: strikes
+            session, ws, noise, _ = await _raw_session(rx.url, mine, rx.key.public)
+            await ws.send_bytes(seal(noise, b"\xff\xff\xff\xff not a message"))
+            assert await _closed(ws) == 1008
+            await session.close()
+        with pytest.raises(PeerError, match="refused the link"):
+            await _client(mine).send(RECEIVER, rx.url, rx.key.public, 1, 1, b"x")
+        assert rx.accepted == [] and rx.refused.counts["malformed-frame"] == STRIKES
