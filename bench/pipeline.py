@@ -1,16 +1,25 @@
 """The network's speed against the same model in one process, measured side by side in one run.
 
 A devnet, three node processes (one torch thread each) and a GPT-2-small-sized model
-(124M parameters, seeded weights, int8 shards on IPFS) cut into three spans. The bench
+(124M parameters, seeded weights, int8 shards on IPFS) cut into three spans; then the Petals
+comparison's model (`llama-512`: Llama, hidden 512, 8 layers, vocabulary 32000) on two nodes,
+fp32 shards and wire, whose generated tokens must equal the in-process ones. The bench
 routes jobs itself (as the coordinator account) so it knows when each JobRouted event was
 emitted. Prints `name: value` lines:
 
 - forward_latency_ratio_3_stages: data-plane time of a 128-token forward across the three
-  nodes (stage 0 start to last stage done, int8 activations over HTTP) over the same forward
-  in this process (one torch thread, whole model from the same shards). Target <= 1.15.
+  nodes (stage 0 start to last stage done, int8 activations over the encrypted links) over the
+  same forward in this process (one torch thread, whole model from the same shards). Target <= 1.10.
 - generation_tokps_ratio: tokens/s of a 32-token greedy generation across the nodes (KV cache
   at every stage, the token loop going round the route) over in-process with KV cache.
-  Target >= 0.8.
+  Target >= 0.9.
+- hop_overhead_ms_p50: what one hop between stages costs beyond compute, from the generations:
+  (data-plane time - in-process time) / hops, where a 32-token generation over three stages
+  makes 3 x 32 - 1 hops (prompt 0->1->2, then each token 2->0->1->2 but the last). An upper
+  bound: it also counts each stage's own per-step work outside the model. Target <= 1.0.
+- forward_latency_ratio_llama512 (target <= 1.3) and generation_tokps_ratio_llama512 (>= 0.8):
+  the same two figures for `llama-512` on two nodes, a 128-token forward and a 64-token
+  generation after a 128-token prompt.
 - event_to_pickup_ms_p50: JobRouted mined to stage 0 acting on it. Target <= 50.
 - chain_overhead_ms_per_job: client-observed job time minus its data-plane time (post,
   routing, IPFS input/output, receipts, result transaction, client polling).
@@ -31,10 +40,12 @@ from shardnet.jobs import JobParams
 from shardnet.localnet import Network
 from shardnet.model.manifest import fetch_manifest
 from shardnet.model.shards import fetch_span
-from shardnet.model.span import SpanModel
+from shardnet.model.span import SpanModel, split_even
 from shardnet.protocol import Span, Stage
 
 MODEL = "gpt2-small"
+ANCHOR = "llama-512"  # the Petals comparison's model, on two nodes, fp32, 128-token prompt, 64 new tokens
+ANCHOR_PROMPT, ANCHOR_NEW_TOKENS = 128, 64
 FORWARD_TOKENS = 128
 PROMPT_TOKENS = 16
 NEW_TOKENS = 32
@@ -70,80 +81,89 @@ def run_job(net, client, model_id, stages, job_input, params):
     return result, total_ms, timing["data_plane_ms"], (timing["picked_up_at"] - routed_at) * 1000
 
 
+def measure(net, client, source, quant, wire, node_count, forward_tokens, prompt_tokens, new_tokens):
+    """One model on `node_count` nodes, spans split evenly, against the same model in this
+    process; returns the figures (ms lists and counts), checking fp32 runs give identical tokens."""
+    model_id, manifest_cid = net.publish(source, quant=quant, price_per_block=10**9)
+    manifest = fetch_manifest(net.ipfs, manifest_cid)
+    blocks = len(manifest.blocks)
+    nodes = [dev_account(2 + i).address for i in range(node_count)]
+    spans = split_even(blocks, node_count)
+    for node, span in zip(nodes, spans, strict=True):
+        net.c.models.assign_shard(model_id, node, span.start, span.end, account=dev_account(1))
+    net.wait_confirmed(model_id, node_count, timeout_s=600)
+    stages = [Stage(n, s.start, s.end, 10**9 * len(s)) for n, s in zip(nodes, spans, strict=True)]
+
+    # in-process baseline: the whole model from the same shards, one torch thread
+    torch.set_num_threads(1)
+    whole = SpanModel(manifest.config, Span(0, blocks), fetch_span(net.ipfs, manifest, Span(0, blocks)))
+    vocab = manifest.config.vocab_size
+    f = {"fwd_local": [], "fwd_dist": [], "pickups": [], "overheads": [], "gen_local": [], "gen_dist": [], "hops": []}
+    f["params_m"] = sum(p.numel() for p in whole.parameters()) / 1e6
+    f["spans"] = [(s.start, s.end) for s in spans]
+    for i in range(RUNS + 1):
+        ids = torch.randint(0, vocab, (1, forward_tokens), generator=torch.Generator().manual_seed(i))
+        t = time.perf_counter()
+        whole(ids)
+        local_ms = (time.perf_counter() - t) * 1000
+        params = JobParams(kind="forward", wire=wire)
+        _, total, dp, pickup = run_job(net, client, model_id, stages, {"input_ids": ids[0].tolist()}, params)
+        if i:  # the first run warms caches on every side
+            f["fwd_local"].append(local_ms)
+            f["fwd_dist"].append(dp)
+            f["pickups"].append(pickup)
+            f["overheads"].append(total - dp)
+    for i in range(RUNS + 1):
+        prompt = torch.randint(0, vocab, (1, prompt_tokens), generator=torch.Generator().manual_seed(100 + i))
+        t = time.perf_counter()
+        session, x, local_tokens = whole.new_session(), prompt, []
+        for _ in range(new_tokens):
+            x = whole(x, session=session)[:, -1:].argmax(-1)
+            local_tokens.append(int(x))
+        local_ms = (time.perf_counter() - t) * 1000
+        params = JobParams(kind="generate", max_new_tokens=new_tokens, wire=wire)
+        result, total, dp, pickup = run_job(net, client, model_id, stages, {"input_ids": prompt[0].tolist()}, params)
+        assert len(result.output["tokens"]) == new_tokens
+        if wire == "fp32":
+            assert result.output["tokens"] == local_tokens, "fp32 across nodes must give the in-process tokens"
+        if i:
+            f["gen_local"].append(local_ms)
+            f["gen_dist"].append(dp)
+            f["hops"].append((dp - local_ms) / (node_count * new_tokens - 1))
+            f["pickups"].append(pickup)
+            f["overheads"].append(total - dp)
+    return f
+
+
 def main() -> None:
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as home:
         net = Network(Path(home), coordinator=False, ipfs_timeout_s=60).start()
         try:
-            model_id, manifest_cid = net.publish(MODEL, price_per_block=10**9)
-            manifest = fetch_manifest(net.ipfs, manifest_cid)
-            blocks = len(manifest.blocks)
-            nodes = [dev_account(2 + i).address for i in range(3)]
-            spans = [Span(0, 5), Span(5, 10), Span(10, blocks)]
-            for node, span in zip(nodes, spans, strict=True):
-                net.c.models.assign_shard(model_id, node, span.start, span.end, account=dev_account(1))
-            net.wait_confirmed(model_id, 3, timeout_s=600)
-            stages = [Stage(n, s.start, s.end, 10**9 * len(s)) for n, s in zip(nodes, spans, strict=True)]
             client = Client.from_deployment(dev_account(12), net.deployment)
-
-            # in-process baseline: the whole model from the same shards, one torch thread
-            torch.set_num_threads(1)
-            whole = SpanModel(manifest.config, Span(0, blocks), fetch_span(net.ipfs, manifest, Span(0, blocks)))
-            vocab = manifest.config.vocab_size
-
-            fwd_local, fwd_dist, pickups, overheads = [], [], [], []
-            for i in range(RUNS + 1):
-                ids = torch.randint(0, vocab, (1, FORWARD_TOKENS), generator=torch.Generator().manual_seed(i))
-                t = time.perf_counter()
-                whole(ids)
-                local_ms = (time.perf_counter() - t) * 1000
-                _, total, dp, pickup = run_job(
-                    net, client, model_id, stages, {"input_ids": ids[0].tolist()}, JobParams(kind="forward")
-                )
-                if i:  # the first run warms caches on every side
-                    fwd_local.append(local_ms)
-                    fwd_dist.append(dp)
-                    pickups.append(pickup)
-                    overheads.append(total - dp)
-
-            gen_local, gen_dist = [], []
-            for i in range(RUNS + 1):
-                prompt = torch.randint(0, vocab, (1, PROMPT_TOKENS), generator=torch.Generator().manual_seed(100 + i))
-                t = time.perf_counter()
-                session, x = whole.new_session(), prompt
-                for _ in range(NEW_TOKENS):
-                    x = whole(x, session=session)[:, -1:].argmax(-1)
-                local_ms = (time.perf_counter() - t) * 1000
-                result, total, dp, pickup = run_job(
-                    net,
-                    client,
-                    model_id,
-                    stages,
-                    {"input_ids": prompt[0].tolist()},
-                    JobParams(kind="generate", max_new_tokens=NEW_TOKENS),
-                )
-                assert len(result.output["tokens"]) == NEW_TOKENS
-                if i:
-                    gen_local.append(local_ms)
-                    gen_dist.append(dp)
-                    pickups.append(pickup)
-                    overheads.append(total - dp)
+            gpt2 = measure(net, client, MODEL, "int8", "int8", 3, FORWARD_TOKENS, PROMPT_TOKENS, NEW_TOKENS)
+            llama = measure(net, client, ANCHOR, "none", "fp32", 2, ANCHOR_PROMPT, ANCHOR_PROMPT, ANCHOR_NEW_TOKENS)
         finally:
             net.stop()
 
     med = statistics.median
-    print(
-        f"model: {MODEL} ({sum(p.numel() for p in whole.parameters()) / 1e6:.0f}M parameters, {blocks} blocks, "
-        f"spans {[(s.start, s.end) for s in spans]})"
-    )
-    print(f"forward_ms_in_process_128_tokens: {med(fwd_local):.1f}")
-    print(f"forward_ms_3_stages_128_tokens: {med(fwd_dist):.1f}")
-    print(f"forward_latency_ratio_3_stages: {med(fwd_dist) / med(fwd_local):.3f}")
-    print(f"generation_tokps_in_process: {NEW_TOKENS / (med(gen_local) / 1000):.1f}")
-    print(f"generation_tokps_3_stages: {NEW_TOKENS / (med(gen_dist) / 1000):.1f}")
-    print(f"generation_tokps_ratio: {med(gen_local) / med(gen_dist):.3f}")
-    print(f"event_to_pickup_ms_p50: {med(pickups):.1f}")
-    print(f"chain_overhead_ms_per_job: {med(overheads):.1f}")
+    print(f"model: {MODEL} ({gpt2['params_m']:.0f}M parameters, int8 shards and wire, spans {gpt2['spans']})")
+    print(f"forward_ms_in_process_128_tokens: {med(gpt2['fwd_local']):.1f}")
+    print(f"forward_ms_3_stages_128_tokens: {med(gpt2['fwd_dist']):.1f}")
+    print(f"forward_latency_ratio_3_stages: {med(gpt2['fwd_dist']) / med(gpt2['fwd_local']):.3f}")
+    print(f"generation_tokps_in_process: {NEW_TOKENS / (med(gpt2['gen_local']) / 1000):.1f}")
+    print(f"generation_tokps_3_stages: {NEW_TOKENS / (med(gpt2['gen_dist']) / 1000):.1f}")
+    print(f"generation_tokps_ratio: {med(gpt2['gen_local']) / med(gpt2['gen_dist']):.3f}")
+    print(f"model: {ANCHOR} ({llama['params_m']:.0f}M parameters, fp32 shards and wire, spans {llama['spans']})")
+    print(f"forward_ms_in_process_llama512: {med(llama['fwd_local']):.1f}")
+    print(f"forward_ms_2_stages_llama512: {med(llama['fwd_dist']):.1f}")
+    print(f"forward_latency_ratio_llama512: {med(llama['fwd_dist']) / med(llama['fwd_local']):.3f}")
+    print(f"generation_tokps_in_process_llama512: {ANCHOR_NEW_TOKENS / (med(llama['gen_local']) / 1000):.1f}")
+    print(f"generation_tokps_2_stages_llama512: {ANCHOR_NEW_TOKENS / (med(llama['gen_dist']) / 1000):.1f}")
+    print(f"generation_tokps_ratio_llama512: {med(llama['gen_local']) / med(llama['gen_dist']):.3f}")
+    print(f"hop_overhead_ms_p50: {med(gpt2['hops'] + llama['hops']):.2f}")
+    print(f"event_to_pickup_ms_p50: {med(gpt2['pickups'] + llama['pickups']):.1f}")
+    print(f"chain_overhead_ms_per_job: {med(gpt2['overheads'] + llama['overheads']):.1f}")
 
 
 if __name__ == "__main__":

@@ -132,6 +132,17 @@ PRESETS: dict[str, Callable[[], PretrainedConfig]] = {
         vocab_size=512, n_positions=256, n_embd=64, n_layer=4, n_head=4, bos_token_id=0, eos_token_id=0
     ),
     "gpt2-small": lambda: transformers.GPT2Config(),  # 124M parameters, GPT-2 small's shape
+    # the Petals comparison's model: a Llama of 8 layers, hidden 512 (bench/pipeline.py)
+    "llama-512": lambda: transformers.LlamaConfig(
+        vocab_size=32000,
+        hidden_size=512,
+        intermediate_size=1376,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+    ),
     # a small GPT-2 over the BERT WordPiece vocabulary, so the MiniLM tokenizer can serve it
     "demo-gpt2": lambda: transformers.GPT2Config(
         vocab_size=30522, n_positions=256, n_embd=128, n_layer=6, n_head=4, bos_token_id=101, eos_token_id=102
