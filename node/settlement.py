@@ -68,13 +68,12 @@ class Settlement:
         if job_id in self.state.submitted:
             return
         run.timing["done"] = time.time()  # the data plane's part ends here; receipts are settlement
-        receipts: list[Receipt] = []
-        transcripts: list[str] = []
-        for stage in range(len(run.stages) - 1):
-            receipt, transcript = await self._collect_receipt(run, stage)
-            receipts.append(receipt)
-            transcripts.append(transcript)
-        transcripts.append(await self._publish_transcript(run))
+        # every earlier stage's receipt (each puts its transcript on IPFS first) and this stage's
+        # transcript, all at once: they are independent, and each costs an IPFS write
+        earlier = [self._collect_receipt(run, stage) for stage in range(len(run.stages) - 1)]
+        collected, own = await asyncio.gather(asyncio.gather(*earlier), self._publish_transcript(run))
+        receipts: list[Receipt] = [receipt for receipt, _ in collected]
+        transcripts: list[str] = [transcript for _, transcript in collected] + [own]
         output = self.executor.output(run, final, transcripts)
         cid = await asyncio.to_thread(self.ipfs.add, output, f"job-{job_id}-output.json")
         mine = self.receipts.sign(

@@ -8,6 +8,7 @@ result = client.wait(job_id)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Container
@@ -37,6 +38,41 @@ STREAM_RETRIES = 5
 WHY_AFTER_S = 5.0  # a job unrouted this long gets an explanation (on_waiting)...
 WHY_EVERY_S = 10.0  # ...looked at again this often
 PROBE_TIMEOUT_S = 1.0
+RECHECK_S = 1.0  # with a subscription, the job is still read this often (a missed notice costs this)
+
+
+class JobNotices:
+    """Wakes a waiting client as soon as one of its job's events is mined: a websocket log
+    subscription to the market's events that index the job (about 10 ms after the block), so
+    `Client.wait` does not poll. Raises OSError or ValueError when the chain offers none."""
+
+    def __init__(self, ws_url: str, market: str, job_id: int):
+        from websockets.sync.client import connect
+
+        self._open = contextlib.ExitStack()
+        self.ws = self._open.enter_context(connect(ws_url, open_timeout=2, max_size=1 << 20))
+        topic = "0x" + job_id.to_bytes(32, "big").hex()
+        request = {"address": market, "topics": [None, topic]}
+        self.ws.send(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_subscribe", "params": ["logs", request]}))
+        reply = json.loads(self.ws.recv(timeout=2))
+        if "result" not in reply:
+            self.close()
+            raise ValueError(f"eth_subscribe refused: {reply.get('error')}")
+
+    def wait(self, timeout_s: float) -> bool:
+        """True when an event came within `timeout_s` (every notice queued meanwhile is taken)."""
+        try:
+            self.ws.recv(timeout=timeout_s)
+        except TimeoutError:
+            return False
+        while True:
+            try:
+                self.ws.recv(timeout=0)
+            except TimeoutError:
+                return True
+
+    def close(self) -> None:
+        self._open.close()
 
 
 @dataclass
@@ -217,7 +253,37 @@ class Client:
         """The job once its status is one of `until`: by default once it has ended (no result will
         come, though an aborted routed job settles later); `until=SETTLED` waits for the money too.
         `on_change` sees the record each time its status or route changes (progress for people);
-        `on_waiting` gets why a job stays unrouted (`why_waiting`), whenever that changes."""
+        `on_waiting` gets why a job stays unrouted (`why_waiting`), whenever that changes. With a
+        websocket in the deployment it wakes on the job's own events; else it polls every `poll_s`."""
+        notices = self._notices(job_id)
+        try:
+            return self._wait(job_id, timeout_s, poll_s, until, on_change, on_waiting, notices)
+        finally:
+            if notices is not None:
+                notices.close()
+
+    def _notices(self, job_id: int) -> JobNotices | None:
+        """A subscription to the job's events, or None (no websocket: `wait` polls instead)."""
+        from websockets.exceptions import WebSocketException
+
+        deployment = self.chain.deployment
+        if deployment is None or not deployment.ws_url:
+            return None
+        try:
+            return JobNotices(deployment.ws_url, self.c.market.address, job_id)
+        except (OSError, ValueError, TimeoutError, WebSocketException):
+            return None
+
+    def _wait(
+        self,
+        job_id: int,
+        timeout_s: float,
+        poll_s: float,
+        until: Container[JobStatus],
+        on_change: Callable[[JobRecord], None] | None,
+        on_waiting: Callable[[str], None] | None,
+        notices: JobNotices | None,
+    ) -> JobResult:
         deadline = time.monotonic() + timeout_s
         seen: tuple[JobStatus, int] | None = None
         started, explained, last_reason = time.monotonic(), 0.0, ""
@@ -244,7 +310,10 @@ class Client:
                     f"job {job_id} is still {record.status.name.lower()} after {timeout_s:.0f} s; "
                     f"check it later with 'shardnet job status {job_id}'"
                 )
-            time.sleep(poll_s)
+            if notices is None:
+                time.sleep(poll_s)
+            else:
+                notices.wait(min(RECHECK_S, max(0.0, deadline - time.monotonic())))
 
 
 def check_stream(result: JobResult, streamed: list[int]) -> None:

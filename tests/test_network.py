@@ -434,6 +434,20 @@ def test_the_explorer_shows_live_nodes_and_a_jobs_input_and_output(net, tmp_path
         assert ">alive<" in explorer.get(f"/nodes/{node}").text
 
 
+def test_a_waiting_client_wakes_on_its_jobs_events_rather_than_polling(net):
+    model_id, _ = net.models["tiny-gpt2"]
+    job_id = net.client.submit(model_id, {"input_ids": [6, 2]}, JobParams(max_new_tokens=2), MAX_FEE)
+    notices = net.client._notices(job_id)  # the deployment has a websocket: the client subscribes
+    assert notices is not None
+    try:
+        assert notices.wait(30)  # the job's next event (routed) arrives as a notice
+    finally:
+        notices.close()
+    started = time.monotonic()
+    result = net.client.wait(job_id, poll_s=120)  # polling this slowly would take two minutes
+    assert result.status == JobStatus.COMPLETED and time.monotonic() - started < 60
+
+
 def _refused(net, i: int, reason: str) -> float:
     """A node's count of data-plane messages refused for `reason` (its /metrics)."""
     import httpx
