@@ -35,6 +35,7 @@ from node.metrics import NodeMetrics
 from node.misbehave import DEVNET_CHAIN_ID
 from node.peers import PeerClient
 from node.pipeline import StagePipeline
+from node.privacy import JobKeys
 from node.reporter import Reporter
 from node.server import create_app
 from node.settings import NodeSettings
@@ -80,6 +81,7 @@ class NodeAgent:
         self.links = LinkClient(
             self.address, self.link_key, chain.chain_id, market, settings.peer_timeout_s, settings.peer_retries
         )
+        self.job_keys = JobKeys(account, self.link_key, chain.chain_id, market, self.ledger, self.state, self.peers)
         self.spans = SpanManager(self.address, self.ledger, self.executor, self.reporter)
         self.settlement = Settlement(
             account,
@@ -91,6 +93,7 @@ class NodeAgent:
             self.reporter,
             self.state,
             self.metrics,
+            self.job_keys,
             settings.misbehave,
         )
         self.pipeline = StagePipeline(
@@ -101,11 +104,12 @@ class NodeAgent:
             ipfs,
             self.links,
             self.settlement,
+            self.job_keys,
             self.metrics,
             self.spawn,
         )
         self.committee = Committee(
-            account, chain, contracts, self.ledger, self.executor, settings.misbehave, self.state
+            account, chain, contracts, self.ledger, self.executor, settings.misbehave, self.state, self.job_keys
         )
         self.links_in = LinkServer(
             self.address,

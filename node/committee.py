@@ -25,14 +25,17 @@ from eth_utils.crypto import keccak
 
 from node.executor import Executor
 from node.misbehave import Misbehaviour
+from node.privacy import JobKeys
 from node.state import AgentState
 from node.verifier import SpanCache, Verdict, check_stage
 from shardnet.audits import audited_stages
 from shardnet.bindings import Contracts, send_logged
 from shardnet.chain import Chain
-from shardnet.errors import ShardnetError
+from shardnet.errors import JobInputError, ShardnetError
+from shardnet.jobs import JobParams
 from shardnet.ledger import Ledger
 from shardnet.protocol import JobStatus, Vote
+from shardnet.sealing import decrypt, is_sealed
 
 log = logging.getLogger("shardnet.node.committee")
 DRAW_GAS = 3_000_000  # drawAudits: up to every stage, each drawing a committee over the node list
@@ -61,6 +64,7 @@ class Committee:
         executor: Executor,
         misbehave: Misbehaviour,
         state: AgentState,
+        job_keys: JobKeys,
     ):
         self.account = account
         self.address = account.address
@@ -72,6 +76,7 @@ class Committee:
         self.spans: SpanCache = {}
         self.verdicts: dict[int, Verdict] = {}  # audit -> this node's verdict (for logs and tests)
         self.state = state  # votes are saved before they are committed
+        self.job_keys = job_keys  # a private job's key, asked of its route's nodes
         self.serving: set[int] = set()  # audits being served now (a restart's resume never doubles one)
 
     async def _send(self, what: str, fn: Any, *args: Any) -> dict[str, Any] | None:
@@ -138,7 +143,10 @@ class Committee:
             return Vote(saved[0]), bytes.fromhex(saved[1])
         if await self._past(audit.commit_deadline):
             return None
-        verdict = await asyncio.to_thread(self._check, audit.job_id, audit.stage)
+        job_key = None
+        if self._private(audit.job_id):
+            job_key = await self.job_keys.fetch_for_audit(audit.job_id, audit_id)
+        verdict = await asyncio.to_thread(self._check, audit.job_id, audit.stage, job_key)
         self.verdicts[audit_id] = verdict
         vote = Vote.CORRECT if verdict.honest else Vote.WRONG
         if self.misbehave == "lie_vote":
@@ -199,13 +207,24 @@ class Committee:
         members = self.ledger.audits[audit_id].members
         return members.index(self.address) if self.address in members else 0
 
-    def _check(self, job_id: int, stage: int) -> Verdict:
+    def _private(self, job_id: int) -> bool:
+        try:
+            return JobParams.decode(self.ledger.jobs[job_id].params).private
+        except JobInputError:
+            return False
+
+    def _check(self, job_id: int, stage: int, job_key: bytes | None) -> Verdict:
         job = self.ledger.jobs[job_id]
         if job.status != JobStatus.COMPLETED or job.output_cid is None:
             return Verdict(False, "the job has no result to check", float("inf"), 0)
         manifest = self.ledger.models[job.model_id].manifest_cid
         try:
-            output = json.loads(self.executor.ipfs.cat(job.output_cid, timeout=self.executor.ipfs_timeout_s))
+            raw = self.executor.ipfs.cat(job.output_cid, timeout=self.executor.ipfs_timeout_s)
+            if is_sealed(raw):  # a private job's output: under the job key
+                if job_key is None:
+                    return Verdict(False, "the job is private and no node of its route gave its key", float("inf"), 0)
+                raw = decrypt(job_key, raw, f"output:{job_id}")
+            output = json.loads(raw)
         except (ShardnetError, ValueError) as exc:
             return Verdict(False, f"the job output cannot be read: {exc}", float("inf"), 0)
         if not isinstance(output, dict):
@@ -213,6 +232,6 @@ class Committee:
         if len(self.spans) >= MAX_SPANS:
             self.spans.clear()
         started = time.perf_counter()
-        verdict = check_stage(self.executor, job, manifest, output, stage, self.spans)
+        verdict = check_stage(self.executor, job, manifest, output, stage, self.spans, job_key)
         log.debug("checked job %d stage %d in %.2f s", job_id, stage, time.perf_counter() - started)
         return verdict

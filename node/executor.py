@@ -23,6 +23,7 @@ from shardnet.model.shards import fetch_span
 from shardnet.model.span import Session, SpanModel
 from shardnet.protocol import Receipt, Span, Stage
 from shardnet.receipts import ZERO_HASH, fold
+from shardnet.sealing import SealError, decrypt
 from shardnet.storage import IpfsClient
 
 
@@ -166,8 +167,11 @@ class Executor:
         self.jobs[job_id] = run
         return run
 
-    def first_input(self, run: JobRun, raw: bytes) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Stage 0: validate the job input, tokenize. -> (ids [b, n], attention mask or None)."""
+    def first_input(
+        self, run: JobRun, raw: bytes, job_key: bytes | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Stage 0: validate the job input (a private job's opened with its key), tokenize.
+        -> (ids [b, n], attention mask or None). The transcript keeps `raw`, as IPFS holds it."""
         loaded = run.loaded
         arch = loaded.model.arch
         kind = run.params.kind
@@ -177,7 +181,15 @@ class Executor:
             )
         if kind == "embed" and arch.family != "bert":
             raise JobInputError(f"model {run.model_id} ({arch.model_type}) does not make sentence embeddings")
-        data = parse_input(run.params, raw)
+        plain = raw
+        if run.params.private:
+            if job_key is None:
+                raise JobInputError(f"job {run.job_id} is private and its client has not handed over the job key")
+            try:
+                plain = decrypt(job_key, raw, "input")
+            except SealError as exc:
+                raise JobInputError(f"the private job's input: {exc}") from None
+        data = parse_input(run.params, plain)
         run.receive(raw)
         tok = loaded.tokenizer
         if kind == "embed":

@@ -22,8 +22,9 @@ from node.link import LinkClient
 from node.messages import pack, unpack
 from node.metrics import NodeMetrics
 from node.misbehave import corrupt_activation, corrupt_token
+from node.privacy import JobKeys
 from node.settings import NodeSettings
-from node.settlement import Settlement
+from node.settlement import JOB_KEY_WAIT_S, Settlement
 from shardnet.errors import JobInputError, PeerError, ShardnetError, StorageError
 from shardnet.jobs import JobParams
 from shardnet.ledger import Ledger
@@ -52,6 +53,7 @@ class StagePipeline:
         ipfs: IpfsClient,
         links: LinkClient,
         settlement: Settlement,
+        job_keys: JobKeys,
         metrics: NodeMetrics,
         spawn: Spawn,
     ):
@@ -61,6 +63,7 @@ class StagePipeline:
         self.executor = executor
         self.ipfs = ipfs
         self.links = links
+        self.job_keys = job_keys
         self.settlement = settlement
         self.metrics = metrics
         self.spawn = spawn
@@ -106,7 +109,8 @@ class StagePipeline:
         try:
             run = self.begin(job_id)
             raw = await asyncio.to_thread(self.ipfs.cat, job.input_cid, self.settings.ipfs_timeout_s)
-            ids, mask = self.executor.first_input(run, raw)
+            key = await self.job_keys.wait_for(job_id, JOB_KEY_WAIT_S) if run.params.private else None
+            ids, mask = self.executor.first_input(run, raw, key)
         except JobInputError as exc:
             await self.settlement.abort(job_id, str(exc))
             return

@@ -110,6 +110,35 @@ def create_app(agent: NodeAgent) -> FastAPI:
             return JSONResponse({"error": reason}, status_code=403)
         return JSONResponse(result)
 
+    @app.post("/v1/jobs/{job_id}/key")
+    async def job_key(job_id: int, request: Request) -> JSONResponse:
+        """A private job's client hands over the job key, sealed to this node (node/privacy.py)."""
+        body = await _bounded_body(request)
+        if body is None:
+            return _too_large()
+        sender = await _sender(request, body)
+        if sender is None:
+            return JSONResponse({"error": "missing or invalid x-shardnet-signature"}, status_code=401)
+        await agent.pipeline.wait_for_route(job_id)
+        reason = agent.job_keys.accept(job_id, sender, body)
+        if reason is not None:
+            return JSONResponse({"error": reason}, status_code=403)
+        return JSONResponse({"kept": True})
+
+    @app.post("/v1/jobs/{job_id}/key-for-audit")
+    async def job_key_for_audit(job_id: int, request: Request) -> JSONResponse:
+        """A private job's key, sealed to a committee member checking one of its stages."""
+        body = await _bounded_body(request)
+        if body is None:
+            return _too_large()
+        sender = await _sender(request, body)
+        if sender is None:
+            return JSONResponse({"error": "missing or invalid x-shardnet-signature"}, status_code=401)
+        sealed, reason = agent.job_keys.for_member(job_id, sender, body)
+        if sealed is None:
+            return JSONResponse({"error": reason}, status_code=403)
+        return JSONResponse(sealed)
+
     @app.post("/v1/jobs/{job_id}/tokens")
     async def tokens(job_id: int, request: Request) -> Response:
         """The job's tokens as they are generated, to the client that posted it (node/streams.py).

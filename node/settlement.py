@@ -17,6 +17,7 @@ from node.executor import Executor, JobRun
 from node.metrics import NodeMetrics
 from node.misbehave import Misbehaviour
 from node.peers import PeerClient
+from node.privacy import JobKeys
 from node.reporter import Reporter
 from node.state import AgentState
 from shardnet.bindings import ZERO_ADDRESS
@@ -24,11 +25,13 @@ from shardnet.errors import PeerError
 from shardnet.ledger import Ledger
 from shardnet.protocol import JobStatus, Receipt
 from shardnet.receipts import ReceiptDomain, output_hash_of
+from shardnet.sealing import encrypt
 from shardnet.storage import IpfsClient
 from shardnet.transcripts import Transcript
 
 log = logging.getLogger("shardnet.node")
 CLAIM_DELAY_S = 2.0  # after the deadline, before a stage claims delivery (chain time must be past it)
+JOB_KEY_WAIT_S = 30.0  # a private job's stage waits this long for its client to hand over the key
 POLL_S, MAX_WAIT_S = 0.5, 30.0  # waiting for a deadline: how often the chain's clock is read, at least and at most
 CLAIM_TRIES = 5
 SUBMIT_TRIES = 3  # a refused result is sent again this many times in all, backing off
@@ -47,6 +50,7 @@ class Settlement:
         reporter: Reporter,
         state: AgentState,
         metrics: NodeMetrics,
+        job_keys: JobKeys,
         misbehave: Misbehaviour = "",
     ):
         self.account = account
@@ -59,6 +63,7 @@ class Settlement:
         self.chain = reporter.c.chain
         self.state = state
         self.metrics = metrics
+        self.job_keys = job_keys
         self.misbehave = misbehave
 
     async def finalize(self, run: JobRun, final: torch.Tensor | None) -> None:
@@ -75,6 +80,8 @@ class Settlement:
         receipts: list[Receipt] = [receipt for receipt, _ in collected]
         transcripts: list[str] = [transcript for _, transcript in collected] + [own]
         output = self.executor.output(run, final, transcripts)
+        if run.params.private:  # sealed under the job key: the client (and committees) read it
+            output = encrypt(await self._job_key(run), output, f"output:{job_id}")
         cid = await asyncio.to_thread(self.ipfs.add, output, f"job-{job_id}-output.json")
         mine = self.receipts.sign(
             self.account, job_id, run.stage, run.stages[run.stage], run.coordinator, run.in_hash, output_hash_of(cid)
@@ -107,8 +114,17 @@ class Settlement:
         """Put what this stage received (and, but for the last stage, sent) on IPFS, pinned."""
         sent = () if run.is_last else tuple(run.sent_log)
         data = Transcript(tuple(run.received_log), sent).encode()
+        if run.params.private:
+            data = encrypt(await self._job_key(run), data, f"transcript:{run.job_id}:{run.stage}")
         name = f"job-{run.job_id}-stage-{run.stage}-transcript"
         return str(await asyncio.to_thread(self.ipfs.add, data, name))
+
+    async def _job_key(self, run: JobRun) -> bytes:
+        """A private job's key (its client hands it to every node of the route once routed)."""
+        key = await self.job_keys.wait_for(run.job_id, JOB_KEY_WAIT_S)
+        if key is None:
+            raise PeerError(f"job {run.job_id} is private and its client never handed this node the job key")
+        return key
 
     async def _collect_receipt(self, run: JobRun, stage: int) -> tuple[Receipt, str]:
         node = run.stages[stage].node
@@ -139,7 +155,10 @@ class Settlement:
             await self.abort(job_id, "input is malformed")  # a lie: the work is done
             return None, "this stage aborted the job"
         receipt = self._own_receipt(run)
-        transcript = await self._publish_transcript(run)
+        try:
+            transcript = await self._publish_transcript(run)
+        except PeerError as exc:
+            return None, str(exc)
         self.metrics.jobs.labels(run.params.kind, "served").inc()
         return {
             "stage": run.stage,

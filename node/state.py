@@ -1,6 +1,7 @@
 """What a node remembers across restarts: the position of the last event it acted on, the
-jobs it already settled and the committee votes it committed, bound to one deployment (a state
-folder reused against another chain or redeployed contracts starts over)."""
+jobs it already settled, the committee votes it committed and private jobs' keys, bound to one
+deployment (a state folder reused against another chain or redeployed contracts starts over).
+The file is readable by its owner only: it holds secrets."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 from shardnet.deployment import Deployment
 
 log = logging.getLogger("shardnet.node.state")
+MAX_JOB_KEYS = 10_000
 
 
 class AgentState:
@@ -21,6 +23,7 @@ class AgentState:
         self.submitted: list[int] = []  # jobs whose result this node submitted
         self.aborted: list[int] = []  # jobs this node aborted
         self.sealed: dict[int, tuple[int, str]] = {}  # audit -> (vote, salt hex) committed, until resolved
+        self.job_keys: dict[int, str] = {}  # private job -> its key (hex), for its transcripts and audits
         if self.path.exists():
             saved = json.loads(self.path.read_text())
             if saved.get("deployment") == self.identity:
@@ -28,6 +31,7 @@ class AgentState:
                 self.submitted = list(saved.get("submitted", []))
                 self.aborted = list(saved.get("aborted", []))
                 self.sealed = {int(a): (int(v), str(salt)) for a, (v, salt) in saved.get("sealed", {}).items()}
+                self.job_keys = {int(j): str(k) for j, k in saved.get("job_keys", {}).items()}
             else:
                 log.warning("state in %s is for another deployment; starting over", self.path)
 
@@ -52,6 +56,13 @@ class AgentState:
         if self.sealed.pop(audit_id, None) is not None:
             self.save()
 
+    def keep_job_key(self, job_id: int, key: bytes) -> None:
+        """Keep a private job's key (the newest MAX_JOB_KEYS jobs': far past any audit window)."""
+        self.job_keys[job_id] = key.hex()
+        for old in sorted(self.job_keys)[: max(0, len(self.job_keys) - MAX_JOB_KEYS)]:
+            del self.job_keys[old]
+        self.save()
+
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
@@ -61,6 +72,8 @@ class AgentState:
             "submitted": self.submitted,
             "aborted": self.aborted,
             "sealed": {str(a): list(v) for a, v in self.sealed.items()},
+            "job_keys": {str(j): k for j, k in self.job_keys.items()},
         }
         tmp.write_text(json.dumps(data))
+        tmp.chmod(0o600)
         tmp.replace(self.path)

@@ -15,6 +15,8 @@ import time
 from collections.abc import AsyncIterator
 
 from node.executor import Executor, JobRun
+from shardnet.errors import JobInputError
+from shardnet.jobs import JobParams
 from shardnet.ledger import Ledger
 from shardnet.protocol import JobStatus
 
@@ -32,6 +34,12 @@ def refusal(ledger: Ledger, address: str, job_id: int, sender: str) -> str | Non
         return f"only the client that posted job {job_id} may read its tokens"
     if not job.route or job.route[-1].node != address:
         return f"this node is not the last stage of job {job_id}; read the route and ask that node"
+    try:
+        private = JobParams.decode(job.params).private
+    except JobInputError:
+        private = False
+    if private:
+        return f"job {job_id} is private: its tokens are not streamed in the clear; wait for its sealed output"
     return None
 
 

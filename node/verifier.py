@@ -25,6 +25,7 @@ from shardnet.ledger import JobRecord
 from shardnet.model.quant import decode_activation, encode_activation
 from shardnet.model.span import Session
 from shardnet.protocol import Span, Stage
+from shardnet.sealing import decrypt
 from shardnet.transcripts import Transcript, mismatch
 
 TOLERANCE = 2e-3  # relative L2 error: honest stages measured up to 2.5e-4; 1% noise is 1e-2
@@ -51,6 +52,7 @@ class StageClaim:
     params: JobParams
     transcript: Transcript
     output: dict[str, Any] | None  # the job output JSON (the last stage's claim)
+    job_key: bytes | None = None  # a private job's key: its input is sealed
 
 
 def relative_error(claimed: torch.Tensor, recomputed: torch.Tensor) -> float:
@@ -75,7 +77,7 @@ def verify_stage(executor: Executor, loaded: LoadedSpan, claim: StageClaim) -> V
 
     for i, body in enumerate(claim.transcript.received):
         try:
-            x, mask = _input(executor, run, i, body)
+            x, mask = _input(executor, run, i, body, claim.job_key)
         except (ShardnetError, ValueError, KeyError) as exc:
             return verdict(f"message {i} cannot be re-run: {exc}")
         out = executor.run_span(run, x, mask, measure=False)
@@ -106,9 +108,11 @@ def verify_stage(executor: Executor, loaded: LoadedSpan, claim: StageClaim) -> V
     return verdict("")
 
 
-def _input(executor: Executor, run: JobRun, i: int, body: bytes) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _input(
+    executor: Executor, run: JobRun, i: int, body: bytes, job_key: bytes | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     if run.is_first and i == 0:  # the raw job input
-        ids, mask = executor.first_input(run, body)
+        ids, mask = executor.first_input(run, body, job_key)
         run.attention_mask = mask
         return ids, mask
     header, payload = unpack(body)
@@ -157,13 +161,14 @@ def check_job(
     manifest_cid: str,
     output: dict[str, Any],
     spans: SpanCache | None = None,
+    job_key: bytes | None = None,
 ) -> list[Verdict]:
     """Check every stage of a completed job the way a committee would: each transcript (from
     IPFS, listed in the output) against its receipt (and stage 0's against the job input), then
     each stage re-run on its span, fetched and verified from IPFS. One verdict per stage. Pass
     the same `spans` when checking many jobs: each span is then fetched and loaded once."""
     spans = {} if spans is None else spans
-    return [check_stage(executor, record, manifest_cid, output, k, spans) for k in range(len(record.route))]
+    return [check_stage(executor, record, manifest_cid, output, k, spans, job_key) for k in range(len(record.route))]
 
 
 def check_stage(
@@ -173,6 +178,7 @@ def check_stage(
     output: dict[str, Any],
     k: int,
     spans: SpanCache,
+    job_key: bytes | None = None,
 ) -> Verdict:
     """Check stage `k` of a completed job: its transcript (from IPFS, listed in the output)
     against its receipt (and stage 0's against the job input), then the stage re-run on its span,
@@ -188,7 +194,12 @@ def check_stage(
     read, timeout = executor.ipfs.cat, executor.ipfs_timeout_s
     stage, cid = route[k], cids[k]
     try:
-        transcript = Transcript.decode(read(cid, timeout=timeout))
+        data = read(cid, timeout=timeout)
+        if params.private:  # sealed under the job key (shardnet.sealing)
+            if job_key is None:
+                raise ShardnetError("the job is private and no node of its route gave its key")
+            data = decrypt(job_key, data, f"transcript:{record.job_id}:{k}")
+        transcript = Transcript.decode(data)
         job_input = read(record.input_cid, timeout=timeout) if k == 0 else None
     except (ShardnetError, ValueError) as exc:
         return Verdict(False, f"stage {k}: transcript {cid} cannot be read: {exc}", float("inf"), 0)
@@ -197,5 +208,7 @@ def check_stage(
         return Verdict(False, f"stage {k}: transcript {cid}: {reason}", 0.0, 0)
     key = (record.model_id, Span(stage.start, stage.end))
     loaded = spans.get(key) or spans.setdefault(key, executor.load(key[0], manifest_cid, key[1], serve=False))
-    claim = StageClaim(record.job_id, record.model_id, k, route, record.coordinator or "", params, transcript, output)
+    claim = StageClaim(
+        record.job_id, record.model_id, k, route, record.coordinator or "", params, transcript, output, job_key
+    )
     return verify_stage(executor, loaded, claim)

@@ -19,6 +19,7 @@ from shardnet.chain import Chain
 from shardnet.errors import StorageError
 from shardnet.events import EventReader
 from shardnet.ledger import Ledger
+from shardnet.sealing import is_sealed
 from shardnet.storage import IpfsClient
 from shardnet.transcripts import Transcript, TranscriptError, mismatch
 
@@ -116,14 +117,19 @@ def verify_receipts(chain: Chain, ledger: Ledger) -> list[str]:
 def verify_transcripts(ledger: Ledger, ipfs: IpfsClient, timeout_s: float = 10.0) -> list[str]:
     """Every completed job's stage transcripts (listed in its output on IPFS) against its receipts:
     each transcript's hash chain must give its stage's receipt hashes, and stage 0's first message
-    must be the job's input. Only hashes are compared here; re-running the stages is a node's job
-    (`shardnet node verify`). Returns the problems found (a transcript no longer on IPFS is one)."""
+    must be the job's input. A private job's output and transcripts are sealed (shardnet.sealing):
+    they are left to the committees that hold its key. Only hashes are compared here; re-running
+    the stages is a node's job (`shardnet node verify`). Returns the problems found (a transcript
+    no longer on IPFS is one)."""
     problems: list[str] = []
     for job_id, rec in sorted(ledger.jobs.items()):
         if not rec.receipts or rec.output_cid is None:
             continue
         try:
-            output = json.loads(ipfs.cat(rec.output_cid, timeout=timeout_s))
+            raw = ipfs.cat(rec.output_cid, timeout=timeout_s)
+            if is_sealed(raw):  # a private job: its committees check it, with its key
+                continue
+            output = json.loads(raw)
             cids = output.get("transcripts") if isinstance(output, dict) else None
             if not isinstance(cids, list) or len(cids) != len(rec.route):
                 problems.append(f"job {job_id}: its output lists no transcript per stage")

@@ -27,6 +27,7 @@ from shardnet.events import EventReader
 from shardnet.jobs import JobParams, escrow_needed
 from shardnet.ledger import JobRecord, Ledger
 from shardnet.protocol import JobStatus
+from shardnet.sealing import SealError, decrypt, encrypt, is_sealed, key_context, new_job_key, seal_key
 from shardnet.signing import sign_request
 from shardnet.storage import IpfsClient
 
@@ -96,6 +97,8 @@ class Client:
         self.c = Contracts(chain)
         self.ipfs = ipfs
         self.job_events = EventReader(chain, [self.c.market.address])
+        self.job_keys: dict[int, bytes] = {}  # private jobs posted here: their keys (shardnet.sealing)
+        self._handed: dict[int, set[str]] = {}  # private job -> nodes that took its key
 
     @classmethod
     def from_deployment(cls, account: LocalAccount | None = None, deployment: Deployment | None = None) -> Client:
@@ -105,13 +108,62 @@ class Client:
     def submit(
         self, model_id: int, job_input: dict[str, Any], params: JobParams, max_fee: int, ttl_s: int = 600
     ) -> int:
-        """Put the input on IPFS and post the job with `max_fee` wei in escrow. Returns the job id."""
+        """Put the input on IPFS and post the job with `max_fee` wei in escrow. Returns the job id.
+        A private job's input goes to IPFS encrypted under a new job key, which `wait` hands to
+        the route's nodes once the job is routed (keep this Client to read the output)."""
         params.validate()
-        input_cid = self.ipfs.add(json.dumps(job_input).encode(), name="job-input.json")
+        data, key = json.dumps(job_input).encode(), None
+        if params.private:
+            key = new_job_key()
+            data = encrypt(key, data, "input")
+        input_cid = self.ipfs.add(data, name="job-input.json")
         deadline = self.chain.w3.eth.get_block("latest")["timestamp"] + ttl_s
-        return self.c.market.post_job(
+        job_id = self.c.market.post_job(
             model_id, input_cid, params.encode(), max_fee, deadline, audit_bps=params.audit_bps
         )
+        if key is not None:
+            self.job_keys[job_id] = key
+        return job_id
+
+    def hand_over_key(self, record: JobRecord) -> None:
+        """A private job's key, sealed to each node of its route (its on-chain `dataKey`) and
+        handed to it, signed with the key that posted the job; each node once. A node that does
+        not answer is tried again at the next call."""
+        import httpx
+
+        key, account = self.job_keys.get(record.job_id), self.chain.account
+        if key is None or account is None or not record.route:
+            return
+        handed = self._handed.setdefault(record.job_id, set())
+        path = f"/v1/jobs/{record.job_id}/key"
+        context = key_context(record.job_id, self.chain.chain_id, self.c.market.address)
+        for node in dict.fromkeys(s.node for s in record.route):
+            if node in handed:
+                continue
+            info = self.c.nodes.node(node)
+            try:
+                body = json.dumps({"sealed": seal_key(info.data_key, key, context).hex()}).encode()
+                reply = httpx.post(
+                    info.endpoint.rstrip("/") + path,
+                    content=body,
+                    headers=sign_request(account, path, body),
+                    timeout=10,
+                )
+            except (SealError, httpx.HTTPError):
+                continue
+            if reply.status_code == 200:
+                handed.add(node)
+
+    def read_output(self, job_id: int, output_cid: str) -> dict[str, Any] | None:
+        """A job's output JSON from IPFS; a private job's opened with its key (None without it)."""
+        raw = self.ipfs.cat(output_cid)
+        if is_sealed(raw):
+            key = self.job_keys.get(job_id)
+            if key is None:
+                return None
+            raw = decrypt(key, raw, f"output:{job_id}")
+        output: dict[str, Any] = json.loads(raw)
+        return output
 
     def jobs_of(self, client: str) -> list[JobRecord]:
         """Every job `client` posted, oldest first, each rebuilt from its events."""
@@ -183,6 +235,8 @@ class Client:
         account = self.chain.account
         if account is None:
             raise ShardnetError("streaming needs the key that posted the job: pass an account to the Client")
+        if job_id in self.job_keys:
+            raise ShardnetError(f"job {job_id} is private: its tokens are not streamed; wait for its sealed output")
         got, failures = 0, 0
         deadline = time.monotonic() + timeout_s
         path = f"/v1/jobs/{job_id}/tokens"
@@ -289,6 +343,8 @@ class Client:
         started, explained, last_reason = time.monotonic(), 0.0, ""
         while True:
             record = self.history(job_id)
+            if record.status == JobStatus.ROUTED and job_id in self.job_keys:
+                self.hand_over_key(record)
             if on_change is not None and (record.status, record.reroutes) != seen:
                 seen = (record.status, record.reroutes)
                 on_change(record)
@@ -301,9 +357,7 @@ class Client:
                         last_reason = reason
                         on_waiting(reason)
             if record.status in until:
-                output = None
-                if record.output_cid:
-                    output = json.loads(self.ipfs.cat(record.output_cid))
+                output = self.read_output(job_id, record.output_cid) if record.output_cid else None
                 return JobResult(record, output)
             if time.monotonic() > deadline:
                 raise JobTimeout(

@@ -40,13 +40,19 @@ class JobParams:
     # checking: the chance each stage is re-executed by a committee, at least the network's
     # minimum; a higher rate costs committee_size * verify_fee_bps of each audited stage's fee
     audit_rate: float = 0.0
+    # privacy: the input, transcripts and output on IPFS are encrypted under a key the client
+    # gives only the route's nodes (and the committees that check them); see shardnet.sealing
+    private: bool = False
 
     @property
     def audit_bps(self) -> int:
         return round(self.audit_rate * 10_000)
 
     def encode(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True).encode()
+        """The params as posted on-chain: JSON of the fields that differ from their defaults."""
+        defaults = JobParams()
+        changed = {k: v for k, v in asdict(self).items() if v != getattr(defaults, k)}
+        return json.dumps(changed, sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
     def decode(cls, raw: bytes) -> JobParams:
@@ -106,6 +112,8 @@ class JobParams:
             bad("min_reputation", "use a number in 0..1")
         if (a := number("audit_rate")) is None or not 0 <= a <= 1:
             bad("audit_rate", "use a number in 0..1 (1 = every stage audited)")
+        if not isinstance(v["private"], bool):
+            bad("private", "use true or false")
         avoid = v["avoid"]
         if not isinstance(avoid, tuple) or not all(
             isinstance(a, str) and len(a) == 42 and a.startswith("0x") for a in avoid

@@ -137,6 +137,57 @@ def test_an_operator_sees_pending_earnings_and_withdraws_them_after_the_window(n
     assert (after["withdrawable_wei"], after["committee_pay_wei"]) == (0, 0)
 
 
+def test_a_private_job_leaves_only_ciphertext_on_ipfs_and_its_committees_still_check_it(net):
+    """`private`: the input, every transcript and the output on IPFS are encrypted under a job
+    key the client hands only to the route's nodes; the client reads its result, which equals the
+    same job run in the open; every stage is audited by committees that ask the route for the key
+    (a stranger asking is refused), and all stand; the tokens are not streamed in the clear."""
+    import httpx
+
+    from shardnet.sealing import is_sealed
+    from shardnet.signing import sign_request
+    from shardnet.transcripts import MAGIC as TRANSCRIPT_MAGIC
+
+    cheat = dev_account(2 + CHEAT).address
+    prompt = [7, 3, 9, 1]
+    params = JobParams(max_new_tokens=5, audit_rate=1.0, private=True)
+    job_id = net.client.submit(net.model_id, {"input_ids": prompt}, params, MAX_FEE)
+    result = net.client.wait(job_id, timeout_s=120)
+    assert result.status == JobStatus.COMPLETED, result.record.abort_reason
+    assert len(result.output["tokens"]) == 5  # the client opened its output
+    if cheat not in [s.node for s in result.record.route]:  # honest all the way: as in the open
+        opened = JobParams(max_new_tokens=5, avoid=net.rivals(net.model_id, result.record.route[0].node))
+        in_the_open = net.client.wait(net.client.submit(net.model_id, {"input_ids": prompt}, opened, MAX_FEE))
+        if [s.node for s in in_the_open.record.route] == [s.node for s in result.record.route]:
+            assert result.output["tokens"] == in_the_open.output["tokens"]
+    record = result.record
+    stored = [net.ipfs.cat(record.input_cid), net.ipfs.cat(record.output_cid)]
+    stored += [net.ipfs.cat(cid) for cid in result.output["transcripts"]]
+    assert all(is_sealed(data) for data in stored)
+    assert b"input_ids" not in stored[0] and b'"tokens"' not in stored[1]
+    assert all(not data.startswith(TRANSCRIPT_MAGIC) for data in stored[2:])
+    # a node of the route gives the key to committee members only
+    node = record.route[0].node
+    path, body = f"/v1/jobs/{job_id}/key-for-audit", b'{"audit": 1}'
+    stranger = httpx.post(
+        net.c.nodes.node(node).endpoint + path, content=body, headers=sign_request(dev_account(13), path, body)
+    )
+    assert stranger.status_code == 403 and "not a member" in stranger.json()["error"]
+    tokens = f"/v1/jobs/{job_id}/tokens"
+    last = net.c.nodes.node(record.route[-1].node).endpoint
+    refused = httpx.post(last + tokens, content=b"{}", headers=sign_request(net.client.chain.account, tokens, b"{}"))
+    assert refused.status_code == 403 and "private" in refused.json()["error"]
+    # every stage audited, by committees that read the sealed transcripts with the job key
+    ledger, by_job = net.resolved_audits([job_id], every_stage=True)
+    audits = by_job[job_id]
+    assert [a.stage for a in audits] == list(range(len(record.route)))
+    liar = dev_account(2 + LIAR).address
+    for audit in audits:
+        assert audit.upheld == (audit.node == cheat), audit  # only a garbage stage is found wrong
+        right = Vote.WRONG if audit.upheld else Vote.CORRECT
+        assert all(audit.votes.get(m) == right for m in audit.members if m != liar), audit
+
+
 def test_a_member_restarted_between_commit_and_reveal_still_reveals(net):
     """A committee member that dies the moment its vote is committed (misbehave
     exit_after_commit) finds the vote it saved when it restarts, reveals it and the audit

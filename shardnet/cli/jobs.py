@@ -45,6 +45,11 @@ def job() -> None:
 @key_options(default_dev_account=12)
 @click.option("--no-wait", is_flag=True, help="print the job id and return")
 @click.option("--stream", is_flag=True, help="generate: print tokens as the last stage makes them")
+@click.option(
+    "--private",
+    is_flag=True,
+    help="input, transcripts and output go to IPFS encrypted; only the route (and its checkers) read them",
+)
 @_as_json
 def job_submit(
     model_id: int,
@@ -64,9 +69,11 @@ def job_submit(
     dev_account: int,
     no_wait: bool,
     stream: bool,
+    private: bool,
     as_json: bool,
 ) -> None:
-    """Post a job with escrow, wait for it, print output, receipts and payouts."""
+    """Post a job with escrow, wait for it, print output, receipts and payouts. A private job's
+    key lives in this process: it waits, hands the key to the route and opens the output."""
     from shardnet.client import Client
     from shardnet.errors import JobInputError
     from shardnet.jobs import JobParams
@@ -79,7 +86,13 @@ def job_submit(
         top_p=top_p,
         seed=seed,
         audit_rate=audit_rate,
+        private=private,
     )
+    if private and (no_wait or stream):
+        raise click.BadParameter(
+            "a private job waits for its route (to hand it the job key) and is not streamed; drop --no-wait / --stream",
+            param_hint="--private",
+        )
     try:
         params.validate()
     except JobInputError as exc:
@@ -260,7 +273,6 @@ def job_challenge(
 @_as_json
 def job_status(job_id: int, as_json: bool) -> None:
     """A job's status, route, receipts, payouts (and the abort reason, if any)."""
-    import json as _json
 
     from shardnet.client import SETTLED, Client, JobResult
 
@@ -268,7 +280,7 @@ def job_status(job_id: int, as_json: bool) -> None:
     record = client.history(job_id)
     output = None
     if record.output_cid and record.status in SETTLED:
-        output = _json.loads(client.ipfs.cat(record.output_cid))
+        output = client.read_output(job_id, record.output_cid)  # None for a private job's sealed output
     _print_job(JobResult(record, output), as_json)
 
 

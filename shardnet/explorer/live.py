@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 
 from shardnet.errors import ShardnetError
+from shardnet.sealing import is_sealed
 from shardnet.storage import IpfsClient
 
 PROBE_TIMEOUT_S = 1.0
@@ -69,6 +70,8 @@ def summarise(ipfs: IpfsClient | None, cid: str | None) -> dict[str, Any] | None
         return {"error": f"not readable from IPFS: {exc}"}
     if len(raw) > MAX_CONTENT_BYTES:
         return {"error": f"{len(raw)} bytes: too large to show here"}
+    if is_sealed(raw):
+        return {"error": f"a private job's: {len(raw)} bytes, encrypted; only its client and route read it"}
     try:
         data = json.loads(raw)
     except ValueError:
