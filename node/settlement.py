@@ -75,6 +75,7 @@ class Settlement:
         run.timing["done"] = time.time()  # the data plane's part ends here; receipts are settlement
         # every earlier stage's receipt (each puts its transcript on IPFS first) and this stage's
         # transcript, all at once: they are independent, and each costs an IPFS write
+        began = time.perf_counter()
         earlier = [self._collect_receipt(run, stage) for stage in range(len(run.stages) - 1)]
         collected, own = await asyncio.gather(asyncio.gather(*earlier), self._publish_transcript(run))
         receipts: list[Receipt] = [receipt for receipt, _ in collected]
@@ -82,7 +83,9 @@ class Settlement:
         output = self.executor.output(run, final, transcripts)
         if run.params.private:  # sealed under the job key: the client (and committees) read it
             output = encrypt(await self._job_key(run), output, f"output:{job_id}")
+        collected_at = time.perf_counter()
         cid = await asyncio.to_thread(self.ipfs.add, output, f"job-{job_id}-output.json")
+        stored_at = time.perf_counter()
         mine = self.receipts.sign(
             self.account, job_id, run.stage, run.stages[run.stage], run.coordinator, run.in_hash, output_hash_of(cid)
         )
@@ -92,7 +95,16 @@ class Settlement:
             if await self.reporter.submit_result(job_id, run.coordinator, run.stages, cid, receipts):
                 self.state.settled(job_id, "submitted")
                 self.metrics.jobs.labels(run.params.kind, "completed").inc()
-                log.info("job %d done: output %s", job_id, cid, extra={"job": job_id})
+                now = time.perf_counter()
+                log.info(
+                    "job %d done: output %s (receipts and transcripts %.0f ms, output %.0f ms, result %.0f ms)",
+                    job_id,
+                    cid,
+                    (collected_at - began) * 1000,
+                    (stored_at - collected_at) * 1000,
+                    (now - stored_at) * 1000,
+                    extra={"job": job_id},
+                )
                 break
             job = self.ledger.jobs[job_id]
             if job.status != JobStatus.ROUTED or await self._past(job.deadline):
