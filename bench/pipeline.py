@@ -67,7 +67,7 @@ def route_now(net: Network, job_id: int, stages: list[Stage]) -> float:
     raw = coordinator.sign_transaction(tx).raw_transaction
     tx_hash = chain.w3.eth.send_raw_transaction(raw)
     mined_at = time.time()
-    chain.w3.eth.wait_for_transaction_receipt(tx_hash, poll_latency=0.01)
+    chain.wait_for_receipt(tx_hash)
     return mined_at
 
 

@@ -61,6 +61,8 @@ class JobRun:
     final_receipt: Receipt | None = None  # last stage: its own receipt for the output, once made
     progress: asyncio.Event = field(default_factory=asyncio.Event)  # last stage: set on each new token
     ended: bool = False  # last stage: no token will follow (the output is made, or the job is over)
+    # the transcript being (or last) put on IPFS, by the (received, sent) counts it covers
+    transcript: tuple[tuple[int, int], asyncio.Task[str]] | None = None
 
     def receive(self, body: bytes) -> None:
         """A message entered the stage: it joins the input hash chain and the transcript."""
@@ -71,6 +73,12 @@ class JobRun:
         """An activation message left for the next stage: output hash chain and transcript."""
         self.out_hash = fold(self.out_hash, body)
         self.sent_log.append(body)
+
+    @property
+    def all_sent(self) -> bool:
+        """This (not last) stage has sent every message the job can need of it: one for a
+        forward or embed job, one per step of a generation run to max_new_tokens."""
+        return len(self.sent_log) >= (self.params.max_new_tokens if self.params.kind == "generate" else 1)
 
     @property
     def is_first(self) -> bool:

@@ -150,6 +150,7 @@ class StagePipeline:
             run.step += 1
             if not run.stalled:
                 await self.send(run, run.stage + 1, body)
+            self.settlement.prepublish(run)
             return
         if run.params.kind == "generate":
             token, done = self.executor.next_token(run, out)

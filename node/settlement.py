@@ -123,9 +123,23 @@ class Settlement:
         self.finish(job_id)
 
     async def _publish_transcript(self, run: JobRun) -> str:
-        """Put what this stage received (and, but for the last stage, sent) on IPFS, pinned."""
-        sent = () if run.is_last else tuple(run.sent_log)
-        data = Transcript(tuple(run.received_log), sent).encode()
+        """Put what this stage received (and, but for the last stage, sent) on IPFS, pinned; once
+        per state of the stage (a transcript put early, `prepublish`, is not put again)."""
+        received, sent = tuple(run.received_log), () if run.is_last else tuple(run.sent_log)
+        counts = (len(received), len(sent))
+        if run.transcript is None or run.transcript[0] != counts or run.transcript[1].cancelled():
+            run.transcript = counts, asyncio.ensure_future(self._put_transcript(run, Transcript(received, sent)))
+        return await asyncio.shield(run.transcript[1])
+
+    def prepublish(self, run: JobRun) -> None:
+        """A stage that sent its last message puts its transcript on IPFS now, off the path of the
+        result: the last stage asks for it (with the receipt) when the job completes."""
+        if not run.is_last and run.all_sent:
+            task = asyncio.ensure_future(self._publish_transcript(run))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # reported when asked for
+
+    async def _put_transcript(self, run: JobRun, transcript: Transcript) -> str:
+        data = transcript.encode()
         if run.params.private:
             data = encrypt(await self._job_key(run), data, f"transcript:{run.job_id}:{run.stage}")
         name = f"job-{run.job_id}-stage-{run.stage}-transcript"
