@@ -132,9 +132,11 @@ class Settlement:
         return await asyncio.shield(run.transcript[1])
 
     def prepublish(self, run: JobRun) -> None:
-        """A stage that sent its last message puts its transcript on IPFS now, off the path of the
-        result: the last stage asks for it (with the receipt) when the job completes."""
-        if not run.is_last and run.all_sent:
+        """A stage that sent a generation's last message puts its transcript on IPFS now, while
+        the stages after it finish: the last stage asks for it (with the receipt) at the end. (A
+        forward job's single message is not worth it: the IPFS write would run beside the next
+        stages' compute, and the last stage asks a moment later anyway.)"""
+        if not run.is_last and run.params.kind == "generate" and run.all_sent:
             task = asyncio.ensure_future(self._publish_transcript(run))
             task.add_done_callback(lambda t: t.cancelled() or t.exception())  # reported when asked for
 
