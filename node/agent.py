@@ -163,6 +163,7 @@ class NodeAgent:
             await asyncio.gather(follow_task, server_task, return_exceptions=True)
             await self.peers.close()
             await self.links.close()
+            self.state.save()
             log.info("node stopped")
 
     async def _follow(self) -> None:
@@ -184,13 +185,19 @@ class NodeAgent:
                 self.pipeline.route_known(event.args["jobId"])
             if self.state.acted_on(event.key):
                 return  # handled before a restart: never act twice
-            self._act(event)
+            acted = self._act(event)
         except Exception:
             log.exception("could not handle %s at block %d", event.name, event.block_number)
-        self.state.advance(event.key)
+            acted = True
+        # saved at once past an event acted on; past the others (most of them) now and then
+        self.state.advance(event.key, durable=acted)
 
-    def _act(self, event: Event) -> None:
-        for action in actions_for(self.address, event, self.ledger, self.executor.jobs):
+    def _act(self, event: Event) -> bool:
+        """Do what the event asks of this node; whether it asked anything (forgetting a job this
+        node never ran is nothing)."""
+        actions = actions_for(self.address, event, self.ledger, self.executor.jobs)
+        asked = any(not isinstance(a, DropJob) or a.job_id in self.executor.jobs for a in actions)
+        for action in actions:
             match action:
                 case LoadSpan(model_id, span):
                     self.spawn(self.spans.load(model_id, span))
@@ -210,6 +217,7 @@ class NodeAgent:
                         self.spawn(self.committee.open_audits(job_id, result_block))
                 case ServeOnCommittee(audit_id):
                     self.spawn(self.committee.serve(audit_id))
+        return asked
 
     def health(self) -> dict[str, Any]:
         return {

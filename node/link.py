@@ -216,8 +216,11 @@ class LinkClient:
             if self._session is None:
                 self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
             url = endpoint.rstrip("/").replace("http://", "ws://", 1).replace("https://", "wss://", 1) + PATH
-            ws = await self._session.ws_connect(
-                url, max_msg_size=MAX_FRAME_BYTES, timeout=aiohttp.ClientWSTimeout(ws_close=self.timeout_s)
+            ws = await self._session.ws_connect(  # no compression: the frames are ciphertext
+                url,
+                max_msg_size=MAX_FRAME_BYTES,
+                timeout=aiohttp.ClientWSTimeout(ws_close=self.timeout_s),
+                compress=0,
             )
             noise = NoiseConnection.from_name(PROTOCOL)
             noise.set_as_initiator()

@@ -7,18 +7,21 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 from shardnet.deployment import Deployment
 
 log = logging.getLogger("shardnet.node.state")
 MAX_JOB_KEYS = 10_000
+SAVE_EVERY_S = 1.0
 
 
 class AgentState:
     def __init__(self, state_dir: Path, deployment: Deployment):
         self.path = Path(state_dir) / "state.json"
         self.identity = f"{deployment.chain_id}:{deployment.address('JobMarket')}:{deployment.deploy_block}"
+        self._saved_at = 0.0
         self.last: tuple[int, int] = (-1, -1)  # (block, log index) of the last event acted on
         self.submitted: list[int] = []  # jobs whose result this node submitted
         self.aborted: list[int] = []  # jobs this node aborted
@@ -39,9 +42,13 @@ class AgentState:
         """True if the event at `key` was handled before (a restart never acts twice)."""
         return key <= self.last
 
-    def advance(self, key: tuple[int, int]) -> None:
+    def advance(self, key: tuple[int, int], durable: bool = True) -> None:
+        """Move past the event at `key`. Past an event acted on the position is saved at once;
+        past one that asked nothing of this node, at most every SAVE_EVERY_S (a restart then
+        reads such events again, and they still ask nothing)."""
         self.last = key
-        self.save()
+        if durable or time.monotonic() - self._saved_at >= SAVE_EVERY_S:
+            self.save()
 
     def settled(self, job_id: int, how: str) -> None:
         (self.submitted if how == "submitted" else self.aborted).append(job_id)
@@ -64,6 +71,7 @@ class AgentState:
         self.save()
 
     def save(self) -> None:
+        self._saved_at = time.monotonic()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         data = {
