@@ -188,6 +188,22 @@ def test_a_private_job_leaves_only_ciphertext_on_ipfs_and_its_committees_still_c
         assert all(audit.votes.get(m) == right for m in audit.members if m != liar), audit
 
 
+def test_a_private_job_whose_client_never_hands_over_the_key_is_aborted_with_the_reason(net):
+    """The job key lives with the client: a private job posted by a client that never hands it
+    to the route cannot be opened by stage 0, which aborts it, saying why (the client is refunded
+    for every stage that did not deliver: none did)."""
+    from shardnet.sealing import encrypt, new_job_key
+
+    sealed = encrypt(new_job_key(), b'{"input_ids": [1, 2]}', "input")  # under a key nobody is given
+    input_cid = net.ipfs.add(sealed, name="job-input.json")
+    deadline = net.chain.w3.eth.get_block("latest")["timestamp"] + 600
+    params = JobParams(max_new_tokens=2, private=True)
+    job_id = net.client.c.market.post_job(net.model_id, input_cid, params.encode(), MAX_FEE, deadline)
+    result = net.client.wait(job_id, timeout_s=120)  # this Client holds no key for it: it hands none over
+    assert result.aborted and "has not handed over the job key" in (result.record.abort_reason or "")
+    assert not any(result.record.payouts.values())
+
+
 def test_a_member_restarted_between_commit_and_reveal_still_reveals(net):
     """A committee member that dies the moment its vote is committed (misbehave
     exit_after_commit) finds the vote it saved when it restarts, reveals it and the audit
