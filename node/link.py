@@ -99,6 +99,21 @@ class LinkKey:
         return cls(raw)
 
 
+def handshake_state(prologue: bytes, key: LinkKey, remote: bytes | None = None) -> NoiseConnection:
+    """A session about to shake hands: as the sender (knowing the receiver's key, `remote`) or
+    as the receiver."""
+    noise = NoiseConnection.from_name(PROTOCOL)
+    if remote is None:
+        noise.set_as_responder()
+    else:
+        noise.set_as_initiator()
+        noise.set_keypair_from_public_bytes(Keypair.REMOTE_STATIC, remote)
+    noise.set_prologue(prologue)
+    noise.set_keypair_from_private_bytes(Keypair.STATIC, key.private)
+    noise.start_handshake()
+    return noise
+
+
 def seal(noise: NoiseConnection, plaintext: bytes) -> bytes:
     """Encrypt a frame in Noise-sized chunks, each prefixed by its length."""
     out = bytearray()
@@ -222,12 +237,7 @@ class LinkClient:
                 timeout=aiohttp.ClientWSTimeout(ws_close=self.timeout_s),
                 compress=0,
             )
-            noise = NoiseConnection.from_name(PROTOCOL)
-            noise.set_as_initiator()
-            noise.set_prologue(self.prologue)
-            noise.set_keypair_from_private_bytes(Keypair.STATIC, self.key.private)
-            noise.set_keypair_from_public_bytes(Keypair.REMOTE_STATIC, data_key)
-            noise.start_handshake()
+            noise = handshake_state(self.prologue, self.key, remote=data_key)
             await ws.send_bytes(noise.write_message(self.address.encode()))
             reply = await asyncio.wait_for(ws.receive(), self.timeout_s)
             if reply.type != aiohttp.WSMsgType.BINARY:
@@ -306,11 +316,7 @@ class LinkServer:
         """The session, the sender's node address and the reply; or why the link is refused."""
         if len(message) > HANDSHAKE_BYTES:
             return "handshake too large"
-        noise = NoiseConnection.from_name(PROTOCOL)
-        noise.set_as_responder()
-        noise.set_prologue(self.prologue)
-        noise.set_keypair_from_private_bytes(Keypair.STATIC, self.key.private)
-        noise.start_handshake()
+        noise = handshake_state(self.prologue, self.key)
         try:
             claimed = bytes(noise.read_message(message)).decode()
         except (*NOISE_ERRORS, UnicodeDecodeError):

@@ -42,18 +42,20 @@ def create_app(agent: NodeAgent) -> FastAPI:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _too_large() -> JSONResponse:
-        agent.metrics.refused.labels("too-large").inc()
-        return JSONResponse({"error": f"request body over {MAX_BODY_BYTES} bytes"}, status_code=413)
-
-    async def _sender(request: Request, body: bytes) -> str | None:
+    async def _signed(request: Request) -> tuple[bytes, str] | JSONResponse:
+        """The body of a signed request and who signed it, or the refusal to send back: 413 over
+        MAX_BODY_BYTES, 401 without a valid signature by the `x-shardnet-from` address."""
+        body = await _bounded_body(request)
+        if body is None:
+            agent.metrics.refused.labels("too-large").inc()
+            return JSONResponse({"error": f"request body over {MAX_BODY_BYTES} bytes"}, status_code=413)
         signature = request.headers.get("x-shardnet-signature", "")
         claimed = request.headers.get("x-shardnet-from", "")
         sender = recover_sender(request.url.path, body, signature)
-        if sender and sender.lower() == claimed.lower():
-            return sender
-        agent.metrics.refused.labels("bad-signature").inc()
-        return None
+        if not sender or sender.lower() != claimed.lower():
+            agent.metrics.refused.labels("bad-signature").inc()
+            return JSONResponse({"error": "missing or invalid x-shardnet-signature"}, status_code=401)
+        return body, sender
 
     @app.websocket(link.PATH)
     async def link_in(ws: WebSocket) -> None:
@@ -99,12 +101,10 @@ def create_app(agent: NodeAgent) -> FastAPI:
 
     @app.post("/v1/jobs/{job_id}/receipt")
     async def receipt(job_id: int, request: Request) -> JSONResponse:
-        body = await _bounded_body(request)
-        if body is None:
-            return _too_large()
-        sender = await _sender(request, body)
-        if sender is None:
-            return JSONResponse({"error": "missing or invalid x-shardnet-signature"}, status_code=401)
+        signed = await _signed(request)
+        if isinstance(signed, JSONResponse):
+            return signed
+        body, sender = signed
         result, reason = await agent.settlement.receipt_for(job_id, sender)
         if result is None:
             return JSONResponse({"error": reason}, status_code=403)
@@ -113,12 +113,10 @@ def create_app(agent: NodeAgent) -> FastAPI:
     @app.post("/v1/jobs/{job_id}/key")
     async def job_key(job_id: int, request: Request) -> JSONResponse:
         """A private job's client hands over the job key, sealed to this node (node/privacy.py)."""
-        body = await _bounded_body(request)
-        if body is None:
-            return _too_large()
-        sender = await _sender(request, body)
-        if sender is None:
-            return JSONResponse({"error": "missing or invalid x-shardnet-signature"}, status_code=401)
+        signed = await _signed(request)
+        if isinstance(signed, JSONResponse):
+            return signed
+        body, sender = signed
         await agent.pipeline.wait_for_route(job_id)
         reason = agent.job_keys.accept(job_id, sender, body)
         if reason is not None:
@@ -128,12 +126,10 @@ def create_app(agent: NodeAgent) -> FastAPI:
     @app.post("/v1/jobs/{job_id}/key-for-audit")
     async def job_key_for_audit(job_id: int, request: Request) -> JSONResponse:
         """A private job's key, sealed to a committee member checking one of its stages."""
-        body = await _bounded_body(request)
-        if body is None:
-            return _too_large()
-        sender = await _sender(request, body)
-        if sender is None:
-            return JSONResponse({"error": "missing or invalid x-shardnet-signature"}, status_code=401)
+        signed = await _signed(request)
+        if isinstance(signed, JSONResponse):
+            return signed
+        body, sender = signed
         sealed, reason = agent.job_keys.for_member(job_id, sender, body)
         if sealed is None:
             return JSONResponse({"error": reason}, status_code=403)
@@ -143,12 +139,10 @@ def create_app(agent: NodeAgent) -> FastAPI:
     async def tokens(job_id: int, request: Request) -> Response:
         """The job's tokens as they are generated, to the client that posted it (node/streams.py).
         Body: `{"from": n}` to start at the n-th token (after a reconnect)."""
-        body = await _bounded_body(request)
-        if body is None:
-            return _too_large()
-        sender = await _sender(request, body)
-        if sender is None:
-            return JSONResponse({"error": "missing or invalid x-shardnet-signature"}, status_code=401)
+        signed = await _signed(request)
+        if isinstance(signed, JSONResponse):
+            return signed
+        body, sender = signed
         try:
             start = int(json.loads(body or b"{}").get("from", 0))
         except (ValueError, TypeError, AttributeError):

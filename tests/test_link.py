@@ -12,9 +12,8 @@ from typing import Any
 import aiohttp
 import pytest
 import uvicorn
-from noise.connection import Keypair, NoiseConnection
 
-from node.link import MAX_FRAME_BYTES, PATH, PROTOCOL, STRIKES, LinkClient, LinkKey, LinkServer, prologue, seal
+from node.link import MAX_FRAME_BYTES, PATH, STRIKES, LinkClient, LinkKey, LinkServer, handshake_state, prologue, seal
 from node.messages import pack
 from node.server import create_app
 from shardnet.errors import PeerError
@@ -92,12 +91,7 @@ async def _raw_session(url: str, key: LinkKey, remote: bytes, address: str = SEN
     """A hand-driven link (to send what a node's client never would); returns (ws, noise, msg1)."""
     session = aiohttp.ClientSession()
     ws = await session.ws_connect(url.replace("http", "ws") + PATH)
-    noise = NoiseConnection.from_name(PROTOCOL)
-    noise.set_as_initiator()
-    noise.set_prologue(prologue(CHAIN, MARKET))
-    noise.set_keypair_from_private_bytes(Keypair.STATIC, key.private)
-    noise.set_keypair_from_public_bytes(Keypair.REMOTE_STATIC, remote)
-    noise.start_handshake()
+    noise = handshake_state(prologue(CHAIN, MARKET), key, remote=remote)
     first = bytes(noise.write_message(address.encode()))
     await ws.send_bytes(first)
     noise.read_message((await ws.receive()).data)
