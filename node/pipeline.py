@@ -243,20 +243,20 @@ class StagePipeline:
         """A data-plane message arrived: accept it only from the stage the on-chain route names."""
         if not await self.wait_for_route(job_id):
             return False, f"job {job_id} has no route on-chain"
-        job = self.ledger.jobs[job_id]
-        if job.status != JobStatus.ROUTED:
-            return False, f"job {job_id} is {job.status.name.lower()}, not routed"
-        if my_stage(self.address, job.route) != stage:
-            return False, f"this node is not stage {stage} of job {job_id}"
         try:
             header, _ = unpack(body)
         except ValueError as exc:
             return False, f"malformed message: {exc}"
-        expected = (
-            job.route[-1].node if header.get("kind") == "tokens" else job.route[stage - 1].node if stage else None
-        )
-        if expected is None or sender != expected:
-            return False, f"job {job_id} stage {stage} takes messages only from {expected}"
+        # a reroute may reach the sender first: wait a moment for this node's view to catch up
+        deadline = time.monotonic() + ROUTE_WAIT_S
+        while (reason := self._refusal(job_id, stage, sender, header)) is not None:
+            if self.ledger.jobs[job_id].status != JobStatus.ROUTED or time.monotonic() >= deadline:
+                return False, reason
+            waiting = self._routed.setdefault(job_id, asyncio.Event())
+            try:
+                await asyncio.wait_for(waiting.wait(), deadline - time.monotonic())
+            except TimeoutError:
+                pass
         self.metrics.bytes_in.inc(len(body))
         queue = self.queues.get(job_id)
         if queue is None:
@@ -264,6 +264,20 @@ class StagePipeline:
             self.spawn(self._worker(job_id, queue))
         await queue.put(body)
         return True, ""
+
+    def _refusal(self, job_id: int, stage: int, sender: str, header: dict[str, Any]) -> str | None:
+        """Why this node does not take the message, as the job's route stands here now."""
+        job = self.ledger.jobs[job_id]
+        if job.status != JobStatus.ROUTED:
+            return f"job {job_id} is {job.status.name.lower()}, not routed"
+        if my_stage(self.address, job.route) != stage:
+            return f"this node is not stage {stage} of job {job_id}"
+        expected = (
+            job.route[-1].node if header.get("kind") == "tokens" else job.route[stage - 1].node if stage else None
+        )
+        if expected is None or sender != expected:
+            return f"job {job_id} stage {stage} takes messages only from {expected}"
+        return None
 
     async def _worker(self, job_id: int, queue: asyncio.Queue[bytes]) -> None:
         while True:
