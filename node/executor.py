@@ -181,14 +181,14 @@ class Executor:
         """Stage 0: validate the job input (a private job's opened with its key), tokenize.
         -> (ids [b, n], attention mask or None). The transcript keeps `raw`, as IPFS holds it."""
         loaded = run.loaded
-        arch = loaded.model.arch
+        model = loaded.model
         kind = run.params.kind
-        if kind == "generate" and not arch.is_decoder:
+        if kind == "generate" and not model.is_decoder:
             raise JobInputError(
-                f"model {run.model_id} ({arch.model_type}) cannot generate; use kind 'embed' or 'forward'"
+                f"model {run.model_id} ({model.model_type}) cannot generate; use kind 'embed' or 'forward'"
             )
-        if kind == "embed" and arch.family != "bert":
-            raise JobInputError(f"model {run.model_id} ({arch.model_type}) does not make sentence embeddings")
+        if kind == "embed" and model.kind != "encoder":
+            raise JobInputError(f"model {run.model_id} ({model.model_type}) does not make sentence embeddings")
         plain = raw
         if run.params.private:
             if job_key is None:

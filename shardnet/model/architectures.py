@@ -1,94 +1,20 @@
-"""Declarative block maps for transformers architectures.
+"""Seeded model presets, for tests, demos and benchmarks (nothing is downloaded).
 
-Block 0 holds the embeddings, blocks 1..L the transformer layers, block L+1 the final norm
-and head (or the pooling). A new architecture is one `Arch` entry: where its modules live
-and which of the three runner families it uses.
+Where a model's blocks are is discovered from the model itself (shardnet.model.layout); this
+module only names small configs and builds whole models from them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 import torch
 import transformers
-from transformers import PretrainedConfig, PreTrainedModel
+from transformers import PretrainedConfig
 
-from shardnet.errors import ModelError
+from shardnet.model.layout import block_state, layout_for, model_class, num_layers
 
-
-@dataclass(frozen=True)
-class Arch:
-    model_type: str  # config.model_type
-    model_class: str  # transformers class that holds the whole model
-    family: str  # "rope_decoder" | "gpt2" | "bert" | "vit"
-    embed: tuple[str, ...]  # module paths in block 0
-    layers: str  # path of the ModuleList of transformer layers
-    final: tuple[str, ...]  # module paths in the last block
-    shared: tuple[str, ...] = ()  # weight-free modules every span rebuilds (rotary embeddings)
-
-    @property
-    def is_decoder(self) -> bool:
-        return self.family in ("rope_decoder", "gpt2")
-
-
-_ROPE: dict[str, Any] = dict(
-    family="rope_decoder",
-    embed=("model.embed_tokens",),
-    layers="model.layers",
-    final=("model.norm", "lm_head"),
-    shared=("model.rotary_emb",),
-)
-
-ARCHS: dict[str, Arch] = {
-    "llama": Arch("llama", "LlamaForCausalLM", **_ROPE),
-    "mistral": Arch("mistral", "MistralForCausalLM", **_ROPE),
-    "qwen2": Arch("qwen2", "Qwen2ForCausalLM", **_ROPE),
-    "gpt2": Arch(
-        "gpt2",
-        "GPT2LMHeadModel",
-        "gpt2",
-        embed=("transformer.wte", "transformer.wpe"),
-        layers="transformer.h",
-        final=("transformer.ln_f", "lm_head"),
-    ),
-    "bert": Arch("bert", "BertModel", "bert", embed=("embeddings",), layers="encoder.layer", final=()),
-    "vit": Arch(
-        "vit",
-        "ViTForImageClassification",
-        "vit",
-        embed=("vit.embeddings",),
-        layers="vit.layers",
-        final=("vit.layernorm", "classifier"),
-    ),
-}
-
-
-def arch_for(config: PretrainedConfig) -> Arch:
-    try:
-        return ARCHS[config.model_type]
-    except KeyError:
-        raise ModelError(
-            f"model_type '{config.model_type}' has no block map; supported: {sorted(ARCHS)}. "
-            "Add an Arch entry in shardnet/model/architectures.py"
-        ) from None
-
-
-def model_class(arch: Arch) -> type[PreTrainedModel]:
-    cls: type[PreTrainedModel] = getattr(transformers, arch.model_class)
-    return cls
-
-
-def get_module(root: torch.nn.Module, path: str) -> torch.nn.Module:
-    module = root
-    for part in path.split("."):
-        module = getattr(module, part)
-    return module
-
-
-def num_layers(config: PretrainedConfig) -> int:
-    return int(config.num_hidden_layers)
+__all__ = ["PRESETS", "block_state", "build_model", "num_blocks", "num_layers"]
 
 
 def num_blocks(config: PretrainedConfig) -> int:
@@ -154,7 +80,7 @@ PRESETS: dict[str, Callable[[], PretrainedConfig]] = {
         num_attention_heads=4,
         intermediate_size=128,
         max_position_embeddings=128,
-        add_pooling_layer=False,  # type: ignore[call-arg]  # kept on the config as an extra attribute
+        architectures=["BertModel"],  # an encoder: sentence embeddings, not a masked LM
     ),
     "tiny-vit": lambda: transformers.ViTConfig(
         image_size=32,
@@ -165,35 +91,14 @@ PRESETS: dict[str, Callable[[], PretrainedConfig]] = {
         num_attention_heads=4,
         intermediate_size=128,
         num_labels=10,  # type: ignore[call-arg]  # a PretrainedConfig argument
+        architectures=["ViTForImageClassification"],
     ),
 }
 
 
 def build_model(config: PretrainedConfig, seed: int = 0) -> torch.nn.Module:
     """The whole model from a config, weights drawn from a seeded generator, eval mode, fp32."""
+    layout_for(config)  # refuses a model that cannot be split before building it
     torch.manual_seed(seed)
-    model: torch.nn.Module = model_class(arch_for(config))(config)
+    model: torch.nn.Module = model_class(config)(config)
     return model.float().eval()
-
-
-def block_paths(arch: Arch, config: PretrainedConfig, block: int) -> tuple[str, ...]:
-    """Module paths (in the whole model) that make up `block`."""
-    layers = num_layers(config)
-    if block == 0:
-        return arch.embed
-    if 1 <= block <= layers:
-        return (f"{arch.layers}.{block - 1}",)
-    if block == layers + 1:
-        return arch.final
-    raise ModelError(f"block {block} out of range: the model has {layers + 2} blocks")
-
-
-def block_state(model: torch.nn.Module, config: PretrainedConfig, block: int) -> dict[str, torch.Tensor]:
-    """Every parameter and buffer of `block`, keyed by its name in the whole model."""
-    arch = arch_for(config)
-    out: dict[str, torch.Tensor] = {}
-    for path in block_paths(arch, config, block):
-        module = get_module(model, path)
-        for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
-            out[f"{path}.{name}"] = tensor.detach().clone().contiguous()
-    return out

@@ -11,7 +11,8 @@ import torch
 import transformers
 
 from shardnet.errors import ConfigError
-from shardnet.model.architectures import PRESETS, arch_for, build_model, model_class
+from shardnet.model.architectures import PRESETS, build_model
+from shardnet.model.layout import layout_for, model_class
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -37,7 +38,8 @@ def load_model(source: str, seed: int = 0) -> tuple[torch.nn.Module, Path | None
             "directory with a config.json"
         )
     config = transformers.AutoConfig.from_pretrained(path)
-    model: torch.nn.Module = model_class(arch_for(config)).from_pretrained(path, dtype=torch.float32)
+    layout_for(config)  # refuses a model that cannot be split before loading its weights
+    model: torch.nn.Module = model_class(config).from_pretrained(path, dtype=torch.float32)
     return model.eval(), path
 
 

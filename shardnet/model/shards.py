@@ -18,7 +18,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from shardnet.errors import ContentMismatch, ShardVerificationError
-from shardnet.model.architectures import arch_for, block_state, num_blocks
+from shardnet.model.layout import block_state, layout_for
 from shardnet.model.manifest import FORMAT, Manifest, blocks_root
 from shardnet.model.quant import DEFAULT_BLOCK_SIZE, DEFAULT_OUTLIER_THRESHOLD, compress_state, decompress_state
 from shardnet.protocol import Span
@@ -67,10 +67,10 @@ def publish(
 ) -> Manifest:
     """Cut `model` into blocks, add each to IPFS, then the manifest. Returns it with its CID."""
     config: Any = model.config
-    arch_for(config)
+    layout = layout_for(config)
     blocks: list[dict[str, Any]] = []
     axes = input_axes(model)
-    for index in range(num_blocks(config)):
+    for index in range(layout.num_blocks):
         encoded = encode_block(block_state(model, config, index), quant, block_size, threshold, axes)
         cid = ipfs.add(encoded, name=f"{name}-block{index:03d}.safetensors", progress=progress)
         blocks.append(
@@ -93,6 +93,9 @@ def publish(
         "format": FORMAT,
         "name": name,
         "model_type": config.model_type,
+        "kind": layout.kind,
+        # tensors stored once under another name (tied embeddings): alias -> stored name
+        "shared": {alias: source for alias, (source, _) in sorted(layout.tied.items())},
         "config": config.to_dict(),
         "tokenizer": tokenizer,
         "quantization": {"mode": quant, "block_size": block_size, "outlier_threshold": threshold},
@@ -113,9 +116,14 @@ def verify_block(entry: dict[str, Any], data: bytes) -> None:
 def fetch_span(
     ipfs: IpfsClient, manifest: Manifest, span: Span, timeout: float = 60
 ) -> dict[int, dict[str, torch.Tensor]]:
-    """Fetch, verify and decode exactly the blocks of `span`."""
-    out = {}
+    """Fetch, verify and decode the blocks of `span`, and any block holding a tensor the span
+    shares (tied input and output embeddings are stored once, in block 0)."""
+    needed: set[int] = set()
+    layout = layout_for(manifest.config) if manifest.data.get("shared") else None
     for index in range(span.start, span.end):
+        needed |= layout.needs(index) if layout else {index}
+    out = {}
+    for index in sorted(needed):
         entry = manifest.blocks[index]
         try:
             data = ipfs.cat(entry["cid"], timeout=timeout)

@@ -1,95 +1,239 @@
-"""Run a span [start, end) of a model's blocks, holding only those blocks' weights.
+"""Run a span [start, end) of a model's blocks with the model's own forward code.
 
-The whole model is instantiated on the meta device (no memory), the span's modules are
-materialised on the CPU and filled from the block tensors; everything else is dropped.
-Decoder spans keep a KV cache per session, with layer indices renumbered to the span.
+A span builds the whole model with its parameters on the meta device (no memory), puts its own
+blocks' tensors in place, and calls the model's forward as transformers wrote it, so that the
+model itself computes masks (causal, sliding, alternating), positions (rotary, learned, alibi),
+caches and its final processing (norms, softcaps, heads). Each layer is wrapped in a gate:
+
+- layers before the span's entry are skipped and the hidden states that came from the previous
+  stage are put in at the entry layer;
+- modules outside the span that still run before the layers (embeddings of a later span)
+  compute only their output's shape on the meta device and return zeros (never used);
+- a span that ends before the last block stops at its boundary and returns the hidden states.
+
+Each job keeps a cache of its own layers; lengths, masks and positions are taken from the span's
+layers (or from the count of tokens seen, for a span without layers), so every span sees what
+the whole model would.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_map
 from transformers import DynamicCache, PretrainedConfig
-from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 
 from shardnet.errors import BlockLoadError, ModelError
-from shardnet.model.architectures import arch_for, block_paths, get_module, model_class, num_blocks, num_layers
+from shardnet.model.layout import Layout, cache_argument, layout_for, probe_inputs, skeleton
 from shardnet.protocol import Span
+
+
+class SpanCache(DynamicCache):
+    """A whole-model cache of which only `active` layers are filled: lengths and mask sizes come
+    from an active layer of the same kind (or, with none, from the tokens seen)."""
+
+    def __init__(self, config: PretrainedConfig, active: list[int]):
+        super().__init__(config=config)
+        self.active = active
+        self.seen = 0
+
+    def _mapped(self, layer_idx: int) -> int | None:
+        if layer_idx in self.active:
+            return layer_idx
+        sliding = self.is_sliding
+        want = sliding[layer_idx] if layer_idx < len(sliding) else False
+        return next((j for j in self.active if j < len(sliding) and sliding[j] == want), None)
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.seen
+
+    def get_mask_sizes(self, query_length: int, layer_idx: int) -> tuple[int, int]:
+        mapped = self._mapped(layer_idx)
+        if mapped is None:
+            return self.seen + query_length, 0
+        sizes: tuple[int, int] = super().get_mask_sizes(query_length, mapped)
+        return sizes
 
 
 @dataclass
 class Session:
-    """Per-job state at one span: the KV cache of its layers and how many tokens it has seen."""
+    """Per-job state at one span: the cache of its layers and how many tokens it has seen."""
 
-    cache: DynamicCache | None = None
-    seen: int = 0  # tokens already processed (position offset)
+    cache: SpanCache | None = None
+    seen: int = 0
+    decoder: bool = False
 
 
-def _fill(module: nn.Module, prefix: str, tensors: dict[str, torch.Tensor], block: int) -> None:
-    expected = {f"{prefix}.{n}": t for n, t in [*module.named_parameters(), *module.named_buffers()]}
-    mine = {k: v for k, v in tensors.items() if k == prefix or k.startswith(prefix + ".")}
-    missing = sorted(set(expected) - set(mine))
-    if missing:
-        raise BlockLoadError(f"block {block} lacks tensors {missing[:3]}{'...' if len(missing) > 3 else ''}")
-    for name, target in expected.items():
-        source = mine[name]
-        if source.shape != target.shape:
-            raise BlockLoadError(
-                f"block {block}: {name} has shape {tuple(source.shape)}, the architecture needs {tuple(target.shape)}"
-            )
-        with torch.no_grad():
-            target.copy_(source.to(target.dtype))
+class _Stop(Exception):
+    def __init__(self, hidden: torch.Tensor):
+        super().__init__()
+        self.hidden = hidden
+
+
+@dataclass
+class _Plan:
+    first: int  # layers [first, last) run here
+    last: int
+    inject: torch.Tensor | None  # hidden states entering at layer `first`
+    stop_before: int | None  # raise with the input of this layer
+    stop_after: int | None  # raise with the output of this layer
+
+
+def _hidden_arg(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
+    if args:
+        hidden: torch.Tensor = args[0]
+        return hidden
+    if "hidden_states" in kwargs:
+        found: torch.Tensor = kwargs["hidden_states"]
+        return found
+    raise ModelError("a layer was called without hidden states as its first argument; the model cannot be split")
+
+
+def _with_hidden(
+    args: tuple[Any, ...], kwargs: dict[str, Any], hidden: torch.Tensor
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if args:
+        return (hidden, *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": hidden}
+
+
+def _shadow(module: nn.Module) -> None:
+    """`module` holds weights this span lacks but runs before the layers: compute its output's
+    shape on the meta device and return zeros of that shape (the entry layer replaces them)."""
+    original = module.forward
+
+    def to_meta(t: Any) -> Any:
+        return t.to("meta") if isinstance(t, torch.Tensor) else t
+
+    def to_zeros(t: Any) -> Any:
+        return torch.zeros(t.shape, dtype=t.dtype) if isinstance(t, torch.Tensor) else t
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        owners = [(m, name, buf) for m in module.modules() for name, buf in m._buffers.items() if buf is not None]
+        for m, name, buf in owners:
+            m._buffers[name] = buf.to("meta")
+        try:
+            return tree_map(to_zeros, original(*tree_map(to_meta, args), **tree_map(to_meta, kwargs)))
+        finally:
+            for m, name, buf in owners:
+                m._buffers[name] = buf
+
+    module.forward = forward
 
 
 class SpanModel(nn.Module):
     def __init__(self, config: PretrainedConfig, span: Span, blocks: dict[int, dict[str, torch.Tensor]]):
         super().__init__()
         self.config = config
-        self.arch = arch_for(config)
+        self.layout: Layout = layout_for(config)
         self.span = span
-        self.total_blocks = num_blocks(config)
-        if span.end > self.total_blocks:
+        self.total_blocks = self.layout.num_blocks
+        if not 0 <= span.start < span.end <= self.total_blocks:
             raise ModelError(f"span [{span.start}, {span.end}) exceeds the model's {self.total_blocks} blocks")
-        with torch.device("meta"):
-            skeleton = model_class(self.arch)(config)
-        self.parts = nn.ModuleDict()  # whole-model path (dots as '/') -> module
-        self.layer_list: list[nn.Module] = []
         for block in range(span.start, span.end):
             if block not in blocks:
                 raise BlockLoadError(f"block {block} was not provided to span [{span.start}, {span.end})")
-            for path in block_paths(self.arch, config, block):
-                module = get_module(skeleton, path).to_empty(device="cpu")
-                _fill(module, path, blocks[block], block)
-                self.parts[path.replace(".", "/")] = module
-                if 1 <= block <= num_layers(config):
-                    self.layer_list.append(module)
-        for path in self.arch.shared:  # weight-free, rebuilt from the config
-            self.parts[path.replace(".", "/")] = type(get_module(skeleton, path))(config=config)
-        del skeleton
-        self.layer_blocks = [b for b in range(span.start, span.end) if 1 <= b <= num_layers(config)]
-        self._entry: int | None = None  # the block the layers' cache indices are numbered from (see _number_layers)
+        model = skeleton(config)
+        self._place(model, blocks)
+        layers = model.get_submodule(self.layout.layers)
+        assert isinstance(layers, nn.ModuleList)
+        for index, layer in enumerate(layers):
+            layer.forward = self._gate(index, layer.forward)
+        shadowed: list[str] = []
+        for path, module in model.named_modules():  # parents come before their children
+            if path not in self.layout.before or any(path.startswith(s + ".") for s in shadowed):
+                continue
+            if any(p.device.type == "meta" for p in module.parameters(recurse=False)):
+                _shadow(module)
+                shadowed.append(path)
+        self.model = model
+        self._cache_kw = cache_argument(model)
+        self._plan = _Plan(0, 0, None, None, None)
         self._lock = threading.Lock()
-        self._number_layers(span.start)
         self.eval()
 
-    def _number_layers(self, entry: int) -> int:
-        """A job's cache holds only the layers it runs: number them from 0 at its entry block.
-        Returns how many of the span's layers come before the entry."""
-        skip = sum(1 for b in self.layer_blocks if b < entry)
-        if self._entry != entry:
-            for local, layer in enumerate(self.layer_list):
-                for sub in layer.modules():
-                    if hasattr(sub, "layer_idx"):
-                        setattr(sub, "layer_idx", local - skip)  # noqa: B010 - nn.Module attribute
-            self._entry = entry
-        return skip
+    # ------------------------------------------------------------------ weights
+    def _place(self, model: nn.Module, blocks: dict[int, dict[str, torch.Tensor]]) -> None:
+        span, layout = self.span, self.layout
+        placed: dict[str, nn.Parameter] = {}
 
-    def part(self, path: str) -> nn.Module:
-        return self.parts[path.replace(".", "/")]
+        def put(name: str, block: int) -> None:
+            source = blocks.get(block)
+            if source is None or name not in source:
+                raise BlockLoadError(
+                    f"block {block} lacks tensor {name}"
+                    + ("" if block in blocks else f" (block {block} was not provided; the span shares it)")
+                )
+            owner, _, attr = name.rpartition(".")
+            module = model.get_submodule(owner)
+            target = module._parameters.get(attr) if attr in module._parameters else module._buffers.get(attr)
+            if target is None:
+                raise BlockLoadError(f"block {block}: the architecture has no tensor {name}")
+            tensor = source[name]
+            if tuple(tensor.shape) != tuple(target.shape):
+                raise BlockLoadError(
+                    f"block {block}: {name} has shape {tuple(tensor.shape)}, "
+                    f"the architecture needs {tuple(target.shape)}"
+                )
+            tensor = tensor.to(target.dtype)
+            if attr in module._parameters:
+                placed[name] = nn.Parameter(tensor, requires_grad=False)
+                module._parameters[attr] = placed[name]
+            else:
+                module._buffers[attr] = tensor
+
+        for block in range(span.start, span.end):
+            expected = layout.names_in(block)
+            missing = sorted(set(expected) - set(blocks[block]))
+            if missing:
+                more = "..." if len(missing) > 3 else ""
+                raise BlockLoadError(f"block {block} lacks tensors {missing[:3]}{more}")
+            for name in expected:
+                put(name, block)
+        for alias, (source, at) in layout.tied.items():
+            if span.start <= at < span.end:
+                if source not in placed:
+                    put(source, layout.blocks[source])
+                owner, _, attr = alias.rpartition(".")
+                model.get_submodule(owner)._parameters[attr] = placed[source]
+
+    # ------------------------------------------------------------------ gates
+    def _gate(self, index: int, original: Callable[..., Any]) -> Callable[..., Any]:
+        returns_tuple = self.layout.layer_returns_tuple
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            plan = self._plan
+            if index == plan.stop_before:
+                raise _Stop(_hidden_arg(args, kwargs))
+            if not plan.first <= index < plan.last:  # another span's layer: pass the entering states on
+                hidden = plan.inject if plan.inject is not None else _hidden_arg(args, kwargs)
+                return (hidden,) if returns_tuple else hidden
+            if index == plan.first and plan.inject is not None:
+                args, kwargs = _with_hidden(args, kwargs, plan.inject)
+            out = original(*args, **kwargs)
+            if index == plan.stop_after:
+                raise _Stop(out[0] if isinstance(out, tuple) else out)
+            return out
+
+        return forward
+
+    # ------------------------------------------------------------------ running
+    @property
+    def kind(self) -> str:
+        return self.layout.kind
+
+    @property
+    def model_type(self) -> str:
+        return self.layout.model_type
+
+    @property
+    def is_decoder(self) -> bool:
+        return self.layout.is_decoder
 
     @property
     def has_embed(self) -> bool:
@@ -100,7 +244,12 @@ class SpanModel(nn.Module):
         return self.span.end == self.total_blocks
 
     def new_session(self) -> Session:
-        return Session(cache=DynamicCache() if self.arch.is_decoder and self.layer_list else None)
+        return Session(decoder=self.layout.is_decoder)
+
+    def layers_from(self, start: int) -> tuple[int, int]:
+        """The layers [first, last) a stage entering this span at block `start` runs."""
+        n = self.layout.num_layers
+        return max(start, 1) - 1, min(self.span.end, n + 1) - 1
 
     @torch.no_grad()
     def forward(
@@ -109,19 +258,20 @@ class SpanModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         session: Session | None = None,
         start: int | None = None,
+        extras: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """x: token ids [b, q] (first span; pixels [b, c, h, w] for ViT) or hidden states [b, q, d].
-        attention_mask: [b, s] of 1/0 over the whole sequence so far (encoders: padding).
-        start: run blocks [start, span end) only (a route entering this span part-way); a job
-        keeps the same entry for all its steps. Returns hidden states [b, q, d], or at the last
-        span logits [b, q, vocab] (decoders, ViT: [b, labels]) or a normalised embedding [b, d]
-        (BERT, mean pooling)."""
+        """x: token ids [b, q] (pixels [b, c, h, w] for image models) at block 0, else hidden
+        states [b, q, d]. attention_mask: [b, s] of 1/0 over the whole sequence so far.
+        session: a generation's state (its cache); None for a single pass. start: run blocks
+        [start, span end) only (a route entering this span part-way); a job keeps one entry for
+        all its steps. extras: further inputs of block 0 (token_type_ids). Returns hidden states
+        [b, q, d], or at the last span logits [b, q, vocab] (causal LMs), [b, labels] (image
+        classifiers), a normalised mean-pooled embedding [b, d] (encoders)."""
         start = self.span.start if start is None else start
         if not self.span.start <= start < self.span.end:
             raise ModelError(f"entry block {start} is outside span [{self.span.start}, {self.span.end})")
-        with self._lock:  # layer numbering is shared by the span's jobs: one forward at a time
-            skip = self._number_layers(start)
-            return self._forward(x, attention_mask, session, start, self.layer_list[skip:])
+        with self._lock:  # the gates' plan is shared by the span's jobs: one forward at a time
+            return self._forward(x, attention_mask, session, start, extras or {})
 
     def _forward(
         self,
@@ -129,84 +279,52 @@ class SpanModel(nn.Module):
         attention_mask: torch.Tensor | None,
         session: Session | None,
         start: int,
-        layers: list[nn.Module],
+        extras: dict[str, torch.Tensor],
     ) -> torch.Tensor:
-        family = self.arch.family
-        q = x.shape[1]
-        seen = session.seen if session else 0
-        cache = session.cache if session else None
-        position_ids = torch.arange(seen, seen + q).unsqueeze(0) if self.arch.is_decoder else None
-        hidden = self._embed(x, position_ids) if start == 0 else x
-
-        if layers:
-            if family == "rope_decoder":
-                mask = create_causal_mask(
-                    config=self.config,
-                    inputs_embeds=hidden,
-                    attention_mask=attention_mask,
-                    cache=cache,
-                    position_ids=position_ids,
-                )
-                rope = self.part(self.arch.shared[0])(hidden, position_ids=position_ids)
-                for layer in layers:
-                    hidden = layer(
-                        hidden,
-                        attention_mask=mask,
-                        position_ids=position_ids,
-                        cache=cache,
-                        use_cache=cache is not None,
-                        position_embeddings=rope,
-                    )
-            elif family == "gpt2":
-                mask = create_causal_mask(
-                    config=self.config,
-                    inputs_embeds=hidden,
-                    attention_mask=attention_mask,
-                    cache=cache,
-                    position_ids=position_ids,
-                )
-                for layer in layers:
-                    hidden = layer(hidden, cache=cache, attention_mask=mask, use_cache=cache is not None)
-            elif family == "bert":
-                mask = create_bidirectional_mask(
-                    config=self.config, inputs_embeds=hidden, attention_mask=attention_mask
-                )
-                for layer in layers:
-                    hidden = layer(hidden, attention_mask=mask)
+        layout = self.layout
+        first, last = self.layers_from(start)
+        stop_before = stop_after = None
+        if not self.has_final:
+            if last < layout.num_layers:
+                stop_before = last
             else:
-                for layer in layers:
-                    hidden = layer(hidden)
-            out: Any = hidden  # some layers return a tuple (hidden, ...)
-            hidden = out[0] if isinstance(out, tuple) else out
+                stop_after = layout.num_layers - 1
+        self._plan = _Plan(first, last, x if start > 0 else None, stop_before, stop_after)
+        if start == 0:
+            key = "pixel_values" if layout.kind == "image_classifier" else "input_ids"
+            inputs: dict[str, Any] = {key: x, **extras}
+        else:
+            length = x.shape[1] if x.dim() > 2 else 1
+            inputs = probe_inputs(self.config, layout.kind, x.shape[0], length, "cpu")
+        if attention_mask is not None and layout.kind != "image_classifier":
+            inputs["attention_mask"] = attention_mask
+        q = inputs["input_ids"].shape[1] if "input_ids" in inputs else 0
+        if layout.is_decoder:
+            if session is not None:
+                if session.cache is None:
+                    session.cache = SpanCache(self.config, list(range(first, last)))
+                session.cache.seen = session.seen
+                inputs.update({self._cache_kw: session.cache, "use_cache": True})
+            else:
+                inputs["use_cache"] = False
+        try:
+            out = self.model(**inputs)
+            result = self._final(out, attention_mask)
+        except _Stop as stop:
+            result = stop.hidden
+        finally:
+            self._plan = _Plan(0, 0, None, None, None)
         if session is not None:
             session.seen += q
-        return self._final(hidden, attention_mask) if self.has_final else hidden
+            if session.cache is not None:
+                session.cache.seen = session.seen
+        return result
 
-    def _embed(self, x: torch.Tensor, position_ids: torch.Tensor | None) -> torch.Tensor:
-        family = self.arch.family
-        if family == "rope_decoder":
-            return self._run(self.arch.embed[0], x)
-        if family == "gpt2":
-            return self._run("transformer.wte", x) + self._run("transformer.wpe", position_ids)
-        if family == "bert":
-            return self._run("embeddings", input_ids=x)
-        return self._run("vit.embeddings", x)
-
-    def _final(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        family = self.arch.family
-        if family == "rope_decoder":
-            return self._run("lm_head", self._run("model.norm", hidden))
-        if family == "gpt2":
-            return self._run("lm_head", self._run("transformer.ln_f", hidden))
-        if family == "bert":
-            assert attention_mask is not None  # sentence embeddings always come with their mask
-            return mean_pool(hidden, attention_mask)
-        return self._run("classifier", self._run("vit.layernorm", hidden)[:, 0])
-
-    def _run(self, path: str, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """Call the part of the model at `path`: [b, n, ...] in, [b, n, ...] out."""
-        out: torch.Tensor = self.part(path)(*args, **kwargs)
-        return out
+    def _final(self, out: Any, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        if self.layout.kind == "encoder":
+            return mean_pool(out.last_hidden_state, attention_mask)
+        logits: torch.Tensor = out.logits
+        return logits
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
