@@ -30,13 +30,13 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
-import transformers  # noqa: E402
-from transformers.models.auto import modeling_auto as auto  # noqa: E402
+import torch
+import transformers
+from transformers.models.auto import modeling_auto as auto
 
-from shardnet.model.check import check_model  # noqa: E402
-from shardnet.model.layout import model_class  # noqa: E402
-from shardnet.model.span import SpanModel, mean_pool, split_even  # noqa: E402
+from shardnet.model.check import check_model
+from shardnet.model.layout import model_class
+from shardnet.model.span import SpanModel, mean_pool, split_even
 
 MAX_PARAMS = 20_000_000
 
