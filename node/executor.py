@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
-from node.inputs import parse_input, sample_next
+from node.inputs import decode_images, parse_input, sample_next
 from shardnet.errors import JobInputError
 from shardnet.jobs import JobParams
-from shardnet.model.manifest import Manifest, fetch_manifest, fetch_tokenizer
+from shardnet.model.manifest import Manifest, fetch_manifest, fetch_processor, fetch_tokenizer
 from shardnet.model.shards import fetch_span
 from shardnet.model.span import Session, SpanModel
 from shardnet.protocol import Receipt, Span, Stage
@@ -34,6 +34,7 @@ class LoadedSpan:
     span: Span
     model: SpanModel
     tokenizer: Any | None = None  # a transformers tokenizer, at the ends of the model
+    processor: Any | None = None  # an image model's own image processor, at block 0
 
 
 @dataclass
@@ -53,6 +54,7 @@ class JobRun:
     prompt_len: int = 0
     generator: torch.Generator | None = None
     attention_mask: torch.Tensor | None = None
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # stage 0's first step: token_type_ids
     timing: dict[str, Any] = field(default_factory=dict)  # picked_up_at, t0, done (unix s), carried stage to stage
     sent_log: list[bytes] = field(default_factory=list)  # every message sent to the next stage (replay, transcript)
     received_log: list[bytes] = field(default_factory=list)  # every message that entered the stage (transcript)
@@ -107,11 +109,13 @@ class Executor:
         another node's stage (`serve=False`) never replaces it."""
         manifest = fetch_manifest(self.ipfs, manifest_cid, timeout=self.ipfs_timeout_s)
         blocks = fetch_span(self.ipfs, manifest, span, timeout=self.ipfs_timeout_s)
-        model = SpanModel(manifest.config, span, blocks)
-        tokenizer = None
+        model = SpanModel(manifest.config, span, blocks, manifest.data.get("pooling"))
+        tokenizer = processor = None
         if manifest.data.get("tokenizer") and (model.has_embed or model.has_final):
             tokenizer = self._tokenizer(manifest)
-        loaded = LoadedSpan(model_id, manifest, span, model, tokenizer)
+        if manifest.data.get("processor") and model.has_embed:
+            processor = fetch_processor(self.ipfs, manifest, self.ipfs_timeout_s)
+        loaded = LoadedSpan(model_id, manifest, span, model, tokenizer, processor)
         if serve:
             self._retire(model_id)
             self.spans[model_id] = loaded
@@ -185,10 +189,17 @@ class Executor:
         kind = run.params.kind
         if kind == "generate" and not model.is_decoder:
             raise JobInputError(
-                f"model {run.model_id} ({model.model_type}) cannot generate; use kind 'embed' or 'forward'"
+                f"model {run.model_id} ({model.model_type}) cannot generate; use kind "
+                + ("'classify'" if model.kind == "image_classifier" else "'embed' or 'forward'")
             )
         if kind == "embed" and model.kind != "encoder":
             raise JobInputError(f"model {run.model_id} ({model.model_type}) does not make sentence embeddings")
+        if (kind == "classify") != (model.kind == "image_classifier"):
+            raise JobInputError(
+                f"model {run.model_id} ({model.model_type}) classifies images: use kind 'classify'"
+                if kind != "classify"
+                else f"model {run.model_id} ({model.model_type}) does not classify images"
+            )
         plain = raw
         if run.params.private:
             if job_key is None:
@@ -199,19 +210,32 @@ class Executor:
                 raise JobInputError(f"the private job's input: {exc}") from None
         data = parse_input(run.params, plain)
         run.receive(raw)
+        if kind == "classify":
+            if loaded.processor is None:
+                raise JobInputError(f"model {run.model_id} has no image processor config in its manifest")
+            return decode_images(data["images"], loaded.processor), None
         tok = loaded.tokenizer
         if kind == "embed":
             if tok is None:
                 raise JobInputError(f"model {run.model_id} has no tokenizer in its manifest")
-            enc = tok(data["texts"], padding=True, truncation=True, max_length=256, return_tensors="pt")
+            pairs = data.get("pairs")
+            first, second = ([p[0] for p in pairs], [p[1] for p in pairs]) if pairs else (data["texts"], None)
+            enc = tok(first, second, padding=True, truncation=True, max_length=256, return_tensors="pt")
+            if pairs and "token_type_ids" in enc:
+                run.extras = {"token_type_ids": enc["token_type_ids"]}
             return enc["input_ids"], enc["attention_mask"]
         text = data.get("prompt") if kind == "generate" else data.get("text")
         if text is not None:
             if tok is None:
                 raise JobInputError(f"model {run.model_id} has no tokenizer; send 'input_ids' instead of text")
-            ids = tok(text, return_tensors="pt", add_special_tokens=kind != "generate")["input_ids"]
+            enc = tok(text, data.get("text_pair"), return_tensors="pt", add_special_tokens=kind != "generate")
+            ids = enc["input_ids"]
+            if data.get("text_pair") is not None and "token_type_ids" in enc:
+                run.extras = {"token_type_ids": enc["token_type_ids"]}
         else:
             ids = torch.tensor([data["input_ids"]])
+            if data.get("token_type_ids") is not None:
+                run.extras = {"token_type_ids": torch.tensor([data["token_type_ids"]])}
         vocab = loaded.manifest.config.vocab_size
         if int(ids.max()) >= vocab:
             raise JobInputError(f"input_ids contain {int(ids.max())}, beyond the model's vocabulary of {vocab}")
@@ -231,7 +255,8 @@ class Executor:
         session = run.session if run.params.kind == "generate" else None
         started = time.perf_counter()
         entry = run.stages[run.stage].start
-        out = loaded.model(x, attention_mask=mask, session=session, start=entry)
+        extras, run.extras = run.extras, {}  # block 0's side inputs go with the first step only
+        out = loaded.model(x, attention_mask=mask, session=session, start=entry, extras=extras)
         result: torch.Tensor = out
         if not measure:
             return result
@@ -269,6 +294,11 @@ class Executor:
             raise JobInputError(f"job {run.job_id}: a {kind} job ended without an output tensor")
         elif kind == "embed":
             out = {"kind": kind, "embeddings": final.tolist()}
+        elif kind == "classify":  # image classifier logits [b, labels]: also the labels they pick
+            names = getattr(run.loaded.manifest.config, "id2label", None) or {}
+            picks = final.argmax(-1).tolist()
+            labels = [names.get(i, names.get(str(i), str(i))) for i in picks]
+            out = {"kind": kind, "shape": list(final.shape), "output": final.tolist(), "labels": labels}
         elif final.dim() == 3:  # decoder logits [b, q, vocab]: the last position, and every argmax
             out = {
                 "kind": kind,

@@ -14,16 +14,18 @@ from typing import NoReturn
 
 from shardnet.errors import JobInputError
 
-KINDS = ("generate", "embed", "forward")
+KINDS = ("generate", "embed", "forward", "classify")
 WIRES = ("int8", "fp16", "fp32")
 MAX_NEW_TOKENS = 512
 MAX_TEXTS = 256
 MAX_INPUT_TOKENS = 2048
+MAX_IMAGES = 16  # classify: images per job
+MAX_IMAGE_BYTES = 4 * 1024 * 1024  # classify: one encoded image (PNG, JPEG, ...)
 
 
 @dataclass(frozen=True)
 class JobParams:
-    kind: str = "generate"  # generate | embed | forward
+    kind: str = "generate"  # generate | embed | forward | classify
     max_new_tokens: int = 16  # generate: tokens to add (1..512)
     temperature: float = 0.0  # generate: 0 = greedy
     top_k: int = 0  # generate: 0 = off

@@ -24,9 +24,25 @@ def job() -> None:
 
 @job.command("submit")
 @click.option("--model", "model_id", type=int, required=True, help="on-chain model id")
-@click.option("--kind", type=click.Choice(["generate", "embed", "forward"]), default="generate", show_default=True)
+@click.option(
+    "--kind", type=click.Choice(["generate", "embed", "forward", "classify"]), default="generate", show_default=True
+)
 @click.option("--prompt", help="generate: the prompt; forward: the text")
 @click.option("--text", "texts", multiple=True, help="embed: a text to embed (repeat for several)")
+@click.option(
+    "--pair",
+    "pairs",
+    nargs=2,
+    multiple=True,
+    help="embed: a sentence pair for an encoder with token types, e.g. --pair 'a question' 'a passage'",
+)
+@click.option(
+    "--image",
+    "images",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    multiple=True,
+    help="classify: an image file (PNG, JPEG, ...) to classify (repeat for several)",
+)
 @click.option("--input-ids", help="generate/forward: token ids instead of text, e.g. 1,2,3")
 @click.option("--max-new-tokens", type=int, default=16, show_default=True)
 @click.option("--temperature", type=float, default=0.0, show_default=True, help="0 = greedy")
@@ -56,6 +72,8 @@ def job_submit(
     kind: str,
     prompt: str | None,
     texts: tuple[str, ...],
+    pairs: tuple[tuple[str, str], ...],
+    images: tuple[Path, ...],
     input_ids: str | None,
     max_new_tokens: int,
     temperature: float,
@@ -98,9 +116,17 @@ def job_submit(
     except JobInputError as exc:
         raise click.BadParameter(str(exc)) from None
     if kind == "embed":
-        if not texts:
-            raise click.BadParameter("embed jobs need at least one --text", param_hint="--text")
-        job_input: dict[str, Any] = {"texts": list(texts)}
+        if bool(texts) == bool(pairs):
+            raise click.BadParameter(
+                "embed jobs need --text (one or more) or --pair (one or more)", param_hint="--text"
+            )
+        job_input: dict[str, Any] = {"texts": list(texts)} if texts else {"pairs": [list(p) for p in pairs]}
+    elif kind == "classify":
+        if not images:
+            raise click.BadParameter("classify jobs need at least one --image FILE", param_hint="--image")
+        import base64
+
+        job_input = {"images": [base64.b64encode(path.read_bytes()).decode() for path in images]}
     elif input_ids:
         try:
             job_input = {"input_ids": [int(i) for i in input_ids.split(",")]}
@@ -325,6 +351,8 @@ def _print_job(result: JobResult, as_json: bool) -> None:
         click.echo(f"output: {out.get('text')!r}" if out.get("text") is not None else f"tokens: {out['tokens']}")
     elif out.get("kind") == "embed":
         click.echo(f"output: {len(out['embeddings'])} embeddings of dimension {len(out['embeddings'][0])}")
+    elif out.get("kind") == "classify":
+        click.echo(f"output: {', '.join(map(str, out['labels']))}")
     elif out:
         click.echo(f"output: tensor of shape {out['shape']}")
     if r.output_cid:

@@ -29,8 +29,12 @@ def minilm_dir() -> Path:
 def load_model(source: str, seed: int = 0) -> tuple[torch.nn.Module, Path | None]:
     """(model in eval mode, fp32; tokenizer directory or None) for a preset name, 'minilm', or a directory."""
     if source in PRESETS:
-        tokenizer = minilm_dir() if source == "demo-gpt2" else None
-        return build_model(PRESETS[source](), seed), tokenizer
+        model = build_model(PRESETS[source](), seed)
+        if source == "demo-gpt2":
+            return model, minilm_dir()
+        if getattr(model.config, "image_size", None):  # an image model: its own processor config
+            return model, _image_processor_dir(model.config)
+        return model, None
     path = minilm_dir() if source == "minilm" else Path(source)
     if not (path / "config.json").exists():
         raise ConfigError(
@@ -39,8 +43,20 @@ def load_model(source: str, seed: int = 0) -> tuple[torch.nn.Module, Path | None
         )
     config = transformers.AutoConfig.from_pretrained(path)
     layout_for(config)  # refuses a model that cannot be split before loading its weights
-    model: torch.nn.Module = model_class(config).from_pretrained(path, dtype=torch.float32)
-    return model.eval(), path
+    loaded: torch.nn.Module = model_class(config).from_pretrained(path, dtype=torch.float32)
+    return loaded.eval(), path
+
+
+def _image_processor_dir(config: Any) -> Path:
+    """A folder holding the image processor config of a preset vision model: resize to the
+    model's image size, ImageNet normalisation (what a ViT checkpoint ships)."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="shardnet-processor-"))
+    size = config.image_size
+    processor = transformers.ViTImageProcessor(size={"height": size, "width": size})
+    processor.save_pretrained(folder)
+    return folder
 
 
 def load_tokenizer(path: Path) -> Any:

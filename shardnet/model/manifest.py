@@ -62,6 +62,22 @@ def fetch_manifest(ipfs: IpfsClient, cid: str, timeout: float = 30) -> Manifest:
     return Manifest(data, cid)
 
 
+def fetch_processor(ipfs: IpfsClient, manifest: Manifest, timeout: float = 30) -> Any | None:
+    """An image model's own image processor, from the files its manifest lists (None without)."""
+    files = manifest.data.get("processor") or {}
+    if not files:
+        return None
+    import tempfile
+    from pathlib import Path
+
+    import transformers
+
+    folder = Path(tempfile.mkdtemp(prefix="shardnet-processor-"))
+    for name, cid in files.items():
+        (folder / name).write_bytes(ipfs.cat(cid, timeout=timeout))
+    return transformers.AutoImageProcessor.from_pretrained(folder)  # type: ignore[no-untyped-call]
+
+
 def fetch_tokenizer(ipfs: IpfsClient, manifest: Manifest, timeout: float = 30) -> Any | None:
     """The model's transformers tokenizer, from the files its manifest lists (None without any)."""
     files = manifest.data.get("tokenizer") or {}

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from shardnet.errors import ContentMismatch, ShardVerificationError
+from shardnet.errors import ContentMismatch, ModelError, ShardVerificationError
 from shardnet.model.layout import block_state, layout_for
 from shardnet.model.manifest import FORMAT, Manifest, blocks_root
 from shardnet.model.quant import DEFAULT_BLOCK_SIZE, DEFAULT_OUTLIER_THRESHOLD, compress_state, decompress_state
@@ -25,6 +25,26 @@ from shardnet.protocol import Span
 from shardnet.storage import IpfsClient
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+PROCESSOR_FILES = ("preprocessor_config.json",)  # an image model's own preprocessing
+
+
+def pooling_of(folder: Path | None) -> dict[str, Any] | None:
+    """A sentence-transformers model's pooling (modules.json: Pooling, then Normalize or not),
+    or None when the folder has none (encoders then pool by masked mean, normalised)."""
+    if folder is None or not (Path(folder) / "modules.json").exists():
+        return None
+    modules = json.loads((Path(folder) / "modules.json").read_text())
+    pooling = next((m for m in modules if m.get("type", "").endswith(".Pooling")), None)
+    if pooling is None:
+        return None
+    config = json.loads((Path(folder) / pooling["path"] / "config.json").read_text())
+    modes = [m for m in ("cls_token", "mean_tokens", "max_tokens") if config.get(f"pooling_mode_{m}")]
+    if len(modes) != 1:
+        raise ModelError(
+            f"{folder}: pooling modes {modes or 'none'}; shardnet pools by exactly one of cls, mean or max"
+        )
+    normalize = any(m.get("type", "").endswith(".Normalize") for m in modules)
+    return {"mode": modes[0].split("_")[0], "normalize": normalize}
 
 
 def encode_block(
@@ -84,11 +104,13 @@ def publish(
             }
         )
     tokenizer: dict[str, str] = {}
+    processor: dict[str, str] = {}
     if tokenizer_dir:
-        for file in TOKENIZER_FILES:
-            path = Path(tokenizer_dir) / file
-            if path.exists():
-                tokenizer[file] = ipfs.add(path.read_bytes(), name=file)
+        for files, into in ((TOKENIZER_FILES, tokenizer), (PROCESSOR_FILES, processor)):
+            for file in files:
+                path = Path(tokenizer_dir) / file
+                if path.exists():
+                    into[file] = ipfs.add(path.read_bytes(), name=file)
     data: dict[str, Any] = {
         "format": FORMAT,
         "name": name,
@@ -98,6 +120,8 @@ def publish(
         "shared": {alias: source for alias, (source, _) in sorted(layout.tied.items())},
         "config": config.to_dict(),
         "tokenizer": tokenizer,
+        "processor": processor,
+        "pooling": pooling_of(tokenizer_dir),
         "quantization": {"mode": quant, "block_size": block_size, "outlier_threshold": threshold},
         "blocks": blocks,
         "blocks_root": "0x" + blocks_root([b["cid"] for b in blocks]).hex(),

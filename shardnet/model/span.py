@@ -127,9 +127,18 @@ def _shadow(module: nn.Module) -> None:
 
 
 class SpanModel(nn.Module):
-    def __init__(self, config: PretrainedConfig, span: Span, blocks: dict[int, dict[str, torch.Tensor]]):
+    def __init__(
+        self,
+        config: PretrainedConfig,
+        span: Span,
+        blocks: dict[int, dict[str, torch.Tensor]],
+        pooling: dict[str, Any] | None = None,
+    ):
+        """pooling: how an encoder's last span makes a sentence embedding, as the manifest
+        records it ({"mode": "mean" | "cls" | "max", "normalize": bool}); default mean, normalised."""
         super().__init__()
         self.config = config
+        self.pooling = pooling or {"mode": "mean", "normalize": True}
         self.layout: Layout = layout_for(config)
         self.span = span
         self.total_blocks = self.layout.num_blocks
@@ -322,7 +331,7 @@ class SpanModel(nn.Module):
 
     def _final(self, out: Any, attention_mask: torch.Tensor | None) -> torch.Tensor:
         if self.layout.kind == "encoder":
-            return mean_pool(out.last_hidden_state, attention_mask)
+            return pool(out.last_hidden_state, attention_mask, self.pooling)
         logits: torch.Tensor = out.logits
         return logits
 
@@ -334,6 +343,24 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torc
     weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
     pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
     return torch.nn.functional.normalize(pooled, p=2, dim=1)
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: dict[str, Any]) -> torch.Tensor:
+    """A sentence embedding [b, d] the way the model's sentence-transformers config says."""
+    mode = pooling.get("mode", "mean")
+    if mode == "mean":
+        if pooling.get("normalize", True):
+            return mean_pool(hidden, attention_mask)
+        mask = (torch.ones(hidden.shape[:2]) if attention_mask is None else attention_mask).unsqueeze(-1)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    if mode == "cls":
+        pooled = hidden[:, 0]
+    elif mode == "max":
+        mask = (torch.ones(hidden.shape[:2]) if attention_mask is None else attention_mask).unsqueeze(-1)
+        pooled = hidden.masked_fill(mask == 0, float("-inf")).amax(1)
+    else:
+        raise ModelError(f"pooling mode {mode!r} is not one of mean, cls, max")
+    return torch.nn.functional.normalize(pooled, p=2, dim=1) if pooling.get("normalize", True) else pooled
 
 
 def split_even(total_blocks: int, parts: int) -> list[Span]:
