@@ -13,9 +13,9 @@ demo: bootstrap
 test: bootstrap
 	@$(PY) -m pytest -q $(PYTEST_ARGS)
 
-# every test that needs no devnet (no chain, IPFS daemon or node process): under a minute
+# every test that needs no devnet (no chain, IPFS daemon or node process) and is not a sweep: about a minute
 test-fast: bootstrap
-	@$(PY) -m pytest -q -m "not stack" $(PYTEST_ARGS)
+	@$(PY) -m pytest -q -m "not stack and not slow" $(PYTEST_ARGS)
 
 # lint, format and type checks (CI runs them before the tests)
 check: bootstrap

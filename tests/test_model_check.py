@@ -156,3 +156,36 @@ def test_cli_check_prints_json_and_publish_refuses_an_inexact_model(monkeypatch)
     refused = runner.invoke(main, ["model", "publish", "tiny-llama", "--ipfs-api", "http://127.0.0.1:9"])
     assert refused.exit_code != 0
     assert "not published" in refused.output and "block 1" in refused.output
+
+
+def test_int8_shards_of_a_mixture_of_experts_are_at_most_0_3_of_fp32():
+    from shardnet.model.shards import decode_block, encode_block, input_axes
+
+    config = transformers.MixtralConfig(
+        vocab_size=512,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+    )
+    model = build_model(config)
+    layout = layout_for(config)
+    assert any(t.dim() == 3 for t in block_state(model, config, 1).values())  # stacked expert weights
+    fp32 = stored = 0
+    blocks = {}
+    for b in range(layout.num_blocks):
+        state = block_state(model, config, b)
+        fp32 += sum(t.numel() * t.element_size() for t in state.values())
+        data = encode_block(state, "int8", 64, 6.0, input_axes(model))
+        stored += len(data)
+        blocks[b] = decode_block(data)
+    assert stored <= 0.3 * fp32
+    spans = [SpanModel(config, s, blocks) for s in split_even(layout.num_blocks, 2)]
+    ids = torch.randint(0, 512, (1, 9))
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits
+    got = spans[1](spans[0](ids))
+    assert torch.nn.functional.cosine_similarity(got.flatten(), ref.flatten(), dim=0) > 0.99
