@@ -104,7 +104,7 @@ def main() -> None:
     config = model.config
     middle = split_even(num_blocks(config), 3)[1]
     span = SpanModel(config, middle, {b: block_state(model, config, b) for b in range(middle.start, middle.end)})
-    held = sum(t.numel() * t.element_size() for t in [*span.parameters(), *span.buffers()])
+    held = span.memory_bytes()
     whole = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
     print(f"span_memory_bytes_middle_of_3: {held}")
     print(f"whole_model_memory_bytes: {whole}")

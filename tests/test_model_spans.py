@@ -116,6 +116,7 @@ def test_a_span_holds_only_its_blocks():
     )
     assert held == wanted
     assert held < sum(p.numel() for p in model.parameters()) / 2
+    assert span.memory_bytes() < sum(p.numel() * 4 for p in model.parameters()) / 2
     assert all(p.device.type in ("cpu", "meta") for p in span.parameters())  # the rest takes no memory
     with pytest.raises(BlockLoadError, match="block 4"):
         SpanModel(cfg, Span(3, 5), {3: blocks[3]})

@@ -252,6 +252,12 @@ class SpanModel(nn.Module):
     def has_final(self) -> bool:
         return self.span.end == self.total_blocks
 
+    def memory_bytes(self) -> int:
+        """Bytes of the tensors this span holds (its blocks, and buffers such as rotary
+        frequencies); the rest of the model's parameters are on the meta device and hold none."""
+        tensors = {id(t): t for t in [*self.model.parameters(), *self.model.buffers()] if t.device.type != "meta"}
+        return sum(t.numel() * t.element_size() for t in tensors.values())
+
     def new_session(self) -> Session:
         return Session(decoder=self.layout.is_decoder)
 
