@@ -18,6 +18,7 @@ the whole model would.
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,8 +26,10 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.utils._pytree import tree_map
 from transformers import DynamicCache, PretrainedConfig
+from transformers.cache_utils import DynamicLayer
 
 from shardnet.errors import BlockLoadError, ModelError
 from shardnet.model.layout import Layout, cache_argument, layout_for, probe_inputs, skeleton
@@ -173,6 +176,8 @@ class SpanModel(nn.Module):
                 shadowed.append(path)
         self.model = model
         self._cache_kw = cache_argument(model)
+        self._group: _Group | None = None
+        self._takes_positions = "position_ids" in inspect.signature(type(model).forward).parameters
         self._plan = _Plan(0, 0, None, None, None)
         self._lock = threading.Lock()
         self.eval()
@@ -299,14 +304,9 @@ class SpanModel(nn.Module):
         with self._lock:  # the gates' plan is shared by the span's jobs: one forward at a time
             return self._forward(x, attention_mask, session, start, extras or {})
 
-    def _forward(
-        self,
-        x: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        session: Session | None,
-        start: int,
-        extras: dict[str, torch.Tensor],
-    ) -> torch.Tensor:
+    def _inputs(self, x: torch.Tensor, start: int, extras: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """Set the gates' plan for a pass entering at block `start` and return the model inputs:
+        the real ones at block 0, placeholders of the right shape after it."""
         layout = self.layout
         first, last = self.layers_from(start)
         stop_before = stop_after = None
@@ -318,21 +318,11 @@ class SpanModel(nn.Module):
         self._plan = _Plan(first, last, x if start > 0 else None, stop_before, stop_after)
         if start == 0:
             key = "pixel_values" if layout.kind == "image_classifier" else "input_ids"
-            inputs: dict[str, Any] = {key: x, **extras}
-        else:
-            length = x.shape[1] if x.dim() > 2 else 1
-            inputs = probe_inputs(self.config, layout.kind, x.shape[0], length, "cpu")
-        if attention_mask is not None and layout.kind != "image_classifier":
-            inputs["attention_mask"] = attention_mask
-        q = inputs["input_ids"].shape[1] if "input_ids" in inputs else 0
-        if layout.is_decoder:
-            if session is not None:
-                if session.cache is None:
-                    session.cache = SpanCache(self.config, list(range(first, last)))
-                session.cache.seen = session.seen
-                inputs.update({self._cache_kw: session.cache, "use_cache": True})
-            else:
-                inputs["use_cache"] = False
+            return {key: x, **extras}
+        length = x.shape[1] if x.dim() > 2 else 1
+        return probe_inputs(self.config, layout.kind, x.shape[0], length, "cpu")
+
+    def _run(self, inputs: dict[str, Any], attention_mask: torch.Tensor | None) -> torch.Tensor:
         try:
             out = self.model(**inputs)
             result = self._final(out, attention_mask)
@@ -340,10 +330,6 @@ class SpanModel(nn.Module):
             result = stop.hidden
         finally:
             self._plan = _Plan(0, 0, None, None, None)
-        if session is not None:
-            session.seen += q
-            if session.cache is not None:
-                session.cache.seen = session.seen
         return result
 
     def _final(self, out: Any, attention_mask: torch.Tensor | None) -> torch.Tensor:
@@ -351,6 +337,127 @@ class SpanModel(nn.Module):
             return pool(out.last_hidden_state, attention_mask, self.pooling)
         logits: torch.Tensor = out.logits
         return logits
+
+    def _forward(
+        self,
+        x: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        session: Session | None,
+        start: int,
+        extras: dict[str, torch.Tensor],
+    ) -> torch.Tensor:
+        layout = self.layout
+        inputs = self._inputs(x, start, extras)
+        if attention_mask is not None and layout.kind != "image_classifier":
+            inputs["attention_mask"] = attention_mask
+        q = inputs["input_ids"].shape[1] if "input_ids" in inputs else 0
+        if layout.is_decoder:
+            if session is not None:
+                if session.cache is None:
+                    first, last = self.layers_from(start)
+                    session.cache = SpanCache(self.config, list(range(first, last)))
+                session.cache.seen = session.seen
+                inputs.update({self._cache_kw: session.cache, "use_cache": True})
+            else:
+                inputs["use_cache"] = False
+        result = self._run(inputs, attention_mask)
+        if session is not None:
+            session.seen += q
+            if session.cache is not None:
+                session.cache.seen = session.seen
+        return result
+
+    # ------------------------------------------------------------------ batched decode
+    @torch.no_grad()
+    def forward_batch(
+        self, xs: list[torch.Tensor], sessions: list[Session], start: int | None = None
+    ) -> list[torch.Tensor]:
+        """One decode step of several generations at once: `xs[i]` ([1, 1] ids or [1, 1, d]
+        hidden states) continues `sessions[i]`. Their caches are left-padded to one length and
+        run as a batch (masks hide the padding, each row keeps its own positions), so the
+        span's weights are read once for all of them; each session then keeps its own rows.
+        Steps that cannot be batched (a prefill, sliding-window caches, a model whose forward
+        takes no position ids) run one after another."""
+        start = self.span.start if start is None else start
+        if not self.span.start <= start < self.span.end:
+            raise ModelError(f"entry block {start} is outside span [{self.span.start}, {self.span.end})")
+        with self._lock:
+            if len(xs) < 2 or not self._batchable(xs, sessions):
+                return [self._forward(x, None, s, start, {}) for x, s in zip(xs, sessions, strict=True)]
+            return self._batch(xs, sessions, start)
+
+    def _batchable(self, xs: list[torch.Tensor], sessions: list[Session]) -> bool:
+        if not (self.layout.is_decoder and self._takes_positions):
+            return False
+        caches = [s.cache for s in sessions]
+        if any(c is None or s.seen == 0 for c, s in zip(caches, sessions, strict=True)):
+            return False
+        active = caches[0].active if caches[0] is not None else []
+        if any(c is None or c.active != active for c in caches) or any(tuple(x.shape[:2]) != (1, 1) for x in xs):
+            return False
+        return all(type(c.layers[j]) is DynamicLayer for c in caches if c is not None for j in active)
+
+    def _batch(self, xs: list[torch.Tensor], sessions: list[Session], start: int) -> list[torch.Tensor]:
+        caches = [s.cache for s in sessions if s.cache is not None]
+        lengths = [s.seen for s in sessions]
+        active = caches[0].active
+        group = self._group
+        if group is not None and group.members == [id(s) for s in sessions] and group.lengths == lengths:
+            combined, mask = group.cache, group.mask  # the same jobs as the last batch: their rows are in place
+        else:
+            longest = max(lengths)
+            combined = SpanCache(self.config, active)
+            for j in active:
+                keys = torch.cat([_left_pad(_layer(c, j).keys, longest) for c in caches])
+                values = torch.cat([_left_pad(_layer(c, j).values, longest) for c in caches])
+                _layer(combined, j).lazy_initialization(keys, values)
+                _layer(combined, j).keys, _layer(combined, j).values = keys, values
+            mask = torch.zeros(len(xs), longest, dtype=torch.long)
+            for i, n in enumerate(lengths):
+                mask[i, longest - n :] = 1
+        mask = torch.cat([mask, torch.ones(len(xs), 1, dtype=torch.long)], dim=1)
+        combined.seen = mask.shape[1] - 1
+        inputs = self._inputs(torch.cat(xs), start, {})
+        inputs.update(
+            {
+                "attention_mask": mask,
+                "position_ids": torch.tensor(lengths).unsqueeze(1),
+                self._cache_kw: combined,
+                "use_cache": True,
+            }
+        )
+        out = self._run(inputs, mask)
+        for i, (session, cache) in enumerate(zip(sessions, caches, strict=True)):
+            keep = lengths[i] + 1  # each job's own rows, without the padding (views: no copy)
+            for j in active:
+                rows = _layer(combined, j)
+                _layer(cache, j).keys = rows.keys[i : i + 1, :, -keep:]
+                _layer(cache, j).values = rows.values[i : i + 1, :, -keep:]
+            session.seen += 1
+            cache.seen = session.seen
+        self._group = _Group([id(s) for s in sessions], [n + 1 for n in lengths], combined, mask)
+        return [out[i : i + 1] for i in range(len(xs))]
+
+
+@dataclass
+class _Group:
+    """The last batch's padded cache, reused while the same jobs step together."""
+
+    members: list[int]  # id() of each session, in row order
+    lengths: list[int]  # each session's length after that step
+    cache: SpanCache
+    mask: torch.Tensor
+
+
+def _layer(cache: DynamicCache, index: int) -> Any:
+    """A cache layer holding keys and values (batching takes only plain DynamicLayers)."""
+    return cache.layers[index]
+
+
+def _left_pad(t: Any, length: int) -> torch.Tensor:
+    """[1, heads, n, d] -> [1, heads, length, d], zeros in front (masked out)."""
+    padded: torch.Tensor = F.pad(t, (0, 0, length - t.shape[-2], 0))
+    return padded
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
