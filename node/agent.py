@@ -229,6 +229,8 @@ class NodeAgent:
             "jobs_in_progress": len(self.executor.jobs),
             "ms_per_block": self.executor.ms_per_block,
             "forward_calls": self.executor.calls,
+            "decode_batches": self.executor.batches,  # batches of several generations' decode steps
+            "batched_steps": self.executor.batched_steps,
         }
 
 

@@ -101,6 +101,11 @@ class Executor:
         self.slowdown = slowdown
         self.ms_per_block: float | None = None  # measured: moving average of compute per block per call
         self.calls = 0
+        self.batches = 0  # decode batches of more than one generation, and the steps they ran
+        self.batched_steps = 0
+        self._waiting: dict[tuple[int, int], list[tuple[JobRun, torch.Tensor, asyncio.Future[torch.Tensor]]]] = {}
+        self._draining: set[tuple[int, int]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ spans
     def load(self, model_id: int, manifest_cid: str, span: Span, serve: bool = True) -> LoadedSpan:
@@ -268,6 +273,69 @@ class Executor:
         self.ms_per_block = ms if self.ms_per_block is None else 0.8 * self.ms_per_block + 0.2 * ms
         self.calls += 1
         return result
+
+    # ------------------------------------------------------------------ batched decode
+    @staticmethod
+    def is_decode_step(run: JobRun, x: torch.Tensor, mask: torch.Tensor | None) -> bool:
+        """A generation's one-token step after its prefill: what batched decode runs together."""
+        return run.params.kind == "generate" and x.shape[:2] == (1, 1) and mask is None and run.session.seen > 0
+
+    def generations_on(self, loaded: LoadedSpan) -> int:
+        """Generations in progress here on this loaded span."""
+        return sum(1 for r in self.jobs.values() if r.loaded is loaded and r.params.kind == "generate" and not r.ended)
+
+    async def decode(self, run: JobRun, x: torch.Tensor, inline_ms: float) -> torch.Tensor:
+        """Run a decode step, together with the decode steps of other generations on the same
+        span that are waiting: while one batch computes (in a worker thread), the steps that
+        arrive queue up and go together as the next batch. A lone generation's short step runs
+        on the event loop (no thread handoff)."""
+        key = (id(run.loaded), run.stages[run.stage].start)
+        future: asyncio.Future[torch.Tensor] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(key, []).append((run, x, future))
+        if key not in self._draining:
+            self._draining.add(key)
+            task = asyncio.create_task(self._drain(key, inline_ms))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return await future
+
+    async def _drain(self, key: tuple[int, int], inline_ms: float) -> None:
+        try:
+            while self._waiting.get(key):
+                batch = self._waiting.pop(key)
+                run = batch[0][0]
+                try:
+                    if len(batch) == 1 and (
+                        self.generations_on(run.loaded) <= 1 and self.step_estimate_ms(run) <= inline_ms
+                    ):
+                        outs = [self.run_span(run, batch[0][1], None)]
+                    else:
+                        outs = await asyncio.to_thread(self.run_batch, [(r, x) for r, x, _ in batch])
+                except Exception as exc:  # noqa: BLE001 - each waiting step gets the failure
+                    for _, _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, _, future), out in zip(batch, outs, strict=True):
+                    if not future.done():
+                        future.set_result(out)
+        finally:
+            self._draining.discard(key)
+
+    def run_batch(self, batch: list[tuple[JobRun, torch.Tensor]]) -> list[torch.Tensor]:
+        """Decode steps of generations on one span and entry, as one batch (shardnet.model.span)."""
+        if len(batch) == 1:
+            return [self.run_span(batch[0][0], batch[0][1], None)]
+        run = batch[0][0]
+        started = time.perf_counter()
+        outs = run.loaded.model.forward_batch(
+            [x for _, x in batch], [r.session for r, _ in batch], start=run.stages[run.stage].start
+        )
+        if self.slowdown > 1:
+            time.sleep((time.perf_counter() - started) * (self.slowdown - 1))
+        self.batches += 1
+        self.batched_steps += len(batch)
+        return outs
 
     def next_token(self, run: JobRun, logits: torch.Tensor) -> tuple[int, bool]:
         """Last stage, generate: the next token and whether generation is over."""

@@ -134,7 +134,9 @@ class StagePipeline:
     async def step(self, run: JobRun, x: torch.Tensor, mask: torch.Tensor | None) -> None:
         """Run this stage's span on `x` and pass the result on."""
         started = time.perf_counter()
-        if x.shape[1] == 1 and self.executor.step_estimate_ms(run) <= INLINE_STEP_MS:
+        if self.executor.is_decode_step(run, x, mask):  # batched with other generations' steps when they wait
+            out = await self.executor.decode(run, x, INLINE_STEP_MS)
+        elif x.shape[1] == 1 and self.executor.step_estimate_ms(run) <= INLINE_STEP_MS:
             out = self.executor.run_span(run, x, mask)  # a short decode step: no thread handoff
         else:
             out = await asyncio.to_thread(self.executor.run_span, run, x, mask)
