@@ -20,6 +20,10 @@ emitted. Prints `name: value` lines:
 - forward_latency_ratio_llama512 (target <= 1.3) and generation_tokps_ratio_llama512 (>= 0.8):
   the same two figures for `llama-512` on two nodes, a 128-token forward and a 64-token
   generation after a 128-token prompt.
+- batched_tokps_ratio_8_jobs: `llama-512` on its two nodes, 8 generations (64 new tokens after
+  a 128-token prompt, fp32) posted and routed at once: their aggregate tokens/s (every token
+  over the time from the first stage 0 start to the last output) over one generation's alone.
+  The nodes batch the decode steps that wait on the same span. Target >= 3.
 - event_to_pickup_ms_p50: JobRouted mined to stage 0 acting on it. Target <= 50.
 - chain_overhead_ms_per_job: client-observed job time minus its data-plane time (post,
   routing, IPFS input/output, receipts, result transaction, client polling).
@@ -82,7 +86,24 @@ def run_job(net, client, model_id, stages, job_input, params):
     return result, total_ms, timing["data_plane_ms"], (timing["picked_up_at"] - routed_at) * 1000
 
 
-def measure(net, client, source, quant, wire, node_count, forward_tokens, prompt_tokens, new_tokens):
+def concurrent(net, client, model_id, stages, vocab, prompt_tokens, new_tokens, wire, jobs=8):
+    """`jobs` generations posted, then routed, at once: aggregate tokens/s over their span of time."""
+    params = JobParams(kind="generate", max_new_tokens=new_tokens, wire=wire)
+    prompts = [
+        torch.randint(0, vocab, (prompt_tokens,), generator=torch.Generator().manual_seed(500 + i)).tolist()
+        for i in range(jobs)
+    ]
+    ids = [client.submit(model_id, {"input_ids": p}, params, MAX_FEE) for p in prompts]
+    for job_id in ids:
+        route_now(net, job_id, stages)
+    results = [client.wait(job_id, timeout_s=600, poll_s=0.05) for job_id in ids]
+    starts = [r.output["timing"]["t0"] for r in results]
+    ends = [r.output["timing"]["t0"] + r.output["timing"]["data_plane_ms"] / 1000 for r in results]
+    tokens = sum(len(r.output["tokens"]) for r in results)
+    return tokens / (max(ends) - min(starts))
+
+
+def measure(net, client, source, quant, wire, node_count, forward_tokens, prompt_tokens, new_tokens, batched=False):
     """One model on `node_count` nodes, spans split evenly, against the same model in this
     process; returns the figures (ms lists and counts), checking fp32 runs give identical tokens."""
     model_id, manifest_cid = net.publish(source, quant=quant, price_per_block=10**9)
@@ -133,6 +154,9 @@ def measure(net, client, source, quant, wire, node_count, forward_tokens, prompt
             f["hops"].append((dp - local_ms) / (node_count * new_tokens - 1))
             f["pickups"].append(pickup)
             f["overheads"].append(total - dp)
+    if batched:
+        alone = new_tokens / (statistics.median(f["gen_dist"]) / 1000)
+        f["batched_ratio"] = concurrent(net, client, model_id, stages, vocab, prompt_tokens, new_tokens, wire) / alone
     return f
 
 
@@ -146,7 +170,9 @@ def main() -> None:
             net.c.market.set_terms(replace(net.c.market.terms(), min_audit_bps=0))
             client = Client.from_deployment(dev_account(12), net.deployment)
             gpt2 = measure(net, client, MODEL, "int8", "int8", 3, FORWARD_TOKENS, PROMPT_TOKENS, NEW_TOKENS)
-            llama = measure(net, client, ANCHOR, "none", "fp32", 2, ANCHOR_PROMPT, ANCHOR_PROMPT, ANCHOR_NEW_TOKENS)
+            llama = measure(
+                net, client, ANCHOR, "none", "fp32", 2, ANCHOR_PROMPT, ANCHOR_PROMPT, ANCHOR_NEW_TOKENS, batched=True
+            )
         finally:
             net.stop()
 
@@ -165,6 +191,7 @@ def main() -> None:
     print(f"generation_tokps_in_process_llama512: {ANCHOR_NEW_TOKENS / (med(llama['gen_local']) / 1000):.1f}")
     print(f"generation_tokps_2_stages_llama512: {ANCHOR_NEW_TOKENS / (med(llama['gen_dist']) / 1000):.1f}")
     print(f"generation_tokps_ratio_llama512: {med(llama['gen_local']) / med(llama['gen_dist']):.3f}")
+    print(f"batched_tokps_ratio_8_jobs: {llama['batched_ratio']:.2f}")
     print(f"hop_overhead_ms_p50: {med(gpt2['hops'] + llama['hops']):.2f}")
     print(f"event_to_pickup_ms_p50: {med(gpt2['pickups'] + llama['pickups']):.1f}")
     print(f"chain_overhead_ms_per_job: {med(gpt2['overheads'] + llama['overheads']):.1f}")

@@ -91,6 +91,9 @@ class JobRun:
         return self.stage == len(self.stages) - 1
 
 
+GATHER_MS = 5.0  # longest a decode batch waits for the span's other generations to arrive
+
+
 class Executor:
     def __init__(self, ipfs: IpfsClient, ipfs_timeout_s: float, slowdown: float = 1.0):
         self.ipfs = ipfs
@@ -106,6 +109,7 @@ class Executor:
         self._waiting: dict[tuple[int, int], list[tuple[JobRun, torch.Tensor, asyncio.Future[torch.Tensor]]]] = {}
         self._draining: set[tuple[int, int]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._decode_ms: dict[tuple[int, int], float] = {}  # per span and entry: last decode batch's time
 
     # ------------------------------------------------------------------ spans
     def load(self, model_id: int, manifest_cid: str, span: Span, serve: bool = True) -> LoadedSpan:
@@ -280,15 +284,11 @@ class Executor:
         """A generation's one-token step after its prefill: what batched decode runs together."""
         return run.params.kind == "generate" and x.shape[:2] == (1, 1) and mask is None and run.session.seen > 0
 
-    def generations_on(self, loaded: LoadedSpan) -> int:
-        """Generations in progress here on this loaded span."""
-        return sum(1 for r in self.jobs.values() if r.loaded is loaded and r.params.kind == "generate" and not r.ended)
-
     async def decode(self, run: JobRun, x: torch.Tensor, inline_ms: float) -> torch.Tensor:
         """Run a decode step, together with the decode steps of other generations on the same
-        span that are waiting: while one batch computes (in a worker thread), the steps that
-        arrive queue up and go together as the next batch. A lone generation's short step runs
-        on the event loop (no thread handoff)."""
+        span that are waiting: while one batch computes, the steps that arrive queue up and go
+        together as the next batch. Short steps run on the event loop (a thread handoff costs
+        milliseconds of GIL switching per hop), longer ones in a worker thread."""
         key = (id(run.loaded), run.stages[run.stage].start)
         future: asyncio.Future[torch.Tensor] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(key, []).append((run, x, future))
@@ -301,14 +301,20 @@ class Executor:
 
     async def _drain(self, key: tuple[int, int], inline_ms: float) -> None:
         try:
-            while self._waiting.get(key):
-                batch = self._waiting.pop(key)
-                run = batch[0][0]
+            loop = asyncio.get_running_loop()
+            while True:
+                await asyncio.sleep(0)  # let messages already received queue their steps first
+                # the other generations on this span arrive within moments of each other: wait a
+                # little for them (a fraction of a step), so they step as one batch
+                deadline = loop.time() + min(GATHER_MS, self._decode_ms.get(key, 0.0) / 2) / 1000
+                while len(self._waiting.get(key, [])) < self._decoding(key) and loop.time() < deadline:
+                    await asyncio.sleep(0.0005)
+                batch = self._waiting.pop(key, [])
+                if not batch:
+                    return
                 try:
-                    if len(batch) == 1 and (
-                        self.generations_on(run.loaded) <= 1 and self.step_estimate_ms(run) <= inline_ms
-                    ):
-                        outs = [self.run_span(run, batch[0][1], None)]
+                    if self._decode_ms.get(key, 0.0) <= inline_ms:  # short: on the event loop, no thread handoff
+                        outs = self.run_batch([(r, x) for r, x, _ in batch])
                     else:
                         outs = await asyncio.to_thread(self.run_batch, [(r, x) for r, x, _ in batch])
                 except Exception as exc:  # noqa: BLE001 - each waiting step gets the failure
@@ -322,19 +328,34 @@ class Executor:
         finally:
             self._draining.discard(key)
 
+    def _decoding(self, key: tuple[int, int]) -> int:
+        """Generations past their prefill on this span and entry that still have steps to run."""
+        return sum(
+            1
+            for r in self.jobs.values()
+            if (id(r.loaded), r.stages[r.stage].start) == key
+            and r.params.kind == "generate"
+            and r.session.seen > 0
+            and not r.ended
+            and not (r.all_sent and not r.is_last)
+        )
+
     def run_batch(self, batch: list[tuple[JobRun, torch.Tensor]]) -> list[torch.Tensor]:
         """Decode steps of generations on one span and entry, as one batch (shardnet.model.span)."""
-        if len(batch) == 1:
-            return [self.run_span(batch[0][0], batch[0][1], None)]
         run = batch[0][0]
+        key = (id(run.loaded), run.stages[run.stage].start)
         started = time.perf_counter()
-        outs = run.loaded.model.forward_batch(
-            [x for _, x in batch], [r.session for r, _ in batch], start=run.stages[run.stage].start
-        )
-        if self.slowdown > 1:
-            time.sleep((time.perf_counter() - started) * (self.slowdown - 1))
-        self.batches += 1
-        self.batched_steps += len(batch)
+        if len(batch) == 1:
+            outs = [self.run_span(run, batch[0][1], None)]
+        else:
+            outs = run.loaded.model.forward_batch(
+                [x for _, x in batch], [r.session for r, _ in batch], start=run.stages[run.stage].start
+            )
+            if self.slowdown > 1:
+                time.sleep((time.perf_counter() - started) * (self.slowdown - 1))
+            self.batches += 1
+            self.batched_steps += len(batch)
+        self._decode_ms[key] = (time.perf_counter() - started) * 1000
         return outs
 
     def next_token(self, run: JobRun, logits: torch.Tensor) -> tuple[int, bool]:

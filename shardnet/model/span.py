@@ -36,12 +36,55 @@ from shardnet.model.layout import Layout, cache_argument, layout_for, probe_inpu
 from shardnet.protocol import Span
 
 
+class GrowingLayer(DynamicLayer):  # type: ignore[no-untyped-call]
+    """A full-attention cache layer that writes new keys and values in place into a buffer
+    that doubles when full; DynamicLayer concatenates, copying the whole cache at every step.
+    `keys`/`values` are views of the filled part; if someone replaces them (a batch handing a
+    job its rows back), the next update starts a new buffer from them."""
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)  # type: ignore[no-untyped-call]
+        self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._view: torch.Tensor | None = None
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        keys, values = self.keys, self.values
+        assert keys is not None and values is not None
+        n = keys.shape[-2] if keys.dim() == 4 else 0
+        q = key_states.shape[-2]
+        buffers = self._buffers
+        if (
+            buffers is None
+            or keys is not self._view
+            or n + q > buffers[0].shape[-2]
+            or buffers[0].shape[:-2] != key_states.shape[:-2]
+        ):
+            capacity = max(2 * (n + q), 64)
+            shape = (*key_states.shape[:-2], capacity, key_states.shape[-1])
+            buffers = (key_states.new_empty(shape), value_states.new_empty(shape))
+            if n:
+                buffers[0][..., :n, :] = keys
+                buffers[1][..., :n, :] = values
+            self._buffers = buffers
+        buffers[0][..., n : n + q, :] = key_states
+        buffers[1][..., n : n + q, :] = value_states
+        self.keys, self.values = buffers[0][..., : n + q, :], buffers[1][..., : n + q, :]
+        self._view = self.keys
+        return self.keys, self.values
+
+
 class SpanCache(DynamicCache):
     """A whole-model cache of which only `active` layers are filled: lengths and mask sizes come
-    from an active layer of the same kind (or, with none, from the tokens seen)."""
+    from an active layer of the same kind (or, with none, from the tokens seen). Full-attention
+    layers grow in place (GrowingLayer)."""
 
     def __init__(self, config: PretrainedConfig, active: list[int]):
         super().__init__(config=config)
+        self.layers = [GrowingLayer() if type(layer) is DynamicLayer else layer for layer in self.layers]
         self.active = active
         self.seen = 0
 
@@ -395,7 +438,7 @@ class SpanModel(nn.Module):
         active = caches[0].active if caches[0] is not None else []
         if any(c is None or c.active != active for c in caches) or any(tuple(x.shape[:2]) != (1, 1) for x in xs):
             return False
-        return all(type(c.layers[j]) is DynamicLayer for c in caches if c is not None for j in active)
+        return all(type(c.layers[j]) is GrowingLayer for c in caches if c is not None for j in active)
 
     def _batch(self, xs: list[torch.Tensor], sessions: list[Session], start: int) -> list[torch.Tensor]:
         caches = [s.cache for s in sessions if s.cache is not None]
