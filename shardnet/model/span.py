@@ -77,6 +77,9 @@ class GrowingLayer(DynamicLayer):  # type: ignore[no-untyped-call]
         return self.keys, self.values
 
 
+MAX_GROUPS = 4  # padded batch caches a span keeps
+
+
 class SpanCache(DynamicCache):
     """A whole-model cache of which only `active` layers are filled: lengths and mask sizes come
     from an active layer of the same kind (or, with none, from the tokens seen). Full-attention
@@ -219,7 +222,7 @@ class SpanModel(nn.Module):
                 shadowed.append(path)
         self.model = model
         self._cache_kw = cache_argument(model)
-        self._group: _Group | None = None
+        self._groups: dict[tuple[int, ...], _Group] = {}
         self._takes_positions = "position_ids" in inspect.signature(type(model).forward).parameters
         self._plan = _Plan(0, 0, None, None, None)
         self._lock = threading.Lock()
@@ -444,9 +447,11 @@ class SpanModel(nn.Module):
         caches = [s.cache for s in sessions if s.cache is not None]
         lengths = [s.seen for s in sessions]
         active = caches[0].active
-        group = self._group
-        if group is not None and group.members == [id(s) for s in sessions] and group.lengths == lengths:
-            combined, mask = group.cache, group.mask  # the same jobs as the last batch: their rows are in place
+        members = tuple(id(s) for s in sessions)
+        group = self._groups.pop(members, None)
+        same = group is not None and all(a is b for a, b in zip(group.sessions, sessions, strict=True))
+        if group is not None and same and group.lengths == lengths:
+            combined, mask = group.cache, group.mask  # the same jobs as an earlier batch: their rows are in place
         else:
             longest = max(lengths)
             combined = SpanCache(self.config, active)
@@ -478,15 +483,18 @@ class SpanModel(nn.Module):
                 _layer(cache, j).values = rows.values[i : i + 1, :, -keep:]
             session.seen += 1
             cache.seen = session.seen
-        self._group = _Group([id(s) for s in sessions], [n + 1 for n in lengths], combined, mask)
+        self._groups[members] = _Group(list(sessions), [n + 1 for n in lengths], combined, mask)
+        while len(self._groups) > MAX_GROUPS:  # the oldest first (dicts keep insertion order)
+            self._groups.pop(next(iter(self._groups)))
         return [out[i : i + 1] for i in range(len(xs))]
 
 
 @dataclass
 class _Group:
-    """The last batch's padded cache, reused while the same jobs step together."""
+    """A batch's padded cache, reused when the same jobs (keyed by their sessions' ids, in row
+    order) step together again; with several stages, jobs form groups that take turns."""
 
-    members: list[int]  # id() of each session, in row order
+    sessions: list[Session]  # held, so an id() is never another session's
     lengths: list[int]  # each session's length after that step
     cache: SpanCache
     mask: torch.Tensor
