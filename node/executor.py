@@ -91,7 +91,7 @@ class JobRun:
         return self.stage == len(self.stages) - 1
 
 
-GATHER_MS = 5.0  # longest a decode batch waits for the span's other generations to arrive
+GATHER_MS = 30.0  # longest a decode batch waits for the span's other generations to arrive
 
 
 class Executor:
@@ -106,6 +106,7 @@ class Executor:
         self.calls = 0
         self.batches = 0  # decode batches of more than one generation, and the steps they ran
         self.batched_steps = 0
+        self.decode_ms_total = 0.0  # time spent computing decode steps, batched or not
         self._waiting: dict[tuple[int, int], list[tuple[JobRun, torch.Tensor, asyncio.Future[torch.Tensor]]]] = {}
         self._draining: set[tuple[int, int]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -304,9 +305,10 @@ class Executor:
             loop = asyncio.get_running_loop()
             while True:
                 await asyncio.sleep(0)  # let messages already received queue their steps first
-                # the other generations on this span arrive within moments of each other: wait a
-                # little for them (a fraction of a step), so they step as one batch
-                deadline = loop.time() + min(GATHER_MS, self._decode_ms.get(key, 0.0) / 2) / 1000
+                # wait for the span's other generations (at most about one batch's time): a bigger
+                # batch costs little more than a small one, so jobs that drifted into separate
+                # groups merge into one and then step in lock-step
+                deadline = loop.time() + min(GATHER_MS, self._decode_ms.get(key, 0.0)) / 1000
                 while len(self._waiting.get(key, [])) < self._decoding(key) and loop.time() < deadline:
                     await asyncio.sleep(0.0005)
                 batch = self._waiting.pop(key, [])
@@ -356,6 +358,7 @@ class Executor:
             self.batches += 1
             self.batched_steps += len(batch)
         self._decode_ms[key] = (time.perf_counter() - started) * 1000
+        self.decode_ms_total += self._decode_ms[key]
         return outs
 
     def next_token(self, run: JobRun, logits: torch.Tensor) -> tuple[int, bool]:
