@@ -118,3 +118,26 @@ def test_bad_inputs_are_aborted_with_the_reason(net, source, job_input, params, 
     result = _run(net, source, job_input, params)
     assert result.status in (JobStatus.ABORTED, JobStatus.ABORTING), result.status
     assert reason in result.record.abort_reason
+
+
+def test_the_explorer_summarises_pairs_images_and_labels():
+    from shardnet.explorer.live import summarise
+
+    class Ipfs:
+        def __init__(self, data):
+            self.data = data
+
+        def cat(self, cid, timeout=None):
+            return self.data[cid]
+
+    png = base64.b64encode(_png(3)).decode()
+    store = Ipfs(
+        {
+            "in": f'{{"images": ["{png}"]}}'.encode(),
+            "pairs": b'{"pairs": [["a question", "a passage"], ["broken"]]}',
+            "out": b'{"kind": "classify", "shape": [1, 10], "output": [[0.1]], "labels": ["LABEL_3"]}',
+        }
+    )
+    assert summarise(store, "in") == {"images": {"count": 1, "bytes": len(png) * 3 // 4}}
+    assert summarise(store, "pairs") == {"pairs": [["a question", "a passage"]]}
+    assert summarise(store, "out") == {"labels": ["LABEL_3"], "shape": [1, 10]}

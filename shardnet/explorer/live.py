@@ -58,8 +58,9 @@ class Prober:
 
 
 def summarise(ipfs: IpfsClient | None, cid: str | None) -> dict[str, Any] | None:
-    """A job input or output from IPFS, summarised: text, tokens, embeddings (count, dimension,
-    first values) or a tensor's shape; `error` says why it could not be read."""
+    """A job input or output from IPFS, summarised: text, sentence pairs, tokens, embeddings
+    (count, dimension, first values), images (count, bytes), labels or a tensor's shape;
+    `error` says why it could not be read."""
     if not cid:
         return None
     if ipfs is None:
@@ -84,6 +85,12 @@ def summarise(ipfs: IpfsClient | None, cid: str | None) -> dict[str, Any] | None
             out["text"] = data[key]
     if isinstance(data.get("texts"), list):
         out["texts"] = [t for t in data["texts"] if isinstance(t, str)]
+    if isinstance(data.get("pairs"), list):  # sentence pairs for an encoder
+        out["pairs"] = [p for p in data["pairs"] if isinstance(p, list) and len(p) == 2]
+    if isinstance(data.get("images"), list):  # classify input: base64 image files (not shown)
+        out["images"] = {"count": len(data["images"]), "bytes": sum(len(i) * 3 // 4 for i in data["images"])}
+    if isinstance(data.get("labels"), list):  # classify output
+        out["labels"] = data["labels"]
     for key in ("input_ids", "tokens"):
         if isinstance(data.get(key), list):
             out["tokens"] = data[key]
