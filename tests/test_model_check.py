@@ -189,3 +189,30 @@ def test_int8_shards_of_a_mixture_of_experts_are_at_most_0_3_of_fp32():
         ref = model(input_ids=ids).logits
     got = spans[1](spans[0](ids))
     assert torch.nn.functional.cosine_similarity(got.flatten(), ref.flatten(), dim=0) > 0.99
+
+
+def test_embeddings_pool_as_the_models_sentence_transformers_config_says(tmp_path):
+    from shardnet.model.loading import minilm_dir
+    from shardnet.model.shards import pooling_of
+    from shardnet.model.span import pool
+
+    assert pooling_of(minilm_dir()) == {"mode": "mean", "normalize": True}
+    assert pooling_of(tmp_path) is None  # no modules.json: mean, normalised, by default
+    (tmp_path / "1_Pooling").mkdir()
+    (tmp_path / "modules.json").write_text(
+        json.dumps([{"path": "", "type": "sentence_transformers.models.Transformer"},
+                    {"path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}])
+    )  # fmt: skip
+    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
+    cls = pooling_of(tmp_path)
+    assert cls == {"mode": "cls", "normalize": False}
+    config = CASES["bert-pairs"]()
+    model = build_model(config, seed=1)
+    n = num_blocks(config)
+    blocks = {b: block_state(model, config, b) for b in range(n)}
+    ids = torch.randint(0, 256, (2, 7))
+    mask = torch.ones_like(ids)
+    hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    span = SpanModel(config, Span(0, n), blocks, cls)
+    assert torch.allclose(span(ids, attention_mask=mask), hidden[:, 0], atol=1e-5)  # the first token, as is
+    assert torch.allclose(pool(hidden, mask, {"mode": "max", "normalize": False}), hidden.amax(1))
