@@ -110,7 +110,10 @@ class Executor:
         self._waiting: dict[tuple[int, int], list[tuple[JobRun, torch.Tensor, asyncio.Future[torch.Tensor]]]] = {}
         self._draining: set[tuple[int, int]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._arrived: dict[tuple[int, int], asyncio.Event] = {}  # set when a decode step is queued
         self._decode_ms: dict[tuple[int, int], float] = {}  # per span and entry: last decode batch's time
+        # per (span and entry, job): when its last decode step arrived, and the interval before it
+        self._cadence: dict[tuple[tuple[int, int], int], tuple[float, float]] = {}
 
     # ------------------------------------------------------------------ spans
     def load(self, model_id: int, manifest_cid: str, span: Span, serve: bool = True) -> LoadedSpan:
@@ -291,8 +294,14 @@ class Executor:
         together as the next batch. Short steps run on the event loop (a thread handoff costs
         milliseconds of GIL switching per hop), longer ones in a worker thread."""
         key = (id(run.loaded), run.stages[run.stage].start)
+        now = time.monotonic()
+        last = self._cadence.get((key, run.job_id))
+        self._cadence[(key, run.job_id)] = (now, now - last[0] if last else float("inf"))
+        if key not in self._draining and self._decoding(key) <= 1 and self._decode_ms.get(key, 0.0) <= inline_ms:
+            return self.run_batch([(run, x)])[0]  # alone on this span: no batching machinery at all
         future: asyncio.Future[torch.Tensor] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(key, []).append((run, x, future))
+        self._arrived.setdefault(key, asyncio.Event()).set()
         if key not in self._draining:
             self._draining.add(key)
             task = asyncio.create_task(self._drain(key, inline_ms))
@@ -305,15 +314,20 @@ class Executor:
             loop = asyncio.get_running_loop()
             while True:
                 await asyncio.sleep(0)  # let messages already received queue their steps first
+                if not self._waiting.get(key):
+                    return
                 # wait for the span's other generations (at most about one batch's time): a bigger
                 # batch costs little more than a small one, so jobs that drifted into separate
                 # groups merge into one and then step in lock-step
                 deadline = loop.time() + min(GATHER_MS, self._decode_ms.get(key, 0.0)) / 1000
-                while len(self._waiting.get(key, [])) < self._decoding(key) and loop.time() < deadline:
-                    await asyncio.sleep(0.0005)
-                batch = self._waiting.pop(key, [])
-                if not batch:
-                    return
+                arrived = self._arrived.setdefault(key, asyncio.Event())
+                while len(self._waiting[key]) < self._decoding(key) and loop.time() < deadline:
+                    arrived.clear()
+                    try:
+                        await asyncio.wait_for(arrived.wait(), deadline - loop.time())
+                    except TimeoutError:
+                        break
+                batch = self._waiting.pop(key)
                 try:
                     if self._decode_ms.get(key, 0.0) <= inline_ms:  # short: on the event loop, no thread handoff
                         outs = self.run_batch([(r, x) for r, x, _ in batch])
@@ -331,16 +345,17 @@ class Executor:
             self._draining.discard(key)
 
     def _decoding(self, key: tuple[int, int]) -> int:
-        """Generations past their prefill on this span and entry that still have steps to run."""
-        return sum(
-            1
-            for r in self.jobs.values()
-            if (id(r.loaded), r.stages[r.stage].start) == key
-            and r.params.kind == "generate"
-            and r.session.seen > 0
-            and not r.ended
-            and not (r.all_sent and not r.is_last)
-        )
+        """Generations whose next decode step on this span and entry is due: each one's last
+        step came less than 1.5 of its own step interval ago (one that ended, or stalled, stops
+        counting after that)."""
+        now = time.monotonic()
+        due = 0
+        for (k, job_id), (last, interval) in list(self._cadence.items()):
+            if now - last > 30:  # long gone
+                del self._cadence[(k, job_id)]
+            elif k == key and now - last < (1.5 * interval if interval != float("inf") else 1.0):
+                due += 1
+        return due
 
     def run_batch(self, batch: list[tuple[JobRun, torch.Tensor]]) -> list[torch.Tensor]:
         """Decode steps of generations on one span and entry, as one batch (shardnet.model.span)."""
