@@ -26,96 +26,16 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 from torch.utils._pytree import tree_map
-from transformers import DynamicCache, PretrainedConfig
-from transformers.cache_utils import DynamicLayer
+from transformers import PretrainedConfig
 
 from shardnet.errors import BlockLoadError, ModelError
+from shardnet.model.cache import MAX_GROUPS, BatchGroup, GrowingLayer, Session, SpanCache, layer_of, left_pad
 from shardnet.model.layout import Layout, cache_argument, layout_for, probe_inputs, skeleton
+from shardnet.model.pooling import mean_pool, pool
 from shardnet.protocol import Span
 
-
-class GrowingLayer(DynamicLayer):  # type: ignore[no-untyped-call]
-    """A full-attention cache layer that writes new keys and values in place into a buffer
-    that doubles when full; DynamicLayer concatenates, copying the whole cache at every step.
-    `keys`/`values` are views of the filled part; if someone replaces them (a batch handing a
-    job its rows back), the next update starts a new buffer from them."""
-
-    def __init__(self, **kwargs: Any):
-        super().__init__(**kwargs)  # type: ignore[no-untyped-call]
-        self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._view: torch.Tensor | None = None
-
-    def update(
-        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        keys, values = self.keys, self.values
-        assert keys is not None and values is not None
-        n = keys.shape[-2] if keys.dim() == 4 else 0
-        q = key_states.shape[-2]
-        buffers = self._buffers
-        if (
-            buffers is None
-            or keys is not self._view
-            or n + q > buffers[0].shape[-2]
-            or buffers[0].shape[:-2] != key_states.shape[:-2]
-        ):
-            capacity = max(2 * (n + q), 64)
-            shape = (*key_states.shape[:-2], capacity, key_states.shape[-1])
-            buffers = (key_states.new_empty(shape), value_states.new_empty(shape))
-            if n:
-                buffers[0][..., :n, :] = keys
-                buffers[1][..., :n, :] = values
-            self._buffers = buffers
-        buffers[0][..., n : n + q, :] = key_states
-        buffers[1][..., n : n + q, :] = value_states
-        self.keys, self.values = buffers[0][..., : n + q, :], buffers[1][..., : n + q, :]
-        self._view = self.keys
-        return self.keys, self.values
-
-
-MAX_GROUPS = 4  # padded batch caches a span keeps
-
-
-class SpanCache(DynamicCache):
-    """A whole-model cache of which only `active` layers are filled: lengths and mask sizes come
-    from an active layer of the same kind (or, with none, from the tokens seen). Full-attention
-    layers grow in place (GrowingLayer)."""
-
-    def __init__(self, config: PretrainedConfig, active: list[int]):
-        super().__init__(config=config)
-        self.layers = [GrowingLayer() if type(layer) is DynamicLayer else layer for layer in self.layers]
-        self.active = active
-        self.seen = 0
-
-    def _mapped(self, layer_idx: int) -> int | None:
-        if layer_idx in self.active:
-            return layer_idx
-        sliding = self.is_sliding
-        want = sliding[layer_idx] if layer_idx < len(sliding) else False
-        return next((j for j in self.active if j < len(sliding) and sliding[j] == want), None)
-
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self.seen
-
-    def get_mask_sizes(self, query_length: int, layer_idx: int) -> tuple[int, int]:
-        mapped = self._mapped(layer_idx)
-        if mapped is None:
-            return self.seen + query_length, 0
-        sizes: tuple[int, int] = super().get_mask_sizes(query_length, mapped)
-        return sizes
-
-
-@dataclass
-class Session:
-    """Per-job state at one span: the cache of its layers and how many tokens it has seen."""
-
-    cache: SpanCache | None = None
-    seen: int = 0
-    decoder: bool = False
+__all__ = ["BlockLoadError", "Session", "SpanCache", "SpanModel", "mean_pool", "pool", "split_even"]
 
 
 class _Stop(Exception):
@@ -222,7 +142,7 @@ class SpanModel(nn.Module):
                 shadowed.append(path)
         self.model = model
         self._cache_kw = cache_argument(model)
-        self._groups: dict[tuple[int, ...], _Group] = {}
+        self._groups: dict[tuple[int, ...], BatchGroup] = {}
         self._takes_positions = "position_ids" in inspect.signature(type(model).forward).parameters
         self._plan = _Plan(0, 0, None, None, None)
         self._lock = threading.Lock()
@@ -456,10 +376,10 @@ class SpanModel(nn.Module):
             longest = max(lengths)
             combined = SpanCache(self.config, active)
             for j in active:
-                keys = torch.cat([_left_pad(_layer(c, j).keys, longest) for c in caches])
-                values = torch.cat([_left_pad(_layer(c, j).values, longest) for c in caches])
-                _layer(combined, j).lazy_initialization(keys, values)
-                _layer(combined, j).keys, _layer(combined, j).values = keys, values
+                keys = torch.cat([left_pad(layer_of(c, j).keys, longest) for c in caches])
+                values = torch.cat([left_pad(layer_of(c, j).values, longest) for c in caches])
+                layer_of(combined, j).lazy_initialization(keys, values)
+                layer_of(combined, j).keys, layer_of(combined, j).values = keys, values
             mask = torch.zeros(len(xs), longest, dtype=torch.long)
             for i, n in enumerate(lengths):
                 mask[i, longest - n :] = 1
@@ -478,64 +398,15 @@ class SpanModel(nn.Module):
         for i, (session, cache) in enumerate(zip(sessions, caches, strict=True)):
             keep = lengths[i] + 1  # each job's own rows, without the padding (views: no copy)
             for j in active:
-                rows = _layer(combined, j)
-                _layer(cache, j).keys = rows.keys[i : i + 1, :, -keep:]
-                _layer(cache, j).values = rows.values[i : i + 1, :, -keep:]
+                rows = layer_of(combined, j)
+                layer_of(cache, j).keys = rows.keys[i : i + 1, :, -keep:]
+                layer_of(cache, j).values = rows.values[i : i + 1, :, -keep:]
             session.seen += 1
             cache.seen = session.seen
-        self._groups[members] = _Group(list(sessions), [n + 1 for n in lengths], combined, mask)
+        self._groups[members] = BatchGroup(list(sessions), [n + 1 for n in lengths], combined, mask)
         while len(self._groups) > MAX_GROUPS:  # the oldest first (dicts keep insertion order)
             self._groups.pop(next(iter(self._groups)))
         return [out[i : i + 1] for i in range(len(xs))]
-
-
-@dataclass
-class _Group:
-    """A batch's padded cache, reused when the same jobs (keyed by their sessions' ids, in row
-    order) step together again; with several stages, jobs form groups that take turns."""
-
-    sessions: list[Session]  # held, so an id() is never another session's
-    lengths: list[int]  # each session's length after that step
-    cache: SpanCache
-    mask: torch.Tensor
-
-
-def _layer(cache: DynamicCache, index: int) -> Any:
-    """A cache layer holding keys and values (batching takes only plain DynamicLayers)."""
-    return cache.layers[index]
-
-
-def _left_pad(t: Any, length: int) -> torch.Tensor:
-    """[1, heads, n, d] -> [1, heads, length, d], zeros in front (masked out)."""
-    padded: torch.Tensor = F.pad(t, (0, 0, length - t.shape[-2], 0))
-    return padded
-
-
-def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-    """Sentence embedding as all-MiniLM-L6-v2 makes it: masked mean, then L2 normalisation. [b, d]"""
-    if attention_mask is None:
-        attention_mask = torch.ones(hidden.shape[:2])
-    weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
-    pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
-    return torch.nn.functional.normalize(pooled, p=2, dim=1)
-
-
-def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: dict[str, Any]) -> torch.Tensor:
-    """A sentence embedding [b, d] the way the model's sentence-transformers config says."""
-    mode = pooling.get("mode", "mean")
-    if mode == "mean":
-        if pooling.get("normalize", True):
-            return mean_pool(hidden, attention_mask)
-        mask = (torch.ones(hidden.shape[:2]) if attention_mask is None else attention_mask).unsqueeze(-1)
-        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-    if mode == "cls":
-        pooled = hidden[:, 0]
-    elif mode == "max":
-        mask = (torch.ones(hidden.shape[:2]) if attention_mask is None else attention_mask).unsqueeze(-1)
-        pooled = hidden.masked_fill(mask == 0, float("-inf")).amax(1)
-    else:
-        raise ModelError(f"pooling mode {mode!r} is not one of mean, cls, max")
-    return torch.nn.functional.normalize(pooled, p=2, dim=1) if pooling.get("normalize", True) else pooled
 
 
 def split_even(total_blocks: int, parts: int) -> list[Span]:
