@@ -18,6 +18,7 @@ from shardnet.model.architectures import PRESETS, build_model, num_blocks
 from shardnet.model.check import check_model
 from shardnet.model.layout import block_state, layout_for
 from shardnet.model.span import SpanCache, SpanModel, mean_pool, split_even
+from shardnet.model.survey import greedy_spans, greedy_whole
 from shardnet.protocol import Span
 
 SMALL = dict(vocab_size=256, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128)
@@ -75,18 +76,8 @@ def test_sliding_window_applies_past_the_window_in_three_spans():
         unwindowed_config = transformers.MistralConfig(**SMALL, num_key_value_heads=2, sliding_window=None)
         unwindowed = build_model(unwindowed_config, seed=1)(input_ids=prompt).logits
     assert (windowed - unwindowed).abs().max() > 1e-3  # the window matters for this prompt
-    sessions = [s.new_session() for s in spans]
-    expected, tokens, step = prompt, prompt, prompt
-    with torch.no_grad():
-        for _ in range(8):
-            expected = torch.cat([expected, model(input_ids=expected).logits[:, -1:].argmax(-1)], 1)
-    for _ in range(8):
-        h = step
-        for span, session in zip(spans, sessions, strict=True):
-            h = span(h, session=session)
-        step = h[:, -1:].argmax(-1)
-        tokens = torch.cat([tokens, step], 1)
-    assert torch.equal(tokens, expected)
+    tokens, _ = greedy_spans(spans, prompt, 8)
+    assert torch.equal(tokens, greedy_whole(model, prompt, 8))
 
 
 def test_bert_sentence_pairs_use_token_types():

@@ -13,6 +13,7 @@ from shardnet.model.quant import (
     quantize_blockwise,
 )
 from shardnet.model.span import BlockLoadError, SpanModel, mean_pool, split_even
+from shardnet.model.survey import greedy_spans, greedy_whole
 from shardnet.protocol import Span
 
 ARCHS = ["tiny-llama", "tiny-qwen2", "tiny-mistral", "tiny-gpt2", "tiny-bert", "tiny-vit"]
@@ -56,18 +57,8 @@ def test_three_spans_equal_whole_model(name):
 def test_twenty_greedy_tokens_with_kv_cache(name):
     cfg, model, spans = _spans(name, seed=5)
     prompt = torch.randint(0, cfg.vocab_size, (1, 7))
-    expected = prompt
-    with torch.no_grad():
-        for _ in range(20):  # whole model, no cache: recompute everything each step
-            expected = torch.cat([expected, model(input_ids=expected).logits[:, -1:].argmax(-1)], 1)
-    sessions = [s.new_session() for s in spans]
-    tokens, step = prompt, prompt
-    for _ in range(20):
-        h = step
-        for span, session in zip(spans, sessions, strict=True):
-            h = span(h, session=session)
-        step = h[:, -1:].argmax(-1)
-        tokens = torch.cat([tokens, step], 1)
+    expected = greedy_whole(model, prompt, 20)  # whole model, no cache: recompute everything each step
+    tokens, sessions = greedy_spans(spans, prompt, 20)
     assert torch.equal(tokens, expected)
     assert sessions[1].cache.get_seq_length() == 7 + 19
 

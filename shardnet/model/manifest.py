@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from eth_utils.crypto import keccak
@@ -62,19 +63,24 @@ def fetch_manifest(ipfs: IpfsClient, cid: str, timeout: float = 30) -> Manifest:
     return Manifest(data, cid)
 
 
+def _folder_of(ipfs: IpfsClient, files: dict[str, str], timeout: float, prefix: str) -> Path:
+    """A local folder holding `files` (name -> CID) read from IPFS, for transformers to load."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    for name, cid in files.items():
+        (folder / name).write_bytes(ipfs.cat(cid, timeout=timeout))
+    return folder
+
+
 def fetch_processor(ipfs: IpfsClient, manifest: Manifest, timeout: float = 30) -> Any | None:
     """An image model's own image processor, from the files its manifest lists (None without)."""
     files = manifest.data.get("processor") or {}
     if not files:
         return None
-    import tempfile
-    from pathlib import Path
-
     import transformers
 
-    folder = Path(tempfile.mkdtemp(prefix="shardnet-processor-"))
-    for name, cid in files.items():
-        (folder / name).write_bytes(ipfs.cat(cid, timeout=timeout))
+    folder = _folder_of(ipfs, files, timeout, "shardnet-processor-")
     return transformers.AutoImageProcessor.from_pretrained(folder)  # type: ignore[no-untyped-call]
 
 
@@ -83,12 +89,6 @@ def fetch_tokenizer(ipfs: IpfsClient, manifest: Manifest, timeout: float = 30) -
     files = manifest.data.get("tokenizer") or {}
     if not files:
         return None
-    import tempfile
-    from pathlib import Path
-
     import transformers
 
-    folder = Path(tempfile.mkdtemp(prefix="shardnet-tok-"))
-    for name, cid in files.items():
-        (folder / name).write_bytes(ipfs.cat(cid, timeout=timeout))
-    return transformers.AutoTokenizer.from_pretrained(folder)
+    return transformers.AutoTokenizer.from_pretrained(_folder_of(ipfs, files, timeout, "shardnet-tok-"))

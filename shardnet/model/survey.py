@@ -126,15 +126,30 @@ def three_spans(model: torch.nn.Module, category: str) -> float:
                 h = s(h, attention_mask=mask)
             return float((h - ref).abs().max())
         prompt = torch.randint(0, vocab, (1, 11), generator=gen)
-        expected = prompt
-        for _ in range(10):  # whole model, no cache
-            expected = torch.cat([expected, model(input_ids=expected).logits[:, -1:].argmax(-1)], 1)
-        sessions = [s.new_session() for s in spans]
-        tokens, step = prompt, prompt
-        for _ in range(10):
-            h = step
-            for span, session in zip(spans, sessions, strict=True):
-                h = span(h, session=session)
-            step = h[:, -1:].argmax(-1)
-            tokens = torch.cat([tokens, step], 1)
+        expected = greedy_whole(model, prompt, 10)
+        tokens, _ = greedy_spans(spans, prompt, 10)
         return 0.0 if torch.equal(tokens, expected) else float("inf")
+
+
+def greedy_whole(model: torch.nn.Module, prompt: torch.Tensor, steps: int) -> torch.Tensor:
+    """Prompt plus `steps` greedy tokens of the whole model, recomputing everything each step
+    (no cache: the plainest reference). [1, prompt + steps]"""
+    tokens = prompt
+    with torch.no_grad():
+        for _ in range(steps):
+            tokens = torch.cat([tokens, model(input_ids=tokens).logits[:, -1:].argmax(-1)], 1)
+    return tokens
+
+
+def greedy_spans(spans: list[SpanModel], prompt: torch.Tensor, steps: int) -> tuple[torch.Tensor, list[Any]]:
+    """Prompt plus `steps` greedy tokens through chained spans with their caches, and the
+    sessions (to inspect their caches)."""
+    sessions = [s.new_session() for s in spans]
+    tokens, step = prompt, prompt
+    for _ in range(steps):
+        h = step
+        for span, session in zip(spans, sessions, strict=True):
+            h = span(h, session=session)
+        step = h[:, -1:].argmax(-1)
+        tokens = torch.cat([tokens, step], 1)
+    return tokens, sessions
