@@ -91,7 +91,6 @@ class Session:
 
     cache: SpanCache | None = None
     seen: int = 0
-    decoder: bool = False
 
 
 @dataclass

@@ -27,8 +27,6 @@ from transformers import PretrainedConfig, PreTrainedModel
 
 from shardnet.errors import ModelError
 
-KINDS = ("causal_lm", "encoder", "image_classifier")
-
 
 @dataclass(frozen=True)
 class Layout:

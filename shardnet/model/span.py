@@ -241,7 +241,7 @@ class SpanModel(nn.Module):
         return sum(t.numel() * t.element_size() for t in tensors.values())
 
     def new_session(self) -> Session:
-        return Session(decoder=self.layout.is_decoder)
+        return Session()
 
     def layers_from(self, start: int) -> tuple[int, int]:
         """The layers [first, last) a stage entering this span at block `start` runs."""
