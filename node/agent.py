@@ -42,6 +42,7 @@ from node.settings import NodeSettings
 from node.settlement import Settlement
 from node.spans import SpanManager
 from node.state import AgentState
+from node.swarm import Swarm
 from shardnet.bindings import Contracts
 from shardnet.chain import Chain
 from shardnet.deployment import Deployment
@@ -68,8 +69,9 @@ class NodeAgent:
                 f"chain {chain.chain_id}; remove it from the node config"
             )
         contracts = Contracts(chain)
-        ipfs = IpfsClient(deployment.ipfs_api, timeout=settings.ipfs_timeout_s)
+        ipfs = IpfsClient(settings.ipfs_api or deployment.ipfs_api, timeout=settings.ipfs_timeout_s)
         self.ledger = Ledger()
+        self.swarm = Swarm(ipfs, self.address, self.ledger, deployment.ipfs_peers + settings.ipfs_peers)
         self.metrics = NodeMetrics()
         self.state = AgentState(settings.state_dir, deployment)
         self.tasks: set[asyncio.Task[None]] = set()
@@ -170,6 +172,8 @@ class NodeAgent:
         # catch up: rebuild the view from the deployment block, act only past the saved position
         async for event in self.listener.catch_up(self.deploy_block):
             self._on_event(event)
+        await self.swarm.join()  # before fetching: connected to whichever daemons hold the blocks
+        self.spawn(self.swarm.run())
         await self.spans.reconcile()
         self.ready = True
         for audit_id in self.committee.unresolved():

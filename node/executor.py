@@ -19,7 +19,7 @@ from node.inputs import decode_images, parse_input, sample_next
 from shardnet.errors import JobInputError
 from shardnet.jobs import JobParams
 from shardnet.model.manifest import Manifest, fetch_manifest, fetch_processor, fetch_tokenizer
-from shardnet.model.shards import fetch_span
+from shardnet.model.shards import fetch_span, span_cids
 from shardnet.model.span import Session, SpanModel
 from shardnet.protocol import Receipt, Span, Stage
 from shardnet.receipts import ZERO_HASH, fold
@@ -133,6 +133,15 @@ class Executor:
             self._retire(model_id)
             self.spans[model_id] = loaded
         return loaded
+
+    def pin(self, model_id: int) -> int:
+        """Pin on this node's IPFS daemon everything the served span of `model_id` was loaded
+        from, so the daemon keeps it and serves it onward to peers; returns how many CIDs."""
+        loaded = self.spans[model_id]
+        cids = span_cids(loaded.manifest, loaded.span)
+        for cid in cids:
+            self.ipfs.pin(cid, timeout=self.ipfs_timeout_s)
+        return len(cids)
 
     def _retire(self, model_id: int) -> None:
         """Keep the span being replaced for routes planned before the move: a job routed through

@@ -13,7 +13,7 @@ from fastapi import FastAPI, Request, Response, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from node import link, streams
+from node import link, streams, swarm
 from shardnet.signing import recover_sender
 
 if TYPE_CHECKING:
@@ -153,6 +153,11 @@ def create_app(agent: NodeAgent) -> FastAPI:
             return JSONResponse({"error": reason}, status_code=403)
         lines = streams.token_lines(agent.ledger, agent.executor, job_id, max(0, start))
         return StreamingResponse(lines, media_type="application/x-ndjson")
+
+    @app.get(swarm.PATH)
+    async def ipfs_addresses() -> dict[str, Any]:
+        """Where peers reach this node's IPFS daemon (bitswap): its peer id and swarm multiaddrs."""
+        return await agent.swarm.own()
 
     @app.get("/health")
     async def health() -> dict[str, Any]:

@@ -32,6 +32,10 @@ class NodeSettings(BaseModel):
     torch_threads: int = Field(1, gt=0)  # CPU threads for this node's math
     peer_timeout_s: float = Field(30.0, gt=0)  # one data-plane request
     peer_retries: int = Field(3, ge=0)  # bounded retries with backoff
+    # this node's own IPFS daemon (Kubo RPC API); default: the deployment file's. With its own
+    # daemon the node joins the swarm (peers from the deployment file, the chain and ipfs_peers)
+    ipfs_api: str | None = None
+    ipfs_peers: list[str] = []  # more swarm multiaddrs (/ip4/…/tcp/…/p2p/<peer id>) to connect to
     ipfs_timeout_s: float = Field(20.0, gt=0)  # reading a job input or a shard
     poll_interval_s: float = Field(0.2, gt=0)  # HTTP polling fallback when the websocket fails
     reroute_wait_s: float = Field(20.0, gt=0)  # how long a stage waits for a dead next stage's replacement
@@ -47,6 +51,13 @@ class NodeSettings(BaseModel):
     def _one_key(self) -> NodeSettings:
         if (self.key is None) == (self.dev_account is None):
             raise ValueError("set exactly one of 'key' (0x private key) or 'dev_account' (devnet index)")
+        return self
+
+    @model_validator(mode="after")
+    def _peer_addresses(self) -> NodeSettings:
+        for addr in self.ipfs_peers:
+            if not addr.startswith("/") or "/p2p/" not in addr:
+                raise ValueError(f"ipfs_peers: {addr!r} is not a swarm multiaddr; write /ip4/HOST/tcp/PORT/p2p/PEER_ID")
         return self
 
     @property

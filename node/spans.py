@@ -47,6 +47,10 @@ class SpanManager:
         finally:
             self.loading.discard(model_id)
         log.info("loaded and verified blocks [%d, %d) of model %d", span.start, span.end, model_id)
+        try:  # kept on this node's IPFS daemon and served onward to peers
+            await asyncio.to_thread(self.executor.pin, model_id)
+        except Exception as exc:  # noqa: BLE001 - the span is loaded; a pin is retried at the next load
+            log.warning("could not pin the span of model %d on IPFS: %s", model_id, exc)
         assignment = self.ledger.assignments.get(model_id, {}).get(self.address)
         if assignment is not None and not assignment.confirmed:
             await self.reporter.confirm_shard(model_id)

@@ -33,6 +33,9 @@ class Deployment:
     deploy_block: int  # first block any agent needs to read events from
     compiler: str
     contracts: dict[str, ContractRecord] = field(default_factory=dict)
+    # swarm multiaddrs (…/p2p/<peer id>) of the daemon behind ipfs_api: where a node running its
+    # own IPFS daemon connects to fetch what was published there
+    ipfs_peers: list[str] = field(default_factory=list)
 
     def addresses(self) -> list[str]:
         """Every project contract's address, in `CONTRACTS` order (what agents read events from)."""

@@ -8,6 +8,7 @@ every other process reads. `down` stops only the processes `up` recorded.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -43,6 +44,7 @@ class DevnetSettings(BaseSettings):
     host: str = "127.0.0.1"  # loopback only
     chain_port: int = 8545  # Anvil HTTP + websocket
     ipfs_port: int = 5001  # Kubo RPC API
+    ipfs_swarm_port: int = 0  # bitswap over TCP (0: any free port; the deployment file names it)
     chain_id: int = 31337
     accounts: int = 20  # funded dev accounts (mnemonic 'test test ... junk')
     min_stake_wei: int = ETHER  # NodeRegistry minimum stake
@@ -190,8 +192,31 @@ def _start_anvil(settings: DevnetSettings, paths: DevnetPaths) -> dict[str, Any]
 
 
 def _start_ipfs(settings: DevnetSettings, paths: DevnetPaths) -> dict[str, Any]:
-    cmd = [tools.node_binary(), str(tools.ipfs_daemon_script()), str(paths.ipfs_repo), str(settings.ipfs_port)]
+    swarm = f"/ip4/{settings.host}/tcp/{settings.ipfs_swarm_port}"
+    cmd = [tools.node_binary(), str(tools.ipfs_daemon_script()), str(paths.ipfs_repo), str(settings.ipfs_port), swarm]
     return _spawn(cmd, paths.logs / "ipfs.log", str(paths.ipfs_repo), settings.ipfs_port)
+
+
+def start_ipfs_daemon(
+    repo: Path, api_port: int, swarm: str, log: Path, prefix: Sequence[str] = (), timeout_s: float = 30.0
+) -> dict[str, Any]:
+    """Start one more IPFS daemon (a node's own), its RPC API on loopback `api_port` and bitswap
+    on multiaddr `swarm`, and wait until it answers. `prefix` runs it inside something, e.g.
+    `ip netns exec NAME`. Stop it with `stop_process(record)`."""
+    cmd = [*prefix, tools.node_binary(), str(tools.ipfs_daemon_script()), str(repo), str(api_port), swarm]
+    record = _spawn(cmd, log, str(repo), api_port)
+    api = f"http://127.0.0.1:{api_port}"
+    if prefix:  # the API is on the namespace's loopback: ask from inside it
+        probe = [*prefix, "curl", "-sf", "-X", "POST", f"{api}/api/v0/id"]
+        _wait(lambda: subprocess.run(probe, capture_output=True).returncode == 0, record, "an IPFS daemon", timeout_s)
+    else:
+        _wait(lambda: bool(IpfsClient(api, timeout=1).peer_id()), record, "an IPFS daemon", timeout_s)
+    return record
+
+
+def stop_process(record: dict[str, Any]) -> bool:
+    """Stop a process `start_ipfs_daemon` (or `up`) started; returns whether it was running."""
+    return _stop(record)
 
 
 # ---------------------------------------------------------------------- contracts
@@ -344,9 +369,10 @@ def up(settings: DevnetSettings | None = None) -> dict[str, Any]:
                 settings.start_timeout_s,
             )
         deploy_started = time.time()
-        _, deployed = ensure_deployed(
+        deployment, deployed = ensure_deployed(
             rpc_url, rpc_url.replace("http://", "ws://"), ipfs_api, paths.deployment, settings
         )
+        _name_ipfs_peers(deployment, paths.deployment, ipfs_api)
     except ShardnetError:
         for record in started.values():
             _stop(record)
@@ -361,6 +387,15 @@ def up(settings: DevnetSettings | None = None) -> dict[str, Any]:
     info["started"] = sorted(started)
     info["deployed"] = deployed
     return info
+
+
+def _name_ipfs_peers(deployment: Deployment, path: Path, ipfs_api: str) -> None:
+    """Write the daemon's swarm addresses into the deployment file (they change when it restarts
+    on a free port): a node with its own IPFS daemon connects there to fetch what was published."""
+    with IpfsClient(ipfs_api, timeout=5) as ipfs:
+        peers = ipfs.swarm_addrs()
+    if peers != list(deployment.ipfs_peers):
+        dataclasses.replace(deployment, ipfs_peers=peers).save(path)
 
 
 def status(settings: DevnetSettings | None = None) -> dict[str, Any]:
@@ -378,6 +413,7 @@ def status(settings: DevnetSettings | None = None) -> dict[str, Any]:
         "ws_url": deployment.ws_url,
         "ipfs_api": deployment.ipfs_api,
         "ipfs_peer_id": peer_id,
+        "ipfs_peers": deployment.ipfs_peers,
         "contracts": {name: record.address for name, record in deployment.contracts.items()},
         "deploy_block": deployment.deploy_block,
         "deployment_file": str(paths.deployment),

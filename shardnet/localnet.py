@@ -4,6 +4,7 @@ integration tests and the pipeline benchmark."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -36,6 +37,7 @@ class Network:
         coordinator: bool = True,
         coordinator_args: tuple[str, ...] = (),
         node_overrides: dict[int, dict[str, Any]] | None = None,
+        own_ipfs: bool = False,
     ):
         self.home = Path(home)
         self.home.mkdir(parents=True, exist_ok=True)
@@ -48,8 +50,12 @@ class Network:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.node_ports: list[int] = []
         self.coordinator_args = list(coordinator_args)
-        # node index -> {"slowdown", "compute_score", "misbehave", "stake_wei", "torch_threads"}
+        # node index -> {"slowdown", "compute_score", "misbehave", "stake_wei", "torch_threads",
+        # "endpoint", "ipfs_peers"}
         self.node_overrides = node_overrides or {}
+        self.own_ipfs = own_ipfs  # each node runs its own IPFS daemon and joins the swarm
+        self.ipfs_daemons: dict[int, dict[str, Any]] = {}  # node index -> its daemon's process record
+        self.ipfs_apis: dict[int, str] = {}
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> Network:
@@ -80,6 +86,8 @@ class Network:
         extra = self.node_overrides.get(i, {})
         path = self.home / f"node{i}.toml"
         endpoint = f'endpoint = "{extra["endpoint"]}"\n' if "endpoint" in extra else ""  # e.g. behind a proxy
+        if i in self.ipfs_apis:
+            endpoint += f'ipfs_api = "{self.ipfs_apis[i]}"\nipfs_peers = {json.dumps(extra.get("ipfs_peers", []))}\n'
         path.write_text(
             f'dev_account = {2 + i}\ndeployment = "{self.deployment_path}"\nlisten_port = {self.node_ports[i]}\n'
             f'state_dir = "{self.home / f"node{i}-state"}"\nipfs_timeout_s = {self.ipfs_timeout_s}\n'
@@ -99,6 +107,12 @@ class Network:
         return i
 
     def start_node(self, i: int) -> None:
+        if self.own_ipfs and i not in self.ipfs_daemons:
+            port = free_port()
+            self.ipfs_daemons[i] = dn.start_ipfs_daemon(
+                self.home / f"node{i}-ipfs", port, "/ip4/127.0.0.1/tcp/0", self.home / f"node{i}-ipfs.log"
+            )
+            self.ipfs_apis[i] = f"http://127.0.0.1:{port}"
         self.start_process(f"node{i}", ["node", "run", "--config", str(self.node_config(i))])
 
     def wait_ready(self, i: int, timeout_s: float = 120) -> None:
@@ -158,13 +172,23 @@ class Network:
     def stop(self) -> dict[str, bool]:
         """SIGTERM every process; returns which ones shut down cleanly."""
         clean = {name: self.kill(name, signal.SIGTERM) for name in list(self.procs)}
+        for record in self.ipfs_daemons.values():
+            dn.stop_process(record)
         dn.down(self.settings)
         return clean
 
     # ------------------------------------------------------------------ models
-    def publish(self, source: str, quant: str = "int8", seed: int = 0, price_per_block: int = 10**9) -> tuple[int, str]:
+    def publish(
+        self,
+        source: str,
+        quant: str = "int8",
+        seed: int = 0,
+        price_per_block: int = 10**9,
+        ipfs: IpfsClient | None = None,
+    ) -> tuple[int, str]:
+        """Put the model's shards on IPFS (the devnet's daemon, or `ipfs`) and register it."""
         model, tok_dir = load_model(source, seed)
-        manifest = publish(model, self.ipfs, source, quant, tokenizer_dir=tok_dir)
+        manifest = publish(model, ipfs or self.ipfs, source, quant, tokenizer_dir=tok_dir)
         assert manifest.cid is not None  # publish() returns the manifest with its CID
         model_id = self.c.models.register_model(
             source, manifest.cid, len(manifest.blocks), manifest.blocks_root, price_per_block, account=dev_account(0)

@@ -60,6 +60,27 @@ class IpfsClient:
     def peer_id(self) -> str:
         return str(self._post("/id").json()["ID"])
 
+    def swarm_addrs(self) -> list[str]:
+        """Where other daemons reach this one: its swarm multiaddrs, each ending in /p2p/<peer id>."""
+        return [str(a) for a in self._post("/swarm/addrs/local").json().get("Strings") or []]
+
+    def connect(self, addr: str, timeout: float = 5.0) -> None:
+        """Open a swarm connection to the daemon at multiaddr `addr` (bitswap then asks it for
+        whatever this daemon is asked for and does not hold)."""
+        self._post("/swarm/connect", params={"arg": addr, "timeout": f"{timeout}s"}, timeout=timeout + 5)
+
+    def peers(self) -> list[str]:
+        """Peer ids of the daemons this one is connected to."""
+        return [str(p["Peer"]) for p in self._post("/swarm/peers").json().get("Peers") or []]
+
+    def pinned(self, cid: str) -> bool:
+        """Whether `cid` is pinned here (directly or recursively), so this daemon keeps serving it."""
+        try:
+            keys = self._post("/pin/ls", params={"arg": cid, "type": "all", "timeout": "5s"}, timeout=10).json()
+        except (ContentNotFound, StorageError):
+            return False
+        return cid in (keys.get("Keys") or {})
+
     def version(self) -> str:
         return str(self._post("/version").json()["Version"])
 

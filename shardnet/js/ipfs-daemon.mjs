@@ -1,7 +1,9 @@
-// shardnet's local IPFS daemon: js-ipfs serving the Kubo RPC API on loopback, offline.
-// Usage: node ipfs-daemon.mjs <repoDir> <apiPort>
+// shardnet's IPFS daemon: js-ipfs serving the Kubo RPC API on loopback, and bitswap over TCP
+// on the swarm address (default: a free loopback port) to the peers it is told to connect to.
+// Usage: node ipfs-daemon.mjs <repoDir> <apiPort> [swarmMultiaddr]
 // The stock `jsipfs daemon` command is broken on current Node; this starts the same Daemon
-// class with preload off, no bootstrap / MDNS / delegates, and non-fatal transport errors.
+// class with preload off, no bootstrap / MDNS / delegates (peers come from the chain through
+// `swarm/connect`), and non-fatal transport errors.
 
 if (!Promise.withResolvers) {
   // Node 20 lacks it; some libp2p dependencies call it.
@@ -12,9 +14,9 @@ if (!Promise.withResolvers) {
   }
 }
 
-const [repoDir, apiPort] = process.argv.slice(2)
+const [repoDir, apiPort, swarm = '/ip4/127.0.0.1/tcp/0'] = process.argv.slice(2)
 if (!repoDir || !apiPort) {
-  console.error('usage: ipfs-daemon.mjs <repoDir> <apiPort>')
+  console.error('usage: ipfs-daemon.mjs <repoDir> <apiPort> [swarmMultiaddr]')
   process.exit(2)
 }
 
@@ -32,7 +34,7 @@ const daemon = new Daemon({
   start: true,
   config: {
     Addresses: {
-      Swarm: ['/ip4/127.0.0.1/tcp/0'],
+      Swarm: [swarm],
       API: `/ip4/127.0.0.1/tcp/${apiPort}`,
       Gateway: '',
       RPC: '',

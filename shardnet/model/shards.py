@@ -137,17 +137,33 @@ def verify_block(entry: dict[str, Any], data: bytes) -> None:
         )
 
 
+def span_blocks(manifest: Manifest, span: Span) -> list[int]:
+    """The blocks a span of `manifest` reads: its own, and any block holding a tensor it shares
+    (tied input and output embeddings are stored once, in block 0)."""
+    needed: set[int] = set()
+    layout = layout_for(manifest.config) if manifest.data.get("shared") else None
+    for index in range(span.start, span.end):
+        needed |= layout.needs(index) if layout else {index}
+    return sorted(needed)
+
+
+def span_cids(manifest: Manifest, span: Span) -> list[str]:
+    """Every CID a node serving `span` reads: the manifest, the span's blocks, and the tokenizer
+    and image processor files at the ends (what it pins, so its daemon serves them onward)."""
+    cids = [manifest.cid] if manifest.cid else []
+    cids += [manifest.blocks[i]["cid"] for i in span_blocks(manifest, span)]
+    for files in (manifest.data.get("tokenizer") or {}, manifest.data.get("processor") or {}):
+        cids += list(files.values())
+    return cids
+
+
 def fetch_span(
     ipfs: IpfsClient, manifest: Manifest, span: Span, timeout: float = 60
 ) -> dict[int, dict[str, torch.Tensor]]:
     """Fetch, verify and decode the blocks of `span`, and any block holding a tensor the span
     shares (tied input and output embeddings are stored once, in block 0)."""
-    needed: set[int] = set()
-    layout = layout_for(manifest.config) if manifest.data.get("shared") else None
-    for index in range(span.start, span.end):
-        needed |= layout.needs(index) if layout else {index}
     out = {}
-    for index in sorted(needed):
+    for index in span_blocks(manifest, span):
         entry = manifest.blocks[index]
         try:
             data = ipfs.cat(entry["cid"], timeout=timeout)
