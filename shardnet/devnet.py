@@ -64,6 +64,9 @@ class DevnetSettings(BaseSettings):
     member_penalty_wei: int = ETHER // 100  # a member outvoted by the majority loses this
     challenge_bond_wei: int = ETHER // 1000  # the least bond a challenger puts up
     start_timeout_s: float = Field(30.0)  # how long to wait for each service to answer
+    # run the chain and the IPFS daemon inside something, e.g. ["ip", "netns", "exec", NAME]
+    # (the multi-host harness, shardnet.hosts; `host` is then that namespace's address)
+    exec_prefix: list[str] = []
 
 
 @dataclass(frozen=True)
@@ -174,6 +177,7 @@ def _wait(ready: Callable[[], bool], record: dict[str, Any], what: str, timeout:
 
 def _start_anvil(settings: DevnetSettings, paths: DevnetPaths) -> dict[str, Any]:
     cmd = [
+        *settings.exec_prefix,
         tools.anvil_binary(),
         "--host",
         settings.host,
@@ -193,8 +197,9 @@ def _start_anvil(settings: DevnetSettings, paths: DevnetPaths) -> dict[str, Any]
 
 def _start_ipfs(settings: DevnetSettings, paths: DevnetPaths) -> dict[str, Any]:
     swarm = f"/ip4/{settings.host}/tcp/{settings.ipfs_swarm_port}"
-    cmd = [tools.node_binary(), str(tools.ipfs_daemon_script()), str(paths.ipfs_repo), str(settings.ipfs_port), swarm]
-    return _spawn(cmd, paths.logs / "ipfs.log", str(paths.ipfs_repo), settings.ipfs_port)
+    script, repo = str(tools.ipfs_daemon_script()), str(paths.ipfs_repo)
+    cmd = [*settings.exec_prefix, tools.node_binary(), script, repo, str(settings.ipfs_port), swarm, settings.host]
+    return _spawn(cmd, paths.logs / "ipfs.log", repo, settings.ipfs_port)
 
 
 def start_ipfs_daemon(
@@ -349,7 +354,8 @@ def up(settings: DevnetSettings | None = None) -> dict[str, Any]:
         record = pids.get(name)
         if record and _ours(record) and record["port"] == port:
             continue
-        _check_port(settings.host, port, "chain" if name == "anvil" else "IPFS API", flag)
+        if not settings.exec_prefix:  # elsewhere (another namespace) the port cannot be tried from here
+            _check_port(settings.host, port, "chain" if name == "anvil" else "IPFS API", flag)
         started[name] = pids[name] = start(settings, paths)
     _write_pids(paths, pids)
 

@@ -20,6 +20,7 @@ from shardnet.audit import build_ledger
 from shardnet.bindings import Contracts
 from shardnet.chain import Chain, dev_account
 from shardnet.deployment import Deployment
+from shardnet.hosts import Host, Hosts
 from shardnet.ledger import AuditRecord, Ledger
 from shardnet.model.loading import load_model
 from shardnet.model.shards import publish
@@ -38,9 +39,25 @@ class Network:
         coordinator_args: tuple[str, ...] = (),
         node_overrides: dict[int, dict[str, Any]] | None = None,
         own_ipfs: bool = False,
+        hosts: Hosts | None = None,
     ):
         self.home = Path(home)
         self.home.mkdir(parents=True, exist_ok=True)
+        # with `hosts`, every process is on a host of its own (a network namespace): the chain and
+        # the devnet's IPFS daemon on one, the coordinator on another, each node with its own
+        # IPFS daemon on its own, other nodes reaching it through its link's delay relay
+        self.hosts = hosts
+        self.placed: dict[str, Host] = {}
+        if hosts is not None:
+            own_ipfs = True
+            chain = self.placed["chain"] = hosts.add("chain")
+            devnet_settings = dn.DevnetSettings(
+                home=self.home / "devnet",
+                host=chain.ip,
+                chain_port=free_port(),
+                ipfs_port=free_port(),
+                exec_prefix=chain.prefix,
+            )
         self.settings = devnet_settings or dn.DevnetSettings(
             home=self.home / "devnet", chain_port=free_port(), ipfs_port=free_port()
         )
@@ -83,9 +100,14 @@ class Network:
         )
 
     def node_config(self, i: int) -> Path:
-        extra = self.node_overrides.get(i, {})
+        extra = dict(self.node_overrides.get(i, {}))
+        host = self.placed.get(f"node{i}")
+        if host is not None and self.hosts is not None:
+            extra.setdefault("endpoint", "http://" + self.hosts.expose(host, self.node_ports[i]))
         path = self.home / f"node{i}.toml"
         endpoint = f'endpoint = "{extra["endpoint"]}"\n' if "endpoint" in extra else ""  # e.g. behind a proxy
+        if host is not None:
+            endpoint += f'listen_host = "{host.ip}"\n'
         if i in self.ipfs_apis:
             endpoint += f'ipfs_api = "{self.ipfs_apis[i]}"\nipfs_peers = {json.dumps(extra.get("ipfs_peers", []))}\n'
         path.write_text(
@@ -107,13 +129,25 @@ class Network:
         return i
 
     def start_node(self, i: int) -> None:
+        if self.hosts is not None and f"node{i}" not in self.placed:
+            self.placed[f"node{i}"] = self.hosts.add(f"node{i}")
+        host = self.placed.get(f"node{i}")
         if self.own_ipfs and i not in self.ipfs_daemons:
             port = free_port()
             self.ipfs_daemons[i] = dn.start_ipfs_daemon(
-                self.home / f"node{i}-ipfs", port, "/ip4/127.0.0.1/tcp/0", self.home / f"node{i}-ipfs.log"
+                self.home / f"node{i}-ipfs",
+                port,
+                f"/ip4/{host.ip if host else '127.0.0.1'}/tcp/0",
+                self.home / f"node{i}-ipfs.log",
+                prefix=host.prefix if host else (),
             )
-            self.ipfs_apis[i] = f"http://127.0.0.1:{port}"
+            self.ipfs_apis[i] = f"http://127.0.0.1:{port}"  # on the node's own host
         self.start_process(f"node{i}", ["node", "run", "--config", str(self.node_config(i))])
+
+    def node_url(self, i: int) -> str:
+        """Where this process reaches node `i` directly (its host's address, no delay relay)."""
+        host = self.placed.get(f"node{i}")
+        return f"http://{host.ip if host else '127.0.0.1'}:{self.node_ports[i]}"
 
     def wait_ready(self, i: int, timeout_s: float = 120) -> None:
         import httpx
@@ -121,7 +155,7 @@ class Network:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:
-                if httpx.get(f"http://127.0.0.1:{self.node_ports[i]}/health", timeout=2).json()["ready"]:
+                if httpx.get(f"{self.node_url(i)}/health", timeout=2).json()["ready"]:
                     return
             except (httpx.HTTPError, ValueError, KeyError):
                 pass
@@ -130,8 +164,11 @@ class Network:
 
     def start_process(self, name: str, args: list[str]) -> None:
         log = open(self.home / f"{name}.log", "ab")
+        if self.hosts is not None and name not in self.placed:
+            self.placed[name] = self.hosts.add(name)
+        prefix = self.placed[name].prefix if name in self.placed else []
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "shardnet.cli", *args],
+            [*prefix, sys.executable, "-m", "shardnet.cli", *args],
             cwd=repo_root(),
             stdout=log,
             stderr=log,

@@ -1,6 +1,6 @@
 // shardnet's IPFS daemon: js-ipfs serving the Kubo RPC API on loopback, and bitswap over TCP
 // on the swarm address (default: a free loopback port) to the peers it is told to connect to.
-// Usage: node ipfs-daemon.mjs <repoDir> <apiPort> [swarmMultiaddr]
+// Usage: node ipfs-daemon.mjs <repoDir> <apiPort> [swarmMultiaddr] [apiHost]
 // The stock `jsipfs daemon` command is broken on current Node; this starts the same Daemon
 // class with preload off, no bootstrap / MDNS / delegates (peers come from the chain through
 // `swarm/connect`), and non-fatal transport errors.
@@ -14,9 +14,9 @@ if (!Promise.withResolvers) {
   }
 }
 
-const [repoDir, apiPort, swarm = '/ip4/127.0.0.1/tcp/0'] = process.argv.slice(2)
+const [repoDir, apiPort, swarm = '/ip4/127.0.0.1/tcp/0', apiHost = '127.0.0.1'] = process.argv.slice(2)
 if (!repoDir || !apiPort) {
-  console.error('usage: ipfs-daemon.mjs <repoDir> <apiPort> [swarmMultiaddr]')
+  console.error('usage: ipfs-daemon.mjs <repoDir> <apiPort> [swarmMultiaddr] [apiHost]')
   process.exit(2)
 }
 
@@ -35,7 +35,7 @@ const daemon = new Daemon({
   config: {
     Addresses: {
       Swarm: [swarm],
-      API: `/ip4/127.0.0.1/tcp/${apiPort}`,
+      API: `/ip4/${apiHost}/tcp/${apiPort}`,
       Gateway: '',
       RPC: '',
       Delegates: [],
@@ -52,7 +52,7 @@ const daemon = new Daemon({
 
 await daemon.start()
 const id = await daemon._ipfs.id()
-console.log(JSON.stringify({ ready: true, api: `http://127.0.0.1:${apiPort}`, peerId: id.id.toString() }))
+console.log(JSON.stringify({ ready: true, api: `http://${apiHost}:${apiPort}`, peerId: id.id.toString() }))
 
 const stop = async () => {
   try { await daemon.stop() } finally { process.exit(0) }
