@@ -21,6 +21,7 @@ import contextlib
 import os
 import random
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -152,6 +153,7 @@ class Hosts:
         for tool in ("ip", "tc"):
             if shutil.which(tool) is None:
                 raise HostsError(f"'{tool}' is not on PATH; install iproute2")
+        self._sweep()  # what a killed run with the same tag left behind
         _ip("link", "add", self.bridge, "type", "bridge")
         _ip("addr", "add", f"{self.gateway}/24", "dev", self.bridge)
         _ip("link", "set", self.bridge, "up")
@@ -212,9 +214,17 @@ class Hosts:
                 asyncio.run_coroutine_threadsafe(cancel_all(), self._loop).result(5)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(5)
-        for host in self.hosts:
-            subprocess.run(["ip", "netns", "pids", host.netns], capture_output=True)
-            subprocess.run(["ip", "netns", "del", host.netns], capture_output=True)
+        self._sweep()
+
+    def _sweep(self) -> None:
+        """Kill what still runs in this tag's namespaces, delete them and the bridge."""
+        listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split("\n")
+        for netns in {line.split()[0] for line in listed if line.startswith(f"sn{self.tag}-")}:
+            pids = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True).stdout.split()
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), signal.SIGKILL)
+            subprocess.run(["ip", "netns", "del", netns], capture_output=True)
         subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
 
     def __enter__(self) -> Hosts:
