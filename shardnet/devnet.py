@@ -219,6 +219,18 @@ def start_ipfs_daemon(
     return record
 
 
+def stop_service(settings: DevnetSettings, name: str, sig: int = signal.SIGTERM) -> bool:
+    """Stop one of the devnet's services ("anvil" or "ipfs") with `sig`; `up` starts it again
+    (Anvil from its saved state). Returns whether it was running."""
+    record = _read_pids(DevnetPaths.default(settings)).get(name)
+    if record is None or not _ours(record):
+        return False
+    os.killpg(record["pid"], sig)
+    while _alive(record["pid"]):
+        time.sleep(0.05)
+    return True
+
+
 def stop_process(record: dict[str, Any]) -> bool:
     """Stop a process `start_ipfs_daemon` (or `up`) started; returns whether it was running."""
     return _stop(record)

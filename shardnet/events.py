@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,10 +230,21 @@ class Listener:
 
     async def _poll(self, from_block: int, rounds: int | None) -> AsyncIterator[Event]:
         self.mode = "polling"
-        done = 0
+        done, down_since = 0, None
         while rounds is None or done < rounds:
-            async for event in self.catch_up(from_block):
-                yield event
+            try:
+                async for event in self.catch_up(from_block):
+                    yield event
+            except Exception as exc:  # noqa: BLE001 - the chain is down or restarting: wait for it
+                if down_since is None:
+                    down_since = time.monotonic()
+                    log.warning("the chain does not answer (%s); retrying until it does", exc)
+                self.mode = "chain unreachable"
+                await asyncio.sleep(min(2.0, self.poll_interval_s * 5))
+                continue
+            if down_since is not None:
+                log.info("the chain answers again after %.1f s", time.monotonic() - down_since)
+                down_since, self.mode = None, "polling"
             from_block = max(from_block, self.last_key[0] + 1)
             done += 1
             await asyncio.sleep(self.poll_interval_s)

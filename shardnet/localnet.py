@@ -206,6 +206,27 @@ class Network:
             proc.wait(timeout=10)
             return False
 
+    def kill_ipfs(self, i: int) -> None:
+        """kill -9 node `i`'s own IPFS daemon."""
+        os.killpg(self.ipfs_daemons[i]["pid"], signal.SIGKILL)
+
+    def restart_ipfs(self, i: int) -> None:
+        """Start node `i`'s IPFS daemon again, same repository (what it pinned) and API port."""
+        host = self.placed.get(f"node{i}")
+        dn.stop_process(self.ipfs_daemons[i])
+        self.ipfs_daemons[i] = dn.start_ipfs_daemon(
+            self.home / f"node{i}-ipfs",
+            int(self.ipfs_apis[i].rsplit(":", 1)[1]),
+            f"/ip4/{host.ip if host else '127.0.0.1'}/tcp/0",
+            self.home / f"node{i}-ipfs.log",
+            prefix=host.prefix if host else (),
+        )
+
+    def restart_chain(self) -> None:
+        """Stop Anvil and start it again from its saved state (`devnet up` reuses the rest)."""
+        dn.stop_service(self.settings, "anvil")
+        dn.up(self.settings)
+
     def stop(self) -> dict[str, bool]:
         """SIGTERM every process; returns which ones shut down cleanly."""
         clean = {name: self.kill(name, signal.SIGTERM) for name in list(self.procs)}

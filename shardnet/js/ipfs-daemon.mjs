@@ -20,6 +20,24 @@ if (!repoDir || !apiPort) {
   process.exit(2)
 }
 
+// A daemon killed with SIGKILL leaves its repo lock behind, and js-ipfs refuses the repo until
+// the lock is 20 s stale. The pid of the daemon that took it is kept next to it: when that
+// process is gone, the lock is dead and is removed, so a crashed daemon restarts at once.
+{
+  const { existsSync, readFileSync, rmSync, mkdirSync, writeFileSync } = await import('node:fs')
+  const { join } = await import('node:path')
+  const lock = join(repoDir, 'repo.lock')
+  const owner = join(repoDir, 'shardnet-daemon.pid')
+  if (existsSync(lock) && existsSync(owner)) {
+    const pid = parseInt(readFileSync(owner, 'utf8'), 10)
+    let alive = false
+    try { process.kill(pid, 0); alive = true } catch (err) { alive = err.code === 'EPERM' }
+    if (!alive) rmSync(lock, { recursive: true, force: true })
+  }
+  mkdirSync(repoDir, { recursive: true })
+  writeFileSync(owner, String(process.pid))
+}
+
 // Bare imports resolve from the repository's node_modules (this file lives inside it).
 const { Daemon } = await import('ipfs-daemon')
 const { createLibp2p } = await import('libp2p')
