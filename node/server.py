@@ -156,8 +156,12 @@ def create_app(agent: NodeAgent) -> FastAPI:
 
     @app.get(swarm.PATH)
     async def ipfs_addresses() -> dict[str, Any]:
-        """Where peers reach this node's IPFS daemon (bitswap): its peer id and swarm multiaddrs."""
-        return await agent.swarm.own()
+        """Where peers reach this node's IPFS daemon (bitswap): its peer id and swarm multiaddrs
+        (none, with the reason, while the daemon does not answer)."""
+        try:
+            return await agent.swarm.own()
+        except Exception as exc:  # noqa: BLE001 - the daemon is down or restarting
+            return {"peer_id": None, "addrs": [], "error": f"this node's IPFS daemon does not answer: {exc}"}
 
     @app.get("/health")
     async def health() -> dict[str, Any]:

@@ -89,6 +89,9 @@ def _node_client() -> TestClient:
     async def receipt_for(*_: Any) -> tuple[None, str]:
         return None, "this node has no state for the job"
 
+    async def no_daemon() -> dict[str, Any]:
+        raise ConnectionError("the IPFS RPC API is not reachable")
+
     agent = SimpleNamespace(
         metrics=SimpleNamespace(refused=_Counter(), bytes_in=_Counter(), registry=None),
         health=lambda: {"ready": True},
@@ -97,6 +100,7 @@ def _node_client() -> TestClient:
         ledger=ledger,
         address="0x" + "11" * 20,
         executor=SimpleNamespace(jobs={}),
+        swarm=SimpleNamespace(own=no_daemon),
     )
     return TestClient(node_app(agent), raise_server_exceptions=False)  # type: ignore[arg-type]
 
@@ -106,7 +110,9 @@ headers = st.dictionaries(
     st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=140),
     max_size=3,
 )
-node_paths = st.sampled_from(["/v1/jobs/{}/receipt", "/v1/jobs/{}/tokens", "/health", "/v1/link", "/v1/jobs/{}/x/{}"])
+node_paths = st.sampled_from(
+    ["/v1/jobs/{}/receipt", "/v1/jobs/{}/tokens", "/health", "/v1/link", "/v1/jobs/{}/x/{}", "/v1/ipfs"]
+)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
@@ -115,6 +121,12 @@ def test_node_endpoints_never_answer_5xx(path: str, a: int, b: int, body: bytes,
     client = _node_client()
     response = client.post(path.format(a, b), content=body, headers=hdrs)
     assert response.status_code < 500, (path, response.status_code, response.text[:300])
+
+
+def test_node_ipfs_addresses_say_why_when_its_daemon_is_down():
+    answer = _node_client().get("/v1/ipfs")
+    assert answer.status_code == 200
+    assert answer.json()["addrs"] == [] and "does not answer" in answer.json()["error"]
 
 
 @pytest.fixture(scope="module")
