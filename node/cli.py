@@ -23,6 +23,9 @@ def node() -> None:
 @click.option("--config", "config_path", type=click.Path(path_type=Path), required=True, help="node.toml")
 def node_run(config_path: Path) -> None:
     """Register (staking if needed), serve assigned spans, run jobs, get paid."""
+    from shardnet.process import limit_malloc_arenas
+
+    limit_malloc_arenas()  # before any thread starts
     from node.agent import run_node
     from node.settings import NodeSettings
     from shardnet import logs

@@ -4,6 +4,7 @@ integration tests and the pipeline benchmark."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -79,6 +80,10 @@ class Network:
         dn.up(self.settings)
         self.deployment_path = dn.DevnetPaths.default(self.settings).deployment
         self.deployment = Deployment.load(self.deployment_path)
+        if self.hosts is not None:  # everyone reaches the chain over its link's delay too
+            relay = self.hosts.expose(self.placed["chain"], self.settings.chain_port)
+            self.deployment = dataclasses.replace(self.deployment, rpc_url=f"http://{relay}", ws_url=f"ws://{relay}")
+            self.deployment.save(self.deployment_path)
         self.chain = Chain.from_deployment(self.deployment, account=dev_account(0))
         self.c = Contracts(self.chain)
         self.ipfs = IpfsClient(self.deployment.ipfs_api)

@@ -164,3 +164,11 @@ def test_malformed_activations_are_refused_with_the_reason():
         decode_activation(struct.pack("<I", 10**6) + b"{}")
     with pytest.raises(ModelError, match="not valid"):
         decode_activation(struct.pack("<I", 2) + b"[]")
+
+
+def test_node_caps_malloc_arenas_on_glibc():
+    """A node caps glibc's malloc arenas before its threads start (resident memory grew about
+    twice as much under load without it)."""
+    from shardnet.process import limit_malloc_arenas
+
+    assert limit_malloc_arenas() is True
