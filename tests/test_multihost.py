@@ -1,6 +1,7 @@
 """Nodes on separate hosts: the chain (with the devnet's IPFS daemon), the coordinator and each
 node (with its own IPFS daemon) in a network namespace of its own, joined by 100 Mbit/s veth
-links; the data plane between nodes crosses a relay that adds 20 ms each way (shardnet.hosts).
+links; the data plane between nodes, and every process's traffic to the chain, cross relays that
+add 20 ms each way (shardnet.hosts).
 A generation across three such nodes gives the tokens of the same model run in one process, and
 cutting a middle node's link mid-generation reroutes the job to a replica, which finishes it
 with the same tokens."""
