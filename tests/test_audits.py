@@ -19,6 +19,7 @@ from shardnet.events import EventReader
 from shardnet.jobs import JobParams
 from shardnet.ledger import Ledger
 from shardnet.localnet import Network
+from shardnet.model.architectures import PRESETS
 from shardnet.protocol import JobStatus, Vote
 from tests.conftest import run_cli
 
@@ -154,8 +155,11 @@ def test_a_private_job_leaves_only_ciphertext_on_ipfs_and_its_committees_still_c
     job_id = net.client.submit(net.model_id, {"input_ids": prompt}, params, MAX_FEE)
     result = net.client.wait(job_id, timeout_s=120)
     assert result.status == JobStatus.COMPLETED, result.record.abort_reason
-    assert len(result.output["tokens"]) == 5  # the client opened its output
-    if cheat not in [s.node for s in result.record.route]:  # honest all the way: as in the open
+    tokens = result.output["tokens"]  # the client opened its output
+    if cheat in [s.node for s in result.record.route]:  # garbage may reach the end-of-text token early
+        assert 1 <= len(tokens) <= 5 and (len(tokens) == 5 or tokens[-1] == PRESETS["tiny-gpt2"]().eos_token_id)
+    else:  # honest all the way: as in the open
+        assert len(tokens) == 5
         opened = JobParams(max_new_tokens=5, avoid=net.rivals(net.model_id, result.record.route[0].node))
         in_the_open = net.client.wait(net.client.submit(net.model_id, {"input_ids": prompt}, opened, MAX_FEE))
         if [s.node for s in in_the_open.record.route] == [s.node for s in result.record.route]:

@@ -172,3 +172,33 @@ def test_node_caps_malloc_arenas_on_glibc():
     from shardnet.process import limit_malloc_arenas
 
     assert limit_malloc_arenas() is True
+
+
+def test_int8_comparison_tells_summation_noise_from_tampering():
+    """On an int8 wire a re-run may move a code or two by one step (float summation order); 1%
+    noise, garbage and skipped blocks move far more, on small decode-step activations too
+    (one 64-wide block, with or without one dominant value)."""
+    import torch
+
+    from node.misbehave import corrupt_activation
+    from node.verifier import int8_departure
+    from shardnet.model.quant import decode_activation, encode_activation
+
+    def wire(t):
+        return decode_activation(encode_activation(t, "int8"))
+
+    for seed in range(40):
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(1, 1, 64, generator=g)
+        if seed % 2:
+            x[0, 0, seed % 64] = 40.0  # a dominant value, as residual streams have
+        mine = wire(x)
+        assert int8_departure(wire(x * (1 + 1e-6)), mine) == ""  # summation-order noise
+        step = mine.abs().max() / 127
+        flipped = mine.clone()
+        flipped[0, 0, 5] += step
+        flipped[0, 0, 9] -= step
+        assert int8_departure(flipped, mine) == ""  # two codes one step off: honest
+        for mode in ("perturb", "garbage"):
+            assert int8_departure(wire(corrupt_activation(mode, x, x)), mine) != "", (seed, mode)
+        assert int8_departure(wire(torch.randn(1, 1, 64, generator=g)), mine) != ""  # a skipped block
