@@ -13,23 +13,21 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 from eth_account.signers.local import LocalAccount
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shardnet import compiler, tools
+from shardnet import compiler, services, tools
 from shardnet.chain import Chain, dev_account
 from shardnet.deployment import ContractRecord, Deployment
-from shardnet.errors import DevnetError, PortInUse, ShardnetError
+from shardnet.errors import PortInUse, ShardnetError
 from shardnet.storage import IpfsClient
 
 ETHER = 10**18
@@ -100,31 +98,6 @@ class DevnetPaths:
 
 
 # ---------------------------------------------------------------------- processes
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is not alive
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return True
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _ours(record: dict[str, Any]) -> bool:
-    """The recorded process is still running and is still the program we started."""
-    return _alive(record["pid"]) and record["marker"] in _cmdline(record["pid"])
-
-
 def _read_pids(paths: DevnetPaths) -> dict[str, Any]:
     return json.loads(paths.pids.read_text()) if paths.pids.exists() else {}
 
@@ -146,35 +119,6 @@ def _check_port(host: str, port: int, what: str, flag: str) -> None:
             ) from None
 
 
-def _spawn(cmd: list[str], log: Path, marker: str, port: int) -> dict[str, Any]:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            cmd,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            cwd=tools.repo_root(),
-        )
-    return {"pid": proc.pid, "marker": marker, "port": port, "log": str(log)}
-
-
-def _wait(ready: Callable[[], bool], record: dict[str, Any], what: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not _alive(record["pid"]):
-            tail = Path(record["log"]).read_text(errors="replace")[-800:]
-            raise DevnetError(f"{what} exited while starting; see {record['log']}:\n{tail}")
-        try:
-            if ready():
-                return
-        except (httpx.HTTPError, ShardnetError, OSError):
-            pass
-        time.sleep(0.1)
-    raise DevnetError(f"{what} did not answer within {timeout:.0f} s; see {record['log']}")
-
-
 def _start_anvil(settings: DevnetSettings, paths: DevnetPaths) -> dict[str, Any]:
     cmd = [
         *settings.exec_prefix,
@@ -192,48 +136,26 @@ def _start_anvil(settings: DevnetSettings, paths: DevnetPaths) -> dict[str, Any]
         "--state-interval",
         "1",
     ]
-    return _spawn(cmd, paths.logs / "anvil.log", str(paths.anvil_state), settings.chain_port)
+    return services.spawn(cmd, paths.logs / "anvil.log", str(paths.anvil_state), settings.chain_port)
 
 
 def _start_ipfs(settings: DevnetSettings, paths: DevnetPaths) -> dict[str, Any]:
     swarm = f"/ip4/{settings.host}/tcp/{settings.ipfs_swarm_port}"
     script, repo = str(tools.ipfs_daemon_script()), str(paths.ipfs_repo)
     cmd = [*settings.exec_prefix, tools.node_binary(), script, repo, str(settings.ipfs_port), swarm, settings.host]
-    return _spawn(cmd, paths.logs / "ipfs.log", repo, settings.ipfs_port)
-
-
-def start_ipfs_daemon(
-    repo: Path, api_port: int, swarm: str, log: Path, prefix: Sequence[str] = (), timeout_s: float = 30.0
-) -> dict[str, Any]:
-    """Start one more IPFS daemon (a node's own), its RPC API on loopback `api_port` and bitswap
-    on multiaddr `swarm`, and wait until it answers. `prefix` runs it inside something, e.g.
-    `ip netns exec NAME`. Stop it with `stop_process(record)`."""
-    cmd = [*prefix, tools.node_binary(), str(tools.ipfs_daemon_script()), str(repo), str(api_port), swarm]
-    record = _spawn(cmd, log, str(repo), api_port)
-    api = f"http://127.0.0.1:{api_port}"
-    if prefix:  # the API is on the namespace's loopback: ask from inside it
-        probe = [*prefix, "curl", "-sf", "-X", "POST", f"{api}/api/v0/id"]
-        _wait(lambda: subprocess.run(probe, capture_output=True).returncode == 0, record, "an IPFS daemon", timeout_s)
-    else:
-        _wait(lambda: bool(IpfsClient(api, timeout=1).peer_id()), record, "an IPFS daemon", timeout_s)
-    return record
+    return services.spawn(cmd, paths.logs / "ipfs.log", repo, settings.ipfs_port)
 
 
 def stop_service(settings: DevnetSettings, name: str, sig: int = signal.SIGTERM) -> bool:
     """Stop one of the devnet's services ("anvil" or "ipfs") with `sig`; `up` starts it again
     (Anvil from its saved state). Returns whether it was running."""
     record = _read_pids(DevnetPaths.default(settings)).get(name)
-    if record is None or not _ours(record):
+    if record is None or not services.ours(record):
         return False
     os.killpg(record["pid"], sig)
-    while _alive(record["pid"]):
+    while services.alive(record["pid"]):
         time.sleep(0.05)
     return True
-
-
-def stop_process(record: dict[str, Any]) -> bool:
-    """Stop a process `start_ipfs_daemon` (or `up`) started; returns whether it was running."""
-    return _stop(record)
 
 
 # ---------------------------------------------------------------------- contracts
@@ -364,7 +286,7 @@ def up(settings: DevnetSettings | None = None) -> dict[str, Any]:
         ("ipfs", settings.ipfs_port, "--ipfs-port", _start_ipfs),
     ):
         record = pids.get(name)
-        if record and _ours(record) and record["port"] == port:
+        if record and services.ours(record) and record["port"] == port:
             continue
         if not settings.exec_prefix:  # elsewhere (another namespace) the port cannot be tried from here
             _check_port(settings.host, port, "chain" if name == "anvil" else "IPFS API", flag)
@@ -373,14 +295,14 @@ def up(settings: DevnetSettings | None = None) -> dict[str, Any]:
 
     try:
         if "anvil" in started:
-            _wait(
+            services.wait_ready(
                 lambda: Chain(rpc_url, timeout=1).chain_id == settings.chain_id,
                 started["anvil"],
                 "anvil",
                 settings.start_timeout_s,
             )
         if "ipfs" in started:
-            _wait(
+            services.wait_ready(
                 lambda: bool(IpfsClient(ipfs_api, timeout=1).peer_id()),
                 started["ipfs"],
                 "the IPFS daemon",
@@ -393,7 +315,7 @@ def up(settings: DevnetSettings | None = None) -> dict[str, Any]:
         _name_ipfs_peers(deployment, paths.deployment, ipfs_api)
     except ShardnetError:
         for record in started.values():
-            _stop(record)
+            services.stop(record)
         raise
     if deployed:  # Anvil writes its state every second: wait until the deployment is on disk
         deadline = time.monotonic() + 5
@@ -435,33 +357,15 @@ def status(settings: DevnetSettings | None = None) -> dict[str, Any]:
         "contracts": {name: record.address for name, record in deployment.contracts.items()},
         "deploy_block": deployment.deploy_block,
         "deployment_file": str(paths.deployment),
-        "processes": {name: rec["pid"] for name, rec in pids.items() if _ours(rec)},
+        "processes": {name: rec["pid"] for name, rec in pids.items() if services.ours(rec)},
     }
-
-
-def _stop(record: dict[str, Any], grace: float = 5.0) -> bool:
-    if not _ours(record):
-        return False
-    pid = record["pid"]
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return False
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and _alive(pid):
-        time.sleep(0.05)
-    if _alive(pid):
-        os.killpg(pid, signal.SIGKILL)
-        while _alive(pid):
-            time.sleep(0.05)
-    return True
 
 
 def down(settings: DevnetSettings | None = None) -> list[str]:
     """Stop what `up` started (by recorded PID); returns the names stopped."""
     paths = DevnetPaths.default(settings)
     pids = _read_pids(paths)
-    stopped = [name for name, record in pids.items() if _stop(record)]
+    stopped = [name for name, record in pids.items() if services.stop(record)]
     if paths.pids.exists():
         paths.pids.unlink()
     return stopped

@@ -17,6 +17,7 @@ from typing import Any
 from web3.types import RPCEndpoint
 
 from shardnet import devnet as dn
+from shardnet import services
 from shardnet.audit import build_ledger
 from shardnet.bindings import Contracts
 from shardnet.chain import Chain, dev_account
@@ -139,7 +140,7 @@ class Network:
         host = self.placed.get(f"node{i}")
         if self.own_ipfs and i not in self.ipfs_daemons:
             port = free_port()
-            self.ipfs_daemons[i] = dn.start_ipfs_daemon(
+            self.ipfs_daemons[i] = services.start_ipfs_daemon(
                 self.home / f"node{i}-ipfs",
                 port,
                 f"/ip4/{host.ip if host else '127.0.0.1'}/tcp/0",
@@ -218,8 +219,8 @@ class Network:
     def restart_ipfs(self, i: int) -> None:
         """Start node `i`'s IPFS daemon again, same repository (what it pinned) and API port."""
         host = self.placed.get(f"node{i}")
-        dn.stop_process(self.ipfs_daemons[i])
-        self.ipfs_daemons[i] = dn.start_ipfs_daemon(
+        services.stop(self.ipfs_daemons[i])
+        self.ipfs_daemons[i] = services.start_ipfs_daemon(
             self.home / f"node{i}-ipfs",
             int(self.ipfs_apis[i].rsplit(":", 1)[1]),
             f"/ip4/{host.ip if host else '127.0.0.1'}/tcp/0",
@@ -236,7 +237,7 @@ class Network:
         """SIGTERM every process; returns which ones shut down cleanly."""
         clean = {name: self.kill(name, signal.SIGTERM) for name in list(self.procs)}
         for record in self.ipfs_daemons.values():
-            dn.stop_process(record)
+            services.stop(record)
         dn.down(self.settings)
         return clean
 

@@ -10,7 +10,7 @@ import torch
 from node.executor import Executor
 from node.settings import NodeSettings
 from node.swarm import Swarm, peer_of
-from shardnet import devnet as dn
+from shardnet import services
 from shardnet.chain import dev_account
 from shardnet.client import Client
 from shardnet.errors import ConfigError
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.stack
 
 def _daemon(home, name):
     port = free_port()
-    record = dn.start_ipfs_daemon(home / name, port, "/ip4/127.0.0.1/tcp/0", home / f"{name}.log")
+    record = services.start_ipfs_daemon(home / name, port, "/ip4/127.0.0.1/tcp/0", home / f"{name}.log")
     return record, IpfsClient(f"http://127.0.0.1:{port}", timeout=10)
 
 
@@ -60,7 +60,7 @@ def test_blocks_move_peer_to_peer_and_are_served_onward(tmp_path):
         assert len(result.output["tokens"]) == 6
 
         # the publisher leaves; a newcomer that knows only the chain gets every block from the node
-        dn.stop_process(publisher)
+        services.stop(publisher)
         newcomer, newcomer_ipfs = _daemon(tmp_path, "newcomer")
         swarm = Swarm(newcomer_ipfs, dev_account(19).address, net.ledger(), [])
         assert asyncio.run(swarm.join()) == 1
@@ -71,8 +71,8 @@ def test_blocks_move_peer_to_peer_and_are_served_onward(tmp_path):
         assert tokens[0, len(prompt) :].tolist() == result.output["tokens"]
     finally:
         if newcomer is not None:
-            dn.stop_process(newcomer)
-        dn.stop_process(publisher)
+            services.stop(newcomer)
+        services.stop(publisher)
         net.stop()
 
 
