@@ -137,17 +137,9 @@ class Network:
     def start_node(self, i: int) -> None:
         if self.hosts is not None and f"node{i}" not in self.placed:
             self.placed[f"node{i}"] = self.hosts.add(f"node{i}")
-        host = self.placed.get(f"node{i}")
         if self.own_ipfs and i not in self.ipfs_daemons:
-            port = free_port()
-            self.ipfs_daemons[i] = services.start_ipfs_daemon(
-                self.home / f"node{i}-ipfs",
-                port,
-                f"/ip4/{host.ip if host else '127.0.0.1'}/tcp/0",
-                self.home / f"node{i}-ipfs.log",
-                prefix=host.prefix if host else (),
-            )
-            self.ipfs_apis[i] = f"http://127.0.0.1:{port}"  # on the node's own host
+            self._start_ipfs(i, free_port())
+            self.ipfs_apis[i] = f"http://127.0.0.1:{self.ipfs_daemons[i]['port']}"  # on the node's own host
         self.start_process(f"node{i}", ["node", "run", "--config", str(self.node_config(i))])
 
     def node_url(self, i: int) -> str:
@@ -218,11 +210,15 @@ class Network:
 
     def restart_ipfs(self, i: int) -> None:
         """Start node `i`'s IPFS daemon again, same repository (what it pinned) and API port."""
-        host = self.placed.get(f"node{i}")
         services.stop(self.ipfs_daemons[i])
+        self._start_ipfs(i, self.ipfs_daemons[i]["port"])
+
+    def _start_ipfs(self, i: int, api_port: int) -> None:
+        """Node `i`'s own IPFS daemon, on its host: API on that host's loopback, swarm on its address."""
+        host = self.placed.get(f"node{i}")
         self.ipfs_daemons[i] = services.start_ipfs_daemon(
             self.home / f"node{i}-ipfs",
-            int(self.ipfs_apis[i].rsplit(":", 1)[1]),
+            api_port,
             f"/ip4/{host.ip if host else '127.0.0.1'}/tcp/0",
             self.home / f"node{i}-ipfs.log",
             prefix=host.prefix if host else (),
