@@ -3,10 +3,12 @@ pragma solidity ^0.8.24;
 
 import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
+import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
+import {IJobMarket} from "./interfaces/IJobMarket.sol";
 import {INodeRegistry} from "./interfaces/INodeRegistry.sol";
 import {NothingToWithdraw, TransferFailed} from "./interfaces/SharedErrors.sol";
 
-/// @dev The one thing the registry reads from the market.
+/// @dev What the registry reads from the market: its settlement horizon and receipt digests.
 interface IJobMarketHorizon {
     function settlementHorizon() external view returns (uint256);
 }
@@ -20,18 +22,34 @@ interface IJobMarketHorizon {
 /// the market's events, so a job that goes well writes nothing here.
 /// @dev Slashed funds leave the node's stake (then its pending unstake) and go to the slasher
 /// (the Verifier), which pays the wronged client, the committee and the treasury. Invariant:
-/// address(this).balance == sum(stake) + sum(pendingUnstake).
+/// address(this).balance == sum(stake) + sum(pendingUnstake) + sum(bond) + sum(pendingUnbond).
+///
+/// Coordinators bond here too. Whether a node answered a coordinator's probes cannot be proven
+/// on-chain, so a reroute is optimistic: it takes effect at once and records each replaced node
+/// failed, and a replaced node that is live proves it on-chain within CONTEST_WINDOW by sending
+/// its own receipt for its stage of the old route. Its failure is then struck off and the
+/// coordinator is fined twice that stage's fee (more than the fee it could move to a node of its
+/// own), paid to the treasury, not to the node, so a node gains nothing by stalling its data
+/// plane while staying live on-chain.
 ///
 /// | who | may |
 /// | --- | --- |
 /// | anyone | register (with stake >= minStake), add stake, update its profile, unstake in two steps |
+/// | anyone (a coordinator) | bond, unbond in two steps (the nodes' cooldown) |
 /// | a judge (SLASHER_ROLE: the market, the verifier) | record failed stages (`recordFailures`) |
+/// | the market (SLASHER_ROLE) | record stages a reroute replaced (`recordReplaced`) |
+/// | a replaced node | contest its replacement with its receipt, within CONTEST_WINDOW |
 /// | the verifier (SLASHER_ROLE) | slash; the slashed ETH is sent to it |
-/// | the admin | set parameters, wire the market once |
+/// | the admin | set parameters and the minimum coordinator bond, wire the market once |
 contract NodeRegistry is INodeRegistry, AccessControl, ReentrancyGuardTransient {
     // ---------------------------------------------------------------- constants
     /// @notice May record failed stages and slash: the market and the verifier.
     bytes32 public constant SLASHER_ROLE = keccak256("SLASHER_ROLE");
+    /// @notice How long a node replaced by a reroute has to contest it (shorter than any
+    /// cooldown: the market's settlement horizon includes a claim window this long).
+    uint256 public constant CONTEST_WINDOW = 10 minutes;
+    /// @notice A contested reroute costs its coordinator this many times the replaced stage's fee.
+    uint256 public constant REROUTE_FINE_MULTIPLE = 2;
 
     // ---------------------------------------------------------------- storage
     uint256 public minStake;
@@ -40,6 +58,9 @@ contract NodeRegistry is INodeRegistry, AccessControl, ReentrancyGuardTransient 
     address public market; // the JobMarket: its settlement horizon bounds the unstake cooldown
     mapping(address => Node) private _nodes;
     address[] public nodeList;
+    uint256 public minCoordinatorBond;
+    mapping(address => Bond) private _bonds;
+    mapping(bytes32 => Replacement) private _replaced; // keccak256(jobId, node)
 
     // ---------------------------------------------------------------- constructor
     constructor(address admin, uint256 minStake_, uint64 unstakeCooldown_, address treasury_) {
@@ -68,6 +89,12 @@ contract NodeRegistry is INodeRegistry, AccessControl, ReentrancyGuardTransient 
         unstakeCooldown = unstakeCooldown_;
         treasury = treasury_;
         emit ParametersSet(minStake_, unstakeCooldown_, treasury_);
+    }
+
+    /// @notice Coordinators must hold at least `minBond` wei of bond to route or reroute.
+    function setMinCoordinatorBond(uint256 minBond) external onlyRole(DEFAULT_ADMIN_ROLE) {
+        minCoordinatorBond = minBond;
+        emit MinCoordinatorBondSet(minBond);
     }
 
     // ---------------------------------------------------------------- operators
@@ -132,12 +159,101 @@ contract NodeRegistry is INodeRegistry, AccessControl, ReentrancyGuardTransient 
         _send(msg.sender, amount);
     }
 
+    // ---------------------------------------------------------------- coordinators
+    /// @notice Add `msg.value` to the caller's coordinator bond.
+    function bondCoordinator() external payable {
+        if (msg.value == 0) revert ZeroAmount();
+        Bond storage b = _bonds[msg.sender];
+        b.amount += uint128(msg.value);
+        emit CoordinatorBonded(msg.sender, msg.value, b.amount);
+    }
+
+    /// @notice Step one of unbonding: `amount` stays fineable until withdrawn after `cooldown()`.
+    function requestUnbond(uint256 amount) external {
+        Bond storage b = _bonds[msg.sender];
+        if (amount == 0) revert ZeroAmount();
+        if (amount > b.amount) revert UnbondExceedsBond(msg.sender, amount, b.amount);
+        b.amount -= uint128(amount);
+        b.pendingUnbond += uint128(amount);
+        b.unlockAt = uint64(block.timestamp + cooldown());
+        emit UnbondRequested(msg.sender, amount, b.amount, b.unlockAt);
+    }
+
+    /// @notice Step two: after the cooldown, send the pending unbond to the caller.
+    function withdrawUnbonded() external nonReentrant {
+        Bond storage b = _bonds[msg.sender];
+        uint256 amount = b.pendingUnbond;
+        if (amount == 0) revert NothingToWithdraw(msg.sender);
+        if (block.timestamp < b.unlockAt) revert CooldownNotOver(msg.sender, b.unlockAt, uint64(block.timestamp));
+        b.pendingUnbond = 0;
+        emit UnbondWithdrawn(msg.sender, amount);
+        _send(msg.sender, amount);
+    }
+
+    // ---------------------------------------------------------------- replaced nodes
+    /// @notice The caller, replaced at `stage` of job `jobId` by a reroute less than
+    /// CONTEST_WINDOW ago, proves it is live: with its own receipt for that stage of the old route
+    /// (`s`, as the JobRerouted event before it published it). Its failure is struck off, and the
+    /// coordinator that rerouted pays REROUTE_FINE_MULTIPLE times the stage's fee from its bond
+    /// (as much as it has) to the treasury. A node contests each replacement once.
+    function contestReplacement(
+        uint256 jobId,
+        uint256 stage,
+        IJobMarket.Stage calldata s,
+        IJobMarket.Receipt calldata receipt
+    ) external nonReentrant {
+        bytes32 key = keccak256(abi.encode(jobId, msg.sender));
+        Replacement memory r = _replaced[key];
+        if (r.coordinator == address(0)) revert NotReplaced(jobId, msg.sender);
+        if (block.timestamp > r.contestUntil) revert ContestWindowClosed(jobId, r.contestUntil);
+        if (stage != r.stage || s.node != msg.sender || keccak256(abi.encode(s)) != r.stageHash) {
+            revert ReplacementMismatch(jobId, stage);
+        }
+        bytes32 digest = IJobMarket(market).receiptDigest(
+            jobId, stage, s, r.coordinator, receipt.inputHash, receipt.outputHash
+        );
+        (address signer,,) = ECDSA.tryRecover(digest, receipt.signature);
+        if (signer != msg.sender) revert BadContestReceipt(jobId, msg.sender, signer);
+        delete _replaced[key];
+        Node storage n = _nodes[msg.sender];
+        if (n.jobsFailed != 0) --n.jobsFailed;
+        uint256 fine = _fine(r.coordinator, REROUTE_FINE_MULTIPLE * s.fee);
+        emit RerouteContested(jobId, msg.sender, r.coordinator, fine);
+        if (fine != 0) _send(treasury, fine);
+    }
+
+    /// @notice What a replaced node may still contest: zero coordinator when nothing.
+    function replacementOf(uint256 jobId, address node) external view returns (Replacement memory) {
+        return _replaced[keccak256(abi.encode(jobId, node))];
+    }
+
+    function coordinatorBondOf(address coordinator) external view returns (Bond memory) {
+        return _bonds[coordinator];
+    }
+
     // ---------------------------------------------------------------- judges
     /// @inheritdoc INodeRegistry
     function recordFailures(uint256 jobId, address[] calldata nodes) external onlyRole(SLASHER_ROLE) {
         for (uint256 i; i < nodes.length; ++i) {
             ++_nodes[nodes[i]].jobsFailed;
             emit FailureRecorded(nodes[i], jobId, msg.sender);
+        }
+    }
+
+    /// @inheritdoc INodeRegistry
+    function recordReplaced(uint256 jobId, address coordinator, IJobMarket.Stage[] calldata stages, uint256 replacedMask)
+        external
+        onlyRole(SLASHER_ROLE)
+    {
+        uint40 until = uint40(block.timestamp + CONTEST_WINDOW);
+        for (uint256 i; i < stages.length; ++i) {
+            if (replacedMask & (1 << i) == 0) continue;
+            address node = stages[i].node;
+            ++_nodes[node].jobsFailed;
+            _replaced[keccak256(abi.encode(jobId, node))] =
+                Replacement(coordinator, until, uint8(i), keccak256(abi.encode(stages[i])));
+            emit FailureRecorded(node, jobId, msg.sender);
+            emit StageReplaced(jobId, node, coordinator, i, until);
         }
     }
 
@@ -166,13 +282,20 @@ contract NodeRegistry is INodeRegistry, AccessControl, ReentrancyGuardTransient 
     }
 
     /// @notice Bit i set when nodes[i] is not active (one call for a whole route).
-    function inactiveMask(address[] calldata nodes) external view returns (uint256 mask) {
+    function inactiveMask(address[] calldata nodes) public view returns (uint256 mask) {
         if (nodes.length > 256) revert TooManyNodes(nodes.length, 256);
         uint256 need = minStake;
         for (uint256 i; i < nodes.length; ++i) {
             Node storage n = _nodes[nodes[i]];
             if (n.registeredAt == 0 || n.stake < need || n.stake == 0) mask |= 1 << i;
         }
+    }
+
+    /// @inheritdoc INodeRegistry
+    function routeCheck(address coordinator, address[] calldata nodes) external view returns (uint256) {
+        uint256 bond = _bonds[coordinator].amount;
+        if (bond < minCoordinatorBond) revert CoordinatorNotBonded(coordinator, bond, minCoordinatorBond);
+        return inactiveMask(nodes);
     }
 
     function getNode(address node) external view returns (Node memory) {
@@ -232,6 +355,16 @@ contract NodeRegistry is INodeRegistry, AccessControl, ReentrancyGuardTransient 
         if (hardware.memoryMb == 0) revert InvalidHardware("memoryMb");
         if (hardware.computeScore == 0) revert InvalidHardware("computeScore");
         if (hardware.bandwidthMbps == 0) revert InvalidHardware("bandwidthMbps");
+    }
+
+    /// @dev Take up to `amount` from `coordinator`'s bond (then its pending unbond); returns it.
+    function _fine(address coordinator, uint256 amount) private returns (uint256 taken) {
+        Bond storage b = _bonds[coordinator];
+        uint256 available = uint256(b.amount) + b.pendingUnbond;
+        taken = amount < available ? amount : available;
+        uint256 fromBond = taken <= b.amount ? taken : b.amount;
+        b.amount -= uint128(fromBond);
+        b.pendingUnbond -= uint128(taken - fromBond);
     }
 
     function _send(address to, uint256 amount) private {

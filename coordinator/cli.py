@@ -3,7 +3,9 @@ through the `shardnet.commands` entry point, so the shared package never imports
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -98,3 +100,82 @@ def coordinator_run(
             confirm_timeout_s=confirm_timeout,
         ).run()
     )
+
+
+def _bond_command(f: Any) -> Any:
+    f = click.option("--json", "as_json", is_flag=True, help="print JSON for scripts")(f)
+    f = click.option("--deployment", "deployment_path", type=click.Path(path_type=Path), help="deployment file")(f)
+    return key_options(default_dev_account=1)(f)
+
+
+def _bond_report(
+    deployment_path: Path | None, keystore: Path | None, dev_account: int, as_json: bool, act: Any
+) -> None:
+    """Run `act(nodes, account)` as the coordinator, then print its bond."""
+    from shardnet.bindings import Contracts
+    from shardnet.chain import Chain
+    from shardnet.deployment import Deployment
+
+    account = load_account(keystore, dev_account)
+    contracts = Contracts(Chain.from_deployment(Deployment.load(deployment_path), account=account))
+    act(contracts.nodes, account)
+    bond, pending, unlock_at = contracts.nodes.coordinator_bond(account.address)
+    row = {
+        "coordinator": account.address,
+        "bond_wei": bond,
+        "min_bond_wei": contracts.nodes.min_coordinator_bond(),
+        "pending_unbond_wei": pending,
+        "unlock_at": unlock_at,
+    }
+    if as_json:
+        click.echo(json.dumps(row))
+        return
+    click.echo(f"coordinator {account.address}: bond {bond} wei (the network requires {row['min_bond_wei']})")
+    if pending:
+        click.echo(f"  unbonding {pending} wei, withdrawable from {unlock_at} (unix time)")
+
+
+@coordinator.command("bond")
+@click.argument("amount")
+@_bond_command
+def coordinator_bond(
+    amount: str, keystore: Path | None, dev_account: int, deployment_path: Path | None, as_json: bool
+) -> None:
+    """Add AMOUNT (wei, or e.g. 0.5eth) to this coordinator's bond. Routing needs the network's
+    minimum; a reroute that a replaced node contests is fined from it."""
+    from shardnet.cli.root import parse_wei
+
+    wei = parse_wei(amount)
+    _bond_report(
+        deployment_path, keystore, dev_account, as_json, lambda nodes, a: nodes.bond_coordinator(wei, account=a)
+    )
+
+
+@coordinator.command("unbond")
+@click.argument("amount")
+@_bond_command
+def coordinator_unbond(
+    amount: str, keystore: Path | None, dev_account: int, deployment_path: Path | None, as_json: bool
+) -> None:
+    """Start taking AMOUNT of bond back: it stays fineable for the cooldown (longer than any job and
+    the contest window of its reroutes), then 'shardnet coordinator withdraw-bond' sends it."""
+    from shardnet.cli.root import parse_wei
+
+    wei = parse_wei(amount)
+    _bond_report(deployment_path, keystore, dev_account, as_json, lambda nodes, a: nodes.request_unbond(wei, account=a))
+
+
+@coordinator.command("withdraw-bond")
+@_bond_command
+def coordinator_withdraw_bond(
+    keystore: Path | None, dev_account: int, deployment_path: Path | None, as_json: bool
+) -> None:
+    """Withdraw the bond asked out with 'unbond', once its cooldown is over."""
+    _bond_report(deployment_path, keystore, dev_account, as_json, lambda nodes, a: nodes.withdraw_unbonded(account=a))
+
+
+@coordinator.command("status")
+@_bond_command
+def coordinator_status(keystore: Path | None, dev_account: int, deployment_path: Path | None, as_json: bool) -> None:
+    """This coordinator's bond, what the network requires, and any unbonding."""
+    _bond_report(deployment_path, keystore, dev_account, as_json, lambda nodes, a: None)

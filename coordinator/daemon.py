@@ -17,9 +17,9 @@ from eth_account.signers.local import LocalAccount
 from coordinator.planner import ModelSpec, NodeSpec, evaluate, plan, plan_pipeline
 from coordinator.router import Candidate, RouteWeights, route, route_cost
 from shardnet.bindings import ZERO_ADDRESS, Contracts, send_logged
-from shardnet.chain import Chain
+from shardnet.chain import DEVNET_CHAIN_ID, Chain
 from shardnet.deployment import Deployment
-from shardnet.errors import JobInputError
+from shardnet.errors import ConfigError, JobInputError
 from shardnet.events import EventReader, Listener
 from shardnet.jobs import JobParams
 from shardnet.ledger import JobRecord, Ledger
@@ -90,6 +90,7 @@ class Coordinator:
     async def run(self) -> None:
         import aiohttp
 
+        await asyncio.to_thread(self.ensure_bond)
         async for event in self.listener.catch_up(self.deployment.deploy_block):
             self.ledger.apply(event)
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0)) as http:
@@ -108,6 +109,21 @@ class Coordinator:
         finally:
             for task in tasks:
                 task.cancel()
+
+    def ensure_bond(self) -> None:
+        """Routing needs the network's minimum coordinator bond. On the devnet the daemon tops its
+        bond up by itself; elsewhere bonding moves the operator's money, so it asks them to."""
+        need = self.c.nodes.min_coordinator_bond()
+        have, _, _ = self.c.nodes.coordinator_bond(self.account.address)
+        if have >= need:
+            return
+        if self.chain.chain_id != DEVNET_CHAIN_ID:
+            raise ConfigError(
+                f"coordinator {self.account.address} has bonded {have} wei and the network requires {need}: "
+                f"run 'shardnet coordinator bond {need - have}' with this key first"
+            )
+        self.c.nodes.bond_coordinator(need - have, account=self.account)
+        log.info("bonded %d wei as coordinator (the devnet's minimum is %d)", need - have, need)
 
     # ------------------------------------------------------------------ expiry
     async def _expiry_loop(self) -> None:

@@ -22,6 +22,7 @@ from node.executor import Executor
 from node.filter import (
     AdoptRoute,
     ClaimAborted,
+    ContestReroute,
     DropJob,
     LoadSpan,
     OpenAudits,
@@ -212,6 +213,10 @@ class NodeAgent:
                     self.spawn(self.pipeline.start_job(job_id, picked_up_at=time.time()))
                 case AdoptRoute(job_id):
                     self.spawn(self.pipeline.rerouted(job_id))
+                case ContestReroute(job_id):
+                    contest = self.pipeline.settlement.contest_replacement(job_id)
+                    if contest is not None:
+                        self.spawn(contest)
                 case DropJob(job_id):
                     self.pipeline.drop(job_id)
                 case ClaimAborted(job_id):

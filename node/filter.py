@@ -57,6 +57,14 @@ class DropJob:
 
 
 @dataclass(frozen=True)
+class ContestReroute:
+    """A reroute took this node off a job it was running and recorded it failed: being live, it
+    contests that with its receipt (before the job is dropped)."""
+
+    job_id: int
+
+
+@dataclass(frozen=True)
 class ClaimAborted:
     """A job this node worked on was aborted while routed: claim its delivery, then forget it."""
 
@@ -78,7 +86,17 @@ class ServeOnCommittee:
     audit_id: int
 
 
-Action = LoadSpan | UnloadSpan | StartJob | AdoptRoute | DropJob | ClaimAborted | OpenAudits | ServeOnCommittee
+Action = (
+    LoadSpan
+    | UnloadSpan
+    | StartJob
+    | AdoptRoute
+    | ContestReroute
+    | DropJob
+    | ClaimAborted
+    | OpenAudits
+    | ServeOnCommittee
+)
 
 
 def actions_for(address: str, event: Event, ledger: Ledger, running: Container[int]) -> list[Action]:
@@ -91,6 +109,8 @@ def actions_for(address: str, event: Event, ledger: Ledger, running: Container[i
         job_id = a["jobId"]
         stage = my_stage(address, ledger.jobs[job_id].route)
         if stage is None:
+            if event.name == "JobRerouted" and job_id in running and address in a["failedNodes"]:
+                return [ContestReroute(job_id), DropJob(job_id)]
             return [DropJob(job_id)]
         if event.name == "JobRerouted" and job_id in running:
             return [AdoptRoute(job_id)]

@@ -13,7 +13,9 @@ from typing import Literal
 
 import torch
 
-DEVNET_CHAIN_ID = 31337
+from shardnet.chain import DEVNET_CHAIN_ID
+
+__all__ = ["DEVNET_CHAIN_ID", "corrupt_activation"]
 Misbehaviour = Literal[
     "", "garbage", "lazy", "perturb", "wrong_token", "lie_vote", "absent", "exit_after_commit", "abort_late"
 ]

@@ -54,6 +54,10 @@ class Reporter:
             is not None
         )
 
+    async def contest_replacement(self, job_id: int, stage: int, old_stage: Stage, receipt: Receipt) -> bool:
+        what = f"contestReplacement({job_id}, stage {stage})"
+        return await self._do(what, self.c.nodes.contest_replacement, job_id, stage, old_stage, receipt) is not None
+
     async def claim_delivery(
         self, job_id: int, coordinator: str, stages: list[Stage], stage: int, receipt: Receipt
     ) -> bool:

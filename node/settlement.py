@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 import torch
@@ -254,6 +255,27 @@ class Settlement:
         if run is not None and receipt is not None:
             await self._claim(run, receipt, "aborted")
         self.finish(job_id)
+
+    def contest_replacement(self, job_id: int) -> Coroutine[Any, Any, None] | None:
+        """A reroute took this node off a job it is running, and recorded it failed. Unless its own
+        sends were failing (then the reroute was right), it is live and proves it: the returned
+        coroutine sends its receipt for its stage of the old route (the run still holds that
+        route; it is signed now, before the job is dropped), which strikes off the failure and
+        fines the coordinator."""
+        run = self.executor.jobs.get(job_id)
+        if run is None or run.ended or run.stalled:
+            return None
+        stage, old_stage, receipt = run.stage, run.stages[run.stage], self._own_receipt(run)
+
+        async def contest() -> None:
+            if await self.reporter.contest_replacement(job_id, stage, old_stage, receipt):
+                log.warning(
+                    "job %d: rerouted away while live; contested, the coordinator was fined",
+                    job_id,
+                    extra={"job": job_id},
+                )
+
+        return contest()
 
     def _own_receipt(self, run: JobRun) -> Receipt:
         """This stage's receipt over what entered and left it so far."""

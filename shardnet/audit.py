@@ -53,7 +53,12 @@ def events_label(kind: str, key: Any) -> str:
 
 def index_label(kind: str, key: Any) -> str:
     """Names the index row a figure came from, e.g. `index row jobs[job_id=7]`."""
-    table, column = {"job": ("jobs", "job_id"), "account": ("accounts", "address"), "node": ("nodes", "address")}[kind]
+    table, column = {
+        "job": ("jobs", "job_id"),
+        "account": ("accounts", "address"),
+        "node": ("nodes", "address"),
+        "coordinator": ("bonds", "address"),
+    }[kind]
     return f"index row {table}[{column}={key}]"
 
 
@@ -84,6 +89,9 @@ def reconcile(chain: Chain, ledger: Ledger, label: Label = events_label) -> list
         info = c.nodes.node(address)
         check(label("node", address), "stake", node.stake, info.stake)
         check(label("node", address), "pending_unstake", node.pending_unstake, info.pending_unstake)
+    for address, bond in sorted(ledger.bonds.items()):
+        have, pending, _ = c.nodes.coordinator_bond(address)
+        check(label("coordinator", address), "bond", (bond.bond, bond.pending_unbond), (have, pending))
     check(
         "Verifier",
         "ETH balance (open audits + rewards)",
@@ -99,7 +107,13 @@ def reconcile(chain: Chain, ledger: Ledger, label: Label = events_label) -> list
         chain.w3.eth.get_balance(c.market.address, block),
     )
     stakes = sum(n.stake + n.pending_unstake for n in ledger.nodes.values())
-    check("NodeRegistry", "ETH balance (stakes)", stakes, chain.w3.eth.get_balance(c.nodes.address, block))
+    stakes += sum(b.bond + b.pending_unbond for b in ledger.bonds.values())
+    check(
+        "NodeRegistry",
+        "ETH balance (stakes and coordinator bonds)",
+        stakes,
+        chain.w3.eth.get_balance(c.nodes.address, block),
+    )
     return diffs
 
 

@@ -46,6 +46,9 @@ def _unreachable(url: str, reason: object) -> ChainUnavailable:
     )
 
 
+DEVNET_CHAIN_ID = 31337  # the embedded devnet's chain (Anvil's default): test-only settings need it
+
+
 class Chain:
     """A synchronous HTTP connection plus the project contracts and a signing account."""
 

@@ -46,6 +46,7 @@ class DevnetSettings(BaseSettings):
     chain_id: int = 31337
     accounts: int = 20  # funded dev accounts (mnemonic 'test test ... junk')
     min_stake_wei: int = ETHER  # NodeRegistry minimum stake
+    min_coordinator_bond_wei: int = ETHER  # NodeRegistry: what a coordinator must bond to route
     unstake_cooldown_s: int = 600  # NodeRegistry unstake cooldown, seconds
     coordinator_fee_bps: int = 500  # JobMarket coordinator cut, basis points of stage fees
     max_job_duration_s: int = 86_400  # JobMarket: how far a deadline may lie ahead, seconds
@@ -182,9 +183,12 @@ def deploy_contracts(
     coordinators: Sequence[str] | None = None,
 ) -> Deployment:
     """Deploy and wire the contracts, `admin` (default: dev account 0) holding every admin role
-    and each of `coordinators` (default: dev account 1) the coordinator role."""
+    and each of `coordinators` the coordinator role. By default the coordinator is dev account 1,
+    bonded here with the minimum; coordinators named explicitly bond themselves
+    (`shardnet coordinator bond`)."""
     artifacts = compiler.compile_contracts()
     admin = admin or dev_account(0)
+    bonded = [dev_account(1)] if coordinators is None else []
     coordinators = [dev_account(1).address] if coordinators is None else list(coordinators)
     chain.account = admin
     first_block = chain.w3.eth.block_number + 1
@@ -213,10 +217,14 @@ def deploy_contracts(
     chain.transact(nodes.functions.setMarket(market_addr))
     chain.transact(nodes.functions.grantRole(chain.call(nodes.functions.SLASHER_ROLE()), verifier_addr))
     chain.transact(market.functions.setVerifier(verifier_addr))
+    chain.transact(nodes.functions.setMinCoordinatorBond(settings.min_coordinator_bond_wei))
     role = chain.call(models.functions.COORDINATOR_ROLE())
     for coordinator in coordinators:
         chain.transact(models.functions.grantRole(role, coordinator))
         chain.transact(market.functions.grantRole(role, coordinator))
+    for account in bonded:
+        if settings.min_coordinator_bond_wei:
+            chain.transact(nodes.functions.bondCoordinator(), value=settings.min_coordinator_bond_wei, account=account)
     version = next(iter(artifacts.values())).compiler
     return Deployment(
         chain_id=chain.chain_id,

@@ -76,6 +76,19 @@ def describe(name: str, args: dict[str, Any]) -> str:
             return f"stage {a['stage']} found wrong: {a['fromNode'] + a['fromCoordinator']} wei back to the client"
         case "FailureRecorded":
             return f"failure recorded for job {a['jobId']} by {a['by']}"
+        case "StageReplaced":
+            return (
+                f"stage {a['stage']} ({a['node']}) replaced by {a['coordinator']}'s reroute; "
+                f"contestable until {a['contestUntil']}"
+            )
+        case "RerouteContested":
+            return f"{a['node']} proved it was live: failure struck off, {a['coordinator']} fined {a['fine']} wei"
+        case "CoordinatorBonded":
+            return f"coordinator {a['coordinator']} bonded {a['amount']} wei, bond now {a['bond']}"
+        case "UnbondRequested":
+            return f"coordinator {a['coordinator']} unbonding {a['amount']} wei, bond now {a['bond']}"
+        case "UnbondWithdrawn":
+            return f"coordinator {a['coordinator']} withdrew {a['amount']} wei of bond"
     return name
 
 
@@ -351,13 +364,21 @@ class IndexQueries:
         return out
 
     def losses(self) -> list[dict[str, Any]]:
-        """Per address, what audits cost it: stake slashed for a stage found wrong, penalties for
-        votes against the majority, reveals it missed. Biggest loss first."""
+        """Per address, what checking cost it: stake slashed for a stage found wrong, penalties for
+        votes against the majority, bond fined for reroutes a live node contested, reveals it
+        missed. Biggest loss first."""
         by: dict[str, dict[str, Any]] = {}
 
         def entry(address: str) -> dict[str, Any]:
             return by.setdefault(
-                address, {"address": address, "slashed_as_stage": 0, "outvoted_penalties": 0, "audits_missed": 0}
+                address,
+                {
+                    "address": address,
+                    "slashed_as_stage": 0,
+                    "outvoted_penalties": 0,
+                    "reroute_fines": 0,  # as a coordinator whose reroute a live node contested
+                    "audits_missed": 0,
+                },
             )
 
         for a in self.audits():
@@ -367,8 +388,11 @@ class IndexQueries:
                 entry(member)["outvoted_penalties"] += int(amount)
             for member in a["absent"]:
                 entry(member)["audits_missed"] += 1
+        for e in self.db.execute("SELECT args FROM events WHERE name = 'RerouteContested'"):
+            a = from_json(json.loads(e["args"]))
+            entry(a["coordinator"])["reroute_fines"] += int(a["fine"])
         for e in by.values():
-            e["lost"] = e["slashed_as_stage"] + e["outvoted_penalties"]
+            e["lost"] = e["slashed_as_stage"] + e["outvoted_penalties"] + e["reroute_fines"]
         return sorted(by.values(), key=lambda e: (-e["lost"], -e["audits_missed"], e["address"]))
 
     def summary(self) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import json
 import sqlite3
 from dataclasses import asdict
 
-from shardnet.ledger import AccountRecord, AuditRecord, JobRecord, Ledger, NodeRecord
+from shardnet.ledger import AccountRecord, AuditRecord, BondRecord, JobRecord, Ledger, NodeRecord
 from shardnet.protocol import Assignment, Hardware, JobStatus, Model, Receipt, Stage
 
 
@@ -101,6 +101,10 @@ def write_state(db: sqlite3.Connection, ledger: Ledger) -> None:
         ],
     )
     db.executemany(
+        "INSERT OR REPLACE INTO bonds VALUES (?, ?, ?, ?)",
+        [(a, str(b.bond), str(b.pending_unbond), str(ledger.reroute_fines.get(a, 0))) for a, b in ledger.bonds.items()],
+    )
+    db.executemany(
         "INSERT OR REPLACE INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         [
             (
@@ -144,6 +148,10 @@ def load_ledger(db: sqlite3.Connection) -> Ledger:
             ledger.endpoints[r["address"]] = r["endpoint"]
         if r["memory_mb"] is not None:
             ledger.hardware[r["address"]] = Hardware(r["memory_mb"], r["compute_score"], r["bandwidth_mbps"])
+    for r in db.execute("SELECT * FROM bonds"):
+        ledger.bonds[r["address"]] = BondRecord(int(r["bond"]), int(r["pending_unbond"]))
+        if int(r["fined"]):
+            ledger.reroute_fines[r["address"]] = int(r["fined"])
     for r in db.execute("SELECT * FROM models"):
         ledger.models[r["model_id"]] = Model(
             r["model_id"],

@@ -39,7 +39,7 @@ from shardnet.index_rows import load_job, load_ledger, write_job, write_state
 from shardnet.ledger import Ledger
 from shardnet.protocol import JobStatus
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -81,6 +81,8 @@ CREATE INDEX IF NOT EXISTS audits_job ON audits (job_id);
 CREATE TABLE IF NOT EXISTS nodes (
     address TEXT PRIMARY KEY, stake TEXT NOT NULL, pending_unstake TEXT NOT NULL, slashed TEXT NOT NULL,
     endpoint TEXT, memory_mb INTEGER, compute_score INTEGER, bandwidth_mbps INTEGER);
+CREATE TABLE IF NOT EXISTS bonds (
+    address TEXT PRIMARY KEY, bond TEXT NOT NULL, pending_unbond TEXT NOT NULL, fined TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS models (
     model_id INTEGER PRIMARY KEY, owner TEXT NOT NULL, name TEXT NOT NULL, manifest_cid TEXT NOT NULL,
     block_count INTEGER NOT NULL, price_per_block TEXT NOT NULL, deprecated INTEGER NOT NULL,

@@ -48,6 +48,7 @@ class JobRecord:
     refunded: int = 0
     verification: int = 0  # wei of the client's reserve paid to audit committees
     failed_nodes: list[str] = field(default_factory=list)
+    contested: list[str] = field(default_factory=list)  # replaced nodes that proved they were live
     abort_reason: str | None = None
     history: list[tuple[int, str]] = field(default_factory=list)  # (block, event name)
 
@@ -57,6 +58,12 @@ class NodeRecord:
     stake: int = 0
     pending_unstake: int = 0
     slashed: int = 0
+
+
+@dataclass
+class BondRecord:
+    bond: int = 0
+    pending_unbond: int = 0
 
 
 @dataclass
@@ -107,6 +114,8 @@ class Ledger:
         self.nodes: dict[str, NodeRecord] = defaultdict(NodeRecord)
         self.accounts: dict[str, AccountRecord] = defaultdict(AccountRecord)
         self.verifier_held = 0  # wei in the Verifier: open audits' budgets and unwithdrawn rewards
+        self.reroute_fines: dict[str, int] = defaultdict(int)  # coordinator -> wei fined for contested reroutes
+        self.bonds: dict[str, BondRecord] = defaultdict(BondRecord)  # coordinator -> its bond
         self.verifier: str | None = None  # its address (VerifierSet)
         self.block: int | None = None  # the last block whose events are all applied (None: not known)
         self.terms: Terms | None = None  # the market's terms in force (TermsSet)
@@ -226,6 +235,30 @@ class Ledger:
         job = self.jobs[a["jobId"]]
         job.reroutes += 1
         self._set_route(job, a["coordinator"], a["stages"])
+
+    def _on_CoordinatorBonded(self, a: Args) -> None:
+        self.bonds[a["coordinator"]].bond = a["bond"]
+
+    def _on_UnbondRequested(self, a: Args) -> None:
+        bond = self.bonds[a["coordinator"]]
+        bond.bond = a["bond"]
+        bond.pending_unbond += a["amount"]
+
+    def _on_UnbondWithdrawn(self, a: Args) -> None:
+        self.bonds[a["coordinator"]].pending_unbond -= a["amount"]
+
+    def _on_RerouteContested(self, a: Args) -> None:
+        """A replaced node proved it was live: its failure is struck off, the coordinator fined
+        (from its bond, then from what it is unbonding)."""
+        account = self.accounts[a["node"]]
+        account.jobs_failed = max(0, account.jobs_failed - 1)
+        self.reroute_fines[a["coordinator"]] += a["fine"]
+        bond = self.bonds[a["coordinator"]]
+        from_bond = min(a["fine"], bond.bond)
+        bond.bond -= from_bond
+        bond.pending_unbond -= a["fine"] - from_bond
+        if a["jobId"] in self.jobs:
+            self.jobs[a["jobId"]].contested.append(a["node"])
 
     def _on_StageFailed(self, a: Args) -> None:
         self.jobs[a["jobId"]].failed_nodes.append(a["node"])  # counted by FailureRecorded

@@ -1,9 +1,9 @@
-"""Stateful property test: random register / stake / post / route / submit / expire / cancel /
-abort / withdraw / unstake / slash sequences, with audits drawn, challenges, committee votes
-(committed, revealed, any way), resolutions and delayed credits, on the real Anvil. After every
-step the contracts hold exactly stakes, escrows, credits (withdrawable and pending), open audit
-budgets and rewards, to the wei; no job pays out more than its escrow or is both paid and fully
-refunded."""
+"""Stateful property test: random register / stake / post / route / reroute / submit / expire /
+cancel / abort / withdraw / unstake / slash sequences, with audits drawn, challenges, committee
+votes (committed, revealed, any way), resolutions, delayed credits, coordinator bonds (bond,
+unbond, withdraw) and contested reroutes, on the real Anvil. After every step the contracts hold
+exactly stakes, bonds, escrows, credits (withdrawable and pending), open audit budgets and
+rewards, to the wei; no job pays out more than its escrow or is both paid and fully refunded."""
 
 import os
 
@@ -24,6 +24,10 @@ PAY_EVENTS = ("StagePaid", "CoordinatorPaid")
 TREASURY = 0  # the devnet admin
 
 
+def dev_account_of(address: str):
+    return next(a for a in map(dev_account, NODE_IDS) if a.address == address)
+
+
 def make_machine(chain: Chain):
     class Escrow(RuleBasedStateMachine):
         def __init__(self):
@@ -36,6 +40,7 @@ def make_machine(chain: Chain):
             self.jobs: dict[int, dict] = {}
             self.ballots: dict[tuple[int, str], tuple[int, bytes]] = {}  # (audit, member) -> (vote, salt)
             self.first_audit = self.c.verifier.audit_count() + 1
+            self.replaced: list[tuple[int, int, Stage]] = []  # (job, stage, the old route's stage)
             self.steps = 0
 
         def teardown(self):
@@ -160,6 +165,56 @@ def make_machine(chain: Chain):
             )
             if self._try(self.c.market.route_job, job, stages, account=self.world.coordinator):
                 self.jobs[job]["stages"] = stages
+
+        @rule(data=st.data(), a=st.sampled_from(NODE_IDS))
+        def reroute(self, data, a):
+            """Reroute a routed job (one posted and routed now, when there is none) around one stage."""
+            routed = [
+                j for j, v in self.jobs.items() if v["stages"] and self.c.market.job(j).status == JobStatus.ROUTED
+            ]
+            if not routed:
+                posted = set(self.jobs)
+                self.post(CLIENT_IDS[0], 5, 600, 0)
+                if not set(self.jobs) - posted:
+                    return
+                job = max(self.jobs)
+                first, second = dev_account(a).address, dev_account(NODE_IDS[(a + 1) % len(NODE_IDS)]).address
+                stages = [Stage(first, 0, 2, 2 * 10**9), Stage(second, 2, BLOCKS, 2 * 10**9)]
+                if not self._try(self.c.market.route_job, job, stages, account=self.world.coordinator):
+                    return
+                self.jobs[job]["stages"] = stages
+                routed = [job]
+            job = data.draw(st.sampled_from(sorted(routed)))
+            old = self.jobs[job]["stages"]
+            k = data.draw(st.integers(0, len(old) - 1))
+            other = data.draw(st.sampled_from([dev_account(i).address for i in NODE_IDS]))
+            new = [*old[:k], old[k]._replace(node=other), *old[k + 1 :]]
+            coordinator = self.world.coordinator
+            if self._try(self.c.market.reroute_job, job, coordinator.address, old, new, account=coordinator):
+                self.jobs[job]["stages"] = new
+                self.replaced += [(job, i, s) for i, s in enumerate(old) if s.node not in {n.node for n in new}]
+                if self.replaced and data.draw(st.booleans()):  # the replaced node, live, contests at once
+                    self.contest(data, 0)
+
+        @precondition(lambda self: self.replaced)
+        @rule(data=st.data(), wait=st.sampled_from([0, 0, 700]))
+        def contest(self, data, wait):
+            job, k, stage = data.draw(st.sampled_from(self.replaced))
+            if wait:
+                self.world.advance(wait)
+            receipt = self.world.receipts(job, [stage] * (k + 1), "QmOut")[k]
+            if self._try(self.c.nodes.contest_replacement, job, k, stage, receipt, account=dev_account_of(stage.node)):
+                Escrow.contested += 1
+
+        @rule(amount=st.integers(1, 3), step=st.sampled_from(["bond", "unbond", "withdraw"]))
+        def coordinator_bond(self, amount, step):
+            coordinator = self.world.coordinator
+            if step == "bond":
+                self._try(self.c.nodes.bond_coordinator, amount * ETHER // 2, account=coordinator)
+            elif step == "unbond":
+                self._try(self.c.nodes.request_unbond, amount * ETHER // 2, account=coordinator)
+            else:
+                self._try(self.c.nodes.withdraw_unbonded, account=coordinator)
 
         @precondition(lambda self: any(j["stages"] for j in self.jobs.values()))
         @rule(data=st.data())
@@ -323,7 +378,8 @@ def make_machine(chain: Chain):
             stakes = sum(
                 n.stake + n.pending_unstake for n in map(self.c.nodes.node, [dev_account(i).address for i in NODE_IDS])
             )
-            assert w3.eth.get_balance(self.c.nodes.address) == stakes
+            bond, unbonding, _ = self.c.nodes.coordinator_bond(self.world.coordinator.address)
+            assert w3.eth.get_balance(self.c.nodes.address) == stakes + bond + unbonding
             escrows = sum(self.c.market.job(j).held for j in self.jobs)
             people = [dev_account(i).address for i in (*NODE_IDS, *CLIENT_IDS, 1, TREASURY)]
             credits = sum(self.c.market.credit(a) for a in people)
@@ -347,7 +403,7 @@ def make_machine(chain: Chain):
                 if job.status == JobStatus.COMPLETED:
                     assert j["paid"] >= 0 and job.held == 0
 
-    Escrow.total_steps = Escrow.resolved = Escrow.votes = Escrow.upheld = 0
+    Escrow.total_steps = Escrow.resolved = Escrow.votes = Escrow.upheld = Escrow.contested = 0
     return Escrow
 
 
@@ -365,6 +421,7 @@ def test_escrow_invariants_hold_over_random_steps(chain):
     test_case().runTest()
     print(
         f"stateful steps run: {machine.total_steps}, votes: {machine.votes}, "
-        f"audits resolved: {machine.resolved} ({machine.upheld} found the stage wrong)"
+        f"audits resolved: {machine.resolved} ({machine.upheld} found the stage wrong), "
+        f"reroutes contested: {machine.contested}"
     )
     assert machine.total_steps >= 200

@@ -164,6 +164,15 @@ interface IJobMarket {
     function revoke(AuditCase calldata c) external returns (uint256 recovered, uint256 owed);
     function epochLength() external view returns (uint256);
     function getJob(uint256 jobId) external view returns (Job memory);
+    /// @notice The EIP-712 digest stage `stage` (`s`) of job `jobId` signs for its receipt.
+    function receiptDigest(
+        uint256 jobId,
+        uint256 stage,
+        Stage calldata s,
+        address coordinator,
+        bytes32 inputHash,
+        bytes32 outputHash
+    ) external view returns (bytes32);
     function terms()
         external
         view

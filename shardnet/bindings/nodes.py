@@ -1,4 +1,5 @@
-"""NodeRegistry: staking, profiles, unstaking, failures and slashes."""
+"""NodeRegistry: staking, profiles, unstaking, failures and slashes; coordinators' bonds and the
+contests of nodes a reroute replaced."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ from typing import Any
 
 from eth_account.signers.local import LocalAccount
 
-from shardnet.bindings.base import Binding
+from shardnet.bindings.base import ZERO_ADDRESS, Binding
 from shardnet.protocol import (
     Hardware,
     NodeInfo,
+    Receipt,
+    Stage,
 )
 
 
@@ -46,7 +49,41 @@ class NodeRegistry(Binding):
     ) -> dict[str, Any]:
         return self._tx(self.contract.functions.setParameters(min_stake, cooldown_s, treasury), 0, account)
 
+    def set_min_coordinator_bond(self, amount: int, account: LocalAccount | None = None) -> dict[str, Any]:
+        return self._tx(self.contract.functions.setMinCoordinatorBond(amount), 0, account)
+
+    # coordinators
+    def bond_coordinator(self, amount: int, account: LocalAccount | None = None) -> dict[str, Any]:
+        return self._tx(self.contract.functions.bondCoordinator(), amount, account)
+
+    def request_unbond(self, amount: int, account: LocalAccount | None = None) -> dict[str, Any]:
+        return self._tx(self.contract.functions.requestUnbond(amount), 0, account)
+
+    def withdraw_unbonded(self, account: LocalAccount | None = None) -> dict[str, Any]:
+        return self._tx(self.contract.functions.withdrawUnbonded(), 0, account)
+
+    def contest_replacement(
+        self, job_id: int, stage: int, old_stage: Stage, receipt: Receipt, account: LocalAccount | None = None
+    ) -> dict[str, Any]:
+        """As the node a reroute replaced at `stage` (`old_stage` of the old route): prove it is
+        live with its receipt for that stage, which strikes off its failure and fines the coordinator."""
+        fn = self.contract.functions.contestReplacement(job_id, stage, tuple(old_stage), tuple(receipt))
+        return self._tx(fn, 0, account)
+
     # views
+    def min_coordinator_bond(self) -> int:
+        return int(self._call(self.contract.functions.minCoordinatorBond()))
+
+    def coordinator_bond(self, coordinator: str) -> tuple[int, int, int]:
+        """(bond, pending unbond, unlock time) of `coordinator`."""
+        b = self._call(self.contract.functions.coordinatorBondOf(coordinator))
+        return int(b[0]), int(b[1]), int(b[2])
+
+    def contestable_until(self, job_id: int, node: str) -> int:
+        """Until when `node` may contest a reroute that replaced it on `job_id` (0: nothing to contest)."""
+        r = self._call(self.contract.functions.replacementOf(job_id, node))
+        return int(r[1]) if str(r[0]).lower() != ZERO_ADDRESS else 0
+
     def is_active(self, node: str) -> bool:
         return bool(self._call(self.contract.functions.isActive(node)))
 

@@ -246,17 +246,18 @@ def audit_audits(
 @_rpc_options
 @_as_json
 def audit_losses(rpc_url: str | None, db: Path | None, no_sync: bool, as_json: bool) -> None:
-    """What cheating and careless voting cost each address: slashes, penalties, missed reveals."""
+    """What cheating and careless voting cost each address: slashes, penalties, reroute fines, missed reveals."""
     with _index(rpc_url, db, no_sync) as index:
         rows = index.losses()
 
     def table(losses: list[dict[str, Any]]) -> None:
         if not losses:
             click.echo("nobody has lost anything to an audit")
-        click.echo(f"{'address':<42} {'slashed as stage':>18} {'outvoted':>18} {'missed':>6}")
+        click.echo(f"{'address':<42} {'slashed as stage':>18} {'outvoted':>18} {'reroute fines':>18} {'missed':>6}")
         for e in losses:
             click.echo(
-                f"{e['address']:<42} {e['slashed_as_stage']:>18} {e['outvoted_penalties']:>18} {e['audits_missed']:>6}"
+                f"{e['address']:<42} {e['slashed_as_stage']:>18} {e['outvoted_penalties']:>18} "
+                f"{e['reroute_fines']:>18} {e['audits_missed']:>6}"
             )
 
     _emit(rows, as_json, table)
