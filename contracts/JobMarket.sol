@@ -35,8 +35,8 @@ import {AddressArrays} from "./libraries/AddressArrays.sol";
 /// | --- | --- | --- |
 /// | anyone | post a job with escrow | any time, on an active model |
 /// | the job's client | cancel it | while it is posted |
-/// | a coordinator (COORDINATOR_ROLE, bonded in the NodeRegistry) | route it, at the model's price | while posted, before the deadline |
-/// | the coordinator that routed it | reroute it (each replaced node may contest) | while routed, before the deadline |
+/// | a coordinator (COORDINATOR_ROLE) | route it, at the model's price | while posted, before the deadline |
+/// | the coordinator that routed it, bonded in the NodeRegistry | reroute it (each replaced node may contest) | while routed, before the deadline |
 /// | anyone (in practice the last stage) | submit the result with every stage's receipt | while routed, before the deadline |
 /// | anyone (in practice node agents) | draw the job's audits (`drawAudits`) | completed, after its block, within the challenge window |
 /// | anyone (the client, an auditor) | challenge a stage with a bond | completed, within the challenge window |
@@ -175,8 +175,9 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
 
     /// @notice Failover: replace the route of a routed job. Nodes of the old route that are not
     /// on the new one are recorded as failed; each may contest that in the NodeRegistry with its
-    /// receipt, and a contested reroute fines this coordinator's bond. Only the coordinator that
-    /// routed the job may reroute it; the cut rate stays the one fixed at routing.
+    /// receipt, and a contested reroute fines this coordinator's bond (a reroute that replaces a
+    /// node needs the minimum bond). Only the coordinator that routed the job may reroute it; the
+    /// cut rate stays the one fixed at routing.
     function rerouteJob(
         uint256 jobId,
         address oldCoordinator,
@@ -602,7 +603,7 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
         (uint32 blockCount, uint56 price, uint256 unconfirmed) =
             modelRegistry.routeInfo(job.modelId, nodes, starts, ends);
         if (next != blockCount) revert IncompleteCover(jobId, n, blockCount, next);
-        uint256 inactive = nodeRegistry.routeCheck(msg.sender, nodes); // and the coordinator's bond
+        uint256 inactive = nodeRegistry.inactiveMask(nodes);
         uint256 total;
         for (uint256 i; i < n; ++i) {
             Stage calldata s = stages[i];

@@ -4,6 +4,7 @@ pragma solidity ^0.8.24;
 import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
+import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 import {IJobMarket} from "./interfaces/IJobMarket.sol";
 import {INodeRegistry} from "./interfaces/INodeRegistry.sol";
 import {NothingToWithdraw, TransferFailed} from "./interfaces/SharedErrors.sol";
@@ -52,20 +53,21 @@ contract NodeRegistry is INodeRegistry, AccessControl, ReentrancyGuardTransient 
     uint256 public constant REROUTE_FINE_MULTIPLE = 2;
 
     // ---------------------------------------------------------------- storage
-    uint256 public minStake;
+    uint128 public minStake;
+    /// @notice What a coordinator must hold in bond to reroute away from a node (which may be fined).
+    uint128 public minCoordinatorBond;
     uint64 public unstakeCooldown; // seconds
     address public treasury;
     address public market; // the JobMarket: its settlement horizon bounds the unstake cooldown
     mapping(address => Node) private _nodes;
     address[] public nodeList;
-    uint256 public minCoordinatorBond;
     mapping(address => Bond) private _bonds;
     mapping(bytes32 => Replacement) private _replaced; // keccak256(jobId, node)
 
     // ---------------------------------------------------------------- constructor
     constructor(address admin, uint256 minStake_, uint64 unstakeCooldown_, address treasury_) {
         _grantRole(DEFAULT_ADMIN_ROLE, admin);
-        minStake = minStake_;
+        minStake = SafeCast.toUint128(minStake_);
         unstakeCooldown = unstakeCooldown_;
         treasury = treasury_;
         emit ParametersSet(minStake_, unstakeCooldown_, treasury_);
@@ -85,15 +87,15 @@ contract NodeRegistry is INodeRegistry, AccessControl, ReentrancyGuardTransient 
         external
         onlyRole(DEFAULT_ADMIN_ROLE)
     {
-        minStake = minStake_;
+        minStake = SafeCast.toUint128(minStake_);
         unstakeCooldown = unstakeCooldown_;
         treasury = treasury_;
         emit ParametersSet(minStake_, unstakeCooldown_, treasury_);
     }
 
-    /// @notice Coordinators must hold at least `minBond` wei of bond to route or reroute.
+    /// @notice Coordinators must hold at least `minBond` wei of bond to reroute away from a node.
     function setMinCoordinatorBond(uint256 minBond) external onlyRole(DEFAULT_ADMIN_ROLE) {
-        minCoordinatorBond = minBond;
+        minCoordinatorBond = SafeCast.toUint128(minBond);
         emit MinCoordinatorBondSet(minBond);
     }
 
@@ -245,6 +247,9 @@ contract NodeRegistry is INodeRegistry, AccessControl, ReentrancyGuardTransient 
         external
         onlyRole(SLASHER_ROLE)
     {
+        // only a reroute can be fined, so it (not routing, which the market checks in full) needs the bond
+        uint256 bond = _bonds[coordinator].amount;
+        if (bond < minCoordinatorBond) revert CoordinatorNotBonded(coordinator, bond, minCoordinatorBond);
         uint40 until = uint40(block.timestamp + CONTEST_WINDOW);
         for (uint256 i; i < stages.length; ++i) {
             if (replacedMask & (1 << i) == 0) continue;
@@ -282,20 +287,13 @@ contract NodeRegistry is INodeRegistry, AccessControl, ReentrancyGuardTransient 
     }
 
     /// @notice Bit i set when nodes[i] is not active (one call for a whole route).
-    function inactiveMask(address[] calldata nodes) public view returns (uint256 mask) {
+    function inactiveMask(address[] calldata nodes) external view returns (uint256 mask) {
         if (nodes.length > 256) revert TooManyNodes(nodes.length, 256);
         uint256 need = minStake;
         for (uint256 i; i < nodes.length; ++i) {
             Node storage n = _nodes[nodes[i]];
             if (n.registeredAt == 0 || n.stake < need || n.stake == 0) mask |= 1 << i;
         }
-    }
-
-    /// @inheritdoc INodeRegistry
-    function routeCheck(address coordinator, address[] calldata nodes) external view returns (uint256) {
-        uint256 bond = _bonds[coordinator].amount;
-        if (bond < minCoordinatorBond) revert CoordinatorNotBonded(coordinator, bond, minCoordinatorBond);
-        return inactiveMask(nodes);
     }
 
     function getNode(address node) external view returns (Node memory) {

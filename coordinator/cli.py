@@ -141,8 +141,8 @@ def _bond_report(
 def coordinator_bond(
     amount: str, keystore: Path | None, dev_account: int, deployment_path: Path | None, as_json: bool
 ) -> None:
-    """Add AMOUNT (wei, or e.g. 0.5eth) to this coordinator's bond. Routing needs the network's
-    minimum; a reroute that a replaced node contests is fined from it."""
+    """Add AMOUNT (wei, or e.g. 0.5eth) to this coordinator's bond. Rerouting (failover) needs the
+    network's minimum; a reroute that a replaced node contests is fined from it."""
     from shardnet.cli.root import parse_wei
 
     wei = parse_wei(amount)

@@ -104,24 +104,38 @@ class Coordinator:
         try:
             async for event in self.listener.stream(self.listener.last_key[0] + 1):
                 self.ledger.apply(event)
+                if event.name == "RerouteContested" and event.args["coordinator"] == self.account.address:
+                    log.warning(
+                        "node %s contested this coordinator's reroute of job %d",
+                        event.args["node"],
+                        event.args["jobId"],
+                    )
+                    await asyncio.to_thread(self.ensure_bond, False)
                 if event.name in TRIGGERS:
                     await self.reconcile()
         finally:
             for task in tasks:
                 task.cancel()
 
-    def ensure_bond(self) -> None:
-        """Routing needs the network's minimum coordinator bond. On the devnet the daemon tops its
-        bond up by itself; elsewhere bonding moves the operator's money, so it asks them to."""
+    def ensure_bond(self, starting: bool = True) -> None:
+        """Failover (rerouting away from a node) needs the network's minimum coordinator bond
+        (checked at start, and again when a contested reroute fined it). On the devnet the daemon
+        tops its bond up by itself; elsewhere bonding moves the operator's money, so it asks them
+        to: at start it refuses to run, later it logs what to do (the chain refuses its reroutes
+        until then)."""
         need = self.c.nodes.min_coordinator_bond()
         have, _, _ = self.c.nodes.coordinator_bond(self.account.address)
         if have >= need:
             return
         if self.chain.chain_id != DEVNET_CHAIN_ID:
-            raise ConfigError(
+            message = (
                 f"coordinator {self.account.address} has bonded {have} wei and the network requires {need}: "
-                f"run 'shardnet coordinator bond {need - have}' with this key first"
+                f"run 'shardnet coordinator bond {need - have}' with this key"
             )
+            if starting:
+                raise ConfigError(message)
+            log.error("%s; until then the chain refuses this coordinator's reroutes", message)
+            return
         self.c.nodes.bond_coordinator(need - have, account=self.account)
         log.info("bonded %d wei as coordinator (the devnet's minimum is %d)", need - have, need)
 

@@ -60,6 +60,7 @@ class JobRun:
     received_log: list[bytes] = field(default_factory=list)  # every message that entered the stage (transcript)
     expected_step: int = 0  # next activation step this stage has not processed yet
     stalled: bool = False  # the next stage is unreachable: waiting for the coordinator to reroute
+    replaying: bool = False  # sending sent_log to a new next stage: new messages wait their turn in it
     final_receipt: Receipt | None = None  # last stage: its own receipt for the output, once made
     progress: asyncio.Event = field(default_factory=asyncio.Event)  # last stage: set on each new token
     ended: bool = False  # last stage: no token will follow (the output is made, or the job is over)

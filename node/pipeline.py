@@ -150,7 +150,7 @@ class StagePipeline:
             body = pack(header, encode_activation(out, run.params.wire))
             run.emit(body)
             run.step += 1
-            if not run.stalled:
+            if not run.stalled and not run.replaying:  # else the replay to the next stage carries it
                 await self.send(run, run.stage + 1, body)
             self.settlement.prepublish(run)
             return
@@ -218,11 +218,18 @@ class StagePipeline:
             run.stage + 1,
             extra={"job": run.job_id},
         )
-        run.stalled = False
-        for body in list(run.sent_log):
-            await self.send(run, run.stage + 1, body)
-            if run.stalled:
-                return
+        # messages this stage makes meanwhile (its previous stage may still be feeding it) join
+        # sent_log and go out behind the replay, never ahead of it
+        run.stalled, run.replaying = False, True
+        try:
+            sent = 0
+            while sent < len(run.sent_log):
+                await self.send(run, run.stage + 1, run.sent_log[sent])
+                sent += 1
+                if run.stalled:
+                    return
+        finally:
+            run.replaying = False
 
     # ------------------------------------------------------------------ incoming messages
     async def wait_for_route(self, job_id: int) -> bool:

@@ -1,5 +1,5 @@
-"""Coordinators' power, bounded on the real chain: routing needs a bond; a reroute takes effect at
-once and records the replaced node failed, but a replaced node that is live contests it with its
+"""Coordinators' power, bounded on the real chain: a reroute takes effect at once and records the
+replaced node failed, but needs a bond, and a replaced node that is live contests it with its
 receipt, which strikes its failure off and fines the coordinator's bond (to the treasury); bonds
 leave only after the cooldown, and stay fineable until then."""
 
@@ -50,19 +50,26 @@ def _receipt(w: World, job: int, stage: int, s: Stage, signer=None):
     )
 
 
-def test_routing_needs_the_minimum_bond(w: World):
-    nodes = w.register_nodes(3)
+def test_rerouting_away_from_a_node_needs_the_minimum_bond(w: World):
+    """A reroute is what can be fined, so a coordinator without the bond may route (every route is
+    checked in full by the market) but not replace a node."""
+    nodes = w.register_nodes(4)
     model = w.register_model(6, price_per_block=FEE_PER_BLOCK)
-    stages = w.stages(nodes, w.assign_even(model, nodes, 6), FEE_PER_BLOCK)
+    spans = w.assign_even(model, nodes[:3], 6)
+    w.contracts.models.assign_shard(model, nodes[3].address, *spans[1], account=w.coordinator)
+    w.contracts.models.confirm_shard(model, account=nodes[3])
+    stages = w.stages(nodes[:3], spans, FEE_PER_BLOCK)
+    new = [stages[0], stages[1]._replace(node=nodes[3].address), stages[2]]
     job = w.post(model, CLIENT, MAX_FEE)
-    registry = w.contracts.nodes
+    registry, market = w.contracts.nodes, w.contracts.market
     need = registry.min_coordinator_bond()
     assert need > 0 and registry.coordinator_bond(COORD.address)[0] >= need
+    market.route_job(job, stages, account=ROGUE)
     with reverts("CoordinatorNotBonded", coordinator=ROGUE.address, bond=0, minBond=need):
-        w.contracts.market.route_job(job, stages, account=ROGUE)
+        market.reroute_job(job, ROGUE.address, stages, new, account=ROGUE)
     registry.bond_coordinator(need, account=ROGUE)
-    w.contracts.market.route_job(job, stages, account=ROGUE)
-    assert w.contracts.market.job(job).status == JobStatus.ROUTED
+    market.reroute_job(job, ROGUE.address, stages, new, account=ROGUE)
+    assert market.job(job).status == JobStatus.ROUTED and registry.failures(stages[1].node) == 1
 
 
 def test_a_live_node_contests_its_replacement_and_the_coordinator_is_fined(w: World):
@@ -138,11 +145,12 @@ def test_a_bond_asked_out_stays_fineable_until_the_cooldown(w: World):
     c.nodes.request_unbond(bond, account=COORD)
     with reverts("CooldownNotOver"):
         c.nodes.withdraw_unbonded(account=COORD)
-    # an unbonded coordinator routes nothing more
+    # an unbonded coordinator replaces no node
     nodes = [w.account_of(s.node) for s in stages]
     job2 = w.post(c.market.job(job).model_id, CLIENT, MAX_FEE)
+    c.market.route_job(job2, stages, account=COORD)
     with reverts("CoordinatorNotBonded", coordinator=COORD.address, bond=0):
-        c.market.route_job(job2, stages, account=COORD)
+        c.market.reroute_job(job2, COORD.address, stages, new, account=COORD)
     c.nodes.contest_replacement(job, 1, stages[1], _receipt(w, job, 1, stages[1]), account=nodes[1])
     fine = 2 * stages[1].fee
     assert c.nodes.coordinator_bond(COORD.address)[:2] == (0, bond - fine)

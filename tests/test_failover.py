@@ -11,7 +11,7 @@ from shardnet.client import Client
 from shardnet.events import EventReader
 from shardnet.jobs import JobParams
 from shardnet.localnet import Network
-from shardnet.protocol import JobStatus
+from shardnet.protocol import JobStatus, Stage
 
 pytestmark = pytest.mark.stack  # starts its own chain, IPFS daemon or node processes
 
@@ -78,6 +78,45 @@ def test_a_route_enters_a_span_part_way(net4):
     assert result.output["tokens"] == first.output["tokens"]
 
 
+def test_a_live_stage_rerouted_away_contests_and_the_coordinator_pays(net4):
+    """The coordinator reroutes a generation away from its healthy middle stage: the job finishes
+    on the replica with the same tokens, and the middle node, live, contests the failure the
+    reroute recorded; it is struck off and the coordinator's bond is fined."""
+    client, c = net4.client, net4.c
+    params = JobParams(kind="generate", max_new_tokens=64)
+    job_input = {"input_ids": [101, 2023, 2897, 1997, 3671, 6681]}
+    undisturbed = client.wait(client.submit(net4.model_id, job_input, params, MAX_FEE), timeout_s=120)
+    job_id = client.submit(net4.model_id, job_input, params, MAX_FEE)
+    record = _routed(client, job_id)
+    route = [Stage(*s) for s in record.route]
+    middle = route[1]
+    replica = next(n for n in c.models.assigned_nodes(net4.model_id) if n not in {s.node for s in route})
+    coordinator = dev_account(1)
+    failures, (bond, _, _) = c.nodes.failures(middle.node), c.nodes.coordinator_bond(coordinator.address)
+    time.sleep(0.3)  # mid-generation
+    new = [route[0], middle._replace(node=replica), route[2]]
+    c.market.reroute_job(job_id, coordinator.address, route, new, account=coordinator)
+
+    result = client.wait(job_id, timeout_s=120)
+    assert result.status == JobStatus.COMPLETED, result.record.abort_reason
+    assert result.output["tokens"] == undisturbed.output["tokens"]
+    deadline = time.monotonic() + 30
+    while not (contested := [e for e in EventReader(net4.chain).poll() if e.name == "RerouteContested"]):
+        assert time.monotonic() < deadline, "the live middle node did not contest its replacement"
+        time.sleep(0.2)
+    [event] = contested
+    assert (event.args["jobId"], event.args["node"], event.args["coordinator"]) == (
+        job_id,
+        middle.node,
+        coordinator.address,
+    )
+    assert event.args["fine"] == 2 * middle.fee
+    assert c.nodes.failures(middle.node) == failures
+    # the fine left the bond; the devnet coordinator then topped it back up to the minimum
+    bonded = [e.args for e in EventReader(net4.chain).poll() if e.name == "CoordinatorBonded"]
+    assert bonded[-1]["amount"] == 2 * middle.fee and bonded[-1]["bond"] == bond
+
+
 def test_middle_stage_killed_mid_generation(net4):
     client = net4.client
     params = JobParams(kind="generate", max_new_tokens=64)
@@ -107,6 +146,9 @@ def test_middle_stage_killed_mid_generation(net4):
         if e.name == "FailureRecorded" and e.args["jobId"] == job_id
     ]
     assert recorded == [middle] and net4.c.nodes.failures(middle) >= 1
+    # dead, it cannot contest: its failure stands once the contest window closes
+    assert net4.c.nodes.contestable_until(job_id, middle) > 0
+    assert not [e for e in EventReader(net4.chain).poll() if e.name == "RerouteContested" and e.args["jobId"] == job_id]
     lost_s = (result.output["timing"]["data_plane_ms"] - undisturbed.output["timing"]["data_plane_ms"]) / 1000
     print(f"time lost to the failover: {lost_s:.2f} s (bound 5 s; 1-2 s when the machine is idle)")
     assert lost_s < 5

@@ -29,8 +29,8 @@ interface INodeRegistry {
         bytes dataKey; // data-plane public key (the address or pubkey that signs requests)
     }
 
-    /// @notice A coordinator's bond: it must hold at least `minCoordinatorBond` to route, and it
-    /// pays the fine when a node it rerouted away proves it was live. Unbonding is two-step, with
+    /// @notice A coordinator's bond: it must hold at least `minCoordinatorBond` to reroute away
+    /// from a node, and it pays the fine when that node proves it was live. Unbonding is two-step, with
     /// the nodes' cooldown, so a coordinator cannot leave before its reroutes can be contested.
     struct Bond {
         uint128 amount;
@@ -98,15 +98,14 @@ interface INodeRegistry {
     function slash(address node, uint256 amount, string calldata reason) external returns (uint256 taken);
     /// @notice A reroute by `coordinator` took stage i of `stages` (the old route) from its node
     /// for each bit i of `replacedMask`: record each failed, contestable for CONTEST_WINDOW.
+    /// Reverts CoordinatorNotBonded unless the coordinator holds the minimum bond.
     function recordReplaced(uint256 jobId, address coordinator, IJobMarket.Stage[] calldata stages, uint256 replacedMask)
         external;
 
     // ---------------------------------------------------------------- views
     function isActive(address node) external view returns (bool);
     function inactiveMask(address[] calldata nodes) external view returns (uint256);
-    /// @notice `inactiveMask(nodes)`, after checking that `coordinator` holds the minimum bond.
-    function routeCheck(address coordinator, address[] calldata nodes) external view returns (uint256);
-    function minStake() external view returns (uint256);
+    function minStake() external view returns (uint128);
     function treasury() external view returns (address);
     /// @notice Up to `count` distinct active nodes other than `exclude`, drawn uniformly by `seed`.
     function drawActive(bytes32 seed, uint256 count, address exclude) external view returns (address[] memory);
