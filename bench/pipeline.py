@@ -39,6 +39,7 @@ from pathlib import Path
 
 import torch
 
+from shardnet.bindings.market import route_gas_limit
 from shardnet.chain import dev_account
 from shardnet.client import Client
 from shardnet.jobs import JobParams
@@ -59,14 +60,17 @@ MAX_FEE = 10**16
 
 
 def route_now(net: Network, job_id: int, stages: list[Stage]) -> float:
-    """Send routeJob as the coordinator; returns the wall time at which it was mined (Anvil automine)."""
+    """Send routeJob as the coordinator does (simulated, then sent with the binding's gas bound);
+    returns the wall time at which it was mined (Anvil automine)."""
     chain, coordinator = net.chain, dev_account(1)
     fn = net.c.market.contract.functions.routeJob(job_id, [tuple(s) for s in stages])
+    fn.call({"from": coordinator.address})
     tx = fn.build_transaction(
         {
             "from": coordinator.address,
             "chainId": chain.chain_id,
             "nonce": chain.w3.eth.get_transaction_count(coordinator.address, "pending"),
+            "gas": route_gas_limit(len(stages)),
         }
     )
     raw = coordinator.sign_transaction(tx).raw_transaction

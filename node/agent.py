@@ -26,6 +26,7 @@ from node.filter import (
     DropJob,
     LoadSpan,
     OpenAudits,
+    PrefetchInput,
     ServeOnCommittee,
     StartJob,
     UnloadSpan,
@@ -208,6 +209,8 @@ class NodeAgent:
                     self.spawn(self.spans.load(model_id, span))
                 case UnloadSpan(model_id):
                     self.spans.unload(model_id)
+                case PrefetchInput(job_id):
+                    self.pipeline.prefetch_input(job_id)
                 case StartJob(job_id):
                     log.info("picked up job %d as stage 0", job_id, extra={"job": job_id})
                     self.spawn(self.pipeline.start_job(job_id, picked_up_at=time.time()))

@@ -8,11 +8,12 @@ that entered and left the stage, which the stage signs as its receipt.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import orjson
 import torch
 
 from node.inputs import decode_images, parse_input, sample_next
@@ -64,8 +65,8 @@ class JobRun:
     final_receipt: Receipt | None = None  # last stage: its own receipt for the output, once made
     progress: asyncio.Event = field(default_factory=asyncio.Event)  # last stage: set on each new token
     ended: bool = False  # last stage: no token will follow (the output is made, or the job is over)
-    # the transcript being (or last) put on IPFS, by the (received, sent) counts it covers
-    transcript: tuple[tuple[int, int], asyncio.Task[str]] | None = None
+    # the CID of the transcript last named (and put on IPFS), by the (received, sent) counts it covers
+    transcript: tuple[tuple[int, int], str] | None = None
 
     def receive(self, body: bytes) -> None:
         """A message entered the stage: it joins the input hash chain and the transcript."""
@@ -395,14 +396,23 @@ class Executor:
         eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
         return token, len(run.tokens) >= run.params.max_new_tokens or token in eos_ids
 
-    def output(self, run: JobRun, final: torch.Tensor | None, transcripts: list[str]) -> bytes:
-        """Last stage: the job output as JSON bytes (what goes to IPFS), with every stage's
-        transcript CID and data-plane timings."""
-        kind = run.params.kind
+    def output(self, run: JobRun, fields: dict[str, Any], transcripts: list[str]) -> bytes:
+        """Last stage: the job output as JSON bytes (what goes to IPFS): its `output_fields`,
+        every stage's transcript CID and the data-plane timings."""
         timing = dict(run.timing)
         done = timing.pop("done", time.time())  # when the last stage finished computing
         if "t0" in timing:
             timing["data_plane_ms"] = round((done - timing["t0"]) * 1000, 3)
+        # orjson writes a float32 array in its shortest exact form, ~15x faster than json with
+        # Python floats (a vocabulary's logits: 2 ms instead of 33, and half the bytes to IPFS)
+        return orjson.dumps({**fields, "transcripts": transcripts, "timing": timing}, option=orjson.OPT_SERIALIZE_NUMPY)
+
+    def output_fields(self, run: JobRun, final: torch.Tensor | None) -> dict[str, Any]:
+        """What the job produced (tokens and text, logits and their argmax, embeddings...), the
+        part of the output that is computed (an argmax over a vocabulary at every position
+        takes ~10 ms: the last stage runs this beside collecting receipts)."""
+        kind = run.params.kind
+        out: dict[str, Any]
         if kind == "generate":
             tok = run.loaded.tokenizer
             text = tok.decode(run.tokens, skip_special_tokens=True) if tok is not None else None
@@ -410,19 +420,24 @@ class Executor:
         elif final is None:
             raise JobInputError(f"job {run.job_id}: a {kind} job ended without an output tensor")
         elif kind == "embed":
-            out = {"kind": kind, "embeddings": final.tolist()}
+            out = {"kind": kind, "embeddings": _array(final)}
         elif kind == "classify":  # image classifier logits [b, labels]: also the labels they pick
             names = getattr(run.loaded.manifest.config, "id2label", None) or {}
             picks = final.argmax(-1).tolist()
             labels = [names.get(i, names.get(str(i), str(i))) for i in picks]
-            out = {"kind": kind, "shape": list(final.shape), "output": final.tolist(), "labels": labels}
+            out = {"kind": kind, "shape": list(final.shape), "output": _array(final), "labels": labels}
         elif final.dim() == 3:  # decoder logits [b, q, vocab]: the last position, and every argmax
             out = {
                 "kind": kind,
                 "shape": list(final[:, -1].shape),
-                "output": final[:, -1].tolist(),
+                "output": _array(final[:, -1]),
                 "argmax": final.argmax(-1).tolist(),
             }
         else:
-            out = {"kind": kind, "shape": list(final.shape), "output": final.tolist()}
-        return json.dumps({**out, "transcripts": transcripts, "timing": timing}).encode()
+            out = {"kind": kind, "shape": list(final.shape), "output": _array(final)}
+        return out
+
+
+def _array(t: torch.Tensor) -> np.ndarray[Any, Any]:
+    """A tensor as the float32 C-contiguous array orjson serialises (nested lists in the JSON)."""
+    return t.detach().to(torch.float32).contiguous().numpy()

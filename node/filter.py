@@ -43,6 +43,14 @@ class StartJob:
 
 
 @dataclass(frozen=True)
+class PrefetchInput:
+    """A job was posted: a node that may become its stage 0 reads its input now, while the job
+    is routed, so the read is off the job's critical path."""
+
+    job_id: int
+
+
+@dataclass(frozen=True)
 class AdoptRoute:
     """A job this node is running was rerouted while it stays on the route."""
 
@@ -89,6 +97,7 @@ class ServeOnCommittee:
 Action = (
     LoadSpan
     | UnloadSpan
+    | PrefetchInput
     | StartJob
     | AdoptRoute
     | ContestReroute
@@ -105,6 +114,8 @@ def actions_for(address: str, event: Event, ledger: Ledger, running: Container[i
         return [LoadSpan(a["modelId"], Span(a["start"], a["end"]))]
     if event.name == "ShardReleased" and a["node"] == address:
         return [UnloadSpan(a["modelId"])]
+    if event.name == "JobPosted":
+        return [PrefetchInput(a["jobId"])]
     if event.name in ("JobRouted", "JobRerouted"):
         job_id = a["jobId"]
         stage = my_stage(address, ledger.jobs[job_id].route)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -39,6 +40,7 @@ from shardnet.storage import IpfsClient
 INLINE_STEP_MS = 50.0
 # How long a message may wait for its job's JobRouted event (which arrives ~10 ms after the block).
 ROUTE_WAIT_S = 3.0
+PREFETCH_JOBS = 64  # posted jobs whose inputs a first-block node reads ahead of their routing
 log = logging.getLogger("shardnet.node")
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
 
@@ -69,6 +71,7 @@ class StagePipeline:
         self.spawn = spawn
         self.queues: dict[int, asyncio.Queue[bytes]] = {}
         self._routed: dict[int, asyncio.Event] = {}  # jobs a message is waiting on the route of
+        self._inputs: OrderedDict[int, asyncio.Task[bytes]] = OrderedDict()  # job -> its input, read ahead
 
     # ------------------------------------------------------------------ routes and lifetimes
     def route_known(self, job_id: int) -> None:
@@ -101,6 +104,30 @@ class StagePipeline:
         return run
 
     # ------------------------------------------------------------------ stage 0
+    def prefetch_input(self, job_id: int) -> None:
+        """A job was posted on a model whose first block this node holds: it may be routed here as
+        stage 0, so read its input now (the IPFS read then overlaps the routing; at most
+        PREFETCH_JOBS inputs are held, and a job routed elsewhere just lets its read go)."""
+        job = self.ledger.jobs.get(job_id)
+        loaded = self.executor.spans.get(job.model_id) if job is not None else None
+        if job is None or loaded is None or loaded.span.start != 0 or job_id in self._inputs:
+            return
+        task = asyncio.ensure_future(asyncio.to_thread(self.ipfs.cat, job.input_cid, self.settings.ipfs_timeout_s))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # a failed read is read again at pickup
+        self._inputs[job_id] = task
+        while len(self._inputs) > PREFETCH_JOBS:
+            self._inputs.popitem(last=False)
+
+    async def _read_input(self, job_id: int, input_cid: str) -> bytes:
+        """The job's input: the read begun when it was posted, if any and it worked, else a new one."""
+        task = self._inputs.pop(job_id, None)
+        if task is not None:
+            try:
+                return await task
+            except ShardnetError:
+                pass  # read it again below, for the error to name
+        return await asyncio.to_thread(self.ipfs.cat, input_cid, self.settings.ipfs_timeout_s)
+
     async def start_job(self, job_id: int, picked_up_at: float) -> None:
         job = self.ledger.jobs[job_id]
         if job.model_id not in self.executor.spans:
@@ -108,7 +135,7 @@ class StagePipeline:
             return
         try:
             run = self.begin(job_id)
-            raw = await asyncio.to_thread(self.ipfs.cat, job.input_cid, self.settings.ipfs_timeout_s)
+            raw = await self._read_input(job_id, job.input_cid)
             key = await self.job_keys.wait_for(job_id, JOB_KEY_WAIT_S) if run.params.private else None
             ids, mask = self.executor.first_input(run, raw, key)
         except JobInputError as exc:

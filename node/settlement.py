@@ -22,7 +22,8 @@ from node.privacy import JobKeys
 from node.reporter import Reporter
 from node.state import AgentState
 from shardnet.bindings import ZERO_ADDRESS
-from shardnet.errors import PeerError
+from shardnet.cid import cid_v0
+from shardnet.errors import PeerError, ShardnetError
 from shardnet.ledger import Ledger
 from shardnet.protocol import JobStatus, Receipt
 from shardnet.receipts import ReceiptDomain, output_hash_of
@@ -37,6 +38,8 @@ POLL_S, MAX_WAIT_S = 0.5, 30.0  # waiting for a deadline: how often the chain's 
 CLAIM_TRIES = 5
 SUBMIT_TRIES = 3  # a refused result is sent again this many times in all, backing off
 SUBMIT_BACKOFF_S = 1.0
+STORE_TRIES = 4  # a transcript's IPFS write is tried this many times, backing off
+STORE_BACKOFF_S = 0.5
 
 
 class Settlement:
@@ -66,6 +69,8 @@ class Settlement:
         self.metrics = metrics
         self.job_keys = job_keys
         self.misbehave = misbehave
+        self._unstored: dict[int, dict[str, tuple[int, bytes]]] = {}  # job -> CID -> (stage, transcript)
+        self._stored: set[asyncio.Task[None]] = set()  # transcripts being written to IPFS
 
     async def finalize(self, run: JobRun, final: torch.Tensor | None) -> None:
         """Last stage: every earlier stage's receipt and transcript, this stage's transcript, the
@@ -74,14 +79,18 @@ class Settlement:
         if job_id in self.state.submitted:
             return
         run.timing["done"] = time.time()  # the data plane's part ends here; receipts are settlement
-        # every earlier stage's receipt (each puts its transcript on IPFS first) and this stage's
-        # transcript, all at once: they are independent, and each costs an IPFS write
+        # every earlier stage's receipt (each with its transcript's CID), this stage's transcript
+        # and the output's computed part, all at once: they are independent
         began = time.perf_counter()
         earlier = [self._collect_receipt(run, stage) for stage in range(len(run.stages) - 1)]
-        collected, own = await asyncio.gather(asyncio.gather(*earlier), self._publish_transcript(run))
+        collected, own, fields = await asyncio.gather(
+            asyncio.gather(*earlier),
+            self._publish_transcript(run),
+            asyncio.to_thread(self.executor.output_fields, run, final),
+        )
         receipts: list[Receipt] = [receipt for receipt, _ in collected]
         transcripts: list[str] = [transcript for _, transcript in collected] + [own]
-        output = self.executor.output(run, final, transcripts)
+        output = self.executor.output(run, fields, transcripts)
         if run.params.private:  # sealed under the job key: the client (and committees) read it
             output = encrypt(await self._job_key(run), output, f"output:{job_id}")
         collected_at = time.perf_counter()
@@ -96,14 +105,13 @@ class Settlement:
             if await self.reporter.submit_result(job_id, run.coordinator, run.stages, cid, receipts):
                 self.state.settled(job_id, "submitted")
                 self.metrics.jobs.labels(run.params.kind, "completed").inc()
-                now = time.perf_counter()
                 log.info(
                     "job %d done: output %s (receipts and transcripts %.0f ms, output %.0f ms, result %.0f ms)",
                     job_id,
                     cid,
                     (collected_at - began) * 1000,
                     (stored_at - collected_at) * 1000,
-                    (now - stored_at) * 1000,
+                    (time.perf_counter() - stored_at) * 1000,
                     extra={"job": job_id},
                 )
                 break
@@ -124,29 +132,44 @@ class Settlement:
         self.finish(job_id)
 
     async def _publish_transcript(self, run: JobRun) -> str:
-        """Put what this stage received (and, but for the last stage, sent) on IPFS, pinned; once
-        per state of the stage (a transcript put early, `prepublish`, is not put again)."""
+        """The CID of what this stage received (and, but for the last stage, sent), once per state
+        of the stage. The CID is computed here (`cid_v0`, the daemon's own layout), so a receipt
+        and the output name it at once; the bytes go to IPFS, pinned, once the job ends at this
+        stage (`finish`: its result is in, or it settled otherwise), off the job's critical path
+        and out of the way of its output's IPFS write (committees fetch them later, within the
+        audit window, and a fetch that comes first waits for them)."""
         received, sent = tuple(run.received_log), () if run.is_last else tuple(run.sent_log)
         counts = (len(received), len(sent))
-        if run.transcript is None or run.transcript[0] != counts or run.transcript[1].cancelled():
-            run.transcript = counts, asyncio.ensure_future(self._put_transcript(run, Transcript(received, sent)))
-        return await asyncio.shield(run.transcript[1])
+        if run.transcript is None or run.transcript[0] != counts:
+            data = Transcript(received, sent).encode()
+            if run.params.private:
+                data = encrypt(await self._job_key(run), data, f"transcript:{run.job_id}:{run.stage}")
+            cid = cid_v0(data)
+            run.transcript = counts, cid
+            self._unstored.setdefault(run.job_id, {})[cid] = (run.stage, data)  # stored when the job ends here
+        return run.transcript[1]
 
     def prepublish(self, run: JobRun) -> None:
-        """A stage that sent a generation's last message puts its transcript on IPFS now, while
-        the stages after it finish: the last stage asks for it (with the receipt) at the end. (A
-        forward job's single message is not worth it: the IPFS write would run beside the next
-        stages' compute, and the last stage asks a moment later anyway.)"""
+        """A stage that sent a generation's last message names its transcript now (a private
+        job's is sealed first), so the last stage's request for it finds it ready."""
         if not run.is_last and run.params.kind == "generate" and run.all_sent:
             task = asyncio.ensure_future(self._publish_transcript(run))
             task.add_done_callback(lambda t: t.cancelled() or t.exception())  # reported when asked for
 
-    async def _put_transcript(self, run: JobRun, transcript: Transcript) -> str:
-        data = transcript.encode()
-        if run.params.private:
-            data = encrypt(await self._job_key(run), data, f"transcript:{run.job_id}:{run.stage}")
-        name = f"job-{run.job_id}-stage-{run.stage}-transcript"
-        return str(await asyncio.to_thread(self.ipfs.add, data, name))
+    async def _store_transcript(self, job_id: int, stage: int, data: bytes, cid: str) -> None:
+        """Put a transcript on IPFS (pinned) under the CID its receipt named; tried a few times."""
+        name = f"job-{job_id}-stage-{stage}-transcript"
+        for attempt in range(STORE_TRIES):
+            try:
+                stored = str(await asyncio.to_thread(self.ipfs.add, data, name))
+            except ShardnetError as exc:
+                log.warning("job %d: storing the transcript failed (%s); trying again", job_id, exc)
+                await asyncio.sleep(STORE_BACKOFF_S * 2**attempt)
+                continue
+            if stored != cid:
+                log.error("job %d: the daemon stored the transcript as %s, not %s", job_id, stored, cid)
+            return
+        log.error("job %d: the transcript %s could not be stored on IPFS", job_id, cid, extra={"job": job_id})
 
     async def _job_key(self, run: JobRun) -> bytes:
         """A private job's key (its client hands it to every node of the route once routed)."""
@@ -298,6 +321,10 @@ class Settlement:
             log.info("job %d was %s: claimed delivery of stage %d", job_id, why, run.stage, extra={"job": job_id})
 
     def finish(self, job_id: int) -> None:
+        for cid, (stage, data) in self._unstored.pop(job_id, {}).items():
+            task = asyncio.ensure_future(self._store_transcript(job_id, stage, data, cid))
+            self._stored.add(task)
+            task.add_done_callback(self._stored.discard)
         run = self.executor.jobs.get(job_id)
         if run is not None:
             run.ended = True

@@ -30,6 +30,7 @@ from shardnet.errors import ChainUnavailable, DeploymentNotFound, TransactionFai
 DEV_MNEMONIC = "test test test test test test test test test test test junk"
 Account.enable_unaudited_hdwallet_features()
 RECEIPT_POLL_S, RECEIPT_POLL_MAX_S = 0.002, 0.1  # waiting for a transaction to be mined
+FEES_TTL_S = 2.0  # how long fee fields read from the chain are reused (transactions with a gas bound)
 
 
 @cache
@@ -66,6 +67,7 @@ class Chain:
         self._abi_cache: list[dict[str, Any]] | None = None
         self._nonce_lock = threading.Lock()
         self._ahead = float("-inf")  # the furthest the chain's clock was seen ahead of this machine's
+        self._fees: tuple[float, dict[str, Wei]] | None = None  # (when read, EIP-1559 fee fields)
         try:
             self.chain_id = self.w3.eth.chain_id
         except (requests.exceptions.RequestException, OSError) as exc:
@@ -132,12 +134,23 @@ class Chain:
             raise self.decode_error(exc) from None
 
     def transact(
-        self, fn: ContractFunction, value: int = 0, account: LocalAccount | None = None, gas: int | None = None
+        self,
+        fn: ContractFunction,
+        value: int = 0,
+        account: LocalAccount | None = None,
+        gas: int | None = None,
+        gas_limit: int | None = None,
     ) -> dict[str, Any]:
-        """Simulate, sign, send and wait for `fn`. Reverts raise the contract's named error."""
+        """Simulate, sign, send and wait for `fn`. Reverts raise the contract's named error.
+        By default the gas is estimated (the node runs the call several times to find it). With
+        `gas_limit`, a bound known to hold, the call is simulated once (eth_call) and sent with
+        that limit (only the gas used is paid): quicker on a job's critical path. With `gas`, it
+        is sent as is, unsimulated."""
         account = account or self.account
         if account is None:
             raise TransactionFailed("no signing account configured; pass --key or set it in the config")
+        if gas_limit:
+            return self._transact_bounded(fn, value, account, gas_limit)
         with self._nonce_lock:
             params: TxParams = {
                 "from": account.address,
@@ -154,6 +167,42 @@ class Chain:
             if not gas:  # estimates can fall short (state moves, nested calls' 63/64 rule): add headroom
                 tx["gas"] = int(tx["gas"] * 1.25) + 20_000
             return self._send(tx, account)
+
+    def _transact_bounded(
+        self, fn: ContractFunction, value: int, account: LocalAccount, gas_limit: int
+    ) -> dict[str, Any]:
+        """`transact` with a known gas bound: the calldata encoded once, one eth_call to simulate,
+        the transaction built here with fee fields cached for FEES_TTL_S (no estimate, no fee
+        lookups): about half the round trips and encodings of `build_transaction`."""
+        data = fn._encode_transaction_data()  # web3's own encoder (pinned < 9), once
+        call: TxParams = {"from": account.address, "to": fn.address, "data": data, "value": Wei(value)}
+        try:
+            self.w3.eth.call(call)
+        except ContractLogicError as exc:
+            raise self.decode_error(exc) from None
+        with self._nonce_lock:
+            tx: dict[str, Any] = {
+                **call,
+                "gas": gas_limit,
+                "nonce": self.w3.eth.get_transaction_count(account.address, "pending"),
+                "chainId": self.chain_id,
+                **self._fee_fields(),
+            }
+            return self._send(tx, account)
+
+    def _fee_fields(self) -> dict[str, Wei]:
+        """maxFeePerGas (twice the base fee plus the tip: room for several full blocks' rises) and
+        maxPriorityFeePerGas, re-read every FEES_TTL_S; a chain without a base fee gets gasPrice."""
+        now = time.monotonic()
+        if self._fees is None or now - self._fees[0] > FEES_TTL_S:
+            base = self.w3.eth.get_block("latest").get("baseFeePerGas")
+            if base is None:
+                fields = {"gasPrice": self.w3.eth.gas_price}
+            else:
+                tip = self.w3.eth.max_priority_fee
+                fields = {"maxFeePerGas": Wei(2 * base + tip), "maxPriorityFeePerGas": tip}
+            self._fees = now, fields
+        return self._fees[1]
 
     def deploy(self, artifact: compiler.Artifact, *args: Any, account: LocalAccount | None = None) -> tuple[str, int]:
         """Deploy `artifact`; returns (address, block number)."""

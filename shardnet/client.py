@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable, Container
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from eth_account.signers.local import LocalAccount
 from eth_utils.abi import event_abi_to_log_topic
 from eth_utils.conversions import to_bytes
@@ -162,7 +163,7 @@ class Client:
             if key is None:
                 return None
             raw = decrypt(key, raw, f"output:{job_id}")
-        output: dict[str, Any] = json.loads(raw)
+        output: dict[str, Any] = orjson.loads(raw)  # a vocabulary's logits parse ~5x faster than with json
         return output
 
     def jobs_of(self, client: str) -> list[JobRecord]:

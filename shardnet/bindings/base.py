@@ -36,9 +36,14 @@ class Binding:
         self._decoder = EventDecoder(chain.abis)
 
     def _tx(
-        self, fn: ContractFunction, value: int = 0, account: LocalAccount | None = None, gas: int | None = None
+        self,
+        fn: ContractFunction,
+        value: int = 0,
+        account: LocalAccount | None = None,
+        gas: int | None = None,
+        gas_limit: int | None = None,
     ) -> dict[str, Any]:
-        return self.chain.transact(fn, value=value, account=account, gas=gas)
+        return self.chain.transact(fn, value=value, account=account, gas=gas, gas_limit=gas_limit)
 
     def _call(self, fn: ContractFunction) -> Any:
         return self.chain.call(fn, self.block)

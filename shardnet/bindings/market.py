@@ -19,6 +19,21 @@ from shardnet.protocol import (
 )
 from shardnet.receipts import ReceiptDomain
 
+# submitResult's gas, bounded: about 50k for the job, 30k per stage (receipt check, pending
+# credit); the bound doubles that, plus room for the cold slots of a first job
+SUBMIT_GAS_BASE = 150_000
+SUBMIT_GAS_PER_STAGE = 60_000
+# postJob's: about 90k with a short CID and params (two new storage slots), plus calldata and the
+# event's data per byte of CID and params (under 30 gas); the bound is well above both
+POST_GAS_BASE = 200_000
+POST_GAS_PER_BYTE = 100
+
+
+def route_gas_limit(stages: int) -> int:
+    """A bound on routeJob's gas: about 60k for the job and 10k per stage (reading its span and
+    node, the event's data), 88k for three stages; three times that, and room for cold slots."""
+    return 150_000 + 40_000 * stages
+
 
 class JobMarket(Binding):
     name = "JobMarket"
@@ -37,11 +52,13 @@ class JobMarket(Binding):
         account: LocalAccount | None = None,
         audit_bps: int = 0,
     ) -> int:
-        """Post a job; `audit_bps` asks for more audits than the network's minimum (0..10000)."""
+        """Post a job; `audit_bps` asks for more audits than the network's minimum (0..10000).
+        Simulated once and sent with a bound on its gas (it is on every job's critical path)."""
         receipt = self._tx(
             self.contract.functions.postJob(model_id, input_cid, params, max_fee, deadline, audit_bps),
             max_fee,
             account,
+            gas_limit=POST_GAS_BASE + POST_GAS_PER_BYTE * (len(input_cid) + len(params)),
         )
         return int(next(e.args["jobId"] for e in self.events_in(receipt) if e.name == "JobPosted"))
 
@@ -49,7 +66,9 @@ class JobMarket(Binding):
         return self._tx(self.contract.functions.cancelJob(job_id), 0, account)
 
     def route_job(self, job_id: int, stages: list[Stage], account: LocalAccount | None = None) -> dict[str, Any]:
-        return self._tx(self.contract.functions.routeJob(job_id, as_abi(stages)), 0, account)
+        """Simulated once and sent with a bound on its gas (it is on every job's critical path)."""
+        fn = self.contract.functions.routeJob(job_id, as_abi(stages))
+        return self._tx(fn, 0, account, gas_limit=route_gas_limit(len(stages)))
 
     def reroute_job(
         self, job_id: int, old_coordinator: str, old: list[Stage], new: list[Stage], account: LocalAccount | None = None
@@ -68,11 +87,14 @@ class JobMarket(Binding):
         receipts: list[Receipt],
         account: LocalAccount | None = None,
     ) -> dict[str, Any]:
-        """`coordinator` and `stages` are the job's current route (JobRouted / JobRerouted)."""
+        """`coordinator` and `stages` are the job's current route (JobRouted / JobRerouted).
+        Simulated once and sent with a bound on its gas rather than estimated: it is on the
+        critical path of every job."""
         return self._tx(
             self.contract.functions.submitResult(job_id, coordinator, as_abi(stages), output_cid, as_abi(receipts)),
             0,
             account,
+            gas_limit=SUBMIT_GAS_BASE + SUBMIT_GAS_PER_STAGE * len(stages),
         )
 
     def claim_delivery(
