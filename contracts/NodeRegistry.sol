@@ -219,7 +219,9 @@ contract NodeRegistry is INodeRegistry, AccessControl, ReentrancyGuardTransient 
         delete _replaced[key];
         Node storage n = _nodes[msg.sender];
         if (n.jobsFailed != 0) --n.jobsFailed;
-        uint256 fine = _fine(r.coordinator, REROUTE_FINE_MULTIPLE * s.fee);
+        Bond storage b = _bonds[r.coordinator];
+        uint256 fine;
+        (b.amount, b.pendingUnbond, fine) = _take(b.amount, b.pendingUnbond, REROUTE_FINE_MULTIPLE * s.fee);
         emit RerouteContested(jobId, msg.sender, r.coordinator, fine);
         if (fine != 0) _send(treasury, fine);
     }
@@ -271,11 +273,7 @@ contract NodeRegistry is INodeRegistry, AccessControl, ReentrancyGuardTransient 
     {
         Node storage n = _registered(node);
         if (amount == 0) revert ZeroAmount();
-        uint256 available = uint256(n.stake) + n.pendingUnstake;
-        taken = amount < available ? amount : available;
-        uint256 fromStake = taken <= n.stake ? taken : n.stake;
-        n.stake -= uint128(fromStake);
-        n.pendingUnstake -= uint128(taken - fromStake);
+        (n.stake, n.pendingUnstake, taken) = _take(n.stake, n.pendingUnstake, amount);
         emit NodeSlashed(node, msg.sender, taken, reason);
         if (taken != 0) _send(msg.sender, taken);
     }
@@ -355,14 +353,17 @@ contract NodeRegistry is INodeRegistry, AccessControl, ReentrancyGuardTransient 
         if (hardware.bandwidthMbps == 0) revert InvalidHardware("bandwidthMbps");
     }
 
-    /// @dev Take up to `amount` from `coordinator`'s bond (then its pending unbond); returns it.
-    function _fine(address coordinator, uint256 amount) private returns (uint256 taken) {
-        Bond storage b = _bonds[coordinator];
-        uint256 available = uint256(b.amount) + b.pendingUnbond;
+    /// @dev Up to `amount` out of `active`, then out of `pending` (what was asked out stays at
+    /// stake until withdrawn): the new balances and what was taken. Slashes and fines share it.
+    function _take(uint128 active, uint128 pending, uint256 amount)
+        private
+        pure
+        returns (uint128, uint128, uint256 taken)
+    {
+        uint256 available = uint256(active) + pending;
         taken = amount < available ? amount : available;
-        uint256 fromBond = taken <= b.amount ? taken : b.amount;
-        b.amount -= uint128(fromBond);
-        b.pendingUnbond -= uint128(taken - fromBond);
+        uint256 fromActive = taken <= active ? taken : active;
+        return (active - uint128(fromActive), pending - uint128(taken - fromActive), taken);
     }
 
     function _send(address to, uint256 amount) private {

@@ -14,12 +14,13 @@ from typing import Any
 
 from eth_account.signers.local import LocalAccount
 
+from coordinator.bond import ensure_bond
 from coordinator.planner import ModelSpec, NodeSpec, evaluate, plan, plan_pipeline
 from coordinator.router import Candidate, RouteWeights, route, route_cost
 from shardnet.bindings import ZERO_ADDRESS, Contracts, send_logged
-from shardnet.chain import DEVNET_CHAIN_ID, Chain
+from shardnet.chain import Chain
 from shardnet.deployment import Deployment
-from shardnet.errors import ConfigError, JobInputError
+from shardnet.errors import JobInputError
 from shardnet.events import EventReader, Listener
 from shardnet.jobs import JobParams
 from shardnet.ledger import JobRecord, Ledger
@@ -90,7 +91,7 @@ class Coordinator:
     async def run(self) -> None:
         import aiohttp
 
-        await asyncio.to_thread(self.ensure_bond)
+        await asyncio.to_thread(ensure_bond, self.c, self.account)
         async for event in self.listener.catch_up(self.deployment.deploy_block):
             self.ledger.apply(event)
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0)) as http:
@@ -104,40 +105,15 @@ class Coordinator:
         try:
             async for event in self.listener.stream(self.listener.last_key[0] + 1):
                 self.ledger.apply(event)
+                a = event.args
                 if event.name == "RerouteContested" and event.args["coordinator"] == self.account.address:
-                    log.warning(
-                        "node %s contested this coordinator's reroute of job %d",
-                        event.args["node"],
-                        event.args["jobId"],
-                    )
-                    await asyncio.to_thread(self.ensure_bond, False)
+                    log.warning("node %s contested this coordinator's reroute of job %d", a["node"], a["jobId"])
+                    await asyncio.to_thread(ensure_bond, self.c, self.account, starting=False)
                 if event.name in TRIGGERS:
                     await self.reconcile()
         finally:
             for task in tasks:
                 task.cancel()
-
-    def ensure_bond(self, starting: bool = True) -> None:
-        """Failover (rerouting away from a node) needs the network's minimum coordinator bond
-        (checked at start, and again when a contested reroute fined it). On the devnet the daemon
-        tops its bond up by itself; elsewhere bonding moves the operator's money, so it asks them
-        to: at start it refuses to run, later it logs what to do (the chain refuses its reroutes
-        until then)."""
-        need = self.c.nodes.min_coordinator_bond()
-        have, _, _ = self.c.nodes.coordinator_bond(self.account.address)
-        if have >= need:
-            return
-        if self.chain.chain_id != DEVNET_CHAIN_ID:
-            message = (
-                f"coordinator {self.account.address} has bonded {have} wei and the network requires {need}: "
-                f"run 'shardnet coordinator bond {need - have}' with this key"
-            )
-            if starting:
-                raise ConfigError(message)
-            log.error("%s; until then the chain refuses this coordinator's reroutes", message)
-            return
-        self.c.nodes.bond_coordinator(need - have, account=self.account)
-        log.info("bonded %d wei as coordinator (the devnet's minimum is %d)", need - have, need)
 
     # ------------------------------------------------------------------ expiry
     async def _expiry_loop(self) -> None:
