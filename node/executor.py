@@ -102,7 +102,8 @@ class Executor:
         self.ipfs_timeout_s = ipfs_timeout_s
         self.spans: dict[int, LoadedSpan] = {}  # model id -> the span this node serves now
         self.jobs: dict[int, JobRun] = {}
-        self.retired: dict[int, LoadedSpan] = {}  # per model, the span served before the last move
+        # per model, spans served before a move that jobs routed before it may still need
+        self.retired: dict[int, list[LoadedSpan]] = {}
         self.slowdown = slowdown
         self.ms_per_block: float | None = None  # measured: moving average of compute per block per call
         self.calls = 0
@@ -147,11 +148,24 @@ class Executor:
 
     def _retire(self, model_id: int) -> None:
         """Keep the span being replaced for routes planned before the move: a job routed through
-        the old span may reach this node after the new one is loaded (one per model, until the
-        next move)."""
+        the old span may reach this node after the new one is loaded. `prune_retired` lets it go
+        once no open job needs it."""
         old = self.spans.pop(model_id, None)
         if old is not None:
-            self.retired[model_id] = old
+            self.retired.setdefault(model_id, []).append(old)
+
+    def prune_retired(self, model_id: int, needed: set[tuple[int, int]]) -> None:
+        """Drop the retired spans of `model_id` that no open job routed here still needs:
+        `needed` holds the (start, end) of every such job's stage on this node."""
+
+        def serves_any(loaded: LoadedSpan) -> bool:
+            return any(loaded.span.start <= start < end == loaded.span.end for start, end in needed)
+
+        kept = [loaded for loaded in self.retired.get(model_id, []) if serves_any(loaded)]
+        if kept:
+            self.retired[model_id] = kept
+        else:
+            self.retired.pop(model_id, None)
 
     def _tokenizer(self, manifest: Manifest) -> Any:
         return fetch_tokenizer(self.ipfs, manifest, self.ipfs_timeout_s)
@@ -175,7 +189,7 @@ class Executor:
         if serves(current):
             assert current is not None
             return current
-        for loaded in (self.retired.get(model_id), *(run.loaded for run in self.jobs.values())):
+        for loaded in (*self.retired.get(model_id, []), *(run.loaded for run in self.jobs.values())):
             if serves(loaded):
                 assert loaded is not None
                 return loaded

@@ -13,7 +13,7 @@ import logging
 from node.executor import Executor
 from node.reporter import Reporter
 from shardnet.ledger import Ledger
-from shardnet.protocol import Span
+from shardnet.protocol import JobStatus, Span
 
 log = logging.getLogger("shardnet.node.spans")
 
@@ -46,6 +46,7 @@ class SpanManager:
             return
         finally:
             self.loading.discard(model_id)
+        self.executor.prune_retired(model_id, self.routed_here(model_id))
         log.info("loaded and verified blocks [%d, %d) of model %d", span.start, span.end, model_id)
         try:  # kept on this node's IPFS daemon and served onward to peers
             await asyncio.to_thread(self.executor.pin, model_id)
@@ -57,3 +58,15 @@ class SpanManager:
 
     def unload(self, model_id: int) -> None:
         self.executor.unload(model_id)
+        self.executor.prune_retired(model_id, self.routed_here(model_id))
+
+    def routed_here(self, model_id: int) -> set[tuple[int, int]]:
+        """The blocks of every stage on this node of a routed, unfinished job of the model: the
+        spans it served before a move that such jobs still need."""
+        return {
+            (stage.start, stage.end)
+            for job in self.ledger.jobs.values()
+            if job.model_id == model_id and job.status == JobStatus.ROUTED
+            for stage in job.route
+            if stage.node == self.address
+        }

@@ -13,7 +13,7 @@ from node.state import AgentState
 from shardnet.deployment import ContractRecord, Deployment
 from shardnet.events import Event
 from shardnet.ledger import Ledger
-from shardnet.protocol import Span, Stage
+from shardnet.protocol import JobStatus, Span, Stage
 
 ME, OTHER, COORD = "0x" + "11" * 20, "0x" + "22" * 20, "0x" + "cc" * 20
 _block = iter(range(1, 10_000))
@@ -203,3 +203,31 @@ def test_int8_comparison_tells_summation_noise_from_tampering():
         for mode in ("perturb", "garbage"):
             assert int8_departure(wire(corrupt_activation(mode, x, x)), mine) != "", (seed, mode)
         assert int8_departure(wire(torch.randn(1, 1, 64, generator=g)), mine) != ""  # a skipped block
+
+
+def test_spans_moved_twice_stay_loaded_while_jobs_routed_through_them_are_open():
+    """A node moved twice in quick succession (the coordinator re-plans every few seconds)
+    still runs a job routed through its first span; a retired span goes once no open job
+    routed here needs it."""
+    from node.executor import Executor, LoadedSpan
+    from node.spans import SpanManager
+
+    def loaded(start: int, end: int) -> LoadedSpan:
+        return LoadedSpan(1, SimpleNamespace(), Span(start, end), SimpleNamespace())  # type: ignore[arg-type]
+
+    ledger, executor = Ledger(), Executor(SimpleNamespace(), 1.0)  # type: ignore[arg-type]
+    spans = SpanManager(ME, ledger, executor, SimpleNamespace())  # type: ignore[arg-type]
+    posted(ledger, 5)
+    routed(ledger, 5, "JobRouted", stage(OTHER, 0, 2), stage(ME, 2, 4))
+    first, second, third = loaded(2, 4), loaded(4, 6), loaded(0, 2)
+    for span in (first, second, third):  # what Executor.load does once the blocks are loaded
+        executor._retire(1)
+        executor.spans[1] = span
+        executor.prune_retired(1, spans.routed_here(1))
+    assert executor._span_for(1, Stage(ME, 2, 4, 1)) is first
+    assert executor._span_for(1, Stage(ME, 3, 4, 1)) is first  # entering part-way
+    assert executor.retired[1] == [first]  # the second span no open job needs
+
+    ledger.jobs[5].status = JobStatus.COMPLETED
+    spans.unload(1)
+    assert 1 not in executor.retired and 1 not in executor.spans
