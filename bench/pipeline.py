@@ -122,7 +122,7 @@ def measure(net, client, source, quant, wire, node_count, forward_tokens, prompt
 
     # in-process baseline: the whole model from the same shards, one torch thread
     torch.set_num_threads(1)
-    whole = SpanModel(manifest.config, Span(0, blocks), fetch_span(net.ipfs, manifest, Span(0, blocks)))
+    whole = SpanModel(manifest.new_config(), Span(0, blocks), fetch_span(net.ipfs, manifest, Span(0, blocks)))
     vocab = manifest.config.vocab_size
     f = {"fwd_local": [], "fwd_dist": [], "pickups": [], "overheads": [], "gen_local": [], "gen_dist": [], "hops": []}
     f["params_m"] = sum(p.numel() for p in whole.parameters()) / 1e6

@@ -48,8 +48,6 @@ class JobRun:
     params: JobParams
     session: Session
     loaded: LoadedSpan  # the span this job runs on, kept even if the node is reassigned
-    in_hash: bytes = ZERO_HASH
-    out_hash: bytes = ZERO_HASH
     step: int = 0
     tokens: list[int] = field(default_factory=list)  # generate: tokens produced so far (last stage)
     prompt_len: int = 0
@@ -68,15 +66,30 @@ class JobRun:
     # the CID of the transcript last named (and put on IPFS), by the (received, sent) counts it covers
     transcript: tuple[tuple[int, int], str] | None = None
 
+    # the hash chains folded so far: (messages folded, hash); the rest is folded when asked for
+    _in_folded: tuple[int, bytes] = (0, ZERO_HASH)
+    _out_folded: tuple[int, bytes] = (0, ZERO_HASH)
+
     def receive(self, body: bytes) -> None:
-        """A message entered the stage: it joins the input hash chain and the transcript."""
-        self.in_hash = fold(self.in_hash, body)
+        """A message entered the stage: it joins the transcript (and so the input hash chain)."""
         self.received_log.append(body)
 
     def emit(self, body: bytes) -> None:
-        """An activation message left for the next stage: output hash chain and transcript."""
-        self.out_hash = fold(self.out_hash, body)
+        """An activation message left for the next stage: transcript and output hash chain."""
         self.sent_log.append(body)
+
+    @property
+    def in_hash(self) -> bytes:
+        """The running hash over every message received, in order (what the receipt signs).
+        Folded when asked for, not per message: a decode step's path stays short."""
+        self._in_folded = _fold_on(self._in_folded, self.received_log)
+        return self._in_folded[1]
+
+    @property
+    def out_hash(self) -> bytes:
+        """The running hash over every message sent to the next stage, in order."""
+        self._out_folded = _fold_on(self._out_folded, self.sent_log)
+        return self._out_folded[1]
 
     @property
     def all_sent(self) -> bool:
@@ -125,7 +138,7 @@ class Executor:
         another node's stage (`serve=False`) never replaces it."""
         manifest = fetch_manifest(self.ipfs, manifest_cid, timeout=self.ipfs_timeout_s)
         blocks = fetch_span(self.ipfs, manifest, span, timeout=self.ipfs_timeout_s)
-        model = SpanModel(manifest.config, span, blocks, manifest.data.get("pooling"))
+        model = SpanModel(manifest.new_config(), span, blocks, manifest.data.get("pooling"))
         tokenizer = processor = None
         if manifest.data.get("tokenizer") and (model.has_embed or model.has_final):
             tokenizer = self._tokenizer(manifest)
@@ -450,6 +463,14 @@ class Executor:
         else:
             out = {"kind": kind, "shape": list(final.shape), "output": _array(final)}
         return out
+
+
+def _fold_on(folded: tuple[int, bytes], log: list[bytes]) -> tuple[int, bytes]:
+    """`folded` (the first n messages of `log` and their hash) carried to the whole log."""
+    n, running = folded
+    for body in log[n:]:
+        running = fold(running, body)
+    return len(log), running
 
 
 def _array(t: torch.Tensor) -> np.ndarray[Any, Any]:

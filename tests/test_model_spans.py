@@ -185,3 +185,17 @@ def test_activation_wire_roundtrip(mode, ratio):
     assert len(data) <= h.numel() * 4 * ratio + 200
     tol = {"fp32": 0, "fp16": 1e-2, "int8": 0.05}[mode]
     assert (back - h).abs().max().item() <= tol
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 768), (1, 7, 100), (2, 3, 5)])
+def test_int8_wire_codes_are_the_blockwise_quantizer_s(shape):
+    """The wire's int8 codec (numpy, on a decode step's path) gives exactly what
+    quantize_blockwise and dequantize_blockwise give, padded tails and all-zero blocks included."""
+    gen = torch.Generator().manual_seed(3)
+    for scale in (1e-3, 1.0, 1e3):
+        h = torch.randn(shape, generator=gen) * scale
+        h.view(-1)[: min(64, h.numel())] = 0  # one all-zero block (scale 0)
+        codes, scales = quantize_blockwise(h)
+        assert torch.equal(decode_activation(encode_activation(h, "int8")), dequantize_blockwise(codes, scales, shape))
+        back = decode_activation(encode_activation(h, "fp16"))
+        assert back.dtype == torch.float32 and torch.equal(back, h.half().float())

@@ -49,7 +49,7 @@ def _local(net, source):
     """The published model rebuilt locally from the same shards: whole, and as the route's spans."""
     manifest = fetch_manifest(net.ipfs, net.models[source][1])
     blocks = fetch_span(net.ipfs, manifest, Span(0, len(manifest.blocks)))
-    return manifest.config, blocks
+    return manifest.new_config(), blocks
 
 
 def _route_spans(record):

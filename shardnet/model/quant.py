@@ -12,6 +12,7 @@ import json
 import struct
 from typing import Any
 
+import numpy as np
 import torch
 
 from shardnet.errors import ModelError
@@ -130,9 +131,21 @@ def encode_activation(t: torch.Tensor, mode: str = "int8", block_size: int = DEF
         raise ModelError(f"wire mode '{mode}' unknown; use one of {WIRE_MODES}")
     header = {"mode": mode, "shape": list(t.shape), "block_size": block_size}
     if mode == "int8":
-        codes, scales = quantize_blockwise(t, block_size)
-        payload = scales.numpy().tobytes() + codes.numpy().tobytes()
-        header["blocks"] = int(scales.numel())
+        # numpy, not torch: the same arithmetic (absmax / 127, round half to even, clamp; tested
+        # equal to quantize_blockwise), in far fewer instructions, which counts on a decode
+        # step's path right after the span's compute has flushed the caches
+        if block_size < 1:
+            raise ModelError(f"block_size must be >= 1, got {block_size}")
+        flat = t.detach().reshape(-1).float().numpy()
+        pad = (-flat.size) % block_size
+        if pad:
+            flat = np.concatenate([flat, np.zeros(pad, np.float32)])
+        blocks = flat.reshape(-1, block_size)
+        scales = np.abs(blocks).max(axis=1) / np.float32(127.0)
+        safe = np.where(scales > 0, scales, np.float32(1.0))
+        codes = np.clip(np.rint(blocks / safe[:, None]), -127, 127).astype(np.int8)
+        payload: bytes = scales.tobytes() + codes.tobytes()
+        header["blocks"] = int(scales.size)
     else:
         payload = t.detach().to(torch.float32 if mode == "fp32" else torch.float16).contiguous().numpy().tobytes()
     head = json.dumps(header).encode()
@@ -176,11 +189,12 @@ def decode_activation(data: bytes) -> torch.Tensor:
                 f"int8 activation of shape {list(shape)} needs {-(-numel // block_size)} blocks of {block_size} "
                 f"({-(-numel // block_size) * (4 + block_size)} bytes); got {blocks} blocks, {len(body)} bytes"
             )
-        scales = torch.frombuffer(bytearray(body[: 4 * blocks]), dtype=torch.float32)
-        codes = torch.frombuffer(bytearray(body[4 * blocks :]), dtype=torch.int8).view(blocks, block_size)
-        return dequantize_blockwise(codes, scales, shape)
+        scales = np.frombuffer(body, np.float32, count=blocks)
+        codes = np.frombuffer(body, np.int8, offset=4 * blocks).reshape(blocks, block_size)
+        values = (codes.astype(np.float32) * scales[:, None]).reshape(-1)[:numel].reshape(shape)
+        return torch.from_numpy(values)
     width = 4 if mode == "fp32" else 2
     if len(body) != numel * width:
         raise ModelError(f"{mode} activation of shape {list(shape)} needs {numel * width} bytes; got {len(body)}")
-    dtype = torch.float32 if mode == "fp32" else torch.float16
-    return torch.frombuffer(bytearray(body), dtype=dtype).reshape(shape).float()
+    array = np.frombuffer(body, np.float32 if mode == "fp32" else np.float16).reshape(shape)
+    return torch.from_numpy(array.astype(np.float32))  # a copy of its own: the message's bytes are read-only
