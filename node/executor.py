@@ -365,7 +365,9 @@ class Executor:
                         await asyncio.wait_for(arrived.wait(), deadline - loop.time())
                     except TimeoutError:
                         break
-                batch = self._waiting.pop(key)
+                # in job order, not arrival order: the same jobs stepping again then find their
+                # padded cache in place (shardnet.model.span), where a new order re-pads every row
+                batch = sorted(self._waiting.pop(key), key=lambda waiting: waiting[0].job_id)
                 try:
                     if self._decode_ms.get(key, 0.0) <= inline_ms:  # short: on the event loop, no thread handoff
                         outs = self.run_batch([(r, x) for r, x, _ in batch])
