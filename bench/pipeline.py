@@ -60,19 +60,20 @@ MAX_FEE = 10**16
 
 
 def route_now(net: Network, job_id: int, stages: list[Stage]) -> float:
-    """Send routeJob as the coordinator does (simulated, then sent with the binding's gas bound);
-    returns the wall time at which it was mined (Anvil automine)."""
+    """Send routeJob as the coordinator does (Chain.transact with the binding's gas bound: one
+    eth_call to simulate, the nonce, cached fee fields); returns the wall time at which it was
+    mined (Anvil automine)."""
     chain, coordinator = net.chain, dev_account(1)
     fn = net.c.market.contract.functions.routeJob(job_id, [tuple(s) for s in stages])
-    fn.call({"from": coordinator.address})
-    tx = fn.build_transaction(
-        {
-            "from": coordinator.address,
-            "chainId": chain.chain_id,
-            "nonce": chain.w3.eth.get_transaction_count(coordinator.address, "pending"),
-            "gas": route_gas_limit(len(stages)),
-        }
-    )
+    call = {"from": coordinator.address, "to": fn.address, "data": fn._encode_transaction_data(), "value": 0}
+    chain.w3.eth.call(call)
+    tx = {
+        **call,
+        "gas": route_gas_limit(len(stages)),
+        "nonce": chain.w3.eth.get_transaction_count(coordinator.address, "pending"),
+        "chainId": chain.chain_id,
+        **chain.fee_fields(),
+    }
     raw = coordinator.sign_transaction(tx).raw_transaction
     tx_hash = chain.w3.eth.send_raw_transaction(raw)
     mined_at = time.time()

@@ -55,6 +55,7 @@ from shardnet.protocol import Hardware
 from shardnet.storage import IpfsClient
 
 log = logging.getLogger("shardnet.node")
+STORE_DRAIN_S = 10.0  # at shutdown, how long the IPFS writes under way (outputs, transcripts) may finish
 
 
 class NodeAgent:
@@ -165,6 +166,7 @@ class NodeAgent:
             for task in list(self.tasks):
                 task.cancel()
             await asyncio.gather(follow_task, server_task, return_exceptions=True)
+            await self.settlement.drain(STORE_DRAIN_S)
             await self.peers.close()
             await self.links.close()
             self.state.save()

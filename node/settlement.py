@@ -38,7 +38,7 @@ POLL_S, MAX_WAIT_S = 0.5, 30.0  # waiting for a deadline: how often the chain's 
 CLAIM_TRIES = 5
 SUBMIT_TRIES = 3  # a refused result is sent again this many times in all, backing off
 SUBMIT_BACKOFF_S = 1.0
-STORE_TRIES = 4  # a transcript's IPFS write is tried this many times, backing off
+STORE_TRIES = 4  # a transcript's or output's IPFS write is tried this many times, backing off
 STORE_BACKOFF_S = 0.5
 
 
@@ -70,7 +70,7 @@ class Settlement:
         self.job_keys = job_keys
         self.misbehave = misbehave
         self._unstored: dict[int, dict[str, tuple[int, bytes]]] = {}  # job -> CID -> (stage, transcript)
-        self._stored: set[asyncio.Task[None]] = set()  # transcripts being written to IPFS
+        self._stored: set[asyncio.Task[None]] = set()  # transcripts and outputs being written to IPFS
 
     async def finalize(self, run: JobRun, final: torch.Tensor | None) -> None:
         """Last stage: every earlier stage's receipt and transcript, this stage's transcript, the
@@ -94,8 +94,10 @@ class Settlement:
         if run.params.private:  # sealed under the job key: the client (and committees) read it
             output = encrypt(await self._job_key(run), output, f"output:{job_id}")
         collected_at = time.perf_counter()
-        cid = await asyncio.to_thread(self.ipfs.add, output, f"job-{job_id}-output.json")
-        stored_at = time.perf_counter()
+        # the output's CID is computed here and its bytes written to IPFS beside submitResult,
+        # not before it: a client that sees the result first has its read wait for the bytes
+        cid = cid_v0(output)
+        self._store(job_id, f"job-{job_id}-output.json", output, cid)
         mine = self.receipts.sign(
             self.account, job_id, run.stage, run.stages[run.stage], run.coordinator, run.in_hash, output_hash_of(cid)
         )
@@ -106,12 +108,11 @@ class Settlement:
                 self.state.settled(job_id, "submitted")
                 self.metrics.jobs.labels(run.params.kind, "completed").inc()
                 log.info(
-                    "job %d done: output %s (receipts and transcripts %.0f ms, output %.0f ms, result %.0f ms)",
+                    "job %d done: output %s (receipts and transcripts %.0f ms, output and result %.0f ms)",
                     job_id,
                     cid,
                     (collected_at - began) * 1000,
-                    (stored_at - collected_at) * 1000,
-                    (time.perf_counter() - stored_at) * 1000,
+                    (time.perf_counter() - collected_at) * 1000,
                     extra={"job": job_id},
                 )
                 break
@@ -156,20 +157,31 @@ class Settlement:
             task = asyncio.ensure_future(self._publish_transcript(run))
             task.add_done_callback(lambda t: t.cancelled() or t.exception())  # reported when asked for
 
-    async def _store_transcript(self, job_id: int, stage: int, data: bytes, cid: str) -> None:
-        """Put a transcript on IPFS (pinned) under the CID its receipt named; tried a few times."""
-        name = f"job-{job_id}-stage-{stage}-transcript"
+    def _store(self, job_id: int, name: str, data: bytes, cid: str) -> None:
+        """Write `data` to IPFS in the background (kept until written)."""
+        task = asyncio.ensure_future(self._store_now(job_id, name, data, cid))
+        self._stored.add(task)
+        task.add_done_callback(self._stored.discard)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Let the IPFS writes under way finish (at shutdown: a result on-chain keeps its output)."""
+        if self._stored:
+            await asyncio.wait(set(self._stored), timeout=timeout_s)
+
+    async def _store_now(self, job_id: int, name: str, data: bytes, cid: str) -> None:
+        """Put a transcript or output on IPFS (pinned) under the CID already named on-chain or in
+        a receipt; tried a few times."""
         for attempt in range(STORE_TRIES):
             try:
                 stored = str(await asyncio.to_thread(self.ipfs.add, data, name))
             except ShardnetError as exc:
-                log.warning("job %d: storing the transcript failed (%s); trying again", job_id, exc)
+                log.warning("job %d: storing %s failed (%s); trying again", job_id, name, exc)
                 await asyncio.sleep(STORE_BACKOFF_S * 2**attempt)
                 continue
             if stored != cid:
-                log.error("job %d: the daemon stored the transcript as %s, not %s", job_id, stored, cid)
+                log.error("job %d: the daemon stored %s as %s, not %s", job_id, name, stored, cid)
             return
-        log.error("job %d: the transcript %s could not be stored on IPFS", job_id, cid, extra={"job": job_id})
+        log.error("job %d: %s (%s) could not be stored on IPFS", job_id, name, cid, extra={"job": job_id})
 
     async def _job_key(self, run: JobRun) -> bytes:
         """A private job's key (its client hands it to every node of the route once routed)."""
@@ -322,9 +334,7 @@ class Settlement:
 
     def finish(self, job_id: int) -> None:
         for cid, (stage, data) in self._unstored.pop(job_id, {}).items():
-            task = asyncio.ensure_future(self._store_transcript(job_id, stage, data, cid))
-            self._stored.add(task)
-            task.add_done_callback(self._stored.discard)
+            self._store(job_id, f"job-{job_id}-stage-{stage}-transcript", data, cid)
         run = self.executor.jobs.get(job_id)
         if run is not None:
             run.ended = True

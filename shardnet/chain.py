@@ -186,11 +186,11 @@ class Chain:
                 "gas": gas_limit,
                 "nonce": self.w3.eth.get_transaction_count(account.address, "pending"),
                 "chainId": self.chain_id,
-                **self._fee_fields(),
+                **self.fee_fields(),
             }
             return self._send(tx, account)
 
-    def _fee_fields(self) -> dict[str, Wei]:
+    def fee_fields(self) -> dict[str, Wei]:
         """maxFeePerGas (twice the base fee plus the tip: room for several full blocks' rises) and
         maxPriorityFeePerGas, re-read every FEES_TTL_S; a chain without a base fee gets gasPrice."""
         now = time.monotonic()
