@@ -119,6 +119,7 @@ class Executor:
         self.retired: dict[int, list[LoadedSpan]] = {}
         self.slowdown = slowdown
         self.ms_per_block: float | None = None  # measured: moving average of compute per block per call
+        self.ms_per_block_token: float | None = None  # the same per token, from passes over several tokens
         self.calls = 0
         self.batches = 0  # decode batches of more than one generation, and the steps they ran
         self.batched_steps = 0
@@ -292,12 +293,16 @@ class Executor:
             raise JobInputError(f"input_ids contain {int(ids.max())}, beyond the model's vocabulary of {vocab}")
         return ids, None
 
-    def step_estimate_ms(self, run: JobRun) -> float:
-        """How long this job's next step at this stage should take, from measurements (inf until
-        the node has measured itself)."""
-        if self.ms_per_block is None:
-            return float("inf")
-        return self.ms_per_block * (run.loaded.span.end - run.stages[run.stage].start)
+    def step_estimate_ms(self, run: JobRun, x: torch.Tensor) -> float:
+        """How long this job's next step at this stage should take on `x`, from measurements
+        (inf until the node has measured that kind of step, and for image inputs)."""
+        blocks = run.loaded.span.end - run.stages[run.stage].start
+        tokens = x.shape[1] if x.dim() in (2, 3) else 0  # ids [b, n] or states [b, n, d]; not pixels
+        if tokens == 1 and self.ms_per_block is not None:
+            return self.ms_per_block * blocks
+        if tokens > 1 and self.ms_per_block_token is not None:
+            return self.ms_per_block_token * blocks * tokens
+        return float("inf")
 
     def run_span(self, run: JobRun, x: torch.Tensor, mask: torch.Tensor | None, measure: bool = True) -> torch.Tensor:
         """Run the job's stage on `x` ([b, n] ids at stage 0, else [b, n, hidden]). `measure`:
@@ -317,6 +322,10 @@ class Executor:
             elapsed *= self.slowdown
         ms = elapsed * 1000 / max(1, loaded.span.end - entry)
         self.ms_per_block = ms if self.ms_per_block is None else 0.8 * self.ms_per_block + 0.2 * ms
+        if x.dim() in (2, 3) and x.shape[1] > 1:  # a pass over several tokens (a prefill, a forward)
+            per_token = ms / x.shape[1]
+            previous = self.ms_per_block_token
+            self.ms_per_block_token = per_token if previous is None else 0.8 * previous + 0.2 * per_token
         self.calls += 1
         return result
 

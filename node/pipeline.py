@@ -33,11 +33,13 @@ from shardnet.model.quant import decode_activation, encode_activation
 from shardnet.protocol import JobStatus
 from shardnet.storage import IpfsClient
 
-# Decode steps expected to take at most this long run on the event loop itself. Handing a
-# forward to a worker thread and back costs milliseconds of GIL handoff per hop (Python's
-# switch interval is 5 ms), which dominated the per-token cost across stages; longer steps
-# still go to a thread so the data plane and health probes keep answering.
-INLINE_STEP_MS = 50.0
+# Steps expected to take at most this long run on the event loop itself (a pass over many
+# tokens only while no other job is running here). Handing a step to a
+# worker thread and back costs milliseconds of GIL handoff per hop (Python's switch interval is
+# 5 ms), and a pass computed in a thread runs ~5% slower than on the loop (the two threads
+# trade the GIL between torch's ops); longer steps still go to a thread, so the data plane and
+# health probes keep answering (a link's ack waits at most this long).
+INLINE_STEP_MS = 250.0
 # How long a message may wait for its job's JobRouted event (which arrives ~10 ms after the block).
 ROUTE_WAIT_S = 3.0
 PREFETCH_JOBS = 64  # posted jobs whose inputs a first-block node reads ahead of their routing
@@ -163,8 +165,12 @@ class StagePipeline:
         started = time.perf_counter()
         if self.executor.is_decode_step(run, x, mask):  # batched with other generations' steps when they wait
             out = await self.executor.decode(run, x, INLINE_STEP_MS)
-        elif x.shape[1] == 1 and self.executor.step_estimate_ms(run) <= INLINE_STEP_MS:
-            out = self.executor.run_span(run, x, mask)  # a short decode step: no thread handoff
+        elif self.executor.step_estimate_ms(run, x) <= INLINE_STEP_MS and (
+            x.shape[1] == 1 or len(self.executor.jobs) == 1
+        ):
+            # a short step: no thread handoff (a pass over many tokens only when no other job is
+            # here: in a thread, it lets the other jobs' decode steps go on meanwhile)
+            out = self.executor.run_span(run, x, mask)
         else:
             out = await asyncio.to_thread(self.executor.run_span, run, x, mask)
         self.metrics.stage_seconds.labels(run.params.kind).observe(time.perf_counter() - started)
