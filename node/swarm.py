@@ -26,6 +26,7 @@ log = logging.getLogger("shardnet.node.swarm")
 
 PATH = "/v1/ipfs"  # where a node tells peers how to reach its IPFS daemon
 REJOIN_S = 30.0  # how often the node reconnects to peers that dropped or newly registered
+# (a node whose advertised daemons are all connected is not asked for its addresses again)
 
 
 def peer_of(addr: str) -> str | None:
@@ -41,6 +42,9 @@ class Swarm:
         self.ledger = ledger
         self.static_peers = list(static_peers)
         self._own: dict[str, Any] | None = None
+        # per node: the endpoint asked and the peer ids it advertised (asked again only when one
+        # of them is not connected, or the endpoint changed)
+        self._advertisers: dict[str, tuple[str, set[str]]] = {}
 
     async def own(self) -> dict[str, Any]:
         """This node's daemon: {"peer_id", "addrs"} (what `GET /v1/ipfs` answers)."""
@@ -69,8 +73,13 @@ class Swarm:
             log.warning("the node's IPFS daemon at %s does not answer: %s", self.ipfs.api_url, exc)
             return 0
         others = {n: e for n, e in self.ledger.endpoints.items() if n != self.address and e}
-        async with httpx.AsyncClient(timeout=3) as client:
-            found = await asyncio.gather(*(self._advertised(client, n, e) for n, e in others.items()))
+        stale = {n: e for n, e in others.items() if not self._joined(n, e, connected)}
+        found: list[list[str]] = []
+        if stale:
+            async with httpx.AsyncClient(timeout=3) as client:
+                found = await asyncio.gather(*(self._advertised(client, n, e) for n, e in stale.items()))
+        for (node, endpoint), group in zip(stale.items(), found, strict=True):
+            self._advertisers[node] = endpoint, {p for a in group if (p := peer_of(a))}
         addrs = list(dict.fromkeys(self.static_peers + [a for group in found for a in group]))
         for addr in addrs:
             peer = peer_of(addr)
@@ -83,6 +92,11 @@ class Swarm:
             except Exception as exc:  # noqa: BLE001 - an unreachable peer is tried again later
                 log.debug("IPFS: could not connect to %s: %s", addr, exc)
         return len(connected)
+
+    def _joined(self, node: str, endpoint: str, connected: set[str]) -> bool:
+        """Whether every daemon `node` advertised at `endpoint` is connected already."""
+        known = self._advertisers.get(node)
+        return known is not None and known[0] == endpoint and bool(known[1]) and known[1] <= connected
 
     async def run(self) -> None:
         """Stay joined: reconnect every REJOIN_S (peers restart, new nodes register)."""

@@ -65,6 +65,14 @@ def test_blocks_move_peer_to_peer_and_are_served_onward(tmp_path):
         swarm = Swarm(newcomer_ipfs, dev_account(19).address, net.ledger(), [])
         assert asyncio.run(swarm.join()) == 1
         assert newcomer_ipfs.peers() == [node_ipfs.peer_id()]
+        asked, advertised = [], swarm._advertised
+
+        async def counted(client, node, endpoint):
+            asked.append(node)
+            return await advertised(client, node, endpoint)
+
+        swarm._advertised = counted  # the next round asks no node whose daemons are all connected
+        assert asyncio.run(swarm.join()) == 1 and asked == []
         loaded = Executor(newcomer_ipfs, 20.0).load(model_id, manifest_cid, whole)
         # the newcomer's copy (every block re-hashed against its CID) gives the job's tokens
         tokens, _ = greedy_spans([loaded.model], torch.tensor([prompt]), 6)
