@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -91,6 +92,10 @@ def stop(record: dict[str, Any], grace: float = 5.0) -> bool:
     return True
 
 
+# POST to a URL, exit status 0 when it answers 2xx (urllib raises otherwise)
+_PROBE = "import sys, urllib.request as u; u.urlopen(u.Request(sys.argv[1], method='POST'), timeout=1)"
+
+
 def start_ipfs_daemon(
     repo: Path, api_port: int, swarm: str, log: Path, prefix: Sequence[str] = (), timeout_s: float = 30.0
 ) -> dict[str, Any]:
@@ -100,8 +105,8 @@ def start_ipfs_daemon(
     cmd = [*prefix, tools.node_binary(), str(tools.ipfs_daemon_script()), str(repo), str(api_port), swarm]
     record = spawn(cmd, log, str(repo), api_port)
     api = f"http://127.0.0.1:{api_port}"
-    if prefix:  # the API is on the namespace's loopback: ask from inside it
-        probe = [*prefix, "curl", "-sf", "-X", "POST", f"{api}/api/v0/id"]
+    if prefix:  # the API is on the namespace's loopback: ask from inside it (with this Python: no curl needed)
+        probe = [*prefix, sys.executable, "-c", _PROBE, f"{api}/api/v0/id"]
         wait_ready(
             lambda: subprocess.run(probe, capture_output=True).returncode == 0, record, "an IPFS daemon", timeout_s
         )
