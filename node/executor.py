@@ -231,6 +231,15 @@ class Executor:
         self.jobs[job_id] = run
         return run
 
+    def end(self, job_id: int) -> bool:
+        """Drop a job's state here, its rows in the span's kept batch caches included; False if
+        the job was not running here."""
+        run = self.jobs.pop(job_id, None)
+        if run is None:
+            return False
+        run.loaded.model.release(run.session)
+        return True
+
     def first_input(
         self, run: JobRun, raw: bytes, job_key: bytes | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:

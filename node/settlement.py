@@ -339,5 +339,5 @@ class Settlement:
         if run is not None:
             run.ended = True
             run.progress.set()  # a token stream still open ends
-        if self.executor.jobs.pop(job_id, None) is not None:
+        if self.executor.end(job_id):
             self.metrics.open_jobs.dec()

@@ -199,3 +199,21 @@ def test_int8_wire_codes_are_the_blockwise_quantizer_s(shape):
         assert torch.equal(decode_activation(encode_activation(h, "int8")), dequantize_blockwise(codes, scales, shape))
         back = decode_activation(encode_activation(h, "fp16"))
         assert back.dtype == torch.float32 and torch.equal(back, h.half().float())
+
+
+def test_a_batch_cache_is_let_go_when_one_of_its_generations_ends():
+    """A span keeps the padded cache of a decode batch for the same jobs' next step; once one
+    of them ends, `release` drops it (it holds that job's rows)."""
+    cfg, _, spans = _spans("tiny-llama", parts=1)
+    span = spans[0]
+    sessions = [span.new_session() for _ in range(3)]
+    for k, session in enumerate(sessions):
+        span(torch.randint(0, cfg.vocab_size, (1, 4 + k)), session=session)
+    step = [torch.randint(0, cfg.vocab_size, (1, 1)) for _ in sessions]
+    span.forward_batch(step[:2], sessions[:2])
+    span.forward_batch(step, sessions)
+    assert len(span._groups) == 2
+    span.release(sessions[2])
+    assert [len(group.sessions) for group in span._groups.values()] == [2]
+    span.release(sessions[0])
+    assert not span._groups

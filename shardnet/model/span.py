@@ -352,6 +352,13 @@ class SpanModel(nn.Module):
                 return [self._forward(x, None, s, start, {}) for x, s in zip(xs, sessions, strict=True)]
             return self._batch(xs, sessions, start)
 
+    def release(self, session: Session) -> None:
+        """A generation ended: forget the padded batch caches it is part of (they hold its rows,
+        and would otherwise stay until MAX_GROUPS newer batches pushed them out)."""
+        for members, group in list(self._groups.items()):  # a snapshot: a batch may run in a worker thread
+            if any(s is session for s in group.sessions):
+                self._groups.pop(members, None)
+
     def _batchable(self, xs: list[torch.Tensor], sessions: list[Session]) -> bool:
         if not (self.layout.is_decoder and self._takes_positions):
             return False
