@@ -88,11 +88,15 @@ def test_the_chain_clock_runs_on_while_an_on_demand_chain_is_idle(fresh_chain):
     provider = chain.w3.provider
     provider.make_request("evm_increaseTime", [600])
     provider.make_request("evm_mine", [])
-    stamp, now = chain.clock()
-    assert now >= stamp >= time.time() + 590  # the chain runs ten minutes ahead
-    assert not chain.past(stamp + 1, slack_s=1.0)
-    time.sleep(2.5)
-    assert chain.clock()[0] == stamp  # no block since: the latest timestamp stood still
+    for _ in range(4):  # the session chain is shared: a block another process mines meanwhile starts over
+        stamp, now = chain.clock()
+        assert now >= stamp >= time.time() + 590  # the chain runs ten minutes ahead
+        assert not chain.past(stamp + 1, slack_s=1.0)
+        time.sleep(2.5)
+        if chain.clock()[0] == stamp:  # no block since: the latest timestamp stood still
+            break
+    else:
+        pytest.fail("the shared chain never stayed idle for 2.5 s")
     assert chain.past(stamp + 1, slack_s=1.0)  # yet the next block is stamped past the deadline
     provider.make_request("evm_mine", [])
     assert chain.clock()[0] > stamp + 1
