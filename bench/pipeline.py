@@ -23,7 +23,7 @@ emitted. Prints `name: value` lines:
 - batched_tokps_ratio_8_jobs: `llama-512` on its two nodes, 8 generations (64 new tokens after
   a 128-token prompt, fp32) posted and routed at once: their aggregate tokens/s (every token
   over the time from the first stage 0 start to the last output) over one generation's alone.
-  The nodes batch the decode steps that wait on the same span. Target >= 3.
+  The nodes batch the decode steps that wait on the same span. The median of 3 runs. Target >= 3.
 - event_to_pickup_ms_p50: JobRouted mined to stage 0 acting on it. Target <= 50.
 - chain_overhead_ms_per_job: client-observed job time minus its data-plane time (post,
   routing, IPFS input/output, receipts, result transaction, client polling).
@@ -56,6 +56,7 @@ FORWARD_TOKENS = 128
 PROMPT_TOKENS = 16
 NEW_TOKENS = 32
 RUNS = 5
+BATCHED_RUNS = 3  # the 8 concurrent generations, measured this many times (the median counts)
 MAX_FEE = 10**16
 
 
@@ -91,11 +92,13 @@ def run_job(net, client, model_id, stages, job_input, params):
     return result, total_ms, timing["data_plane_ms"], (timing["picked_up_at"] - routed_at) * 1000
 
 
-def concurrent(net, client, model_id, stages, vocab, prompt_tokens, new_tokens, wire, jobs=8):
+def concurrent(net, client, model_id, stages, vocab, prompt_tokens, new_tokens, wire, run, jobs=8):
     """`jobs` generations posted, then routed, at once: aggregate tokens/s over their span of time."""
     params = JobParams(kind="generate", max_new_tokens=new_tokens, wire=wire)
     prompts = [
-        torch.randint(0, vocab, (prompt_tokens,), generator=torch.Generator().manual_seed(500 + i)).tolist()
+        torch.randint(
+            0, vocab, (prompt_tokens,), generator=torch.Generator().manual_seed(500 + jobs * run + i)
+        ).tolist()
         for i in range(jobs)
     ]
     ids = [client.submit(model_id, {"input_ids": p}, params, MAX_FEE) for p in prompts]
@@ -161,7 +164,11 @@ def measure(net, client, source, quant, wire, node_count, forward_tokens, prompt
             f["overheads"].append(total - dp)
     if batched:
         alone = new_tokens / (statistics.median(f["gen_dist"]) / 1000)
-        f["batched_ratio"] = concurrent(net, client, model_id, stages, vocab, prompt_tokens, new_tokens, wire) / alone
+        aggregate = [
+            concurrent(net, client, model_id, stages, vocab, prompt_tokens, new_tokens, wire, run)
+            for run in range(BATCHED_RUNS)
+        ]
+        f["batched_ratio"] = statistics.median(aggregate) / alone
     return f
 
 
