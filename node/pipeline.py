@@ -17,13 +17,14 @@ from typing import Any
 
 import torch
 
-from node.executor import Executor, JobRun
+from node.executor import Executor
 from node.filter import my_stage
 from node.link import LinkClient
 from node.messages import pack, unpack
 from node.metrics import NodeMetrics
 from node.misbehave import corrupt_activation, corrupt_token
 from node.privacy import JobKeys
+from node.runs import JobRun
 from node.settings import NodeSettings
 from node.settlement import JOB_KEY_WAIT_S, Settlement
 from shardnet.errors import JobInputError, PeerError, ShardnetError, StorageError

@@ -14,12 +14,13 @@ from typing import Any
 import torch
 from eth_account.signers.local import LocalAccount
 
-from node.executor import Executor, JobRun
+from node.executor import Executor
 from node.metrics import NodeMetrics
 from node.misbehave import Misbehaviour
 from node.peers import PeerClient
 from node.privacy import JobKeys
 from node.reporter import Reporter
+from node.runs import JobRun
 from node.state import AgentState
 from shardnet.bindings import ZERO_ADDRESS
 from shardnet.cid import cid_v0

@@ -14,7 +14,8 @@ import json
 import time
 from collections.abc import AsyncIterator
 
-from node.executor import Executor, JobRun
+from node.executor import Executor
+from node.runs import JobRun
 from shardnet.errors import JobInputError
 from shardnet.jobs import JobParams
 from shardnet.ledger import Ledger

@@ -18,8 +18,9 @@ from typing import Any
 
 import torch
 
-from node.executor import Executor, JobRun, LoadedSpan
+from node.executor import Executor
 from node.messages import unpack
+from node.runs import JobRun, LoadedSpan
 from shardnet.errors import JobInputError, ShardnetError
 from shardnet.jobs import JobParams
 from shardnet.ledger import JobRecord

@@ -209,7 +209,8 @@ def test_spans_moved_twice_stay_loaded_while_jobs_routed_through_them_are_open()
     """A node moved twice in quick succession (the coordinator re-plans every few seconds)
     still runs a job routed through its first span; a retired span goes once no open job
     routed here needs it."""
-    from node.executor import Executor, LoadedSpan
+    from node.executor import Executor
+    from node.runs import LoadedSpan
     from node.spans import SpanManager
 
     def loaded(start: int, end: int) -> LoadedSpan:
