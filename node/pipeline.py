@@ -35,11 +35,11 @@ from shardnet.protocol import JobStatus
 from shardnet.storage import IpfsClient
 
 # Steps expected to take at most this long run on the event loop itself (a pass over many
-# tokens only while no other job is running here). Handing a step to a
-# worker thread and back costs milliseconds of GIL handoff per hop (Python's switch interval is
-# 5 ms), and a pass computed in a thread runs ~5% slower than on the loop (the two threads
-# trade the GIL between torch's ops); longer steps still go to a thread, so the data plane and
-# health probes keep answering (a link's ack waits at most this long).
+# tokens only while no other job is running here). Handing a step to a worker thread and back
+# costs milliseconds of GIL handoff per hop (Python's switch interval is 5 ms), and a pass
+# computed in a thread runs ~5% slower than on the loop (the two threads trade the GIL between
+# torch's ops); longer steps still go to a thread, so the data plane and health probes keep
+# answering (a link's ack waits at most this long).
 INLINE_STEP_MS = 250.0
 # How long a message may wait for its job's JobRouted event (which arrives ~10 ms after the block).
 ROUTE_WAIT_S = 3.0
