@@ -66,9 +66,13 @@ class Executor:
             processor = fetch_processor(self.ipfs, manifest, self.ipfs_timeout_s)
         loaded = LoadedSpan(model_id, manifest, span, model, tokenizer, processor)
         if serve:
-            self._retire(model_id)
-            self.spans[model_id] = loaded
+            self.serve(loaded)
         return loaded
+
+    def serve(self, loaded: LoadedSpan) -> None:
+        """Make `loaded` the span this node serves for its model (the one it replaces is retired)."""
+        self._retire(loaded.model_id)
+        self.spans[loaded.model_id] = loaded
 
     def pin(self, model_id: int) -> int:
         """Pin on this node's IPFS daemon everything the served span of `model_id` was loaded

@@ -40,20 +40,35 @@ class SpanManager:
             return
         self.loading.add(model_id)
         try:
-            await asyncio.to_thread(self.executor.load, model_id, model.manifest_cid, span)
+            loaded = await asyncio.to_thread(self.executor.load, model_id, model.manifest_cid, span, False)
         except Exception as exc:  # noqa: BLE001 - a bad span must never end the event-follow task
             log.error("could not load blocks [%d, %d) of model %d: %s", span.start, span.end, model_id, exc)
             return
         finally:
             self.loading.discard(model_id)
+        # loads of successive assignments run side by side and may end in any order: only the
+        # span the chain assigns this node now becomes the one it serves
+        now = self.ledger.assignments.get(model_id, {}).get(self.address)
+        if now is None or now.span != span:
+            log.info(
+                "blocks [%d, %d) of model %d loaded after the assignment moved on (to %s); not served",
+                span.start,
+                span.end,
+                model_id,
+                f"[{now.start}, {now.end})" if now is not None else "none",
+            )
+            return
+        self.executor.serve(loaded)
         self.executor.prune_retired(model_id, self.routed_here(model_id))
         log.info("loaded and verified blocks [%d, %d) of model %d", span.start, span.end, model_id)
         try:  # kept on this node's IPFS daemon and served onward to peers
             await asyncio.to_thread(self.executor.pin, model_id)
         except Exception as exc:  # noqa: BLE001 - the span is loaded; a pin is retried at the next load
             log.warning("could not pin the span of model %d on IPFS: %s", model_id, exc)
+        # confirmShard confirms whatever is assigned now: only if that is still what was loaded
         assignment = self.ledger.assignments.get(model_id, {}).get(self.address)
-        if assignment is not None and not assignment.confirmed:
+        served = self.executor.spans.get(model_id) is loaded
+        if assignment is not None and assignment.span == span and not assignment.confirmed and served:
             await self.reporter.confirm_shard(model_id)
 
     def unload(self, model_id: int) -> None:

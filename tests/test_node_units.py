@@ -232,3 +232,43 @@ def test_spans_moved_twice_stay_loaded_while_jobs_routed_through_them_are_open()
     ledger.jobs[5].status = JobStatus.COMPLETED
     spans.unload(1)
     assert 1 not in executor.retired and 1 not in executor.spans
+
+
+def test_a_span_whose_assignment_moved_on_while_it_loaded_is_not_served():
+    """Two assignments in quick succession start two loads; the newer one ends first. The older
+    one, ending last, must neither replace the span the chain assigns now nor be confirmed."""
+    import asyncio
+    import time
+
+    from node.executor import Executor
+    from node.runs import LoadedSpan
+    from node.spans import SpanManager
+
+    ledger = Ledger()
+    registered = {"modelId": 1, "owner": OTHER, "name": "m", "manifestCid": "Qm", "blockCount": 8}
+    registered |= {"pricePerBlock": 1, "blocksRoot": b"\0" * 32}
+    ledger.apply(Event("ModelRegistered", registered, "0x" + "00" * 20, next(_block), "0x" + "00" * 32, 0))
+    executor = Executor(SimpleNamespace(), 1.0)  # type: ignore[arg-type]
+
+    def load(model_id: int, cid: str, span: Span, serve: bool = True) -> LoadedSpan:
+        time.sleep(0.3 if span == Span(2, 5) else 0.05)  # the older assignment's blocks come last
+        return LoadedSpan(model_id, SimpleNamespace(), span, SimpleNamespace())  # type: ignore[arg-type]
+
+    executor.load = load  # type: ignore[method-assign]
+    executor.pin = lambda model_id: 0  # type: ignore[method-assign]
+    confirmed: list[Span] = []
+
+    async def confirm_shard(model_id: int) -> None:
+        confirmed.append(ledger.assignments[model_id][ME].span)
+
+    spans = SpanManager(ME, ledger, executor, SimpleNamespace(confirm_shard=confirm_shard))  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        ledger.apply(event("ShardAssigned", modelId=1, node=ME, coordinator=COORD, start=2, end=5))
+        older = asyncio.ensure_future(spans.load(1, Span(2, 5)))
+        ledger.apply(event("ShardAssigned", modelId=1, node=ME, coordinator=COORD, start=0, end=2))
+        await asyncio.gather(older, spans.load(1, Span(0, 2)))
+
+    asyncio.run(scenario())
+    assert executor.spans[1].span == Span(0, 2)
+    assert confirmed == [Span(0, 2)]
