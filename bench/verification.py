@@ -96,7 +96,7 @@ def compute_ratio(net: Network, manifest_cid: str, params: JobParams, result: Jo
     assert result.output is not None and r.coordinator is not None
     executor = Executor(net.ipfs, 20.0)
     stage = r.route[1]
-    loaded = executor.load(r.model_id, manifest_cid, Span(stage.start, stage.end), serve=False)
+    loaded = executor.load(r.model_id, manifest_cid, Span(stage.start, stage.end))
     transcript = Transcript.decode(net.ipfs.cat(result.output["transcripts"][1]))
     claim = StageClaim(r.job_id, r.model_id, 1, r.route, r.coordinator, params, transcript, result.output)
     best_run, best_verify = float("inf"), float("inf")

@@ -52,10 +52,9 @@ class Executor:
         self._cadence: dict[tuple[tuple[int, int], int], tuple[float, float]] = {}
 
     # ------------------------------------------------------------------ spans
-    def load(self, model_id: int, manifest_cid: str, span: Span, serve: bool = True) -> LoadedSpan:
-        """Fetch, verify and load the blocks of `span` (and the tokenizer at the ends). With
-        `serve`, it becomes the span this node serves for the model; a span loaded to check
-        another node's stage (`serve=False`) never replaces it."""
+    def load(self, model_id: int, manifest_cid: str, span: Span) -> LoadedSpan:
+        """Fetch, verify and load the blocks of `span` (and the tokenizer at the ends). It is not
+        served until `serve` makes it so (a span loaded to check another node's stage never is)."""
         manifest = fetch_manifest(self.ipfs, manifest_cid, timeout=self.ipfs_timeout_s)
         blocks = fetch_span(self.ipfs, manifest, span, timeout=self.ipfs_timeout_s)
         model = SpanModel(manifest.new_config(), span, blocks, manifest.data.get("pooling"))
@@ -64,10 +63,7 @@ class Executor:
             tokenizer = self._tokenizer(manifest)
         if manifest.data.get("processor") and model.has_embed:
             processor = fetch_processor(self.ipfs, manifest, self.ipfs_timeout_s)
-        loaded = LoadedSpan(model_id, manifest, span, model, tokenizer, processor)
-        if serve:
-            self.serve(loaded)
-        return loaded
+        return LoadedSpan(model_id, manifest, span, model, tokenizer, processor)
 
     def serve(self, loaded: LoadedSpan) -> None:
         """Make `loaded` the span this node serves for its model (the one it replaces is retired)."""

@@ -40,7 +40,7 @@ class SpanManager:
             return
         self.loading.add(model_id)
         try:
-            loaded = await asyncio.to_thread(self.executor.load, model_id, model.manifest_cid, span, False)
+            loaded = await asyncio.to_thread(self.executor.load, model_id, model.manifest_cid, span)
         except Exception as exc:  # noqa: BLE001 - a bad span must never end the event-follow task
             log.error("could not load blocks [%d, %d) of model %d: %s", span.start, span.end, model_id, exc)
             return

@@ -239,7 +239,7 @@ def check_stage(
     if reason:
         return Verdict(False, f"stage {k}: transcript {cid}: {reason}", 0.0, 0)
     key = (record.model_id, Span(stage.start, stage.end))
-    loaded = spans.get(key) or spans.setdefault(key, executor.load(key[0], manifest_cid, key[1], serve=False))
+    loaded = spans.get(key) or spans.setdefault(key, executor.load(key[0], manifest_cid, key[1]))
     claim = StageClaim(
         record.job_id, record.model_id, k, route, record.coordinator or "", params, transcript, output, job_key
     )

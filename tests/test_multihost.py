@@ -46,7 +46,7 @@ def spread(tmp_path_factory):
 def _in_process(net):
     """The same model, every block read back from IPFS, run greedily in this one process."""
     blocks = len(fetch_manifest(net.ipfs, net.manifest_cid).blocks)
-    loaded = Executor(net.ipfs, 30.0).load(net.model_id, net.manifest_cid, Span(0, blocks), serve=False)
+    loaded = Executor(net.ipfs, 30.0).load(net.model_id, net.manifest_cid, Span(0, blocks))
     tokens, _ = greedy_spans([loaded.model], torch.tensor([PROMPT]), NEW_TOKENS)
     return tokens[0, len(PROMPT) :].tolist()
 

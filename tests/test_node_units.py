@@ -250,7 +250,7 @@ def test_a_span_whose_assignment_moved_on_while_it_loaded_is_not_served():
     ledger.apply(Event("ModelRegistered", registered, "0x" + "00" * 20, next(_block), "0x" + "00" * 32, 0))
     executor = Executor(SimpleNamespace(), 1.0)  # type: ignore[arg-type]
 
-    def load(model_id: int, cid: str, span: Span, serve: bool = True) -> LoadedSpan:
+    def load(model_id: int, cid: str, span: Span) -> LoadedSpan:
         time.sleep(0.3 if span == Span(2, 5) else 0.05)  # the older assignment's blocks come last
         return LoadedSpan(model_id, SimpleNamespace(), span, SimpleNamespace())  # type: ignore[arg-type]
 
