@@ -87,6 +87,7 @@ class Coordinator:
         self.replan_after_s = replan_after_s  # a node down this long has its spans planned away
         self.down_since: dict[str, float] = {}  # nodes down (missed two probes in a row) -> since when
         self.replanned: set[str] = set()  # down nodes whose spans were planned away
+        self.planned_away: dict[int, set[str]] = {}  # model -> nodes planned away while down
 
     async def run(self) -> None:
         import aiohttp
@@ -247,15 +248,20 @@ class Coordinator:
                 continue
             live = [n for n in active if not self._gone(n) and not self._stale(model_id, n)]
             assigned = self.ledger.assignments.get(model_id, {})
-            if assigned and all(n in live for n in assigned):
+            away = self.planned_away.get(model_id, set())
+            back = away & set(live) - set(assigned)  # planned away while down; answering again
+            if assigned and all(n in live for n in assigned) and not back:
                 continue
             if assigned and frozenset(live) == self.planned_nodes.get(model_id):
                 continue  # planned over these nodes already; wait for the events
             gone = sorted(set(assigned) - set(live))
             if gone:
                 log.warning("model %d: %s down or never confirmed; planning again", model_id, ", ".join(gone))
+            if back:
+                log.info("model %d: %s answering again; planning again", model_id, ", ".join(sorted(back)))
             spans = plan_pipeline(live, model.block_count, self.min_stages)
             self.planned_nodes[model_id] = frozenset(live)
+            self.planned_away[model_id] = (away | {n for n in gone if self._gone(n)}) - set(spans)
             for node, span in spans.items():
                 if assigned.get(node) is not None and assigned[node].span == span:
                     continue

@@ -24,28 +24,38 @@ class SpanManager:
         self.ledger = ledger
         self.executor = executor
         self.reporter = reporter
-        self.loading: set[int] = set()  # models whose span is being fetched
+        self.loading: set[tuple[int, Span]] = set()  # (model, span) being fetched
 
     async def reconcile(self) -> None:
-        """Load every span the chain assigns this node that is not loaded or loading yet."""
-        for model_id, nodes in list(self.ledger.assignments.items()):
-            mine = nodes.get(self.address)
-            if mine is not None and model_id not in self.executor.spans and model_id not in self.loading:
-                await self.load(model_id, mine.span)
+        """Load every span the chain assigns this node that is not served or loading yet."""
+        for model_id in list(self.ledger.assignments):
+            await self.ensure(model_id)
+
+    async def ensure(self, model_id: int) -> None:
+        """Load the span of the model the chain assigns this node now, unless it is served or
+        being loaded already."""
+        mine = self.ledger.assignments.get(model_id, {}).get(self.address)
+        if mine is None or (model_id, mine.span) in self.loading:
+            return
+        served = self.executor.spans.get(model_id)
+        if served is None or served.span != mine.span:
+            await self.load(model_id, mine.span)
 
     async def load(self, model_id: int, span: Span) -> None:
         model = self.ledger.models.get(model_id)
         if model is None:
             log.error("span [%d, %d) of unknown model %d: not loaded", span.start, span.end, model_id)
             return
-        self.loading.add(model_id)
+        if (model_id, span) in self.loading:
+            return  # asked twice (an event replayed at start-up, then the reconcile)
+        self.loading.add((model_id, span))
         try:
             loaded = await asyncio.to_thread(self.executor.load, model_id, model.manifest_cid, span)
         except Exception as exc:  # noqa: BLE001 - a bad span must never end the event-follow task
             log.error("could not load blocks [%d, %d) of model %d: %s", span.start, span.end, model_id, exc)
             return
         finally:
-            self.loading.discard(model_id)
+            self.loading.discard((model_id, span))
         # loads of successive assignments run side by side and may end in any order: only the
         # span the chain assigns this node now becomes the one it serves
         now = self.ledger.assignments.get(model_id, {}).get(self.address)
@@ -57,6 +67,9 @@ class SpanManager:
                 model_id,
                 f"[{now.start}, {now.end})" if now is not None else "none",
             )
+            # the current one may have had no load of its own: one started while catching up at
+            # start-up, say, on an event past the saved position that a later assignment replaced
+            await self.ensure(model_id)
             return
         self.executor.serve(loaded)
         self.executor.prune_retired(model_id, self.routed_here(model_id))

@@ -78,3 +78,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "devnet" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.stack)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """A failed test on a local network reports the warnings and errors its processes logged, so
+    a failure on a machine whose network is gone (CI) can still be read."""
+    report = yield
+    args = getattr(item, "funcargs", {})
+    home = getattr(args.get("net"), "home", None) or args.get("tmp_path")  # a module's network, or the test's
+    if report.failed and call.when == "call" and home is not None:
+        lines = []
+        for path in sorted(Path(home).rglob("*.log")):
+            logged = path.read_text(errors="replace").splitlines()
+            lines += [f"{path.stem}: {line[:400]}" for line in logged if '"warning"' in line or '"error"' in line]
+        report.sections.append(("network warnings and errors (last 60)", "\n".join(lines[-60:])))
+    return report

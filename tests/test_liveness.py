@@ -1,6 +1,7 @@
 """Registered is not alive, on the real stack: the coordinator plans spans only over nodes whose
 agents answer, plans a model again when a node holding one of its spans stops, and a model
-published while a node is down is never assigned to it; jobs on both models complete."""
+published while a node is down is never assigned to it; jobs on both models complete. When the
+node answers again, the model planned away from it is planned over it again."""
 
 from __future__ import annotations
 
@@ -50,5 +51,16 @@ def test_the_coordinator_plans_only_over_nodes_that_answer(tmp_path):
             result = client.wait(client.submit(model_id, {"input_ids": [1, 2, 3]}, params, MAX_FEE), timeout_s=90)
             assert result.status == JobStatus.COMPLETED, result.record.abort_reason
             assert stopped not in {s.node for s in result.record.route}
+
+        net.start_node(2)  # back: the model planned away from it is planned over it again
+        net.wait_ready(2)
+        deadline = time.monotonic() + 60
+        while not (holders := _holders(net, first)).get(stopped) or not all(holders.values()):
+            assert time.monotonic() < deadline, f"model {first} was not planned again over the node back: {holders}"
+            time.sleep(0.5)
+        params = JobParams(kind="generate", max_new_tokens=3)
+        result = client.wait(client.submit(first, {"input_ids": [1, 2, 3]}, params, MAX_FEE), timeout_s=90)
+        assert result.status == JobStatus.COMPLETED, result.record.abort_reason
+        assert stopped in {s.node for s in result.record.route} and len(result.record.route) == 3
     finally:
         net.stop()

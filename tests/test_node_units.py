@@ -272,3 +272,44 @@ def test_a_span_whose_assignment_moved_on_while_it_loaded_is_not_served():
     asyncio.run(scenario())
     assert executor.spans[1].span == Span(0, 2)
     assert confirmed == [Span(0, 2)]
+
+
+def test_a_span_loaded_after_its_assignment_moved_on_loads_the_current_one_when_nobody_does():
+    """A load ends after its assignment moved on to one no load was started for (its event acted
+    on before a restart, say): the span the chain assigns now is loaded, served and confirmed."""
+    import asyncio
+
+    from node.executor import Executor
+    from node.runs import LoadedSpan
+    from node.spans import SpanManager
+
+    ledger = Ledger()
+    registered = {"modelId": 1, "owner": OTHER, "name": "m", "manifestCid": "Qm", "blockCount": 8}
+    registered |= {"pricePerBlock": 1, "blocksRoot": b"\0" * 32}
+    ledger.apply(Event("ModelRegistered", registered, "0x" + "00" * 20, next(_block), "0x" + "00" * 32, 0))
+    executor = Executor(SimpleNamespace(), 1.0)  # type: ignore[arg-type]
+    loads: list[Span] = []
+
+    def load(model_id: int, cid: str, span: Span) -> LoadedSpan:
+        loads.append(span)
+        return LoadedSpan(model_id, SimpleNamespace(), span, SimpleNamespace())  # type: ignore[arg-type]
+
+    executor.load = load  # type: ignore[method-assign]
+    executor.pin = lambda model_id: 0  # type: ignore[method-assign]
+    confirmed: list[Span] = []
+
+    async def confirm_shard(model_id: int) -> None:
+        confirmed.append(ledger.assignments[model_id][ME].span)
+
+    spans = SpanManager(ME, ledger, executor, SimpleNamespace(confirm_shard=confirm_shard))  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        ledger.apply(event("ShardAssigned", modelId=1, node=ME, coordinator=COORD, start=2, end=5))
+        stale = asyncio.ensure_future(spans.load(1, Span(2, 5)))
+        ledger.apply(event("ShardAssigned", modelId=1, node=ME, coordinator=COORD, start=0, end=2))
+        await stale
+
+    asyncio.run(scenario())
+    assert executor.spans[1].span == Span(0, 2)
+    assert confirmed == [Span(0, 2)]
+    assert loads == [Span(2, 5), Span(0, 2)]
