@@ -61,25 +61,15 @@ MAX_FEE = 10**16
 
 
 def route_now(net: Network, job_id: int, stages: list[Stage]) -> float:
-    """Send routeJob as the coordinator does (Chain.transact with the binding's gas bound: one
-    eth_call to simulate, the nonce, cached fee fields); returns the wall time at which it was
-    mined (Anvil automine)."""
+    """Send routeJob as the coordinator does (Chain.transact with the binding's gas bound);
+    returns the wall time at which it was mined (Anvil automine)."""
     chain, coordinator = net.chain, dev_account(1)
     fn = net.c.market.contract.functions.routeJob(job_id, [tuple(s) for s in stages])
-    call = {"from": coordinator.address, "to": fn.address, "data": fn._encode_transaction_data(), "value": 0}
-    chain.w3.eth.call(call)
-    tx = {
-        **call,
-        "gas": route_gas_limit(len(stages)),
-        "nonce": chain.w3.eth.get_transaction_count(coordinator.address, "pending"),
-        "chainId": chain.chain_id,
-        **chain.fee_fields(),
-    }
-    raw = coordinator.sign_transaction(tx).raw_transaction
-    tx_hash = chain.w3.eth.send_raw_transaction(raw)
-    mined_at = time.time()
-    chain.wait_for_receipt(tx_hash)
-    return mined_at
+    mined_at = []
+    chain.send_raw(
+        chain.sign_bounded(fn, coordinator, route_gas_limit(len(stages))), lambda: mined_at.append(time.time())
+    )
+    return mined_at[0]
 
 
 def run_job(net, client, model_id, stages, job_input, params):

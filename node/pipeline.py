@@ -164,6 +164,9 @@ class StagePipeline:
     async def step(self, run: JobRun, x: torch.Tensor, mask: torch.Tensor | None) -> None:
         """Run this stage's span on `x` and pass the result on."""
         started = time.perf_counter()
+        if run.is_last and (run.params.kind != "generate" or len(run.tokens) + 1 >= run.params.max_new_tokens):
+            self.settlement.collect_early(run)  # this step is the last: the receipts come meanwhile
+            await asyncio.sleep(0)  # their requests go out before the compute holds the loop
         if self.executor.is_decode_step(run, x, mask):  # batched with other generations' steps when they wait
             out = await self.executor.decode(run, x, INLINE_STEP_MS)
         elif self.executor.step_estimate_ms(run, x) <= INLINE_STEP_MS and (

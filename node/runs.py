@@ -50,6 +50,9 @@ class JobRun:
     stalled: bool = False  # the next stage is unreachable: waiting for the coordinator to reroute
     replaying: bool = False  # sending sent_log to a new next stage: new messages wait their turn in it
     final_receipt: Receipt | None = None  # last stage: its own receipt for the output, once made
+    # last stage: the earlier stages' receipts and transcript CIDs, asked for as its final step
+    # began, with the route they were asked of
+    early_receipts: tuple[list[Stage], asyncio.Future[list[tuple[Receipt, str]]]] | None = None
     progress: asyncio.Event = field(default_factory=asyncio.Event)  # last stage: set on each new token
     ended: bool = False  # last stage: no token will follow (the output is made, or the job is over)
     # the CID of the transcript last named (and put on IPFS), by the (received, sent) counts it covers

@@ -83,9 +83,8 @@ class Settlement:
         # every earlier stage's receipt (each with its transcript's CID), this stage's transcript
         # and the output's computed part, all at once: they are independent
         began = time.perf_counter()
-        earlier = [self._collect_receipt(run, stage) for stage in range(len(run.stages) - 1)]
         collected, own, fields = await asyncio.gather(
-            asyncio.gather(*earlier),
+            self._receipts(run),
             self._publish_transcript(run),
             asyncio.to_thread(self.executor.output_fields, run, final),
         )
@@ -190,6 +189,28 @@ class Settlement:
         if key is None:
             raise PeerError(f"job {run.job_id} is private and its client never handed this node the job key")
         return key
+
+    def collect_early(self, run: JobRun) -> None:
+        """Last stage, as its final step begins: every earlier stage has sent all it will, so its
+        receipt is final; ask for them now, and they come while this stage computes."""
+        if run.early_receipts is None and len(run.stages) > 1:
+            earlier = [self._collect_receipt(run, stage) for stage in range(len(run.stages) - 1)]
+            asked = asyncio.ensure_future(asyncio.gather(*earlier))
+            asked.add_done_callback(lambda t: t.cancelled() or t.exception())
+            run.early_receipts = list(run.stages), asked
+
+    async def _receipts(self, run: JobRun) -> list[tuple[Receipt, str]]:
+        """The earlier stages' receipts with their transcripts' CIDs: those asked for early if they
+        chain up to what this stage received over the same route, else asked for now."""
+        if run.early_receipts is not None and run.early_receipts[0] == run.stages:
+            try:
+                early = await run.early_receipts[1]
+            except Exception:  # noqa: BLE001 - asked for again below, where a failure counts
+                early = []
+            hashes = [r.input_hash for r, _ in early[1:]] + [run.in_hash]
+            if early and all(r.output_hash == h for (r, _), h in zip(early, hashes, strict=True)):
+                return early
+        return list(await asyncio.gather(*(self._collect_receipt(run, s) for s in range(len(run.stages) - 1))))
 
     async def _collect_receipt(self, run: JobRun, stage: int) -> tuple[Receipt, str]:
         node = run.stages[stage].node

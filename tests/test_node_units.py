@@ -313,3 +313,43 @@ def test_a_span_loaded_after_its_assignment_moved_on_loads_the_current_one_when_
     assert executor.spans[1].span == Span(0, 2)
     assert confirmed == [Span(0, 2)]
     assert loads == [Span(2, 5), Span(0, 2)]
+
+
+def test_receipts_asked_for_early_are_used_only_if_they_chain_up_over_the_same_route():
+    """The last stage asks for the earlier stages' receipts as its final step begins. They are
+    used when each one's output hash is the next one's input hash, up to what this stage
+    received, over the route they were asked of; otherwise they are asked for again."""
+    import asyncio
+
+    from node.settlement import Settlement
+    from shardnet.protocol import Receipt
+
+    h = [bytes([i]) * 32 for i in range(4)]
+    route = [Stage(OTHER, 0, 2, 1), Stage(COORD, 2, 4, 1), Stage(ME, 4, 6, 1)]
+    fresh = [(Receipt(h[0], h[1], b"f0"), "Qm0"), (Receipt(h[1], h[2], b"f1"), "Qm1")]
+    asked: list[int] = []
+
+    async def collect(run: object, stage: int) -> tuple[Receipt, str]:
+        asked.append(stage)
+        return fresh[stage]
+
+    settlement = Settlement.__new__(Settlement)
+    settlement._collect_receipt = collect  # type: ignore[method-assign]
+
+    def receipts(early: list[tuple[Receipt, str]], asked_of: list[Stage], in_hash: bytes) -> list[tuple[Receipt, str]]:
+        async def go() -> list[tuple[Receipt, str]]:
+            future = asyncio.get_running_loop().create_future()
+            future.set_result(early)
+            run = SimpleNamespace(stages=route, in_hash=in_hash, early_receipts=(asked_of, future))
+            return await settlement._receipts(run)  # type: ignore[arg-type]
+
+        asked.clear()
+        return asyncio.run(go())
+
+    chained = [(Receipt(h[0], h[1], b"e0"), "Qe0"), (Receipt(h[1], h[2], b"e1"), "Qe1")]
+    assert receipts(chained, list(route), h[2]) == chained and asked == []
+    assert receipts(chained, list(route), h[3]) == fresh and asked == [0, 1]  # stage 1 sent more since
+    broken = [(Receipt(h[0], h[3], b"e0"), "Qe0"), chained[1]]
+    assert receipts(broken, list(route), h[2]) == fresh and asked == [0, 1]
+    rerouted = [route[0], Stage(OTHER, 2, 4, 1), route[2]]
+    assert receipts(chained, rerouted, h[2]) == fresh and asked == [0, 1]
