@@ -50,6 +50,10 @@ class Executor:
         self._decode_ms: dict[tuple[int, int], float] = {}  # per span and entry: last decode batch's time
         # per (span and entry, job): when its last decode step arrived, and the interval before it
         self._cadence: dict[tuple[tuple[int, int], int], tuple[float, float]] = {}
+        # per span (id of its LoadedSpan): passes over several tokens running in worker threads,
+        # and an event set when the last one ends
+        self._passes: dict[int, int] = {}
+        self._passes_ended: dict[int, asyncio.Event] = {}
 
     # ------------------------------------------------------------------ spans
     def load(self, model_id: int, manifest_cid: str, span: Span) -> LoadedSpan:
@@ -240,7 +244,10 @@ class Executor:
         started = time.perf_counter()
         entry = run.stages[run.stage].start
         extras, run.extras = run.extras, {}  # block 0's side inputs go with the first step only
-        out = loaded.model(x, attention_mask=mask, session=session, start=entry, extras=extras)
+        # a generation needs the logits of its last position only, at every step
+        out = loaded.model(
+            x, attention_mask=mask, session=session, start=entry, extras=extras, last_only=session is not None
+        )
         result: torch.Tensor = out
         if not measure:
             return result
@@ -257,6 +264,28 @@ class Executor:
         self.calls += 1
         return result
 
+    async def run_pass(self, run: JobRun, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """A pass over several tokens (a prefill, a forward) in a worker thread. The span's decode
+        steps wait for it to end rather than block the event loop on the span's lock: prefills go
+        first, so the generations they start join the decode batch from their first step, where
+        steps run in between would put the earlier jobs' tokens ahead and leave them to finish
+        alone at the end."""
+        span = id(run.loaded)
+        self._passes[span] = self._passes.get(span, 0) + 1
+        try:
+            return await asyncio.to_thread(self.run_span, run, x, mask)
+        finally:
+            self._passes[span] -= 1
+            if not self._passes[span]:
+                del self._passes[span]
+                ended = self._passes_ended.pop(span, None)
+                if ended is not None:
+                    ended.set()
+
+    async def _after_passes(self, span: int) -> None:
+        while span in self._passes:
+            await self._passes_ended.setdefault(span, asyncio.Event()).wait()
+
     # ------------------------------------------------------------------ batched decode
     @staticmethod
     def is_decode_step(run: JobRun, x: torch.Tensor, mask: torch.Tensor | None) -> bool:
@@ -272,7 +301,8 @@ class Executor:
         now = time.monotonic()
         last = self._cadence.get((key, run.job_id))
         self._cadence[(key, run.job_id)] = (now, now - last[0] if last else float("inf"))
-        if key not in self._draining and self._decoding(key) <= 1 and self._decode_ms.get(key, 0.0) <= inline_ms:
+        alone = key not in self._draining and self._decoding(key) <= 1 and key[0] not in self._passes
+        if alone and self._decode_ms.get(key, 0.0) <= inline_ms:
             return self.run_batch([(run, x)])[0]  # alone on this span: no batching machinery at all
         future: asyncio.Future[torch.Tensor] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(key, []).append((run, x, future))
@@ -302,6 +332,7 @@ class Executor:
                         await asyncio.wait_for(arrived.wait(), deadline - loop.time())
                     except TimeoutError:
                         break
+                await self._after_passes(key[0])  # (the steps that arrive meanwhile join this batch)
                 # in job order, not arrival order: the same jobs stepping again then find their
                 # padded cache in place (shardnet.model.span), where a new order re-pads every row
                 batch = sorted(self._waiting.pop(key), key=lambda waiting: waiting[0].job_id)
@@ -351,6 +382,9 @@ class Executor:
             self.batched_steps += len(batch)
         self._decode_ms[key] = (time.perf_counter() - started) * 1000
         self.decode_ms_total += self._decode_ms[key]
+        import logging as _l
+
+        _l.getLogger("shardnet.node").info("BATCH %d %.2f %.3f", len(batch), self._decode_ms[key], time.time())
         return outs
 
     def next_token(self, run: JobRun, logits: torch.Tensor) -> tuple[int, bool]:

@@ -176,7 +176,7 @@ class StagePipeline:
             # here: in a thread, it lets the other jobs' decode steps go on meanwhile)
             out = self.executor.run_span(run, x, mask)
         else:
-            out = await asyncio.to_thread(self.executor.run_span, run, x, mask)
+            out = await self.executor.run_pass(run, x, mask)
         self.metrics.stage_seconds.labels(run.params.kind).observe(time.perf_counter() - started)
         if self.settings.misbehave:
             out = corrupt_activation(self.settings.misbehave, x, out)

@@ -217,3 +217,17 @@ def test_a_batch_cache_is_let_go_when_one_of_its_generations_ends():
     assert [len(group.sessions) for group in span._groups.values()] == [2]
     span.release(sessions[0])
     assert not span._groups
+
+
+@pytest.mark.parametrize("name", DECODERS)
+def test_last_only_computes_the_last_positions_logits_alone(name):
+    """A generation's prefill at the last span needs the logits of the last position only:
+    `last_only` gives those (the whole vocabulary projection of every prompt position is
+    skipped), and earlier spans are unaffected."""
+    cfg, _, spans = _spans(name, seed=3)
+    x = torch.randint(0, cfg.vocab_size, (1, 9))
+    full, last = x, x
+    for span in spans:
+        full, last = span(full), span(last, last_only=True)
+    assert full.shape == (1, 9, cfg.vocab_size) and last.shape == (1, 1, cfg.vocab_size)
+    assert (last[0, -1] - full[0, -1]).abs().max().item() <= TOL

@@ -353,3 +353,42 @@ def test_receipts_asked_for_early_are_used_only_if_they_chain_up_over_the_same_r
     assert receipts(broken, list(route), h[2]) == fresh and asked == [0, 1]
     rerouted = [route[0], Stage(OTHER, 2, 4, 1), route[2]]
     assert receipts(chained, rerouted, h[2]) == fresh and asked == [0, 1]
+
+
+def test_a_spans_decode_steps_wait_for_its_prefills_in_worker_threads():
+    """Prefills go first: a decode step on a span where a prefill runs in a worker thread waits
+    for it to end (instead of blocking the event loop on the span's lock), and runs after."""
+    import asyncio
+    import time
+
+    from node.executor import Executor
+
+    executor = Executor(SimpleNamespace(), 1.0)  # type: ignore[arg-type]
+    loaded = SimpleNamespace()
+    events: list[str] = []
+
+    def run_span(run: object, x: object, mask: object, measure: bool = True) -> str:
+        events.append("prefill starts")
+        time.sleep(0.3)
+        events.append("prefill ends")
+        return "hidden"
+
+    def run_batch(batch: list[tuple[object, object]]) -> list[str]:
+        events.append(f"decode of {len(batch)}")
+        return ["token"] * len(batch)
+
+    executor.run_span = run_span  # type: ignore[method-assign]
+    executor.run_batch = run_batch  # type: ignore[method-assign]
+
+    def run(job_id: int) -> SimpleNamespace:
+        return SimpleNamespace(job_id=job_id, loaded=loaded, stage=0, stages=[Stage(ME, 0, 2, 1)])
+
+    async def scenario() -> list[object]:
+        prefill = asyncio.ensure_future(executor.run_pass(run(2), None, None))  # type: ignore[arg-type]
+        await asyncio.sleep(0.05)  # the prefill is in its thread
+        step = executor.decode(run(1), None, 250.0)  # type: ignore[arg-type]
+        return list(await asyncio.gather(prefill, step))
+
+    assert asyncio.run(scenario()) == ["hidden", "token"]
+    assert events == ["prefill starts", "prefill ends", "decode of 1"]
+    assert not executor._passes

@@ -143,7 +143,9 @@ class SpanModel(nn.Module):
         self.model = model
         self._cache_kw = cache_argument(model)
         self._groups: dict[tuple[int, ...], BatchGroup] = {}
-        self._takes_positions = "position_ids" in inspect.signature(type(model).forward).parameters
+        parameters = inspect.signature(type(model).forward).parameters
+        self._takes_positions = "position_ids" in parameters
+        self._keeps_logits = "logits_to_keep" in parameters  # a causal LM that can skip logits
         self._plan = _Plan(0, 0, None, None, None)
         self._lock = threading.Lock()
         self.eval()
@@ -256,19 +258,23 @@ class SpanModel(nn.Module):
         session: Session | None = None,
         start: int | None = None,
         extras: dict[str, torch.Tensor] | None = None,
+        last_only: bool = False,
     ) -> torch.Tensor:
         """x: token ids [b, q] (pixels [b, c, h, w] for image models) at block 0, else hidden
         states [b, q, d]. attention_mask: [b, s] of 1/0 over the whole sequence so far.
         session: a generation's state (its cache); None for a single pass. start: run blocks
         [start, span end) only (a route entering this span part-way); a job keeps one entry for
-        all its steps. extras: further inputs of block 0 (token_type_ids). Returns hidden states
+        all its steps. extras: further inputs of block 0 (token_type_ids). last_only: a causal
+        LM's last span computes the logits of the last position only (a generation needs no
+        others, and the vocabulary projection of every prompt position is much of a small
+        model's last span). Returns hidden states
         [b, q, d], or at the last span logits [b, q, vocab] (causal LMs), [b, labels] (image
         classifiers), a normalised mean-pooled embedding [b, d] (encoders)."""
         start = self.span.start if start is None else start
         if not self.span.start <= start < self.span.end:
             raise ModelError(f"entry block {start} is outside span [{self.span.start}, {self.span.end})")
         with self._lock:  # the gates' plan is shared by the span's jobs: one forward at a time
-            return self._forward(x, attention_mask, session, start, extras or {})
+            return self._forward(x, attention_mask, session, start, extras or {}, last_only)
 
     def _inputs(self, x: torch.Tensor, start: int, extras: dict[str, torch.Tensor]) -> dict[str, Any]:
         """Set the gates' plan for a pass entering at block `start` and return the model inputs:
@@ -311,9 +317,12 @@ class SpanModel(nn.Module):
         session: Session | None,
         start: int,
         extras: dict[str, torch.Tensor],
+        last_only: bool = False,
     ) -> torch.Tensor:
         layout = self.layout
         inputs = self._inputs(x, start, extras)
+        if last_only and self._keeps_logits and self.has_final:
+            inputs["logits_to_keep"] = 1
         if attention_mask is not None and layout.kind != "image_classifier":
             inputs["attention_mask"] = attention_mask
         q = inputs["input_ids"].shape[1] if "input_ids" in inputs else 0
