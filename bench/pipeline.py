@@ -55,7 +55,7 @@ ANCHOR_PROMPT, ANCHOR_NEW_TOKENS = 128, 64
 FORWARD_TOKENS = 128
 PROMPT_TOKENS = 16
 NEW_TOKENS = 32
-RUNS = 5
+RUNS = 9  # runs per figure (after a warm-up): the median of 9 holds against the odd slow run
 BATCHED_RUNS = 3  # the 8 concurrent generations, measured this many times (the median counts)
 MAX_FEE = 10**16
 
