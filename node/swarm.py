@@ -81,17 +81,20 @@ class Swarm:
         for (node, endpoint), group in zip(stale.items(), found, strict=True):
             self._advertisers[node] = endpoint, {p for a in group if (p := peer_of(a))}
         addrs = list(dict.fromkeys(self.static_peers + [a for group in found for a in group]))
-        for addr in addrs:
-            peer = peer_of(addr)
-            if peer is None or peer == own["peer_id"] or peer in connected:
-                continue
-            try:
-                await asyncio.to_thread(self.ipfs.connect, addr)
-                connected.add(peer)
-                log.info("IPFS: connected to %s", addr)
-            except Exception as exc:  # noqa: BLE001 - an unreachable peer is tried again later
-                log.debug("IPFS: could not connect to %s: %s", addr, exc)
+        wanted = [a for a in addrs if (p := peer_of(a)) is not None and p != own["peer_id"] and p not in connected]
+        # all at once: an address that does not answer costs its timeout once, not once per
+        # address after it (the node is not ready to serve until it has joined)
+        await asyncio.gather(*(self._connect(addr, connected) for addr in wanted))
         return len(connected)
+
+    async def _connect(self, addr: str, connected: set[str]) -> None:
+        try:
+            await asyncio.to_thread(self.ipfs.connect, addr)
+        except Exception as exc:  # noqa: BLE001 - an unreachable peer is tried again later
+            log.debug("IPFS: could not connect to %s: %s", addr, exc)
+            return
+        connected.add(str(peer_of(addr)))
+        log.info("IPFS: connected to %s", addr)
 
     def _joined(self, node: str, endpoint: str, connected: set[str]) -> bool:
         """Whether every daemon `node` advertised at `endpoint` is connected already."""

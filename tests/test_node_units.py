@@ -392,3 +392,25 @@ def test_a_spans_decode_steps_wait_for_its_prefills_in_worker_threads():
     assert asyncio.run(scenario()) == ["hidden", "token"]
     assert events == ["prefill starts", "prefill ends", "decode of 1"]
     assert not executor._passes
+
+
+def test_joining_the_swarm_dials_every_peer_at_once():
+    """A node is ready only once it has joined the swarm: peers that do not answer cost their
+    dial timeout once in all, not once each (a restarted node was otherwise long unready)."""
+    import asyncio
+    import time
+
+    from node.swarm import Swarm
+
+    def connect(addr: str) -> None:
+        time.sleep(0.4)  # a dial timing out
+        if "dead" in addr:
+            raise OSError("no answer")
+
+    ipfs = SimpleNamespace(peer_id=lambda: "Self", swarm_addrs=lambda: ["/ip4/127.0.0.1/tcp/1/p2p/Self"])
+    ipfs.peers, ipfs.connect = lambda: [], connect
+    peers = [f"/ip4/10.0.0.{i}/tcp/4001/p2p/{'dead' if i % 2 else 'Live'}{i}" for i in range(4)]
+    swarm = Swarm(ipfs, ME, Ledger(), peers)  # type: ignore[arg-type]
+    started = time.monotonic()
+    assert asyncio.run(swarm.join()) == 2  # the two that answered
+    assert time.monotonic() - started < 1.2
