@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 from fastapi.testclient import TestClient
 
@@ -234,10 +236,9 @@ def test_spans_moved_twice_stay_loaded_while_jobs_routed_through_them_are_open()
     assert 1 not in executor.retired and 1 not in executor.spans
 
 
-def test_a_span_whose_assignment_moved_on_while_it_loaded_is_not_served():
-    """Two assignments in quick succession start two loads; the newer one ends first. The older
-    one, ending last, must neither replace the span the chain assigns now nor be confirmed."""
-    import asyncio
+def _span_manager(delay_s: Callable[[Span], float]) -> tuple[Ledger, Any, Any, list[Span], list[Span]]:
+    """A SpanManager over model 1 whose loads take `delay_s(span)`: (ledger, executor, manager,
+    spans loaded, spans confirmed), in the order they were."""
     import time
 
     from node.executor import Executor
@@ -249,19 +250,30 @@ def test_a_span_whose_assignment_moved_on_while_it_loaded_is_not_served():
     registered |= {"pricePerBlock": 1, "blocksRoot": b"\0" * 32}
     ledger.apply(Event("ModelRegistered", registered, "0x" + "00" * 20, next(_block), "0x" + "00" * 32, 0))
     executor = Executor(SimpleNamespace(), 1.0)  # type: ignore[arg-type]
+    loads: list[Span] = []
+    confirmed: list[Span] = []
 
     def load(model_id: int, cid: str, span: Span) -> LoadedSpan:
-        time.sleep(0.3 if span == Span(2, 5) else 0.05)  # the older assignment's blocks come last
+        loads.append(span)
+        time.sleep(delay_s(span))
         return LoadedSpan(model_id, SimpleNamespace(), span, SimpleNamespace())  # type: ignore[arg-type]
-
-    executor.load = load  # type: ignore[method-assign]
-    executor.pin = lambda model_id: 0  # type: ignore[method-assign]
-    confirmed: list[Span] = []
 
     async def confirm_shard(model_id: int) -> None:
         confirmed.append(ledger.assignments[model_id][ME].span)
 
+    executor.load = load  # type: ignore[method-assign]
+    executor.pin = lambda model_id: 0  # type: ignore[method-assign]
     spans = SpanManager(ME, ledger, executor, SimpleNamespace(confirm_shard=confirm_shard))  # type: ignore[arg-type]
+    return ledger, executor, spans, loads, confirmed
+
+
+def test_a_span_whose_assignment_moved_on_while_it_loaded_is_not_served():
+    """Two assignments in quick succession start two loads; the newer one ends first. The older
+    one, ending last, must neither replace the span the chain assigns now nor be confirmed."""
+    import asyncio
+
+    # the older assignment's blocks come last
+    ledger, executor, spans, _, confirmed = _span_manager(lambda span: 0.3 if span == Span(2, 5) else 0.05)
 
     async def scenario() -> None:
         ledger.apply(event("ShardAssigned", modelId=1, node=ME, coordinator=COORD, start=2, end=5))
@@ -279,29 +291,7 @@ def test_a_span_loaded_after_its_assignment_moved_on_loads_the_current_one_when_
     on before a restart, say): the span the chain assigns now is loaded, served and confirmed."""
     import asyncio
 
-    from node.executor import Executor
-    from node.runs import LoadedSpan
-    from node.spans import SpanManager
-
-    ledger = Ledger()
-    registered = {"modelId": 1, "owner": OTHER, "name": "m", "manifestCid": "Qm", "blockCount": 8}
-    registered |= {"pricePerBlock": 1, "blocksRoot": b"\0" * 32}
-    ledger.apply(Event("ModelRegistered", registered, "0x" + "00" * 20, next(_block), "0x" + "00" * 32, 0))
-    executor = Executor(SimpleNamespace(), 1.0)  # type: ignore[arg-type]
-    loads: list[Span] = []
-
-    def load(model_id: int, cid: str, span: Span) -> LoadedSpan:
-        loads.append(span)
-        return LoadedSpan(model_id, SimpleNamespace(), span, SimpleNamespace())  # type: ignore[arg-type]
-
-    executor.load = load  # type: ignore[method-assign]
-    executor.pin = lambda model_id: 0  # type: ignore[method-assign]
-    confirmed: list[Span] = []
-
-    async def confirm_shard(model_id: int) -> None:
-        confirmed.append(ledger.assignments[model_id][ME].span)
-
-    spans = SpanManager(ME, ledger, executor, SimpleNamespace(confirm_shard=confirm_shard))  # type: ignore[arg-type]
+    ledger, executor, spans, loads, confirmed = _span_manager(lambda span: 0.0)
 
     async def scenario() -> None:
         ledger.apply(event("ShardAssigned", modelId=1, node=ME, coordinator=COORD, start=2, end=5))
