@@ -382,9 +382,6 @@ class Executor:
             self.batched_steps += len(batch)
         self._decode_ms[key] = (time.perf_counter() - started) * 1000
         self.decode_ms_total += self._decode_ms[key]
-        import logging as _l
-
-        _l.getLogger("shardnet.node").info("BATCH %d %.2f %.3f", len(batch), self._decode_ms[key], time.time())
         return outs
 
     def next_token(self, run: JobRun, logits: torch.Tensor) -> tuple[int, bool]:

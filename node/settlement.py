@@ -194,8 +194,7 @@ class Settlement:
         """Last stage, as its final step begins: every earlier stage has sent all it will, so its
         receipt is final; ask for them now, and they come while this stage computes."""
         if run.early_receipts is None and len(run.stages) > 1:
-            earlier = [self._collect_receipt(run, stage) for stage in range(len(run.stages) - 1)]
-            asked = asyncio.ensure_future(asyncio.gather(*earlier))
+            asked = asyncio.ensure_future(self._ask_receipts(run))
             asked.add_done_callback(lambda t: t.cancelled() or t.exception())
             run.early_receipts = list(run.stages), asked
 
@@ -210,6 +209,9 @@ class Settlement:
             hashes = [r.input_hash for r, _ in early[1:]] + [run.in_hash]
             if early and all(r.output_hash == h for (r, _), h in zip(early, hashes, strict=True)):
                 return early
+        return await self._ask_receipts(run)
+
+    async def _ask_receipts(self, run: JobRun) -> list[tuple[Receipt, str]]:
         return list(await asyncio.gather(*(self._collect_receipt(run, s) for s in range(len(run.stages) - 1))))
 
     async def _collect_receipt(self, run: JobRun, stage: int) -> tuple[Receipt, str]:
