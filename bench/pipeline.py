@@ -24,6 +24,12 @@ emitted. Prints `name: value` lines:
   a 128-token prompt, fp32) posted and routed at once: their aggregate tokens/s (every token
   over the time from the first stage 0 start to the last output) over one generation's alone.
   The nodes batch the decode steps that wait on the same span. The median of 3 runs. Target >= 3.
+- generation_tokps_ratio_process_floor (and _llama512_process_floor): the same generations with
+  the same spans in plain processes of their own (one torch thread each), passing activations
+  and tokens round by OS pipes: no network, encryption, chain or node, only the cost of cutting
+  the model across processes on this machine (each stage's caches are cold when its turn comes).
+  No target: it says how much of the gap to in-process is the machine's, and shardnet's figures
+  sit above it.
 - event_to_pickup_ms_p50: JobRouted mined to stage 0 acting on it. Target <= 50.
 - chain_overhead_ms_per_job: client-observed job time minus its data-plane time (post,
   routing, IPFS input/output, receipts, result transaction, client polling).
@@ -31,10 +37,12 @@ emitted. Prints `name: value` lines:
 
 from __future__ import annotations
 
+import multiprocessing
 import statistics
 import tempfile
 import time
 from dataclasses import replace
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
 import torch
@@ -48,6 +56,7 @@ from shardnet.model.manifest import fetch_manifest
 from shardnet.model.shards import fetch_span
 from shardnet.model.span import SpanModel, split_even
 from shardnet.protocol import Span, Stage
+from shardnet.storage import IpfsClient
 
 MODEL = "gpt2-small"
 ANCHOR = "llama-512"  # the Petals comparison's model, on two nodes, fp32, 128-token prompt, 64 new tokens
@@ -101,6 +110,79 @@ def concurrent(net, client, model_id, stages, vocab, prompt_tokens, new_tokens, 
     return tokens / (max(ends) - min(starts))
 
 
+def _floor_stage(
+    ipfs_api: str,
+    manifest_cid: str,
+    span: Span,
+    inbox: list[Connection],
+    outbox: Connection,
+    ready: Connection,
+    last: bool,
+    new_tokens: int,
+) -> None:
+    """One stage of the process floor: a span in a plain process, fed by pipes. Stage 0 waits on
+    the bench's pipe (a prompt) and the last stage's (a token); the last stage picks each token,
+    sends it round to stage 0, and the generation's tokens to the bench at the end."""
+    torch.set_num_threads(1)
+    ipfs = IpfsClient(ipfs_api)
+    manifest = fetch_manifest(ipfs, manifest_cid)
+    model = SpanModel(manifest.new_config(), span, fetch_span(ipfs, manifest, span))
+    ready.send(True)
+    session, tokens = model.new_session(), []
+    while True:
+        for conn in wait(inbox):
+            kind, x = conn.recv()
+            if kind == "stop":
+                return
+            if kind == "prompt":
+                session, tokens = model.new_session(), []
+            out = model(torch.from_numpy(x), session=session, last_only=last)
+            if not last:
+                outbox.send((kind, out.numpy()))
+                continue
+            tokens.append(int(out[0, -1].argmax()))
+            if len(tokens) < new_tokens:
+                outbox.send(("token", torch.tensor([[tokens[-1]]]).numpy()))
+            else:
+                ready.send(tokens)
+
+
+class ProcessFloor:
+    """The model's spans in plain processes joined by pipes, for generations run side by side
+    with the nodes' and the in-process ones."""
+
+    def __init__(self, net, manifest_cid, spans, new_tokens):
+        context = multiprocessing.get_context("spawn")
+        n = len(spans)
+        links = [context.Pipe(duplex=False) for _ in range(n)]  # links[k]: into stage k (0: from the last)
+        feed_out, self.feed = context.Pipe(duplex=False)  # the bench -> stage 0
+        reports = [context.Pipe(duplex=False) for _ in range(n)]
+        self.stops = [self.feed] + [links[k][1] for k in range(1, n)]
+        self.stages = []
+        for k, span in enumerate(spans):
+            inbox = [links[k][0]] + ([feed_out] if k == 0 else [])
+            outbox = links[(k + 1) % n][1]
+            args = (net.deployment.ipfs_api, manifest_cid, span, inbox, outbox, reports[k][1], k == n - 1, new_tokens)
+            self.stages.append(context.Process(target=_floor_stage, args=args, daemon=True))
+            self.stages[-1].start()
+        for receive, _ in reports:
+            receive.recv()  # loaded
+        self.result = reports[-1][0]
+
+    def generate(self, prompt):
+        """-> (ms, tokens) of one generation after `prompt`."""
+        started = time.perf_counter()
+        self.feed.send(("prompt", prompt.numpy()))
+        tokens = self.result.recv()
+        return (time.perf_counter() - started) * 1000, tokens
+
+    def close(self):
+        for conn in self.stops:
+            conn.send(("stop", None))
+        for stage in self.stages:
+            stage.join(timeout=30)
+
+
 def measure(net, client, source, quant, wire, node_count, forward_tokens, prompt_tokens, new_tokens, batched=False):
     """One model on `node_count` nodes, spans split evenly, against the same model in this
     process; returns the figures (ms lists and counts), checking fp32 runs give identical tokens."""
@@ -118,7 +200,16 @@ def measure(net, client, source, quant, wire, node_count, forward_tokens, prompt
     torch.set_num_threads(1)
     whole = SpanModel(manifest.new_config(), Span(0, blocks), fetch_span(net.ipfs, manifest, Span(0, blocks)))
     vocab = manifest.config.vocab_size
-    f = {"fwd_local": [], "fwd_dist": [], "pickups": [], "overheads": [], "gen_local": [], "gen_dist": [], "hops": []}
+    f = {
+        "fwd_local": [],
+        "fwd_dist": [],
+        "pickups": [],
+        "overheads": [],
+        "gen_local": [],
+        "gen_dist": [],
+        "hops": [],
+        "gen_floor": [],
+    }
     f["params_m"] = sum(p.numel() for p in whole.parameters()) / 1e6
     f["spans"] = [(s.start, s.end) for s in spans]
     for i in range(RUNS + 1):
@@ -133,8 +224,12 @@ def measure(net, client, source, quant, wire, node_count, forward_tokens, prompt
             f["fwd_dist"].append(dp)
             f["pickups"].append(pickup)
             f["overheads"].append(total - dp)
-    for i in range(RUNS + 1):
-        prompt = torch.randint(0, vocab, (1, prompt_tokens), generator=torch.Generator().manual_seed(100 + i))
+    prompts = [
+        torch.randint(0, vocab, (1, prompt_tokens), generator=torch.Generator().manual_seed(100 + i))
+        for i in range(RUNS + 1)
+    ]
+    floor = ProcessFloor(net, manifest_cid, spans, new_tokens)
+    for i, prompt in enumerate(prompts):
         t = time.perf_counter()
         session, x, local_tokens = whole.new_session(), prompt, []
         for _ in range(new_tokens):
@@ -146,12 +241,16 @@ def measure(net, client, source, quant, wire, node_count, forward_tokens, prompt
         assert len(result.output["tokens"]) == new_tokens
         if wire == "fp32":
             assert result.output["tokens"] == local_tokens, "fp32 across nodes must give the in-process tokens"
+        floor_ms, floor_tokens = floor.generate(prompt)
+        assert floor_tokens == local_tokens, "the process floor must give the in-process tokens"
         if i:
+            f["gen_floor"].append(floor_ms)
             f["gen_local"].append(local_ms)
             f["gen_dist"].append(dp)
             f["hops"].append((dp - local_ms) / (node_count * new_tokens - 1))
             f["pickups"].append(pickup)
             f["overheads"].append(total - dp)
+    floor.close()
     if batched:
         alone = new_tokens / (statistics.median(f["gen_dist"]) / 1000)
         aggregate = [
@@ -186,6 +285,7 @@ def main() -> None:
     print(f"generation_tokps_in_process: {NEW_TOKENS / (med(gpt2['gen_local']) / 1000):.1f}")
     print(f"generation_tokps_3_stages: {NEW_TOKENS / (med(gpt2['gen_dist']) / 1000):.1f}")
     print(f"generation_tokps_ratio: {med(gpt2['gen_local']) / med(gpt2['gen_dist']):.3f}")
+    print(f"generation_tokps_ratio_process_floor: {med(gpt2['gen_local']) / med(gpt2['gen_floor']):.3f}")
     print(f"model: {ANCHOR} ({llama['params_m']:.0f}M parameters, fp32 shards and wire, spans {llama['spans']})")
     print(f"forward_ms_in_process_llama512: {med(llama['fwd_local']):.1f}")
     print(f"forward_ms_2_stages_llama512: {med(llama['fwd_dist']):.1f}")
@@ -193,6 +293,7 @@ def main() -> None:
     print(f"generation_tokps_in_process_llama512: {ANCHOR_NEW_TOKENS / (med(llama['gen_local']) / 1000):.1f}")
     print(f"generation_tokps_2_stages_llama512: {ANCHOR_NEW_TOKENS / (med(llama['gen_dist']) / 1000):.1f}")
     print(f"generation_tokps_ratio_llama512: {med(llama['gen_local']) / med(llama['gen_dist']):.3f}")
+    print(f"generation_tokps_ratio_llama512_process_floor: {med(llama['gen_local']) / med(llama['gen_floor']):.3f}")
     print(f"batched_tokps_ratio_8_jobs: {llama['batched_ratio']:.2f}")
     print(f"hop_overhead_ms_p50: {med(gpt2['hops'] + llama['hops']):.2f}")
     print(f"event_to_pickup_ms_p50: {med(gpt2['pickups'] + llama['pickups']):.1f}")

@@ -330,8 +330,9 @@ class LinkServer:
         return noise, claimed, bytes(noise.write_message(b""))
 
     async def frame(self, noise: NoiseConnection, sender: str, data: bytes) -> bytes | None:
-        """Handle one sealed frame: the sealed ack to send back, or None if the link must close
-        (a frame that does not decrypt leaves the session's nonces out of step)."""
+        """Handle one sealed frame: the ack to send back (to `seal` on this session: the caller
+        does, once the stage the frame woke has started), or None if the link must close (a frame
+        that does not decrypt leaves the session's nonces out of step)."""
         try:
             plaintext = unseal(noise, data)
         except ValueError as exc:  # no strike: a replayed or forged frame need not come from `sender`
@@ -359,5 +360,4 @@ class LinkServer:
             ok, error = await self.accept(job_id, stage, sender, body)
             if not ok:
                 self.refused("not-on-route")
-        reply = {"ack": frame_id, "ok": ok} | ({} if ok else {"error": error})
-        return seal(noise, pack(reply))
+        return pack({"ack": frame_id, "ok": ok} | ({} if ok else {"error": error}))

@@ -94,10 +94,11 @@ def create_app(agent: NodeAgent) -> FastAPI:
                 with contextlib.suppress(WebSocketDisconnect):
                     await ws.close(code=1008, reason="malformed frame")
                 return
-            # the stage the frame woke starts first: the ack is off the job's critical path
+            # the stage the frame woke starts first: the ack (its sealing too) is off the job's
+            # critical path
             await asyncio.sleep(0)
             try:
-                await ws.send_bytes(ack)
+                await ws.send_bytes(link.seal(noise, ack))
             except WebSocketDisconnect:
                 return
 
