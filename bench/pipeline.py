@@ -16,7 +16,9 @@ emitted. Prints `name: value` lines:
 - hop_overhead_ms_p50: what one hop between stages costs beyond compute, from the generations:
   (data-plane time - in-process time) / hops, where a 32-token generation over three stages
   makes 3 x 32 - 1 hops (prompt 0->1->2, then each token 2->0->1->2 but the last). An upper
-  bound: it also counts each stage's own per-step work outside the model. Target <= 1.0.
+  bound: it also counts each stage's own per-step work outside the model, and what the span's
+  compute itself loses in a process of its own (its caches are cold when its turn comes: the
+  process floor below shows that part). Target <= 1.0.
 - forward_latency_ratio_llama512 (target <= 1.3) and generation_tokps_ratio_llama512 (>= 0.8):
   the same two figures for `llama-512` on two nodes, a 128-token forward and a 64-token
   generation after a 128-token prompt.
