@@ -227,12 +227,9 @@ def measure(net, client, source, quant, wire, node_count, forward_tokens, prompt
             f["fwd_dist"].append(dp)
             f["pickups"].append(pickup)
             f["overheads"].append(total - dp)
-    prompts = [
-        torch.randint(0, vocab, (1, prompt_tokens), generator=torch.Generator().manual_seed(100 + i))
-        for i in range(RUNS + 1)
-    ]
     floor = ProcessFloor(net, manifest_cid, spans, new_tokens)
-    for i, prompt in enumerate(prompts):
+    for i in range(RUNS + 1):
+        prompt = torch.randint(0, vocab, (1, prompt_tokens), generator=torch.Generator().manual_seed(100 + i))
         t = time.perf_counter()
         session, x, local_tokens = whole.new_session(), prompt, []
         for _ in range(new_tokens):
