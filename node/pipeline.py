@@ -37,10 +37,12 @@ from shardnet.storage import IpfsClient
 # Steps expected to take at most this long run on the event loop itself (a pass over many
 # tokens only while no other job is running here). Handing a step to a worker thread and back
 # costs milliseconds of GIL handoff per hop (Python's switch interval is 5 ms), and a pass
-# computed in a thread runs ~5% slower than on the loop (the two threads trade the GIL between
-# torch's ops); longer steps still go to a thread, so the data plane and health probes keep
-# answering (a link's ack waits at most this long).
-INLINE_STEP_MS = 250.0
+# computed in a thread runs slower than on the loop (the two threads trade the GIL between
+# torch's ops: GPT-2-small's last span over 128 tokens took 281-338 ms in a thread against
+# 266-274 ms on the loop). Longer steps still go to a thread, so the data plane and health
+# probes keep answering: a link's ack waits at most this long, well inside the coordinator's
+# 1 s health probe (a node is taken for down after two missed probes).
+INLINE_STEP_MS = 500.0
 # How long a message may wait for its job's JobRouted event (which arrives ~10 ms after the block).
 ROUTE_WAIT_S = 3.0
 PREFETCH_JOBS = 64  # posted jobs whose inputs a first-block node reads ahead of their routing
