@@ -231,3 +231,40 @@ def test_last_only_computes_the_last_positions_logits_alone(name):
         full, last = span(full), span(last, last_only=True)
     assert full.shape == (1, 9, cfg.vocab_size) and last.shape == (1, 1, cfg.vocab_size)
     assert (last[0, -1] - full[0, -1]).abs().max().item() <= TOL
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
+def test_the_lean_decode_step_is_bitwise_the_model_s_forward(name):
+    """GPT-2 and Llama decode steps of one token skip the model's forward (shardnet.model.fastpath):
+    over ten greedy steps through three spans, and through spans [0, 3) then [1, n) entered at
+    block 3, every output is bitwise what the model's own forward gives, and the lean step is
+    the one that ran."""
+    cfg = PRESETS[name]()
+    model = build_model(cfg, 3)
+    n = num_blocks(cfg)
+    blocks = {b: block_state(model, cfg, b) for b in range(n)}
+    ran = []
+
+    def routes(lean):
+        spans = [SpanModel(cfg, s, blocks) for s in split_even(n, 3)]
+        first, second = SpanModel(cfg, Span(0, 3), blocks), SpanModel(cfg, Span(1, n), blocks)
+        for span in [*spans, first, second]:
+            step = span._fast
+            assert step is not None, f"{name} has a lean decode step"
+            span._fast = (lambda *args, _step=step: ran.append(1) or _step(*args)) if lean else None
+        return [[(s, s.span.start) for s in spans], [(first, 0), (second, 3)]]
+
+    prompt = torch.randint(0, cfg.vocab_size, (1, 5), generator=torch.Generator().manual_seed(0))
+    outs: dict[bool, list[torch.Tensor]] = {}
+    for lean in (True, False):
+        outs[lean] = []
+        for route in routes(lean):
+            sessions = [span.new_session() for span, _ in route]
+            x = prompt
+            for _ in range(10):
+                for (span, start), session in zip(route, sessions, strict=True):
+                    x = span(x, session=session, start=start)
+                    outs[lean].append(x)
+                x = x[:, -1:].argmax(-1)
+    assert len(ran) == 9 * (3 + 2)  # every step but the prompt's, at every stage of both routes
+    assert all(torch.equal(a, b) for a, b in zip(outs[True], outs[False], strict=True))

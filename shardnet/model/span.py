@@ -30,6 +30,7 @@ from torch.utils._pytree import tree_map
 from transformers import PretrainedConfig
 
 from shardnet.errors import BlockLoadError, ModelError
+from shardnet.model import fastpath
 from shardnet.model.cache import MAX_GROUPS, BatchGroup, GrowingLayer, Session, SpanCache, layer_of, left_pad
 from shardnet.model.layout import Layout, cache_argument, layout_for, probe_inputs, skeleton
 from shardnet.model.pooling import mean_pool, pool
@@ -152,6 +153,7 @@ class SpanModel(nn.Module):
         self._keeps_logits = "logits_to_keep" in parameters  # a causal LM that can skip logits
         self._plan = _Plan(0, 0, None, None, None)
         self._lock = threading.Lock()
+        self._fast = fastpath.fast_step(model, config)  # one-token decode steps, for some families
         self.eval()
 
     # ------------------------------------------------------------------ weights
@@ -323,6 +325,10 @@ class SpanModel(nn.Module):
         extras: dict[str, torch.Tensor],
         last_only: bool = False,
     ) -> torch.Tensor:
+        if self._fast is not None and attention_mask is None and not extras and fastpath.eligible(x, session, start):
+            assert session is not None
+            first, last = self.layers_from(start)
+            return self._fast(x, session, first, last, start == 0, self.has_final)
         layout = self.layout
         inputs = self._inputs(x, start, extras)
         if last_only and self._keeps_logits and self.has_final:
