@@ -268,3 +268,37 @@ def test_the_lean_decode_step_is_bitwise_the_model_s_forward(name):
                 x = x[:, -1:].argmax(-1)
     assert len(ran) == 9 * (3 + 2)  # every step but the prompt's, at every stage of both routes
     assert all(torch.equal(a, b) for a, b in zip(outs[True], outs[False], strict=True))
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
+def test_a_lean_decode_batch_is_bitwise_the_model_s_forward(name):
+    """Three generations of different prompt lengths step together through two spans
+    (`forward_batch`: left-padded caches, a mask over the padding, a position per row): the
+    lean batch gives bitwise the model's own batched forward, and is the one that ran."""
+    cfg = PRESETS[name]()
+    model = build_model(cfg, 4)
+    n = num_blocks(cfg)
+    blocks = {b: block_state(model, cfg, b) for b in range(n)}
+    ran = []
+    outs: dict[bool, list[torch.Tensor]] = {}
+    for lean in (True, False):
+        spans = [SpanModel(cfg, s, blocks) for s in split_even(n, 2)]
+        for span in spans:
+            step = span._fast
+            span._fast = (lambda *args, _step=step: ran.append(args[0].shape[0]) or _step(*args)) if lean else None
+        sessions = [[span.new_session() for span in spans] for _ in range(3)]
+        xs = []
+        for i, length in enumerate([5, 9, 7]):
+            x = torch.randint(0, cfg.vocab_size, (1, length), generator=torch.Generator().manual_seed(i))
+            for span, session in zip(spans, sessions[i], strict=True):
+                x = span(x, session=session)
+            xs.append(x[:, -1:].argmax(-1))
+        outs[lean] = []
+        for _ in range(6):
+            h = xs
+            for k, span in enumerate(spans):
+                h = span.forward_batch(h, [s[k] for s in sessions])
+                outs[lean].extend(h)
+            xs = [o[:, -1:].argmax(-1) for o in h]
+    assert ran == [3] * 6 * 2  # every step a batch of three, at both spans
+    assert all(torch.equal(a, b) for a, b in zip(outs[True], outs[False], strict=True))

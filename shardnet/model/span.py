@@ -326,9 +326,14 @@ class SpanModel(nn.Module):
         last_only: bool = False,
     ) -> torch.Tensor:
         if self._fast is not None and attention_mask is None and not extras and fastpath.eligible(x, session, start):
-            assert session is not None
+            assert session is not None and session.cache is not None
             first, last = self.layers_from(start)
-            return self._fast(x, session, first, last, start == 0, self.has_final)
+            out = self._fast(
+                x, session.cache, torch.tensor([[session.seen]]), None, first, last, start == 0, self.has_final
+            )
+            session.seen += 1
+            session.cache.seen = session.seen
+            return out
         layout = self.layout
         inputs = self._inputs(x, start, extras)
         if last_only and self._keeps_logits and self.has_final:
@@ -411,16 +416,18 @@ class SpanModel(nn.Module):
                 mask[i, longest - n :] = 1
         mask = torch.cat([mask, torch.ones(len(xs), 1, dtype=torch.long)], dim=1)
         combined.seen = mask.shape[1] - 1
-        inputs = self._inputs(torch.cat(xs), start, {})
-        inputs.update(
-            {
-                "attention_mask": mask,
-                "position_ids": torch.tensor(lengths).unsqueeze(1),
-                self._cache_kw: combined,
-                "use_cache": True,
-            }
-        )
-        out = self._run(inputs, mask)
+        positions = torch.tensor(lengths).unsqueeze(1)
+        if self._fast is not None:
+            first, last = self.layers_from(start)
+            out = self._fast(
+                torch.cat(xs), combined, positions, fastpath.batch_mask(mask), first, last, start == 0, self.has_final
+            )
+        else:
+            inputs = self._inputs(torch.cat(xs), start, {})
+            inputs.update(
+                {"attention_mask": mask, "position_ids": positions, self._cache_kw: combined, "use_cache": True}
+            )
+            out = self._run(inputs, mask)
         for i, (session, cache) in enumerate(zip(sessions, caches, strict=True)):
             keep = lengths[i] + 1  # each job's own rows, without the padding (views: no copy)
             for j in active:
