@@ -8,9 +8,10 @@ whose turn comes once per token. For these two families, a step of one token by 
 same functions the model's layers call (layer norms, rotary embedding, the model's attention
 function, activation modules), in the same order, so its results are bitwise those of the
 model's forward: a middle GPT-2-small span's step takes ~11% less time (10.1 -> 9.0 ms back to
-back, 11.0 -> 9.6 ms after an idle gap), and a generation's tokens are unchanged. A decode batch (shardnet.model.span's forward_batch: left-padded caches, a mask
-over the padding, each row at its own position) runs the same way, with that mask. Anything
-else (a prefill, other families, other attention implementations) takes the model's forward.
+back, 11.0 -> 9.6 ms after an idle gap), and a generation's tokens are unchanged. A decode
+batch (shardnet.model.span's forward_batch: left-padded caches, a mask over the padding, each
+row at its own position) runs the same way, with that mask. Anything else (a prefill, other
+families, other attention implementations) takes the model's forward.
 """
 
 from __future__ import annotations
