@@ -32,8 +32,10 @@ from shardnet.model.cache import GrowingLayer, Session, layer_of
 Step = Callable[[torch.Tensor, Any, torch.Tensor, torch.Tensor | None, int, int, bool, bool], torch.Tensor]
 
 
-def fast_step(model: nn.Module, config: Any) -> Step | None:
-    """The lean step for `model` (the span's whole-model skeleton), or None when it has none."""
+def fast_step(model: nn.Module) -> Step | None:
+    """The lean step for `model` (the span's whole-model skeleton, read through the config it
+    was built with: the attention implementation is the one transformers chose), or None."""
+    config = getattr(model, "config", None)
     if getattr(config, "_attn_implementation", None) != "sdpa":
         return None
     model_type = getattr(config, "model_type", "")

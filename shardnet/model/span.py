@@ -153,7 +153,7 @@ class SpanModel(nn.Module):
         self._keeps_logits = "logits_to_keep" in parameters  # a causal LM that can skip logits
         self._plan = _Plan(0, 0, None, None, None)
         self._lock = threading.Lock()
-        self._fast = fastpath.fast_step(model, config)  # one-token decode steps, for some families
+        self._fast = fastpath.fast_step(model)  # one-token decode steps, for some families
         self.eval()
 
     # ------------------------------------------------------------------ weights
