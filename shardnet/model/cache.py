@@ -92,6 +92,12 @@ class Session:
     cache: SpanCache | None = None
     seen: int = 0
 
+    def advance(self, tokens: int) -> None:
+        """`tokens` more went through the span: the count, and its cache's, move on."""
+        self.seen += tokens
+        if self.cache is not None:
+            self.cache.seen = self.seen
+
 
 @dataclass
 class BatchGroup:

@@ -331,8 +331,7 @@ class SpanModel(nn.Module):
             out = self._fast(
                 x, session.cache, torch.tensor([[session.seen]]), None, first, last, start == 0, self.has_final
             )
-            session.seen += 1
-            session.cache.seen = session.seen
+            session.advance(1)
             return out
         layout = self.layout
         inputs = self._inputs(x, start, extras)
@@ -352,9 +351,7 @@ class SpanModel(nn.Module):
                 inputs["use_cache"] = False
         result = self._run(inputs, attention_mask)
         if session is not None:
-            session.seen += q
-            if session.cache is not None:
-                session.cache.seen = session.seen
+            session.advance(q)
         return result
 
     # ------------------------------------------------------------------ batched decode
@@ -434,8 +431,7 @@ class SpanModel(nn.Module):
                 rows = layer_of(combined, j)
                 layer_of(cache, j).keys = rows.keys[i : i + 1, :, -keep:]
                 layer_of(cache, j).values = rows.values[i : i + 1, :, -keep:]
-            session.seen += 1
-            cache.seen = session.seen
+            session.advance(1)
         self._groups[members] = BatchGroup(list(sessions), [n + 1 for n in lengths], combined, mask)
         while len(self._groups) > MAX_GROUPS:  # the oldest first (dicts keep insertion order)
             self._groups.pop(next(iter(self._groups)))
