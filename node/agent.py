@@ -32,14 +32,14 @@ from node.filter import (
     UnloadSpan,
     actions_for,
 )
-from node.link import MAX_FRAME_BYTES, LinkClient, LinkKey, LinkServer
+from node.link import LinkClient, LinkKey, LinkServer
 from node.metrics import NodeMetrics
 from node.misbehave import DEVNET_CHAIN_ID
 from node.peers import PeerClient
 from node.pipeline import StagePipeline
 from node.privacy import JobKeys
 from node.reporter import Reporter
-from node.server import create_app
+from node.server import uvicorn_config
 from node.settings import NodeSettings
 from node.settlement import Settlement
 from node.spans import SpanManager
@@ -148,13 +148,7 @@ class NodeAgent:
             "registered" if registered else "already registered",
             self.settings.url,
         )
-        config = uvicorn.Config(
-            create_app(self),
-            host=self.settings.listen_host,
-            port=self.settings.listen_port,
-            log_level="warning",
-            ws_max_size=MAX_FRAME_BYTES,
-        )
+        config = uvicorn_config(self, self.settings.listen_host, self.settings.listen_port)
         server = uvicorn.Server(config)
         server_task = asyncio.create_task(server.serve())
         follow_task = asyncio.create_task(self._follow())

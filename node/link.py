@@ -2,10 +2,12 @@
 neighbouring nodes, carrying every job's activations and tokens as binary frames.
 
 Transport: a WebSocket on the node's own port (`/v1/link`). It is message-framed and binary, it
-bounds a frame by its declared length before reading it (uvicorn's `ws_max_size`), a sender's
+bounds a frame by its declared length before reading it (the server's `ws_max_size`), a sender's
 `send` waits while the peer is not reading (back-pressure), and it crosses the proxies and load
 balancers an operator already runs for HTTP. A raw TCP or QUIC stream would need our own
-framing, or a dependency the rest of the stack does not use.
+framing, or a dependency the rest of the stack does not use. Both ends are written on the
+`websockets` library's sans-IO protocol straight over asyncio transports (node.link_socket), so
+a frame is written, and one that arrives is queued for its stage, without a task switch.
 
 Security: the Noise protocol framework (`Noise_IK_25519_ChaChaPoly_SHA256`, via the maintained
 `noiseprotocol` package on `cryptography`). Each node keeps an X25519 key in its state folder and
@@ -21,7 +23,9 @@ ephemeral key, so none of its old frames decrypt.
 
 Frame (after decryption): the `node.messages` format, header `{"id", "chain", "job", "stage",
 "to"}` and the stage message as payload; the receiver answers each frame with
-`{"ack": id, "ok": bool, "error"?}`. A send completes when the receiver queued the message.
+`{"ack": id, "ok": bool, "error"?}`. A send completes when the receiver queued the message; a
+post (a generation's step, whose next message can only follow the peer's answer) completes when
+the frame is written, and its task when the ack came.
 Noise messages are at most 65,535 bytes, so a frame is sealed in chunks, each prefixed by its
 4-byte length.
 """
@@ -36,20 +40,19 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import aiohttp
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 from noise.connection import Keypair, NoiseConnection
 from noise.exceptions import NoiseHandshakeError, NoiseInvalidMessage, NoiseValidationError, NoiseValueError
 
+from node.link_socket import PATH, LinkSocket
 from node.messages import pack, unpack
 from shardnet.errors import PeerError
 
 log = logging.getLogger("shardnet.node.link")
 
 PROTOCOL = b"Noise_IK_25519_ChaChaPoly_SHA256"
-PATH = "/v1/link"
 KEY_FILE = "link.key"
 CHUNK = 65535 - 16  # Noise's largest message, less the ChaChaPoly tag
 MAX_FRAME_BYTES = (64 << 20) + (1 << 20)  # one activation message (see node.server) and its chunking
@@ -66,7 +69,9 @@ NOISE_ERRORS = (
     InvalidTag,
     ValueError,
 )
-Accept = Callable[[int, int, str, bytes], Awaitable[tuple[bool, str]]]
+Verdict = tuple[bool, str]  # (accepted, why not)
+# the stage pipeline's verdict on a frame: at once, or once it could wait (for a route to arrive)
+Accept = Callable[[int, int, str, bytes], Verdict | Awaitable[Verdict]]
 
 
 def prologue(chain_id: int, market: str) -> bytes:
@@ -145,26 +150,25 @@ def unseal(noise: NoiseConnection, data: bytes) -> bytes:
 class _Link:
     """One open session to a peer: sends frames, matches acks to them."""
 
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse, noise: NoiseConnection):
-        self.ws = ws
+    def __init__(self, sock: LinkSocket, noise: NoiseConnection):
+        self.sock = sock
         self.noise = noise
         self.waiting: dict[int, asyncio.Future[tuple[bool, str]]] = {}
-        self.lock = asyncio.Lock()  # encryption order is send order
-        self.reader = asyncio.create_task(self._read())
+        sock.listener = self._acked
+        sock.lost.add_done_callback(lambda _: self.fail(ConnectionError("link closed")))
 
-    async def _read(self) -> None:
+    def _acked(self, message: bytes) -> None:
+        """An ack from the receiver (called as it arrives, in the socket's data_received)."""
         try:
-            async for msg in self.ws:
-                if msg.type != aiohttp.WSMsgType.BINARY:
-                    break
-                header, _ = unpack(unseal(self.noise, msg.data))
-                future = self.waiting.pop(int(header["ack"]), None)
-                if future is not None and not future.done():
-                    future.set_result((bool(header.get("ok")), str(header.get("error", ""))))
-        except (ValueError, KeyError, TypeError, aiohttp.ClientError) as exc:
-            log.warning("link reader stopped: %s", exc)
-        finally:
-            self.fail(ConnectionError("link closed"))
+            header, _ = unpack(unseal(self.noise, message))
+            future = self.waiting.pop(int(header["ack"]), None)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("link to %s: bad ack (%s); closing it", self.sock.peer, exc)
+            self.sock.abort()
+            self.fail(ConnectionError(f"bad ack: {exc}"))
+            return
+        if future is not None and not future.done():
+            future.set_result((bool(header.get("ok")), str(header.get("error", ""))))
 
     def fail(self, exc: Exception) -> None:
         for future in self.waiting.values():
@@ -174,18 +178,22 @@ class _Link:
 
     @property
     def closed(self) -> bool:
-        return self.ws.closed or self.reader.done()
+        return self.sock.closed
 
-    async def send(self, frame_id: int, frame: bytes, timeout_s: float) -> tuple[bool, str]:
-        future: asyncio.Future[tuple[bool, str]] = asyncio.get_running_loop().create_future()
+    def write(self, frame_id: int, frame: bytes) -> asyncio.Future[Verdict] | None:
+        """Seal and write a frame now (encryption order is write order); the future is its ack.
+        None when the link cannot take it now: closed, or its buffer over the high-water mark
+        (back-pressure: the sender waits for the ack of a frame it wrote, so a link's writes stay
+        bounded by what its senders have in flight)."""
+        if self.sock.closed or not self.sock.writable.is_set():
+            return None
+        future: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
         self.waiting[frame_id] = future
-        async with self.lock:
-            await self.ws.send_bytes(seal(self.noise, frame))
-        return await asyncio.wait_for(future, timeout_s)
+        self.sock.send(seal(self.noise, frame))
+        return future
 
     async def close(self) -> None:
-        await self.ws.close()
-        self.reader.cancel()
+        await self.sock.close()
 
 
 class LinkClient:
@@ -213,13 +221,13 @@ class LinkClient:
         self.banned_until: dict[str, float] = {}
         self._ids = itertools.count(1)
         self._opening: dict[str, asyncio.Lock] = {}
-        self._session: aiohttp.ClientSession | None = None
+        self._delivering: set[asyncio.Task[None]] = set()
 
     async def close(self) -> None:
+        for task in list(self._delivering):
+            task.cancel()
         for link in list(self.links.values()):
             await link.close()
-        if self._session is not None:
-            await self._session.close()
 
     async def _open(self, node: str, endpoint: str, data_key: bytes) -> _Link:
         async with self._opening.setdefault(node, asyncio.Lock()):
@@ -228,45 +236,102 @@ class LinkClient:
                 return link
             if len(data_key) != 32:
                 raise PeerError(f"node {node} has no link key on-chain (its dataKey is {len(data_key)} bytes, not 32)")
-            if self._session is None:
-                self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
             url = endpoint.rstrip("/").replace("http://", "ws://", 1).replace("https://", "wss://", 1) + PATH
-            ws = await self._session.ws_connect(  # no compression: the frames are ciphertext
-                url,
-                max_msg_size=MAX_FRAME_BYTES,
-                timeout=aiohttp.ClientWSTimeout(ws_close=self.timeout_s),
-                compress=0,
-            )
+            sock = await LinkSocket.connect(url, self.timeout_s)
             noise = handshake_state(self.prologue, self.key, remote=data_key)
-            await ws.send_bytes(noise.write_message(self.address.encode()))
-            reply = await asyncio.wait_for(ws.receive(), self.timeout_s)
-            if reply.type != aiohttp.WSMsgType.BINARY:
-                await ws.close()
-                raise PeerError(f"node {node} refused the link: {reply.extra or reply.type.name}")
+            sock.send(bytes(noise.write_message(self.address.encode())))
             try:
-                noise.read_message(reply.data)
+                reply = await sock.receive(self.timeout_s)
+            except ConnectionError as exc:
+                await sock.close()
+                raise PeerError(f"node {node} refused the link: {exc}") from None
+            except TimeoutError:
+                await sock.close()
+                raise
+            try:
+                noise.read_message(reply)
             except NOISE_ERRORS:
-                await ws.close()
+                await sock.close()
                 raise PeerError(f"node {node} did not prove the key the chain holds for it") from None
-            link = self.links[node] = _Link(ws, noise)
+            link = self.links[node] = _Link(sock, noise)
             return link
 
     async def send(self, node: str, endpoint: str, data_key: bytes, job_id: int, stage: int, body: bytes) -> None:
         """Deliver a stage message to `node` (stage `stage` of job `job_id`); returns when the
         peer queued it. PeerError when it refused it, or failed `retries + 1` times."""
-        if self.banned_until.get(node, 0) > time.monotonic():
-            raise PeerError(f"peer {node} is banned for failing repeatedly; retry later")
+        await (await self.post(node, endpoint, data_key, job_id, stage, body))
+
+    async def post(
+        self, node: str, endpoint: str, data_key: bytes, job_id: int, stage: int, body: bytes
+    ) -> asyncio.Task[None]:
+        """Like `send`, but returns as soon as the message is written to an open link (one is
+        opened first if need be): the task it returns ends when the peer queued the message, or
+        raises what `send` would. A stage whose next message can only follow the peer's answer
+        goes on at once, without waiting for the ack's round trip."""
         frame_id = next(self._ids)
         frame = pack({"id": frame_id, "chain": self.chain_id, "job": job_id, "stage": stage, "to": node}, body)
+        link = self.links.get(node)
+        acked = written = None
+        if link is not None and self.banned_until.get(node, 0) <= time.monotonic():
+            acked = link.write(frame_id, frame)
+        if acked is None:
+            written = asyncio.get_running_loop().create_future()
+        task = asyncio.ensure_future(
+            self._deliver(node, endpoint, data_key, job_id, stage, frame_id, frame, acked, written)
+        )
+        self._delivering.add(task)
+        task.add_done_callback(self._delivering.discard)
+        if written is not None:  # (opening a link first): written, or failed, before this returns
+            await asyncio.wait([written, task], return_when=asyncio.FIRST_COMPLETED)
+        return task
+
+    async def _write(
+        self, node: str, endpoint: str, data_key: bytes, frame_id: int, frame: bytes
+    ) -> asyncio.Future[Verdict]:
+        """Write a frame on the link to `node` (opened if need be, waited on while it is over its
+        high-water mark); its ack's future."""
+        while True:
+            link = self.links.get(node)
+            if link is None or link.closed:
+                link = await self._open(node, endpoint, data_key)
+            acked = link.write(frame_id, frame)
+            if acked is not None:
+                return acked
+            if link.closed:
+                raise ConnectionError("link closed")
+            await link.sock.wait_writable()
+
+    async def _deliver(
+        self,
+        node: str,
+        endpoint: str,
+        data_key: bytes,
+        job_id: int,
+        stage: int,
+        frame_id: int,
+        frame: bytes,
+        acked: asyncio.Future[Verdict] | None,
+        written: asyncio.Future[None] | None = None,
+    ) -> None:
+        """Until the peer answers: its ack for a frame already written (`acked`), else (re)send;
+        `written` is set once the frame is written."""
+        if self.banned_until.get(node, 0) > time.monotonic():
+            raise PeerError(f"peer {node} is banned for failing repeatedly; retry later")
         delay, reason = 0.25, ""
         for attempt in range(self.retries + 1):
             try:
-                link = await self._open(node, endpoint, data_key)
-                ok, error = await link.send(frame_id, frame, self.timeout_s)
+                if acked is None:
+                    acked = await asyncio.wait_for(
+                        self._write(node, endpoint, data_key, frame_id, frame), self.timeout_s
+                    )
+                if written is not None and not written.done():
+                    written.set_result(None)
+                ok, error = await asyncio.wait_for(acked, self.timeout_s)
                 if not ok:
                     raise PeerError(f"node {node} refused the message for job {job_id} stage {stage}: {error}")
                 return
-            except (TimeoutError, ConnectionError, aiohttp.ClientError) as exc:
+            except (TimeoutError, ConnectionError) as exc:
+                acked = None
                 reason = f"{type(exc).__name__} {exc}".strip()
                 stale = self.links.pop(node, None)
                 if stale is not None:
@@ -329,10 +394,11 @@ class LinkServer:
             return f"links from {claimed} are refused for a while: too many malformed frames"
         return noise, claimed, bytes(noise.write_message(b""))
 
-    async def frame(self, noise: NoiseConnection, sender: str, data: bytes) -> bytes | None:
+    def frame(self, noise: NoiseConnection, sender: str, data: bytes) -> bytes | None | Awaitable[bytes | None]:
         """Handle one sealed frame: the ack to send back (to `seal` on this session: the caller
         does, once the stage the frame woke has started), or None if the link must close (a frame
-        that does not decrypt leaves the session's nonces out of step)."""
+        that does not decrypt leaves the session's nonces out of step). The ack comes at once
+        when the pipeline decides at once (a decode step's usual case), else as an awaitable."""
         try:
             plaintext = unseal(noise, data)
         except ValueError as exc:  # no strike: a replayed or forged frame need not come from `sender`
@@ -352,12 +418,25 @@ class LinkServer:
         job_id, stage = header.get("job"), header.get("stage")
         if header.get("chain") != self.chain_id or str(header.get("to", "")).lower() != self.address.lower():
             self.strike(sender, "wrong-recipient")
-            ok, error = False, f"frame is for {header.get('to')} on chain {header.get('chain')}, not this node"
-        elif not isinstance(job_id, int) or not isinstance(stage, int) or isinstance(job_id, bool):
+            return _ack(
+                frame_id, False, f"frame is for {header.get('to')} on chain {header.get('chain')}, not this node"
+            )
+        if not isinstance(job_id, int) or not isinstance(stage, int) or isinstance(job_id, bool):
             self.strike(sender, "malformed-frame")
-            ok, error = False, "frame names no job and stage"
-        else:
-            ok, error = await self.accept(job_id, stage, sender, body)
-            if not ok:
-                self.refused("not-on-route")
-        return pack({"ack": frame_id, "ok": ok} | ({} if ok else {"error": error}))
+            return _ack(frame_id, False, "frame names no job and stage")
+        verdict = self.accept(job_id, stage, sender, body)
+        if isinstance(verdict, tuple):
+            return self._answer(frame_id, verdict)
+        return self._answer_later(frame_id, verdict)
+
+    async def _answer_later(self, frame_id: int, verdict: Awaitable[Verdict]) -> bytes:
+        return self._answer(frame_id, await verdict)
+
+    def _answer(self, frame_id: int, verdict: Verdict) -> bytes:
+        if not verdict[0]:
+            self.refused("not-on-route")
+        return _ack(frame_id, *verdict)
+
+
+def _ack(frame_id: int, ok: bool, error: str = "") -> bytes:
+    return pack({"ack": frame_id, "ok": ok} | ({} if ok else {"error": error}))

@@ -9,17 +9,18 @@ sent, so the replacement rebuilds its KV cache (Petals' trick).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import torch
 
 from node.executor import Executor
 from node.filter import my_stage
-from node.link import LinkClient
+from node.link import LinkClient, Verdict
 from node.messages import pack, unpack
 from node.metrics import NodeMetrics
 from node.misbehave import corrupt_activation, corrupt_token
@@ -48,6 +49,7 @@ ROUTE_WAIT_S = 3.0
 PREFETCH_JOBS = 64  # posted jobs whose inputs a first-block node reads ahead of their routing
 log = logging.getLogger("shardnet.node")
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
+Message = tuple[dict[str, Any], bytes, bytes]  # a stage message: its header, its payload, and the whole of it
 
 
 class StagePipeline:
@@ -74,7 +76,7 @@ class StagePipeline:
         self.settlement = settlement
         self.metrics = metrics
         self.spawn = spawn
-        self.queues: dict[int, asyncio.Queue[bytes]] = {}
+        self.queues: dict[int, asyncio.Queue[Message]] = {}
         self._routed: dict[int, asyncio.Event] = {}  # jobs a message is waiting on the route of
         self._inputs: OrderedDict[int, asyncio.Task[bytes]] = OrderedDict()  # job -> its input, read ahead
 
@@ -190,7 +192,8 @@ class StagePipeline:
             run.emit(body)
             run.step += 1
             if not run.stalled and not run.replaying:  # else the replay to the next stage carries it
-                await self.send(run, run.stage + 1, body)
+                # a generation's next step here follows the next stage's answer anyway: no wait for the ack
+                await self.send(run, run.stage + 1, body, wait=run.params.kind != "generate" or run.all_sent)
             self.settlement.prepublish(run)
             return
         if run.params.kind == "generate":
@@ -206,28 +209,50 @@ class StagePipeline:
                     run.receive(body)
                     await self.step(run, torch.tensor([[token]]), None)
                 else:
-                    await self.send(run, 0, body)
+                    await self.send(run, 0, body, wait=False)
                 return
             await self.settlement.finalize(run, None)
             return
         await self.settlement.finalize(run, out)
 
-    async def send(self, run: JobRun, stage: int, body: bytes) -> None:
+    async def send(self, run: JobRun, stage: int, body: bytes, wait: bool = True) -> None:
+        """Send a message to a stage of the job's route: until that stage queued it, or (not
+        `wait`) only until it is written; a failure is then handled the same way once known."""
         node = run.stages[stage].node
+        endpoint, key = self.ledger.endpoints[node], self.ledger.data_keys.get(node, b"")
+        if not wait:
+            task = await self.links.post(node, endpoint, key, run.job_id, stage, body)
+            task.add_done_callback(functools.partial(self._answered, run, stage, node, len(body)))
+            return
         try:
-            endpoint, key = self.ledger.endpoints[node], self.ledger.data_keys.get(node, b"")
             await self.links.send(node, endpoint, key, run.job_id, stage, body)
-            self.metrics.bytes_out.inc(len(body))
         except PeerError as exc:
-            log.error("job %d: stage %d unreachable: %s", run.job_id, stage, exc, extra={"job": run.job_id})
-            if run.stages[stage].node != node:
-                return  # rerouted meanwhile: the replay to the replacement carries this message
-            if stage == run.stage + 1:
-                # the coordinator replaces a dead stage (rerouteJob); replay to the replacement then
-                run.stalled = True
-                self.spawn(self._await_reroute(run, node))
-            else:
-                await self.settlement.abort(run.job_id, f"stage {stage} ({node}) unreachable: {exc}")
+            await self._unreachable(run, stage, node, exc)
+            return
+        self.metrics.bytes_out.inc(len(body))
+
+    def _answered(self, run: JobRun, stage: int, node: str, size: int, task: asyncio.Task[None]) -> None:
+        """The answer to a message sent without waiting for it."""
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None:
+            self.metrics.bytes_out.inc(size)
+        elif isinstance(exc, PeerError):
+            self.spawn(self._unreachable(run, stage, node, exc))
+        else:
+            log.error("job %d: sending to stage %d failed: %r", run.job_id, stage, exc, extra={"job": run.job_id})
+
+    async def _unreachable(self, run: JobRun, stage: int, node: str, exc: PeerError) -> None:
+        log.error("job %d: stage %d unreachable: %s", run.job_id, stage, exc, extra={"job": run.job_id})
+        if run.stages[stage].node != node:
+            return  # rerouted meanwhile: the replay to the replacement carries this message
+        if stage == run.stage + 1:
+            # the coordinator replaces a dead stage (rerouteJob); replay to the replacement then
+            run.stalled = True
+            self.spawn(self._await_reroute(run, node))
+        else:
+            await self.settlement.abort(run.job_id, f"stage {stage} ({node}) unreachable: {exc}")
 
     async def _await_reroute(self, run: JobRun, dead: str) -> None:
         await asyncio.sleep(self.settings.reroute_wait_s)
@@ -287,14 +312,25 @@ class StagePipeline:
         job = self.ledger.jobs.get(job_id)
         return job is not None and bool(job.route)
 
-    async def accept(self, job_id: int, stage: int, sender: str, body: bytes) -> tuple[bool, str]:
-        """A data-plane message arrived: accept it only from the stage the on-chain route names."""
-        if not await self.wait_for_route(job_id):
-            return False, f"job {job_id} has no route on-chain"
+    def accept(self, job_id: int, stage: int, sender: str, body: bytes) -> Verdict | Awaitable[Verdict]:
+        """A data-plane message arrived: accept it only from the stage the on-chain route names.
+        Decided here and now when the route allows it (a decode step's usual case); else the
+        verdict comes once this node's view of the route has had a moment to catch up."""
         try:
-            header, _ = unpack(body)
+            header, payload = unpack(body)
         except ValueError as exc:
             return False, f"malformed message: {exc}"
+        job = self.ledger.jobs.get(job_id)
+        if job is None or not job.route or self._refusal(job_id, stage, sender, header) is not None:
+            return self._accept_later(job_id, stage, sender, header, payload, body)
+        self._enqueue(job_id, header, payload, body)
+        return True, ""
+
+    async def _accept_later(
+        self, job_id: int, stage: int, sender: str, header: dict[str, Any], payload: bytes, body: bytes
+    ) -> Verdict:
+        if not await self.wait_for_route(job_id):
+            return False, f"job {job_id} has no route on-chain"
         # a reroute may reach the sender first: wait a moment for this node's view to catch up
         deadline = time.monotonic() + ROUTE_WAIT_S
         while (reason := self._refusal(job_id, stage, sender, header)) is not None:
@@ -305,13 +341,16 @@ class StagePipeline:
                 await asyncio.wait_for(waiting.wait(), deadline - time.monotonic())
             except TimeoutError:
                 pass
+        self._enqueue(job_id, header, payload, body)
+        return True, ""
+
+    def _enqueue(self, job_id: int, header: dict[str, Any], payload: bytes, body: bytes) -> None:
         self.metrics.bytes_in.inc(len(body))
         queue = self.queues.get(job_id)
         if queue is None:
             queue = self.queues[job_id] = asyncio.Queue()
             self.spawn(self._worker(job_id, queue))
-        await queue.put(body)
-        return True, ""
+        queue.put_nowait((header, payload, body))
 
     def _refusal(self, job_id: int, stage: int, sender: str, header: dict[str, Any]) -> str | None:
         """Why this node does not take the message, as the job's route stands here now."""
@@ -327,12 +366,11 @@ class StagePipeline:
             return f"job {job_id} stage {stage} takes messages only from {expected}"
         return None
 
-    async def _worker(self, job_id: int, queue: asyncio.Queue[bytes]) -> None:
+    async def _worker(self, job_id: int, queue: asyncio.Queue[Message]) -> None:
         while True:
-            body = await queue.get()
+            header, payload, body = await queue.get()
             try:
                 run = self.begin(job_id)
-                header, payload = unpack(body)
                 if header["step"] < run.expected_step:
                     continue  # a replay (after failover, or resent by anyone): already processed here
                 run.expected_step = header["step"] + 1

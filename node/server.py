@@ -1,19 +1,21 @@
-"""Data-plane API (FastAPI): the link other stages send activations and tokens over
-(a WebSocket, node.link), receipts out, the client's token stream, metrics, health."""
+"""Data-plane API (FastAPI): receipts out, the client's token stream, metrics, health; and the
+link other stages send activations and tokens over (a WebSocket on the same port, answered
+below the ASGI app by node.link_socket: `uvicorn_config` wires it in)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, Request, Response, WebSocket, WebSocketDisconnect
+import uvicorn
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from node import link, streams, swarm
+from node import streams, swarm
+from node.link import MAX_FRAME_BYTES
+from node.link_socket import server_protocol
 from shardnet.signing import recover_sender
 
 if TYPE_CHECKING:
@@ -21,7 +23,6 @@ if TYPE_CHECKING:
 
 
 MAX_BODY_BYTES = 64 << 10  # a receipt or token-stream request (activations go over links)
-HANDSHAKE_TIMEOUT_S = 10.0
 log = logging.getLogger("shardnet.node.server")
 
 
@@ -56,51 +57,6 @@ def create_app(agent: NodeAgent) -> FastAPI:
             agent.metrics.refused.labels("bad-signature").inc()
             return JSONResponse({"error": "missing or invalid x-shardnet-signature"}, status_code=401)
         return body, sender
-
-    @app.websocket(link.PATH)
-    async def link_in(ws: WebSocket) -> None:
-        """A link from another node (node.link): the Noise handshake, then frames, each acked."""
-        await ws.accept()
-        try:
-            first = await asyncio.wait_for(ws.receive(), HANDSHAKE_TIMEOUT_S)
-        except (TimeoutError, WebSocketDisconnect):
-            return
-        try:
-            opened = agent.links_in.handshake(first.get("bytes") or b"")
-        except Exception as exc:  # whatever a peer sends, the node keeps serving
-            log.exception("link handshake failed")
-            opened = f"handshake failed: {type(exc).__name__}"
-        if isinstance(opened, str):
-            agent.metrics.refused.labels("bad-handshake").inc()
-            log.warning("link refused: %s", opened)
-            with contextlib.suppress(WebSocketDisconnect):
-                await ws.close(code=1008, reason=opened[:120])
-            return
-        noise, sender, reply = opened
-        try:
-            await ws.send_bytes(reply)
-        except WebSocketDisconnect:
-            return
-        while True:
-            message = await ws.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            try:
-                ack = await agent.links_in.frame(noise, sender, message.get("bytes") or b"")
-            except Exception:  # whatever a peer sends, the node keeps serving
-                log.exception("link from %s: frame failed", sender)
-                ack = None
-            if ack is None:
-                with contextlib.suppress(WebSocketDisconnect):
-                    await ws.close(code=1008, reason="malformed frame")
-                return
-            # the stage the frame woke starts first: the ack (its sealing too) is off the job's
-            # critical path
-            await asyncio.sleep(0)
-            try:
-                await ws.send_bytes(link.seal(noise, ack))
-            except WebSocketDisconnect:
-                return
 
     @app.post("/v1/jobs/{job_id}/receipt")
     async def receipt(job_id: int, request: Request) -> JSONResponse:
@@ -175,3 +131,16 @@ def create_app(agent: NodeAgent) -> FastAPI:
         return Response(generate_latest(agent.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def uvicorn_config(agent: NodeAgent, host: str, port: int, ws_max_size: int = MAX_FRAME_BYTES) -> uvicorn.Config:
+    """The node's HTTP server: the app above, and its WebSocket upgrades answered as links
+    (node.link_socket), each message bounded by `ws_max_size` from its declared length."""
+    return uvicorn.Config(
+        create_app(agent),
+        host=host,
+        port=port,
+        log_level="warning",
+        ws=server_protocol(agent.links_in),
+        ws_max_size=ws_max_size,
+    )

@@ -6,6 +6,7 @@ and a replayed session are each refused, and a malformed frame counts against it
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from types import SimpleNamespace
 from typing import Any
 
@@ -13,9 +14,20 @@ import aiohttp
 import pytest
 import uvicorn
 
-from node.link import MAX_FRAME_BYTES, PATH, STRIKES, LinkClient, LinkKey, LinkServer, handshake_state, prologue, seal
+from node.link import (
+    MAX_FRAME_BYTES,
+    PATH,
+    STRIKES,
+    LinkClient,
+    LinkKey,
+    LinkServer,
+    Verdict,
+    handshake_state,
+    prologue,
+    seal,
+)
 from node.messages import pack
-from node.server import create_app
+from node.server import uvicorn_config
 from shardnet.errors import PeerError
 from tests.conftest import free_port
 
@@ -41,19 +53,21 @@ class Receiver:
         self.server_side = LinkServer(RECEIVER, self.key, CHAIN, MARKET, keys.get, self.accept, self.refused)
         self.port = free_port()
         agent = SimpleNamespace(links_in=self.server_side, metrics=SimpleNamespace(refused=_Labels(self.refused)))
-        config = uvicorn.Config(
-            create_app(agent),  # type: ignore[arg-type]
-            host="127.0.0.1",
-            port=self.port,
-            log_level="warning",
-            ws_max_size=ws_max_size,
-        )
+        config = uvicorn_config(agent, "127.0.0.1", self.port, ws_max_size)  # type: ignore[arg-type]
         self.server = uvicorn.Server(config)
         self.url = f"http://127.0.0.1:{self.port}"
 
-    async def accept(self, job_id: int, stage: int, sender: str, body: bytes) -> tuple[bool, str]:
+    def accept(self, job_id: int, stage: int, sender: str, body: bytes) -> Verdict | Awaitable[Verdict]:
+        """Like the stage pipeline: a verdict at once, or (job 405) once a route had time to arrive."""
         if job_id == 404:
             return False, "job 404 has no route on-chain"
+        if job_id == 405:
+            return self._accept_later(job_id, stage, sender, body)
+        self.accepted.append((job_id, stage, sender, body))
+        return True, ""
+
+    async def _accept_later(self, job_id: int, stage: int, sender: str, body: bytes) -> Verdict:
+        await asyncio.sleep(0.2)
         self.accepted.append((job_id, stage, sender, body))
         return True, ""
 
@@ -120,6 +134,26 @@ async def test_frames_arrive_in_order_from_the_node_the_chain_names_and_large_on
         assert len(client.links) == 1  # one persistent link carried them all
         with pytest.raises(PeerError, match="has no route"):  # the pipeline's refusal comes back with its reason
             await client.send(RECEIVER, rx.url, rx.key.public, 404, 1, b"x")
+        await client.close()
+
+
+@pytest.mark.asyncio
+async def test_a_post_returns_once_written_and_its_task_once_the_peer_answered_in_order():
+    """A frame the receiver decides on later holds back the frames behind it on that link, so
+    they are queued in the order sent; a posted frame's refusal comes back through its task."""
+    mine = _key()
+    async with Receiver({SENDER: mine.public}) as rx:
+        client = _client(mine)
+        await client.send(RECEIVER, rx.url, rx.key.public, 7, 1, b"open")  # the link is up
+        slow = await client.post(RECEIVER, rx.url, rx.key.public, 405, 1, b"waits for its route")
+        fast = await client.post(RECEIVER, rx.url, rx.key.public, 7, 1, b"decided at once")
+        refused = await client.post(RECEIVER, rx.url, rx.key.public, 404, 1, b"no route")
+        assert not slow.done() and not fast.done()  # written, not yet answered
+        await asyncio.wait_for(asyncio.gather(slow, fast), 5)
+        with pytest.raises(PeerError, match="has no route"):
+            await refused
+        assert [body for *_, body in rx.accepted] == [b"open", b"waits for its route", b"decided at once"]
+        assert rx.refused.counts == {"not-on-route": 1}
         await client.close()
 
 
