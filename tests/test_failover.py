@@ -2,6 +2,7 @@
 coordinator reroutes to the replica, the previous stage replays its messages so the replica
 rebuilds its KV cache, and the job completes with the tokens of an undisturbed run."""
 
+import asyncio
 import time
 
 import pytest
@@ -36,6 +37,21 @@ def _routed(client, job_id, timeout_s=30):
             return record
         time.sleep(0.02)
     raise AssertionError(f"job {job_id} was never routed")
+
+
+def _under_way(client, job_id, tokens=2):
+    """Return once the generation has streamed `tokens` tokens: it is running, mid-way (a fixed
+    sleep is not: on a fast machine a 64-token generation can be over in a few tenths of a second)."""
+
+    async def wait():
+        seen = 0
+        async for new in client.token_stream(job_id, timeout_s=60):
+            seen += len(new)
+            if seen >= tokens:
+                return seen
+        raise AssertionError(f"job {job_id} ended before streaming {tokens} tokens")
+
+    return asyncio.run(wait())
 
 
 def test_routes_follow_the_clients_limits(net4):
@@ -93,7 +109,7 @@ def test_a_live_stage_rerouted_away_contests_and_the_coordinator_pays(net4):
     replica = next(n for n in c.models.assigned_nodes(net4.model_id) if n not in {s.node for s in route})
     coordinator = dev_account(1)
     failures, (bond, _, _) = c.nodes.failures(middle.node), c.nodes.coordinator_bond(coordinator.address)
-    time.sleep(0.3)  # mid-generation
+    _under_way(client, job_id)  # mid-generation
     new = [route[0], middle._replace(node=replica), route[2]]
     c.market.reroute_job(job_id, coordinator.address, route, new, account=coordinator)
 
@@ -128,7 +144,7 @@ def test_middle_stage_killed_mid_generation(net4):
     record = _routed(client, job_id)
     middle = record.route[1][0]
     nodes = [dev_account(2 + i).address for i in range(4)]
-    time.sleep(0.3)  # let the generation get going, then kill the middle stage
+    _under_way(client, job_id)  # let the generation get going, then kill the middle stage
     net4.kill(f"node{nodes.index(middle)}")
 
     result = client.wait(job_id, timeout_s=120)
