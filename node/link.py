@@ -46,7 +46,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from noise.connection import Keypair, NoiseConnection
 from noise.exceptions import NoiseHandshakeError, NoiseInvalidMessage, NoiseValidationError, NoiseValueError
 
-from node.link_socket import ACK_LATER_S, PATH, Ack, LinkSocket
+from node.link_socket import PATH, LinkSocket
 from node.messages import pack, unpack
 from shardnet.errors import PeerError
 
@@ -262,17 +262,14 @@ class LinkClient:
         await (await self.post(node, endpoint, data_key, job_id, stage, body))
 
     async def post(
-        self, node: str, endpoint: str, data_key: bytes, job_id: int, stage: int, body: bytes, ack_later: bool = False
+        self, node: str, endpoint: str, data_key: bytes, job_id: int, stage: int, body: bytes
     ) -> asyncio.Task[None]:
         """Like `send`, but returns as soon as the message is written to an open link (one is
         opened first if need be): the task it returns ends when the peer queued the message, or
         raises what `send` would. A stage whose next message can only follow the peer's answer
-        goes on at once, without waiting for the ack's round trip. `ack_later`: the peer may hold
-        the ack up to ACK_LATER_S, to send it with others (a refusal comes at once): a posted
-        frame's ack then does not wake this node once per token."""
+        goes on at once, without waiting for the ack's round trip."""
         frame_id = next(self._ids)
-        header = {"id": frame_id, "chain": self.chain_id, "job": job_id, "stage": stage, "to": node}
-        frame = pack((header | {"later": True}) if ack_later else header, body)
+        frame = pack({"id": frame_id, "chain": self.chain_id, "job": job_id, "stage": stage, "to": node}, body)
         link = self.links.get(node)
         acked = written = None
         if link is not None and self.banned_until.get(node, 0) <= time.monotonic():
@@ -280,7 +277,7 @@ class LinkClient:
         if acked is None:
             written = asyncio.get_running_loop().create_future()
         task = asyncio.ensure_future(
-            self._deliver(node, endpoint, data_key, job_id, stage, frame_id, frame, acked, written, ack_later)
+            self._deliver(node, endpoint, data_key, job_id, stage, frame_id, frame, acked, written)
         )
         self._delivering.add(task)
         task.add_done_callback(self._delivering.discard)
@@ -315,7 +312,6 @@ class LinkClient:
         frame: bytes,
         acked: asyncio.Future[Verdict] | None,
         written: asyncio.Future[None] | None = None,
-        ack_later: bool = False,
     ) -> None:
         """Until the peer answers: its ack for a frame already written (`acked`), else (re)send;
         `written` is set once the frame is written."""
@@ -330,7 +326,7 @@ class LinkClient:
                     )
                 if written is not None and not written.done():
                     written.set_result(None)
-                ok, error = await asyncio.wait_for(acked, self.timeout_s + (ACK_LATER_S if ack_later else 0.0))
+                ok, error = await asyncio.wait_for(acked, self.timeout_s)
                 if not ok:
                     raise PeerError(f"node {node} refused the message for job {job_id} stage {stage}: {error}")
                 return
@@ -372,11 +368,6 @@ class LinkServer:
         self.strikes: dict[str, int] = {}
         self.banned_until: dict[str, float] = {}
 
-    @staticmethod
-    def seal(noise: NoiseConnection, ack: bytes) -> bytes:
-        """An ack sealed on the session it answers (the link's socket sends it)."""
-        return seal(noise, ack)
-
     def strike(self, node: str, reason: str) -> None:
         """A frame that decrypted (so its sender holds the key) but is malformed or misaddressed
         counts against that node; enough of them and its links are refused for a while."""
@@ -403,7 +394,7 @@ class LinkServer:
             return f"links from {claimed} are refused for a while: too many malformed frames"
         return noise, claimed, bytes(noise.write_message(b""))
 
-    def frame(self, noise: NoiseConnection, sender: str, data: bytes) -> Ack | None | Awaitable[Ack | None]:
+    def frame(self, noise: NoiseConnection, sender: str, data: bytes) -> bytes | None | Awaitable[bytes | None]:
         """Handle one sealed frame: the ack to send back (to `seal` on this session: the caller
         does, once the stage the frame woke has started), or None if the link must close (a frame
         that does not decrypt leaves the session's nonces out of step). The ack comes at once
@@ -427,25 +418,24 @@ class LinkServer:
         job_id, stage = header.get("job"), header.get("stage")
         if header.get("chain") != self.chain_id or str(header.get("to", "")).lower() != self.address.lower():
             self.strike(sender, "wrong-recipient")
-            return Ack(
-                _ack(frame_id, False, f"frame is for {header.get('to')} on chain {header.get('chain')}, not this node")
+            return _ack(
+                frame_id, False, f"frame is for {header.get('to')} on chain {header.get('chain')}, not this node"
             )
         if not isinstance(job_id, int) or not isinstance(stage, int) or isinstance(job_id, bool):
             self.strike(sender, "malformed-frame")
-            return Ack(_ack(frame_id, False, "frame names no job and stage"))
+            return _ack(frame_id, False, "frame names no job and stage")
         verdict = self.accept(job_id, stage, sender, body)
-        later = header.get("later") is True
         if isinstance(verdict, tuple):
-            return self._answer(frame_id, verdict, later)
-        return self._answer_later(frame_id, verdict, later)
+            return self._answer(frame_id, verdict)
+        return self._answer_later(frame_id, verdict)
 
-    async def _answer_later(self, frame_id: int, verdict: Awaitable[Verdict], later: bool) -> Ack:
-        return self._answer(frame_id, await verdict, later)
+    async def _answer_later(self, frame_id: int, verdict: Awaitable[Verdict]) -> bytes:
+        return self._answer(frame_id, await verdict)
 
-    def _answer(self, frame_id: int, verdict: Verdict, later: bool) -> Ack:
+    def _answer(self, frame_id: int, verdict: Verdict) -> bytes:
         if not verdict[0]:
             self.refused("not-on-route")
-        return Ack(_ack(frame_id, *verdict), later and verdict[0])
+        return _ack(frame_id, *verdict)
 
 
 def _ack(frame_id: int, ok: bool, error: str = "") -> bytes:

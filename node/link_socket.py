@@ -25,7 +25,7 @@ import logging
 import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidURI
@@ -46,15 +46,6 @@ CLOSE_TIMEOUT_S = 2.0  # how long a closing side waits for the other to end the 
 INBOX_FRAMES = 32  # frames received and not yet handled before the link stops reading (back-pressure)
 ACK_MAX_BYTES = 64 << 10  # what a sender accepts from the receiver: handshake replies and acks
 PING_INTERVAL_S = 20.0  # an idle link is pinged this often; no answer within as long closes it
-ACK_LATER_S = 0.5  # how long a receiver may hold the ack of a posted frame (node.link.LinkClient.post)
-HELD_ACKS = 64  # held acks that go out at once, whatever their age
-
-
-class Ack(NamedTuple):
-    """The receiver's answer to a frame, and whether it may wait (to go out with others)."""
-
-    data: bytes
-    later: bool = False
 
 
 class _Socket(asyncio.Protocol):
@@ -107,23 +98,19 @@ class _Socket(asyncio.Protocol):
         """Write what the protocol has to send; end the connection when it expects that."""
         if self.transport is None or self.transport.is_closing():
             return
-        chunks = self.ws.data_to_send()
-        out = [data for data in chunks if data]  # b"": end of stream, always last
-        if len(out) == 1:
-            self.transport.write(out[0])
-        elif out:
-            self.transport.writelines(out)  # one system call for several messages
-        if len(out) < len(chunks) and self.transport.can_write_eof():
-            self.transport.write_eof()
+        for data in self.ws.data_to_send():
+            if data:
+                self.transport.write(data)
+            elif self.transport.can_write_eof():
+                self.transport.write_eof()
         if self.ws.close_expected() and self._close_timer is None:
             self._close_timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT_S, self.abort)
 
-    def send(self, *messages: bytes) -> None:
-        """Write binary messages now, together (ConnectionError when the link is closed)."""
+    def send(self, data: bytes) -> None:
+        """Write one binary message now (ConnectionError when the link is closed)."""
         if self.closed:
             raise ConnectionError("link closed")
-        for data in messages:
-            self.ws.send_binary(data)
+        self.ws.send_binary(data)
         self.flush()
 
     def fail(self, code: int, reason: str) -> None:
@@ -172,9 +159,7 @@ class LinkSocketServer(_Socket):
         self.sender = ""
         self.inbox: deque[bytes] = deque()
         self.worker: asyncio.Task[None] | None = None
-        self.held: list[bytes] = []  # acks that may wait (node.link.Ack.later), sent together
         self._timeout: asyncio.TimerHandle | None = None
-        self._release: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -184,11 +169,9 @@ class LinkSocketServer(_Socket):
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         self.connections.discard(self)
-        for timer in (self._timeout, self._release):
-            if timer is not None:
-                timer.cancel()
+        if self._timeout is not None:
+            self._timeout.cancel()
         self.inbox.clear()
-        self.held.clear()
         if self.worker is not None:
             self.worker.cancel()
 
@@ -226,57 +209,42 @@ class LinkSocketServer(_Socket):
         frame woke has started (that stage's task was woken first), so it is off the job's
         critical path. A frame the pipeline must wait on is finished by a task, in order."""
         answer = self._answer(message)
-        if isinstance(answer, Ack):
-            self._acknowledge(answer)
+        if isinstance(answer, bytes):
+            asyncio.get_running_loop().call_soon(self._send_ack, answer)
         elif answer is None:
             self._refuse()
         else:
             self.worker = asyncio.ensure_future(self._work(answer))
 
-    def _answer(self, message: bytes) -> Ack | None | Awaitable[Ack | None]:
+    def _answer(self, message: bytes) -> bytes | None | Awaitable[bytes | None]:
         try:
             return self.links.frame(self.noise, self.sender, message)
         except Exception:  # whatever a peer sends, the node keeps serving
             log.exception("link from %s: frame failed", self.sender)
             return None
 
-    def _acknowledge(self, ack: Ack) -> None:
-        """Send an ack after the stage its frame woke has started; one that may wait is held
-        until ACK_LATER_S passed or another ack goes out, and they go together."""
-        if not ack.later:
-            asyncio.get_running_loop().call_soon(self._send_acks, ack.data)
-            return
-        self.held.append(ack.data)
-        if len(self.held) >= HELD_ACKS:
-            self._send_acks()
-        elif self._release is None:
-            self._release = asyncio.get_running_loop().call_later(ACK_LATER_S, self._send_acks)
-
     def _refuse(self) -> None:
         self.inbox.clear()
         self.fail(1008, "malformed frame")
 
-    def _send_acks(self, *acks: bytes) -> None:
-        """Seal and write these acks and the ones held, in one write."""
-        held, self.held = self.held, []
-        if self._release is not None:
-            self._release.cancel()
-            self._release = None
-        if not self.closed:
-            self.send(*(self.links.seal(self.noise, ack) for ack in [*held, *acks]))
+    def _send_ack(self, ack: bytes) -> None:
+        from node.link import seal
 
-    async def _work(self, pending: Awaitable[Ack | None]) -> None:
+        if not self.closed:
+            self.send(seal(self.noise, ack))
+
+    async def _work(self, pending: Awaitable[bytes | None]) -> None:
         """Finish a frame the pipeline waits on, then the frames that queued behind it."""
-        answer: Ack | None | Awaitable[Ack | None]
+        answer: bytes | None | Awaitable[bytes | None]
         while True:
             try:
                 answer = await pending
             except Exception:  # whatever a peer sends, the node keeps serving
                 log.exception("link from %s: frame failed", self.sender)
                 answer = None
-            while isinstance(answer, Ack):
+            while isinstance(answer, bytes):
                 await asyncio.sleep(0)  # the stage the frame woke starts first
-                self._acknowledge(answer)
+                self._send_ack(answer)
                 if not self.inbox or self.closed:
                     return
                 if len(self.inbox) < INBOX_FRAMES // 2 and self.transport is not None:

@@ -217,12 +217,11 @@ class StagePipeline:
 
     async def send(self, run: JobRun, stage: int, body: bytes, wait: bool = True) -> None:
         """Send a message to a stage of the job's route: until that stage queued it, or (not
-        `wait`) only until it is written, its ack allowed to come later with others (node.link
-        LinkClient.post); a failure is then handled the same way once known."""
+        `wait`) only until it is written; a failure is then handled the same way once known."""
         node = run.stages[stage].node
         endpoint, key = self.ledger.endpoints[node], self.ledger.data_keys.get(node, b"")
         if not wait:
-            task = await self.links.post(node, endpoint, key, run.job_id, stage, body, ack_later=True)
+            task = await self.links.post(node, endpoint, key, run.job_id, stage, body)
             task.add_done_callback(functools.partial(self._answered, run, stage, node, len(body)))
             return
         try:

@@ -15,7 +15,6 @@ import pytest
 import uvicorn
 
 from node.link import (
-    ACK_LATER_S,
     MAX_FRAME_BYTES,
     PATH,
     STRIKES,
@@ -141,29 +140,19 @@ async def test_frames_arrive_in_order_from_the_node_the_chain_names_and_large_on
 @pytest.mark.asyncio
 async def test_a_post_returns_once_written_and_its_task_once_the_peer_answered_in_order():
     """A frame the receiver decides on later holds back the frames behind it on that link, so
-    they are queued in the order sent. A posted frame's refusal comes back through its task at
-    once; an ack that may come later (`ack_later`) is held at most ACK_LATER_S, and goes out with
-    the others."""
+    they are queued in the order sent; a posted frame's refusal comes back through its task."""
     mine = _key()
     async with Receiver({SENDER: mine.public}) as rx:
         client = _client(mine)
         await client.send(RECEIVER, rx.url, rx.key.public, 7, 1, b"open")  # the link is up
         slow = await client.post(RECEIVER, rx.url, rx.key.public, 405, 1, b"waits for its route")
         fast = await client.post(RECEIVER, rx.url, rx.key.public, 7, 1, b"decided at once")
+        refused = await client.post(RECEIVER, rx.url, rx.key.public, 404, 1, b"no route")
         assert not slow.done() and not fast.done()  # written, not yet answered
         await asyncio.wait_for(asyncio.gather(slow, fast), 5)
-        assert [body for *_, body in rx.accepted] == [b"open", b"waits for its route", b"decided at once"]
-
-        started = asyncio.get_running_loop().time()
-        held = [await client.post(RECEIVER, rx.url, rx.key.public, 7, 1, b"%d" % i, ack_later=True) for i in range(3)]
-        refused = await client.post(RECEIVER, rx.url, rx.key.public, 404, 1, b"no route", ack_later=True)
         with pytest.raises(PeerError, match="has no route"):
-            await asyncio.wait_for(refused, ACK_LATER_S / 2)  # a refusal is not held...
-        assert all(task.done() for task in held)  # ...and the held acks went out with it
-        later = await client.post(RECEIVER, rx.url, rx.key.public, 7, 1, b"3", ack_later=True)
-        await asyncio.wait_for(later, ACK_LATER_S * 4)
-        assert asyncio.get_running_loop().time() - started >= ACK_LATER_S  # held until then
-        assert [body for *_, body in rx.accepted][-4:] == [b"0", b"1", b"2", b"3"]
+            await refused
+        assert [body for *_, body in rx.accepted] == [b"open", b"waits for its route", b"decided at once"]
         assert rx.refused.counts == {"not-on-route": 1}
         await client.close()
 
