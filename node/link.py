@@ -153,7 +153,7 @@ class _Link:
     def __init__(self, sock: LinkSocket, noise: NoiseConnection):
         self.sock = sock
         self.noise = noise
-        self.waiting: dict[int, asyncio.Future[tuple[bool, str]]] = {}
+        self.waiting: dict[int, asyncio.Future[Verdict]] = {}  # frame id -> its ack
         sock.listener = self._acked
         sock.lost.add_done_callback(lambda _: self.fail(ConnectionError("link closed")))
 
