@@ -298,6 +298,8 @@ def main() -> None:
     print(f"batched_tokps_ratio_8_jobs: {llama['batched_ratio']:.2f}")
     print(f"hop_overhead_ms_p50: {med(gpt2['hops'] + llama['hops']):.2f}")
     print(f"hop_overhead_ms_p50_process_floor: {med(gpt2['floor_hops'] + llama['floor_hops']):.2f}")
+    print(f"hop_overhead_ms_p50_gpt2: {med(gpt2['hops']):.2f} (process floor {med(gpt2['floor_hops']):.2f})")
+    print(f"hop_overhead_ms_p50_llama512: {med(llama['hops']):.2f} (process floor {med(llama['floor_hops']):.2f})")
     print(f"event_to_pickup_ms_p50: {med(gpt2['pickups'] + llama['pickups']):.1f}")
     print(f"chain_overhead_ms_per_job: {med(gpt2['overheads'] + llama['overheads']):.1f}")
 

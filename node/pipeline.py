@@ -181,7 +181,15 @@ class StagePipeline:
             out = self.executor.run_span(run, x, mask)
         else:
             out = await self.executor.run_pass(run, x, mask)
-        self.metrics.stage_seconds.labels(run.params.kind).observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        try:
+            await self._pass_on(run, x, mask, out)
+        finally:  # counted once the result is on its way: a decode step's send goes first
+            self.metrics.stage_seconds.labels(run.params.kind).observe(elapsed)
+
+    async def _pass_on(self, run: JobRun, x: torch.Tensor, mask: torch.Tensor | None, out: torch.Tensor) -> None:
+        """Send a step's result on: to the next stage, or (last stage) the next token round to
+        stage 0, or the output to settlement."""
         if self.settings.misbehave:
             out = corrupt_activation(self.settings.misbehave, x, out)
         if not run.is_last:
@@ -345,7 +353,6 @@ class StagePipeline:
         return True, ""
 
     def _enqueue(self, job_id: int, header: dict[str, Any], payload: bytes, body: bytes) -> None:
-        self.metrics.bytes_in.inc(len(body))
         queue = self.queues.get(job_id)
         if queue is None:
             queue = self.queues[job_id] = asyncio.Queue()
@@ -385,6 +392,8 @@ class StagePipeline:
                 log.exception("job %d failed at this stage", job_id, extra={"job": job_id})
                 await self.settlement.abort(job_id, f"stage failed: {type(exc).__name__}: {exc}")
                 return
+            finally:  # counted after the step: off a decode step's path
+                self.metrics.bytes_in.inc(len(body))
             if job_id not in self.executor.jobs:
                 return
 

@@ -8,11 +8,11 @@ input columns whose magnitude stands out are kept in fp16, the rest is blockwise
 
 from __future__ import annotations
 
-import json
 import struct
 from typing import Any
 
 import numpy as np
+import orjson
 import torch
 
 from shardnet.errors import ModelError
@@ -147,8 +147,11 @@ def encode_activation(t: torch.Tensor, mode: str = "int8", block_size: int = DEF
         payload: bytes = scales.tobytes() + codes.tobytes()
         header["blocks"] = int(scales.size)
     else:
-        payload = t.detach().to(torch.float32 if mode == "fp32" else torch.float16).contiguous().numpy().tobytes()
-    head = json.dumps(header).encode()
+        dtype = torch.float32 if mode == "fp32" else torch.float16
+        if t.dtype != dtype or not t.is_contiguous():  # (else no conversion calls: a decode step's path)
+            t = t.to(dtype).contiguous()
+        payload = t.detach().numpy().tobytes()
+    head = orjson.dumps(header)  # (orjson: see node.messages)
     return struct.pack("<I", len(head)) + head + payload
 
 
@@ -166,7 +169,7 @@ def decode_activation(data: bytes) -> torch.Tensor:
     if n > MAX_HEADER_BYTES or 4 + n > len(data):
         raise ModelError(f"activation header of {n} bytes does not fit the {len(data)}-byte message")
     try:
-        header = json.loads(data[4 : 4 + n])
+        header = orjson.loads(data[4 : 4 + n])
         mode, shape = header["mode"], tuple(header["shape"])
     except (ValueError, KeyError, TypeError) as exc:
         raise ModelError(f"activation header is not valid: {exc}") from None
