@@ -31,7 +31,9 @@ emitted. Prints `name: value` lines:
   and tokens round by OS pipes: no network, encryption, chain or node, only the cost of cutting
   the model across processes on this machine (each stage's caches are cold when its turn comes).
   No target: it says how much of the gap to in-process is the machine's. Likewise
-  hop_overhead_ms_p50_process_floor: hop_overhead_ms_p50's formula on the floor's generations.
+  hop_overhead_ms_p50_process_floor: hop_overhead_ms_p50's formula on the floor's generations,
+  and hop_overhead_ms_p50_gpt2 / _llama512: each model's own hops beside its own floor (the
+  figure with a target is the median over both models' generations).
 - event_to_pickup_ms_p50: JobRouted mined to stage 0 acting on it. Target <= 50.
 - chain_overhead_ms_per_job: client-observed job time minus its data-plane time (post,
   routing, IPFS input/output, receipts, result transaction, client polling).
@@ -259,6 +261,7 @@ def measure(net, client, source, quant, wire, node_count, forward_tokens, prompt
             for run in range(BATCHED_RUNS)
         ]
         f["batched_ratio"] = statistics.median(aggregate) / alone
+        f["batched_tokps"] = (statistics.median(aggregate), alone)
     return f
 
 
@@ -295,6 +298,8 @@ def main() -> None:
     print(f"generation_tokps_2_stages_llama512: {ANCHOR_NEW_TOKENS / (med(llama['gen_dist']) / 1000):.1f}")
     print(f"generation_tokps_ratio_llama512: {med(llama['gen_local']) / med(llama['gen_dist']):.3f}")
     print(f"generation_tokps_ratio_llama512_process_floor: {med(llama['gen_local']) / med(llama['gen_floor']):.3f}")
+    together, alone = llama["batched_tokps"]
+    print(f"batched_tokps_8_jobs: {together:.1f} (one generation alone: {alone:.1f})")
     print(f"batched_tokps_ratio_8_jobs: {llama['batched_ratio']:.2f}")
     print(f"hop_overhead_ms_p50: {med(gpt2['hops'] + llama['hops']):.2f}")
     print(f"hop_overhead_ms_p50_process_floor: {med(gpt2['floor_hops'] + llama['floor_hops']):.2f}")
