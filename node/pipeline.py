@@ -211,11 +211,11 @@ class StagePipeline:
             run.ended = done
             run.progress.set()  # the client's token stream, if it listens, sends it now
             if not done:
-                body = pack({"kind": "tokens", "step": run.step, "ids": [token]})
+                header = {"kind": "tokens", "step": run.step, "ids": [token]}
+                body = pack(header)
                 run.step += 1
-                if run.is_first:  # a one-stage route loops locally
-                    run.receive(body)
-                    await self.step(run, torch.tensor([[token]]), None)
+                if run.is_first:  # a one-stage route: the token comes round through this stage's own queue
+                    self._enqueue(run.job_id, header, b"", body)
                 else:
                     await self.send(run, 0, body, wait=False)
                 return
