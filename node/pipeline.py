@@ -49,7 +49,8 @@ ROUTE_WAIT_S = 3.0
 PREFETCH_JOBS = 64  # posted jobs whose inputs a first-block node reads ahead of their routing
 log = logging.getLogger("shardnet.node")
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
-Message = tuple[dict[str, Any], bytes, bytes]  # a stage message: its header, its payload, and the whole of it
+# a stage message: its header, its payload, the whole of it, and whether it came over a link
+Message = tuple[dict[str, Any], bytes, bytes, bool]
 
 
 class StagePipeline:
@@ -215,7 +216,7 @@ class StagePipeline:
                 body = pack(header)
                 run.step += 1
                 if run.is_first:  # a one-stage route: the token comes round through this stage's own queue
-                    self._enqueue(run.job_id, header, b"", body)
+                    self._enqueue(run.job_id, header, b"", body, linked=False)
                 else:
                     await self.send(run, 0, body, wait=False)
                 return
@@ -352,12 +353,12 @@ class StagePipeline:
         self._enqueue(job_id, header, payload, body)
         return True, ""
 
-    def _enqueue(self, job_id: int, header: dict[str, Any], payload: bytes, body: bytes) -> None:
+    def _enqueue(self, job_id: int, header: dict[str, Any], payload: bytes, body: bytes, linked: bool = True) -> None:
         queue = self.queues.get(job_id)
         if queue is None:
             queue = self.queues[job_id] = asyncio.Queue()
             self.spawn(self._worker(job_id, queue))
-        queue.put_nowait((header, payload, body))
+        queue.put_nowait((header, payload, body, linked))
 
     def _refusal(self, job_id: int, stage: int, sender: str, header: dict[str, Any]) -> str | None:
         """Why this node does not take the message, as the job's route stands here now."""
@@ -375,7 +376,7 @@ class StagePipeline:
 
     async def _worker(self, job_id: int, queue: asyncio.Queue[Message]) -> None:
         while True:
-            header, payload, body = await queue.get()
+            header, payload, body, linked = await queue.get()
             try:
                 run = self.begin(job_id)
                 if header["step"] < run.expected_step:
@@ -393,7 +394,8 @@ class StagePipeline:
                 await self.settlement.abort(job_id, f"stage failed: {type(exc).__name__}: {exc}")
                 return
             finally:  # counted after the step: off a decode step's path
-                self.metrics.bytes_in.inc(len(body))
+                if linked:
+                    self.metrics.bytes_in.inc(len(body))
             if job_id not in self.executor.jobs:
                 return
 

@@ -4,6 +4,7 @@ the deployment file and the chain, fetches its blocks by CID from whichever daem
 
 import asyncio
 
+import httpx
 import pytest
 import torch
 
@@ -24,6 +25,11 @@ from shardnet.storage import IpfsClient
 from shardnet.tools import free_port
 
 pytestmark = pytest.mark.stack
+
+
+def _metric(text: str, name: str) -> float:
+    """A sample's value in a Prometheus text exposition (0 when it is not there)."""
+    return next((float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ")), 0.0)
 
 
 def _daemon(home, name):
@@ -58,6 +64,11 @@ def test_blocks_move_peer_to_peer_and_are_served_onward(tmp_path):
         result = client.wait(client.submit(model_id, {"input_ids": prompt}, params, 10**15), timeout_s=120)
         assert result.status == JobStatus.COMPLETED, result.record.abort_reason
         assert len(result.output["tokens"]) == 6
+        # a one-stage route: every token came round inside the node (no link bytes), and each of
+        # the six steps (the prompt's, then one per fed-back token) was timed once
+        metrics = httpx.get(f"http://127.0.0.1:{net.node_ports[0]}/metrics", timeout=5).text
+        assert _metric(metrics, "shardnet_bytes_in_total") == 0
+        assert _metric(metrics, 'shardnet_stage_seconds_count{kind="generate"}') == 6
 
         # the publisher leaves; a newcomer that knows only the chain gets every block from the node
         services.stop(publisher)
