@@ -1,4 +1,5 @@
-"""Test helpers shared by the contract tests."""
+"""Test helpers shared by several test files: contract artefacts and reverts, a recording relay
+for links, and a node's Prometheus metrics."""
 
 from __future__ import annotations
 
@@ -155,3 +156,12 @@ def _ws_frames(data: bytes) -> list[bytes]:
         frames.append(data[at : at + head + n])
         at += head + n
     return frames
+
+
+def node_metric(port: int, sample: str) -> float:
+    """A sample's value on the /metrics of the node at `port` (0 when it is not there), e.g.
+    `shardnet_bytes_in_total` or `shardnet_requests_refused_total{reason="bad-frame"}`."""
+    import httpx
+
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    return next((float(line.split()[-1]) for line in text.splitlines() if line.startswith(sample + " ")), 0.0)

@@ -23,6 +23,7 @@ from shardnet.model.shards import fetch_span
 from shardnet.model.span import SpanModel
 from shardnet.protocol import JobStatus, Span
 from tests.conftest import run_cli
+from tests.helpers import Relay, node_metric
 
 pytestmark = pytest.mark.stack  # starts its own chain, IPFS daemon or node processes
 
@@ -447,23 +448,12 @@ def test_a_waiting_client_wakes_on_its_jobs_events_rather_than_polling(net):
     assert result.status == JobStatus.COMPLETED and time.monotonic() - started < 60
 
 
-def _refused(net, i: int, reason: str) -> float:
-    """A node's count of data-plane messages refused for `reason` (its /metrics)."""
-    import httpx
-
-    text = httpx.get(f"http://127.0.0.1:{net.node_ports[i]}/metrics", timeout=5).text
-    line = f'shardnet_requests_refused_total{{reason="{reason}"}}'
-    return next((float(x.split()[-1]) for x in text.splitlines() if x.startswith(line)), 0.0)
-
-
 def test_a_relay_between_two_nodes_sees_only_ciphertext_and_its_replay_delivers_nothing(net):
     """Stages talk over encrypted links (node/link.py). A node registered behind a relay, which
     records every byte other nodes send it: a job through it completes, the relay sees no message
     header, token or node address in the clear, and resending a recorded link is refused (its
     frames do not decrypt under the fresh session) while the next job still completes."""
     import signal
-
-    from tests.helpers import Relay
 
     model_id, _ = net.models["tiny-gpt2"]
     target = 1
@@ -487,10 +477,11 @@ def test_a_relay_between_two_nodes_sees_only_ciphertext_and_its_replay_delivers_
         clear = [b'"kind"', b'"step"', b'"tokens"', b'"chain"', b'"ack"', *(n.encode() for n in route)]
         clear += [n[2:].lower().encode() for n in route]
         assert [c for c in clear if c in seen] == []
-        before = _refused(net, target, "bad-frame")
+        bad_frames = 'shardnet_requests_refused_total{reason="bad-frame"}'
+        before = node_metric(net.node_ports[target], bad_frames)
         answer = relay.replay(links[0])
         assert answer.startswith(b"HTTP/1.1 101")  # the upgrade and the handshake are answered...
-        assert _refused(net, target, "bad-frame") == before + 1  # ...the first recorded frame is not
+        assert node_metric(net.node_ports[target], bad_frames) == before + 1  # ...the first recorded frame is not
         again = net.client.submit(model_id, {"input_ids": [2, 7]}, params, MAX_FEE)
         assert net.client.wait(again, timeout_s=120).status == JobStatus.COMPLETED
     finally:

@@ -4,7 +4,6 @@ the deployment file and the chain, fetches its blocks by CID from whichever daem
 
 import asyncio
 
-import httpx
 import pytest
 import torch
 
@@ -23,13 +22,9 @@ from shardnet.model.survey import greedy_spans
 from shardnet.protocol import JobStatus, Span
 from shardnet.storage import IpfsClient
 from shardnet.tools import free_port
+from tests.helpers import node_metric
 
 pytestmark = pytest.mark.stack
-
-
-def _metric(text: str, name: str) -> float:
-    """A sample's value in a Prometheus text exposition (0 when it is not there)."""
-    return next((float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ")), 0.0)
 
 
 def _daemon(home, name):
@@ -66,9 +61,8 @@ def test_blocks_move_peer_to_peer_and_are_served_onward(tmp_path):
         assert len(result.output["tokens"]) == 6
         # a one-stage route: every token came round inside the node (no link bytes), and each of
         # the six steps (the prompt's, then one per fed-back token) was timed once
-        metrics = httpx.get(f"http://127.0.0.1:{net.node_ports[0]}/metrics", timeout=5).text
-        assert _metric(metrics, "shardnet_bytes_in_total") == 0
-        assert _metric(metrics, 'shardnet_stage_seconds_count{kind="generate"}') == 6
+        assert node_metric(net.node_ports[0], "shardnet_bytes_in_total") == 0
+        assert node_metric(net.node_ports[0], 'shardnet_stage_seconds_count{kind="generate"}') == 6
 
         # the publisher leaves; a newcomer that knows only the chain gets every block from the node
         services.stop(publisher)
