@@ -5,7 +5,11 @@ A devnet, three node processes (one torch thread each) and a GPT-2-small-sized m
 comparison's model (`llama-512`: Llama, hidden 512, 8 layers, vocabulary 32000) on two nodes,
 fp32 shards and wire, whose generated tokens must equal the in-process ones. The bench
 routes jobs itself (as the coordinator account) so it knows when each JobRouted event was
-emitted. Prints `name: value` lines:
+emitted. Node k runs pinned to the machine's k-th core where there is one, as on a machine of
+its own (`Network(pin_nodes=True)`, the nodes' `cpus` setting; on two cores GPT-2's third node
+runs free): free to move, a stage's process lands on whichever core the scheduler picks when
+its turn comes, with its caches cold. The in-process baseline runs on node 0's core, and each
+stage of the process floor on its node's. Prints `name: value` lines:
 
 - forward_latency_ratio_3_stages: data-plane time of a 128-token forward across the three
   nodes (stage 0 start to last stage done, int8 activations over the encrypted links) over the
@@ -42,9 +46,12 @@ emitted. Prints `name: value` lines:
 from __future__ import annotations
 
 import multiprocessing
+import os
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
@@ -55,10 +62,11 @@ from shardnet.bindings.market import route_gas_limit
 from shardnet.chain import dev_account
 from shardnet.client import Client
 from shardnet.jobs import JobParams
-from shardnet.localnet import Network
+from shardnet.localnet import Network, pinned_core
 from shardnet.model.manifest import fetch_manifest
 from shardnet.model.shards import fetch_span
 from shardnet.model.span import SpanModel, split_even
+from shardnet.process import available_cpus, pin_to_cpus
 from shardnet.protocol import Span, Stage
 from shardnet.storage import IpfsClient
 
@@ -71,6 +79,17 @@ NEW_TOKENS = 32
 RUNS = 9  # runs per figure (after a warm-up): the median of 9 holds against the odd slow run
 BATCHED_RUNS = 5  # the 8 concurrent generations, measured this many times (the median counts)
 MAX_FEE = 10**16
+
+
+@contextmanager
+def on_core(core: int | None) -> Iterator[None]:
+    """This thread on one core meanwhile: the in-process baseline, pinned as the nodes are."""
+    before = available_cpus()
+    os.sched_setaffinity(0, {core} if core is not None else before)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 def route_now(net: Network, job_id: int, stages: list[Stage]) -> float:
@@ -123,10 +142,14 @@ def _floor_stage(
     ready: Connection,
     last: bool,
     new_tokens: int,
+    core: int | None,
 ) -> None:
     """One stage of the process floor: a span in a plain process, fed by pipes. Stage 0 waits on
     the bench's pipe (a prompt) and the last stage's (a token); the last stage picks each token,
-    sends it round to stage 0, and the generation's tokens to the bench at the end."""
+    sends it round to stage 0, and the generation's tokens to the bench at the end. It runs on
+    the core its node runs on."""
+    if core is not None:
+        pin_to_cpus([core])
     torch.set_num_threads(1)
     ipfs = IpfsClient(ipfs_api)
     manifest = fetch_manifest(ipfs, manifest_cid)
@@ -166,7 +189,8 @@ class ProcessFloor:
         for k, span in enumerate(spans):
             inbox = [links[k][0]] + ([feed_out] if k == 0 else [])
             outbox = links[(k + 1) % n][1]
-            args = (net.deployment.ipfs_api, manifest_cid, span, inbox, outbox, reports[k][1], k == n - 1, new_tokens)
+            ipfs, last = net.deployment.ipfs_api, k == n - 1
+            args = (ipfs, manifest_cid, span, inbox, outbox, reports[k][1], last, new_tokens, pinned_core(k))
             self.stages.append(context.Process(target=_floor_stage, args=args, daemon=True))
             self.stages[-1].start()
         for receive, _ in reports:
@@ -219,9 +243,10 @@ def measure(net, client, source, quant, wire, node_count, forward_tokens, prompt
     f["spans"] = [(s.start, s.end) for s in spans]
     for i in range(RUNS + 1):
         ids = torch.randint(0, vocab, (1, forward_tokens), generator=torch.Generator().manual_seed(i))
-        t = time.perf_counter()
-        whole(ids)
-        local_ms = (time.perf_counter() - t) * 1000
+        with on_core(pinned_core(0)):
+            t = time.perf_counter()
+            whole(ids)
+            local_ms = (time.perf_counter() - t) * 1000
         params = JobParams(kind="forward", wire=wire)
         _, total, dp, pickup = run_job(net, client, model_id, stages, {"input_ids": ids[0].tolist()}, params)
         if i:  # the first run warms caches on every side
@@ -232,12 +257,13 @@ def measure(net, client, source, quant, wire, node_count, forward_tokens, prompt
     floor = ProcessFloor(net, manifest_cid, spans, new_tokens)
     for i in range(RUNS + 1):
         prompt = torch.randint(0, vocab, (1, prompt_tokens), generator=torch.Generator().manual_seed(100 + i))
-        t = time.perf_counter()
-        session, x, local_tokens = whole.new_session(), prompt, []
-        for _ in range(new_tokens):
-            x = whole(x, session=session)[:, -1:].argmax(-1)
-            local_tokens.append(int(x))
-        local_ms = (time.perf_counter() - t) * 1000
+        with on_core(pinned_core(0)):
+            t = time.perf_counter()
+            session, x, local_tokens = whole.new_session(), prompt, []
+            for _ in range(new_tokens):
+                x = whole(x, session=session)[:, -1:].argmax(-1)
+                local_tokens.append(int(x))
+            local_ms = (time.perf_counter() - t) * 1000
         params = JobParams(kind="generate", max_new_tokens=new_tokens, wire=wire)
         result, total, dp, pickup = run_job(net, client, model_id, stages, {"input_ids": prompt[0].tolist()}, params)
         assert len(result.output["tokens"]) == new_tokens
@@ -268,7 +294,7 @@ def measure(net, client, source, quant, wire, node_count, forward_tokens, prompt
 def main() -> None:
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as home:
-        net = Network(Path(home), coordinator=False, ipfs_timeout_s=60).start()
+        net = Network(Path(home), coordinator=False, ipfs_timeout_s=60, pin_nodes=True).start()
         try:
             # no audits drawn by chance: a committee re-running a stage in the background would
             # share the CPU with the next job measured (auditing has its own bench)
