@@ -26,19 +26,9 @@ from shardnet.hosts import Host, Hosts
 from shardnet.ledger import AuditRecord, Ledger
 from shardnet.model.loading import load_model
 from shardnet.model.shards import publish
-from shardnet.process import available_cpus
+from shardnet.process import available_cpus, pin_to_cpus
 from shardnet.storage import IpfsClient
 from shardnet.tools import free_port, repo_root
-
-
-def pinned_core(i: int) -> int | None:
-    """The core node `i` runs on in a `Network(pin_nodes=True)`: this machine's i-th; nodes past
-    the core count run free. Two nodes pinned to one core wait on each other: measured with GPT-2
-    on three nodes over two cores, the last stage's token went to stage 0 on its own core, whose
-    turn then waited while the last stage finished its step and read the link's ack (2.2 ms per
-    hop, against 1.2 in plain processes on the same cores)."""
-    cores = sorted(available_cpus())
-    return cores[i] if i < len(cores) else None
 
 
 class Network:
@@ -53,7 +43,6 @@ class Network:
         node_overrides: dict[int, dict[str, Any]] | None = None,
         own_ipfs: bool = False,
         hosts: Hosts | None = None,
-        pin_nodes: bool = False,
     ):
         self.home = Path(home)
         self.home.mkdir(parents=True, exist_ok=True)
@@ -84,9 +73,6 @@ class Network:
         # node index -> {"slowdown", "compute_score", "misbehave", "stake_wei", "torch_threads",
         # "endpoint", "ipfs_peers", "cpus"}
         self.node_overrides = node_overrides or {}
-        # each node process on a core of its own (`pinned_core`), as on a machine of its own:
-        # benches that compare against one process
-        self.pin_nodes = pin_nodes
         self.own_ipfs = own_ipfs  # each node runs its own IPFS daemon and joins the swarm
         self.ipfs_daemons: dict[int, dict[str, Any]] = {}  # node index -> its daemon's process record
         self.ipfs_apis: dict[int, str] = {}
@@ -129,9 +115,8 @@ class Network:
         endpoint = f'endpoint = "{extra["endpoint"]}"\n' if "endpoint" in extra else ""  # e.g. behind a proxy
         if host is not None:
             endpoint += f'listen_host = "{host.ip}"\n'
-        core = pinned_core(i) if self.pin_nodes else None
-        if "cpus" in extra or core is not None:
-            endpoint += f"cpus = {json.dumps(extra.get('cpus', [core]))}\n"
+        if "cpus" in extra:
+            endpoint += f"cpus = {json.dumps(extra['cpus'])}\n"
         if i in self.ipfs_apis:
             endpoint += f'ipfs_api = "{self.ipfs_apis[i]}"\nipfs_peers = {json.dumps(extra.get("ipfs_peers", []))}\n'
         path.write_text(
@@ -159,6 +144,11 @@ class Network:
             self._start_ipfs(i, free_port())
             self.ipfs_apis[i] = f"http://127.0.0.1:{self.ipfs_daemons[i]['port']}"  # on the node's own host
         self.start_process(f"node{i}", ["node", "run", "--config", str(self.node_config(i))])
+
+    def pin_node(self, i: int, cpus: list[int] | None) -> None:
+        """Move running node `i` (every thread of its process) onto `cpus`, or back onto every
+        core this process may use (None): what its `cpus` setting does at start."""
+        pin_to_cpus(cpus or sorted(available_cpus()), pid=self.procs[f"node{i}"].pid)
 
     def node_url(self, i: int) -> str:
         """Where this process reaches node `i` directly (its host's address, no delay relay)."""

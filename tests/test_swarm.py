@@ -81,6 +81,8 @@ def test_blocks_move_peer_to_peer_and_are_served_onward(tmp_path):
         # every thread of the node's process (the loop's, torch's, the workers') is on its core
         masks = _thread_affinities(net.procs["node0"].pid)
         assert len(masks) > 1 and all(mask == {core} for mask in masks)
+        net.pin_node(0, None)  # (benches move running nodes so) back onto every core
+        assert all(mask == available_cpus() for mask in _thread_affinities(net.procs["node0"].pid))
 
         # the publisher leaves; a newcomer that knows only the chain gets every block from the node
         services.stop(publisher)
