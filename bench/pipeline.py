@@ -9,9 +9,10 @@ emitted. Where the machine has a core per stage, node k runs on the k-th core, a
 of its own, and stage k of the process floor with it, the baseline on node 0's core; free to
 move, a stage's process lands on whichever core the scheduler picks when its turn comes, with
 its caches cold. With more stages than cores (GPT-2's three on two cores) every process runs
-free: two neighbouring stages pinned to one core wait on each other. Measured on GPT-2, one run,
-generations interleaved: 1.84 ms per hop all free, 1.98 with stages 0 and 2 on one core, 2.28
-with stages 0 and 1 pinned and 2 free (`Network.pin_node`, the nodes' `cpus` setting). Prints `name: value` lines:
+free: two neighbouring stages pinned to one core wait on each other. Measured on GPT-2, one
+run, generations interleaved: 1.84 ms per hop all free, 1.98 with stages 0 and 2 on one core,
+2.28 with stages 0 and 1 pinned and 2 free (`Network.pin_node`, the nodes' `cpus` setting).
+Prints `name: value` lines:
 
 - forward_latency_ratio_3_stages: data-plane time of a 128-token forward across the three
   nodes (stage 0 start to last stage done, int8 activations over the encrypted links) over the
