@@ -5,14 +5,7 @@ A devnet, three node processes (one torch thread each) and a GPT-2-small-sized m
 comparison's model (`llama-512`: Llama, hidden 512, 8 layers, vocabulary 32000) on two nodes,
 fp32 shards and wire, whose generated tokens must equal the in-process ones. The bench
 routes jobs itself (as the coordinator account) so it knows when each JobRouted event was
-emitted. Where the machine has a core per stage, node k runs on the k-th core, as on a machine
-of its own, and stage k of the process floor with it, the baseline on node 0's core; free to
-move, a stage's process lands on whichever core the scheduler picks when its turn comes, with
-its caches cold. With more stages than cores (GPT-2's three on two cores) every process runs
-free: two neighbouring stages pinned to one core wait on each other. Measured on GPT-2, one
-run, generations interleaved: 1.84 ms per hop all free, 1.98 with stages 0 and 2 on one core,
-2.28 with stages 0 and 1 pinned and 2 free (`Network.pin_node`, the nodes' `cpus` setting).
-Prints `name: value` lines:
+emitted. Prints `name: value` lines:
 
 - forward_latency_ratio_3_stages: data-plane time of a 128-token forward across the three
   nodes (stage 0 start to last stage done, int8 activations over the encrypted links) over the
@@ -49,12 +42,9 @@ Prints `name: value` lines:
 from __future__ import annotations
 
 import multiprocessing
-import os
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
@@ -69,7 +59,6 @@ from shardnet.localnet import Network
 from shardnet.model.manifest import fetch_manifest
 from shardnet.model.shards import fetch_span
 from shardnet.model.span import SpanModel, split_even
-from shardnet.process import available_cpus, pin_to_cpus
 from shardnet.protocol import Span, Stage
 from shardnet.storage import IpfsClient
 
@@ -82,27 +71,6 @@ NEW_TOKENS = 32
 RUNS = 9  # runs per figure (after a warm-up): the median of 9 holds against the odd slow run
 BATCHED_RUNS = 5  # the 8 concurrent generations, measured this many times (the median counts)
 MAX_FEE = 10**16
-
-
-def placement(net: Network, node_count: int) -> list[int | None]:
-    """Node k on the k-th core (`Network.pin_node`) where the machine has a core per node, else
-    every node free (None); returns each stage's core, for the floor and the baseline."""
-    cores = sorted(available_cpus())
-    placed: list[int | None] = [cores[k] if node_count <= len(cores) else None for k in range(node_count)]
-    for k, core in enumerate(placed):
-        net.pin_node(k, None if core is None else [core])
-    return placed
-
-
-@contextmanager
-def on_core(core: int | None) -> Iterator[None]:
-    """This thread on one core meanwhile (None: as it was): the baseline, placed as node 0 is."""
-    before = available_cpus()
-    os.sched_setaffinity(0, {core} if core is not None else before)
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, before)
 
 
 def route_now(net: Network, job_id: int, stages: list[Stage]) -> float:
@@ -155,14 +123,10 @@ def _floor_stage(
     ready: Connection,
     last: bool,
     new_tokens: int,
-    core: int | None,
 ) -> None:
     """One stage of the process floor: a span in a plain process, fed by pipes. Stage 0 waits on
     the bench's pipe (a prompt) and the last stage's (a token); the last stage picks each token,
-    sends it round to stage 0, and the generation's tokens to the bench at the end. It runs on
-    the core its node runs on."""
-    if core is not None:
-        pin_to_cpus([core])
+    sends it round to stage 0, and the generation's tokens to the bench at the end."""
     torch.set_num_threads(1)
     ipfs = IpfsClient(ipfs_api)
     manifest = fetch_manifest(ipfs, manifest_cid)
@@ -191,7 +155,7 @@ class ProcessFloor:
     """The model's spans in plain processes joined by pipes, for generations run side by side
     with the nodes' and the in-process ones."""
 
-    def __init__(self, net, manifest_cid, spans, new_tokens, cores):
+    def __init__(self, net, manifest_cid, spans, new_tokens):
         context = multiprocessing.get_context("spawn")
         n = len(spans)
         links = [context.Pipe(duplex=False) for _ in range(n)]  # links[k]: into stage k (0: from the last)
@@ -202,8 +166,7 @@ class ProcessFloor:
         for k, span in enumerate(spans):
             inbox = [links[k][0]] + ([feed_out] if k == 0 else [])
             outbox = links[(k + 1) % n][1]
-            ipfs, last = net.deployment.ipfs_api, k == n - 1
-            args = (ipfs, manifest_cid, span, inbox, outbox, reports[k][1], last, new_tokens, cores[k])
+            args = (net.deployment.ipfs_api, manifest_cid, span, inbox, outbox, reports[k][1], k == n - 1, new_tokens)
             self.stages.append(context.Process(target=_floor_stage, args=args, daemon=True))
             self.stages[-1].start()
         for receive, _ in reports:
@@ -236,7 +199,6 @@ def measure(net, client, source, quant, wire, node_count, forward_tokens, prompt
         net.c.models.assign_shard(model_id, node, span.start, span.end, account=dev_account(1))
     net.wait_confirmed(model_id, node_count, timeout_s=600)
     stages = [Stage(n, s.start, s.end, 10**9 * len(s)) for n, s in zip(nodes, spans, strict=True)]
-    cores = placement(net, node_count)
 
     # in-process baseline: the whole model from the same shards, one torch thread
     torch.set_num_threads(1)
@@ -257,10 +219,9 @@ def measure(net, client, source, quant, wire, node_count, forward_tokens, prompt
     f["spans"] = [(s.start, s.end) for s in spans]
     for i in range(RUNS + 1):
         ids = torch.randint(0, vocab, (1, forward_tokens), generator=torch.Generator().manual_seed(i))
-        with on_core(cores[0]):
-            t = time.perf_counter()
-            whole(ids)
-            local_ms = (time.perf_counter() - t) * 1000
+        t = time.perf_counter()
+        whole(ids)
+        local_ms = (time.perf_counter() - t) * 1000
         params = JobParams(kind="forward", wire=wire)
         _, total, dp, pickup = run_job(net, client, model_id, stages, {"input_ids": ids[0].tolist()}, params)
         if i:  # the first run warms caches on every side
@@ -268,16 +229,15 @@ def measure(net, client, source, quant, wire, node_count, forward_tokens, prompt
             f["fwd_dist"].append(dp)
             f["pickups"].append(pickup)
             f["overheads"].append(total - dp)
-    floor = ProcessFloor(net, manifest_cid, spans, new_tokens, cores)
+    floor = ProcessFloor(net, manifest_cid, spans, new_tokens)
     for i in range(RUNS + 1):
         prompt = torch.randint(0, vocab, (1, prompt_tokens), generator=torch.Generator().manual_seed(100 + i))
-        with on_core(cores[0]):
-            t = time.perf_counter()
-            session, x, local_tokens = whole.new_session(), prompt, []
-            for _ in range(new_tokens):
-                x = whole(x, session=session)[:, -1:].argmax(-1)
-                local_tokens.append(int(x))
-            local_ms = (time.perf_counter() - t) * 1000
+        t = time.perf_counter()
+        session, x, local_tokens = whole.new_session(), prompt, []
+        for _ in range(new_tokens):
+            x = whole(x, session=session)[:, -1:].argmax(-1)
+            local_tokens.append(int(x))
+        local_ms = (time.perf_counter() - t) * 1000
         params = JobParams(kind="generate", max_new_tokens=new_tokens, wire=wire)
         result, total, dp, pickup = run_job(net, client, model_id, stages, {"input_ids": prompt[0].tolist()}, params)
         assert len(result.output["tokens"]) == new_tokens

@@ -32,10 +32,6 @@ def node_run(config_path: Path) -> None:
     from shardnet.process import run_until_signal
 
     settings = NodeSettings.load(config_path)
-    if settings.cpus:
-        from shardnet.process import pin_to_cpus
-
-        pin_to_cpus(settings.cpus)  # its threads so far, and those it starts
     logs.setup(f"node:{settings.listen_port}")
     run_until_signal(run_node(settings))
 

@@ -11,7 +11,6 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from node.misbehave import Misbehaviour
 from shardnet.errors import ConfigError
-from shardnet.process import available_cpus, format_cpus
 
 
 class HardwareSettings(BaseModel):
@@ -31,10 +30,6 @@ class NodeSettings(BaseModel):
     hardware: HardwareSettings = HardwareSettings()
     state_dir: Path = Path(".devnet/node")  # saved block height, handled jobs
     torch_threads: int = Field(1, gt=0)  # CPU threads for this node's math
-    # optional: the CPU cores the node's process runs on (Linux core ids, as `taskset -c` takes
-    # them); empty: any core. Pinned, a span's code and data stay in that core's caches between
-    # a generation's tokens instead of following the scheduler from core to core
-    cpus: list[int] = []
     peer_timeout_s: float = Field(30.0, gt=0)  # one data-plane request
     peer_retries: int = Field(3, ge=0)  # bounded retries with backoff
     # this node's own IPFS daemon (Kubo RPC API); default: the deployment file's. With its own
@@ -63,24 +58,6 @@ class NodeSettings(BaseModel):
         for addr in self.ipfs_peers:
             if not addr.startswith("/") or "/p2p/" not in addr:
                 raise ValueError(f"ipfs_peers: {addr!r} is not a swarm multiaddr; write /ip4/HOST/tcp/PORT/p2p/PEER_ID")
-        return self
-
-    @model_validator(mode="after")
-    def _cpus(self) -> NodeSettings:
-        if not self.cpus:
-            return self
-        available = available_cpus()
-        missing = sorted(set(self.cpus) - available)
-        if missing:
-            raise ValueError(
-                f"cpus: core {missing[0]} is not one this process may run on ({format_cpus(available)}); "
-                "list cores from those, or leave cpus empty for any"
-            )
-        if self.torch_threads > len(set(self.cpus)):
-            raise ValueError(
-                f"torch_threads: {self.torch_threads} threads on {len(set(self.cpus))} pinned core(s) would take "
-                "turns on them; set torch_threads to at most the number of cores in cpus, or list more cores"
-            )
         return self
 
     @property

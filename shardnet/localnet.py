@@ -26,7 +26,6 @@ from shardnet.hosts import Host, Hosts
 from shardnet.ledger import AuditRecord, Ledger
 from shardnet.model.loading import load_model
 from shardnet.model.shards import publish
-from shardnet.process import available_cpus, pin_to_cpus
 from shardnet.storage import IpfsClient
 from shardnet.tools import free_port, repo_root
 
@@ -71,7 +70,7 @@ class Network:
         self.node_ports: list[int] = []
         self.coordinator_args = list(coordinator_args)
         # node index -> {"slowdown", "compute_score", "misbehave", "stake_wei", "torch_threads",
-        # "endpoint", "ipfs_peers", "cpus"}
+        # "endpoint", "ipfs_peers"}
         self.node_overrides = node_overrides or {}
         self.own_ipfs = own_ipfs  # each node runs its own IPFS daemon and joins the swarm
         self.ipfs_daemons: dict[int, dict[str, Any]] = {}  # node index -> its daemon's process record
@@ -115,8 +114,6 @@ class Network:
         endpoint = f'endpoint = "{extra["endpoint"]}"\n' if "endpoint" in extra else ""  # e.g. behind a proxy
         if host is not None:
             endpoint += f'listen_host = "{host.ip}"\n'
-        if "cpus" in extra:
-            endpoint += f"cpus = {json.dumps(extra['cpus'])}\n"
         if i in self.ipfs_apis:
             endpoint += f'ipfs_api = "{self.ipfs_apis[i]}"\nipfs_peers = {json.dumps(extra.get("ipfs_peers", []))}\n'
         path.write_text(
@@ -144,11 +141,6 @@ class Network:
             self._start_ipfs(i, free_port())
             self.ipfs_apis[i] = f"http://127.0.0.1:{self.ipfs_daemons[i]['port']}"  # on the node's own host
         self.start_process(f"node{i}", ["node", "run", "--config", str(self.node_config(i))])
-
-    def pin_node(self, i: int, cpus: list[int] | None) -> None:
-        """Move running node `i` (every thread of its process) onto `cpus`, or back onto every
-        core this process may use (None): what its `cpus` setting does at start."""
-        pin_to_cpus(cpus or sorted(available_cpus()), pid=self.procs[f"node{i}"].pid)
 
     def node_url(self, i: int) -> str:
         """Where this process reaches node `i` directly (its host's address, no delay relay)."""

@@ -176,48 +176,6 @@ def test_node_caps_malloc_arenas_on_glibc():
     assert limit_malloc_arenas() is True
 
 
-def test_node_settings_pin_only_to_cores_this_process_may_use(tmp_path: Path):
-    import pytest
-
-    from node.settings import NodeSettings
-    from shardnet.errors import ConfigError
-    from shardnet.process import available_cpus
-
-    path, first, absent = tmp_path / "node.toml", min(available_cpus()), max(available_cpus()) + 1
-    path.write_text(f"dev_account = 2\ncpus = [{absent}]\n")
-    with pytest.raises(ConfigError, match=f"cpus: core {absent} is not one this process may run on"):
-        NodeSettings.load(path)
-    path.write_text(f"dev_account = 2\ncpus = [{first}]\ntorch_threads = 2\n")
-    with pytest.raises(ConfigError, match="torch_threads: 2 threads on 1 pinned core"):
-        NodeSettings.load(path)
-    path.write_text(f"dev_account = 2\ncpus = [{first}]\n")
-    assert NodeSettings.load(path).cpus == [first]
-
-
-def test_pinning_moves_the_threads_a_process_already_has():
-    """Linux pins one thread at a time: a node pinned after some library started a thread must
-    have that thread pinned too (checked in a process of its own, not to pin the tests)."""
-    import subprocess
-    import sys
-
-    from shardnet.process import available_cpus
-
-    core = min(available_cpus())
-    script = (
-        "import os, threading, time\n"
-        "from shardnet.process import pin_to_cpus\n"
-        "stop = threading.Event()\n"
-        "t = threading.Thread(target=stop.wait); t.start()\n"
-        f"assert pin_to_cpus([{core}])\n"
-        "tids = os.listdir('/proc/self/task')\n"
-        "print(len(tids), all(os.sched_getaffinity(int(tid)) == {" + str(core) + "} for tid in tids))\n"
-        "stop.set()\n"
-    )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
-    threads, pinned = out.stdout.split()
-    assert int(threads) >= 2 and pinned == "True"
-
-
 def test_int8_comparison_tells_summation_noise_from_tampering():
     """On an int8 wire a re-run may move a code or two by one step (float summation order); 1%
     noise, garbage and skipped blocks move far more, on small decode-step activations too
