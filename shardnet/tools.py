@@ -14,13 +14,23 @@ CONTRACTS_DIR = PACKAGE_DIR.parent / "contracts"
 _FIX = "run 'make bootstrap' in the repository root"
 
 
+_HANDED_OUT: set[int] = set()  # ports free_port gave this process
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    """A TCP port on 127.0.0.1 that nothing listens on right now and that this process has not
+    handed out before: a caller starts a process on it a moment later, and until that process
+    binds it the OS may offer the same port again (two devnet nodes once got one port)."""
     import socket
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    for _ in range(1000):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError("no free TCP port on 127.0.0.1 that this process has not handed out already")
 
 
 def default_home() -> Path:

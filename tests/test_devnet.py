@@ -82,6 +82,30 @@ def test_up_status_down_and_survive_sigkill(tmp_path):
     assert not dn.DevnetPaths.default(settings).pids.exists()
 
 
+def test_free_port_never_hands_out_one_port_twice(monkeypatch):
+    """The OS may offer a port again until the process it was handed to binds it: free_port
+    skips a port it gave before (two devnet nodes once got one port, and one could not start)."""
+    from shardnet.tools import free_port
+
+    offered = iter([1, 1, 2])  # below 1024: never one a real call handed out
+
+    class Offering:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def bind(self, address):
+            pass
+
+        def getsockname(self):
+            return ("127.0.0.1", next(offered))
+
+    monkeypatch.setattr(socket, "socket", lambda *args, **kwargs: Offering())
+    assert [free_port(), free_port()] == [1, 2]
+
+
 def test_port_in_use_is_refused(tmp_path):
     settings = devnet_settings(tmp_path / "net")
     with socket.socket() as squatter:
