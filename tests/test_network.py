@@ -5,6 +5,7 @@ reason, a node restarted mid-run never submits twice, and a coordinator killed u
 resumes."""
 
 import json
+import threading
 import time
 
 import pytest
@@ -446,6 +447,23 @@ def test_a_waiting_client_wakes_on_its_jobs_events_rather_than_polling(net):
     started = time.monotonic()
     result = net.client.wait(job_id, poll_s=120)  # polling this slowly would take two minutes
     assert result.status == JobStatus.COMPLETED and time.monotonic() - started < 60
+
+
+def test_a_waiting_client_reads_the_output_as_soon_as_the_result_names_it(net, monkeypatch):
+    """The ResultSubmitted notice starts the output's IPFS read (in a thread) while the client
+    reads the job's history; the history still decides which output is the result."""
+    model_id, _ = net.models["tiny-gpt2"]
+    threads, read = [], net.client.read_output
+
+    def recorded(job_id, cid):
+        threads.append(threading.current_thread().name)
+        return read(job_id, cid)
+
+    monkeypatch.setattr(net.client, "read_output", recorded)
+    job_id = net.client.submit(model_id, {"input_ids": [4, 1]}, JobParams(max_new_tokens=2), MAX_FEE)
+    result = net.client.wait(job_id)  # subscribed long before the job can be routed and run
+    assert result.status == JobStatus.COMPLETED and len(result.output["tokens"]) == 2
+    assert len(threads) == 1 and threads[0].startswith("output-read")
 
 
 def test_a_relay_between_two_nodes_sees_only_ciphertext_and_its_replay_delivers_nothing(net):
