@@ -24,8 +24,9 @@ from eth_utils.conversions import to_bytes
 
 from shardnet.bindings import Contracts
 from shardnet.chain import Chain
+from shardnet.cid import cid_v0
 from shardnet.deployment import Deployment
-from shardnet.errors import JobTimeout, ShardnetError, StreamMismatch
+from shardnet.errors import JobTimeout, ShardnetError, StorageError, StreamMismatch
 from shardnet.events import EventDecoder, EventReader
 from shardnet.jobs import JobParams, escrow_needed
 from shardnet.ledger import JobRecord, Ledger
@@ -142,22 +143,48 @@ class Client:
     def submit(
         self, model_id: int, job_input: dict[str, Any], params: JobParams, max_fee: int, ttl_s: int = 600
     ) -> int:
-        """Put the input on IPFS and post the job with `max_fee` wei in escrow. Returns the job id.
-        A private job's input goes to IPFS encrypted under a new job key, which `wait` hands to
-        the route's nodes once the job is routed (keep this Client to read the output)."""
+        """Put the input on IPFS and post the job with `max_fee` wei in escrow. Returns the job id
+        once both are done. A private job's input goes to IPFS encrypted under a new job key,
+        which `wait` hands to the route's nodes once the job is routed (keep this Client to read
+        the output).
+
+        The input's CID is computed here (`cid_v0`, the daemon's own layout), so the job is posted
+        while the daemon stores the bytes, in a thread: the two round trips overlap rather than
+        add up. A node that reads the input first has its read wait for the bytes. Should the
+        daemon fail to store them, the job is cancelled (its escrow credited back) and
+        StorageError says so."""
         params.validate()
         data, key = json.dumps(job_input).encode(), None
         if params.private:
             key = new_job_key()
             data = encrypt(key, data, "input")
-        input_cid = self.ipfs.add(data, name="job-input.json")
-        deadline = self.chain.w3.eth.get_block("latest")["timestamp"] + ttl_s
-        job_id = self.c.market.post_job(
-            model_id, input_cid, params.encode(), max_fee, deadline, audit_bps=params.audit_bps
-        )
+        input_cid = cid_v0(data)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="input-add") as pool:
+            stored = pool.submit(self.ipfs.add, data, "job-input.json")
+            deadline = self.chain.w3.eth.get_block("latest")["timestamp"] + ttl_s
+            try:
+                job_id = self.c.market.post_job(
+                    model_id, input_cid, params.encode(), max_fee, deadline, audit_bps=params.audit_bps
+                )
+            finally:
+                failure = stored.exception()  # waits for the daemon either way
+        if failure is not None:
+            outcome = self._withdraw(job_id)
+            raise StorageError(f"job {job_id}: its input could not be put on IPFS ({failure}); {outcome}")
         if key is not None:
             self.job_keys[job_id] = key
         return job_id
+
+    def _withdraw(self, job_id: int) -> str:
+        """Cancel a posted job whose input never reached IPFS; says what became of its escrow."""
+        try:
+            self.c.market.cancel_job(job_id)
+        except ShardnetError as exc:  # routed meanwhile: its first stage cannot read the input
+            return (
+                f"it could not be cancelled ({exc}): its route aborts it when the first stage cannot "
+                "read the input, and the escrow is refunded then"
+            )
+        return "the job is cancelled and its escrow credited back (withdraw it with 'shardnet job withdraw')"
 
     def hand_over_key(self, record: JobRecord) -> None:
         """A private job's key, sealed to each node of its route (its on-chain `dataKey`) and

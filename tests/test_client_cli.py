@@ -92,3 +92,55 @@ def test_model_publish_registers_with_a_key_from_the_environment(devnet, world):
     assert (model.name, model.owner, model.block_count) == ("env-key-model", admin.address, 6)
     bad = run_cli("model", "publish", "tiny-gpt2", "--register", env={**env, "SHARDNET_KEY": "0x1234"})
     assert bad.returncode != 0 and "SHARDNET_KEY is not a private key" in bad.stderr
+
+
+def test_submit_posts_the_job_while_the_daemon_stores_its_input(devnet, world, ipfs):
+    """The input's CID is computed locally, so the job is posted while the daemon stores the bytes
+    (in a thread); the CID on-chain is the one the daemon stored."""
+    import threading
+
+    from shardnet.client import Client
+    from shardnet.jobs import JobParams
+
+    nodes = world.register_nodes(1)
+    model = world.register_model(2, price_per_block=10**9)
+    world.assign_even(model, nodes, 2)
+    client = Client.from_deployment(CLIENT, devnet["deployment"])
+    threads, add = [], client.ipfs.add
+
+    def recorded(data, name="blob", progress=False):
+        threads.append(threading.current_thread().name)
+        return add(data, name, progress)
+
+    client.ipfs.add = recorded
+    job = client.submit(model, {"input_ids": [7, 7, 7]}, JobParams(kind="forward"), 10**15)
+    assert len(threads) == 1 and threads[0].startswith("input-add")
+    record = client.history(job)
+    assert json.loads(ipfs.cat(record.input_cid, timeout=10)) == {"input_ids": [7, 7, 7]}
+
+
+def test_an_input_the_daemon_cannot_store_cancels_its_job_and_refunds_it(devnet, world):
+    """The job is already posted when the daemon's failure is known: it is cancelled, the escrow
+    is credited back, and the error names the job and what became of the escrow."""
+    import pytest
+
+    from shardnet.client import Client
+    from shardnet.errors import StorageError, StorageUnavailable
+    from shardnet.jobs import JobParams
+    from shardnet.protocol import JobStatus
+
+    nodes = world.register_nodes(1)
+    model = world.register_model(2, price_per_block=10**9)
+    world.assign_even(model, nodes, 2)
+    client = Client.from_deployment(CLIENT, devnet["deployment"])
+    before = world.contracts.market.balance(CLIENT.address)[0]
+
+    def down(data, name="blob", progress=False):
+        raise StorageUnavailable("the IPFS RPC API is not reachable")
+
+    client.ipfs.add = down
+    with pytest.raises(StorageError, match=r"job (\d+): its input could not be put on IPFS .* cancelled") as err:
+        client.submit(model, {"input_ids": [1]}, JobParams(kind="forward"), 10**15)
+    job = int(err.value.args[0].split()[1].rstrip(":"))
+    assert world.contracts.market.job(job).status == JobStatus.CANCELLED
+    assert world.contracts.market.balance(CLIENT.address)[0] == before + 10**15
