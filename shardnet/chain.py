@@ -17,6 +17,7 @@ from eth_account.signers.local import LocalAccount
 from eth_utils.crypto import keccak
 from hexbytes import HexBytes
 from web3 import AsyncWeb3, Web3
+from web3._utils.method_formatters import receipt_formatter
 from web3.contract import Contract
 from web3.contract.contract import ContractFunction
 from web3.exceptions import ContractLogicError, TransactionNotFound
@@ -70,6 +71,7 @@ class Chain:
         self._nonce_lock = threading.Lock()
         self._ahead = float("-inf")  # the furthest the chain's clock was seen ahead of this machine's
         self._fees: tuple[float, dict[str, Wei]] | None = None  # (when read, EIP-1559 fee fields)
+        self._sync_send = True  # until the chain says it lacks eth_sendRawTransactionSync
         try:
             self.chain_id = self.w3.eth.chain_id
         except (requests.exceptions.RequestException, OSError) as exc:
@@ -267,19 +269,48 @@ class Chain:
     def send_raw(self, raw: bytes, on_sent: Callable[[], None] | None = None) -> dict[str, Any]:
         """Send a signed transaction and wait for it to be mined; a revert raises, as does a
         transaction the chain refuses (naming why). `on_sent` is called as soon as the chain has
-        taken it."""
+        taken it (where it answers with the receipt, `_send_sync`: once it is mined)."""
         tx_hash = HexBytes(keccak(raw))
-        try:
-            self._rpc("eth_sendRawTransaction", ["0x" + raw.hex()])
-        except _RpcError as exc:
-            message = exc.error.get("message", exc.error)
-            raise TransactionFailed(f"the chain refused transaction {tx_hash.to_0x_hex()}: {message}") from None
-        if on_sent is not None:
+        receipt = self._send_sync(raw, tx_hash) if self._sync_send else None
+        if receipt is None:
+            try:
+                self._rpc("eth_sendRawTransaction", ["0x" + raw.hex()])
+            except _RpcError as exc:
+                raise self._refused(tx_hash, exc) from None
+            if on_sent is not None:
+                on_sent()
+            receipt = self.wait_for_receipt(tx_hash)
+        elif on_sent is not None:
             on_sent()
-        receipt = self.wait_for_receipt(tx_hash)
         if receipt["status"] != 1:
             raise TransactionFailed(f"transaction {tx_hash.hex()} reverted on-chain (gas used {receipt['gasUsed']})")
         return dict(receipt)
+
+    def _send_sync(self, raw: bytes, tx_hash: HexBytes) -> Any | None:
+        """Send `raw` with eth_sendRawTransactionSync (EIP-7966: the chain answers with the
+        receipt once mined; Anvil has it), one round trip where polling for the receipt took two
+        or more. None where the chain lacks the method (not asked again: send it as usual). A
+        transaction the chain took but did not mine within its own wait (the EIP's errors 4 and 5)
+        is waited for as a plainly sent one is."""
+        try:
+            answer = self._rpc("eth_sendRawTransactionSync", ["0x" + raw.hex()])
+        except _RpcError as exc:
+            message = str(exc.error.get("message", "")).lower()
+            lacks = any(w in message for w in ("not found", "not supported", "does not exist", "not available"))
+            if exc.error.get("code") in (-32601, -32004) or ("method" in message and lacks):
+                self._sync_send = False
+                return None
+            if exc.error.get("code") in (4, 5):  # in the pool, not mined within the chain's wait: as before
+                return self.wait_for_receipt(tx_hash)
+            raise self._refused(tx_hash, exc) from None
+        except requests.exceptions.Timeout:  # the chain's wait outlasted this connection's
+            return self.wait_for_receipt(tx_hash)
+        return receipt_formatter(answer)  # web3's own, as get_transaction_receipt gives it (pinned < 9)
+
+    @staticmethod
+    def _refused(tx_hash: HexBytes, exc: _RpcError) -> TransactionFailed:
+        message = exc.error.get("message", exc.error)
+        return TransactionFailed(f"the chain refused transaction {tx_hash.to_0x_hex()}: {message}")
 
 
 class _RpcError(Exception):

@@ -100,3 +100,65 @@ def test_the_chain_clock_runs_on_while_an_on_demand_chain_is_idle(fresh_chain):
     assert chain.past(stamp + 1, slack_s=1.0)  # yet the next block is stamped past the deadline
     provider.make_request("evm_mine", [])
     assert chain.clock()[0] > stamp + 1
+
+
+def _transfer(chain: Chain, sender, nonce: int | None = None) -> bytes:
+    tx = {
+        "to": dev_account(7).address,
+        "value": 1,
+        "gas": 21000,
+        "nonce": chain.w3.eth.get_transaction_count(sender.address, "pending") if nonce is None else nonce,
+        "chainId": chain.chain_id,
+        **chain.fee_fields(),
+    }
+    return bytes(sender.sign_transaction(tx).raw_transaction)
+
+
+def _recording(chain: Chain, answers: dict | None = None) -> list[str]:
+    """The RPC methods `chain` sends from now on; `answers` replaces the chain's answer to some."""
+    methods, ask = [], chain.w3.provider.make_request
+
+    def make_request(method, params):
+        methods.append(method)
+        if answers and method in answers:
+            return {"jsonrpc": "2.0", "id": 0, **answers[method]}
+        return ask(method, params)
+
+    chain.w3.provider.make_request = make_request
+    return methods
+
+
+def test_a_transaction_and_its_receipt_take_one_round_trip(fresh_chain, deployment):
+    """Anvil answers eth_sendRawTransactionSync (EIP-7966) with the receipt: no receipt polling,
+    and the receipt reads as web3's own; a refused or reverted transaction still raises."""
+    from shardnet.errors import TransactionFailed
+
+    chain, sender = Chain.from_deployment(deployment), dev_account(6)
+    raw = _transfer(chain, sender)
+    methods = _recording(chain)
+    receipt = chain.send_raw(raw)
+    assert methods == ["eth_sendRawTransactionSync"]
+    assert receipt == dict(fresh_chain.w3.eth.get_transaction_receipt(receipt["transactionHash"]))
+    assert receipt["status"] == 1 and isinstance(receipt["blockNumber"], int)
+
+    with pytest.raises(TransactionFailed, match="refused transaction .*nonce"):
+        chain.send_raw(raw)  # its nonce is spent
+    nodes = chain.contract("NodeRegistry")
+    fn = nodes.functions.register("http://n", PROFILE, b"")
+    tx = fn.build_transaction({"from": sender.address, "value": 5, "gas": 300_000, "chainId": chain.chain_id})
+    tx["nonce"] = chain.w3.eth.get_transaction_count(sender.address, "pending")
+    with pytest.raises(TransactionFailed, match="reverted on-chain"):
+        chain.send_raw(bytes(sender.sign_transaction(tx).raw_transaction))  # sent unsimulated: mined, reverted
+
+
+def test_a_chain_without_the_one_round_trip_send_is_polled_for_receipts(fresh_chain, deployment):
+    """A chain that lacks eth_sendRawTransactionSync is asked once; its transactions are sent and
+    their receipts polled for, as before."""
+    chain, sender = Chain.from_deployment(deployment), dev_account(6)
+    lacking = {"error": {"code": -32601, "message": "the method eth_sendRawTransactionSync does not exist"}}
+    methods = _recording(chain, {"eth_sendRawTransactionSync": lacking})
+    first = chain.send_raw(_transfer(chain, sender))
+    second = chain.send_raw(_transfer(chain, sender))
+    assert first["status"] == second["status"] == 1 and second["blockNumber"] > first["blockNumber"]
+    sends = [m for m in methods if m.startswith("eth_sendRawTransaction")]
+    assert sends == ["eth_sendRawTransactionSync", "eth_sendRawTransaction", "eth_sendRawTransaction"]
