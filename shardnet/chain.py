@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from functools import cache
 from typing import Any
 
@@ -266,10 +266,9 @@ class Chain:
     def _send(self, tx: dict[str, Any], account: LocalAccount) -> dict[str, Any]:
         return self.send_raw(bytes(account.sign_transaction(tx).raw_transaction))
 
-    def send_raw(self, raw: bytes, on_sent: Callable[[], None] | None = None) -> dict[str, Any]:
+    def send_raw(self, raw: bytes) -> dict[str, Any]:
         """Send a signed transaction and wait for it to be mined; a revert raises, as does a
-        transaction the chain refuses (naming why). `on_sent` is called as soon as the chain has
-        taken it (where it answers with the receipt, `_send_sync`: once it is mined)."""
+        transaction the chain refuses (naming why)."""
         tx_hash = HexBytes(keccak(raw))
         receipt = self._send_sync(raw, tx_hash) if self._sync_send else None
         if receipt is None:
@@ -277,11 +276,7 @@ class Chain:
                 self._rpc("eth_sendRawTransaction", ["0x" + raw.hex()])
             except _RpcError as exc:
                 raise self._refused(tx_hash, exc) from None
-            if on_sent is not None:
-                on_sent()
             receipt = self.wait_for_receipt(tx_hash)
-        elif on_sent is not None:
-            on_sent()
         if receipt["status"] != 1:
             raise TransactionFailed(f"transaction {tx_hash.hex()} reverted on-chain (gas used {receipt['gasUsed']})")
         return dict(receipt)
