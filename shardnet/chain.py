@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from functools import cache
-from typing import Any
+from typing import Any, NoReturn
 
 import requests
 from eth_account import Account
@@ -64,7 +64,8 @@ class Chain:
         timeout: float = 10.0,
     ):
         self.rpc_url = rpc_url
-        self.w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": timeout}))
+        self._http = Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": timeout})
+        self.w3 = Web3(self._http)
         self.account = account
         self.deployment = deployment
         self._abi_cache: list[dict[str, Any]] | None = None
@@ -72,6 +73,7 @@ class Chain:
         self._ahead = float("-inf")  # the furthest the chain's clock was seen ahead of this machine's
         self._fees: tuple[float, dict[str, Wei]] | None = None  # (when read, EIP-1559 fee fields)
         self._sync_send = True  # until the chain says it lacks eth_sendRawTransactionSync
+        self._batches = True  # until the chain refuses a JSON-RPC batch
         try:
             self.chain_id = self.w3.eth.chain_id
         except (requests.exceptions.RequestException, OSError) as exc:
@@ -181,14 +183,21 @@ class Chain:
     def sign_bounded(self, fn: ContractFunction, account: LocalAccount, gas_limit: int, value: int = 0) -> bytes:
         """`fn` simulated once (eth_call: a revert raises the contract's named error) and signed
         with a known gas bound, the pending nonce and fee fields cached for FEES_TTL_S: no gas
-        estimate, no fee lookups, and the two reads sent to the chain as they are (web3's request
-        formatting costs more than a devnet's answer on a job's critical path). Send it with
-        `send_raw` before signing another for the same account."""
+        estimate, no fee lookups, and the simulation and the nonce read asked in one JSON-RPC
+        batch, sent as they are (web3's request formatting costs more than a devnet's answer on
+        a job's critical path). Send it with `send_raw` before signing another for the same
+        account."""
         data = fn._encode_transaction_data()  # web3's own encoder (pinned < 9), once
-        self._simulate({"from": account.address, "to": fn.address, "data": data, "value": hex(value)})
-        nonce = int(self._rpc("eth_getTransactionCount", [account.address, "pending"]), 16)
+        call = {"from": account.address, "to": fn.address, "data": data, "value": hex(value)}
+        simulated, counted = self._rpc_batch(
+            [("eth_call", [call, "latest"]), ("eth_getTransactionCount", [account.address, "pending"])]
+        )
+        if "error" in simulated:
+            self._refuse_simulated(simulated["error"])
+        if "error" in counted:
+            raise TransactionFailed(f"the chain could not say the nonce of {account.address}: {counted['error']}")
         tx = {"from": account.address, "to": fn.address, "data": data, "value": value, "gas": gas_limit}
-        tx |= {"nonce": nonce, "chainId": self.chain_id, **self.fee_fields()}
+        tx |= {"nonce": int(counted["result"], 16), "chainId": self.chain_id, **self.fee_fields()}
         return bytes(account.sign_transaction(tx).raw_transaction)
 
     def _rpc(self, method: str, params: list[Any]) -> Any:
@@ -198,19 +207,30 @@ class Chain:
             raise _RpcError(dict(response["error"]))
         return response["result"]
 
-    def _simulate(self, call: dict[str, Any]) -> None:
-        try:
-            self._rpc("eth_call", [call, "latest"])
-        except _RpcError as exc:
-            data = exc.error.get("data")
-            if isinstance(data, dict):  # some chains nest the revert data one level down
-                data = data.get("data")
-            message = str(exc.error.get("message", exc.error))
-            if isinstance(data, str) and data not in ("", "0x"):
-                raise decode_revert(data, self.abis) from None
-            if "revert" in message:
-                raise ContractRevert({"message": message}) from None
-            raise TransactionFailed(f"the chain refused to simulate the call: {message}") from None
+    def _rpc_batch(self, calls: list[tuple[str, list[Any]]]) -> list[dict[str, Any]]:
+        """Several JSON-RPC requests in one round trip; their answers (each a result or an error)
+        in order. A chain that refuses batches is asked one at a time (and not batched again)."""
+        if self._batches:
+            try:
+                answers = self._http.make_batch_request([(RPCEndpoint(m), p) for m, p in calls])
+            except requests.exceptions.HTTPError:
+                answers = []
+            if isinstance(answers, list) and len(answers) == len(calls):
+                return [dict(a) for a in answers]
+            self._batches = False
+        return [dict(self.w3.provider.make_request(RPCEndpoint(m), p)) for m, p in calls]
+
+    def _refuse_simulated(self, error: dict[str, Any]) -> NoReturn:
+        """Raise what a failed simulation means: the contract's named error where it gave one."""
+        data = error.get("data")
+        if isinstance(data, dict):  # some chains nest the revert data one level down
+            data = data.get("data")
+        message = str(error.get("message", error))
+        if isinstance(data, str) and data not in ("", "0x"):
+            raise decode_revert(data, self.abis)
+        if "revert" in message:
+            raise ContractRevert({"message": message})
+        raise TransactionFailed(f"the chain refused to simulate the call: {message}")
 
     def fee_fields(self) -> dict[str, Wei]:
         """maxFeePerGas (twice the base fee plus the tip: room for several full blocks' rises) and

@@ -162,3 +162,33 @@ def test_a_chain_without_the_one_round_trip_send_is_polled_for_receipts(fresh_ch
     assert first["status"] == second["status"] == 1 and second["blockNumber"] > first["blockNumber"]
     sends = [m for m in methods if m.startswith("eth_sendRawTransaction")]
     assert sends == ["eth_sendRawTransactionSync", "eth_sendRawTransaction", "eth_sendRawTransaction"]
+
+
+def test_a_bounded_transaction_asks_its_simulation_and_nonce_in_one_batch(fresh_chain, deployment):
+    """A transaction with a known gas bound (every one on a job's critical path) asks for its
+    simulation and its nonce in one JSON-RPC batch; a revert in the batch is still the contract's
+    named error, and a chain that refuses batches is asked one request at a time."""
+    chain, sender = Chain.from_deployment(deployment), dev_account(6)
+    batches, batch = [], chain._http.make_batch_request
+
+    def recorded(calls):
+        batches.append([method for method, _ in calls])
+        return batch(calls)
+
+    chain._http.make_batch_request = recorded
+    methods = _recording(chain)
+    register = chain.contract("NodeRegistry").functions.register("http://n", PROFILE, b"")
+    with pytest.raises(contract_errors.InsufficientStake):
+        chain.transact(register, value=5, account=sender, gas_limit=500_000)
+    assert batches == [["eth_call", "eth_getTransactionCount"]] and methods == []
+    receipt = chain.transact(register, value=10**18, account=sender, gas_limit=500_000)
+    assert receipt["status"] == 1 and len(batches) == 2 and methods == ["eth_sendRawTransactionSync"]
+
+    other = Chain.from_deployment(deployment)
+    other._http.make_batch_request = lambda calls: {"jsonrpc": "2.0", "id": None, "error": {"code": -32600}}
+    with pytest.raises(contract_errors.InsufficientStake):
+        other.transact(register, value=5, account=dev_account(8), gas_limit=500_000)
+    unbatched = _recording(other)
+    unregistered = other.contract("NodeRegistry").functions.register("http://m", PROFILE, b"")
+    assert other.transact(unregistered, value=10**18, account=dev_account(8), gas_limit=500_000)["status"] == 1
+    assert unbatched[:2] == ["eth_call", "eth_getTransactionCount"]
