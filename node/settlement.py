@@ -41,10 +41,6 @@ SUBMIT_TRIES = 3  # a refused result is sent again this many times in all, backi
 SUBMIT_BACKOFF_S = 1.0
 STORE_TRIES = 4  # a transcript's or output's IPFS write is tried this many times, backing off
 STORE_BACKOFF_S = 0.5
-# transcripts are written this long after a job ends at a stage: at its end every stage's
-# writes would meet the client's read of the output (and the next job's input) at the daemon,
-# which answers one at a time (the client's read took 17 ms, 9 ms with them held back)
-TRANSCRIPT_STORE_DELAY_S = 0.5
 
 
 class Settlement:
@@ -139,11 +135,10 @@ class Settlement:
     async def _publish_transcript(self, run: JobRun) -> str:
         """The CID of what this stage received (and, but for the last stage, sent), once per state
         of the stage. The CID is computed here (`cid_v0`, the daemon's own layout), so a receipt
-        and the output name it at once; the bytes go to IPFS, pinned, TRANSCRIPT_STORE_DELAY_S
-        after the job ends at this stage (`finish`: its result is in, or it settled otherwise),
-        off the job's critical path and out of the way of its output's IPFS write and of the
-        client's read of it (committees fetch them later, within the audit window, and a fetch
-        that comes first waits for them)."""
+        and the output name it at once; the bytes go to IPFS, pinned, once the job ends at this
+        stage (`finish`: its result is in, or it settled otherwise), off the job's critical path
+        and out of the way of its output's IPFS write (committees fetch them later, within the
+        audit window, and a fetch that comes first waits for them)."""
         received, sent = tuple(run.received_log), () if run.is_last else tuple(run.sent_log)
         counts = (len(received), len(sent))
         if run.transcript is None or run.transcript[0] != counts:
@@ -162,9 +157,9 @@ class Settlement:
             task = asyncio.ensure_future(self._publish_transcript(run))
             task.add_done_callback(lambda t: t.cancelled() or t.exception())  # reported when asked for
 
-    def _store(self, job_id: int, name: str, data: bytes, cid: str, after_s: float = 0.0) -> None:
-        """Write `data` to IPFS in the background (kept until written), `after_s` from now."""
-        task = asyncio.ensure_future(self._store_now(job_id, name, data, cid, after_s))
+    def _store(self, job_id: int, name: str, data: bytes, cid: str) -> None:
+        """Write `data` to IPFS in the background (kept until written)."""
+        task = asyncio.ensure_future(self._store_now(job_id, name, data, cid))
         self._stored.add(task)
         task.add_done_callback(self._stored.discard)
 
@@ -173,11 +168,9 @@ class Settlement:
         if self._stored:
             await asyncio.wait(set(self._stored), timeout=timeout_s)
 
-    async def _store_now(self, job_id: int, name: str, data: bytes, cid: str, after_s: float = 0.0) -> None:
+    async def _store_now(self, job_id: int, name: str, data: bytes, cid: str) -> None:
         """Put a transcript or output on IPFS (pinned) under the CID already named on-chain or in
         a receipt; tried a few times."""
-        if after_s:
-            await asyncio.sleep(after_s)
         for attempt in range(STORE_TRIES):
             try:
                 stored = str(await asyncio.to_thread(self.ipfs.add, data, name))
@@ -365,7 +358,7 @@ class Settlement:
 
     def finish(self, job_id: int) -> None:
         for cid, (stage, data) in self._unstored.pop(job_id, {}).items():
-            self._store(job_id, f"job-{job_id}-stage-{stage}-transcript", data, cid, TRANSCRIPT_STORE_DELAY_S)
+            self._store(job_id, f"job-{job_id}-stage-{stage}-transcript", data, cid)
         run = self.executor.jobs.get(job_id)
         if run is not None:
             run.ended = True
