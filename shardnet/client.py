@@ -95,7 +95,7 @@ class Client:
             data = encrypt(key, data, "input")
         input_cid = cid_v0(data)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="input-add") as pool:
-            stored = pool.submit(self.ipfs.add, data, "job-input.json")
+            stored = pool.submit(self.ipfs.add, data, "job-input.json", cid=input_cid)
             deadline = self.chain.w3.eth.get_block("latest")["timestamp"] + ttl_s
             try:
                 job_id = self.c.market.post_job(

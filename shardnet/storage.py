@@ -84,12 +84,13 @@ class IpfsClient:
     def version(self) -> str:
         return str(self._post("/version").json()["Version"])
 
-    def add(self, data: bytes, name: str = "blob", progress: bool = False) -> str:
-        """Add and pin `data`; returns its CIDv0. The daemon's answer must equal the local hash."""
-        expected = cid_v0(data)
+    def add(self, data: bytes, name: str = "blob", progress: bool = False, cid: str | None = None) -> str:
+        """Add and pin `data`; returns its CIDv0. The daemon's answer must equal the local hash
+        (`cid`, where the caller has already computed `cid_v0(data)`)."""
+        expected = cid or cid_v0(data)
         params = dict(ADD_PARAMS, progress="true" if progress else "false")
         bar = tqdm(total=len(data), unit="B", unit_scale=True, desc=f"ipfs add {name}", disable=not progress)
-        cid = None
+        stored = None
         try:
             with self._http.stream("POST", "/add", params=params, files={"file": (name, data)}) as response:
                 if response.status_code != 200:
@@ -100,7 +101,7 @@ class IpfsClient:
                         continue
                     item = json.loads(line)
                     if "Hash" in item:
-                        cid = item["Hash"]
+                        stored = item["Hash"]
                     elif "Bytes" in item:
                         bar.update(int(item["Bytes"]) - bar.n)
         except httpx.ConnectError:
@@ -111,12 +112,12 @@ class IpfsClient:
         finally:
             bar.update(len(data) - bar.n)
             bar.close()
-        if cid != expected:
+        if stored != expected:
             raise ContentMismatch(
-                f"IPFS add returned {cid} but the bytes hash to {expected}; the daemon "
+                f"IPFS add returned {stored} but the bytes hash to {expected}; the daemon "
                 "does not use CIDv0 with 256 KiB chunks"
             )
-        return str(cid)
+        return str(stored)
 
     def add_file(self, path: Path, progress: bool = False) -> str:
         return self.add(Path(path).read_bytes(), name=Path(path).name, progress=progress)

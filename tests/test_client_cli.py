@@ -108,9 +108,9 @@ def test_submit_posts_the_job_while_the_daemon_stores_its_input(devnet, world, i
     client = Client.from_deployment(CLIENT, devnet["deployment"])
     threads, add = [], client.ipfs.add
 
-    def recorded(data, name="blob", progress=False):
+    def recorded(data, name="blob", **kwargs):
         threads.append(threading.current_thread().name)
-        return add(data, name, progress)
+        return add(data, name, **kwargs)
 
     client.ipfs.add = recorded
     job = client.submit(model, {"input_ids": [7, 7, 7]}, JobParams(kind="forward"), 10**15)
@@ -135,7 +135,7 @@ def test_an_input_the_daemon_cannot_store_cancels_its_job_and_refunds_it(devnet,
     client = Client.from_deployment(CLIENT, devnet["deployment"])
     before = world.contracts.market.balance(CLIENT.address)[0]
 
-    def down(data, name="blob", progress=False):
+    def down(data, name="blob", **kwargs):
         raise StorageUnavailable("the IPFS RPC API is not reachable")
 
     client.ipfs.add = down
