@@ -238,13 +238,15 @@ class Executor:
 
     def run_span(self, run: JobRun, x: torch.Tensor, mask: torch.Tensor | None, measure: bool = True) -> torch.Tensor:
         """Run the job's stage on `x` ([b, n] ids at stage 0, else [b, n, hidden]). `measure`:
-        count it in this node's own speed (not when re-running another node's stage)."""
+        count it in this node's own speed and the job's `computed` (not when re-running another
+        node's stage)."""
         loaded = run.loaded
         session = run.session if run.params.kind == "generate" else None
         started = time.perf_counter()
         entry = run.stages[run.stage].start
         extras, run.extras = run.extras, {}  # block 0's side inputs go with the first step only
         # a generation needs the logits of its last position only, at every step
+        began = time.time()
         out = loaded.model(
             x, attention_mask=mask, session=session, start=entry, extras=extras, last_only=session is not None
         )
@@ -255,6 +257,7 @@ class Executor:
         if self.slowdown > 1:  # emulating a slower machine (devnet / tests): take `slowdown` times as long
             time.sleep(elapsed * (self.slowdown - 1))
             elapsed *= self.slowdown
+        run.computed = (began, time.time())
         ms = elapsed * 1000 / max(1, loaded.span.end - entry)
         self.ms_per_block = ms if self.ms_per_block is None else 0.8 * self.ms_per_block + 0.2 * ms
         if x.dim() in (2, 3) and x.shape[1] > 1:  # a pass over several tokens (a prefill, a forward)
@@ -373,11 +376,15 @@ class Executor:
         if len(batch) == 1:
             outs = [self.run_span(run, batch[0][1], None)]
         else:
+            began = time.time()
             outs = run.loaded.model.forward_batch(
                 [x for _, x in batch], [r.session for r, _ in batch], start=run.stages[run.stage].start
             )
             if self.slowdown > 1:
                 time.sleep((time.perf_counter() - started) * (self.slowdown - 1))
+            ended = time.time()
+            for batched, _ in batch:
+                batched.computed = (began, ended)
             self.batches += 1
             self.batched_steps += len(batch)
         self._decode_ms[key] = (time.perf_counter() - started) * 1000
@@ -386,20 +393,19 @@ class Executor:
 
     def next_token(self, run: JobRun, logits: torch.Tensor) -> tuple[int, bool]:
         """Last stage, generate: the next token and whether generation is over."""
-        token = sample_next(logits[0, -1], run.params, run.generator)
+        token = sample_next(logits, run.params, run.generator)
         run.tokens.append(token)
-        config = run.loaded.manifest.config
-        eos = config.eos_token_id
-        eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
-        return token, len(run.tokens) >= run.params.max_new_tokens or token in eos_ids
+        return token, len(run.tokens) >= run.params.max_new_tokens or token in run.loaded.eos_ids
 
     def output(self, run: JobRun, fields: dict[str, Any], transcripts: list[str]) -> bytes:
         """Last stage: the job output as JSON bytes (what goes to IPFS): its `output_fields`,
         every stage's transcript CID and the data-plane timings."""
         timing = dict(run.timing)
         done = timing.pop("done", time.time())  # when the last stage finished computing
-        if "t0" in timing:
+        if isinstance(timing.get("t0"), float):
             timing["data_plane_ms"] = round((done - timing["t0"]) * 1000, 3)
+        if run.hops[0]:  # (node.pipeline.count_hop)
+            timing["hops"], timing["hop_ms"] = run.hops[0], round(run.hops[1], 3)
         # orjson writes a float32 array in its shortest exact form, ~15x faster than json with
         # Python floats (a vocabulary's logits: 2 ms instead of 33, and half the bytes to IPFS)
         return orjson.dumps({**fields, "transcripts": transcripts, "timing": timing}, option=orjson.OPT_SERIALIZE_NUMPY)

@@ -22,7 +22,8 @@ reordered or truncated frame; a replayed session gets fresh keys from the receiv
 ephemeral key, so none of its old frames decrypt.
 
 Frame (after decryption): the `node.messages` format, header `{"id", "chain", "job", "stage",
-"to"}` and the stage message as payload; the receiver answers each frame with
+"to"}` (and `timing`, for a step just computed: node.pipeline.count_hop) and the stage message
+as payload; the receiver answers each frame with
 `{"ack": id, "ok": bool, "error"?}`. A send completes when the receiver queued the message; a
 post (a generation's step, whose next message can only follow the peer's answer) completes when
 the frame is written, and its task when the ack came.
@@ -39,6 +40,7 @@ import struct
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -71,7 +73,8 @@ NOISE_ERRORS = (
 )
 Verdict = tuple[bool, str]  # (accepted, why not)
 # the stage pipeline's verdict on a frame: at once, or once it could wait (for a route to arrive)
-Accept = Callable[[int, int, str, bytes], Verdict | Awaitable[Verdict]]
+# (job, stage, sender, message, the frame's timing or None)
+Accept = Callable[[int, int, str, bytes, Any], Verdict | Awaitable[Verdict]]
 
 
 def prologue(chain_id: int, market: str) -> bytes:
@@ -256,20 +259,40 @@ class LinkClient:
             link = self.links[node] = _Link(sock, noise)
             return link
 
-    async def send(self, node: str, endpoint: str, data_key: bytes, job_id: int, stage: int, body: bytes) -> None:
+    async def send(
+        self,
+        node: str,
+        endpoint: str,
+        data_key: bytes,
+        job_id: int,
+        stage: int,
+        body: bytes,
+        timing: dict[str, Any] | None = None,
+    ) -> None:
         """Deliver a stage message to `node` (stage `stage` of job `job_id`); returns when the
-        peer queued it. PeerError when it refused it, or failed `retries + 1` times."""
-        await (await self.post(node, endpoint, data_key, job_id, stage, body))
+        peer queued it. PeerError when it refused it, or failed `retries + 1` times. `timing`
+        goes in the frame's header, beside the message (node.pipeline.count_hop)."""
+        await (await self.post(node, endpoint, data_key, job_id, stage, body, timing))
 
     async def post(
-        self, node: str, endpoint: str, data_key: bytes, job_id: int, stage: int, body: bytes
+        self,
+        node: str,
+        endpoint: str,
+        data_key: bytes,
+        job_id: int,
+        stage: int,
+        body: bytes,
+        timing: dict[str, Any] | None = None,
     ) -> asyncio.Task[None]:
         """Like `send`, but returns as soon as the message is written to an open link (one is
         opened first if need be): the task it returns ends when the peer queued the message, or
         raises what `send` would. A stage whose next message can only follow the peer's answer
         goes on at once, without waiting for the ack's round trip."""
         frame_id = next(self._ids)
-        frame = pack({"id": frame_id, "chain": self.chain_id, "job": job_id, "stage": stage, "to": node}, body)
+        header: dict[str, Any] = {"id": frame_id, "chain": self.chain_id, "job": job_id, "stage": stage, "to": node}
+        if timing is not None:
+            header["timing"] = timing
+        frame = pack(header, body)
         link = self.links.get(node)
         acked = written = None
         if link is not None and self.banned_until.get(node, 0) <= time.monotonic():
@@ -424,7 +447,7 @@ class LinkServer:
         if not isinstance(job_id, int) or not isinstance(stage, int) or isinstance(job_id, bool):
             self.strike(sender, "malformed-frame")
             return _ack(frame_id, False, "frame names no job and stage")
-        verdict = self.accept(job_id, stage, sender, body)
+        verdict = self.accept(job_id, stage, sender, body, header.get("timing"))
         if isinstance(verdict, tuple):
             return self._answer(frame_id, verdict)
         return self._answer_later(frame_id, verdict)

@@ -49,8 +49,9 @@ ROUTE_WAIT_S = 3.0
 PREFETCH_JOBS = 64  # posted jobs whose inputs a first-block node reads ahead of their routing
 log = logging.getLogger("shardnet.node")
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
-# a stage message: its header, its payload, the whole of it, and whether it came over a link
-Message = tuple[dict[str, Any], bytes, bytes, bool]
+# a stage message: its header, its payload, the whole of it, whether it came over a link, and
+# its link frame's timing (count_hop)
+Message = tuple[dict[str, Any], bytes, bytes, bool, Any]
 
 
 class StagePipeline:
@@ -166,8 +167,9 @@ class StagePipeline:
             await self.settlement.abort(job_id, f"stage 0 could not run the input: {type(exc).__name__}: {exc}")
 
     # ------------------------------------------------------------------ every stage
-    async def step(self, run: JobRun, x: torch.Tensor, mask: torch.Tensor | None) -> None:
-        """Run this stage's span on `x` and pass the result on."""
+    async def step(self, run: JobRun, x: torch.Tensor, mask: torch.Tensor | None, hop: Any = None) -> None:
+        """Run this stage's span on `x` and pass the result on. `hop`: the timing of the link
+        frame `x` came in (count_hop)."""
         started = time.perf_counter()
         if run.is_last and (run.params.kind != "generate" or len(run.tokens) + 1 >= run.params.max_new_tokens):
             self.settlement.collect_early(run)  # this step is the last: the receipts come meanwhile
@@ -183,6 +185,7 @@ class StagePipeline:
         else:
             out = await self.executor.run_pass(run, x, mask)
         elapsed = time.perf_counter() - started
+        count_hop(run, hop)
         try:
             await self._pass_on(run, x, mask, out)
         finally:  # counted once the result is on its way: a decode step's send goes first
@@ -224,17 +227,20 @@ class StagePipeline:
             return
         await self.settlement.finalize(run, out)
 
-    async def send(self, run: JobRun, stage: int, body: bytes, wait: bool = True) -> None:
+    async def send(self, run: JobRun, stage: int, body: bytes, wait: bool = True, fresh: bool = True) -> None:
         """Send a message to a stage of the job's route: until that stage queued it, or (not
-        `wait`) only until it is written; a failure is then handled the same way once known."""
+        `wait`) only until it is written; a failure is then handled the same way once known.
+        `fresh`: the result of the step just computed, so its frame carries the hop's timing
+        (not a replay)."""
         node = run.stages[stage].node
         endpoint, key = self.ledger.endpoints[node], self.ledger.data_keys.get(node, b"")
+        timing = {"sent": run.computed[1], "hops": run.hops[0], "hop_ms": run.hops[1]} if fresh else None
         if not wait:
-            task = await self.links.post(node, endpoint, key, run.job_id, stage, body)
+            task = await self.links.post(node, endpoint, key, run.job_id, stage, body, timing)
             task.add_done_callback(functools.partial(self._answered, run, stage, node, len(body)))
             return
         try:
-            await self.links.send(node, endpoint, key, run.job_id, stage, body)
+            await self.links.send(node, endpoint, key, run.job_id, stage, body, timing)
         except PeerError as exc:
             await self._unreachable(run, stage, node, exc)
             return
@@ -297,7 +303,7 @@ class StagePipeline:
         try:
             sent = 0
             while sent < len(run.sent_log):
-                await self.send(run, run.stage + 1, run.sent_log[sent])
+                await self.send(run, run.stage + 1, run.sent_log[sent], fresh=False)
                 sent += 1
                 if run.stalled:
                     return
@@ -321,22 +327,25 @@ class StagePipeline:
         job = self.ledger.jobs.get(job_id)
         return job is not None and bool(job.route)
 
-    def accept(self, job_id: int, stage: int, sender: str, body: bytes) -> Verdict | Awaitable[Verdict]:
+    def accept(
+        self, job_id: int, stage: int, sender: str, body: bytes, hop: Any = None
+    ) -> Verdict | Awaitable[Verdict]:
         """A data-plane message arrived: accept it only from the stage the on-chain route names.
         Decided here and now when the route allows it (a decode step's usual case); else the
-        verdict comes once this node's view of the route has had a moment to catch up."""
+        verdict comes once this node's view of the route has had a moment to catch up. `hop`:
+        its frame's timing (count_hop)."""
         try:
             header, payload = unpack(body)
         except ValueError as exc:
             return False, f"malformed message: {exc}"
         job = self.ledger.jobs.get(job_id)
         if job is None or not job.route or self._refusal(job_id, stage, sender, header) is not None:
-            return self._accept_later(job_id, stage, sender, header, payload, body)
-        self._enqueue(job_id, header, payload, body)
+            return self._accept_later(job_id, stage, sender, header, payload, body, hop)
+        self._enqueue(job_id, header, payload, body, hop=hop)
         return True, ""
 
     async def _accept_later(
-        self, job_id: int, stage: int, sender: str, header: dict[str, Any], payload: bytes, body: bytes
+        self, job_id: int, stage: int, sender: str, header: dict[str, Any], payload: bytes, body: bytes, hop: Any
     ) -> Verdict:
         if not await self.wait_for_route(job_id):
             return False, f"job {job_id} has no route on-chain"
@@ -350,15 +359,17 @@ class StagePipeline:
                 await asyncio.wait_for(waiting.wait(), deadline - time.monotonic())
             except TimeoutError:
                 pass
-        self._enqueue(job_id, header, payload, body)
+        self._enqueue(job_id, header, payload, body, hop=hop)
         return True, ""
 
-    def _enqueue(self, job_id: int, header: dict[str, Any], payload: bytes, body: bytes, linked: bool = True) -> None:
+    def _enqueue(
+        self, job_id: int, header: dict[str, Any], payload: bytes, body: bytes, linked: bool = True, hop: Any = None
+    ) -> None:
         queue = self.queues.get(job_id)
         if queue is None:
             queue = self.queues[job_id] = asyncio.Queue()
             self.spawn(self._worker(job_id, queue))
-        queue.put_nowait((header, payload, body, linked))
+        queue.put_nowait((header, payload, body, linked, hop))
 
     def _refusal(self, job_id: int, stage: int, sender: str, header: dict[str, Any]) -> str | None:
         """Why this node does not take the message, as the job's route stands here now."""
@@ -376,7 +387,7 @@ class StagePipeline:
 
     async def _worker(self, job_id: int, queue: asyncio.Queue[Message]) -> None:
         while True:
-            header, payload, body, linked = await queue.get()
+            header, payload, body, linked, hop = await queue.get()
             try:
                 run = self.begin(job_id)
                 if header["step"] < run.expected_step:
@@ -384,11 +395,11 @@ class StagePipeline:
                 run.expected_step = header["step"] + 1
                 run.receive(body)
                 if header["kind"] == "tokens":
-                    await self.step(run, torch.tensor([header["ids"]]), None)
+                    await self.step(run, torch.tensor([header["ids"]]), None, hop)
                 else:
                     mask = torch.tensor(header["mask"]) if "mask" in header else None
                     run.timing = header.get("timing", run.timing)
-                    await self.step(run, decode_activation(payload), mask)
+                    await self.step(run, decode_activation(payload), mask, hop)
             except Exception as exc:
                 log.exception("job %d failed at this stage", job_id, extra={"job": job_id})
                 await self.settlement.abort(job_id, f"stage failed: {type(exc).__name__}: {exc}")
@@ -398,6 +409,26 @@ class StagePipeline:
                     self.metrics.bytes_in.inc(len(body))
             if job_id not in self.executor.jobs:
                 return
+
+
+def count_hop(run: JobRun, hop: Any) -> None:
+    """Count the hop a step's input made into `run.hops`. `hop` is the timing its link frame
+    carried: when the sending stage's model call ended (`sent`, unix s) and the hops counted
+    before it (`hops`, `hop_ms`). This hop runs from `sent` to the start of this stage's model
+    call: the message's whole trip, both ends' per-step work outside the model (sampling,
+    encoding, sealing, framing; parsing, opening, checking, queueing, decoding), the network and
+    any wait for a decode batch. `sent` is the other node's clock, so across hosts a hop also
+    holds the two clocks' offset. It rides in the frame's header, not in the stage message, which
+    receipts hash and a replay must repeat byte for byte. A frame without it (a replay, a stage's
+    own token loop) counts nothing, and a peer's junk is ignored."""
+    if not isinstance(hop, dict) or not run.computed[0]:
+        return
+    sent, hops, total = hop.get("sent"), hop.get("hops"), hop.get("hop_ms")
+    if not isinstance(sent, float):
+        return
+    if not isinstance(hops, int) or isinstance(hops, bool) or not isinstance(total, float):
+        hops, total = 0, 0.0
+    run.hops = (hops + 1, total + (run.computed[0] - sent) * 1000)
 
 
 def context_overflow(run: JobRun, prompt_len: int) -> str | None:

@@ -5,6 +5,7 @@ hashes, which the stage signs as its receipt."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,12 @@ class LoadedSpan:
     tokenizer: Any | None = None  # a transformers tokenizer, at the ends of the model
     processor: Any | None = None  # an image model's own image processor, at block 0
 
+    @functools.cached_property
+    def eos_ids(self) -> frozenset[int]:
+        """The tokens that end a generation (the model config's eos_token_id: one, a list or none)."""
+        eos = self.manifest.config.eos_token_id
+        return frozenset(e for e in (eos if isinstance(eos, list) else [eos]) if isinstance(e, int))
+
 
 @dataclass
 class JobRun:
@@ -44,6 +51,10 @@ class JobRun:
     attention_mask: torch.Tensor | None = None
     extras: dict[str, torch.Tensor] = field(default_factory=dict)  # stage 0's first step: token_type_ids
     timing: dict[str, Any] = field(default_factory=dict)  # picked_up_at, t0, done (unix s), carried stage to stage
+    computed: tuple[float, float] = (0.0, 0.0)  # the last model call on this job here: began, ended (unix s)
+    # the hops between stages so far on the job's way to this stage, and their total ms (carried
+    # in the link frames' headers, outside the messages the receipts hash: node.pipeline.count_hop)
+    hops: tuple[int, float] = (0, 0.0)
     sent_log: list[bytes] = field(default_factory=list)  # every message sent to the next stage (replay, transcript)
     received_log: list[bytes] = field(default_factory=list)  # every message that entered the stage (transcript)
     expected_step: int = 0  # next activation step this stage has not processed yet

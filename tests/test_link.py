@@ -57,7 +57,7 @@ class Receiver:
         self.server = uvicorn.Server(config)
         self.url = f"http://127.0.0.1:{self.port}"
 
-    def accept(self, job_id: int, stage: int, sender: str, body: bytes) -> Verdict | Awaitable[Verdict]:
+    def accept(self, job_id: int, stage: int, sender: str, body: bytes, _timing: Any) -> Verdict | Awaitable[Verdict]:
         """Like the stage pipeline: a verdict at once, or (job 405) once a route had time to arrive."""
         if job_id == 404:
             return False, "job 404 has no route on-chain"

@@ -7,6 +7,7 @@ resumes."""
 import json
 import threading
 import time
+from typing import Any
 
 import pytest
 import torch
@@ -120,7 +121,15 @@ def test_generation_jobs_equal_local_model(net):
         else:  # int8 activations: identical to the same 3-span pipeline run locally
             assert got == _greedy(config, blocks, _route_spans(result.record), prompt, 12, "int8")
         assert len(result.record.route) == 3
+        _assert_hops_timed(result.output["timing"], 3 * len(got) - 1)  # the prompt 0->1->2, each token round
         _assert_paid_per_route(net, result)
+
+
+def _assert_hops_timed(timing: dict[str, Any], hops: int) -> None:
+    """The job's timing counted each hop between stages once, and their time is part of the data
+    plane's."""
+    assert timing["hops"] == hops
+    assert 0 < timing["hop_ms"] < timing["data_plane_ms"]
 
 
 def test_embedding_jobs_match_whole_model(net):
@@ -164,6 +173,7 @@ def test_forward_jobs_equal_local_model(net):
         got = torch.tensor(result.output["output"])  # the last position's logits
         assert (got - ref[:, -1]).abs().max().item() <= 1e-4
         assert result.output["argmax"] == ref.argmax(-1).tolist()
+        _assert_hops_timed(result.output["timing"], len(result.record.route) - 1)
         _assert_paid_per_route(net, result)
 
 

@@ -404,3 +404,57 @@ def test_joining_the_swarm_dials_every_peer_at_once():
     started = time.monotonic()
     assert asyncio.run(swarm.join()) == 2  # the two that answered
     assert time.monotonic() - started < 1.2
+
+
+def test_greedy_sampling_picks_what_torch_argmax_picks():
+    """The node's greedy pick (numpy on fp32 logits) is torch's argmax: ties go to the first index,
+    NaN counts as the largest, and other dtypes take torch's own path."""
+    import torch
+
+    from node.inputs import sample_next
+    from shardnet.jobs import JobParams
+
+    greedy = JobParams(kind="generate", max_new_tokens=1)
+    gen = torch.Generator().manual_seed(0)
+    for seed in range(20):  # a step's logits [1, positions, vocab]: its last position counts
+        logits = torch.randn(1, 3, 32000, generator=torch.Generator().manual_seed(seed))
+        assert sample_next(logits, greedy, None) == int(logits[0, -1].argmax())
+    tied = torch.zeros(1, 1, 100)
+    tied[0, 0, [7, 42]] = 3.0
+    assert sample_next(tied, greedy, None) == int(tied[0, -1].argmax()) == 7
+    nan = torch.randn(1, 1, 100, generator=gen)
+    nan[0, 0, [13, 60]] = float("nan")
+    assert sample_next(nan, greedy, None) == int(nan[0, -1].argmax()) == 13
+    half = torch.randn(1, 2, 100, generator=gen).to(torch.bfloat16)
+    assert sample_next(half, greedy, None) == int(half[0, -1].argmax())
+
+
+def test_a_spans_end_of_generation_tokens_come_from_its_config():
+    from node.runs import LoadedSpan
+
+    def span(eos: object) -> LoadedSpan:
+        manifest = SimpleNamespace(config=SimpleNamespace(eos_token_id=eos))
+        return LoadedSpan(1, manifest, Span(0, 1), None)  # type: ignore[arg-type]
+
+    assert span(2).eos_ids == {2}
+    assert span([2, 7]).eos_ids == {2, 7}
+    assert span(None).eos_ids == frozenset()
+
+
+def test_a_hop_is_counted_from_the_senders_compute_end_and_junk_from_a_peer_counts_nothing():
+    from node.pipeline import count_hop
+
+    run = SimpleNamespace(hops=(0, 0.0), computed=(100.25, 100.5))
+    count_hop(run, {"sent": 100.0, "hops": 0, "hop_ms": 0.0})  # type: ignore[arg-type]
+    assert run.hops == (1, 250.0)
+    count_hop(run, {"sent": 100.125, "hops": 4, "hop_ms": 10.0})  # the totals come with the frame
+    assert run.hops == (5, 135.0)
+    junk = [None, "x", {}, {"sent": "100.0"}, {"sent": True}, {"sent": 100}, {"hops": 1, "hop_ms": 1.0}]
+    for frame_timing in junk:  # absent (a replay), or not a float sent: nothing counted
+        count_hop(run, frame_timing)  # type: ignore[arg-type]
+    assert run.hops == (5, 135.0)
+    count_hop(run, {"sent": 100.0, "hops": "many", "hop_ms": None})  # junk totals: counted afresh
+    assert run.hops == (1, 250.0)
+    fresh = SimpleNamespace(hops=(0, 0.0), computed=(0.0, 0.0))  # no model call here yet
+    count_hop(fresh, {"sent": 1.0, "hops": 0, "hop_ms": 0.0})  # type: ignore[arg-type]
+    assert fresh.hops == (0, 0.0)

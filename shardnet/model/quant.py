@@ -136,15 +136,19 @@ def encode_activation(t: torch.Tensor, mode: str = "int8", block_size: int = DEF
         # step's path right after the span's compute has flushed the caches
         if block_size < 1:
             raise ModelError(f"block_size must be >= 1, got {block_size}")
-        flat = t.detach().reshape(-1).float().numpy()
+        t = t.detach()
+        flat = (t if t.dtype == torch.float32 else t.float()).reshape(-1).numpy()
         pad = (-flat.size) % block_size
         if pad:
             flat = np.concatenate([flat, np.zeros(pad, np.float32)])
         blocks = flat.reshape(-1, block_size)
         scales = np.abs(blocks).max(axis=1) / np.float32(127.0)
         safe = np.where(scales > 0, scales, np.float32(1.0))
-        codes = np.clip(np.rint(blocks / safe[:, None]), -127, 127).astype(np.int8)
-        payload: bytes = scales.tobytes() + codes.tobytes()
+        codes = blocks / safe[:, None]  # (a new array: the rest works in place, without clip's wrapper)
+        np.rint(codes, out=codes)
+        np.minimum(codes, 127, out=codes)
+        np.maximum(codes, -127, out=codes)
+        payload: bytes = scales.tobytes() + codes.astype(np.int8).tobytes()
         header["blocks"] = int(scales.size)
     else:
         dtype = torch.float32 if mode == "fp32" else torch.float16
@@ -194,8 +198,8 @@ def decode_activation(data: bytes) -> torch.Tensor:
             )
         scales = np.frombuffer(body, np.float32, count=blocks)
         codes = np.frombuffer(body, np.int8, offset=4 * blocks).reshape(blocks, block_size)
-        values = (codes.astype(np.float32) * scales[:, None]).reshape(-1)[:numel].reshape(shape)
-        return torch.from_numpy(values)
+        values = np.multiply(codes, scales[:, None], dtype=np.float32).reshape(-1)
+        return torch.from_numpy((values if values.size == numel else values[:numel]).reshape(shape))
     width = 4 if mode == "fp32" else 2
     if len(body) != numel * width:
         raise ModelError(f"{mode} activation of shape {list(shape)} needs {numel * width} bytes; got {len(body)}")
