@@ -307,7 +307,7 @@ def test_auditor_reconciles_and_verifies_receipts(net):
 def test_audit_and_job_cli(net):
     env = {"SHARDNET_DEPLOYMENT": str(net.deployment_path)}
     model_id, _ = net.models["tiny-gpt2"]
-    net.client.wait(net.client.submit(model_id, {"input_ids": [5]}, JobParams(max_new_tokens=2), MAX_FEE))
+    done = net.client.wait(net.client.submit(model_id, {"input_ids": [5]}, JobParams(max_new_tokens=2), MAX_FEE))
     ok = run_cli("audit", "reconcile", env=env)
     assert ok.returncode == 0 and ok.stdout.startswith("ok:"), ok.stderr
     assert run_cli("audit", "verify-receipts", env=env).returncode == 0
@@ -319,8 +319,10 @@ def test_audit_and_job_cli(net):
     assert bad.returncode != 0 and "0x followed by 40 hex digits" in bad.stderr and "Traceback" not in bad.stderr
     missing = run_cli("job", "status", "99999", env=env)
     assert missing.returncode == 1 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
-    status = run_cli("job", "status", "1", env=env)
-    assert status.returncode == 0 and "job 1:" in status.stdout
+    status = run_cli("job", "status", str(done.record.job_id), env=env)
+    assert status.returncode == 0 and f"job {done.record.job_id}:" in status.stdout
+    hops = len(done.record.route) * len(done.output["tokens"]) - 1  # the prompt's way, then each token's round
+    assert f"timing: data plane {done.output['timing']['data_plane_ms']:.1f} ms, {hops} hops between" in status.stdout
 
 
 def test_every_honest_stage_passes_re_execution(net):

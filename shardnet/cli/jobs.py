@@ -357,6 +357,9 @@ def _print_job(result: JobResult, as_json: bool) -> None:
         click.echo(f"output: tensor of shape {out['shape']}")
     if r.output_cid:
         click.echo(f"output cid: {r.output_cid}")
+    timing = out.get("timing")
+    if isinstance(timing, dict):
+        click.echo(_timing_line(timing))
     for k, (node, start, end, fee) in enumerate(r.route):
         receipt = r.receipts[k] if k < len(r.receipts) else None
         sig = f"  receipt in {bytes(receipt[0]).hex()[:10]}… out {bytes(receipt[1]).hex()[:10]}…" if receipt else ""
@@ -365,3 +368,15 @@ def _print_job(result: JobResult, as_json: bool) -> None:
         click.echo(f"  paid {payee}: {amount} wei")
     if r.refunded:
         click.echo(f"  refunded to client: {r.refunded} wei")
+
+
+def _timing_line(timing: dict[str, Any]) -> str:
+    """The output's data-plane timing in words (the last stage wrote it: only numbers are shown)."""
+    number = (int, float)
+    parts = []
+    if isinstance(timing.get("data_plane_ms"), number):
+        parts.append(f"data plane {timing['data_plane_ms']:.1f} ms")
+    hops, hop_ms = timing.get("hops"), timing.get("hop_ms")
+    if isinstance(hops, int) and hops > 0 and isinstance(hop_ms, number):
+        parts.append(f"{hops} hops between stages, {hop_ms / hops:.2f} ms each on average")
+    return "timing: " + (", ".join(parts) if parts else "not reported")
