@@ -356,7 +356,10 @@ class Client:
             if record.status in until:
                 output = None
                 if record.output_cid:  # read since the result's notice came, or now
-                    early = notices.output_read(record.output_cid) if notices is not None else None
+                    early = None
+                    if notices is not None:
+                        notices.wait(0)  # (the notice may have come while the history was read)
+                        early = notices.output_read(record.output_cid)
                     output = early.result() if early is not None else self.read_output(job_id, record.output_cid)
                 return JobResult(record, output)
             if time.monotonic() > deadline:

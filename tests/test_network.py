@@ -472,10 +472,8 @@ def test_a_waiting_client_reads_the_output_as_soon_as_the_result_names_it(net, m
         return read(job_id, cid)
 
     def settled_history(job_id):
-        # A history read that finds the result has its notice (mined in the same block) land
-        # meanwhile: without this, a wake-up on an earlier event whose history read came after
-        # the result's block, but before its notice, reads the output itself (correct, and
-        # what a client then does, but not what this test is about).
+        # A history read that finds the result has its notice (mined in the same block) come
+        # meanwhile: the notice may not have been sent yet when the read returns.
         record = history(job_id)
         if record.output_cid:
             time.sleep(0.5)
