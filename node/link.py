@@ -124,6 +124,9 @@ def handshake_state(prologue: bytes, key: LinkKey, remote: bytes | None = None) 
 
 def seal(noise: NoiseConnection, plaintext: bytes) -> bytes:
     """Encrypt a frame in Noise-sized chunks, each prefixed by its length."""
+    if len(plaintext) <= CHUNK:  # one chunk (every decode step's frame): no buffer to grow
+        sealed: bytes = noise.encrypt(plaintext)
+        return struct.pack("<I", len(sealed)) + sealed
     out = bytearray()
     for i in range(0, max(len(plaintext), 1), CHUNK):
         sealed = noise.encrypt(plaintext[i : i + CHUNK])
@@ -133,6 +136,12 @@ def seal(noise: NoiseConnection, plaintext: bytes) -> bytes:
 
 def unseal(noise: NoiseConnection, data: bytes) -> bytes:
     """Decrypt a sealed frame; ValueError if it is truncated, padded, reordered or forged."""
+    if len(data) > 20 and struct.unpack_from("<I", data)[0] + 4 == len(data) <= CHUNK + 20:
+        try:  # one chunk that fills the frame (every decode step's): no buffer to grow
+            opened: bytes = noise.decrypt(data[4:])
+            return opened
+        except NOISE_ERRORS:
+            raise ValueError("frame does not decrypt (replayed, reordered or forged)") from None
     out, at = bytearray(), 0
     while at < len(data):
         if at + 4 > len(data):

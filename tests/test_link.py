@@ -15,6 +15,7 @@ import pytest
 import uvicorn
 
 from node.link import (
+    CHUNK,
     MAX_FRAME_BYTES,
     PATH,
     STRIKES,
@@ -25,6 +26,7 @@ from node.link import (
     handshake_state,
     prologue,
     seal,
+    unseal,
 )
 from node.messages import pack
 from node.server import uvicorn_config
@@ -242,3 +244,44 @@ async def test_an_oversize_frame_is_refused_from_its_length_and_repeated_garbage
         with pytest.raises(PeerError, match="refused the link"):
             await _client(mine).send(RECEIVER, rx.url, rx.key.public, 1, 1, b"x")
         assert rx.accepted == [] and rx.refused.counts["malformed-frame"] == STRIKES
+
+
+def _sessions() -> tuple[Any, Any]:
+    """A Noise session's two ends, handshake done (sender, receiver)."""
+    a, b = _key(), _key()
+    sender, receiver = (
+        handshake_state(prologue(CHAIN, MARKET), a, remote=b.public),
+        handshake_state(prologue(CHAIN, MARKET), b),
+    )
+    receiver.read_message(sender.write_message(b"hello"))
+    sender.read_message(receiver.write_message(b""))
+    return sender, receiver
+
+
+def test_sealed_frames_of_one_chunk_or_many_open_only_whole_and_in_order():
+    """Without sockets: a frame of one chunk (a decode step's) or many opens to what was sealed,
+    and is refused cut short, padded, forged or out of order (each on a fresh session: a link
+    closes after a frame that does not open, its nonces out of step)."""
+    for size in (0, 1, 3000, CHUNK, CHUNK + 1, 2 * CHUNK + 5):
+        plain = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+        sender, receiver = _sessions()
+        sealed = seal(sender, plain)
+        assert len(sealed) == size + 20 * max(1, -(-size // CHUNK))  # a length and a tag per chunk
+        assert unseal(receiver, sealed) == plain
+        for bad in (
+            lambda f: f[:-1],
+            lambda f: f + b"\0",
+            lambda f: f[:4] + bytes([f[4] ^ 1]) + f[5:],
+            lambda f: f[:3],
+        ):
+            sender, receiver = _sessions()
+            with pytest.raises(ValueError):
+                unseal(receiver, bad(seal(sender, plain)))
+    sender, receiver = _sessions()
+    skipped, later = seal(sender, b"first"), seal(sender, b"second")
+    with pytest.raises(ValueError, match="replayed, reordered or forged"):
+        unseal(receiver, later)
+    assert unseal(receiver, skipped) == b"first"
+    assert unseal(receiver, later) == b"second"
+    with pytest.raises(ValueError, match="replayed, reordered or forged"):
+        unseal(receiver, later)
