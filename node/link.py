@@ -40,7 +40,7 @@ import struct
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -208,6 +208,14 @@ class _Link:
         await self.sock.close()
 
 
+class Peer(NamedTuple):
+    """A node a link goes to: its address, its endpoint and the link key the chain holds for it."""
+
+    node: str
+    endpoint: str
+    data_key: bytes
+
+
 class LinkClient:
     """Sends stage messages to other nodes over links, one per peer, opened on first use and
     reopened after a failure; bounded retries with backoff, then the peer is banned a while."""
@@ -241,16 +249,17 @@ class LinkClient:
         for link in list(self.links.values()):
             await link.close()
 
-    async def _open(self, node: str, endpoint: str, data_key: bytes) -> _Link:
+    async def _open(self, peer: Peer) -> _Link:
+        node, key = peer.node, peer.data_key
         async with self._opening.setdefault(node, asyncio.Lock()):
             link = self.links.get(node)
             if link is not None and not link.closed:
                 return link
-            if len(data_key) != 32:
-                raise PeerError(f"node {node} has no link key on-chain (its dataKey is {len(data_key)} bytes, not 32)")
-            url = endpoint.rstrip("/").replace("http://", "ws://", 1).replace("https://", "wss://", 1) + PATH
+            if len(key) != 32:
+                raise PeerError(f"node {node} has no link key on-chain (its dataKey is {len(key)} bytes, not 32)")
+            url = peer.endpoint.rstrip("/").replace("http://", "ws://", 1).replace("https://", "wss://", 1) + PATH
             sock = await LinkSocket.connect(url, self.timeout_s)
-            noise = handshake_state(self.prologue, self.key, remote=data_key)
+            noise = handshake_state(self.prologue, self.key, remote=key)
             sock.send(bytes(noise.write_message(self.address.encode())))
             try:
                 reply = await sock.receive(self.timeout_s)
@@ -269,35 +278,21 @@ class LinkClient:
             return link
 
     async def send(
-        self,
-        node: str,
-        endpoint: str,
-        data_key: bytes,
-        job_id: int,
-        stage: int,
-        body: bytes,
-        timing: dict[str, Any] | None = None,
+        self, peer: Peer, job_id: int, stage: int, body: bytes, timing: dict[str, Any] | None = None
     ) -> None:
-        """Deliver a stage message to `node` (stage `stage` of job `job_id`); returns when the
+        """Deliver a stage message to `peer` (stage `stage` of job `job_id`); returns when the
         peer queued it. PeerError when it refused it, or failed `retries + 1` times. `timing`
         goes in the frame's header, beside the message (node.pipeline.count_hop)."""
-        await (await self.post(node, endpoint, data_key, job_id, stage, body, timing))
+        await (await self.post(peer, job_id, stage, body, timing))
 
     async def post(
-        self,
-        node: str,
-        endpoint: str,
-        data_key: bytes,
-        job_id: int,
-        stage: int,
-        body: bytes,
-        timing: dict[str, Any] | None = None,
+        self, peer: Peer, job_id: int, stage: int, body: bytes, timing: dict[str, Any] | None = None
     ) -> asyncio.Task[None]:
         """Like `send`, but returns as soon as the message is written to an open link (one is
         opened first if need be): the task it returns ends when the peer queued the message, or
         raises what `send` would. A stage whose next message can only follow the peer's answer
         goes on at once, without waiting for the ack's round trip."""
-        frame_id = next(self._ids)
+        frame_id, node = next(self._ids), peer.node
         header: dict[str, Any] = {"id": frame_id, "chain": self.chain_id, "job": job_id, "stage": stage, "to": node}
         if timing is not None:
             header["timing"] = timing
@@ -308,24 +303,20 @@ class LinkClient:
             acked = link.write(frame_id, frame)
         if acked is None:
             written = asyncio.get_running_loop().create_future()
-        task = asyncio.ensure_future(
-            self._deliver(node, endpoint, data_key, job_id, stage, frame_id, frame, acked, written)
-        )
+        task = asyncio.ensure_future(self._deliver(peer, job_id, stage, frame_id, frame, acked, written))
         self._delivering.add(task)
         task.add_done_callback(self._delivering.discard)
         if written is not None:  # (opening a link first): written, or failed, before this returns
             await asyncio.wait([written, task], return_when=asyncio.FIRST_COMPLETED)
         return task
 
-    async def _write(
-        self, node: str, endpoint: str, data_key: bytes, frame_id: int, frame: bytes
-    ) -> asyncio.Future[Verdict]:
-        """Write a frame on the link to `node` (opened if need be, waited on while it is over its
+    async def _write(self, peer: Peer, frame_id: int, frame: bytes) -> asyncio.Future[Verdict]:
+        """Write a frame on the link to `peer` (opened if need be, waited on while it is over its
         high-water mark); its ack's future."""
         while True:
-            link = self.links.get(node)
+            link = self.links.get(peer.node)
             if link is None or link.closed:
-                link = await self._open(node, endpoint, data_key)
+                link = await self._open(peer)
             acked = link.write(frame_id, frame)
             if acked is not None:
                 return acked
@@ -335,9 +326,7 @@ class LinkClient:
 
     async def _deliver(
         self,
-        node: str,
-        endpoint: str,
-        data_key: bytes,
+        peer: Peer,
         job_id: int,
         stage: int,
         frame_id: int,
@@ -347,15 +336,14 @@ class LinkClient:
     ) -> None:
         """Until the peer answers: its ack for a frame already written (`acked`), else (re)send;
         `written` is set once the frame is written."""
+        node = peer.node
         if self.banned_until.get(node, 0) > time.monotonic():
             raise PeerError(f"peer {node} is banned for failing repeatedly; retry later")
         delay, reason = 0.25, ""
         for attempt in range(self.retries + 1):
             try:
                 if acked is None:
-                    acked = await asyncio.wait_for(
-                        self._write(node, endpoint, data_key, frame_id, frame), self.timeout_s
-                    )
+                    acked = await asyncio.wait_for(self._write(peer, frame_id, frame), self.timeout_s)
                 if written is not None and not written.done():
                     written.set_result(None)
                 ok, error = await asyncio.wait_for(acked, self.timeout_s)

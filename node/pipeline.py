@@ -20,7 +20,7 @@ import torch
 
 from node.executor import Executor
 from node.filter import my_stage
-from node.link import LinkClient, Verdict
+from node.link import LinkClient, Peer, Verdict
 from node.messages import pack, unpack
 from node.metrics import NodeMetrics
 from node.misbehave import corrupt_activation, corrupt_token
@@ -233,14 +233,14 @@ class StagePipeline:
         `fresh`: the result of the step just computed, so its frame carries the hop's timing
         (not a replay)."""
         node = run.stages[stage].node
-        endpoint, key = self.ledger.endpoints[node], self.ledger.data_keys.get(node, b"")
+        peer = Peer(node, self.ledger.endpoints[node], self.ledger.data_keys.get(node, b""))
         timing = {"sent": run.computed[1], "hops": run.hops[0], "hop_ms": run.hops[1]} if fresh else None
         if not wait:
-            task = await self.links.post(node, endpoint, key, run.job_id, stage, body, timing)
+            task = await self.links.post(peer, run.job_id, stage, body, timing)
             task.add_done_callback(functools.partial(self._answered, run, stage, node, len(body)))
             return
         try:
-            await self.links.send(node, endpoint, key, run.job_id, stage, body, timing)
+            await self.links.send(peer, run.job_id, stage, body, timing)
         except PeerError as exc:
             await self._unreachable(run, stage, node, exc)
             return

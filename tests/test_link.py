@@ -22,6 +22,7 @@ from node.link import (
     LinkClient,
     LinkKey,
     LinkServer,
+    Peer,
     Verdict,
     handshake_state,
     prologue,
@@ -58,6 +59,7 @@ class Receiver:
         config = uvicorn_config(agent, "127.0.0.1", self.port, ws_max_size)  # type: ignore[arg-type]
         self.server = uvicorn.Server(config)
         self.url = f"http://127.0.0.1:{self.port}"
+        self.peer = Peer(RECEIVER, self.url, self.key.public)
 
     def accept(self, job_id: int, stage: int, sender: str, body: bytes, _timing: Any) -> Verdict | Awaitable[Verdict]:
         """Like the stage pipeline: a verdict at once, or (job 405) once a route had time to arrive."""
@@ -131,11 +133,11 @@ async def test_frames_arrive_in_order_from_the_node_the_chain_names_and_large_on
         client = _client(mine)
         big = bytes(range(256)) * (3 << 12)  # 3 MiB: about 48 Noise messages
         for body in [b"a", big, b"c"]:
-            await client.send(RECEIVER, rx.url, rx.key.public, 7, 1, body)
+            await client.send(rx.peer, 7, 1, body)
         assert [(j, s, who, b) for j, s, who, b in rx.accepted] == [(7, 1, SENDER, b) for b in [b"a", big, b"c"]]
         assert len(client.links) == 1  # one persistent link carried them all
         with pytest.raises(PeerError, match="has no route"):  # the pipeline's refusal comes back with its reason
-            await client.send(RECEIVER, rx.url, rx.key.public, 404, 1, b"x")
+            await client.send(rx.peer, 404, 1, b"x")
         await client.close()
 
 
@@ -146,10 +148,10 @@ async def test_a_post_returns_once_written_and_its_task_once_the_peer_answered_i
     mine = _key()
     async with Receiver({SENDER: mine.public}) as rx:
         client = _client(mine)
-        await client.send(RECEIVER, rx.url, rx.key.public, 7, 1, b"open")  # the link is up
-        slow = await client.post(RECEIVER, rx.url, rx.key.public, 405, 1, b"waits for its route")
-        fast = await client.post(RECEIVER, rx.url, rx.key.public, 7, 1, b"decided at once")
-        refused = await client.post(RECEIVER, rx.url, rx.key.public, 404, 1, b"no route")
+        await client.send(rx.peer, 7, 1, b"open")  # the link is up
+        slow = await client.post(rx.peer, 405, 1, b"waits for its route")
+        fast = await client.post(rx.peer, 7, 1, b"decided at once")
+        refused = await client.post(rx.peer, 404, 1, b"no route")
         assert not slow.done() and not fast.done()  # written, not yet answered
         await asyncio.wait_for(asyncio.gather(slow, fast), 5)
         with pytest.raises(PeerError, match="has no route"):
@@ -164,15 +166,15 @@ async def test_a_key_the_chain_does_not_hold_and_a_keyless_peer_are_refused():
     mine, impostor = _key(), _key()
     async with Receiver({SENDER: mine.public}) as rx:
         with pytest.raises(PeerError, match="refused the link"):  # right address, wrong key
-            await _client(impostor).send(RECEIVER, rx.url, rx.key.public, 1, 1, b"x")
+            await _client(impostor).send(rx.peer, 1, 1, b"x")
         with pytest.raises(PeerError, match="refused the link"):  # an address with no key on-chain
-            await _client(mine, OTHER).send(RECEIVER, rx.url, rx.key.public, 1, 1, b"x")
+            await _client(mine, OTHER).send(rx.peer, 1, 1, b"x")
         async with aiohttp.ClientSession() as session:  # no Noise at all
             ws = await session.ws_connect(rx.url.replace("http", "ws") + PATH)
             await ws.send_bytes(b"GET /secrets please")
             assert await _closed(ws) == 1008
         with pytest.raises(PeerError, match="refused the link"):  # sealed to another key than the receiver's
-            await _client(mine).send(RECEIVER, rx.url, _key().public, 1, 1, b"x")
+            await _client(mine).send(Peer(RECEIVER, rx.url, _key().public), 1, 1, b"x")
         assert rx.accepted == [] and rx.refused.counts["bad-handshake"] == 4, rx.refused.counts
 
 
@@ -242,7 +244,7 @@ async def test_an_oversize_frame_is_refused_from_its_length_and_repeated_garbage
             assert await _closed(ws) == 1008
             await session.close()
         with pytest.raises(PeerError, match="refused the link"):
-            await _client(mine).send(RECEIVER, rx.url, rx.key.public, 1, 1, b"x")
+            await _client(mine).send(rx.peer, 1, 1, b"x")
         assert rx.accepted == [] and rx.refused.counts["malformed-frame"] == STRIKES
 
 
