@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import struct
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
@@ -31,9 +32,14 @@ from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidURI
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
-from websockets.protocol import Protocol, State
+from websockets.protocol import Protocol, Side, State
 from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
+
+try:  # (what the library's own frame parser uses)
+    from websockets.speedups import apply_mask
+except ImportError:  # a build without its C extension
+    from websockets.utils import apply_mask
 
 if TYPE_CHECKING:
     from node.link import LinkServer
@@ -66,9 +72,38 @@ class _Socket(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # (uvloop's transports are not subclasses)
 
     def data_received(self, data: bytes) -> None:
+        message = self._whole_message(data)
+        if message is not None:
+            self.on_message(message)
+            return
         self.ws.receive_data(data)
         self._handle(self.ws.events_received())
         self.flush()
+
+    def _whole_message(self, data: bytes) -> bytes | None:
+        """The payload, when `data` is exactly one whole binary message in one frame arriving
+        between messages on an open link (every decode step's frame, and its ack): read here in a
+        few lines, where the protocol's parser goes through its stream reader and generators, a
+        few dozen microseconds on a hop whose caches are cold. Else None, and the protocol parses
+        `data` (anything else, split, joined or over the size limit, with its checks)."""
+        ws = self.ws
+        if len(data) < 6 or data[0] != 0x82 or ws.state is not State.OPEN or self._parts or ws.reader.buffer:
+            return None
+        # (getattr: a websockets release without these attributes leaves every frame to its parser)
+        if ws.extensions or getattr(ws, "current_size", 0) is not None:  # inside a fragmented message
+            return None
+        masked = ws.side is Side.SERVER  # a client masks what it sends
+        if bool(data[1] & 0x80) != masked:
+            return None
+        length, at = data[1] & 0x7F, 2
+        if length == 126:
+            (length,), at = struct.unpack_from("!H", data, 2), 4
+        elif length == 127:
+            (length,), at = struct.unpack_from("!Q", data, 2), 10
+        limit = getattr(ws, "max_message_size", 0)
+        if at + 4 * masked + length != len(data) or (limit is not None and length > limit):
+            return None
+        return apply_mask(data[at + 4 :], data[at : at + 4]) if masked else data[at:]
 
     def eof_received(self) -> bool | None:
         self.ws.receive_eof()

@@ -13,6 +13,9 @@ from typing import Any
 import aiohttp
 import pytest
 import uvicorn
+from websockets.client import ClientProtocol
+from websockets.server import ServerProtocol
+from websockets.uri import parse_uri
 
 from node.link import (
     CHUNK,
@@ -29,6 +32,7 @@ from node.link import (
     seal,
     unseal,
 )
+from node.link_socket import _Socket
 from node.messages import pack
 from node.server import uvicorn_config
 from shardnet.errors import PeerError
@@ -287,3 +291,66 @@ def test_sealed_frames_of_one_chunk_or_many_open_only_whole_and_in_order():
     assert unseal(receiver, later) == b"second"
     with pytest.raises(ValueError, match="replayed, reordered or forged"):
         unseal(receiver, later)
+
+
+class _Recorder(_Socket):
+    """A link socket's receiving half without a connection: records the messages it takes."""
+
+    def __init__(self, ws: Any):
+        super().__init__(ws)
+        self.messages: list[bytes] = []
+
+    def on_message(self, message: bytes) -> None:
+        self.messages.append(message)
+
+
+def _open_pair(max_size: int = 1 << 20) -> tuple[ClientProtocol, ServerProtocol]:
+    """A WebSocket client and server protocol, their handshake done (no sockets)."""
+    client, server = ClientProtocol(parse_uri("ws://127.0.0.1:1" + PATH)), ServerProtocol(max_size=max_size)
+    client.send_request(client.connect())
+    for data in client.data_to_send():
+        server.receive_data(data)
+    server.send_response(server.accept(server.events_received()[0]))
+    for data in server.data_to_send():
+        client.receive_data(data)
+    client.events_received()
+    return client, server
+
+
+def _frames(client: ClientProtocol, *messages: bytes, fragment: bool = False) -> bytes:
+    for message in messages:
+        if fragment:
+            client.send_binary(message[:3], fin=False)
+            client.send_continuation(message[3:], fin=True)
+        else:
+            client.send_binary(message)
+    return b"".join(client.data_to_send())
+
+
+@pytest.mark.asyncio
+async def test_a_whole_message_in_one_frame_is_read_at_once_and_anything_else_by_the_protocol():
+    """A frame that is exactly one binary message (each decode step's) is read without the
+    protocol's parser, to the same bytes; two frames in one read, a frame split across reads, a
+    fragmented message and a frame over the size limit go through the parser, with its checks."""
+    for size in (1, 125, 126, 65535, 65536, 70000):
+        client, server = _open_pair()
+        sock = _Recorder(server)
+        server.receive_data = None  # type: ignore[method-assign]  # the parser must not be needed
+        message = bytes(range(256)) * (size // 256) + b"m" * (size % 256)
+        sock.data_received(_frames(client, message))
+        assert sock.messages == [message]
+
+    client, server = _open_pair()
+    sock = _Recorder(server)
+    joined = _frames(client, b"first", b"second")
+    sock.data_received(joined[:4])  # cut inside the first frame's mask
+    sock.data_received(joined[4:])  # the rest of it, and the whole second frame
+    sock.data_received(_frames(client, b"third"))
+    sock.data_received(_frames(client, b"fragmented", fragment=True))
+    sock.data_received(_frames(client, b"fourth"))
+    assert sock.messages == [b"first", b"second", b"third", b"fragmented", b"fourth"]
+
+    client, server = _open_pair(max_size=1000)
+    sock = _Recorder(server)
+    sock.data_received(_frames(client, b"x" * 1001))
+    assert sock.messages == [] and server.close_sent is not None and server.close_sent.code == 1009
