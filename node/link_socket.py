@@ -87,10 +87,9 @@ class _Socket(asyncio.Protocol):
         few dozen microseconds on a hop whose caches are cold. Else None, and the protocol parses
         `data` (anything else, split, joined or over the size limit, with its checks)."""
         ws = self.ws
-        if len(data) < 6 or data[0] != 0x82 or ws.state is not State.OPEN or self._parts or ws.reader.buffer:
+        if len(data) < 6 or data[0] != 0x82 or ws.state is not State.OPEN or self._parts or ws.extensions:
             return None
-        # (getattr: a websockets release without these attributes leaves every frame to its parser)
-        if ws.extensions or getattr(ws, "current_size", 0) is not None:  # inside a fragmented message
+        if not self._between_frames():
             return None
         masked = ws.side is Side.SERVER  # a client masks what it sends
         if bool(data[1] & 0x80) != masked:
@@ -100,10 +99,19 @@ class _Socket(asyncio.Protocol):
             (length,), at = struct.unpack_from("!H", data, 2), 4
         elif length == 127:
             (length,), at = struct.unpack_from("!Q", data, 2), 10
-        limit = getattr(ws, "max_message_size", 0)
+        limit = getattr(ws, "max_message_size", 0)  # (a release without it: the parser reads every frame)
         if at + 4 * masked + length != len(data) or (limit is not None and length > limit):
             return None
         return apply_mask(data[at + 4 :], data[at : at + 4]) if masked else data[at:]
+
+    def _between_frames(self) -> bool:
+        """Whether the protocol's parser waits for a new frame, and is not inside one whose
+        header it has read (its reader is then empty too). Read from where its generators stand;
+        a websockets release whose parser is built otherwise gives False: every frame is parsed."""
+        waiting = getattr(self.ws, "parser", None)
+        while getattr(waiting, "gi_yieldfrom", None) is not None:
+            waiting = waiting.gi_yieldfrom  # type: ignore[union-attr]
+        return getattr(waiting, "__qualname__", "") == "StreamReader.at_eof"
 
     def eof_received(self) -> bool | None:
         self.ws.receive_eof()

@@ -330,8 +330,9 @@ def _frames(client: ClientProtocol, *messages: bytes, fragment: bool = False) ->
 @pytest.mark.asyncio
 async def test_a_whole_message_in_one_frame_is_read_at_once_and_anything_else_by_the_protocol():
     """A frame that is exactly one binary message (each decode step's) is read without the
-    protocol's parser, to the same bytes; two frames in one read, a frame split across reads, a
-    fragmented message and a frame over the size limit go through the parser, with its checks."""
+    protocol's parser, to the same bytes; two frames in one read, a frame split across reads (even
+    where the rest looks like a whole frame), a fragmented message and a frame over the size limit
+    go through the parser, with its checks."""
     for size in (1, 125, 126, 65535, 65536, 70000):
         client, server = _open_pair()
         sock = _Recorder(server)
@@ -349,6 +350,14 @@ async def test_a_whole_message_in_one_frame_is_read_at_once_and_anything_else_by
     sock.data_received(_frames(client, b"fragmented", fragment=True))
     sock.data_received(_frames(client, b"fourth"))
     assert sock.messages == [b"first", b"second", b"third", b"fragmented", b"fourth"]
+
+    client, server = _open_pair()
+    sock = _Recorder(server)
+    inner = bytes([0x82, 0x80 | 5]) + b"MASK" + b"abcde"  # a payload that looks like a whole frame...
+    sock.data_received(bytes([0x82, 0x80 | len(inner)]) + b"mask")  # ...after a header read alone
+    sock.data_received(inner)
+    sock.data_received(_frames(client, b"after"))
+    assert sock.messages == [bytes(b ^ m for b, m in zip(inner, b"mask" * 3, strict=False)), b"after"]
 
     client, server = _open_pair(max_size=1000)
     sock = _Recorder(server)
