@@ -11,8 +11,9 @@ emitted. Prints `name: value` lines:
   nodes (stage 0 start to last stage done, int8 activations over the encrypted links) over the
   same forward in this process (one torch thread, whole model from the same shards). Target <= 1.10.
 - generation_tokps_ratio: tokens/s of a 32-token greedy generation across the nodes (KV cache
-  at every stage, the token loop going round the route) over in-process with KV cache.
-  Target >= 0.9.
+  at every stage, the token loop going round the route) over in-process with KV cache. Both
+  compute the logits of the last position only, the prompt's included (as the nodes' last stage
+  does, and transformers' `generate`). Target >= 0.9.
 - hop_overhead_ms_p50: what one hop between stages costs beyond compute, measured by the nodes
   in the generations: from the end of one stage's model call to the start of the next stage's
   (the job output's `timing`: `hop_ms` over `hops`). That is the whole trip of a message: the
@@ -250,7 +251,7 @@ def measure(net, client, source, quant, wire, node_count, forward_tokens, prompt
         t = time.perf_counter()
         session, x, local_tokens = whole.new_session(), prompt, []
         for _ in range(new_tokens):
-            x = whole(x, session=session)[:, -1:].argmax(-1)
+            x = whole(x, session=session, last_only=True)[:, -1:].argmax(-1)
             local_tokens.append(int(x))
         local_ms = (time.perf_counter() - t) * 1000
         params = JobParams(kind="generate", max_new_tokens=new_tokens, wire=wire)
