@@ -124,25 +124,17 @@ def handshake_state(prologue: bytes, key: LinkKey, remote: bytes | None = None) 
 
 def seal(noise: NoiseConnection, plaintext: bytes) -> bytes:
     """Encrypt a frame in Noise-sized chunks, each prefixed by its length."""
-    if len(plaintext) <= CHUNK:  # one chunk (every decode step's frame): no buffer to grow
-        sealed: bytes = noise.encrypt(plaintext)
-        return struct.pack("<I", len(sealed)) + sealed
-    out = bytearray()
-    for i in range(0, max(len(plaintext), 1), CHUNK):
+    parts: list[bytes] = []
+    for i in range(0, max(len(plaintext), 1), CHUNK):  # (one chunk: the slice and the join copy nothing)
         sealed = noise.encrypt(plaintext[i : i + CHUNK])
-        out += struct.pack("<I", len(sealed)) + sealed
-    return bytes(out)
+        parts += (struct.pack("<I", len(sealed)), sealed)
+    return b"".join(parts)
 
 
 def unseal(noise: NoiseConnection, data: bytes) -> bytes:
     """Decrypt a sealed frame; ValueError if it is truncated, padded, reordered or forged."""
-    if len(data) > 20 and struct.unpack_from("<I", data)[0] + 4 == len(data) <= CHUNK + 20:
-        try:  # one chunk that fills the frame (every decode step's): no buffer to grow
-            opened: bytes = noise.decrypt(data[4:])
-            return opened
-        except NOISE_ERRORS:
-            raise ValueError("frame does not decrypt (replayed, reordered or forged)") from None
-    out, at = bytearray(), 0
+    parts: list[bytes] = []
+    at = 0
     while at < len(data):
         if at + 4 > len(data):
             raise ValueError("frame ends inside a chunk length")
@@ -150,13 +142,13 @@ def unseal(noise: NoiseConnection, data: bytes) -> bytes:
         if n < 16 or n > CHUNK + 16 or at + 4 + n > len(data):
             raise ValueError("frame chunk runs past the frame")
         try:
-            out += noise.decrypt(data[at + 4 : at + 4 + n])
+            parts.append(noise.decrypt(data[at + 4 : at + 4 + n]))
         except NOISE_ERRORS:
             raise ValueError("frame does not decrypt (replayed, reordered or forged)") from None
         at += 4 + n
     if not at:
         raise ValueError("empty frame")
-    return bytes(out)
+    return b"".join(parts)  # (one chunk, every decode step's: the join returns it as it is)
 
 
 class _Link:

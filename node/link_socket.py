@@ -170,8 +170,6 @@ class _Socket(asyncio.Protocol):
         for event in events:
             if not isinstance(event, Frame):
                 self.on_handshake(event)
-            elif event.opcode is Opcode.BINARY and event.fin and not self._parts:  # a whole message in one frame
-                self.on_message(bytes(event.data))
             elif event.opcode in (Opcode.BINARY, Opcode.CONT) and (event.opcode is Opcode.CONT) == bool(self._parts):
                 self._parts.append(bytes(event.data))
                 if event.fin:
