@@ -22,4 +22,7 @@ class NodeMetrics:
         self.refused = Counter(
             "shardnet_requests_refused_total", "data-plane requests refused", ["reason"], registry=self.registry
         )
+        self.outputs_handed = Counter(
+            "shardnet_outputs_handed_total", "job outputs handed straight to their clients", registry=self.registry
+        )
         self.open_jobs = Gauge("shardnet_open_jobs", "jobs in progress at this node", registry=self.registry)

@@ -1,4 +1,4 @@
-"""Data-plane API (FastAPI): receipts out, the client's token stream, metrics, health; and the
+"""Data-plane API (FastAPI): receipts out, the client's token stream and output, metrics, health; and the
 link other stages send activations and tokens over (a WebSocket on the same port, answered
 below the ASGI app by node.link_socket: `uvicorn_config` wires it in)."""
 
@@ -112,6 +112,20 @@ def create_app(agent: NodeAgent) -> FastAPI:
             return JSONResponse({"error": reason}, status_code=403)
         lines = streams.token_lines(agent.ledger, agent.executor, job_id, max(0, start))
         return StreamingResponse(lines, media_type="application/x-ndjson")
+
+    @app.post("/v1/jobs/{job_id}/output")
+    async def output(job_id: int, request: Request) -> Response:
+        """The job's output as submitted (its bytes, sealed if the job is private), to the client
+        that posted it, while this node still holds it (node/outputs.py)."""
+        signed = await _signed(request)
+        if isinstance(signed, JSONResponse):
+            return signed
+        _, sender = signed
+        output, status, reason = agent.settlement.output_for(job_id, sender)
+        if output is None:
+            return JSONResponse({"error": reason}, status_code=status)
+        agent.metrics.outputs_handed.inc()
+        return Response(output, media_type="application/octet-stream")
 
     @app.get(swarm.PATH)
     async def ipfs_addresses() -> dict[str, Any]:

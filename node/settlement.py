@@ -17,6 +17,7 @@ from eth_account.signers.local import LocalAccount
 from node.executor import Executor
 from node.metrics import NodeMetrics
 from node.misbehave import Misbehaviour
+from node.outputs import RecentOutputs
 from node.peers import PeerClient
 from node.privacy import JobKeys
 from node.reporter import Reporter
@@ -72,6 +73,7 @@ class Settlement:
         self.misbehave = misbehave
         self._unstored: dict[int, dict[str, tuple[int, bytes]]] = {}  # job -> CID -> (stage, transcript)
         self._stored: set[asyncio.Task[None]] = set()  # transcripts and outputs being written to IPFS
+        self.outputs = RecentOutputs()  # submitted lately, for their clients
 
     async def finalize(self, run: JobRun, final: torch.Tensor | None) -> None:
         """Last stage: every earlier stage's receipt and transcript, this stage's transcript, the
@@ -95,9 +97,11 @@ class Settlement:
             output = encrypt(await self._job_key(run), output, f"output:{job_id}")
         collected_at = time.perf_counter()
         # the output's CID is computed here and its bytes written to IPFS beside submitResult,
-        # not before it: a client that sees the result first has its read wait for the bytes
+        # not before it: a client that sees the result first has its read wait for the bytes, or
+        # takes them from this node (node.outputs)
         cid = cid_v0(output)
         self._store(job_id, f"job-{job_id}-output.json", output, cid)
+        self.outputs.keep(job_id, output)
         mine = self.receipts.sign(
             self.account, job_id, run.stage, run.stages[run.stage], run.coordinator, run.in_hash, output_hash_of(cid)
         )
@@ -253,6 +257,19 @@ class Settlement:
             "output_hash": "0x" + receipt.output_hash.hex(),
             "signature": "0x" + receipt.signature.hex(),
         }, ""
+
+    def output_for(self, job_id: int, sender: str) -> tuple[bytes | None, int, str]:
+        """The output this node submitted for job `job_id`, for the client that posted it:
+        (bytes, 200, "") or (None, HTTP status, why not)."""
+        job = self.ledger.jobs.get(job_id)
+        if job is None:
+            return None, 404, f"job {job_id} is unknown to this node"
+        if sender.lower() != job.client.lower():
+            return None, 403, f"only the client that posted job {job_id} reads its output here; read it from IPFS"
+        output = self.outputs.get(job_id)
+        if output is None:
+            return None, 404, f"this node holds no output of job {job_id}; read it from IPFS by its on-chain CID"
+        return output, 200, ""
 
     async def abort(self, job_id: int, reason: str) -> None:
         """Give up on a job this node cannot serve, with the reason: the client is refunded for

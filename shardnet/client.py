@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Container
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from eth_account.signers.local import LocalAccount
@@ -30,10 +30,13 @@ from shardnet.events import EventReader
 from shardnet.jobs import JobParams, escrow_needed
 from shardnet.ledger import JobRecord, Ledger
 from shardnet.notices import JobNotices
-from shardnet.protocol import JobStatus
+from shardnet.protocol import HANDOVER_MAX_BYTES, JobStatus
 from shardnet.sealing import SealError, decrypt, encrypt, is_sealed, key_context, new_job_key, seal_key
 from shardnet.signing import sign_request
 from shardnet.storage import IpfsClient
+
+if TYPE_CHECKING:
+    import httpx
 
 SETTLED = (JobStatus.COMPLETED, JobStatus.EXPIRED, JobStatus.CANCELLED, JobStatus.ABORTED)
 # no result will come: settled, or aborted while routed (its refund follows the claim window)
@@ -43,6 +46,8 @@ STREAM_RETRIES = 5
 WHY_AFTER_S = 5.0  # a job unrouted this long gets an explanation (on_waiting)...
 WHY_EVERY_S = 10.0  # ...looked at again this often
 PROBE_TIMEOUT_S = 1.0
+NODE_REQUEST_TIMEOUT_S = 10.0
+HANDOVER_TIMEOUT_S = 2.0  # a last stage handing an output over (output_from_node), before IPFS is asked
 RECHECK_S = 1.0  # with a subscription, the job is still read this often (a missed notice costs this)
 
 
@@ -69,6 +74,7 @@ class Client:
         self.job_events = EventReader(chain, [self.c.market.address])
         self.job_keys: dict[int, bytes] = {}  # private jobs posted here: their keys (shardnet.sealing)
         self._handed: dict[int, set[str]] = {}  # private job -> nodes that took its key
+        self._last_stages: dict[int, tuple[str, str]] = {}  # job waited on -> its last stage, endpoint
 
     @classmethod
     def from_deployment(cls, account: LocalAccount | None = None, deployment: Deployment | None = None) -> Client:
@@ -139,11 +145,10 @@ class Client:
             info = self.c.nodes.node(node)
             try:
                 body = json.dumps({"sealed": seal_key(info.data_key, key, context).hex()}).encode()
-                reply = httpx.post(
+                reply = self.http.post(
                     info.endpoint.rstrip("/") + path,
                     content=body,
                     headers=sign_request(account, path, body),
-                    timeout=10,
                 )
             except (SealError, httpx.HTTPError):
                 continue
@@ -151,8 +156,14 @@ class Client:
                 handed.add(node)
 
     def read_output(self, job_id: int, output_cid: str) -> dict[str, Any] | None:
-        """A job's output JSON from IPFS; a private job's opened with its key (None without it)."""
-        raw = self.ipfs.cat(output_cid)
+        """A job's output JSON; a private job's opened with its key (None without it). Read from
+        the job's last stage while this client waits on the job (`wait` learns the route), else
+        from IPFS (output_from_node)."""
+        last = self._last_stages.get(job_id)
+        account = self.chain.account
+        raw = output_from_node(self.http, last[1], account, job_id, output_cid) if last and account else None
+        if raw is None:
+            raw = self.ipfs.cat(output_cid)
         if is_sealed(raw):
             key = self.job_keys.get(job_id)
             if key is None:
@@ -309,8 +320,31 @@ class Client:
         try:
             return self._wait(job_id, timeout_s, poll_s, until, on_change, on_waiting, notices)
         finally:
+            self._last_stages.pop(job_id, None)
             if notices is not None:
                 notices.close()
+
+    @functools.cached_property
+    def http(self) -> httpx.Client:
+        """One HTTP client for the requests this client makes to nodes: its connections, and its
+        TLS set-up, are reused (a new client loads the CA store again, about 40 ms here)."""
+        import httpx
+
+        return httpx.Client(timeout=NODE_REQUEST_TIMEOUT_S)
+
+    def _note_last_stage(self, record: JobRecord) -> None:
+        """Where the output will come from: the endpoint of the route's last stage, looked up once
+        per route (while the job runs, unless it ran before this client saw it routed)."""
+        node = record.route[-1].node if record.route else None
+        known = self._last_stages.get(record.job_id)
+        if node is None or (known is not None and known[0] == node):
+            return
+        try:
+            self._last_stages[record.job_id] = (node, self.c.nodes.node(node).endpoint)
+        except ShardnetError:
+            self._last_stages.pop(record.job_id, None)
+            return
+        _ = self.http  # made now, while the job runs, rather than when its output is read
 
     def _notices(self, job_id: int) -> JobNotices | None:
         """A subscription to the job's events, or None (no websocket: `wait` polls instead)."""
@@ -340,6 +374,7 @@ class Client:
         started, explained, last_reason = time.monotonic(), 0.0, ""
         while True:
             record = self.history(job_id)
+            self._note_last_stage(record)
             if record.status == JobStatus.ROUTED and job_id in self.job_keys:
                 self.hand_over_key(record)
             if on_change is not None and (record.status, record.reroutes) != seen:
@@ -371,6 +406,40 @@ class Client:
                 time.sleep(poll_s)
             else:
                 notices.wait(min(RECHECK_S, max(0.0, deadline - time.monotonic())))
+
+
+def output_from_node(
+    http: httpx.Client,
+    endpoint: str,
+    account: LocalAccount,
+    job_id: int,
+    cid: str,
+    timeout_s: float = HANDOVER_TIMEOUT_S,
+) -> bytes | None:
+    """Job `job_id`'s output straight from its last stage, which holds it a while after submitting
+    it (node/outputs.py): one HTTP request, signed by the key that posted the job, where IPFS
+    would wait for the node's write to the daemon and then fetch the bytes back. None unless the
+    node answers within `timeout_s` with at most HANDOVER_MAX_BYTES whose CID is `cid`: a node
+    that lies, stalls or no longer holds it costs a read from IPFS and no more."""
+    import httpx
+
+    path = f"/v1/jobs/{job_id}/output"
+    url, headers = endpoint.rstrip("/") + path, sign_request(account, path, b"")
+    deadline = time.monotonic() + timeout_s
+    chunks, size = [], 0
+    try:
+        with http.stream("POST", url, content=b"", headers=headers, timeout=timeout_s) as reply:
+            if reply.status_code != 200:
+                return None
+            for chunk in reply.iter_bytes():
+                size += len(chunk)
+                if size > HANDOVER_MAX_BYTES or time.monotonic() > deadline:
+                    return None
+                chunks.append(chunk)
+    except httpx.HTTPError:
+        return None
+    data = b"".join(chunks)
+    return data if cid_v0(data) == cid else None
 
 
 def check_stream(result: JobResult, streamed: list[int]) -> None:

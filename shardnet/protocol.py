@@ -16,6 +16,10 @@ from shardnet.errors import ModelError
 # The project's contracts, in deployment order: the one place that lists them.
 CONTRACTS = ("NodeRegistry", "ModelRegistry", "JobMarket", "Verifier")
 
+# The most a last stage hands its client straight (node.outputs) and a client takes from it; a
+# bigger output is read from IPFS only.
+HANDOVER_MAX_BYTES = 16 << 20
+
 
 @dataclass(frozen=True)
 class Span:

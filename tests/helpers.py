@@ -3,6 +3,7 @@ for links, and a node's Prometheus metrics."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 
 import pytest
@@ -64,13 +65,15 @@ def reverts(error_name: str, /, **expected_args):
 class Relay:
     """A TCP relay to a local port that records every byte each connection sends, as an
     eavesdropper placed between two nodes would see it; `replay` resends one connection's bytes
-    in a new connection, as an attacker who recorded it would."""
+    in a new connection, as an attacker who recorded it would. `tamper` rewrites what the target
+    answers on its way back (each chunk as it is read), as a man in the middle would."""
 
-    def __init__(self, target_port: int):
+    def __init__(self, target_port: int, tamper: Callable[[bytes], bytes] | None = None):
         import socket
         import threading
 
         self.target_port = target_port
+        self.tamper = tamper
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
         self.sent: list[bytearray] = []  # per connection: what the connecting side sent
@@ -95,14 +98,14 @@ class Relay:
             self.sent.append(sent)
             self.answered.append(answered)
             threading.Thread(target=self._pump, args=(conn, upstream, sent), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, conn, answered), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, conn, answered, self.tamper), daemon=True).start()
 
     @staticmethod
-    def _pump(src, dst, record: bytearray) -> None:
+    def _pump(src, dst, record: bytearray, tamper: Callable[[bytes], bytes] | None = None) -> None:
         try:
             while data := src.recv(1 << 16):
                 record += data
-                dst.sendall(data)
+                dst.sendall(tamper(data) if tamper else data)
         except OSError:
             pass
         finally:

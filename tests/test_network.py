@@ -462,9 +462,17 @@ def test_a_waiting_client_wakes_on_its_jobs_events_rather_than_polling(net):
 
 
 def test_a_waiting_client_reads_the_output_as_soon_as_the_result_names_it(net, monkeypatch):
-    """The ResultSubmitted notice starts the output's IPFS read (in a thread) while the client
-    reads the job's history; the history still decides which output is the result."""
+    """The ResultSubmitted notice starts the output's read (in a thread) while the client reads
+    the job's history; the history still decides which output is the result. The read goes to the
+    last stage, which hands the output to the client that posted the job only; its bytes are
+    IPFS's, and an endpoint that lies about them is passed over for IPFS."""
+    import httpx
+
+    from shardnet.signing import sign_request
+
     model_id, _ = net.models["tiny-gpt2"]
+    handed = "shardnet_outputs_handed_total"
+    handed_before = sum(node_metric(port, handed) for port in net.node_ports)
     threads, read, history = [], net.client.read_output, net.client.history
 
     def recorded(job_id, cid):
@@ -481,10 +489,30 @@ def test_a_waiting_client_reads_the_output_as_soon_as_the_result_names_it(net, m
 
     monkeypatch.setattr(net.client, "read_output", recorded)
     monkeypatch.setattr(net.client, "history", settled_history)
-    job_id = net.client.submit(model_id, {"input_ids": [4, 1]}, JobParams(max_new_tokens=2), MAX_FEE)
+    # (long enough not to end while the client reads its history the first time: a job routed and
+    # run by then has its result's notice come before the client knows the route, and is read
+    # from IPFS)
+    job_id = net.client.submit(model_id, {"input_ids": [4, 1]}, JobParams(max_new_tokens=12), MAX_FEE)
     result = net.client.wait(job_id)  # subscribed long before the job can be routed and run
-    assert result.status == JobStatus.COMPLETED and len(result.output["tokens"]) == 2
+    assert result.status == JobStatus.COMPLETED and len(result.output["tokens"]) == 12
     assert len(threads) == 1 and threads[0].startswith("output-read")
+    assert sum(node_metric(port, handed) for port in net.node_ports) == handed_before + 1
+    assert result.output == json.loads(net.ipfs.cat(result.record.output_cid))
+
+    last_node = result.record.route[-1].node
+    last = net.c.nodes.node(last_node).endpoint
+    path = f"/v1/jobs/{job_id}/output"
+    stranger = httpx.post(last + path, content=b"", headers=sign_request(dev_account(13), path, b""))
+    assert stranger.status_code == 403 and "only the client" in stranger.json()["error"]
+    assert httpx.post(last + path, content=b"").status_code == 401
+    port = net.node_ports[[dev_account(2 + i).address for i in range(len(net.node_ports))].index(last_node)]
+    liar = Relay(port, tamper=lambda data: data.replace(b'"tokens"', b'"tokenz"'))
+    try:  # the client's read, through an endpoint that changes the bytes: IPFS's are taken
+        net.client._last_stages[job_id] = (last_node, f"http://127.0.0.1:{liar.port}")
+        assert net.client.read_output(job_id, result.record.output_cid) == result.output
+    finally:
+        net.client._last_stages.pop(job_id, None)
+        liar.close()
 
 
 def test_a_relay_between_two_nodes_sees_only_ciphertext_and_its_replay_delivers_nothing(net):
