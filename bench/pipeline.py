@@ -44,7 +44,8 @@ emitted. Prints `name: value` lines:
 - event_to_pickup_ms_p50: routeJob sent (then mined: Anvil automines) to stage 0 acting on its
   JobRouted event. Target <= 50.
 - chain_overhead_ms_per_job: client-observed job time minus its data-plane time (post,
-  routing, IPFS input/output, receipts, result transaction, client polling).
+  routing, the input's IPFS read, receipts, result transaction, the result's notice, the
+  output's read from the last stage).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""Settlement: how a job ends at this node. The last stage puts the output on IPFS, collects
-every earlier stage's signed receipt, checks it and submits the result; any stage may abort a
-job it cannot serve; every stage signs its receipt for the last one.
+"""Settlement: how a job ends at this node. The last stage puts the output on IPFS (and holds it
+a while for the client: node.outputs), collects every earlier stage's signed receipt, checks it
+and submits the result; any stage may abort a job it cannot serve; every stage signs its receipt
+for the last one.
 """
 
 from __future__ import annotations
