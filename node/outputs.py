@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 
+from shardnet.ledger import Ledger
 from shardnet.protocol import HANDOVER_MAX_BYTES
 
 KEEP_COUNT = 256  # outputs held at most (the oldest go first)...
@@ -43,10 +44,12 @@ class RecentOutputs:
 
     def get(self, job_id: int) -> bytes | None:
         entry = self._kept.get(job_id)
-        if entry is not None and time.monotonic() - entry[0] > self.keep_s:
+        if entry is None:
+            return None
+        if time.monotonic() - entry[0] > self.keep_s:
             self.drop(job_id)
             return None
-        return entry[1] if entry is not None else None
+        return entry[1]
 
     def drop(self, job_id: int) -> None:
         entry = self._kept.pop(job_id, None)
@@ -55,3 +58,13 @@ class RecentOutputs:
 
     def __len__(self) -> int:
         return len(self._kept)
+
+
+def refusal(ledger: Ledger, job_id: int, sender: str) -> str | None:
+    """Why this node will not hand job `job_id`'s output to `sender`, or None."""
+    job = ledger.jobs.get(job_id)
+    if job is None:
+        return f"job {job_id} is unknown to this node"
+    if sender.lower() != job.client.lower():
+        return f"only the client that posted job {job_id} reads its output here; read it from IPFS"
+    return None

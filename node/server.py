@@ -1,6 +1,6 @@
-"""Data-plane API (FastAPI): receipts out, the client's token stream and output, metrics, health; and the
-link other stages send activations and tokens over (a WebSocket on the same port, answered
-below the ASGI app by node.link_socket: `uvicorn_config` wires it in)."""
+"""Data-plane API (FastAPI): receipts out, the client's token stream and output, metrics,
+health; and the link other stages send activations and tokens over (a WebSocket on the same
+port, answered below the ASGI app by node.link_socket: `uvicorn_config` wires it in)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from node import streams, swarm
+from node import outputs, streams, swarm
 from node.link import MAX_FRAME_BYTES
 from node.link_socket import server_protocol
 from shardnet.signing import recover_sender
@@ -121,9 +121,13 @@ def create_app(agent: NodeAgent) -> FastAPI:
         if isinstance(signed, JSONResponse):
             return signed
         _, sender = signed
-        output, status, reason = agent.settlement.output_for(job_id, sender)
+        reason = outputs.refusal(agent.ledger, job_id, sender)
+        if reason is not None:
+            return JSONResponse({"error": reason}, status_code=403)
+        output = agent.settlement.outputs.get(job_id)
         if output is None:
-            return JSONResponse({"error": reason}, status_code=status)
+            reason = f"this node holds no output of job {job_id}; read it from IPFS by its on-chain CID"
+            return JSONResponse({"error": reason}, status_code=404)
         agent.metrics.outputs_handed.inc()
         return Response(output, media_type="application/octet-stream")
 

@@ -259,19 +259,6 @@ class Settlement:
             "signature": "0x" + receipt.signature.hex(),
         }, ""
 
-    def output_for(self, job_id: int, sender: str) -> tuple[bytes | None, int, str]:
-        """The output this node submitted for job `job_id`, for the client that posted it:
-        (bytes, 200, "") or (None, HTTP status, why not)."""
-        job = self.ledger.jobs.get(job_id)
-        if job is None:
-            return None, 404, f"job {job_id} is unknown to this node"
-        if sender.lower() != job.client.lower():
-            return None, 403, f"only the client that posted job {job_id} reads its output here; read it from IPFS"
-        output = self.outputs.get(job_id)
-        if output is None:
-            return None, 404, f"this node holds no output of job {job_id}; read it from IPFS by its on-chain CID"
-        return output, 200, ""
-
     async def abort(self, job_id: int, reason: str) -> None:
         """Give up on a job this node cannot serve, with the reason: the client is refunded for
         every stage that did not deliver."""

@@ -505,6 +505,9 @@ def test_a_waiting_client_reads_the_output_as_soon_as_the_result_names_it(net, m
     stranger = httpx.post(last + path, content=b"", headers=sign_request(dev_account(13), path, b""))
     assert stranger.status_code == 403 and "only the client" in stranger.json()["error"]
     assert httpx.post(last + path, content=b"").status_code == 401
+    first = net.c.nodes.node(result.record.route[0].node).endpoint  # not the last stage: holds none
+    elsewhere = httpx.post(first + path, content=b"", headers=sign_request(net.client.chain.account, path, b""))
+    assert elsewhere.status_code == 404 and "read it from IPFS" in elsewhere.json()["error"]
     port = net.node_ports[[dev_account(2 + i).address for i in range(len(net.node_ports))].index(last_node)]
     liar = Relay(port, tamper=lambda data: data.replace(b'"tokens"', b'"tokenz"'))
     try:  # the client's read, through an endpoint that changes the bytes: IPFS's are taken
