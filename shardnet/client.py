@@ -250,7 +250,10 @@ class Client:
         async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None)) as http:
             while True:
                 record = await asyncio.to_thread(self.history, job_id)
-                if record.status in ENDED:
+                if record.status in ENDED:  # (a job that ended before its stream did: the rest is in its output)
+                    rest = await self._unstreamed(record, got)
+                    if rest:
+                        yield rest
                     return
                 if time.monotonic() > deadline:
                     raise JobTimeout(f"job {job_id} streamed {got} tokens in {timeout_s:.0f} s and is not done")
@@ -274,6 +277,11 @@ class Client:
                                 got += len(message["tokens"])
                                 yield list(message["tokens"])
                             if message.get("done"):
+                                if message.get("status") == "completed":  # (the node's run may be gone)
+                                    record = await asyncio.to_thread(self.history, job_id)
+                                    rest = await self._unstreamed(record, got)
+                                    if rest:
+                                        yield rest
                                 return
                 except (httpx.HTTPError, ShardnetError, ValueError) as exc:
                     failures += 1
@@ -283,6 +291,13 @@ class Client:
                             f"({exc}); the result will still be on-chain: 'shardnet job status {job_id}'"
                         ) from None
                     await asyncio.sleep(STREAM_POLL_S * failures)
+
+    async def _unstreamed(self, record: JobRecord, got: int) -> list[int]:
+        """The tokens of a completed generation after the first `got`, from its on-chain output."""
+        if record.status != JobStatus.COMPLETED or not record.output_cid:
+            return []
+        output = await asyncio.to_thread(self.read_output, record.job_id, record.output_cid)
+        return list((output or {}).get("tokens", [])[got:])
 
     def stream(
         self, job_id: int, on_tokens: Callable[[list[int]], None], timeout_s: float = 300
