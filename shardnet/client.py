@@ -277,12 +277,9 @@ class Client:
                                 got += len(message["tokens"])
                                 yield list(message["tokens"])
                             if message.get("done"):
-                                if message.get("status") == "completed":  # (the node's run may be gone)
-                                    record = await asyncio.to_thread(self.history, job_id)
-                                    rest = await self._unstreamed(record, got)
-                                    if rest:
-                                        yield rest
-                                return
+                                if message.get("status") != "completed":
+                                    return
+                                break  # (the node's run may be gone: the loop's history read finds the rest)
                 except (httpx.HTTPError, ShardnetError, ValueError) as exc:
                     failures += 1
                     if failures > STREAM_RETRIES:
