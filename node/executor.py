@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,29 @@ from shardnet.sealing import SealError, decrypt
 from shardnet.storage import IpfsClient
 
 GATHER_MS = 30.0  # longest a decode batch waits for the span's other generations to arrive
+GATHER_SLACK_MS = 2.0  # past a generation's expected arrival, how long a batch still waits for it
+
+
+@dataclass
+class Cadence:
+    """How one generation's decode steps come to one span and entry of this node (monotonic s)."""
+
+    arrived: float  # its last step's arrival
+    interval: float = float("inf")  # between its last two arrivals
+    departed: float | None = None  # when its last step here ended
+    away: float | None = None  # from a step's end here to the next step's arrival: the rest of the route
+
+    def due(self, now: float) -> bool:
+        """Whether its next step is due: its last one came less than 1.5 of its own step interval
+        ago (one that ended, or stalled, stops counting after that)."""
+        return now - self.arrived < (1.5 * self.interval if self.interval != float("inf") else 1.0)
+
+    def expected(self) -> float | None:
+        """When its next step should arrive: its last one's end here plus its time away, once
+        measured (None while a step of it waits or runs here)."""
+        if self.departed is None or self.away is None or self.departed < self.arrived:
+            return None
+        return self.departed + self.away
 
 
 class Executor:
@@ -49,7 +73,7 @@ class Executor:
         self._arrived: dict[tuple[int, int], asyncio.Event] = {}  # set when a decode step is queued
         self._decode_ms: dict[tuple[int, int], float] = {}  # per span and entry: last decode batch's time
         # per (span and entry, job): when its last decode step arrived, and the interval before it
-        self._cadence: dict[tuple[tuple[int, int], int], tuple[float, float]] = {}
+        self._cadence: dict[tuple[tuple[int, int], int], Cadence] = {}
         # per span (id of its LoadedSpan): passes over several tokens running in worker threads,
         # and an event set when the last one ends
         self._passes: dict[int, int] = {}
@@ -161,6 +185,8 @@ class Executor:
         if run is None:
             return False
         run.loaded.model.release(run.session)
+        for cadence in [c for c in self._cadence if c[1] == job_id]:
+            del self._cadence[cadence]  # no more steps: batches stop waiting for it
         return True
 
     def first_input(
@@ -302,8 +328,13 @@ class Executor:
         milliseconds of GIL switching per hop), longer ones in a worker thread."""
         key = (id(run.loaded), run.stages[run.stage].start)
         now = time.monotonic()
-        last = self._cadence.get((key, run.job_id))
-        self._cadence[(key, run.job_id)] = (now, now - last[0] if last else float("inf"))
+        cadence = self._cadence.get((key, run.job_id))
+        if cadence is None:
+            self._cadence[(key, run.job_id)] = Cadence(now)
+        else:
+            if cadence.departed is not None:
+                cadence.away = now - cadence.departed
+            cadence.interval, cadence.arrived = now - cadence.arrived, now
         alone = key not in self._draining and self._decoding(key) <= 1 and key[0] not in self._passes
         if alone and self._decode_ms.get(key, 0.0) <= inline_ms:
             return self.run_batch([(run, x)])[0]  # alone on this span: no batching machinery at all
@@ -324,10 +355,10 @@ class Executor:
                 await asyncio.sleep(0)  # let messages already received queue their steps first
                 if not self._waiting.get(key):
                     return
-                # wait for the span's other generations (at most about one batch's time): a bigger
-                # batch costs little more than a small one, so jobs that drifted into separate
-                # groups merge into one and then step in lock-step
-                deadline = loop.time() + min(GATHER_MS, self._decode_ms.get(key, 0.0)) / 1000
+                # wait for the span's other generations: a bigger batch costs little more than a
+                # small one, so jobs that drifted into separate groups merge into one and then
+                # step in lock-step
+                deadline = loop.time() + self._gather_s(key)
                 arrived = self._arrived.setdefault(key, asyncio.Event())
                 while len(self._waiting[key]) < self._decoding(key) and loop.time() < deadline:
                     arrived.clear()
@@ -355,16 +386,43 @@ class Executor:
         finally:
             self._draining.discard(key)
 
+    def _gather_s(self, key: tuple[int, int]) -> float:
+        """How long the batch waiting on `key` waits for the span's other due generations. At
+        most one batch's time (the last one's, and never past GATHER_MS); but a group smaller than
+        the due ones missing (a tie goes by the lowest job id) waits until the last of them is
+        expected (Cadence.expected, and GATHER_SLACK_MS), within one of its own rounds. Groups
+        that drifted apart reach each stage in turn, one coming back from the rest of the route
+        while the other runs here: a wait of one batch's time let them miss each other at every
+        stage, so every round cost two batches at each stage; where both wait for the other, each
+        waits in vain while the other does. The smaller group waits, the other goes on, and the
+        two merge at the next stage."""
+        now = time.monotonic()
+        waiting = [run.job_id for run, _, _ in self._waiting.get(key, [])]
+        missing = [
+            (job_id, cadence)
+            for (k, job_id), cadence in self._cadence.items()
+            if k == key and job_id not in waiting and cadence.due(now)
+        ]
+        wait_ms = min(GATHER_MS, self._decode_ms.get(key, 0.0))
+        smaller = len(waiting) < len(missing) or (
+            len(waiting) == len(missing) and min(waiting, default=0) > min(job_id for job_id, _ in missing)
+        )
+        if waiting and missing and smaller:
+            expected = [c.expected() for _, c in missing]
+            rounds = [self._cadence[(key, job_id)].interval for job_id in waiting if (key, job_id) in self._cadence]
+            if None not in expected and rounds:
+                last = max(e for e in expected if e is not None)
+                wait_ms = max(wait_ms, min((last - now) * 1000 + GATHER_SLACK_MS, min(rounds) * 1000))
+        return wait_ms / 1000
+
     def _decoding(self, key: tuple[int, int]) -> int:
-        """Generations whose next decode step on this span and entry is due: each one's last
-        step came less than 1.5 of its own step interval ago (one that ended, or stalled, stops
-        counting after that)."""
+        """Generations whose next decode step on this span and entry is due (Cadence.due)."""
         now = time.monotonic()
         due = 0
-        for (k, job_id), (last, interval) in list(self._cadence.items()):
-            if now - last > 30:  # long gone
+        for (k, job_id), cadence in list(self._cadence.items()):
+            if now - cadence.arrived > 30:  # long gone
                 del self._cadence[(k, job_id)]
-            elif k == key and now - last < (1.5 * interval if interval != float("inf") else 1.0):
+            elif k == key and cadence.due(now):
                 due += 1
         return due
 
@@ -388,6 +446,11 @@ class Executor:
             self.batches += 1
             self.batched_steps += len(batch)
         self._decode_ms[key] = (time.perf_counter() - started) * 1000
+        departed = time.monotonic()
+        for ran, _ in batch:
+            cadence = self._cadence.get((key, ran.job_id))
+            if cadence is not None:
+                cadence.departed = departed
         self.decode_ms_total += self._decode_ms[key]
         return outs
 

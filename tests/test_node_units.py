@@ -458,3 +458,54 @@ def test_a_hop_is_counted_from_the_senders_compute_end_and_junk_from_a_peer_coun
     fresh = SimpleNamespace(hops=(0, 0.0), computed=(0.0, 0.0))  # no model call here yet
     count_hop(fresh, {"sent": 1.0, "hops": 0, "hop_ms": 0.0})  # type: ignore[arg-type]
     assert fresh.hops == (0, 0.0)
+
+
+def test_a_smaller_group_of_generations_waits_for_the_bigger_one_to_merge_with_it():
+    """Decode steps of generations that drifted into two groups: the smaller group waits at a
+    span for the bigger one's expected arrival (its steps' last end here plus their time away),
+    within one of its own rounds; the bigger one waits no longer than a batch's time, so the two
+    never wait for each other at once, and they merge."""
+    import time
+
+    from node.executor import Cadence, Executor
+
+    executor = Executor(SimpleNamespace(), 1.0)  # type: ignore[arg-type]
+    key = (1, 0)
+    executor._decode_ms[key] = 5.0  # the last batch here
+    now = time.monotonic()
+
+    def group(ids: range, ran_ago_s: float, away_s: float) -> None:
+        for job_id in ids:  # each step comes every 60 ms; its last one ended here `ran_ago_s` ago
+            executor._cadence[(key, job_id)] = Cadence(
+                arrived=now - ran_ago_s - 0.03, interval=0.06, departed=now - ran_ago_s, away=away_s
+            )
+
+    def waiting(ids: range) -> None:
+        executor._waiting[key] = [(SimpleNamespace(job_id=j), None, None) for j in ids]  # type: ignore[misc]
+        for j in ids:
+            executor._cadence[(key, j)].arrived = now  # (their steps are here now)
+
+    group(range(1, 8), ran_ago_s=0.01, away_s=0.03)  # seven due back in 20 ms
+    group(range(8, 9), ran_ago_s=0.03, away_s=0.03)
+    waiting(range(8, 9))  # the one is here: it waits for the seven
+    assert 0.020 <= executor._gather_s(key) <= 0.024
+
+    group(range(1, 8), ran_ago_s=0.03, away_s=0.03)
+    group(range(8, 9), ran_ago_s=0.01, away_s=0.03)  # the one is due back in 20 ms
+    waiting(range(1, 8))  # the seven are here: they wait no longer than the last batch took
+    assert executor._gather_s(key) == 0.005
+
+    group(range(1, 8), ran_ago_s=0.001, away_s=0.5)  # the seven are far away: the one waits a round at most
+    group(range(8, 9), ran_ago_s=0.03, away_s=0.03)
+    waiting(range(8, 9))
+    assert executor._gather_s(key) == 0.06
+
+    executor._cadence.clear()  # four and four: the group without the lowest job id waits
+    group(range(1, 9), ran_ago_s=0.03, away_s=0.03)
+    group(range(1, 5), ran_ago_s=0.01, away_s=0.03)
+    waiting(range(5, 9))
+    assert executor._gather_s(key) > 0.02
+    group(range(1, 9), ran_ago_s=0.03, away_s=0.03)
+    group(range(5, 9), ran_ago_s=0.01, away_s=0.03)
+    waiting(range(1, 5))
+    assert executor._gather_s(key) == 0.005
