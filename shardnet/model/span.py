@@ -30,7 +30,7 @@ from torch.utils._pytree import tree_map
 from transformers import PretrainedConfig
 
 from shardnet.errors import BlockLoadError, ModelError
-from shardnet.model import fastpath
+from shardnet.model import fastpath, packed
 from shardnet.model.cache import MAX_GROUPS, BatchGroup, GrowingLayer, Session, SpanCache, layer_of, left_pad
 from shardnet.model.layout import Layout, cache_argument, layout_for, probe_inputs, skeleton
 from shardnet.model.pooling import mean_pool, pool
@@ -154,6 +154,8 @@ class SpanModel(nn.Module):
         self._plan = _Plan(0, 0, None, None, None)
         self._lock = threading.Lock()
         self._fast = fastpath.fast_step(model)  # one-token decode steps, for some families
+        # a decoder's last span: batched decode steps project onto the vocabulary with a packed weight
+        self._head = packed.pack_head(model) if self.has_final and self.layout.is_decoder else None
         self.eval()
 
     # ------------------------------------------------------------------ weights
