@@ -29,7 +29,9 @@ def test_rows_of_a_batch_go_through_the_packed_weight_and_one_row_through_f_line
     with torch.no_grad():
         one = torch.randn(1, 1, 64)
         assert torch.equal(wrapped(one), F.linear(one, head.weight, head.bias))  # bit for bit
-        assert wrapped.packed is None  # not packed until a batch comes
+        prefill = torch.randn(1, 9, 64)
+        assert torch.equal(wrapped(prefill), F.linear(prefill, head.weight, head.bias))
+        assert wrapped.packed is None  # not packed until a batch of decode steps comes
         for rows in (2, 5, 8):
             x = torch.randn(rows, 1, 64)
             out = wrapped(x)
@@ -38,6 +40,7 @@ def test_rows_of_a_batch_go_through_the_packed_weight_and_one_row_through_f_line
         assert wrapped.packed is not None and wrapped.checked == {2, 5, 8}
     x = torch.randn(3, 1, 64)
     assert torch.equal(wrapped(x), F.linear(x, head.weight, head.bias))  # with autograd on: the plain product
+    assert wrapped.checked == {2, 5, 8}
 
 
 @needs_mkl
@@ -45,10 +48,10 @@ def test_a_packed_product_that_disagrees_with_f_linear_turns_packing_off():
     head = _head(False)
     wrapped = packed.PackedHead(head)
     with torch.no_grad():
-        wrapped(torch.randn(2, 64))
+        wrapped(torch.randn(2, 1, 64))
         assert wrapped.packed is not None
         wrapped.packed.zero_()  # a packed layout gone wrong
-        x = torch.randn(4, 64)
+        x = torch.randn(4, 1, 64)
         assert torch.equal(wrapped(x), F.linear(x, head.weight))
     assert not wrapped.enabled and wrapped.packed is None
 

@@ -5,8 +5,8 @@ vocabulary projection ([8, 512] x [512, 32000]): MKL's GEMM packs the whole weig
 layout on every call, about as costly as the product itself. `torch.ops.mkl` packs it once
 (what torch's own compiler does for a frozen linear layer): the projection of a batch of 8 took
 11 ms instead of 16. A single row (a generation alone, a committee re-running a stage, the
-in-process reference) keeps the plain `F.linear`, so it computes the floats it computes anywhere
-else; batched rows may differ from unbatched ones in the last bits, as they already do. The
+in-process reference), a prefill and a forward keep the plain `F.linear`, so they compute the
+floats they compute anywhere else; batched rows may differ from unbatched ones in the last bits, as they already do. The
 packed copy (about 1.3 times the weight) is made on a span's first batched step, not before.
 """
 
@@ -32,9 +32,10 @@ def packing_available() -> bool:
 
 class PackedHead:
     """Stands in for an `nn.Linear`'s forward (the module, its parameter and any tying stay as
-    they are): inputs of several rows go through the weight packed for MKL, one row through
-    `F.linear`. Each batch size is checked once against `F.linear`; a mismatch, an error or a
-    weight that is not a contiguous float32 CPU tensor turns packing off for good."""
+    they are): a batch of rows of one position each ([b, 1, d], b > 1: decode steps) goes through
+    the weight packed for MKL, anything else (one row, a prefill, a forward) through `F.linear`.
+    Each batch size is checked once against `F.linear`; a mismatch, an error or a weight that is
+    not a contiguous float32 CPU tensor turns packing off for good."""
 
     def __init__(self, linear: nn.Linear):
         self.linear = linear
@@ -44,9 +45,9 @@ class PackedHead:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias = self.linear.weight, self.linear.bias
-        rows = x.numel() // max(1, x.shape[-1])
-        if rows < 2 or not self.enabled or torch.is_grad_enabled():
-            return F.linear(x, weight, bias)
+        rows = x.shape[0]
+        if x.dim() != 3 or x.shape[1] != 1 or rows < 2 or not self.enabled or torch.is_grad_enabled():
+            return F.linear(x, weight, bias)  # not a batch of one-position rows
         try:
             return self._packed(x, rows)
         except RuntimeError as exc:  # a build or shape the packed GEMM does not take
