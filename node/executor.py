@@ -72,7 +72,7 @@ class Executor:
         self._tasks: set[asyncio.Task[None]] = set()
         self._arrived: dict[tuple[int, int], asyncio.Event] = {}  # set when a decode step is queued
         self._decode_ms: dict[tuple[int, int], float] = {}  # per span and entry: last decode batch's time
-        # per (span and entry, job): when its last decode step arrived, and the interval before it
+        # per (span and entry, job): how its decode steps come (arrivals, interval, time away)
         self._cadence: dict[tuple[tuple[int, int], int], Cadence] = {}
         # per span (id of its LoadedSpan): passes over several tokens running in worker threads,
         # and an event set when the last one ends
