@@ -13,7 +13,7 @@ from shardnet.model.layout import block_state
 from shardnet.model.loading import load_model
 from shardnet.model.span import SpanModel, split_even
 
-needs_mkl = pytest.mark.skipif(not packed.packing_available(), reason="this torch build has no MKL packed GEMM")
+MKL = packed.packing_available()  # x86 builds with MKL (the pinned CPU wheel); elsewhere F.linear throughout
 
 
 def _head(bias: bool) -> nn.Linear:
@@ -21,7 +21,6 @@ def _head(bias: bool) -> nn.Linear:
     return nn.Linear(64, 1000, bias=bias)
 
 
-@needs_mkl
 @pytest.mark.parametrize("bias", [False, True])
 def test_rows_of_a_batch_go_through_the_packed_weight_and_one_row_through_f_linear(bias: bool):
     head = _head(bias)
@@ -37,20 +36,20 @@ def test_rows_of_a_batch_go_through_the_packed_weight_and_one_row_through_f_line
             out = wrapped(x)
             assert out.shape == (rows, 1, 1000)
             torch.testing.assert_close(out, F.linear(x, head.weight, head.bias), rtol=1e-4, atol=1e-4)
-        assert wrapped.packed is not None and wrapped.checked == {2, 5, 8}
+        assert (wrapped.packed is not None and wrapped.checked == {2, 5, 8}) if MKL else wrapped.packed is None
     x = torch.randn(3, 1, 64)
     assert torch.equal(wrapped(x), F.linear(x, head.weight, head.bias))  # with autograd on: the plain product
-    assert wrapped.checked == {2, 5, 8}
+    assert wrapped.checked == ({2, 5, 8} if MKL else set())
 
 
-@needs_mkl
 def test_a_packed_product_that_disagrees_with_f_linear_turns_packing_off():
     head = _head(False)
     wrapped = packed.PackedHead(head)
     with torch.no_grad():
         wrapped(torch.randn(2, 1, 64))
-        assert wrapped.packed is not None
-        wrapped.packed.zero_()  # a packed layout gone wrong
+        if MKL:  # (without a packed GEMM, packing is off from the start: the same assertions hold)
+            assert wrapped.packed is not None
+            wrapped.packed.zero_()  # a packed layout gone wrong
         x = torch.randn(4, 1, 64)
         assert torch.equal(wrapped(x), F.linear(x, head.weight))
     assert not wrapped.enabled and wrapped.packed is None
@@ -65,7 +64,6 @@ def test_without_a_packed_gemm_the_head_is_left_alone(monkeypatch: pytest.Monkey
     assert "forward" not in vars(model.head)
 
 
-@needs_mkl
 def test_a_decoders_last_span_batches_through_the_packed_head_with_the_tokens_of_each_alone():
     torch.set_num_threads(1)
     model, _ = load_model("llama-512")
@@ -73,7 +71,7 @@ def test_a_decoders_last_span_batches_through_the_packed_head_with_the_tokens_of
     first, last = split_even(num_blocks(config), 2)
     tail = SpanModel(config, last, {i: block_state(model, config, i) for i in range(last.start, last.end)})
     head = SpanModel(config, first, {i: block_state(model, config, i) for i in range(first.start, first.end)})
-    assert isinstance(tail._head, packed.PackedHead) and head._head is None
+    assert (isinstance(tail._head, packed.PackedHead) if MKL else tail._head is None) and head._head is None
     seeded = [torch.Generator().manual_seed(i) for i in range(4)]
     prompts = [torch.randint(0, config.vocab_size, (1, 12), generator=g) for g in seeded]
     alone, together = [], []
@@ -94,4 +92,5 @@ def test_a_decoders_last_span_batches_through_the_packed_head_with_the_tokens_of
             steps.append([int(x) for x in xs])
         tokens.extend(steps)
     assert together == alone
-    assert tail._head.packed is not None and tail._head.checked == {4}
+    if MKL:
+        assert tail._head is not None and tail._head.packed is not None and tail._head.checked == {4}
