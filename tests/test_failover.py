@@ -1,4 +1,4 @@
-"""Failover on the real stack: kill -9 the middle stage during a 64-token generation; the
+"""Failover on the real stack: kill -9 the middle stage during a generation; the
 coordinator reroutes to the replica, the previous stage replays its messages so the replica
 rebuilds its KV cache, and the job completes with the tokens of an undisturbed run."""
 
@@ -39,15 +39,23 @@ def _routed(client, job_id, timeout_s=30):
     raise AssertionError(f"job {job_id} was never routed")
 
 
-def _under_way(client, job_id, tokens=2):
-    """Return once the generation has streamed `tokens` tokens: it is running, mid-way (a fixed
-    sleep is not: on a fast machine a 64-token generation can be over in a few tenths of a second)."""
+# Long enough to be mid-way when its stream, opened after the routing, shows the first tokens, on a
+# fast machine too (one ran 64 tokens in 0.7 s and finished before the kill landed).
+GENERATION = JobParams(kind="generate", max_new_tokens=192)
+
+
+def _under_way(client, job_id, then, tokens=2):
+    """Call `then()` the moment the generation has streamed `tokens` tokens: it is running, mid-way
+    (a fixed sleep is not: on a fast machine a generation can be over in a few tenths of a second).
+    Asserts the generation was not over by then."""
 
     async def wait():
         seen = 0
         async for new in client.token_stream(job_id, timeout_s=60):
             seen += len(new)
             if seen >= tokens:
+                assert seen < GENERATION.max_new_tokens, f"job {job_id} was over before its stream was read"
+                then()
                 return seen
         raise AssertionError(f"job {job_id} ended before streaming {tokens} tokens")
 
@@ -99,7 +107,7 @@ def test_a_live_stage_rerouted_away_contests_and_the_coordinator_pays(net4):
     on the replica with the same tokens, and the middle node, live, contests the failure the
     reroute recorded; it is struck off and the coordinator's bond is fined."""
     client, c = net4.client, net4.c
-    params = JobParams(kind="generate", max_new_tokens=64)
+    params = GENERATION
     job_input = {"input_ids": [101, 2023, 2897, 1997, 3671, 6681]}
     undisturbed = client.wait(client.submit(net4.model_id, job_input, params, MAX_FEE), timeout_s=120)
     job_id = client.submit(net4.model_id, job_input, params, MAX_FEE)
@@ -109,9 +117,10 @@ def test_a_live_stage_rerouted_away_contests_and_the_coordinator_pays(net4):
     replica = next(n for n in c.models.assigned_nodes(net4.model_id) if n not in {s.node for s in route})
     coordinator = dev_account(1)
     failures, (bond, _, _) = c.nodes.failures(middle.node), c.nodes.coordinator_bond(coordinator.address)
-    _under_way(client, job_id)  # mid-generation
     new = [route[0], middle._replace(node=replica), route[2]]
-    c.market.reroute_job(job_id, coordinator.address, route, new, account=coordinator)
+    _under_way(
+        client, job_id, lambda: c.market.reroute_job(job_id, coordinator.address, route, new, account=coordinator)
+    )
 
     result = client.wait(job_id, timeout_s=120)
     assert result.status == JobStatus.COMPLETED, result.record.abort_reason
@@ -135,7 +144,7 @@ def test_a_live_stage_rerouted_away_contests_and_the_coordinator_pays(net4):
 
 def test_middle_stage_killed_mid_generation(net4):
     client = net4.client
-    params = JobParams(kind="generate", max_new_tokens=64)
+    params = GENERATION
     job_input = {"input_ids": [101, 2023, 2897, 1997, 3671, 6681]}
     undisturbed = client.wait(client.submit(net4.model_id, job_input, params, MAX_FEE), timeout_s=120)
     assert undisturbed.status == JobStatus.COMPLETED
@@ -144,13 +153,12 @@ def test_middle_stage_killed_mid_generation(net4):
     record = _routed(client, job_id)
     middle = record.route[1][0]
     nodes = [dev_account(2 + i).address for i in range(4)]
-    _under_way(client, job_id)  # let the generation get going, then kill the middle stage
-    net4.kill(f"node{nodes.index(middle)}")
+    _under_way(client, job_id, lambda: net4.kill(f"node{nodes.index(middle)}"))  # mid-generation
 
     result = client.wait(job_id, timeout_s=120)
     assert result.status == JobStatus.COMPLETED, result.record.abort_reason
     assert result.output["tokens"] == undisturbed.output["tokens"]
-    assert len(result.output["tokens"]) == 64
+    assert len(result.output["tokens"]) == GENERATION.max_new_tokens
     assert result.record.reroutes == 1 and result.record.failed_nodes == [middle]
     assert result.record.route[1][0] != middle
     assert middle not in result.record.payouts  # the dead stage is not paid; nobody is paid twice
