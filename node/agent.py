@@ -239,7 +239,7 @@ class NodeAgent:
             "forward_calls": self.executor.calls,
             "decode_batches": self.executor.batches,  # batches of several generations' decode steps
             "batched_steps": self.executor.batched_steps,
-            "decode_ms_total": round(self.executor.decode_ms_total, 1),
+            "decode_ms_total": round(self.executor.decoding.decode_ms_total, 1),
         }
 
 

@@ -1,20 +1,19 @@
 """Executor: the spans this node serves, and the per-job state (node.runs) of every job it is
-running: its steps, batched decode, and its output.
+running: its steps (batched decode's queues: node.batching) and its output.
 
 Loading a span fetches exactly its blocks from IPFS and verifies them (shardnet.model.shards).
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import orjson
 import torch
 
+from node.batching import DecodeBatcher, Step
 from node.inputs import decode_images, parse_input, sample_next
 from node.runs import JobRun, LoadedSpan
 from shardnet.errors import JobInputError
@@ -25,31 +24,6 @@ from shardnet.model.span import Session, SpanModel
 from shardnet.protocol import Span, Stage
 from shardnet.sealing import SealError, decrypt
 from shardnet.storage import IpfsClient
-
-GATHER_MS = 30.0  # longest a decode batch waits for the span's other generations to arrive
-GATHER_SLACK_MS = 2.0  # past a generation's expected arrival, how long a batch still waits for it
-
-
-@dataclass
-class Cadence:
-    """How one generation's decode steps come to one span and entry of this node (monotonic s)."""
-
-    arrived: float  # its last step's arrival
-    interval: float = float("inf")  # between its last two arrivals
-    departed: float | None = None  # when its last step here ended
-    away: float | None = None  # from a step's end here to the next step's arrival: the rest of the route
-
-    def due(self, now: float) -> bool:
-        """Whether its next step is due: its last one came less than 1.5 of its own step interval
-        ago (one that ended, or stalled, stops counting after that)."""
-        return now - self.arrived < (1.5 * self.interval if self.interval != float("inf") else 1.0)
-
-    def expected(self) -> float | None:
-        """When its next step should arrive: its last one's end here plus its time away, once
-        measured (None while a step of it waits or runs here)."""
-        if self.departed is None or self.away is None or self.departed < self.arrived:
-            return None
-        return self.departed + self.away
 
 
 class Executor:
@@ -66,18 +40,7 @@ class Executor:
         self.calls = 0
         self.batches = 0  # decode batches of more than one generation, and the steps they ran
         self.batched_steps = 0
-        self.decode_ms_total = 0.0  # time spent computing decode steps, batched or not
-        self._waiting: dict[tuple[int, int], list[tuple[JobRun, torch.Tensor, asyncio.Future[torch.Tensor]]]] = {}
-        self._draining: set[tuple[int, int]] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._arrived: dict[tuple[int, int], asyncio.Event] = {}  # set when a decode step is queued
-        self._decode_ms: dict[tuple[int, int], float] = {}  # per span and entry: last decode batch's time
-        # per (span and entry, job): how its decode steps come (arrivals, interval, time away)
-        self._cadence: dict[tuple[tuple[int, int], int], Cadence] = {}
-        # per span (id of its LoadedSpan): passes over several tokens running in worker threads,
-        # and an event set when the last one ends
-        self._passes: dict[int, int] = {}
-        self._passes_ended: dict[int, asyncio.Event] = {}
+        self.decoding = DecodeBatcher(lambda steps: self.run_batch(steps))  # (node.batching)
 
     # ------------------------------------------------------------------ spans
     def load(self, model_id: int, manifest_cid: str, span: Span) -> LoadedSpan:
@@ -185,8 +148,7 @@ class Executor:
         if run is None:
             return False
         run.loaded.model.release(run.session)
-        for cadence in [c for c in self._cadence if c[1] == job_id]:
-            del self._cadence[cadence]  # no more steps: batches stop waiting for it
+        self.decoding.forget(job_id)
         return True
 
     def first_input(
@@ -294,164 +256,27 @@ class Executor:
         return result
 
     async def run_pass(self, run: JobRun, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """A pass over several tokens (a prefill, a forward) in a worker thread. The span's decode
-        steps wait for it to end rather than block the event loop on the span's lock: prefills go
-        first, so the generations they start join the decode batch from their first step, where
-        steps run in between would put the earlier jobs' tokens ahead and leave them to finish
-        alone at the end."""
-        span = id(run.loaded)
-        self._passes[span] = self._passes.get(span, 0) + 1
-        try:
-            return await asyncio.to_thread(self.run_span, run, x, mask)
-        finally:
-            self._passes[span] -= 1
-            if not self._passes[span]:
-                del self._passes[span]
-                ended = self._passes_ended.pop(span, None)
-                if ended is not None:
-                    ended.set()
+        """A pass over several tokens (a prefill, a forward) in a worker thread; the span's decode
+        steps wait for it (DecodeBatcher.run_pass)."""
+        return await self.decoding.run_pass(id(run.loaded), lambda: self.run_span(run, x, mask))
 
-    async def _after_passes(self, span: int) -> None:
-        while span in self._passes:
-            await self._passes_ended.setdefault(span, asyncio.Event()).wait()
-
-    # ------------------------------------------------------------------ batched decode
-    @staticmethod
-    def is_decode_step(run: JobRun, x: torch.Tensor, mask: torch.Tensor | None) -> bool:
-        """A generation's one-token step after its prefill: what batched decode runs together."""
-        return run.params.kind == "generate" and x.shape[:2] == (1, 1) and mask is None and run.session.seen > 0
-
-    async def decode(self, run: JobRun, x: torch.Tensor, inline_ms: float) -> torch.Tensor:
-        """Run a decode step, together with the decode steps of other generations on the same
-        span that are waiting: while one batch computes, the steps that arrive queue up and go
-        together as the next batch. Short steps run on the event loop (a thread handoff costs
-        milliseconds of GIL switching per hop), longer ones in a worker thread."""
-        key = (id(run.loaded), run.stages[run.stage].start)
-        now = time.monotonic()
-        cadence = self._cadence.get((key, run.job_id))
-        if cadence is None:
-            self._cadence[(key, run.job_id)] = Cadence(now)
-        else:
-            if cadence.departed is not None:
-                cadence.away = now - cadence.departed
-            cadence.interval, cadence.arrived = now - cadence.arrived, now
-        alone = key not in self._draining and self._decoding(key) <= 1 and key[0] not in self._passes
-        if alone and self._decode_ms.get(key, 0.0) <= inline_ms:
-            return self.run_batch([(run, x)])[0]  # alone on this span: no batching machinery at all
-        future: asyncio.Future[torch.Tensor] = asyncio.get_running_loop().create_future()
-        self._waiting.setdefault(key, []).append((run, x, future))
-        self._arrived.setdefault(key, asyncio.Event()).set()
-        if key not in self._draining:
-            self._draining.add(key)
-            task = asyncio.create_task(self._drain(key, inline_ms))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        return await future
-
-    async def _drain(self, key: tuple[int, int], inline_ms: float) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-            while True:
-                await asyncio.sleep(0)  # let messages already received queue their steps first
-                if not self._waiting.get(key):
-                    return
-                # wait for the span's other generations: a bigger batch costs little more than a
-                # small one, so jobs that drifted into separate groups merge into one and then
-                # step in lock-step
-                deadline = loop.time() + self._gather_s(key)
-                arrived = self._arrived.setdefault(key, asyncio.Event())
-                while len(self._waiting[key]) < self._decoding(key) and loop.time() < deadline:
-                    arrived.clear()
-                    try:
-                        await asyncio.wait_for(arrived.wait(), deadline - loop.time())
-                    except TimeoutError:
-                        break
-                await self._after_passes(key[0])  # (the steps that arrive meanwhile join this batch)
-                # in job order, not arrival order: the same jobs stepping again then find their
-                # padded cache in place (shardnet.model.span), where a new order re-pads every row
-                batch = sorted(self._waiting.pop(key), key=lambda waiting: waiting[0].job_id)
-                try:
-                    if self._decode_ms.get(key, 0.0) <= inline_ms:  # short: on the event loop, no thread handoff
-                        outs = self.run_batch([(r, x) for r, x, _ in batch])
-                    else:
-                        outs = await asyncio.to_thread(self.run_batch, [(r, x) for r, x, _ in batch])
-                except Exception as exc:  # noqa: BLE001 - each waiting step gets the failure
-                    for _, _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                for (_, _, future), out in zip(batch, outs, strict=True):
-                    if not future.done():
-                        future.set_result(out)
-        finally:
-            self._draining.discard(key)
-
-    def _gather_s(self, key: tuple[int, int]) -> float:
-        """How long the batch waiting on `key` waits for the span's other due generations. At
-        most one batch's time (the last one's, and never past GATHER_MS); but a group smaller than
-        the due ones missing (a tie goes by the lowest job id) waits until the last of them is
-        expected (Cadence.expected, and GATHER_SLACK_MS), within one of its own rounds. Groups
-        that drifted apart reach each stage in turn, one coming back from the rest of the route
-        while the other runs here: a wait of one batch's time let them miss each other at every
-        stage, so every round cost two batches at each stage; where both wait for the other, each
-        waits in vain while the other does. The smaller group waits, the other goes on, and the
-        two merge at the next stage."""
-        now = time.monotonic()
-        waiting = [run.job_id for run, _, _ in self._waiting.get(key, [])]
-        missing = [
-            (job_id, cadence)
-            for (k, job_id), cadence in self._cadence.items()
-            if k == key and job_id not in waiting and cadence.due(now)
-        ]
-        wait_ms = min(GATHER_MS, self._decode_ms.get(key, 0.0))
-        smaller = len(waiting) < len(missing) or (
-            len(waiting) == len(missing) and min(waiting, default=0) > min(job_id for job_id, _ in missing)
-        )
-        if waiting and missing and smaller:
-            expected = [c.expected() for _, c in missing]
-            rounds = [self._cadence[(key, job_id)].interval for job_id in waiting if (key, job_id) in self._cadence]
-            if None not in expected and rounds:
-                last = max(e for e in expected if e is not None)
-                wait_ms = max(wait_ms, min((last - now) * 1000 + GATHER_SLACK_MS, min(rounds) * 1000))
-        return wait_ms / 1000
-
-    def _decoding(self, key: tuple[int, int]) -> int:
-        """Generations whose next decode step on this span and entry is due (Cadence.due)."""
-        now = time.monotonic()
-        due = 0
-        for (k, job_id), cadence in list(self._cadence.items()):
-            if now - cadence.arrived > 30:  # long gone
-                del self._cadence[(k, job_id)]
-            elif k == key and cadence.due(now):
-                due += 1
-        return due
-
-    def run_batch(self, batch: list[tuple[JobRun, torch.Tensor]]) -> list[torch.Tensor]:
-        """Decode steps of generations on one span and entry, as one batch (shardnet.model.span)."""
+    def run_batch(self, batch: list[Step]) -> list[torch.Tensor]:
+        """Decode steps of generations on one span and entry, as one batch (shardnet.model.span);
+        one step runs as a plain step. DecodeBatcher decides what goes together."""
         run = batch[0][0]
-        key = (id(run.loaded), run.stages[run.stage].start)
-        started = time.perf_counter()
         if len(batch) == 1:
-            outs = [self.run_span(run, batch[0][1], None)]
-        else:
-            began = time.time()
-            outs = run.loaded.model.forward_batch(
-                [x for _, x in batch], [r.session for r, _ in batch], start=run.stages[run.stage].start
-            )
-            if self.slowdown > 1:
-                time.sleep((time.perf_counter() - started) * (self.slowdown - 1))
-            ended = time.time()
-            for batched, _ in batch:
-                batched.computed = (began, ended)
-            self.batches += 1
-            self.batched_steps += len(batch)
-        self._decode_ms[key] = (time.perf_counter() - started) * 1000
-        departed = time.monotonic()
-        for ran, _ in batch:
-            cadence = self._cadence.get((key, ran.job_id))
-            if cadence is not None:
-                cadence.departed = departed
-        self.decode_ms_total += self._decode_ms[key]
+            return [self.run_span(run, batch[0][1], None)]
+        started, began = time.perf_counter(), time.time()
+        outs = run.loaded.model.forward_batch(
+            [x for _, x in batch], [r.session for r, _ in batch], start=run.stages[run.stage].start
+        )
+        if self.slowdown > 1:
+            time.sleep((time.perf_counter() - started) * (self.slowdown - 1))
+        ended = time.time()
+        for batched, _ in batch:
+            batched.computed = (began, ended)
+        self.batches += 1
+        self.batched_steps += len(batch)
         return outs
 
     def next_token(self, run: JobRun, logits: torch.Tensor) -> tuple[int, bool]:

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from node.batching import is_decode_step
 from node.executor import Executor
 from node.filter import my_stage
 from node.link import LinkClient, Peer, Verdict
@@ -174,8 +175,8 @@ class StagePipeline:
         if run.is_last and (run.params.kind != "generate" or len(run.tokens) + 1 >= run.params.max_new_tokens):
             self.settlement.collect_early(run)  # this step is the last: the receipts come meanwhile
             await asyncio.sleep(0)  # their requests go out before the compute holds the loop
-        if self.executor.is_decode_step(run, x, mask):  # batched with other generations' steps when they wait
-            out = await self.executor.decode(run, x, INLINE_STEP_MS)
+        if is_decode_step(run, x, mask):  # batched with other generations' steps when they wait
+            out = await self.executor.decoding.step(run, x, INLINE_STEP_MS)
         elif self.executor.step_estimate_ms(run, x) <= INLINE_STEP_MS and (
             x.shape[1] == 1 or len(self.executor.jobs) == 1
         ):

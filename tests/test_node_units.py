@@ -376,12 +376,12 @@ def test_a_spans_decode_steps_wait_for_its_prefills_in_worker_threads():
     async def scenario() -> list[object]:
         prefill = asyncio.ensure_future(executor.run_pass(run(2), None, None))  # type: ignore[arg-type]
         await asyncio.sleep(0.05)  # the prefill is in its thread
-        step = executor.decode(run(1), None, 250.0)  # type: ignore[arg-type]
+        step = executor.decoding.step(run(1), None, 250.0)  # type: ignore[arg-type]
         return list(await asyncio.gather(prefill, step))
 
     assert asyncio.run(scenario()) == ["hidden", "token"]
     assert events == ["prefill starts", "prefill ends", "decode of 1"]
-    assert not executor._passes
+    assert not executor.decoding.passes
 
 
 def test_joining_the_swarm_dials_every_peer_at_once():
@@ -467,45 +467,46 @@ def test_a_smaller_group_of_generations_waits_for_the_bigger_one_to_merge_with_i
     never wait for each other at once, and they merge."""
     import time
 
-    from node.executor import Cadence, Executor
+    from node.batching import Cadence, Waiting
+    from node.executor import Executor
 
     executor = Executor(SimpleNamespace(), 1.0)  # type: ignore[arg-type]
     key = (1, 0)
-    executor._decode_ms[key] = 5.0  # the last batch here
+    executor.decoding.last_ms[key] = 5.0  # the last batch here
     now = time.monotonic()
 
     def group(ids: range, ran_ago_s: float, away_s: float) -> None:
         for job_id in ids:  # each step comes every 60 ms; its last one ended here `ran_ago_s` ago
-            executor._cadence[(key, job_id)] = Cadence(
+            executor.decoding.cadence[(key, job_id)] = Cadence(
                 arrived=now - ran_ago_s - 0.03, interval=0.06, departed=now - ran_ago_s, away=away_s
             )
 
     def waiting(ids: range) -> None:
-        executor._waiting[key] = [(SimpleNamespace(job_id=j), None, None) for j in ids]  # type: ignore[misc]
+        executor.decoding.waiting[key] = [Waiting(SimpleNamespace(job_id=j), None, None) for j in ids]  # type: ignore[arg-type]
         for j in ids:
-            executor._cadence[(key, j)].arrived = now  # (their steps are here now)
+            executor.decoding.cadence[(key, j)].arrived = now  # (their steps are here now)
 
     group(range(1, 8), ran_ago_s=0.01, away_s=0.03)  # seven due back in 20 ms
     group(range(8, 9), ran_ago_s=0.03, away_s=0.03)
     waiting(range(8, 9))  # the one is here: it waits for the seven
-    assert 0.020 <= executor._gather_s(key) <= 0.024
+    assert 0.020 <= executor.decoding.gather_s(key) <= 0.024
 
     group(range(1, 8), ran_ago_s=0.03, away_s=0.03)
     group(range(8, 9), ran_ago_s=0.01, away_s=0.03)  # the one is due back in 20 ms
     waiting(range(1, 8))  # the seven are here: they wait no longer than the last batch took
-    assert executor._gather_s(key) == 0.005
+    assert executor.decoding.gather_s(key) == 0.005
 
     group(range(1, 8), ran_ago_s=0.001, away_s=0.5)  # the seven are far away: the one waits a round at most
     group(range(8, 9), ran_ago_s=0.03, away_s=0.03)
     waiting(range(8, 9))
-    assert executor._gather_s(key) == 0.06
+    assert executor.decoding.gather_s(key) == 0.06
 
-    executor._cadence.clear()  # four and four: the group without the lowest job id waits
+    executor.decoding.cadence.clear()  # four and four: the group without the lowest job id waits
     group(range(1, 9), ran_ago_s=0.03, away_s=0.03)
     group(range(1, 5), ran_ago_s=0.01, away_s=0.03)
     waiting(range(5, 9))
-    assert executor._gather_s(key) > 0.02
+    assert executor.decoding.gather_s(key) > 0.02
     group(range(1, 9), ran_ago_s=0.03, away_s=0.03)
     group(range(5, 9), ran_ago_s=0.01, away_s=0.03)
     waiting(range(1, 5))
-    assert executor._gather_s(key) == 0.005
+    assert executor.decoding.gather_s(key) == 0.005
