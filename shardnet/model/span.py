@@ -19,6 +19,7 @@ the whole model would.
 from __future__ import annotations
 
 import inspect
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from torch.utils._pytree import tree_map
 from transformers import PretrainedConfig
 
 from shardnet.errors import BlockLoadError, ModelError
-from shardnet.model import fastpath, packed
+from shardnet.model import fastpath, packed, pages
 from shardnet.model.cache import MAX_GROUPS, BatchGroup, GrowingLayer, Session, SpanCache, layer_of, left_pad
 from shardnet.model.layout import Layout, cache_argument, layout_for, probe_inputs, skeleton
 from shardnet.model.pooling import mean_pool, pool
@@ -134,6 +135,8 @@ class SpanModel(nn.Module):
                 raise BlockLoadError(f"block {block} was not provided to span [{span.start}, {span.end})")
         model = skeleton(config)
         self._place(model, blocks)
+        if os.environ.get("SHARDNET_HUGE_PAGES", "1") == "1":
+            pages.to_huge_pages(model)
         layers = model.get_submodule(self.layout.layers)
         assert isinstance(layers, nn.ModuleList)
         for index, layer in enumerate(layers):
