@@ -36,11 +36,23 @@ def test_large_tensors_move_bit_for_bit_and_ties_stay_tied():
     assert moved < 2 * 4096 * 256 * 4
     assert all(torch.equal(before[name], t) for name, t in model.state_dict().items())
     assert model[1].weight is model[0].weight and isinstance(model[0].weight, nn.Parameter)
-    assert not model[0].weight.requires_grad
+    assert model[0].weight.requires_grad  # as the module had it (a span's weights have it off)
     assert model[2].weight.nbytes < pages.MIN_BYTES  # small tensors stay where they were
     assert torch.equal(model(x), expected)
     if pages.available() and THP.exists() and "[never]" not in THP.read_text():
         assert _huge_kib() - huge_before >= 2048  # at least one 2 MiB page backs them
+
+
+def test_without_room_for_the_copy_the_weights_stay_where_they_are(monkeypatch):
+    model = nn.Linear(1024, 1024)
+    weight = model.weight
+
+    def no_room(*args: object, **kwargs: object) -> None:
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(pages.mmap, "mmap", no_room)
+    assert pages.to_huge_pages(model) == 0
+    assert model.weight is weight
 
 
 def test_a_span_runs_the_same_on_huge_pages(monkeypatch):

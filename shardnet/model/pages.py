@@ -16,10 +16,13 @@ they were loaded (shardnet.model.span).
 from __future__ import annotations
 
 import ctypes
+import logging
 import mmap
 
 import torch
 from torch import nn
+
+log = logging.getLogger("shardnet.model")
 
 HUGE_PAGE = 2 << 20
 ALIGN = 64  # each tensor starts on a cache line
@@ -51,9 +54,16 @@ def to_huge_pages(module: nn.Module, min_bytes: int = MIN_BYTES) -> int:
     for key, tensor in unique.items():
         offsets[key] = total
         total += -(-tensor.nbytes // ALIGN) * ALIGN
-    arena = mmap.mmap(-1, total + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        arena = mmap.mmap(-1, total + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    except OSError as exc:  # no room for a second copy now: the weights stay where they are
+        log.warning("weights stay on small pages: no mapping of %d bytes (%s)", total, exc)
+        return 0
     start = -ctypes.addressof(ctypes.c_char.from_buffer(arena)) % HUGE_PAGE  # on a huge page boundary
-    arena.madvise(mmap.MADV_HUGEPAGE)  # before any page of it is touched
+    try:
+        arena.madvise(mmap.MADV_HUGEPAGE)  # before any page of it is touched
+    except OSError:  # a kernel built without transparent huge pages: plain memory, as before
+        pass
     memory = torch.frombuffer(arena, dtype=torch.uint8)  # (the tensors keep `arena` alive)
     moved: dict[int, torch.Tensor] = {}
     with torch.no_grad():
@@ -61,7 +71,9 @@ def to_huge_pages(module: nn.Module, min_bytes: int = MIN_BYTES) -> int:
             at = start + offsets[key]
             slot = memory[at : at + tensor.nbytes].view(tensor.dtype).view(tensor.shape)
             slot.copy_(tensor)
-            moved[key] = nn.Parameter(slot, requires_grad=False) if isinstance(tensor, nn.Parameter) else slot
+            moved[key] = (
+                nn.Parameter(slot, requires_grad=tensor.requires_grad) if isinstance(tensor, nn.Parameter) else slot
+            )
     for owner, name, tensor in slots:
         new = moved[id(tensor)]
         if isinstance(new, nn.Parameter):
