@@ -78,7 +78,7 @@ class NodeAgent:
         self.metrics = NodeMetrics()
         self.state = AgentState(settings.state_dir, deployment)
         self.tasks: set[asyncio.Task[None]] = set()
-        self.executor = Executor(ipfs, settings.ipfs_timeout_s, settings.slowdown)
+        self.executor = Executor(ipfs, settings.ipfs_timeout_s, settings.slowdown, settings.huge_pages)
         self.reporter = Reporter(contracts, account)
         self.peers = PeerClient(account, settings.peer_timeout_s, settings.peer_retries)  # receipts
         self.link_key = LinkKey.load_or_create(settings.state_dir)
@@ -237,8 +237,8 @@ class NodeAgent:
             "jobs_in_progress": len(self.executor.jobs),
             "ms_per_block": self.executor.ms_per_block,
             "forward_calls": self.executor.calls,
-            "decode_batches": self.executor.batches,  # batches of several generations' decode steps
-            "batched_steps": self.executor.batched_steps,
+            "decode_batches": self.executor.decoding.batches,  # batches of several generations' decode steps
+            "batched_steps": self.executor.decoding.batched_steps,
             "decode_ms_total": round(self.executor.decoding.decode_ms_total, 1),
         }
 

@@ -73,6 +73,8 @@ class DecodeBatcher:
 
     compute: Callable[[list[Step]], list[torch.Tensor]]
     decode_ms_total: float = 0.0  # time spent computing decode steps, batched or not
+    batches: int = 0  # batches of more than one generation's decode step, and the steps they ran
+    batched_steps: int = 0
     waiting: dict[Key, list[Waiting]] = field(default_factory=dict)
     last_ms: dict[Key, float] = field(default_factory=dict)  # per key: the last decode batch's time
     cadence: dict[tuple[Key, int], Cadence] = field(default_factory=dict)  # per key and job
@@ -181,6 +183,9 @@ class DecodeBatcher:
         outs = self.compute(steps)
         self.last_ms[key] = ms = (time.perf_counter() - started) * 1000
         self.decode_ms_total += ms
+        if len(steps) > 1:
+            self.batches += 1
+            self.batched_steps += len(steps)
         departed = time.monotonic()
         for run, _ in steps:
             cadence = self.cadence.get((key, run.job_id))

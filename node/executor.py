@@ -27,7 +27,7 @@ from shardnet.storage import IpfsClient
 
 
 class Executor:
-    def __init__(self, ipfs: IpfsClient, ipfs_timeout_s: float, slowdown: float = 1.0):
+    def __init__(self, ipfs: IpfsClient, ipfs_timeout_s: float, slowdown: float = 1.0, huge_pages: bool = True):
         self.ipfs = ipfs
         self.ipfs_timeout_s = ipfs_timeout_s
         self.spans: dict[int, LoadedSpan] = {}  # model id -> the span this node serves now
@@ -35,11 +35,10 @@ class Executor:
         # per model, spans served before a move that jobs routed before it may still need
         self.retired: dict[int, list[LoadedSpan]] = {}
         self.slowdown = slowdown
+        self.huge_pages = huge_pages  # spans' weights on 2 MiB pages (shardnet.model.pages)
         self.ms_per_block: float | None = None  # measured: moving average of compute per block per call
         self.ms_per_block_token: float | None = None  # the same per token, from passes over several tokens
         self.calls = 0
-        self.batches = 0  # decode batches of more than one generation, and the steps they ran
-        self.batched_steps = 0
         self.decoding = DecodeBatcher(lambda steps: self.run_batch(steps))  # (node.batching)
 
     # ------------------------------------------------------------------ spans
@@ -48,7 +47,7 @@ class Executor:
         served until `serve` makes it so (a span loaded to check another node's stage never is)."""
         manifest = fetch_manifest(self.ipfs, manifest_cid, timeout=self.ipfs_timeout_s)
         blocks = fetch_span(self.ipfs, manifest, span, timeout=self.ipfs_timeout_s)
-        model = SpanModel(manifest.new_config(), span, blocks, manifest.data.get("pooling"))
+        model = SpanModel(manifest.new_config(), span, blocks, manifest.data.get("pooling"), self.huge_pages)
         tokenizer = processor = None
         if manifest.data.get("tokenizer") and (model.has_embed or model.has_final):
             tokenizer = self._tokenizer(manifest)
@@ -275,8 +274,6 @@ class Executor:
         ended = time.time()
         for batched, _ in batch:
             batched.computed = (began, ended)
-        self.batches += 1
-        self.batched_steps += len(batch)
         return outs
 
     def next_token(self, run: JobRun, logits: torch.Tensor) -> tuple[int, bool]:

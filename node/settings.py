@@ -30,6 +30,7 @@ class NodeSettings(BaseModel):
     hardware: HardwareSettings = HardwareSettings()
     state_dir: Path = Path(".devnet/node")  # saved block height, handled jobs
     torch_threads: int = Field(1, gt=0)  # CPU threads for this node's math
+    huge_pages: bool = True  # spans' weights on 2 MiB pages (shardnet.model.pages); false: where loaded
     peer_timeout_s: float = Field(30.0, gt=0)  # one data-plane request
     peer_retries: int = Field(3, ge=0)  # bounded retries with backoff
     # this node's own IPFS daemon (Kubo RPC API); default: the deployment file's. With its own

@@ -345,45 +345,6 @@ def test_receipts_asked_for_early_are_used_only_if_they_chain_up_over_the_same_r
     assert receipts(chained, rerouted, h[2]) == fresh and asked == [0, 1]
 
 
-def test_a_spans_decode_steps_wait_for_its_prefills_in_worker_threads():
-    """Prefills go first: a decode step on a span where a prefill runs in a worker thread waits
-    for it to end (instead of blocking the event loop on the span's lock), and runs after."""
-    import asyncio
-    import time
-
-    from node.executor import Executor
-
-    executor = Executor(SimpleNamespace(), 1.0)  # type: ignore[arg-type]
-    loaded = SimpleNamespace()
-    events: list[str] = []
-
-    def run_span(run: object, x: object, mask: object, measure: bool = True) -> str:
-        events.append("prefill starts")
-        time.sleep(0.3)
-        events.append("prefill ends")
-        return "hidden"
-
-    def run_batch(batch: list[tuple[object, object]]) -> list[str]:
-        events.append(f"decode of {len(batch)}")
-        return ["token"] * len(batch)
-
-    executor.run_span = run_span  # type: ignore[method-assign]
-    executor.run_batch = run_batch  # type: ignore[method-assign]
-
-    def run(job_id: int) -> SimpleNamespace:
-        return SimpleNamespace(job_id=job_id, loaded=loaded, stage=0, stages=[Stage(ME, 0, 2, 1)])
-
-    async def scenario() -> list[object]:
-        prefill = asyncio.ensure_future(executor.run_pass(run(2), None, None))  # type: ignore[arg-type]
-        await asyncio.sleep(0.05)  # the prefill is in its thread
-        step = executor.decoding.step(run(1), None, 250.0)  # type: ignore[arg-type]
-        return list(await asyncio.gather(prefill, step))
-
-    assert asyncio.run(scenario()) == ["hidden", "token"]
-    assert events == ["prefill starts", "prefill ends", "decode of 1"]
-    assert not executor.decoding.passes
-
-
 def test_joining_the_swarm_dials_every_peer_at_once():
     """A node is ready only once it has joined the swarm: peers that do not answer cost their
     dial timeout once in all, not once each (a restarted node was otherwise long unready)."""
@@ -458,55 +419,3 @@ def test_a_hop_is_counted_from_the_senders_compute_end_and_junk_from_a_peer_coun
     fresh = SimpleNamespace(hops=(0, 0.0), computed=(0.0, 0.0))  # no model call here yet
     count_hop(fresh, {"sent": 1.0, "hops": 0, "hop_ms": 0.0})  # type: ignore[arg-type]
     assert fresh.hops == (0, 0.0)
-
-
-def test_a_smaller_group_of_generations_waits_for_the_bigger_one_to_merge_with_it():
-    """Decode steps of generations that drifted into two groups: the smaller group waits at a
-    span for the bigger one's expected arrival (its steps' last end here plus their time away),
-    within one of its own rounds; the bigger one waits no longer than a batch's time, so the two
-    never wait for each other at once, and they merge."""
-    import time
-
-    from node.batching import Cadence, Waiting
-    from node.executor import Executor
-
-    executor = Executor(SimpleNamespace(), 1.0)  # type: ignore[arg-type]
-    key = (1, 0)
-    executor.decoding.last_ms[key] = 5.0  # the last batch here
-    now = time.monotonic()
-
-    def group(ids: range, ran_ago_s: float, away_s: float) -> None:
-        for job_id in ids:  # each step comes every 60 ms; its last one ended here `ran_ago_s` ago
-            executor.decoding.cadence[(key, job_id)] = Cadence(
-                arrived=now - ran_ago_s - 0.03, interval=0.06, departed=now - ran_ago_s, away=away_s
-            )
-
-    def waiting(ids: range) -> None:
-        executor.decoding.waiting[key] = [Waiting(SimpleNamespace(job_id=j), None, None) for j in ids]  # type: ignore[arg-type]
-        for j in ids:
-            executor.decoding.cadence[(key, j)].arrived = now  # (their steps are here now)
-
-    group(range(1, 8), ran_ago_s=0.01, away_s=0.03)  # seven due back in 20 ms
-    group(range(8, 9), ran_ago_s=0.03, away_s=0.03)
-    waiting(range(8, 9))  # the one is here: it waits for the seven
-    assert 0.020 <= executor.decoding.gather_s(key) <= 0.024
-
-    group(range(1, 8), ran_ago_s=0.03, away_s=0.03)
-    group(range(8, 9), ran_ago_s=0.01, away_s=0.03)  # the one is due back in 20 ms
-    waiting(range(1, 8))  # the seven are here: they wait no longer than the last batch took
-    assert executor.decoding.gather_s(key) == 0.005
-
-    group(range(1, 8), ran_ago_s=0.001, away_s=0.5)  # the seven are far away: the one waits a round at most
-    group(range(8, 9), ran_ago_s=0.03, away_s=0.03)
-    waiting(range(8, 9))
-    assert executor.decoding.gather_s(key) == 0.06
-
-    executor.decoding.cadence.clear()  # four and four: the group without the lowest job id waits
-    group(range(1, 9), ran_ago_s=0.03, away_s=0.03)
-    group(range(1, 5), ran_ago_s=0.01, away_s=0.03)
-    waiting(range(5, 9))
-    assert executor.decoding.gather_s(key) > 0.02
-    group(range(1, 9), ran_ago_s=0.03, away_s=0.03)
-    group(range(5, 9), ran_ago_s=0.01, away_s=0.03)
-    waiting(range(1, 5))
-    assert executor.decoding.gather_s(key) == 0.005

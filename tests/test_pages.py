@@ -55,16 +55,14 @@ def test_without_room_for_the_copy_the_weights_stay_where_they_are(monkeypatch):
     assert model.weight is weight
 
 
-def test_a_span_runs_the_same_on_huge_pages(monkeypatch):
+def test_a_span_runs_the_same_on_huge_pages():
     config = PRESETS["llama-512"]()  # its tensors are large enough to move (tiny models' are not)
     model = build_model(config, seed=0)
     n = num_blocks(config)
     blocks = {b: block_state(model, config, b) for b in range(n)}
     span = Span(0, n)
     ids = torch.tensor([[3, 1, 4, 1, 5]])
-    monkeypatch.setenv("SHARDNET_HUGE_PAGES", "0")
-    plain = SpanModel(config, span, blocks)
-    monkeypatch.setenv("SHARDNET_HUGE_PAGES", "1")
+    plain = SpanModel(config, span, blocks, huge_pages=False)
     huge = SpanModel(config, span, blocks)
     assert torch.equal(plain(ids), huge(ids))
     assert [p.data_ptr() for p in plain.parameters()] != [p.data_ptr() for p in huge.parameters()]

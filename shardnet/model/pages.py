@@ -9,8 +9,8 @@ mapping is plain memory and nothing else changes. Values are copied bit for bit.
 
 Measured on 2 vCPUs, a 32-token generation of GPT-2-small cut into three processes: 1645 ms on
 4 KiB pages, 1552 ms on huge pages (one process holding the whole model: unchanged); `llama-512`
-(64 tokens) 4% faster in one process and in two. `SHARDNET_HUGE_PAGES=0` leaves weights where
-they were loaded (shardnet.model.span).
+(64 tokens) 4% faster in one process and in two. `SpanModel(..., huge_pages=False)` (a node's
+`huge_pages = false` setting) leaves weights where they were loaded (shardnet.model.span).
 """
 
 from __future__ import annotations

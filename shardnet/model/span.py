@@ -19,7 +19,6 @@ the whole model would.
 from __future__ import annotations
 
 import inspect
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -119,9 +118,12 @@ class SpanModel(nn.Module):
         span: Span,
         blocks: dict[int, dict[str, torch.Tensor]],
         pooling: dict[str, Any] | None = None,
+        huge_pages: bool = True,
     ):
         """pooling: how an encoder's last span makes a sentence embedding, as the manifest
-        records it ({"mode": "mean" | "cls" | "max", "normalize": bool}); default mean, normalised."""
+        records it ({"mode": "mean" | "cls" | "max", "normalize": bool}); default mean, normalised.
+        huge_pages: move the large weights onto 2 MiB pages (shardnet.model.pages); False leaves
+        them where they were loaded."""
         super().__init__()
         self.config = config
         self.pooling = pooling or {"mode": "mean", "normalize": True}
@@ -135,7 +137,7 @@ class SpanModel(nn.Module):
                 raise BlockLoadError(f"block {block} was not provided to span [{span.start}, {span.end})")
         model = skeleton(config)
         self._place(model, blocks)
-        if os.environ.get("SHARDNET_HUGE_PAGES", "1") == "1":
+        if huge_pages:
             pages.to_huge_pages(model)
         layers = model.get_submodule(self.layout.layers)
         assert isinstance(layers, nn.ModuleList)
