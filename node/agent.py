@@ -32,7 +32,8 @@ from node.filter import (
     UnloadSpan,
     actions_for,
 )
-from node.link import LinkClient, LinkKey, LinkServer
+from node.link import LinkClient, LinkServer
+from node.link_crypto import LinkKey
 from node.metrics import NodeMetrics
 from node.misbehave import DEVNET_CHAIN_ID
 from node.peers import PeerClient

@@ -271,7 +271,7 @@ class LinkSocketServer(_Socket):
         self.fail(1008, "malformed frame")
 
     def _send_ack(self, ack: bytes) -> None:
-        from node.link import seal
+        from node.link_crypto import seal
 
         if not self.closed:
             self.send(seal(self.noise, ack))

@@ -17,7 +17,7 @@ from shardnet.ledger import Ledger
 from shardnet.sealing import SealError, key_context, open_key, seal_key
 
 if TYPE_CHECKING:
-    from node.link import LinkKey
+    from node.link_crypto import LinkKey
     from node.peers import PeerClient
     from node.state import AgentState
 

@@ -17,21 +17,8 @@ from websockets.client import ClientProtocol
 from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
-from node.link import (
-    CHUNK,
-    MAX_FRAME_BYTES,
-    PATH,
-    STRIKES,
-    LinkClient,
-    LinkKey,
-    LinkServer,
-    Peer,
-    Verdict,
-    handshake_state,
-    prologue,
-    seal,
-    unseal,
-)
+from node.link import MAX_FRAME_BYTES, PATH, STRIKES, LinkClient, LinkServer, Peer, Verdict
+from node.link_crypto import CHUNK, LinkKey, handshake_state, prologue, seal, unseal
 from node.link_socket import _Socket
 from node.messages import pack
 from node.server import uvicorn_config
