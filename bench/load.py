@@ -31,10 +31,10 @@ from pathlib import Path
 
 from shardnet.audit import reconcile
 from shardnet.chain import dev_account
-from shardnet.client import SETTLED, Client
+from shardnet.client import Client
 from shardnet.jobs import JobParams
 from shardnet.localnet import Network
-from shardnet.protocol import JobStatus
+from shardnet.protocol import SETTLED, JobStatus
 
 JOBS = int(sys.argv[1]) if len(sys.argv) > 1 else 200
 CLIENTS = 10

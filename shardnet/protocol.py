@@ -111,6 +111,11 @@ class JobStatus(IntEnum):
     ABORTING = 7  # a routed job was aborted: its stages may claim delivery, then it settles as ABORTED
 
 
+SETTLED = (JobStatus.COMPLETED, JobStatus.EXPIRED, JobStatus.CANCELLED, JobStatus.ABORTED)
+# no result will come: settled, or aborted while routed (its refund follows the claim window)
+ENDED = (*SETTLED, JobStatus.ABORTING)
+
+
 @dataclass(frozen=True)
 class Job:
     """A job as the market stores it. Once COMPLETED the escrow is paid out, and the contract

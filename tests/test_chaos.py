@@ -14,10 +14,10 @@ import pytest
 
 from shardnet.audit import reconcile
 from shardnet.chain import dev_account
-from shardnet.client import SETTLED, Client
+from shardnet.client import Client
 from shardnet.jobs import JobParams
 from shardnet.localnet import Network
-from shardnet.protocol import JobStatus
+from shardnet.protocol import SETTLED, JobStatus
 
 pytestmark = pytest.mark.stack
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from shardnet.chain import dev_account
-from shardnet.client import SETTLED, Client
+from shardnet.client import Client
 from shardnet.events import EventReader
 from shardnet.jobs import JobParams
 from shardnet.localnet import Network
@@ -23,7 +23,7 @@ from shardnet.model.manifest import fetch_manifest
 from shardnet.model.quant import decode_activation, encode_activation
 from shardnet.model.shards import fetch_span
 from shardnet.model.span import SpanModel
-from shardnet.protocol import JobStatus, Span
+from shardnet.protocol import SETTLED, JobStatus, Span
 from tests.conftest import run_cli
 from tests.helpers import Relay, node_metric
 

@@ -1,5 +1,5 @@
 """A last stage hands a job's output straight to its client (node/outputs.py), and the client takes
-only bytes whose CID is the one on-chain (shardnet.client.output_from_node): a node that lies,
+only bytes whose CID is the one on-chain (shardnet.direct.output_from_node): a node that lies,
 stalls, refuses or sends too much costs a read from IPFS and nothing else. The real stack's side
 is in tests/test_network.py."""
 
@@ -14,11 +14,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-import shardnet.client
+import shardnet.direct
 from node.outputs import RecentOutputs
 from shardnet.chain import dev_account
 from shardnet.cid import cid_v0
-from shardnet.client import output_from_node
+from shardnet.direct import output_from_node
 from shardnet.protocol import HANDOVER_MAX_BYTES
 from shardnet.signing import recover_sender
 
@@ -91,7 +91,7 @@ def node_url() -> Iterator[str]:
 def test_a_client_takes_an_output_from_its_last_stage_only_when_its_cid_is_the_results(node_url, mode, monkeypatch):
     monkeypatch.setattr(_Node, "mode", mode)
     monkeypatch.setattr(_Node, "senders", [])
-    monkeypatch.setattr(shardnet.client, "HANDOVER_MAX_BYTES", 64 << 10)  # the flood is 1 MiB
+    monkeypatch.setattr(shardnet.direct, "HANDOVER_MAX_BYTES", 64 << 10)  # the flood is 1 MiB
     client = dev_account(12)
     with httpx.Client() as http:
         started = time.monotonic()

@@ -300,7 +300,8 @@ def job_challenge(
 def job_status(job_id: int, as_json: bool) -> None:
     """A job's status, route, receipts, payouts (and the abort reason, if any)."""
 
-    from shardnet.client import SETTLED, Client, JobResult
+    from shardnet.client import Client, JobResult
+    from shardnet.protocol import SETTLED
 
     client = Client.from_deployment()
     record = client.history(job_id)

@@ -26,7 +26,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from shardnet.client import Client, JobResult, check_stream
+from shardnet.client import Client, JobResult
+from shardnet.direct import check_stream
 from shardnet.errors import JobTimeout, ShardnetError, StreamMismatch
 from shardnet.gateway.accounts import ApiError, KeyBook
 from shardnet.gateway.models import Models, ServedModel
