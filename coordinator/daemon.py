@@ -1,4 +1,5 @@
-"""The coordinator daemon: follows chain events, assigns spans for new models, routes posted jobs.
+"""The coordinator daemon: follows chain events, assigns spans for new models, routes posted jobs,
+reroutes around nodes that stop answering, and expires overdue jobs (coordinator.expiry).
 
 It keeps nothing that chain events cannot rebuild: on start it replays the history from
 the deployment block and reconciles (assign what is unassigned, route what is posted).
@@ -15,9 +16,10 @@ from typing import Any
 from eth_account.signers.local import LocalAccount
 
 from coordinator.bond import ensure_bond
+from coordinator.expiry import expire_overdue
 from coordinator.planner import ModelSpec, NodeSpec, evaluate, plan, plan_pipeline
 from coordinator.router import Candidate, RouteWeights, route, route_cost
-from shardnet.bindings import ZERO_ADDRESS, Contracts, send_logged
+from shardnet.bindings import Contracts, send_logged
 from shardnet.chain import Chain
 from shardnet.deployment import Deployment
 from shardnet.errors import JobInputError
@@ -41,7 +43,6 @@ TRIGGERS = {
 
 PLANNERS = ("pipeline", "throughput")
 UNDECLARED = Hardware(4096, 10, 0)  # what the planner assumes of a node with no profile event yet
-EXPIRY_ATTEMPTS = 3  # expireJob tries per overdue job (events settle it in the ledger on success)
 
 
 class Coordinator:
@@ -100,7 +101,8 @@ class Coordinator:
                 await self._probe_round(http)
         await self.reconcile()
         log.info("coordinator %s caught up at block %d", self.account.address, self.listener.last_key[0])
-        tasks = [asyncio.create_task(self._probe_loop()), asyncio.create_task(self._expiry_loop())]
+        expiry = expire_overdue(self.chain, self.c.market, self.ledger, self._tx, self.expiry_interval_s)
+        tasks = [asyncio.create_task(self._probe_loop()), asyncio.create_task(expiry)]
         if self.planner == "throughput":
             tasks.append(asyncio.create_task(self._rebalance_loop()))
         try:
@@ -115,32 +117,6 @@ class Coordinator:
         finally:
             for task in tasks:
                 task.cancel()
-
-    # ------------------------------------------------------------------ expiry
-    async def _expiry_loop(self) -> None:
-        """Settle overdue jobs so no escrow stays locked: a posted job once its deadline passed, a
-        routed one once the claim window after it closed (the stages that proved delivery are
-        paid, the others recorded failed), and an aborted routed job the same way once the claim
-        window after its abort closed. Judged by the chain's clock, the one the contract uses."""
-        claim_window = await asyncio.to_thread(self.c.market.claim_window_s)
-        attempts: dict[int, int] = {}
-        while True:
-            await asyncio.sleep(self.expiry_interval_s)
-            block = await asyncio.to_thread(self.chain.w3.eth.get_block, "latest")
-            now = int(block["timestamp"])
-            for job_id, job in list(self.ledger.jobs.items()):
-                if attempts.get(job_id, 0) >= EXPIRY_ATTEMPTS:
-                    continue
-                if job.status == JobStatus.POSTED and now > job.deadline:
-                    route: list[Stage] = []
-                elif job.status in (JobStatus.ROUTED, JobStatus.ABORTING) and now > job.deadline + claim_window:
-                    route = job.route
-                else:
-                    continue
-                attempts[job_id] = attempts.get(job_id, 0) + 1  # bounded: a refusal is logged, not repeated forever
-                coordinator = job.coordinator or ZERO_ADDRESS
-                if await self._tx(f"expireJob({job_id})", self.c.market.expire_job, job_id, coordinator, route):
-                    log.info("job %d expired", job_id)
 
     # ------------------------------------------------------------------ failover
     async def _probe_loop(self) -> None:
