@@ -127,7 +127,9 @@ def check_model(model: nn.Module, tolerance: float = TOLERANCE, seed: int = 0) -
     try:
         model = model.float().eval()
         blocks = {b: block_state(model, config, b) for b in range(n)}
-        spans = [SpanModel(config, Span(b, b + 1), blocks) for b in range(n)]
+        # (huge_pages=False: spans run a few times here, and the whole model is already in memory,
+        # so moving their weights would only hold it twice)
+        spans = [SpanModel(config, Span(b, b + 1), blocks, huge_pages=False) for b in range(n)]
         worst = _Worst(n)
         with torch.no_grad():
             _probe(model, config, layout, spans, blocks, worst, seed)
@@ -205,7 +207,8 @@ def _probe(
         _decode(whole, spans, ids, mask, worst, "padded batch", gen, vocab, steps=2)
         # a route entering a span part-way: [0, 2) then [1, n) entered at block 2
         n = layout.num_blocks
-        first, second = SpanModel(config, Span(0, 2), blocks), SpanModel(config, Span(1, n), blocks)
+        first = SpanModel(config, Span(0, 2), blocks, huge_pages=False)
+        second = SpanModel(config, Span(1, n), blocks, huge_pages=False)
         ref = whole(input_ids=ids[:1], use_cache=False)
         hidden = first(ids[:1])
         got = second(hidden, start=2)

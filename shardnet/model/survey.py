@@ -104,7 +104,7 @@ def three_spans(model: torch.nn.Module, category: str) -> float:
     config: Any = model.config
     n = layout_for(config).num_blocks
     blocks = {b: block_state(model, config, b) for b in range(n)}
-    spans = [SpanModel(config, s, blocks) for s in split_even(n, 3)]
+    spans = [SpanModel(config, s, blocks, huge_pages=False) for s in split_even(n, 3)]  # (run once: see model.check)
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         if category == "vision":
