@@ -1,5 +1,6 @@
 """The coordinator daemon: follows chain events, assigns spans for new models, routes posted jobs,
-reroutes around nodes that stop answering, and expires overdue jobs (coordinator.expiry).
+probes the nodes (coordinator.health), reroutes around those that stop answering
+(coordinator.failover), and expires overdue jobs (coordinator.expiry).
 
 It keeps nothing that chain events cannot rebuild: on start it replays the history from
 the deployment block and reconciles (assign what is unassigned, route what is posted).
@@ -17,6 +18,8 @@ from eth_account.signers.local import LocalAccount
 
 from coordinator.bond import ensure_bond
 from coordinator.expiry import expire_overdue
+from coordinator.failover import reroute_around
+from coordinator.health import Change, NodeHealth, probe
 from coordinator.planner import ModelSpec, NodeSpec, evaluate, plan, plan_pipeline
 from coordinator.router import Candidate, RouteWeights, route, route_cost
 from shardnet.bindings import Contracts, send_logged
@@ -26,7 +29,7 @@ from shardnet.errors import JobInputError
 from shardnet.events import EventReader, Listener
 from shardnet.jobs import JobParams
 from shardnet.ledger import JobRecord, Ledger
-from shardnet.protocol import Hardware, JobStatus, Span, Stage
+from shardnet.protocol import Hardware, JobStatus, Span
 
 log = logging.getLogger("shardnet.coordinator")
 TRIGGERS = {
@@ -73,11 +76,9 @@ class Coordinator:
         self.min_stake = self.c.nodes.min_stake()
         self.fee_bps = self.c.market.coordinator_fee_bps()
         self.unroutable_logged: set[int] = set()
-        self.probe_failures: dict[str, int] = {}
         self.probe_interval_s = 0.5
         self.expiry_interval_s = 2.0  # how often overdue jobs are looked for
-        self.rtt_ms: dict[str, float] = {}  # probe round trip per node (moving average)
-        self.ms_per_block: dict[str, float] = {}  # compute per block, as each node measures it while serving
+        self.health = NodeHealth(replan_after_s)  # a node down this long has its spans planned away
         self.planner, self.replicas, self.min_stages = planner, replicas, min_stages
         self.rebalance_interval_s, self.rebalance_factor = rebalance_interval_s, rebalance_factor
         self.block_mb: dict[int, tuple[float, ...]] = {}  # model -> memory per block (from its manifest)
@@ -85,9 +86,6 @@ class Coordinator:
         self.sent: dict[tuple[int, str], Span] = {}  # (model, node) -> span last assigned by this process
         self.assigned_at: dict[tuple[int, str], float] = {}  # (model, node) -> when its span was assigned
         self.confirm_timeout_s = confirm_timeout_s  # an unconfirmed span is planned away after this
-        self.replan_after_s = replan_after_s  # a node down this long has its spans planned away
-        self.down_since: dict[str, float] = {}  # nodes down (missed two probes in a row) -> since when
-        self.replanned: set[str] = set()  # down nodes whose spans were planned away
         self.planned_away: dict[int, set[str]] = {}  # model -> nodes planned away while down
 
     async def run(self) -> None:
@@ -118,91 +116,40 @@ class Coordinator:
             for task in tasks:
                 task.cancel()
 
-    # ------------------------------------------------------------------ failover
+    # ------------------------------------------------------------------ probes and failover
     async def _probe_loop(self) -> None:
-        """Probe every registered node: round-trip times feed the router; a node that misses two
-        probes in a row is down (not planned over or routed through until it answers again), and
-        its open routes are rerouted."""
+        """Probe every registered node (coordinator.health): round-trip times and measured
+        compute feed the router and the planner; a node that misses two probes in a row is down
+        (not planned over or routed through until it answers again), and its open routes are
+        rerouted (coordinator.failover)."""
         import aiohttp
 
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0)) as http:
             while True:
                 await asyncio.sleep(self.probe_interval_s)
                 if await self._probe_round(http):
-                    await self.reconcile()  # a node went down or came back: plan again
+                    await self.reconcile()  # a node came back, or is gone: plan again
 
     async def _probe_round(self, http: Any) -> bool:
-        """One probe of every node; True when the set of down nodes changed."""
-        import aiohttp
-
+        """One probe of every node; True when the set of usable nodes changed (one came back, or
+        is gone: down long enough to plan its spans away)."""
         busy = {s.node for j in self.ledger.jobs.values() if j.status == JobStatus.ROUTED for s in j.route}
         changed = False
         for node in sorted(self.ledger.endpoints):
-            started = time.perf_counter()
-            health = {}
-            try:
-                async with http.get(self.ledger.endpoints[node].rstrip("/") + "/health") as response:
-                    alive = response.status == 200
-                    if alive:
-                        health = await response.json()
-            except (TimeoutError, aiohttp.ClientError, KeyError, ValueError):
-                alive = False
-            if alive:
-                rtt = (time.perf_counter() - started) * 1000
-                self.rtt_ms[node] = 0.7 * self.rtt_ms.get(node, rtt) + 0.3 * rtt
-                measured = health.get("ms_per_block") if isinstance(health, dict) else None
-                if isinstance(measured, int | float) and measured > 0:
-                    self.ms_per_block[node] = float(measured)
-                self.probe_failures[node] = 0
-                if node in self.down_since:
-                    del self.down_since[node]
+            answer = await probe(http, self.ledger.endpoints[node])
+            if answer is not None:
+                if self.health.answered(node, *answer) is Change.UP:
                     changed = True
                     log.info("node %s answers again", node)
                 continue
-            self.probe_failures[node] = self.probe_failures.get(node, 0) + 1
-            if self.probe_failures[node] >= 2 and node not in self.down_since:
-                self.down_since[node] = time.monotonic()
+            if self.health.missed(node) is Change.DOWN:
                 log.warning("node %s stopped answering%s", node, "; rerouting its jobs" if node in busy else "")
                 if node in busy:
-                    await self._failover(node)
-            if node not in self.replanned and self._gone(node):
-                self.replanned.add(node)
+                    usable = self.health.up(set(self.ledger.active_nodes(self.min_stake)))
+                    await reroute_around(node, self.account.address, self.ledger, usable, self.c.market, self._tx)
+            if self.health.newly_gone(node):
                 changed = True  # down long enough: plan its spans away
-        self.replanned &= self.down_since.keys()
         return changed
-
-    async def _failover(self, dead: str) -> None:
-        """Reroute this coordinator's open jobs around `dead` (only the routing coordinator may)."""
-        for job_id, job in list(self.ledger.jobs.items()):
-            if job.status != JobStatus.ROUTED or job.coordinator != self.account.address:
-                continue
-            if all(s.node != dead for s in job.route):
-                continue
-            old = job.route
-            new = []
-            for stage in old:
-                if stage.node != dead:
-                    new.append(stage)
-                    continue
-                replica = self._replica(job.model_id, stage, {s.node for s in old})
-                if replica is None:
-                    log.warning(
-                        "job %d: no replica holds blocks [%d, %d); it will expire", job_id, stage.start, stage.end
-                    )
-                    break
-                new.append(stage._replace(node=replica))
-            else:
-                if await self._tx(
-                    f"rerouteJob({job_id})", self.c.market.reroute_job, job_id, job.coordinator, old, new
-                ):
-                    log.info("job %d rerouted around %s", job_id, dead)
-
-    def _replica(self, model_id: int, stage: Stage, on_route: set[str]) -> str | None:
-        active = set(self.ledger.active_nodes(self.min_stake)) - self.down_since.keys()
-        for node, a in sorted(self.ledger.confirmed(model_id).items()):
-            if node in active and node not in on_route and a.start <= stage.start and a.end == stage.end:
-                return node
-        return None
 
     async def reconcile(self) -> None:
         await self._assign_models()
@@ -217,12 +164,12 @@ class Coordinator:
             if model.deprecated:
                 continue
             if self.planner == "throughput":
-                usable = frozenset(n for n in active if not self._gone(n))
+                usable = frozenset(n for n in active if not self.health.gone(n))
                 holders = set(self.ledger.assignments.get(model_id, {}))
                 if usable != self.planned_nodes.get(model_id) and (usable - holders or holders - usable):
                     await self._rebalance(model_id, force=True)  # a node joined or left
                 continue
-            live = [n for n in active if not self._gone(n) and not self._stale(model_id, n)]
+            live = [n for n in active if not self.health.gone(n) and not self._stale(model_id, n)]
             assigned = self.ledger.assignments.get(model_id, {})
             away = self.planned_away.get(model_id, set())
             back = away & set(live) - set(assigned)  # planned away while down; answering again
@@ -237,7 +184,7 @@ class Coordinator:
                 log.info("model %d: %s answering again; planning again", model_id, ", ".join(sorted(back)))
             spans = plan_pipeline(live, model.block_count, self.min_stages)
             self.planned_nodes[model_id] = frozenset(live)
-            self.planned_away[model_id] = (away | {n for n in gone if self._gone(n)}) - set(spans)
+            self.planned_away[model_id] = (away | {n for n in gone if self.health.gone(n)}) - set(spans)
             for node, span in spans.items():
                 if assigned.get(node) is not None and assigned[node].span == span:
                     continue
@@ -249,12 +196,6 @@ class Coordinator:
                 await self._tx(f"releaseShard({model_id}, {node})", self.c.models.release_shard, model_id, node)
             if spans:
                 log.info("model %d: assigned %d spans", model_id, len(spans))
-
-    def _gone(self, node: str) -> bool:
-        """Down for longer than `replan_after_s`: long enough to plan its spans away (a shorter
-        outage, such as a restart, is covered by rerouting to replicas)."""
-        since = self.down_since.get(node)
-        return since is not None and time.monotonic() - since > self.replan_after_s
 
     def _stale(self, model_id: int, node: str) -> bool:
         """A span assigned to `node` and still unconfirmed after `confirm_timeout_s` (timed from
@@ -271,19 +212,20 @@ class Coordinator:
         serving (block-forwards/s), or, for a node not measured yet, its declared compute score
         scaled by how the measured nodes' scores compare with their measurements."""
         declared = {n: self.ledger.hardware.get(n, UNDECLARED).compute_score for n in nodes}
-        ratios = sorted((1000.0 / self.ms_per_block[n]) / declared[n] for n in nodes if n in self.ms_per_block)
+        measured = self.health.ms_per_block
+        ratios = sorted((1000.0 / measured[n]) / declared[n] for n in nodes if n in measured)
         scale = ratios[len(ratios) // 2] if ratios else 1.0
         specs = []
         for n in nodes:
             acct = self.ledger.accounts.get(n)
             done, failed = (acct.jobs_done, acct.jobs_failed) if acct else (0, 0)
-            throughput = 1000.0 / self.ms_per_block[n] if n in self.ms_per_block else declared[n] * scale
+            throughput = 1000.0 / measured[n] if n in measured else declared[n] * scale
             specs.append(
                 NodeSpec(
                     n,
                     float(self.ledger.hardware.get(n, UNDECLARED).memory_mb),
                     throughput,
-                    self.rtt_ms.get(n, 50.0),
+                    self.health.rtt(n),
                     (done + 1) / (done + failed + 1),
                 )
             )
@@ -317,7 +259,7 @@ class Coordinator:
         (`force`) or when it lifts the bottleneck by `rebalance_factor`. Only changed spans are
         sent (assignShard / releaseShard); a moved node reloads and confirms, and routes use
         confirmed spans only, so running jobs keep the spans they were routed on."""
-        usable = sorted(n for n in self.ledger.active_nodes(self.min_stake) if not self._gone(n))
+        usable = sorted(n for n in self.ledger.active_nodes(self.min_stake) if not self.health.gone(n))
         if not usable:
             return
         spec = await self._model_spec(model_id)
@@ -372,7 +314,7 @@ class Coordinator:
 
     async def _route_jobs(self) -> None:
         now = time.time()
-        usable = set(self.ledger.active_nodes(self.min_stake)) - self.down_since.keys()
+        usable = self.health.up(set(self.ledger.active_nodes(self.min_stake)))
         specs = {s.address: s for s in self.node_specs(sorted(usable))}  # once per pass, not per job
         for job_id, job in list(self.ledger.jobs.items()):
             if job.status != JobStatus.POSTED or job.deadline <= now:
