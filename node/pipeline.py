@@ -172,11 +172,12 @@ class StagePipeline:
         """Run this stage's span on `x` and pass the result on. `hop`: the timing of the link
         frame `x` came in (count_hop)."""
         started = time.perf_counter()
-        if run.is_last and (run.params.kind != "generate" or len(run.tokens) + 1 >= run.params.max_new_tokens):
+        last_step = run.last_step
+        if run.is_last and last_step:
             self.settlement.collect_early(run)  # this step is the last: the receipts come meanwhile
             await asyncio.sleep(0)  # their requests go out before the compute holds the loop
         if is_decode_step(run, x, mask):  # batched with other generations' steps when they wait
-            out = await self.executor.decoding.step(run, x, INLINE_STEP_MS)
+            out = await self.executor.decoding.step(run, x, INLINE_STEP_MS, final=last_step)
         elif self.executor.step_estimate_ms(run, x) <= INLINE_STEP_MS and (
             x.shape[1] == 1 or len(self.executor.jobs) == 1
         ):

@@ -101,6 +101,16 @@ class JobRun:
         return len(self.sent_log) >= (self.params.max_new_tokens if self.params.kind == "generate" else 1)
 
     @property
+    def last_step(self) -> bool:
+        """Whether the step this stage runs next is the job's last here: a forward's or an embed
+        job's one pass, or the step of a generation that makes (last stage) or carries (earlier
+        stages) its max_new_tokens-th token (an end-of-sequence token may end it sooner, unforeseen)."""
+        if self.params.kind != "generate":
+            return True
+        done = len(self.tokens) if self.is_last else len(self.sent_log)
+        return done + 1 >= self.params.max_new_tokens
+
+    @property
     def is_first(self) -> bool:
         return self.stage == 0
 

@@ -136,3 +136,33 @@ def test_steps_waiting_together_run_as_one_batch_and_are_counted():
     assert asyncio.run(scenario()) == ["x2", "x1", "x3"]
     assert batches == [[1, 2], [3]]
     assert (decoding.batches, decoding.batched_steps) == (1, 2)
+
+
+def test_a_generations_last_step_on_a_span_stops_batches_waiting_for_it():
+    """A generation whose last step on a span has run is no longer due there: the generations
+    still going step on without waiting a gather window for it (at every stage, for the last of
+    a group to end)."""
+    import asyncio
+
+    from node.batching import DecodeBatcher, key_of
+
+    decoding = DecodeBatcher(lambda steps: [x for _, x in steps])
+    loaded = SimpleNamespace()
+
+    def run(job_id: int) -> SimpleNamespace:
+        return SimpleNamespace(job_id=job_id, loaded=loaded, stage=0, stages=[Stage(ME, 0, 2, 1)])
+
+    key = key_of(run(1))  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        for job_id in (1, 2, 3):
+            await decoding.step(run(job_id), "x", 250.0)  # type: ignore[arg-type]
+        assert decoding.due(key) == 3
+        await decoding.step(run(1), "x", 250.0, final=True)  # type: ignore[arg-type]
+        assert decoding.due(key) == 2 and (key, 1) not in decoding.cadence
+        await decoding.step(run(2), "x", 250.0)  # type: ignore[arg-type]
+        assert decoding.due(key) == 2  # an ordinary step keeps its generation due
+        decoding.forget(3)  # the job ended here before its last step (an end-of-sequence token)
+        assert decoding.due(key) == 1 and not decoding._final
+
+    asyncio.run(scenario())
