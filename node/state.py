@@ -5,6 +5,7 @@ The file is readable by its owner only: it holds secrets."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -22,6 +23,7 @@ class AgentState:
         self.path = Path(state_dir) / "state.json"
         self.identity = f"{deployment.chain_id}:{deployment.address('JobMarket')}:{deployment.deploy_block}"
         self._saved_at = 0.0
+        self._save_pending = False  # a save is scheduled on the event loop (advance)
         self.last: tuple[int, int] = (-1, -1)  # (block, log index) of the last event acted on
         self.submitted: list[int] = []  # jobs whose result this node submitted
         self.aborted: list[int] = []  # jobs this node aborted
@@ -43,12 +45,27 @@ class AgentState:
         return key <= self.last
 
     def advance(self, key: tuple[int, int], durable: bool = True) -> None:
-        """Move past the event at `key`. Past an event acted on the position is saved at once;
-        past one that asked nothing of this node, at most every SAVE_EVERY_S (a restart then
-        reads such events again, and they still ask nothing)."""
+        """Move past the event at `key`. Past an event acted on the position is saved at once:
+        on an event loop, as soon as the work the event started has had its first turn (writing
+        the file takes milliseconds, which a job just routed here would otherwise wait for before
+        its first stage runs; several events in a row are saved once, with the last position).
+        Past an event that asked nothing of this node, at most every SAVE_EVERY_S (a restart
+        then reads such events again, and they still ask nothing)."""
         self.last = key
-        if durable or time.monotonic() - self._saved_at >= SAVE_EVERY_S:
+        if durable:
+            self._save_soon()
+        elif time.monotonic() - self._saved_at >= SAVE_EVERY_S:
             self.save()
+
+    def _save_soon(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.save()
+            return
+        if not self._save_pending:
+            self._save_pending = True
+            loop.call_soon(self.save)
 
     def settled(self, job_id: int, how: str) -> None:
         (self.submitted if how == "submitted" else self.aborted).append(job_id)
@@ -71,6 +88,7 @@ class AgentState:
         self.save()
 
     def save(self) -> None:
+        self._save_pending = False
         self._saved_at = time.monotonic()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
