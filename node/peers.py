@@ -45,16 +45,27 @@ class PeerClient:
         if self._session is not None:
             await self._session.close()
 
-    async def post(self, base_url: str, path: str, body: bytes) -> PeerResponse:
+    async def post(self, base_url: str, path: str, body: bytes, sent: asyncio.Event | None = None) -> PeerResponse:
+        """POST a signed request, retried with backoff. `sent`, if given, is set once the request
+        is written out (or has failed), for a caller that wants it on the wire before holding
+        the event loop with work of its own."""
         if self.banned_until.get(base_url, 0) > time.monotonic():
+            if sent is not None:
+                sent.set()
             raise PeerError(f"peer {base_url} is banned for failing repeatedly; retry later")
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self.timeout)
+            trace = aiohttp.TraceConfig()
+            for signal in (trace.on_request_chunk_sent, trace.on_request_end, trace.on_request_exception):
+                signal.append(_mark_sent)
+            self._session = aiohttp.ClientSession(timeout=self.timeout, trace_configs=[trace])
         headers = {**sign_request(self.account, path, body), "content-type": "application/octet-stream"}
         delay = 0.25
+        context = {"sent": sent}
         for attempt in range(self.retries + 1):
             try:
-                async with self._session.post(base_url.rstrip("/") + path, data=body, headers=headers) as response:
+                async with self._session.post(
+                    base_url.rstrip("/") + path, data=body, headers=headers, trace_request_ctx=context
+                ) as response:
                     reply = PeerResponse(response.status, await response.read())
                 if reply.status < 500:
                     if reply.status >= 400:
@@ -72,3 +83,10 @@ class PeerClient:
                 delay *= 2
         self.banned_until[base_url] = time.monotonic() + self.ban_s
         raise PeerError(f"peer {base_url} failed {self.retries + 1} times ({reason}); banned for {self.ban_s:.0f} s")
+
+
+async def _mark_sent(session: aiohttp.ClientSession, context: Any, params: Any) -> None:
+    """aiohttp trace hook: a request's body was written (or the request ended or failed)."""
+    sent = (context.trace_request_ctx or {}).get("sent")
+    if isinstance(sent, asyncio.Event):
+        sent.set()

@@ -174,8 +174,7 @@ class StagePipeline:
         started = time.perf_counter()
         last_step = run.last_step
         if run.is_last and last_step:
-            self.settlement.collect_early(run)  # this step is the last: the receipts come meanwhile
-            await asyncio.sleep(0)  # their requests go out before the compute holds the loop
+            await self.settlement.collect_early(run)  # this step is the last: the receipts come meanwhile
         if is_decode_step(run, x, mask):  # batched with other generations' steps when they wait
             out = await self.executor.decoding.step(run, x, INLINE_STEP_MS, final=last_step)
         elif self.executor.step_estimate_ms(run, x) <= INLINE_STEP_MS and (

@@ -43,6 +43,7 @@ SUBMIT_TRIES = 3  # a refused result is sent again this many times in all, backi
 SUBMIT_BACKOFF_S = 1.0
 STORE_TRIES = 4  # a transcript's or output's IPFS write is tried this many times, backing off
 STORE_BACKOFF_S = 0.5
+EARLY_SEND_WAIT_S = 0.01  # the last stage holds its final step this long at most for the receipt requests to go out
 
 
 class Settlement:
@@ -193,13 +194,22 @@ class Settlement:
             raise PeerError(f"job {run.job_id} is private and its client never handed this node the job key")
         return key
 
-    def collect_early(self, run: JobRun) -> None:
+    async def collect_early(self, run: JobRun) -> None:
         """Last stage, as its final step begins: every earlier stage has sent all it will, so its
-        receipt is final; ask for them now, and they come while this stage computes."""
+        receipt is final; ask for them now, and they come while this stage computes. Returns once
+        the requests are written out (at most EARLY_SEND_WAIT_S): the step's compute holds the
+        event loop, and a request still in the HTTP client then would go out only after it,
+        leaving the output waiting for the answers (GPT-2-small, 3 stages: 7.7 -> 2.5 ms)."""
         if run.early_receipts is None and len(run.stages) > 1:
-            asked = asyncio.ensure_future(self._ask_receipts(run))
+            sent = [asyncio.Event() for _ in range(len(run.stages) - 1)]
+            asked = asyncio.ensure_future(self._ask_receipts(run, sent))
             asked.add_done_callback(lambda t: t.cancelled() or t.exception())
             run.early_receipts = list(run.stages), asked
+            waiting = asyncio.gather(*(s.wait() for s in sent))
+            try:
+                await asyncio.wait_for(waiting, EARLY_SEND_WAIT_S)
+            except TimeoutError:
+                pass  # (they go out when they can; the answers are waited for at the end)
 
     async def _receipts(self, run: JobRun) -> list[tuple[Receipt, str]]:
         """The earlier stages' receipts with their transcripts' CIDs: those asked for early if they
@@ -214,12 +224,15 @@ class Settlement:
                 return early
         return await self._ask_receipts(run)
 
-    async def _ask_receipts(self, run: JobRun) -> list[tuple[Receipt, str]]:
-        return list(await asyncio.gather(*(self._collect_receipt(run, s) for s in range(len(run.stages) - 1))))
+    async def _ask_receipts(self, run: JobRun, sent: list[asyncio.Event] | None = None) -> list[tuple[Receipt, str]]:
+        """Every earlier stage's receipt; `sent[s]` is set once the request to stage s is written."""
+        stages = range(len(run.stages) - 1)
+        return list(await asyncio.gather(*(self._collect_receipt(run, s, sent[s] if sent else None) for s in stages)))
 
-    async def _collect_receipt(self, run: JobRun, stage: int) -> tuple[Receipt, str]:
+    async def _collect_receipt(self, run: JobRun, stage: int, sent: asyncio.Event | None = None) -> tuple[Receipt, str]:
         node = run.stages[stage].node
-        response = await self.peers.post(self.ledger.endpoints[node], f"/v1/jobs/{run.job_id}/receipt", b"{}")
+        path = f"/v1/jobs/{run.job_id}/receipt"
+        response = await self.peers.post(self.ledger.endpoints[node], path, b"{}", sent)
         data = response.json()
         receipt = Receipt(
             bytes.fromhex(data["input_hash"][2:]),

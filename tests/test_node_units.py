@@ -351,7 +351,7 @@ def test_receipts_asked_for_early_are_used_only_if_they_chain_up_over_the_same_r
     fresh = [(Receipt(h[0], h[1], b"f0"), "Qm0"), (Receipt(h[1], h[2], b"f1"), "Qm1")]
     asked: list[int] = []
 
-    async def collect(run: object, stage: int) -> tuple[Receipt, str]:
+    async def collect(run: object, stage: int, sent: asyncio.Event | None = None) -> tuple[Receipt, str]:
         asked.append(stage)
         return fresh[stage]
 

@@ -1,0 +1,75 @@
+"""The peer client (node.peers) against a real HTTP server on loopback: signed requests, and the
+`sent` signal a last stage waits on before its final step holds the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from node.peers import PeerClient
+from shardnet.chain import dev_account
+from shardnet.errors import PeerError
+from shardnet.signing import recover_sender
+
+
+async def _serve(handler) -> tuple[web.AppRunner, str]:  # type: ignore[no-untyped-def]
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"http://127.0.0.1:{port}"
+
+
+async def test_a_request_is_signed_and_sent_is_set_once_it_is_on_the_wire_not_when_answered():
+    account = dev_account(3)
+    answer = asyncio.Event()
+    seen: list[str] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        body = await request.read()
+        seen.append(recover_sender(request.path, body, request.headers["x-shardnet-signature"]) or "")
+        await answer.wait()  # the answer comes only when the test says so
+        return web.json_response({"ok": True})
+
+    runner, base = await _serve(handler)
+    peers = PeerClient(account, timeout_s=5.0, retries=0)
+    try:
+        sent = asyncio.Event()
+        reply = asyncio.ensure_future(peers.post(base, "/v1/jobs/1/receipt", b"{}", sent))
+        await asyncio.wait_for(sent.wait(), 2.0)  # written out while the answer is still held back
+        assert not reply.done()
+        await asyncio.sleep(0.05)
+        assert seen == [account.address]  # the server read it and knows who signed it
+        answer.set()
+        assert (await reply).json() == {"ok": True}
+    finally:
+        await peers.close()
+        await runner.cleanup()
+
+
+async def test_sent_is_set_when_the_request_fails_so_nobody_waits_on_it():
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(status=200)
+
+    peers = PeerClient(dev_account(3), timeout_s=1.0, retries=0)
+    runner, base = await _serve(handler)
+    await runner.cleanup()  # nobody listens there any more
+    sent = asyncio.Event()
+    try:
+        try:
+            await peers.post(base, "/v1/jobs/1/receipt", b"{}", sent)
+        except PeerError:
+            pass
+        assert sent.is_set()
+        banned = asyncio.Event()  # the peer is banned now: refused at once, and not waited on either
+        try:
+            await peers.post(base, "/v1/jobs/1/receipt", b"{}", banned)
+        except PeerError as exc:
+            assert "banned" in str(exc)
+        assert banned.is_set()
+    finally:
+        await peers.close()
