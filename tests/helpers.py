@@ -1,10 +1,11 @@
 """Test helpers shared by several test files: contract artefacts and reverts, a recording relay
-for links, and a node's Prometheus metrics."""
+for links, a node's Prometheus metrics, and a plain HTTP server on loopback."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from functools import cache
+from typing import Any
 
 import pytest
 import solcx
@@ -168,3 +169,18 @@ def node_metric(port: int, sample: str) -> float:
 
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     return next((float(line.split()[-1]) for line in text.splitlines() if line.startswith(sample + " ")), 0.0)
+
+
+async def http_server(method: str, handler: Callable[..., Any]) -> tuple[Any, str]:
+    """A real aiohttp server on loopback answering `method` on every path with `handler`:
+    (its runner, to clean up; its base URL)."""
+    from aiohttp import web
+
+    app = web.Application()
+    app.router.add_route(method, "/{tail:.*}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"http://127.0.0.1:{port}"

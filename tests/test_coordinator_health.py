@@ -17,6 +17,7 @@ from coordinator.health import DEFAULT_RTT_MS, Change, NodeHealth, probe
 from shardnet.events import Event
 from shardnet.ledger import Ledger
 from shardnet.protocol import Assignment, JobStatus, Stage
+from tests.helpers import http_server
 
 A, B, C, D = ("0x" + c * 40 for c in "abcd")
 COORD, OTHER_COORD = "0x" + "cc" * 20, "0x" + "dd" * 20
@@ -71,14 +72,7 @@ async def test_probe_answers_only_a_200_with_json():
     async def handler(request: web.Request) -> web.Response:
         return documents[request.path]
 
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    base = f"http://127.0.0.1:{port}"
+    runner, base = await http_server("GET", handler)
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0)) as http:
             documents["/ok/health"] = web.json_response({"ms_per_block": 3.0})

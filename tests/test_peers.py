@@ -11,17 +11,7 @@ from node.peers import PeerClient
 from shardnet.chain import dev_account
 from shardnet.errors import PeerError
 from shardnet.signing import recover_sender
-
-
-async def _serve(handler) -> tuple[web.AppRunner, str]:  # type: ignore[no-untyped-def]
-    app = web.Application()
-    app.router.add_post("/{tail:.*}", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner, f"http://127.0.0.1:{port}"
+from tests.helpers import http_server
 
 
 async def test_a_request_is_signed_and_sent_is_set_once_it_is_on_the_wire_not_when_answered():
@@ -35,7 +25,7 @@ async def test_a_request_is_signed_and_sent_is_set_once_it_is_on_the_wire_not_wh
         await answer.wait()  # the answer comes only when the test says so
         return web.json_response({"ok": True})
 
-    runner, base = await _serve(handler)
+    runner, base = await http_server("POST", handler)
     peers = PeerClient(account, timeout_s=5.0, retries=0)
     try:
         sent = asyncio.Event()
@@ -56,7 +46,7 @@ async def test_sent_is_set_when_the_request_fails_so_nobody_waits_on_it():
         return web.Response(status=200)
 
     peers = PeerClient(dev_account(3), timeout_s=1.0, retries=0)
-    runner, base = await _serve(handler)
+    runner, base = await http_server("POST", handler)
     await runner.cleanup()  # nobody listens there any more
     sent = asyncio.Event()
     try:
