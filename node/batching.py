@@ -83,20 +83,17 @@ class DecodeBatcher:
     _passes_ended: dict[int, asyncio.Event] = field(default_factory=dict)  # set when a span's last pass ends
     _draining: set[Key] = field(default_factory=set)
     _arrived: dict[Key, asyncio.Event] = field(default_factory=dict)  # set when a decode step is queued
-    _final: set[tuple[Key, int]] = field(default_factory=set)  # (key, job) whose step queued is its last there
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
-    async def step(self, run: JobRun, x: torch.Tensor, inline_ms: float, final: bool = False) -> torch.Tensor:
+    async def step(self, run: JobRun, x: torch.Tensor, inline_ms: float) -> torch.Tensor:
         """Run a decode step, together with the decode steps of other generations on the same
         span that are waiting: while one batch computes, the steps that arrive queue up and go
         together as the next batch. Short steps run on the event loop (a thread handoff costs
-        milliseconds of GIL switching per hop), longer ones in a worker thread. `final`: the
-        generation's last step on this span; once it has run, no batch here waits for the
-        generation (the last of a group to end would otherwise wait a gather window at every
-        stage for generations that are over)."""
+        milliseconds of GIL switching per hop), longer ones in a worker thread. Once a
+        generation's last step on this span has run (JobRun.last_step), no batch here waits for
+        it (the last of a group to end would otherwise wait a gather window at every stage for
+        generations that are over)."""
         key = key_of(run)
-        if final:
-            self._final.add((key, run.job_id))
         now = time.monotonic()
         cadence = self.cadence.get((key, run.job_id))
         if cadence is None:
@@ -122,7 +119,6 @@ class DecodeBatcher:
         """A job ended here: batches stop waiting for its steps."""
         for entry in [c for c in self.cadence if c[1] == job_id]:
             del self.cadence[entry]
-        self._final = {f for f in self._final if f[1] != job_id}
 
     async def run_pass(self, span: int, work: Callable[[], torch.Tensor]) -> torch.Tensor:
         """Run a pass over several tokens (a prefill, a forward) on `span` in a worker thread. The
@@ -195,8 +191,7 @@ class DecodeBatcher:
             self.batched_steps += len(steps)
         departed = time.monotonic()
         for run, _ in steps:
-            if (key, run.job_id) in self._final:
-                self._final.discard((key, run.job_id))
+            if run.last_step:  # (still as before this step: the run's logs grow once its result is sent on)
                 self.cadence.pop((key, run.job_id), None)
                 continue
             cadence = self.cadence.get((key, run.job_id))

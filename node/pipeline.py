@@ -172,11 +172,10 @@ class StagePipeline:
         """Run this stage's span on `x` and pass the result on. `hop`: the timing of the link
         frame `x` came in (count_hop)."""
         started = time.perf_counter()
-        last_step = run.last_step
-        if run.is_last and last_step:
+        if run.is_last and run.last_step:
             await self.settlement.collect_early(run)  # this step is the last: the receipts come meanwhile
         if is_decode_step(run, x, mask):  # batched with other generations' steps when they wait
-            out = await self.executor.decoding.step(run, x, INLINE_STEP_MS, final=last_step)
+            out = await self.executor.decoding.step(run, x, INLINE_STEP_MS)
         elif self.executor.step_estimate_ms(run, x) <= INLINE_STEP_MS and (
             x.shape[1] == 1 or len(self.executor.jobs) == 1
         ):

@@ -36,7 +36,7 @@ def test_a_spans_decode_steps_wait_for_its_prefills_in_worker_threads():
     executor.run_batch = run_batch  # type: ignore[method-assign]
 
     def run(job_id: int) -> SimpleNamespace:
-        return SimpleNamespace(job_id=job_id, loaded=loaded, stage=0, stages=[Stage(ME, 0, 2, 1)])
+        return SimpleNamespace(job_id=job_id, loaded=loaded, stage=0, stages=[Stage(ME, 0, 2, 1)], last_step=False)
 
     async def scenario() -> list[object]:
         prefill = asyncio.ensure_future(executor.run_pass(run(2), None, None))  # type: ignore[arg-type]
@@ -119,7 +119,7 @@ def test_steps_waiting_together_run_as_one_batch_and_are_counted():
     loaded = SimpleNamespace()
 
     def run(job_id: int) -> SimpleNamespace:
-        return SimpleNamespace(job_id=job_id, loaded=loaded, stage=0, stages=[Stage(ME, 0, 2, 1)])
+        return SimpleNamespace(job_id=job_id, loaded=loaded, stage=0, stages=[Stage(ME, 0, 2, 1)], last_step=False)
 
     async def scenario() -> list[object]:
         decoding.passes[id(loaded)] = 1  # a prefill is running: the steps that come wait for it
@@ -149,8 +149,8 @@ def test_a_generations_last_step_on_a_span_stops_batches_waiting_for_it():
     decoding = DecodeBatcher(lambda steps: [x for _, x in steps])
     loaded = SimpleNamespace()
 
-    def run(job_id: int) -> SimpleNamespace:
-        return SimpleNamespace(job_id=job_id, loaded=loaded, stage=0, stages=[Stage(ME, 0, 2, 1)])
+    def run(job_id: int, last: bool = False) -> SimpleNamespace:
+        return SimpleNamespace(job_id=job_id, loaded=loaded, stage=0, stages=[Stage(ME, 0, 2, 1)], last_step=last)
 
     key = key_of(run(1))  # type: ignore[arg-type]
 
@@ -158,11 +158,11 @@ def test_a_generations_last_step_on_a_span_stops_batches_waiting_for_it():
         for job_id in (1, 2, 3):
             await decoding.step(run(job_id), "x", 250.0)  # type: ignore[arg-type]
         assert decoding.due(key) == 3
-        await decoding.step(run(1), "x", 250.0, final=True)  # type: ignore[arg-type]
+        await decoding.step(run(1, last=True), "x", 250.0)  # type: ignore[arg-type]
         assert decoding.due(key) == 2 and (key, 1) not in decoding.cadence
         await decoding.step(run(2), "x", 250.0)  # type: ignore[arg-type]
         assert decoding.due(key) == 2  # an ordinary step keeps its generation due
         decoding.forget(3)  # the job ended here before its last step (an end-of-sequence token)
-        assert decoding.due(key) == 1 and not decoding._final
+        assert decoding.due(key) == 1
 
     asyncio.run(scenario())
