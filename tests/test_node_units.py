@@ -287,6 +287,54 @@ def test_a_span_loaded_after_its_assignment_moved_on_loads_the_current_one_when_
     assert loads == [Span(2, 5), Span(0, 2)]
 
 
+def test_a_failed_load_is_tried_again_while_the_span_stays_assigned():
+    """A load that fails (the node's IPFS daemon restarting, say) is tried again, rejoining the
+    swarm first, until it succeeds: the span is then served and confirmed. Retries stop once the
+    assignment moves on, and the span assigned now is loaded instead."""
+    import asyncio
+
+    ledger, executor, spans, loads, confirmed = _span_manager(lambda span: 0.0)
+    succeed = executor.load
+    failures = {Span(2, 5): 2, Span(0, 2): 0}
+    rejoined: list[int] = []
+
+    def flaky(model_id: int, cid: str, span: Span) -> Any:
+        if failures.get(span, 10**6) > 0:
+            failures[span] = failures.get(span, 10**6) - 1
+            loads.append(span)
+            raise ConnectionError("the IPFS daemon does not answer")
+        return succeed(model_id, cid, span)
+
+    async def rejoin() -> int:
+        rejoined.append(1)
+        return 0
+
+    executor.load = flaky
+    spans.rejoin, spans.retry_first_s = rejoin, 0.01
+
+    async def two_failures() -> None:
+        ledger.apply(event("ShardAssigned", modelId=1, node=ME, coordinator=COORD, start=2, end=5))
+        await spans.load(1, Span(2, 5))
+
+    asyncio.run(two_failures())
+    assert loads == [Span(2, 5)] * 3 and len(rejoined) == 2
+    assert executor.spans[1].span == Span(2, 5) and confirmed == [Span(2, 5)]
+
+    loads.clear()
+    failures[Span(4, 8)] = 10**6  # never loads
+
+    async def moved_on_while_failing() -> None:
+        ledger.apply(event("ShardAssigned", modelId=1, node=ME, coordinator=COORD, start=4, end=8))
+        failing = asyncio.ensure_future(spans.load(1, Span(4, 8)))
+        await asyncio.sleep(0.05)  # a few tries
+        ledger.apply(event("ShardAssigned", modelId=1, node=ME, coordinator=COORD, start=0, end=2))
+        await asyncio.wait_for(failing, 5)
+
+    asyncio.run(moved_on_while_failing())
+    assert loads[0] == Span(4, 8) and loads.count(Span(4, 8)) >= 2 and loads[-1] == Span(0, 2)
+    assert executor.spans[1].span == Span(0, 2) and confirmed[-1] == Span(0, 2)
+
+
 def test_receipts_asked_for_early_are_used_only_if_they_chain_up_over_the_same_route():
     """The last stage asks for the earlier stages' receipts as its final step begins. They are
     used when each one's output hash is the next one's input hash, up to what this stage
