@@ -16,9 +16,11 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+import requests
 from eth_abi.abi import encode
 from eth_account.signers.local import LocalAccount
 from eth_utils.crypto import keccak
@@ -47,6 +49,7 @@ CLOCK_SLACK_S = 2.0  # wall-clock margin before a deadline counts as passed when
 MAX_SPANS = 4  # spans kept loaded for checking
 TRIES = 4  # a commit, reveal or resolve refused is sent again, backing off from RETRY_S
 RETRY_S = 1.0
+READ_RETRY_MAX_S = 5.0  # a chain read that failed is asked again at most this far apart
 
 
 def commitment(audit_id: int, member: str, vote: Vote, salt: bytes) -> bytes:
@@ -85,7 +88,21 @@ class Committee:
     async def _past(self, deadline: int) -> bool:
         """Whether the chain's clock has passed `deadline` (`Chain.past`: by the latest block, or
         by this machine's clock shifted to the chain's when the chain is idle)."""
-        return await asyncio.to_thread(self.chain.past, deadline, CLOCK_SLACK_S)
+        return bool(await self._read(self.chain.past, deadline, CLOCK_SLACK_S))
+
+    async def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(*args)`, a read from the chain, off the event loop; while the chain does not answer
+        (restarting, say) it is asked again, backing off from POLL_S to READ_RETRY_MAX_S: an
+        audit's steps wait for the chain rather than end (a member that never reveals is
+        recorded absent)."""
+        delay = POLL_S
+        while True:
+            try:
+                return await asyncio.to_thread(fn, *args)
+            except (requests.exceptions.RequestException, OSError) as exc:
+                log.warning("the chain does not answer (%s); asking again in %.1f s", type(exc).__name__, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, READ_RETRY_MAX_S)
 
     # ------------------------------------------------------------------ opening audits
     async def open_audits(self, job_id: int, result_block: int) -> None:
@@ -96,7 +113,7 @@ class Committee:
             return
         if not job.audit_bps:
             return
-        block = await asyncio.to_thread(self.chain.w3.eth.get_block, result_block)
+        block = await self._read(self.chain.w3.eth.get_block, result_block)
         mask = audited_stages(bytes(block["hash"]), job_id, len(job.route), job.audit_bps)
         if not mask:
             return

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import requests
 from eth_account.signers.local import LocalAccount
 from web3.contract.contract import ContractFunction
 from web3.types import BlockIdentifier
@@ -62,11 +63,14 @@ async def send_logged(
     log: logging.Logger, what: str, fn: Callable[..., dict[str, Any]], *args: Any, account: LocalAccount
 ) -> dict[str, Any] | None:
     """Run a binding's write off the event loop for a long-lived agent: a refusal or a failed
-    transaction is logged and returns None, never raised (agents must not crash on them)."""
+    transaction is logged and returns None, never raised (agents must not crash on them), as is
+    a chain that does not answer (restarting, say: the caller tries again later)."""
     try:
         return await asyncio.to_thread(fn, *args, account=account)
     except ContractRevert as exc:
         log.warning("%s refused by the contract: %s", what, exc)
     except ShardnetError as exc:
         log.error("%s failed: %s", what, exc)
+    except (requests.exceptions.RequestException, OSError) as exc:
+        log.warning("%s not sent: the chain does not answer (%s)", what, type(exc).__name__)
     return None
