@@ -238,16 +238,20 @@ class LinkClient:
         """Until the peer answers: its ack for a frame already written (`acked`), else (re)send;
         `written` is set once the frame is written."""
         node = peer.node
-        if self.banned_until.get(node, 0) > time.monotonic():
-            raise PeerError(f"peer {node} is banned for failing repeatedly; retry later")
+        # a banned peer (it failed every try lately) is tried once, without retries: it may be
+        # back (restarted), and a job routed through it then must not fail for the ban alone
+        banned = self.banned_until.get(node, 0) > time.monotonic()
+        tries = 1 if banned else self.retries + 1
         delay, reason = 0.25, ""
-        for attempt in range(self.retries + 1):
+        for attempt in range(tries):
             try:
                 if acked is None:
                     acked = await asyncio.wait_for(self._write(peer, frame_id, frame), self.timeout_s)
                 if written is not None and not written.done():
                     written.set_result(None)
                 ok, error = await asyncio.wait_for(acked, self.timeout_s)
+                if banned:
+                    self.banned_until.pop(node, None)  # it answers
                 if not ok:
                     raise PeerError(f"node {node} refused the message for job {job_id} stage {stage}: {error}")
                 return
@@ -257,12 +261,13 @@ class LinkClient:
                 stale = self.links.pop(node, None)
                 if stale is not None:
                     await stale.close()
-            if attempt < self.retries:
+            if attempt < tries - 1:
                 log.warning("link to %s failed (%s), retry %d in %.1f s", node, reason, attempt + 1, delay)
                 await asyncio.sleep(delay)
                 delay *= 2
         self.banned_until[node] = time.monotonic() + self.ban_s
-        raise PeerError(f"peer {node} failed {self.retries + 1} times ({reason}); banned for {self.ban_s:.0f} s")
+        failed = "still fails" if banned else f"failed {tries} times"
+        raise PeerError(f"peer {node} {failed} ({reason}); banned for {self.ban_s:.0f} s")
 
 
 class LinkServer:

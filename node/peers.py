@@ -49,10 +49,10 @@ class PeerClient:
         """POST a signed request, retried with backoff. `sent`, if given, is set once the request
         is written out (or has failed), for a caller that wants it on the wire before holding
         the event loop with work of its own."""
-        if self.banned_until.get(base_url, 0) > time.monotonic():
-            if sent is not None:
-                sent.set()
-            raise PeerError(f"peer {base_url} is banned for failing repeatedly; retry later")
+        # a banned peer (it failed every try lately) is tried once, without retries: it may be
+        # back (restarted), and a request routed to it then must not fail for the ban alone
+        banned = self.banned_until.get(base_url, 0) > time.monotonic()
+        tries = 1 if banned else self.retries + 1
         if self._session is None:
             trace = aiohttp.TraceConfig()
             for signal in (trace.on_request_chunk_sent, trace.on_request_end, trace.on_request_exception):
@@ -61,13 +61,14 @@ class PeerClient:
         headers = {**sign_request(self.account, path, body), "content-type": "application/octet-stream"}
         delay = 0.25
         context = {"sent": sent}
-        for attempt in range(self.retries + 1):
+        for attempt in range(tries):
             try:
                 async with self._session.post(
                     base_url.rstrip("/") + path, data=body, headers=headers, trace_request_ctx=context
                 ) as response:
                     reply = PeerResponse(response.status, await response.read())
                 if reply.status < 500:
+                    self.banned_until.pop(base_url, None)  # it answers
                     if reply.status >= 400:
                         raise PeerError(
                             f"{base_url}{path} refused the request ({reply.status}): "
@@ -77,12 +78,13 @@ class PeerClient:
                 reason = f"HTTP {reply.status}"
             except (TimeoutError, aiohttp.ClientError) as exc:
                 reason = type(exc).__name__
-            if attempt < self.retries:
+            if attempt < tries - 1:
                 log.warning("peer %s%s failed (%s), retry %d in %.1f s", base_url, path, reason, attempt + 1, delay)
                 await asyncio.sleep(delay)
                 delay *= 2
         self.banned_until[base_url] = time.monotonic() + self.ban_s
-        raise PeerError(f"peer {base_url} failed {self.retries + 1} times ({reason}); banned for {self.ban_s:.0f} s")
+        failed = "still fails" if banned else f"failed {tries} times"
+        raise PeerError(f"peer {base_url} {failed} ({reason}); banned for {self.ban_s:.0f} s")
 
 
 async def _mark_sent(session: aiohttp.ClientSession, context: Any, params: Any) -> None:

@@ -171,16 +171,16 @@ def node_metric(port: int, sample: str) -> float:
     return next((float(line.split()[-1]) for line in text.splitlines() if line.startswith(sample + " ")), 0.0)
 
 
-async def http_server(method: str, handler: Callable[..., Any]) -> tuple[Any, str]:
-    """A real aiohttp server on loopback answering `method` on every path with `handler`:
-    (its runner, to clean up; its base URL)."""
+async def http_server(method: str, handler: Callable[..., Any], port: int = 0) -> tuple[Any, str]:
+    """A real aiohttp server on loopback (`port`, or any free one) answering `method` on every
+    path with `handler`: (its runner, to clean up; its base URL)."""
     from aiohttp import web
 
     app = web.Application()
     app.router.add_route(method, "/{tail:.*}", handler)
     runner = web.AppRunner(app)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     return runner, f"http://127.0.0.1:{port}"

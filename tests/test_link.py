@@ -350,3 +350,23 @@ async def test_a_whole_message_in_one_frame_is_read_at_once_and_anything_else_by
     sock = _Recorder(server)
     sock.data_received(_frames(client, b"x" * 1001))
     assert sock.messages == [] and server.close_sent is not None and server.close_sent.code == 1009
+
+
+@pytest.mark.asyncio
+async def test_a_banned_peer_that_is_back_gets_the_next_frame_and_the_ban_is_lifted():
+    """A peer that failed every try (restarting, say) is banned; once it listens again, the next
+    frame for it is sent (one try, no retries) rather than refused for the ban alone: a job routed
+    through a node that came back must not fail because an earlier one saw it down."""
+    mine = _key()
+    rx = Receiver({SENDER: mine.public})
+    client = LinkClient(SENDER, mine, CHAIN, MARKET, timeout_s=2, retries=1, ban_s=60)
+    with pytest.raises(PeerError, match="failed 2 times"):  # nobody listens yet
+        await client.send(rx.peer, 7, 1, b"a")
+    assert RECEIVER in client.banned_until
+    with pytest.raises(PeerError, match="still fails"):  # banned: one try, and it fails again
+        await client.send(rx.peer, 7, 1, b"a")
+    async with rx:
+        await client.send(rx.peer, 7, 1, b"b")
+        assert [b for *_, b in rx.accepted] == [b"b"]
+        assert RECEIVER not in client.banned_until
+        await client.close()

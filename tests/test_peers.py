@@ -55,11 +55,38 @@ async def test_sent_is_set_when_the_request_fails_so_nobody_waits_on_it():
         except PeerError:
             pass
         assert sent.is_set()
-        banned = asyncio.Event()  # the peer is banned now: refused at once, and not waited on either
+        banned = asyncio.Event()  # the peer is banned now: tried once, and not waited on either
         try:
             await peers.post(base, "/v1/jobs/1/receipt", b"{}", banned)
         except PeerError as exc:
-            assert "banned" in str(exc)
+            assert "still fails" in str(exc) and "banned" in str(exc)
         assert banned.is_set()
+    finally:
+        await peers.close()
+
+
+async def test_a_banned_peer_that_is_back_is_used_again_at_once():
+    """A peer banned for failing (it was restarting, say) answers again: the next request to it
+    is sent (one try, no retries) instead of refused for the ban, and the ban is lifted."""
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    peers = PeerClient(dev_account(3), timeout_s=1.0, retries=2)
+    runner, base = await http_server("POST", handler)
+    await runner.cleanup()  # down
+    try:
+        try:
+            await peers.post(base, "/v1/jobs/1/receipt", b"{}")
+            raise AssertionError("a peer nobody listens for answered")
+        except PeerError as exc:
+            assert "failed 3 times" in str(exc)
+        assert base in peers.banned_until
+        runner, _ = await http_server("POST", handler, port=int(base.rsplit(":", 1)[1]))  # back, same address
+        try:
+            assert (await peers.post(base, "/v1/jobs/1/receipt", b"{}")).json() == {"ok": True}
+            assert base not in peers.banned_until
+        finally:
+            await runner.cleanup()
     finally:
         await peers.close()
