@@ -25,6 +25,7 @@ NODES = 4
 CLIENTS = 3
 JOBS_PER_CLIENT = 8
 MAX_FEE = 10**15
+POSTING_S = 120  # clients post (and wait on) jobs for at most this long
 
 
 def _job(rng):
@@ -46,13 +47,17 @@ def test_every_job_settles_through_kills_and_a_chain_restart(tmp_path):
         rng = random.Random(7)
         errors: list[str] = []
 
+        posting_ends = time.monotonic() + POSTING_S  # a network that does not recover fails below, in time
+
         def client_thread(k: int) -> None:
             client = Client.from_deployment(dev_account(12 + k), net.deployment)
             local = random.Random(k)
             for _ in range(JOBS_PER_CLIENT):
+                if (left := posting_ends - time.monotonic()) < 1:
+                    return
                 job_input, params = _job(local)
                 try:
-                    client.wait(client.submit(model_id, job_input, params, MAX_FEE), timeout_s=60)
+                    client.wait(client.submit(model_id, job_input, params, MAX_FEE), timeout_s=min(60, left))
                 except Exception as exc:  # noqa: BLE001 - the chain may be down: the job is judged from events
                     errors.append(f"{type(exc).__name__}: {exc}")
                     time.sleep(1)
