@@ -46,6 +46,8 @@ class IpfsClient:
             ) from None
         except httpx.TimeoutException:
             raise ContentNotFound(f"IPFS call {path} timed out after {self.timeout} s at {self.api_url}") from None
+        except httpx.TransportError as exc:  # the daemon went away mid-request (killed, restarting)
+            raise self._dropped(exc) from None
         if response.status_code != 200:
             try:
                 message = response.json().get("Message", response.text)
@@ -55,6 +57,11 @@ class IpfsClient:
                 raise ContentNotFound(f"IPFS {path}: {message}")
             raise StorageError(f"IPFS {path} failed ({response.status_code}): {message}")
         return response
+
+    def _dropped(self, exc: httpx.TransportError) -> StorageUnavailable:
+        return StorageUnavailable(
+            f"the IPFS RPC API at {self.api_url} dropped the request ({type(exc).__name__}); is the daemon restarting?"
+        )
 
     # ------------------------------------------------------------------ API
     def peer_id(self) -> str:
@@ -109,6 +116,8 @@ class IpfsClient:
                 f"the IPFS RPC API at {self.api_url} is not reachable; start it with 'shardnet devnet up' "
                 "or pass the right --ipfs-api"
             ) from None
+        except httpx.TransportError as exc:
+            raise self._dropped(exc) from None
         finally:
             bar.update(len(data) - bar.n)
             bar.close()

@@ -57,3 +57,29 @@ def test_stopped_daemon_names_the_fix():
     with IpfsClient(f"http://127.0.0.1:{free_port()}", timeout=2) as client:
         with pytest.raises(StorageUnavailable, match="shardnet devnet up"):
             client.peer_id()
+
+
+def test_a_daemon_that_drops_the_request_is_unavailable_not_a_crash():
+    """A daemon killed mid-request (the connection closes with no answer) raises
+    StorageUnavailable, which callers handle, rather than an httpx error they do not expect."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def drop_every_request() -> None:
+        for _ in range(2):
+            conn, _ = server.accept()
+            conn.recv(65536)
+            conn.close()  # read the request, answer nothing
+
+    threading.Thread(target=drop_every_request, daemon=True).start()
+    try:
+        with IpfsClient(f"http://127.0.0.1:{port}", timeout=2) as client:
+            with pytest.raises(StorageUnavailable, match="dropped the request"):
+                client.cat(cid_v0(b"x"))
+            with pytest.raises(StorageUnavailable, match="dropped the request"):
+                client.add(b"x")
+    finally:
+        server.close()
