@@ -33,7 +33,7 @@ from node.verifier import SpanCache, Verdict, check_stage
 from shardnet.audits import audited_stages
 from shardnet.bindings import Contracts, send_logged
 from shardnet.chain import Chain
-from shardnet.errors import JobInputError, ShardnetError
+from shardnet.errors import ContentNotFound, JobInputError, ShardnetError, StorageUnavailable
 from shardnet.jobs import JobParams
 from shardnet.ledger import Ledger
 from shardnet.protocol import JobStatus, Vote
@@ -49,6 +49,8 @@ CLOCK_SLACK_S = 2.0  # wall-clock margin before a deadline counts as passed when
 MAX_SPANS = 4  # spans kept loaded for checking
 TRIES = 4  # a commit, reveal or resolve refused is sent again, backing off from RETRY_S
 RETRY_S = 1.0
+RECHECK_S = 2.0  # an audit whose evidence was not found, or that this node could not check, is tried again
+COMMIT_MARGIN_S = 3.0  # ...while there is time: the last check ends this long before the commit deadline
 READ_RETRY_MAX_S = 5.0  # a chain read that failed is asked again at most this far apart
 
 
@@ -163,7 +165,9 @@ class Committee:
         job_key = None
         if self._private(audit.job_id):
             job_key = await self.job_keys.fetch_for_audit(audit.job_id, audit_id)
-        verdict = await asyncio.to_thread(self._check, audit.job_id, audit.stage, job_key)
+        verdict = await self._verdict(audit_id, job_key)
+        if verdict is None:
+            return None
         self.verdicts[audit_id] = verdict
         vote = Vote.CORRECT if verdict.honest else Vote.WRONG
         if self.misbehave == "lie_vote":
@@ -192,6 +196,35 @@ class Committee:
             if await self._past(audit.commit_deadline):
                 break
         return None
+
+    async def _verdict(self, audit_id: int, job_key: bytes | None) -> Verdict | None:
+        """Check the audited stage. Evidence not found on IPFS yet, or a check this node could not
+        make (its own IPFS daemon not answering, the model's blocks out of reach), is tried again
+        every RECHECK_S while the commit period leaves time: the audited node may be restarting
+        (it stores its transcripts again), and a member's own outage is no evidence against the
+        stage. When time is up, evidence still missing is a dishonest claim (the stage owes it),
+        and a check never made is no vote (None)."""
+        audit = self.ledger.audits[audit_id]
+        while True:
+            left = await self._left(audit.commit_deadline)
+            try:
+                verdict = await asyncio.to_thread(self._check, audit.job_id, audit.stage, job_key, max(1.0, left))
+                if not verdict.missing:
+                    return verdict
+                why: str = verdict.reason
+            except ShardnetError as exc:
+                verdict, why = None, f"this node could not check it: {exc}"
+            if await self._left(audit.commit_deadline) < RECHECK_S:
+                if verdict is None:
+                    log.warning("audit %d: %s; the commit period is over: not voting", audit_id, why)
+                return verdict
+            log.info("audit %d: %s; checking again in %.0f s", audit_id, why, RECHECK_S, extra={"job": audit.job_id})
+            await asyncio.sleep(RECHECK_S)
+
+    async def _left(self, deadline: int) -> float:
+        """Seconds left, by the chain's clock, before COMMIT_MARGIN_S ahead of `deadline`."""
+        _, now = await self._read(self.chain.clock)
+        return float(deadline - COMMIT_MARGIN_S - now)
 
     async def _reveal(self, audit_id: int, vote: Vote, salt: bytes) -> None:
         """Reveal once every member committed, or the commit period is over (by the chain's clock)."""
@@ -230,25 +263,32 @@ class Committee:
         except JobInputError:
             return False
 
-    def _check(self, job_id: int, stage: int, job_key: bytes | None) -> Verdict:
+    def _check(self, job_id: int, stage: int, job_key: bytes | None, timeout: float) -> Verdict:
+        """The audited stage's verdict; IPFS reads wait at most `timeout` s for content (missing
+        evidence is marked so). Raises StorageUnavailable when this node's IPFS daemon does not
+        answer, and what loading the stage's span raises."""
         job = self.ledger.jobs[job_id]
         if job.status != JobStatus.COMPLETED or job.output_cid is None:
             return Verdict(False, "the job has no result to check", float("inf"), 0)
         manifest = self.ledger.models[job.model_id].manifest_cid
+        timeout = min(timeout, self.executor.ipfs_timeout_s)
         try:
-            raw = self.executor.ipfs.cat(job.output_cid, timeout=self.executor.ipfs_timeout_s)
+            raw = self.executor.ipfs.cat(job.output_cid, timeout=timeout)
             if is_sealed(raw):  # a private job's output: under the job key
                 if job_key is None:
                     return Verdict(False, "the job is private and no node of its route gave its key", float("inf"), 0)
                 raw = decrypt(job_key, raw, f"output:{job_id}")
             output = json.loads(raw)
+        except StorageUnavailable:
+            raise
         except (ShardnetError, ValueError) as exc:
-            return Verdict(False, f"the job output cannot be read: {exc}", float("inf"), 0)
+            missing = isinstance(exc, ContentNotFound)
+            return Verdict(False, f"the job output cannot be read: {exc}", float("inf"), 0, missing)
         if not isinstance(output, dict):
             return Verdict(False, "the job output is not a JSON object", float("inf"), 0)
         if len(self.spans) >= MAX_SPANS:
             self.spans.clear()
         started = time.perf_counter()
-        verdict = check_stage(self.executor, job, manifest, output, stage, self.spans, job_key)
+        verdict = check_stage(self.executor, job, manifest, output, stage, self.spans, job_key, timeout)
         log.debug("checked job %d stage %d in %.2f s", job_id, stage, time.perf_counter() - started)
         return verdict

@@ -21,7 +21,7 @@ import torch
 from node.executor import Executor
 from node.messages import unpack
 from node.runs import JobRun, LoadedSpan
-from shardnet.errors import JobInputError, ShardnetError
+from shardnet.errors import ContentNotFound, JobInputError, ShardnetError, StorageUnavailable
 from shardnet.jobs import JobParams
 from shardnet.ledger import JobRecord
 from shardnet.model.quant import DEFAULT_BLOCK_SIZE, decode_activation, encode_activation
@@ -41,6 +41,9 @@ class Verdict:
     reason: str  # where and how the stage's claim departs from the re-run ("" when honest)
     worst_error: float  # largest relative error seen over the stage's messages
     messages: int  # messages re-run
+    # the evidence (a transcript, the output) could not be found on IPFS: a claim without its
+    # evidence is dishonest, but it may still arrive (its node restarting): check again first
+    missing: bool = False
 
 
 @dataclass(frozen=True)
@@ -211,11 +214,14 @@ def check_stage(
     k: int,
     spans: SpanCache,
     job_key: bytes | None = None,
+    timeout: float | None = None,
 ) -> Verdict:
     """Check stage `k` of a completed job: its transcript (from IPFS, listed in the output)
     against its receipt (and stage 0's against the job input), then the stage re-run on its span,
     fetched and verified from IPFS (kept in `spans`). A transcript that cannot be read or does
-    not match what the stage signed is a dishonest claim: the stage owes the evidence."""
+    not match what the stage signed is a dishonest claim: the stage owes the evidence (one not
+    found within `timeout` s is marked `missing`). This node's own IPFS daemon not answering
+    raises StorageUnavailable: no evidence against the stage."""
     route, cids = record.route, output.get("transcripts")
     if not isinstance(cids, list) or len(cids) != len(route) or len(record.receipts) != len(route):
         return Verdict(False, "the job has no transcript and receipt per stage", float("inf"), 0)
@@ -223,7 +229,7 @@ def check_stage(
         params = JobParams.decode(record.params)
     except JobInputError as exc:
         return Verdict(False, f"the job's params cannot be read: {exc}", float("inf"), 0)
-    read, timeout = executor.ipfs.cat, executor.ipfs_timeout_s
+    read, timeout = executor.ipfs.cat, min(timeout or executor.ipfs_timeout_s, executor.ipfs_timeout_s)
     stage, cid = route[k], cids[k]
     try:
         data = read(cid, timeout=timeout)
@@ -233,8 +239,11 @@ def check_stage(
             data = decrypt(job_key, data, f"transcript:{record.job_id}:{k}")
         transcript = Transcript.decode(data)
         job_input = read(record.input_cid, timeout=timeout) if k == 0 else None
+    except StorageUnavailable:
+        raise
     except (ShardnetError, ValueError) as exc:
-        return Verdict(False, f"stage {k}: transcript {cid} cannot be read: {exc}", float("inf"), 0)
+        missing = isinstance(exc, ContentNotFound)
+        return Verdict(False, f"stage {k}: transcript {cid} cannot be read: {exc}", float("inf"), 0, missing)
     reason = mismatch(transcript, record.receipts[k], k == len(route) - 1, job_input)
     if reason:
         return Verdict(False, f"stage {k}: transcript {cid}: {reason}", 0.0, 0)
