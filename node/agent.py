@@ -168,6 +168,7 @@ class NodeAgent:
             log.info("node stopped")
 
     async def _follow(self) -> None:
+        self.settlement.store_spooled()  # evidence a previous run named but had not stored yet
         # catch up: rebuild the view from the deployment block, act only past the saved position
         async for event in self.listener.catch_up(self.deploy_block):
             self._on_event(event)

@@ -23,10 +23,11 @@ from node.peers import PeerClient
 from node.privacy import JobKeys
 from node.reporter import Reporter
 from node.runs import JobRun
+from node.spool import Spool
 from node.state import AgentState
 from shardnet.bindings import ZERO_ADDRESS
 from shardnet.cid import cid_v0
-from shardnet.errors import PeerError, ShardnetError
+from shardnet.errors import ContentMismatch, PeerError, ShardnetError
 from shardnet.ledger import Ledger
 from shardnet.protocol import JobStatus, Receipt
 from shardnet.receipts import ReceiptDomain, output_hash_of
@@ -41,7 +42,8 @@ POLL_S, MAX_WAIT_S = 0.5, 30.0  # waiting for a deadline: how often the chain's 
 CLAIM_TRIES = 5
 SUBMIT_TRIES = 3  # a refused result is sent again this many times in all, backing off
 SUBMIT_BACKOFF_S = 1.0
-STORE_TRIES = 4  # a transcript's or output's IPFS write is tried this many times, backing off
+STORE_TRIES = 4  # a transcript's or output's IPFS write failing this many times in a row is logged as an error
+STORE_RETRY_MAX_S = 30.0  # (it is tried again, backing off to this, until it is stored)
 STORE_BACKOFF_S = 0.5
 EARLY_SEND_WAIT_S = 0.01  # the last stage holds its final step this long at most for the receipt requests to go out
 
@@ -74,6 +76,7 @@ class Settlement:
         self.job_keys = job_keys
         self.misbehave = misbehave
         self._unstored: dict[int, dict[str, tuple[int, bytes]]] = {}  # job -> CID -> (stage, transcript)
+        self.spool = Spool(state.path.parent / "unstored")  # named, not on IPFS yet: kept on disk meanwhile
         self._stored: set[asyncio.Task[None]] = set()  # transcripts and outputs being written to IPFS
         self.outputs = RecentOutputs()  # submitted lately, for their clients
 
@@ -152,6 +155,7 @@ class Settlement:
             if run.params.private:
                 data = encrypt(await self._job_key(run), data, f"transcript:{run.job_id}:{run.stage}")
             cid = cid_v0(data)
+            self.spool.keep(run.job_id, cid, _transcript_name(run.job_id, run.stage), data)  # before the CID leaves
             run.transcript = counts, cid
             self._unstored.setdefault(run.job_id, {})[cid] = (run.stage, data)  # stored when the job ends here
         return run.transcript[1]
@@ -164,7 +168,9 @@ class Settlement:
             task.add_done_callback(lambda t: t.cancelled() or t.exception())  # reported when asked for
 
     def _store(self, job_id: int, name: str, data: bytes, cid: str) -> None:
-        """Write `data` to IPFS in the background (kept until written)."""
+        """Write `data` to IPFS in the background; spooled on disk until it is written (a node
+        killed before then stores it when it starts again: `store_spooled`)."""
+        self.spool.keep(job_id, cid, name, data)
         task = asyncio.ensure_future(self._store_now(job_id, name, data, cid))
         self._stored.add(task)
         task.add_done_callback(self._stored.discard)
@@ -176,16 +182,34 @@ class Settlement:
 
     async def _store_now(self, job_id: int, name: str, data: bytes, cid: str) -> None:
         """Put a transcript or output on IPFS (pinned) under the CID already named on-chain or in
-        a receipt; tried a few times."""
-        for attempt in range(STORE_TRIES):
+        a receipt: tried until it is there (the IPFS daemon may be restarting), backing off to
+        STORE_RETRY_MAX_S; it stays spooled on disk meanwhile."""
+        attempt = 0
+        while True:
             try:
-                await asyncio.to_thread(self.ipfs.add, data, name, cid=cid)  # a daemon storing it elsewhere raises
+                await asyncio.to_thread(self.ipfs.add, data, name, cid=cid)
+            except ContentMismatch as exc:  # the daemon stores it under another CID: its settings, not chance
+                log.error("job %d: %s cannot be stored as %s: %s", job_id, name, cid, exc, extra={"job": job_id})
+                return
             except ShardnetError as exc:
-                log.warning("job %d: storing %s failed (%s); trying again", job_id, name, exc)
-                await asyncio.sleep(STORE_BACKOFF_S * 2**attempt)
+                delay = min(STORE_BACKOFF_S * 2**attempt, STORE_RETRY_MAX_S)
+                level = logging.ERROR if attempt + 1 == STORE_TRIES else logging.WARNING
+                log.log(level, "job %d: storing %s failed (%s); trying again in %.1f s", job_id, name, exc, delay)
+                attempt += 1
+                await asyncio.sleep(delay)
                 continue
+            self.spool.done(job_id, cid, name)
             return
-        log.error("job %d: %s (%s) could not be stored on IPFS", job_id, name, cid, extra={"job": job_id})
+
+    def store_spooled(self) -> int:
+        """At start-up: store what a previous run named but did not get onto IPFS (in the
+        background); returns how many."""
+        pending = self.spool.pending()
+        for job_id, cid, name, data in pending:
+            self._store(job_id, name, data, cid)
+        if pending:
+            log.info("storing %d transcripts and outputs a previous run left unstored", len(pending))
+        return len(pending)
 
     async def _job_key(self, run: JobRun) -> bytes:
         """A private job's key (its client hands it to every node of the route once routed)."""
@@ -374,10 +398,14 @@ class Settlement:
 
     def finish(self, job_id: int) -> None:
         for cid, (stage, data) in self._unstored.pop(job_id, {}).items():
-            self._store(job_id, f"job-{job_id}-stage-{stage}-transcript", data, cid)
+            self._store(job_id, _transcript_name(job_id, stage), data, cid)
         run = self.executor.jobs.get(job_id)
         if run is not None:
             run.ended = True
             run.progress.set()  # a token stream still open ends
         if self.executor.end(job_id):
             self.metrics.open_jobs.dec()
+
+
+def _transcript_name(job_id: int, stage: int) -> str:
+    return f"job-{job_id}-stage-{stage}-transcript"
