@@ -449,3 +449,30 @@ def test_a_hop_is_counted_from_the_senders_compute_end_and_junk_from_a_peer_coun
     fresh = SimpleNamespace(hops=(0, 0.0), computed=(0.0, 0.0))  # no model call here yet
     count_hop(fresh, {"sent": 1.0, "hops": 0, "hop_ms": 0.0})  # type: ignore[arg-type]
     assert fresh.hops == (0, 0.0)
+
+
+def test_stage_0_waits_for_an_assigned_span_still_loading_and_not_for_one_never_assigned():
+    """A node catching up after a restart meets jobs routed to it before its span is loaded
+    again: stage 0 waits for the span the chain assigns it (and does not abort the job), but not
+    for a model it holds no span of."""
+    import asyncio
+
+    from node.pipeline import StagePipeline
+
+    ledger = Ledger()
+    ledger.apply(event("ShardAssigned", modelId=1, node=ME, coordinator=COORD, start=0, end=2))
+    pipeline = object.__new__(StagePipeline)
+    pipeline.address, pipeline.ledger = ME, ledger
+    pipeline.executor = SimpleNamespace(spans={})  # type: ignore[assignment]
+
+    async def scenario() -> tuple[bool, bool, float]:
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.3, pipeline.executor.spans.__setitem__, 1, object())  # the load ends
+        started = loop.time()
+        loaded = await pipeline._span_loaded(1)
+        waited = loop.time() - started
+        return loaded, await pipeline._span_loaded(2), waited
+
+    loaded, unassigned, waited = asyncio.run(scenario())
+    assert loaded and waited >= 0.25
+    assert not unassigned
