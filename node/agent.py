@@ -88,7 +88,7 @@ class NodeAgent:
             self.address, self.link_key, chain.chain_id, market, settings.peer_timeout_s, settings.peer_retries
         )
         self.job_keys = JobKeys(account, self.link_key, chain.chain_id, market, self.ledger, self.state, self.peers)
-        self.spans = SpanManager(self.address, self.ledger, self.executor, self.reporter, self.swarm.join)
+        self.spans = SpanManager(self.address, self.ledger, self.executor, self.reporter, self.spawn, self.swarm.join)
         self.settlement = Settlement(
             account,
             contracts.market.receipts,

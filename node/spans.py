@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from node.executor import Executor
 from node.reporter import Reporter
-from node.runs import LoadedSpan
 from shardnet.ledger import Ledger
 from shardnet.protocol import JobStatus, Span
 
@@ -33,12 +33,14 @@ class SpanManager:
         ledger: Ledger,
         executor: Executor,
         reporter: Reporter,
+        spawn: Callable[[Coroutine[Any, Any, None]], None],
         rejoin: Callable[[], Awaitable[object]] | None = None,
     ):
         self.address = address
         self.ledger = ledger
         self.executor = executor
         self.reporter = reporter
+        self.spawn = spawn  # runs a load tried again later (the agent's: cancelled when it stops)
         self.rejoin = rejoin  # before a load is tried again: reconnect to the IPFS peers
         self.loading: set[tuple[int, Span]] = set()  # (model, span) being fetched
         self.retry_first_s, self.retry_max_s = RETRY_FIRST_S, RETRY_MAX_S
@@ -58,7 +60,10 @@ class SpanManager:
         if served is None or served.span != mine.span:
             await self.load(model_id, mine.span)
 
-    async def load(self, model_id: int, span: Span) -> None:
+    async def load(self, model_id: int, span: Span, retry_in: float | None = None) -> None:
+        """Fetch, verify and serve the span, then confirm it. A failed fetch is tried again in
+        the background after `retry_in` s (RETRY_FIRST_S at first, doubling to RETRY_MAX_S)
+        while the chain still assigns the span to this node."""
         model = self.ledger.models.get(model_id)
         if model is None:
             log.error("span [%d, %d) of unknown model %d: not loaded", span.start, span.end, model_id)
@@ -67,12 +72,18 @@ class SpanManager:
             return  # asked twice (an event replayed at start-up, then the reconcile)
         self.loading.add((model_id, span))
         try:
-            loaded = await self._fetch(model_id, model.manifest_cid, span)
+            loaded = await asyncio.to_thread(self.executor.load, model_id, model.manifest_cid, span)
+        except Exception as exc:  # noqa: BLE001 - a bad span must never end the event-follow task
+            failed = f"could not load blocks [{span.start}, {span.end}) of model {model_id}: {exc}"
+            if not self._assigned(model_id, span):
+                log.error("%s", failed)
+                return
+            delay = retry_in or self.retry_first_s
+            log.error("%s; trying again in %.0f s", failed, delay)
+            self.spawn(self._load_later(model_id, span, delay))
+            return
         finally:
             self.loading.discard((model_id, span))
-        if loaded is None:  # the assignment moved on while this one failed: to one loading, or not
-            await self.ensure(model_id)
-            return
         # loads of successive assignments run side by side and may end in any order: only the
         # span the chain assigns this node now becomes the one it serves
         now = self.ledger.assignments.get(model_id, {}).get(self.address)
@@ -101,31 +112,14 @@ class SpanManager:
         if assignment is not None and assignment.span == span and not assignment.confirmed and served:
             await self.reporter.confirm_shard(model_id)
 
-    async def _fetch(self, model_id: int, manifest_cid: str, span: Span) -> LoadedSpan | None:
-        """The span's blocks, loaded and verified; tried again after a failure while the chain
-        still assigns this span to this node (None once it does not)."""
-        delay = self.retry_first_s
-        while True:
-            try:
-                return await asyncio.to_thread(self.executor.load, model_id, manifest_cid, span)
-            except Exception as exc:  # noqa: BLE001 - a bad span must never end the event-follow task
-                if not self._assigned(model_id, span):
-                    log.error("could not load blocks [%d, %d) of model %d: %s", span.start, span.end, model_id, exc)
-                    return None
-                log.error(
-                    "could not load blocks [%d, %d) of model %d: %s; trying again in %.0f s",
-                    span.start,
-                    span.end,
-                    model_id,
-                    exc,
-                    delay,
-                )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self.retry_max_s)
-            if not self._assigned(model_id, span):
-                return None  # moved on while waiting: a load of the new span is under way
-            if self.rejoin is not None:
-                await self.rejoin()
+    async def _load_later(self, model_id: int, span: Span, delay: float) -> None:
+        await asyncio.sleep(delay)
+        served = self.executor.spans.get(model_id)
+        if not self._assigned(model_id, span) or (served is not None and served.span == span):
+            return  # moved on meanwhile (a load of the new span was started), or loaded by another way
+        if self.rejoin is not None:
+            await self.rejoin()
+        await self.load(model_id, span, min(delay * 2, self.retry_max_s))
 
     def _assigned(self, model_id: int, span: Span) -> bool:
         """Whether the chain assigns `span` of the model to this node now."""
