@@ -24,6 +24,7 @@ log = logging.getLogger("shardnet.node.spans")
 
 RETRY_FIRST_S = 2.0  # a failed load is tried again after this, then twice as long each time...
 RETRY_MAX_S = 30.0  # ...up to this
+CONFIRM_TRIES = 5  # confirmShard sent this many times at most, backing off the same way
 
 
 class SpanManager:
@@ -110,7 +111,22 @@ class SpanManager:
         assignment = self.ledger.assignments.get(model_id, {}).get(self.address)
         served = self.executor.spans.get(model_id) is loaded
         if assignment is not None and assignment.span == span and not assignment.confirmed and served:
-            await self.reporter.confirm_shard(model_id)
+            await self._confirm(model_id, span)
+
+    async def _confirm(self, model_id: int, span: Span) -> None:
+        """confirmShard, sent again (backing off) while the chain still shows this span assigned,
+        unconfirmed and served here: a chain restarting or refusing a transaction for a moment
+        must not leave it unconfirmed until the coordinator plans it away."""
+        delay = self.retry_first_s
+        for _ in range(CONFIRM_TRIES):
+            if await self.reporter.confirm_shard(model_id):
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.retry_max_s)
+            now = self.ledger.assignments.get(model_id, {}).get(self.address)
+            served = self.executor.spans.get(model_id)
+            if now is None or now.span != span or now.confirmed or served is None or served.span != span:
+                return
 
     async def _load_later(self, model_id: int, span: Span, delay: float) -> None:
         await asyncio.sleep(delay)

@@ -257,8 +257,9 @@ def _span_manager(delay_s: Callable[[Span], float]) -> tuple[Ledger, Any, Any, l
         time.sleep(delay_s(span))
         return LoadedSpan(model_id, SimpleNamespace(), span, SimpleNamespace())  # type: ignore[arg-type]
 
-    async def confirm_shard(model_id: int) -> None:
+    async def confirm_shard(model_id: int) -> bool:
         confirmed.append(ledger.assignments[model_id][ME].span)
+        return True
 
     executor.load = load  # type: ignore[method-assign]
     executor.pin = lambda model_id: 0  # type: ignore[method-assign]
@@ -353,6 +354,46 @@ def test_a_failed_load_is_tried_again_while_the_span_stays_assigned():
     asyncio.run(moved_on_while_failing())
     assert loads[0] == Span(4, 8) and loads.count(Span(4, 8)) >= 2 and loads[-1] == Span(0, 2)
     assert executor.spans[1].span == Span(0, 2) and confirmed[-1] == Span(0, 2)
+
+
+def test_a_refused_confirmation_is_sent_again_while_the_span_stays_unconfirmed():
+    """confirmShard refused (the chain restarting, say) is sent again, backing off, until it
+    goes through; a span moved on meanwhile is not confirmed any more."""
+    import asyncio
+
+    ledger, executor, spans, _, _ = _span_manager(lambda span: 0.0)
+    answers = [False, False, True]
+    sent: list[int] = []
+
+    async def confirm_shard(model_id: int) -> bool:
+        sent.append(model_id)
+        return answers.pop(0)
+
+    spans.reporter = SimpleNamespace(confirm_shard=confirm_shard)
+    spans.retry_first_s = 0.01
+
+    async def refused_twice() -> None:
+        ledger.apply(event("ShardAssigned", modelId=1, node=ME, coordinator=COORD, start=2, end=5))
+        await spans.load(1, Span(2, 5))
+
+    asyncio.run(refused_twice())
+    assert sent == [1, 1, 1] and executor.spans[1].span == Span(2, 5)
+
+    sent.clear()
+
+    async def refused_and_moved_on(model_id: int) -> bool:
+        sent.append(model_id)
+        ledger.apply(event("ShardAssigned", modelId=1, node=ME, coordinator=COORD, start=4, end=8))
+        return False
+
+    spans.reporter = SimpleNamespace(confirm_shard=refused_and_moved_on)
+
+    async def moved_on() -> None:
+        ledger.apply(event("ShardAssigned", modelId=1, node=ME, coordinator=COORD, start=0, end=2))
+        await spans.load(1, Span(0, 2))
+
+    asyncio.run(moved_on())
+    assert sent == [1]  # not sent again for a span no longer assigned
 
 
 def test_receipts_asked_for_early_are_used_only_if_they_chain_up_over_the_same_route():
