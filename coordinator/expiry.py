@@ -13,6 +13,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+import requests
+
 from shardnet.bindings import ZERO_ADDRESS
 from shardnet.bindings.market import JobMarket
 from shardnet.chain import Chain
@@ -30,12 +32,19 @@ Transact = Callable[..., Awaitable[bool]]
 async def expire_overdue(chain: Chain, market: JobMarket, ledger: Ledger, tx: Transact, interval_s: float) -> None:
     """Every `interval_s`, send expireJob for each overdue job in `ledger` (the coordinator's
     view, kept up to date by chain events), at most EXPIRY_ATTEMPTS times per job: a refusal is
-    logged, not repeated forever."""
+    logged, not repeated forever. A chain that does not answer (restarting) skips a sweep, and
+    never ends the loop."""
     claim_window = await asyncio.to_thread(market.claim_window_s)
     attempts: dict[int, int] = {}
     while True:
         await asyncio.sleep(interval_s)
-        block = await asyncio.to_thread(chain.w3.eth.get_block, "latest")
+        try:
+            block = await asyncio.to_thread(chain.w3.eth.get_block, "latest")
+        except (requests.exceptions.RequestException, OSError) as exc:  # restarting: the next sweep
+            log.warning(
+                "expiry sweep: the chain does not answer (%s); next sweep in %.0f s", type(exc).__name__, interval_s
+            )
+            continue
         now = int(block["timestamp"])
         for job_id, job in list(ledger.jobs.items()):
             if attempts.get(job_id, 0) >= EXPIRY_ATTEMPTS:
