@@ -20,7 +20,6 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-import requests
 from eth_abi.abi import encode
 from eth_account.signers.local import LocalAccount
 from eth_utils.crypto import keccak
@@ -31,7 +30,7 @@ from node.privacy import JobKeys
 from node.state import AgentState
 from node.verifier import SpanCache, Verdict, check_stage
 from shardnet.audits import audited_stages
-from shardnet.bindings import Contracts, send_logged
+from shardnet.bindings import Contracts, read_waiting, send_logged
 from shardnet.chain import Chain
 from shardnet.errors import ContentNotFound, JobInputError, ShardnetError, StorageUnavailable
 from shardnet.jobs import JobParams
@@ -51,7 +50,6 @@ TRIES = 4  # a commit, reveal or resolve refused is sent again, backing off from
 RETRY_S = 1.0
 RECHECK_S = 2.0  # an audit whose evidence was not found, or that this node could not check, is tried again
 COMMIT_MARGIN_S = 3.0  # ...while there is time: the last check ends this long before the commit deadline
-READ_RETRY_MAX_S = 5.0  # a chain read that failed is asked again at most this far apart
 
 
 def commitment(audit_id: int, member: str, vote: Vote, salt: bytes) -> bytes:
@@ -93,18 +91,10 @@ class Committee:
         return bool(await self._read(self.chain.past, deadline, CLOCK_SLACK_S))
 
     async def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """`fn(*args)`, a read from the chain, off the event loop; while the chain does not answer
-        (restarting, say) it is asked again, backing off from POLL_S to READ_RETRY_MAX_S: an
-        audit's steps wait for the chain rather than end (a member that never reveals is
-        recorded absent)."""
-        delay = POLL_S
-        while True:
-            try:
-                return await asyncio.to_thread(fn, *args)
-            except (requests.exceptions.RequestException, OSError) as exc:
-                log.warning("the chain does not answer (%s); asking again in %.1f s", type(exc).__name__, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, READ_RETRY_MAX_S)
+        """A read from the chain that waits for it to answer (`read_waiting`): an audit's steps
+        wait out a chain restart rather than end (a member that never reveals is recorded
+        absent)."""
+        return await read_waiting(log, fn, *args)
 
     # ------------------------------------------------------------------ opening audits
     async def open_audits(self, job_id: int, result_block: int) -> None:

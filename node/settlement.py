@@ -25,7 +25,7 @@ from node.reporter import Reporter
 from node.runs import JobRun
 from node.spool import Spool
 from node.state import AgentState
-from shardnet.bindings import ZERO_ADDRESS
+from shardnet.bindings import ZERO_ADDRESS, read_waiting
 from shardnet.cid import cid_v0
 from shardnet.errors import ContentMismatch, PeerError, ShardnetError
 from shardnet.ledger import Ledger
@@ -327,7 +327,7 @@ class Settlement:
         delivers by submitting the result; it claims only when that was refused."""
         job = self.ledger.jobs[job_id]
         while not await self._past(job.deadline, CLAIM_DELAY_S):
-            _, now = await asyncio.to_thread(self.chain.clock)
+            _, now = await read_waiting(log, self.chain.clock)
             await asyncio.sleep(min(MAX_WAIT_S, max(POLL_S, job.deadline - now)))
         for _ in range(CLAIM_TRIES):
             job = self.ledger.jobs[job_id]
@@ -343,8 +343,9 @@ class Settlement:
             await asyncio.sleep(CLAIM_DELAY_S)  # the chain's clock may lag this one by a block
 
     async def _past(self, deadline: int, slack_s: float = 0.0) -> bool:
-        """Whether the chain's clock has passed `deadline` (see `Chain.past`)."""
-        return await asyncio.to_thread(self.chain.past, deadline, slack_s)
+        """Whether the chain's clock has passed `deadline` (see `Chain.past`); waits for a chain
+        that does not answer (a claim waiting out a deadline must outlive a chain restart)."""
+        return bool(await read_waiting(log, self.chain.past, deadline, slack_s))
 
     async def claim_aborted(self, job_id: int) -> None:
         """A job this stage worked on was aborted: if the stage delivered (sent activations on, or,

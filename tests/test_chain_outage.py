@@ -37,10 +37,12 @@ def test_a_transaction_to_a_chain_that_does_not_answer_is_logged_not_raised(capl
 
 def test_an_audit_waits_for_the_chain_to_answer_again(monkeypatch: pytest.MonkeyPatch):
     """Committee._past (is a commit or reveal deadline over?) asks again while the chain refuses
-    connections, instead of ending the audit's task."""
+    connections (`read_waiting`, which a stage's delivery claim waiting out a deadline uses
+    too), instead of ending the audit's task."""
     import node.committee as committee_mod
+    import shardnet.bindings.base as base
 
-    monkeypatch.setattr(committee_mod, "POLL_S", 0.01)
+    monkeypatch.setattr(base, "READ_RETRY_FIRST_S", 0.01)
     url = _dead_url()
     asked: list[int] = []
 

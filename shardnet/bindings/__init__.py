@@ -7,7 +7,7 @@ from __future__ import annotations
 from eth_account.signers.local import LocalAccount
 from web3.types import BlockIdentifier
 
-from shardnet.bindings.base import ZERO_ADDRESS, send_logged
+from shardnet.bindings.base import ZERO_ADDRESS, read_waiting, send_logged
 from shardnet.bindings.market import JobMarket
 from shardnet.bindings.models import ModelRegistry
 from shardnet.bindings.nodes import NodeRegistry
@@ -15,7 +15,16 @@ from shardnet.bindings.verifier import Verifier
 from shardnet.chain import Chain
 from shardnet.protocol import Account
 
-__all__ = ["ZERO_ADDRESS", "Contracts", "JobMarket", "ModelRegistry", "NodeRegistry", "Verifier", "send_logged"]
+__all__ = [
+    "ZERO_ADDRESS",
+    "Contracts",
+    "JobMarket",
+    "ModelRegistry",
+    "NodeRegistry",
+    "Verifier",
+    "read_waiting",
+    "send_logged",
+]
 
 
 class Contracts:

@@ -74,3 +74,21 @@ async def send_logged(
     except (requests.exceptions.RequestException, OSError) as exc:
         log.warning("%s not sent: the chain does not answer (%s)", what, type(exc).__name__)
     return None
+
+
+READ_RETRY_FIRST_S = 0.5  # a chain read that failed for want of an answer is asked again after this...
+READ_RETRY_MAX_S = 5.0  # ...doubling up to this
+
+
+async def read_waiting(log: logging.Logger, fn: Callable[..., Any], *args: Any) -> Any:
+    """`fn(*args)`, a read from the chain, off the event loop, for a long-lived agent's task:
+    while the chain does not answer (restarting, say) it is asked again, backing off from
+    READ_RETRY_FIRST_S to READ_RETRY_MAX_S, so the task waits for the chain rather than ends."""
+    delay = READ_RETRY_FIRST_S
+    while True:
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except (requests.exceptions.RequestException, OSError) as exc:
+            log.warning("the chain does not answer (%s); asking again in %.1f s", type(exc).__name__, delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, READ_RETRY_MAX_S)
