@@ -50,6 +50,7 @@ TRIES = 4  # a commit, reveal or resolve refused is sent again, backing off from
 RETRY_S = 1.0
 RECHECK_S = 2.0  # an audit whose evidence was not found, or that this node could not check, is tried again
 COMMIT_MARGIN_S = 3.0  # ...while there is time: the last check ends this long before the commit deadline
+MISSING_AFTER_S = 5.0  # evidence is judged missing only after being looked for this long
 
 
 def commitment(audit_id: int, member: str, vote: Vote, salt: bytes) -> bytes:
@@ -193,8 +194,10 @@ class Committee:
         every RECHECK_S while the commit period leaves time: the audited node may be restarting
         (it stores its transcripts again), and a member's own outage is no evidence against the
         stage. When time is up, evidence still missing is a dishonest claim (the stage owes it),
-        and a check never made is no vote (None)."""
+        and a check never made is no vote (None); so is missing evidence looked for less than
+        MISSING_AFTER_S (a member serving the audit late, after a restart of its own)."""
         audit = self.ledger.audits[audit_id]
+        started = time.monotonic()
         while True:
             left = await self._left(audit.commit_deadline)
             try:
@@ -205,6 +208,9 @@ class Committee:
             except ShardnetError as exc:
                 verdict, why = None, f"this node could not check it: {exc}"
             if await self._left(audit.commit_deadline) < RECHECK_S:
+                tried = time.monotonic() - started
+                if verdict is not None and tried < MISSING_AFTER_S:
+                    why, verdict = f"{why} (looked for {tried:.1f} s only)", None
                 if verdict is None:
                     log.warning("audit %d: %s; the commit period is over: not voting", audit_id, why)
                 return verdict
