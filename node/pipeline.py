@@ -29,6 +29,7 @@ from node.privacy import JobKeys
 from node.runs import JobRun
 from node.settings import NodeSettings
 from node.settlement import JOB_KEY_WAIT_S, Settlement
+from node.spans import span_loaded
 from shardnet.errors import JobInputError, PeerError, ShardnetError, StorageError
 from shardnet.jobs import JobParams
 from shardnet.ledger import Ledger
@@ -47,7 +48,6 @@ from shardnet.storage import IpfsClient
 INLINE_STEP_MS = 500.0
 # How long a message may wait for its job's JobRouted event (which arrives ~10 ms after the block).
 ROUTE_WAIT_S = 3.0
-SPAN_WAIT_S = 30.0  # a job routed to stage 0 here waits this long for its assigned span to load
 PREFETCH_JOBS = 64  # posted jobs whose inputs a first-block node reads ahead of their routing
 log = logging.getLogger("shardnet.node")
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
@@ -141,7 +141,7 @@ class StagePipeline:
 
     async def start_job(self, job_id: int, picked_up_at: float) -> None:
         job = self.ledger.jobs[job_id]
-        if not await self._span_loaded(job.model_id):
+        if not await span_loaded(self.address, self.ledger, self.executor, job.model_id):
             await self.settlement.abort(job_id, f"stage 0 does not hold model {job.model_id}")
             return
         try:
@@ -167,17 +167,6 @@ class StagePipeline:
         except (ShardnetError, RuntimeError, IndexError, ValueError) as exc:  # e.g. longer than the model's context
             log.warning("job %d: stage 0 could not run its input: %s", job_id, exc, extra={"job": job_id})
             await self.settlement.abort(job_id, f"stage 0 could not run the input: {type(exc).__name__}: {exc}")
-
-    async def _span_loaded(self, model_id: int) -> bool:
-        """Whether this node serves a span of the model, waiting up to SPAN_WAIT_S while the chain
-        assigns it one not loaded yet: a node catching up after a restart meets the jobs routed to
-        it before its span is loaded again, and would abort them for nothing."""
-        deadline = time.monotonic() + SPAN_WAIT_S
-        while model_id not in self.executor.spans:
-            if self.address not in self.ledger.assignments.get(model_id, {}) or time.monotonic() > deadline:
-                return False
-            await asyncio.sleep(0.05)
-        return True
 
     # ------------------------------------------------------------------ every stage
     async def step(self, run: JobRun, x: torch.Tensor, mask: torch.Tensor | None, hop: Any = None) -> None:

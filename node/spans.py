@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -25,6 +26,7 @@ log = logging.getLogger("shardnet.node.spans")
 RETRY_FIRST_S = 2.0  # a failed load is tried again after this, then twice as long each time...
 RETRY_MAX_S = 30.0  # ...up to this
 CONFIRM_TRIES = 5  # confirmShard sent this many times at most, backing off the same way
+SPAN_WAIT_S = 30.0  # a job routed to stage 0 here waits this long for its assigned span to load
 
 
 class SpanManager:
@@ -156,3 +158,15 @@ class SpanManager:
             for stage in job.route
             if stage.node == self.address
         }
+
+
+async def span_loaded(address: str, ledger: Ledger, executor: Executor, model_id: int) -> bool:
+    """Whether this node serves a span of the model, waiting up to SPAN_WAIT_S while the chain
+    assigns it one not loaded yet: a node catching up after a restart meets the jobs routed to it
+    before its span is loaded again, and would abort them for nothing."""
+    deadline = time.monotonic() + SPAN_WAIT_S
+    while model_id not in executor.spans:
+        if address not in ledger.assignments.get(model_id, {}) or time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True

@@ -227,21 +227,19 @@ def test_stage_0_waits_for_an_assigned_span_still_loading_and_not_for_one_never_
     for a model it holds no span of."""
     import asyncio
 
-    from node.pipeline import StagePipeline
+    from node.spans import span_loaded
 
     ledger = Ledger()
     ledger.apply(event("ShardAssigned", modelId=1, node=ME, coordinator=COORD, start=0, end=2))
-    pipeline = object.__new__(StagePipeline)
-    pipeline.address, pipeline.ledger = ME, ledger
-    pipeline.executor = SimpleNamespace(spans={})  # type: ignore[assignment]
+    executor = SimpleNamespace(spans={})
 
     async def scenario() -> tuple[bool, bool, float]:
         loop = asyncio.get_running_loop()
-        loop.call_later(0.3, pipeline.executor.spans.__setitem__, 1, object())  # the load ends
+        loop.call_later(0.3, executor.spans.__setitem__, 1, object())  # the load ends
         started = loop.time()
-        loaded = await pipeline._span_loaded(1)
+        loaded = await span_loaded(ME, ledger, executor, 1)  # type: ignore[arg-type]
         waited = loop.time() - started
-        return loaded, await pipeline._span_loaded(2), waited
+        return loaded, await span_loaded(ME, ledger, executor, 2), waited  # type: ignore[arg-type]
 
     loaded, unassigned, waited = asyncio.run(scenario())
     assert loaded and waited >= 0.25
