@@ -3,8 +3,9 @@
 committee, votes against its own check (lie_vote), never reveals its vote (absent) or exits the
 moment its vote is committed, as a crash would (exit_after_commit); or (abort_late) as stage 0
 aborts a job once its work is done, when the last stage asks for its receipt (what a stage
-colluding with the client would do for a free result). The agent refuses the setting on any
-chain but the devnet's.
+colluding with the client would do for a free result); or (withhold) names its transcript in
+the receipt it signs but never stores it, so no audit can check the stage. The agent refuses
+the setting on any chain but the devnet's.
 """
 
 from __future__ import annotations
@@ -17,7 +18,16 @@ from shardnet.chain import DEVNET_CHAIN_ID
 
 __all__ = ["DEVNET_CHAIN_ID", "corrupt_activation"]
 Misbehaviour = Literal[
-    "", "garbage", "lazy", "perturb", "wrong_token", "lie_vote", "absent", "exit_after_commit", "abort_late"
+    "",
+    "garbage",
+    "lazy",
+    "perturb",
+    "wrong_token",
+    "lie_vote",
+    "absent",
+    "exit_after_commit",
+    "abort_late",
+    "withhold",
 ]
 MODES: tuple[Misbehaviour, ...] = ("garbage", "lazy", "perturb", "wrong_token")  # what a stage serves
 COMMITTEE_MODES: tuple[Misbehaviour, ...] = ("lie_vote", "absent", "exit_after_commit")  # how a committee member votes

@@ -155,9 +155,10 @@ class Settlement:
             if run.params.private:
                 data = encrypt(await self._job_key(run), data, f"transcript:{run.job_id}:{run.stage}")
             cid = cid_v0(data)
-            self.spool.keep(run.job_id, cid, _transcript_name(run.job_id, run.stage), data)  # before the CID leaves
             run.transcript = counts, cid
-            self._unstored.setdefault(run.job_id, {})[cid] = (run.stage, data)  # stored when the job ends here
+            if self.misbehave != "withhold":  # (a cheater names evidence it never stores)
+                self.spool.keep(run.job_id, cid, _transcript_name(run.job_id, run.stage), data)  # before the CID leaves
+                self._unstored.setdefault(run.job_id, {})[cid] = (run.stage, data)  # stored when the job ends here
         return run.transcript[1]
 
     def prepublish(self, run: JobRun) -> None:
