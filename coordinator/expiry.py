@@ -13,11 +13,9 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-import requests
-
 from shardnet.bindings import ZERO_ADDRESS
 from shardnet.bindings.market import JobMarket
-from shardnet.chain import Chain
+from shardnet.chain import UNREACHABLE, Chain
 from shardnet.ledger import Ledger
 from shardnet.protocol import JobStatus, Stage
 
@@ -40,7 +38,7 @@ async def expire_overdue(chain: Chain, market: JobMarket, ledger: Ledger, tx: Tr
         await asyncio.sleep(interval_s)
         try:
             block = await asyncio.to_thread(chain.w3.eth.get_block, "latest")
-        except (requests.exceptions.RequestException, OSError) as exc:  # restarting: the next sweep
+        except UNREACHABLE as exc:  # restarting: the next sweep
             log.warning(
                 "expiry sweep: the chain does not answer (%s); next sweep in %.0f s", type(exc).__name__, interval_s
             )

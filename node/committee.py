@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -88,14 +87,10 @@ class Committee:
 
     async def _past(self, deadline: int) -> bool:
         """Whether the chain's clock has passed `deadline` (`Chain.past`: by the latest block, or
-        by this machine's clock shifted to the chain's when the chain is idle)."""
-        return bool(await self._read(self.chain.past, deadline, CLOCK_SLACK_S))
-
-    async def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """A read from the chain that waits for it to answer (`read_waiting`): an audit's steps
-        wait out a chain restart rather than end (a member that never reveals is recorded
-        absent)."""
-        return await read_waiting(log, fn, *args)
+        by this machine's clock shifted to the chain's when the chain is idle). Chain reads wait
+        for a chain that does not answer (`read_waiting`): an audit's steps wait out a restart
+        rather than end (a member that never reveals is recorded absent)."""
+        return bool(await read_waiting(log, self.chain.past, deadline, CLOCK_SLACK_S))
 
     # ------------------------------------------------------------------ opening audits
     async def open_audits(self, job_id: int, result_block: int) -> None:
@@ -106,7 +101,7 @@ class Committee:
             return
         if not job.audit_bps:
             return
-        block = await self._read(self.chain.w3.eth.get_block, result_block)
+        block = await read_waiting(log, self.chain.w3.eth.get_block, result_block)
         mask = audited_stages(bytes(block["hash"]), job_id, len(job.route), job.audit_bps)
         if not mask:
             return
@@ -219,7 +214,7 @@ class Committee:
 
     async def _left(self, deadline: int) -> float:
         """Seconds left, by the chain's clock, before COMMIT_MARGIN_S ahead of `deadline`."""
-        _, now = await self._read(self.chain.clock)
+        _, now = await read_waiting(log, self.chain.clock)
         return float(deadline - COMMIT_MARGIN_S - now)
 
     async def _reveal(self, audit_id: int, vote: Vote, salt: bytes) -> None:

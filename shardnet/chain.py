@@ -43,6 +43,10 @@ def dev_account(index: int) -> LocalAccount:
     return account
 
 
+# what a JSON-RPC call raises when the chain does not answer (down, restarting, unreachable)
+UNREACHABLE = (requests.exceptions.RequestException, OSError)
+
+
 def _unreachable(url: str, reason: object) -> ChainUnavailable:
     return ChainUnavailable(
         f"cannot reach the JSON-RPC endpoint at {url} ({reason}); "
@@ -76,7 +80,7 @@ class Chain:
         self._batches = True  # until the chain refuses a JSON-RPC batch
         try:
             self.chain_id = self.w3.eth.chain_id
-        except (requests.exceptions.RequestException, OSError) as exc:
+        except UNREACHABLE as exc:
             raise _unreachable(rpc_url, type(exc).__name__) from None
 
     @classmethod

@@ -8,12 +8,11 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import requests
 from eth_account.signers.local import LocalAccount
 from web3.contract.contract import ContractFunction
 from web3.types import BlockIdentifier
 
-from shardnet.chain import Chain
+from shardnet.chain import UNREACHABLE, Chain
 from shardnet.contract_errors import ContractRevert
 from shardnet.errors import ShardnetError
 from shardnet.events import Event, EventDecoder
@@ -71,7 +70,7 @@ async def send_logged(
         log.warning("%s refused by the contract: %s", what, exc)
     except ShardnetError as exc:
         log.error("%s failed: %s", what, exc)
-    except (requests.exceptions.RequestException, OSError) as exc:
+    except UNREACHABLE as exc:
         log.warning("%s not sent: the chain does not answer (%s)", what, type(exc).__name__)
     return None
 
@@ -88,7 +87,7 @@ async def read_waiting(log: logging.Logger, fn: Callable[..., Any], *args: Any) 
     while True:
         try:
             return await asyncio.to_thread(fn, *args)
-        except (requests.exceptions.RequestException, OSError) as exc:
+        except UNREACHABLE as exc:
             log.warning("the chain does not answer (%s); asking again in %.1f s", type(exc).__name__, delay)
         await asyncio.sleep(delay)
         delay = min(delay * 2, READ_RETRY_MAX_S)
