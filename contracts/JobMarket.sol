@@ -5,13 +5,13 @@ import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
-import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 import {IJobMarket} from "./interfaces/IJobMarket.sol";
 import {AuditCase, IVerifier} from "./interfaces/IVerifier.sol";
 import {IModelRegistry} from "./interfaces/IModelRegistry.sol";
 import {INodeRegistry} from "./interfaces/INodeRegistry.sol";
-import {NodeNotActive, NothingToWithdraw, TransferFailed} from "./interfaces/SharedErrors.sol";
+import {NodeNotActive} from "./interfaces/SharedErrors.sol";
 import {AddressArrays} from "./libraries/AddressArrays.sol";
+import {EpochAccounts} from "./base/EpochAccounts.sol";
 
 /// @title JobMarket
 /// @notice Clients post inference jobs with escrow; a coordinator routes each job through a
@@ -21,9 +21,9 @@ import {AddressArrays} from "./libraries/AddressArrays.sol";
 /// window has passed; until then an audit drawn by chain randomness, or a challenge anyone opens
 /// with a bond, sends the stage to a re-execution committee (the Verifier), which takes the fee
 /// back for the client when the stage is found wrong.
-/// @dev Pending credit lives in two buckets per account, one per settlement epoch
-/// (`epochLength` seconds): what is credited in epoch e is withdrawable from epoch e + 2, so at
-/// least one epoch (longer than the audit window) after the job was submitted. Escrow invariant:
+/// @dev Pending credit lives in two buckets per account, one per settlement epoch: what is
+/// credited in epoch e is withdrawable from epoch e + 2 (the accounts and withdrawals are in
+/// base/EpochAccounts.sol). Escrow invariant:
 /// address(this).balance == sum(job.escrow of unsettled jobs) + sum(account credit + buckets).
 /// A job settles exactly once (Completed, Expired, Cancelled or Aborted), so it is never both paid
 /// and refunded. Routes are not stored: `routeHash` commits to the stages, which callers
@@ -46,7 +46,7 @@ import {AddressArrays} from "./libraries/AddressArrays.sol";
 /// | its route's first stage, or its coordinator | abort it: it settles like an expiry, from now | while routed, before the deadline |
 /// | any coordinator | abort it | while posted, before the deadline |
 /// | any payee | withdraw its credit (pending credit once its epoch has matured) | any time |
-contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP712 {
+contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP712, EpochAccounts {
     using AddressArrays for address[];
 
     // ---------------------------------------------------------------- constants
@@ -68,15 +68,12 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
     // ---------------------------------------------------------------- immutables
     INodeRegistry public immutable nodeRegistry;
     IModelRegistry public immutable modelRegistry;
-    /// @notice Seconds per settlement epoch: pending credit of epoch e is withdrawable from e + 2.
-    uint256 public immutable epochLength;
 
     // ---------------------------------------------------------------- storage
     Terms public terms; // one slot: fee rate, deadlines, audit rate, windows, committee
     uint256 public jobCount;
     IVerifier public verifier; // set once by the admin
     mapping(uint256 => Job) private _jobs;
-    mapping(address => Account) private _accounts;
     /// @dev job -> bits. Routed past its deadline: bit i when stage i proved delivery. Completed:
     /// bit i when stage i is under audit, and DRAWN once the audit draw was made.
     mapping(uint256 => uint64) private _stageBits;
@@ -88,12 +85,10 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
         IModelRegistry modelRegistry_,
         uint256 epochLength_,
         Terms memory terms_
-    ) EIP712("shardnet", "1") {
+    ) EIP712("shardnet", "1") EpochAccounts(epochLength_) {
         _grantRole(DEFAULT_ADMIN_ROLE, admin);
         nodeRegistry = nodeRegistry_;
         modelRegistry = modelRegistry_;
-        if (epochLength_ == 0 || epochLength_ > type(uint32).max) revert InvalidParameter("epochLength");
-        epochLength = epochLength_;
         _setTerms(terms_);
     }
 
@@ -446,35 +441,9 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
         emit JobAborted(jobId, msg.sender, reason, job.deadline);
     }
 
-    /// @notice Send the caller everything withdrawable (refunds, and stage fees and coordinator
-    /// cuts whose audit window is over).
-    function withdraw() external {
-        // checks-effects-interactions: the credit is zeroed before the transfer, so a payee that
-        // re-enters finds nothing left (tests/test_job_market.py tries it)
-        Account memory a = _rolled(_accounts[msg.sender], block.timestamp / epochLength);
-        uint256 amount = a.credit;
-        if (amount == 0) revert NothingToWithdraw(msg.sender);
-        a.credit = 0;
-        _accounts[msg.sender] = a;
-        emit Withdrawn(msg.sender, amount);
-        (bool ok,) = msg.sender.call{value: amount}("");
-        if (!ok) revert TransferFailed(msg.sender, amount);
-    }
-
     // ---------------------------------------------------------------- views
     function getJob(uint256 jobId) external view returns (Job memory) {
         return _job(jobId);
-    }
-
-    /// @notice What `who` may withdraw now, what is pending (credited, not yet past its audit
-    /// window), and when the pending part becomes withdrawable in full.
-    function balanceOf(address who) external view returns (uint256 withdrawable, uint256 pending, uint256 pendingUntil) {
-        uint256 epoch = block.timestamp / epochLength;
-        Account memory a = _rolled(_accounts[who], epoch);
-        withdrawable = a.credit;
-        pending = uint256(a.current) + a.previous;
-        if (a.current != 0) pendingUntil = (epoch + 2) * epochLength;
-        else if (a.previous != 0) pendingUntil = (epoch + 1) * epochLength;
     }
 
     /// @notice The longest a node's stake must stay slashable after it asks to leave: a job routed
@@ -529,50 +498,6 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
     function _checkAuditWindow(uint256 jobId, Job storage job) private view {
         uint256 closesAt = uint256(job.deadline) + terms.challengeWindow;
         if (block.timestamp > closesAt) revert AuditWindowClosed(jobId, closesAt);
-    }
-
-    /// @dev `a` brought to `epoch`: buckets two or more epochs old become withdrawable credit.
-    function _rolled(Account memory a, uint256 epoch) private pure returns (Account memory) {
-        uint16 tag = uint16(epoch);
-        if (a.epoch == tag) return a;
-        if (a.epoch == uint16(epoch - 1)) {
-            a.credit += a.previous;
-            a.previous = a.current;
-        } else {
-            a.credit += a.previous + a.current;
-            a.previous = 0;
-        }
-        a.current = 0;
-        a.epoch = tag;
-        return a;
-    }
-
-    /// @dev Credit `amount` to `who` as pending in `epoch` (the current one).
-    function _pay(address who, uint256 amount, uint256 epoch) private {
-        Account memory a = _rolled(_accounts[who], epoch);
-        a.current += SafeCast.toUint80(amount);
-        _accounts[who] = a;
-    }
-
-    /// @dev Take back up to `amount` credited to `who` in `epoch` (its pending bucket, then its
-    /// withdrawable credit); returns what was taken. The ETH stays in this contract for the caller.
-    function _clawback(address who, uint256 amount, uint256 epoch) private returns (uint256 taken) {
-        uint256 nowEpoch = block.timestamp / epochLength;
-        Account memory a = _rolled(_accounts[who], nowEpoch);
-        uint80 want = SafeCast.toUint80(amount);
-        uint80 take;
-        if (epoch == nowEpoch) {
-            take = want < a.current ? want : a.current;
-            a.current -= take;
-        } else if (epoch + 1 == nowEpoch) {
-            take = want < a.previous ? want : a.previous;
-            a.previous -= take;
-        }
-        uint80 rest = want - take;
-        uint80 more = rest < a.credit ? rest : a.credit;
-        a.credit -= more;
-        _accounts[who] = a;
-        return uint256(take) + more;
     }
 
     function _job(uint256 jobId) private view returns (Job storage job) {
