@@ -3,8 +3,6 @@ pragma solidity ^0.8.24;
 
 import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
-import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
-import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 import {IJobMarket} from "./interfaces/IJobMarket.sol";
 import {AuditCase, IVerifier} from "./interfaces/IVerifier.sol";
 import {IModelRegistry} from "./interfaces/IModelRegistry.sol";
@@ -12,15 +10,17 @@ import {INodeRegistry} from "./interfaces/INodeRegistry.sol";
 import {NodeNotActive} from "./interfaces/SharedErrors.sol";
 import {AddressArrays} from "./libraries/AddressArrays.sol";
 import {EpochAccounts} from "./base/EpochAccounts.sol";
+import {StageReceipts} from "./base/StageReceipts.sol";
 
 /// @title JobMarket
 /// @notice Clients post inference jobs with escrow; a coordinator routes each job through a
 /// chain of staked nodes that covers every block of the model; the result is accepted with
-/// one EIP-712 receipt per stage. Nothing is paid before it could be checked: stage fees and the
-/// coordinator's cut are credited as *pending* and become withdrawable only once the job's audit
-/// window has passed; until then an audit drawn by chain randomness, or a challenge anyone opens
-/// with a bond, sends the stage to a re-execution committee (the Verifier), which takes the fee
-/// back for the client when the stage is found wrong.
+/// one EIP-712 receipt per stage (base/StageReceipts.sol). Nothing is paid before it could be
+/// checked: stage fees and the coordinator's cut are credited as *pending* and become
+/// withdrawable only once the job's audit window has passed; until then an audit drawn by chain
+/// randomness, or a challenge anyone opens with a bond, sends the stage to a re-execution
+/// committee (the Verifier), which takes the fee back for the client when the stage is found
+/// wrong.
 /// @dev Pending credit lives in two buckets per account, one per settlement epoch: what is
 /// credited in epoch e is withdrawable from epoch e + 2 (the accounts and withdrawals are in
 /// base/EpochAccounts.sol). Escrow invariant:
@@ -46,15 +46,11 @@ import {EpochAccounts} from "./base/EpochAccounts.sol";
 /// | its route's first stage, or its coordinator | abort it: it settles like an expiry, from now | while routed, before the deadline |
 /// | any coordinator | abort it | while posted, before the deadline |
 /// | any payee | withdraw its credit (pending credit once its epoch has matured) | any time |
-contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP712, EpochAccounts {
+contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EpochAccounts, StageReceipts {
     using AddressArrays for address[];
 
     // ---------------------------------------------------------------- constants
     bytes32 public constant COORDINATOR_ROLE = keccak256("COORDINATOR_ROLE");
-    bytes32 public constant RECEIPT_TYPEHASH = keccak256(
-        "Receipt(uint256 jobId,uint256 stage,uint32 start,uint32 end,uint128 fee,address coordinator,"
-        "bytes32 inputHash,bytes32 outputHash)"
-    );
     /// @notice A route has at most this many stages (the route checks keep one bit per stage).
     uint256 public constant MAX_ROUTE_STAGES = 64;
     /// @notice After the deadline of a routed job that did not complete, its stages have this
@@ -85,7 +81,7 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
         IModelRegistry modelRegistry_,
         uint256 epochLength_,
         Terms memory terms_
-    ) EIP712("shardnet", "1") EpochAccounts(epochLength_) {
+    ) EpochAccounts(epochLength_) {
         _grantRole(DEFAULT_ADMIN_ROLE, admin);
         nodeRegistry = nodeRegistry_;
         modelRegistry = modelRegistry_;
@@ -452,25 +448,6 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
         return uint256(terms.maxJobDuration) + CLAIM_WINDOW + 2 * epochLength;
     }
 
-    /// @notice The EIP-712 digest a stage node signs for its receipt: the job, its stage on the
-    /// route (index, span, fee), the coordinator that routed it, and the stage's hash chain.
-    function receiptDigest(
-        uint256 jobId,
-        uint256 stage,
-        Stage calldata s,
-        address coordinator,
-        bytes32 inputHash,
-        bytes32 outputHash
-    ) public view returns (bytes32) {
-        return _hashTypedDataV4(
-            keccak256(
-                abi.encode(
-                    RECEIPT_TYPEHASH, jobId, stage, s.start, s.end, s.fee, coordinator, inputHash, outputHash
-                )
-            )
-        );
-    }
-
     // ---------------------------------------------------------------- internal
     function _setTerms(Terms memory t) private {
         if (t.coordinatorFeeBps > MAX_COORDINATOR_FEE_BPS) revert InvalidParameter("coordinatorFeeBps");
@@ -542,31 +519,6 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
         if (total > job.escrow) revert FeeExceedsEscrow(jobId, total, job.escrow);
     }
 
-    /// @dev Checks receipts[i] for stages[i], i < receipts.length: signer and input/output chain.
-    function _verifyReceipts(uint256 jobId, address coordinator, Stage[] calldata stages, Receipt[] calldata receipts)
-        private
-        view
-    {
-        for (uint256 i; i < receipts.length; ++i) {
-            Receipt calldata r = receipts[i];
-            if (i != 0 && r.inputHash != receipts[i - 1].outputHash) revert BrokenReceiptChain(jobId, i);
-            _verifyReceipt(jobId, coordinator, stages[i], i, r);
-        }
-    }
-
-    /// @dev Reverts unless `r` is signed by stage `i`'s node for that stage of this route. A
-    /// signature that does not recover (address zero) never matches a stage.
-    function _verifyReceipt(uint256 jobId, address coordinator, Stage calldata s, uint256 i, Receipt calldata r)
-        private
-        view
-    {
-        bytes32 digest = receiptDigest(jobId, i, s, coordinator, r.inputHash, r.outputHash);
-        (address signer, ECDSA.RecoverError err,) = ECDSA.tryRecover(digest, r.signature);
-        if (err != ECDSA.RecoverError.NoError || signer == address(0) || signer != s.node) {
-            revert InvalidReceiptSigner(jobId, i, s.node, signer);
-        }
-    }
-
     /// @dev Credits the job's remaining escrow to its client.
     function _refund(uint256 jobId, Job storage job) private {
         uint256 amount = job.escrow;
@@ -574,16 +526,5 @@ contract JobMarket is IJobMarket, AccessControl, ReentrancyGuardTransient, EIP71
         job.escrow = 0;
         _accounts[job.client].credit += uint80(amount);
         emit JobRefunded(jobId, job.client, amount);
-    }
-
-    function _routeHash(address coordinator, Stage[] calldata stages) private pure returns (bytes20) {
-        return bytes20(keccak256(abi.encode(coordinator, stages)));
-    }
-
-    function _onRoute(address node, Stage[] calldata stages) private pure returns (bool) {
-        for (uint256 i; i < stages.length; ++i) {
-            if (stages[i].node == node) return true;
-        }
-        return false;
     }
 }
