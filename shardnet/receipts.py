@@ -4,8 +4,8 @@ receipts are checked (by the node that submits them, by the auditor, and by the 
 
 A stage's `inputHash` / `outputHash` fold every message that entered / left it, in order
 (`fold`); stage k's input hash equals stage k-1's output hash, and the last stage's output
-hash is keccak256 of the output CID (`output_hash_of`). `JobMarket._verifyReceipts` checks the
-same on-chain.
+hash is keccak256 of the output CID (`output_hash_of`). The market checks the same on-chain
+(`_verifyReceipts`, in contracts/base/StageReceipts.sol).
 """
 
 from __future__ import annotations
