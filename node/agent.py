@@ -15,7 +15,6 @@ from collections.abc import Coroutine
 from typing import Any
 
 import torch
-import uvicorn
 
 from node.committee import Committee
 from node.executor import Executor
@@ -40,7 +39,7 @@ from node.peers import PeerClient
 from node.pipeline import StagePipeline
 from node.privacy import JobKeys
 from node.reporter import Reporter
-from node.server import uvicorn_config
+from node.server import NodeServer, uvicorn_config
 from node.settings import NodeSettings
 from node.settlement import Settlement
 from node.spans import SpanManager
@@ -150,10 +149,10 @@ class NodeAgent:
             self.settings.url,
         )
         config = uvicorn_config(self, self.settings.listen_host, self.settings.listen_port)
-        server = uvicorn.Server(config)
+        server = NodeServer(config)
         server_task = asyncio.create_task(server.serve())
         follow_task = asyncio.create_task(self._follow())
-        try:  # the server stops on SIGTERM / SIGINT (uvicorn handles them); then everything stops
+        try:  # cancelled on SIGTERM / SIGINT: the server stops first, then everything else
             await asyncio.wait({server_task, follow_task}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             server.should_exit = True

@@ -10,11 +10,12 @@ the setting on any chain but the devnet's.
 
 from __future__ import annotations
 
-from typing import Literal
-
-import torch
+from typing import TYPE_CHECKING, Literal
 
 from shardnet.chain import DEVNET_CHAIN_ID
+
+if TYPE_CHECKING:  # torch only where a stage corrupts its output: `node status` and the like start without it
+    import torch
 
 __all__ = ["DEVNET_CHAIN_ID", "corrupt_activation"]
 Misbehaviour = Literal[
@@ -35,6 +36,8 @@ COMMITTEE_MODES: tuple[Misbehaviour, ...] = ("lie_vote", "absent", "exit_after_c
 
 def corrupt_activation(mode: Misbehaviour, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """What a misbehaving stage sends instead of `out` (its honest output for input `x`)."""
+    import torch
+
     if mode == "garbage":  # random activations of the right shape and scale
         return torch.randn_like(out) * out.std()
     if mode == "lazy" and x.shape == out.shape:  # skip its blocks: pass the input on unchanged

@@ -4,8 +4,10 @@ port, answered below the ASGI app by node.link_socket: `uvicorn_config` wires it
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
@@ -162,3 +164,15 @@ def uvicorn_config(agent: NodeAgent, host: str, port: int, ws_max_size: int = MA
         ws=server_protocol(agent.links_in),
         ws_max_size=ws_max_size,
     )
+
+
+class NodeServer(uvicorn.Server):
+    """uvicorn's server less its own signal handling. The node's process turns SIGTERM / SIGINT
+    into a cancellation of the agent (shardnet.process.run_until_signal), whose shutdown stops
+    this server and then drains (IPFS writes, links, the saved state). uvicorn's handlers would
+    take the signal instead and raise it again once the server stopped, cancelling that shutdown
+    half-way."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield

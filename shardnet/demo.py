@@ -234,4 +234,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from shardnet.process import run_then_exit
+
+    run_then_exit(main)

@@ -1,11 +1,17 @@
-"""Long-running processes stop cleanly on SIGTERM / SIGINT."""
+"""Long-running processes stop cleanly on SIGTERM / SIGINT, and every process exits without the
+interpreter's teardown once its work is done (`exit_now`)."""
 
 from __future__ import annotations
 
 import asyncio
+import atexit
+import logging
+import os
 import signal
-from collections.abc import Coroutine
-from typing import Any
+import sys
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any, NoReturn
 
 M_ARENA_MAX = -8  # glibc mallopt parameter
 
@@ -44,3 +50,41 @@ def run_until_signal(main: Coroutine[Any, Any, None]) -> None:
         uvloop.run(runner())
     except ImportError:
         asyncio.run(runner())
+
+
+def exit_now(code: int | str | None = 0) -> NoReturn:
+    """Leave the process as `sys.exit(code)` would, less the interpreter's teardown: with torch and
+    transformers loaded, tearing their modules down takes about 1.5 s of CPU (measured: a node
+    exits 1.8 s after SIGTERM, 0.3 s of it its own shutdown), which every stop, restart and
+    command paid. What the teardown would have done that matters still happens: the atexit
+    handlers run (temporary folders, weakref finalizers), log handlers and standard streams are
+    flushed. A process with a live non-daemon thread exits the slow way, which waits for it."""
+    others = [t for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon]
+    if others or threading.current_thread() is not threading.main_thread():
+        sys.exit(code)
+    if code is None:
+        status = 0
+    elif isinstance(code, int):
+        status = code
+    else:  # what sys.exit does with a message: print it, exit 1
+        print(code, file=sys.stderr)
+        status = 1
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed, or its reader went away
+            status = status or 1
+    os._exit(status)
+
+
+def run_then_exit(main: Callable[[], object]) -> NoReturn:
+    """Run a command's `main` (which may return an exit status or raise SystemExit), then
+    `exit_now` with its status."""
+    try:
+        returned = main()
+        code: int | str | None = returned if isinstance(returned, int | str) else None
+    except SystemExit as exc:
+        code = exc.code
+    exit_now(code)

@@ -44,8 +44,12 @@ def net(tmp_path_factory):
     network.models = models
     network.client = Client.from_deployment(dev_account(12), network.deployment)
     yield network
+    nodes = [name for name in network.procs if name.startswith("node")]
     clean = network.stop()
     assert all(clean.values()), f"processes that ignored SIGTERM: {[n for n, ok in clean.items() if not ok]}"
+    for name in nodes:  # each one's shutdown ran to its end (drained, state saved), not cut half-way
+        last = (network.home / f"{name}.log").read_text().splitlines()[-1]
+        assert json.loads(last)["msg"] == "node stopped", (name, last)
 
 
 def _local(net, source):

@@ -20,5 +20,13 @@ def _add_plugin_commands() -> None:
             main.add_command(command, entry.name)
 
 
+def run() -> None:
+    """The `shardnet` command (and `python -m shardnet.cli`): the root group, then a quick exit
+    (`shardnet.process.exit_now`)."""
+    from shardnet.process import run_then_exit
+
+    run_then_exit(main)
+
+
 _add_plugin_commands()
-__all__ = ["main"]
+__all__ = ["main", "run"]

@@ -1,3 +1,3 @@
-from shardnet.cli import main
+from shardnet.cli import run
 
-main()
+run()
