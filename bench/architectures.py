@@ -31,8 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import transformers
 
-from shardnet.model.check import check_model
-from shardnet.model.survey import build, categories, small_config, three_spans
+from shardnet.model.survey import Case, categories, survey
 
 # named cases, each the feature the acceptance list names (type, overrides)
 NAMED: dict[str, tuple[str, dict[str, Any]]] = {
@@ -60,51 +59,29 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", help="comma-separated model types")
     parser.add_argument("--json", action="store_true", help="one JSON object per model on stderr")
+    parser.add_argument("--workers", type=int, help="processes running the cases (default: one per core)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     transformers.logging.set_verbosity_error()
     cats = categories()
-    cases: list[tuple[str, str, dict[str, Any]]] = [(label, t, o) for label, (t, o) in NAMED.items()]
-    cases += [(t, t, {}) for t in sorted(cats)]
+    cases = [Case(label, t, o) for label, (t, o) in NAMED.items()]
+    cases += [Case(t, t, {}) for t in sorted(cats)]
     if args.only:
         keep = set(args.only.split(","))
-        cases = [c for c in cases if c[1] in keep]
-    tried: list[str] = []
-    exact: list[str] = []
-    refused: list[str] = []
-    unconfigured: list[str] = []
-    wrong: list[str] = []
-    named_missing: list[str] = []
+        cases = [c for c in cases if c.model_type in keep]
+    named_missing = [c.label for c in cases if c.label in NAMED and c.model_type not in cats]
     started = time.time()
-    for label, model_type, overrides in cases:
-        if model_type not in cats:
-            if label in NAMED:
-                named_missing.append(label)
-            continue
-        category, cls_name = cats[model_type]
-        try:
-            config = small_config(model_type, cls_name, overrides)
-            model = build(config, seed=0)
-        except Exception as exc:  # noqa: BLE001 - a type this script cannot make small is reported, not fatal
-            unconfigured.append(f"{label} ({type(exc).__name__}: {str(exc)[:80]})")
-            if label in NAMED:
-                named_missing.append(label)
-            continue
-        tried.append(label)
-        result = check_model(model)
-        if args.json:
-            print(json.dumps({"case": label, "category": category, **result.as_dict()}), file=sys.stderr)
-        if not result.exact:
-            refused.append(f"{label}: {result.reason()}"[:200])
-            continue
-        exact.append(label)
-        try:
-            diff = three_spans(model, category)
-        except Exception as exc:  # noqa: BLE001 - an exact-by-check model that then fails is wrong in fact
-            diff = float("inf")
-            print(f"# {label}: three-span run failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        if diff > 1e-4:
-            wrong.append(f"{label} (three-span max diff {diff:.3g})")
+    outcomes = survey(cases, args.workers)
+    tried = [o.case.label for o in outcomes if o.verdict != "unconfigured"]
+    exact = [o.case.label for o in outcomes if o.verdict == "exact"]
+    refused = [f"{o.case.label}: {o.detail}"[:200] for o in outcomes if o.verdict == "refused"]
+    unconfigured = [f"{o.case.label} ({o.detail[:80]})" for o in outcomes if o.verdict == "unconfigured"]
+    wrong = [f"{o.case.label} ({o.detail})" for o in outcomes if o.verdict == "wrong"]
+    named_missing += [o.case.label for o in outcomes if o.verdict == "unconfigured" and o.case.label in NAMED]
+    if args.json:
+        for o in outcomes:
+            if o.check is not None:
+                print(json.dumps({"case": o.case.label, "category": o.category, **o.check}), file=sys.stderr)
     print(f"architectures_tried: {len(tried)}")
     print(f"architectures_exact: {len(exact)}")
     print(f"architectures_refused: {len(refused)}")

@@ -1,16 +1,28 @@
 """Every model type of the installed transformers, made small: for the architecture bench and
 the tests that parametrize over all of them (a new type gets checked without anyone writing
-a test). Random weights, seeded; nothing is downloaded."""
+a test). Random weights, seeded; nothing is downloaded.
+
+`survey` runs the cases (build small, `check_model`, then a three-span run of every model the
+check calls exact) in worker processes of one torch thread each: the models are small, so a
+case costs Python more than arithmetic, and one process per core goes about as many times
+faster as there are cores."""
 
 from __future__ import annotations
 
 import inspect
-from typing import Any
+import multiprocessing
+import os
+import warnings
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 import transformers
 from transformers.models.auto import modeling_auto as auto
 
+from shardnet.model.check import check_model
 from shardnet.model.layout import block_state, layout_for, model_class
 from shardnet.model.span import SpanModel, mean_pool, split_even
 
@@ -153,3 +165,63 @@ def greedy_spans(spans: list[SpanModel], prompt: torch.Tensor, steps: int) -> tu
         step = h[:, -1:].argmax(-1)
         tokens = torch.cat([tokens, step], 1)
     return tokens, sessions
+
+
+Verdict = Literal["exact", "refused", "unconfigured", "wrong"]
+
+
+@dataclass(frozen=True)
+class Case:
+    label: str  # what the case is called in reports (the model type, or a named feature)
+    model_type: str
+    overrides: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    case: Case
+    category: str
+    verdict: Verdict  # wrong: exact by the check, yet the three-span run differs or fails
+    detail: str  # the check's reason for a refusal, why the type could not be made small, or how it was wrong
+    check: dict[str, Any] | None  # the check's result (CheckResult.as_dict), when it ran
+
+
+def survey_one(case: Case, category: str, cls_name: str) -> Outcome:
+    """One case: build it small, check it, and run an exact one as three spans."""
+    try:
+        model = build(small_config(case.model_type, cls_name, case.overrides), seed=0)
+    except Exception as exc:  # noqa: BLE001 - a type this survey cannot make small is reported, not fatal
+        return Outcome(case, category, "unconfigured", f"{type(exc).__name__}: {exc}"[:100], None)
+    result = check_model(model)
+    if not result.exact:
+        return Outcome(case, category, "refused", result.reason(), result.as_dict())
+    try:
+        diff = three_spans(model, category)
+    except Exception as exc:  # noqa: BLE001 - exact by the check but failing split is wrong in fact
+        return Outcome(case, category, "wrong", f"three-span run failed: {type(exc).__name__}: {exc}", result.as_dict())
+    if diff > 1e-4:
+        return Outcome(case, category, "wrong", f"three-span max diff {diff:.3g}", result.as_dict())
+    return Outcome(case, category, "exact", "", result.as_dict())
+
+
+def _quiet_worker() -> None:
+    torch.set_num_threads(1)
+    transformers.logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    warnings.filterwarnings("ignore")
+
+
+def _survey_args(item: tuple[Case, str, str]) -> Outcome:
+    return survey_one(*item)
+
+
+def survey(cases: Iterable[Case], workers: int | None = None) -> list[Outcome]:
+    """Every case of a type the installed transformers has, in the order given, run by `workers`
+    processes (default: one per core; 1 runs them here)."""
+    cats = categories()
+    items = [(c, *cats[c.model_type]) for c in cases if c.model_type in cats]
+    workers = workers or os.cpu_count() or 1
+    if workers == 1:
+        return [_survey_args(item) for item in items]
+    context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch's threads
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_quiet_worker) as pool:
+        return list(pool.map(_survey_args, items, chunksize=1))
