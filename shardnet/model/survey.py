@@ -216,10 +216,11 @@ def _survey_args(item: tuple[Case, str, str]) -> Outcome:
 
 def survey(cases: Iterable[Case], workers: int | None = None) -> list[Outcome]:
     """Every case of a type the installed transformers has, in the order given, run by `workers`
-    processes (default: one per core; 1 runs them here)."""
+    processes (default: one per core this process may use, at most 8: each worker holds torch
+    and transformers, about 400 MB; 1 runs them here)."""
     cats = categories()
     items = [(c, *cats[c.model_type]) for c in cases if c.model_type in cats]
-    workers = workers or os.cpu_count() or 1
+    workers = workers or min(8, len(os.sched_getaffinity(0)))
     if workers == 1:
         return [_survey_args(item) for item in items]
     context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch's threads
