@@ -59,7 +59,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", help="comma-separated model types")
     parser.add_argument("--json", action="store_true", help="one JSON object per model on stderr")
-    parser.add_argument("--workers", type=int, help="processes running the cases (default: one per core)")
+    parser.add_argument("--workers", type=int, help="processes running the cases (default: one per core, at most 8)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     transformers.logging.set_verbosity_error()
